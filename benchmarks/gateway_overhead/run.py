@@ -1,0 +1,791 @@
+"""Gateway overhead benchmark: the same load sent directly to a mock upstream
+(arm A, "direct") and through the ARK gateway in front of it (arm B,
+"gateway"), interleaved, plus the gateway's idle memory and start-up time.
+
+One command does everything (run from the repository root):
+
+    python benchmarks/gateway_overhead/run.py --rounds 3 --duration 10 --write-docs docs/benchmarks.md
+
+It starts mock_upstream.py, measures start-to-ready of the gateway command
+--start-runs times, starts the gateway once more for the load runs, checks
+both arms return correct bodies (preflight), measures idle RSS, and then for
+each scenario runs loadgen.py against A and B in turn for --rounds rounds
+(order A B, then B A, ... so linear drift cancels). Results: a table on
+stdout, a JSON file (--json) and, with --write-docs, a generated section in a
+markdown file.
+
+Layout on a machine with 2+ CPUs: the gateway runs alone on CPU 1, the mock
+upstream, the load generator and this script on CPU 0 (--gateway-cpus,
+--client-cpus; --no-pin to switch off).
+
+Any other gateway can be measured with --gateway-cmd; its arguments may use
+{python} {config} {data_dir} {upstream} {port}. The config file (ARK's format)
+is always written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+try:
+    import psutil
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # pragma: no cover
+    sys.exit("run.py needs psutil and rich: pip install psutil rich httptools")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+from mock_upstream import COMPLETION_TEXT, MODEL_ID, stream_tokens  # noqa: E402
+
+MASTER_KEY = "sk-bench-0123456789abcdefghijklmnopqrstuv"
+PROMPT = "Say hello in one short sentence."
+EMBED_DIM = 32
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEFAULT_SCENARIOS = "chat:1,chat:32,stream:1,stream:32,embed:1"
+DEFAULT_GATEWAY_CMD = "{python} -m ark up --config {config} --data-dir {data_dir}"
+
+CONFIG_TOML = """\
+master_key = "{key}"
+[gateway]
+listen = "127.0.0.1:{port}"
+[engines.mock]
+kind = "openai"
+url = "{upstream}/v1"
+api_key = "sk-upstream-unused"
+[aliases]
+"{alias}" = "{model}"
+"""
+
+# Targets for the ARK gateway (CPU per stream assumes --chunks 20).
+TARGET_CPU_MS = {"chat": 0.5, "embed": 0.5, "stream": 1.5}
+TARGET_ADDED_MS = 1.0
+TARGET_IDLE_RSS_MB = 100.0
+TARGET_START_S = 1.5
+
+# LiteLLM 1.108.7 proxy (uvicorn, 1 worker) measured on this 2-core machine with
+# the same layout, quoted for scale from the shared bench results
+# litellm-1.108.7_pinned.json (load) and litellm-1.108.7_cold-start.json (start, RSS).
+LITELLM_SOURCE = "LiteLLM 1.108.7: litellm-1.108.7_pinned.json, litellm-1.108.7_cold-start.json"
+LITELLM_CPU_MS = {"chat:1": 16.8, "chat:32": 13.95, "stream:1": 29.2, "stream:32": 33.2}
+LITELLM_ADDED_P50_MS = {"chat:1": 16.6, "stream:1": 28.2}
+LITELLM_ADDED_TTFT_MS = {"stream:1": 12.1}
+LITELLM_IDLE_RSS_MB = 333.5
+LITELLM_START_S = 7.6
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we started, SIGKILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def tree(pid: int) -> list[int]:
+    try:
+        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime+stime (+ reaped children's) of a process tree, from /proc/<pid>/stat."""
+    ticks = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLK_TCK
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(p).memory_info().rss
+    return round(total / 2**20, 1)
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(user+nice+system, steal) seconds summed over all CPUs, from /proc/stat."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (vals[0] + vals[1] + vals[2]) / CLK_TCK, vals[7] / CLK_TCK
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def request(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, key: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, timeout: float, log: Path) -> float:
+    """Seconds from now until GET path returns 200 (polled every 10 ms)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"process exited with {proc.returncode} before ready; log {log}:\n{tail(log)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if request(port, "GET", path)[0] == 200:
+                return time.perf_counter() - t0
+        time.sleep(0.01)
+    sys.exit(f"not ready on :{port}{path} within {timeout}s; log {log}:\n{tail(log)}")
+
+
+def tail(log: Path, n: int = 3000) -> str:
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def request_for(kind: str, model: str) -> tuple[str, dict[str, Any]]:
+    if kind == "embed":
+        return "/v1/embeddings", {"model": model, "input": "The quick brown fox jumps over the lazy dog."}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 32,
+    }
+    if kind == "stream":
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return "/v1/chat/completions", body
+
+
+def check_body(
+    kind: str, model: str, status: int, headers: dict[str, str], raw: bytes, chunks: int
+) -> list[str]:
+    """Everything wrong with one response, as readable strings (empty = correct)."""
+    text = raw.decode(errors="replace")
+    if status != 200:
+        return [f"HTTP {status}: {text[:500]}"]
+    problems: list[str] = []
+    if kind == "stream":
+        if not headers.get("content-type", "").startswith("text/event-stream"):
+            problems.append(f"content-type {headers.get('content-type')!r}, expected text/event-stream")
+        datas = [line[5:].strip() for line in text.split("\n") if line.startswith("data:")]
+        if not datas or datas[-1] != "[DONE]":
+            return [*problems, f"stream does not end with data: [DONE]; tail: {text[-300:]!r}"]
+        try:
+            events = [json.loads(d) for d in datas[:-1]]
+        except ValueError as exc:
+            return [*problems, f"SSE event is not JSON ({exc}): {text[:300]!r}"]
+        content = "".join(
+            (c.get("delta") or {}).get("content") or "" for e in events for c in e.get("choices") or []
+        )
+        if content != "".join(stream_tokens(chunks)):
+            problems.append(f"streamed content {content[:80]!r} differs from the upstream's")
+        if not any(c.get("finish_reason") == "stop" for e in events for c in e.get("choices") or []):
+            problems.append("no chunk with finish_reason 'stop'")
+        if not any(e.get("usage") for e in events):
+            problems.append("no usage chunk although stream_options.include_usage was set")
+        models = sorted({str(e.get("model")) for e in events})
+        if models != [model]:
+            problems.append(f"chunk model field(s) {models}, expected [{model!r}]")
+        if len(datas) != chunks + 3:
+            problems.append(f"{len(datas)} SSE events, upstream sent {chunks + 3}")
+        return problems
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return [f"body is not JSON: {text[:300]!r}"]
+    if not isinstance(obj, dict):
+        return [f"body is not a JSON object: {text[:300]!r}"]
+    if obj.get("model") != model:
+        problems.append(f"model field {obj.get('model')!r}, expected {model!r}")
+    if kind == "embed":
+        vec = ((obj.get("data") or [{}])[0]).get("embedding")
+        if not isinstance(vec, list) or len(vec) != EMBED_DIM:
+            problems.append(f"embedding is not a {EMBED_DIM}-float list: {text[:200]!r}")
+    else:
+        message = ((obj.get("choices") or [{}])[0].get("message") or {}).get("content")
+        if message != COMPLETION_TEXT:
+            problems.append(f"message content {message!r} differs from the upstream's")
+        if not obj.get("usage"):
+            problems.append("no usage block")
+    return problems
+
+
+def loadgen(arm: dict[str, Any], kind: str, conns: int, duration: float, cpus: str | None) -> dict[str, Any]:
+    path, body = request_for(kind, arm["model"])
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", f"http://127.0.0.1:{arm['port']}{path}"]
+    cmd += ["--body", json.dumps(body, separators=(",", ":")), "--conns", str(conns)]
+    cmd += ["--duration", str(duration)]
+    if arm["key"]:
+        cmd += ["--key", arm["key"]]
+    if kind == "stream":
+        cmd.append("--sse")
+    proc = subprocess.run(
+        pinned(cmd, cpus), capture_output=True, text=True, timeout=duration + 90, check=False
+    )
+    try:
+        out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        sys.exit(f"loadgen failed (rc {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+    if "fatal" in out:
+        sys.exit(f"loadgen: {out['fatal']}")
+    return out
+
+
+STAT_KEY = {"chat": "chat", "stream": "chat_stream", "embed": "embeddings"}
+
+
+def measure(
+    arm: dict[str, Any], kind: str, conns: int, duration: float, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    """One load run with CPU accounting of the gateway, the mock and the machine."""
+    gw_pid, mock_pid = ctx["gateway_pid"], ctx["mock_pid"]
+    stats0 = json.loads(request(ctx["mock_port"], "GET", "/mock/stats")[2])
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    (busy0, steal0), gw0, mock0 = machine_cpu_s(), tree_cpu_s(gw_pid), tree_cpu_s(mock_pid)
+    t0 = time.perf_counter()
+    res = loadgen(arm, kind, conns, duration, ctx["client_cpus"])
+    wall = time.perf_counter() - t0
+    gw_cpu, mock_cpu = tree_cpu_s(gw_pid) - gw0, tree_cpu_s(mock_pid) - mock0
+    busy, steal = (x - x0 for x, x0 in zip(machine_cpu_s(), (busy0, steal0), strict=True))
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator process, start to exit
+    lg_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
+    stats1 = json.loads(request(ctx["mock_port"], "GET", "/mock/stats")[2])
+    key = STAT_KEY[kind]
+    res.update(
+        wall_total_s=round(wall, 3),
+        gateway_cpu_s=round(gw_cpu, 3),
+        mock_cpu_s=round(mock_cpu, 3),
+        loadgen_process_cpu_s=round(lg_cpu, 3),
+        # process CPU time on the machine not spent by gateway, mock or load generator
+        foreign_cpu_s=round(max(0.0, busy - gw_cpu - mock_cpu - lg_cpu), 3),
+        # time the hypervisor ran something else on our vCPUs (inflates latency, not CPU time)
+        steal_s=round(steal, 3),
+        upstream_received=stats1.get(key, 0) - stats0.get(key, 0),
+    )
+    if arm["name"] == "gateway" and res["completed"]:
+        res["gateway_cpu_ms_per_req"] = round(1000 * gw_cpu / res["completed"], 4)
+    return res
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def median(vals: list[Any]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return round(statistics.median(vals), 4) if vals else None
+
+
+def summarise(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sc in scenarios:
+        entry: dict[str, Any] = {}
+        for arm in ("direct", "gateway"):
+            rs = [r for r in runs if r["scenario"] == sc and r["arm"] == arm and not r["warmup"]]
+            completed = sum(r["completed"] for r in rs)
+            entry[arm] = {
+                k: median([r.get(k) for r in rs])
+                for k in ("rps", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "events_median")
+            }
+            entry[arm].update(
+                errors=sum(r["errors"] for r in rs),
+                completed=completed,
+                upstream_received=sum(r["upstream_received"] for r in rs),
+                foreign_cpu_s_max=max((r["foreign_cpu_s"] for r in rs), default=None),
+                steal_s_max=max((r["steal_s"] for r in rs), default=None),
+                loadgen_busy_max=max(
+                    (r["loadgen_cpu_s"] / r["wall_s"] for r in rs if r["wall_s"]), default=None
+                ),
+            )
+            if arm == "gateway" and completed:
+                entry[arm]["cpu_ms_per_req"] = round(
+                    1000 * sum(r["gateway_cpu_s"] for r in rs) / completed, 4
+                )
+        d, g = entry["direct"], entry["gateway"]
+        entry["ratio"] = {
+            k: round(g[k] / d[k], 4) if d[k] and g[k] else None for k in ("rps", "p50_ms", "ttft_p50_ms")
+        }
+        entry["added"] = {
+            k: round(g[k] - d[k], 4) if d[k] is not None and g[k] is not None else None
+            for k in ("p50_ms", "ttft_p50_ms")
+        }
+        out[sc] = entry
+    return out
+
+
+def target_rows(
+    summary: dict[str, Any], idle_rss: float | None, start_s: float | None
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, target: float, unit: str, litellm: float | None) -> None:
+        ok = None if value is None else value <= target
+        rows.append(
+            {"metric": name, "value": value, "target": target, "unit": unit, "pass": ok, "litellm": litellm}
+        )
+
+    for sc, e in summary.items():
+        kind = sc.split(":")[0]
+        what = "stream" if kind == "stream" else "request"
+        add(
+            f"gateway CPU per {what} ({sc})",
+            e["gateway"].get("cpu_ms_per_req"),
+            TARGET_CPU_MS[kind],
+            "ms",
+            LITELLM_CPU_MS.get(sc),
+        )
+    for sc, e in summary.items():
+        if sc.endswith(":1") and not sc.startswith("stream"):
+            add(
+                f"added p50 latency ({sc})",
+                e["added"]["p50_ms"],
+                TARGET_ADDED_MS,
+                "ms",
+                LITELLM_ADDED_P50_MS.get(sc),
+            )
+        if sc == "stream:1":
+            add(
+                f"added p50 TTFT ({sc})",
+                e["added"]["ttft_p50_ms"],
+                TARGET_ADDED_MS,
+                "ms",
+                LITELLM_ADDED_TTFT_MS[sc],
+            )
+    add("idle RSS, no model loaded", idle_rss, TARGET_IDLE_RSS_MB, "MB", LITELLM_IDLE_RSS_MB)
+    add("start to ready (median)", start_s, TARGET_START_S, "s", LITELLM_START_S)
+    return rows
+
+
+def fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def scenario_table(summary: dict[str, Any]) -> Table:
+    t = Table(title="Per scenario (medians over rounds)")
+    for col in ("scenario", "arm", "req/s", "p50 ms", "p99 ms", "TTFT p50 ms", "gw CPU ms/req", "errors"):
+        t.add_column(col, justify="left" if col in ("scenario", "arm") else "right")
+    for sc, e in summary.items():
+        for arm in ("direct", "gateway"):
+            a = e[arm]
+            cpu = fmt(a.get("cpu_ms_per_req"), 3) if arm == "gateway" else ""
+            t.add_row(
+                sc,
+                arm,
+                fmt(a["rps"], 1),
+                fmt(a["p50_ms"], 3),
+                fmt(a["p99_ms"], 3),
+                fmt(a["ttft_p50_ms"], 3),
+                cpu,
+                str(a["errors"]),
+            )
+        r = e["ratio"]
+        t.add_row(
+            sc,
+            "gw/direct",
+            fmt(r["rps"]) + "x" if r["rps"] else "-",
+            fmt(r["p50_ms"], 1) + "x" if r["p50_ms"] else "-",
+            "",
+            fmt(r["ttft_p50_ms"], 1) + "x" if r["ttft_p50_ms"] else "-",
+            "",
+            "",
+            end_section=True,
+        )
+    return t
+
+
+def target_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Targets")
+    for col in ("metric", "ARK", "target", "", "LiteLLM 1.108.7"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for r in rows:
+        colour = {True: "green", False: "red", None: "dim"}[r["pass"]]
+        u = " " + r["unit"]
+        t.add_row(
+            r["metric"],
+            fmt(r["value"], 3) + u,
+            "≤ " + fmt(r["target"], 1) + u,
+            f"[{colour}]{verdict(r['pass'])}[/]",
+            fmt(r["litellm"], 1) + u if r["litellm"] else "-",
+        )
+    return t
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+BEGIN = "<!-- BEGIN gateway-overhead: generated by benchmarks/gateway_overhead/run.py -->"
+END = "<!-- END gateway-overhead -->"
+
+
+def docs_section(result: dict[str, Any]) -> str:
+    m, meta = result["machine"], result["meta"]
+    lines = [
+        BEGIN,
+        "## Gateway overhead",
+        "",
+        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), "
+        f"Python {m['python']}, Linux {m['kernel']}.",
+        f"Layout: {meta['layout']}.",
+        f"Gateway command: `{meta['gateway_cmd']}`.",
+        f"Rounds: {meta['rounds']}, {meta['duration_s']} s per arm and scenario, arms interleaved; "
+        f"mock upstream streams {meta['chunks']} content chunks. CONFIG is the ARK config shown in "
+        "benchmarks/gateway_overhead/README.md, DATA_DIR a fresh temporary directory.",
+        "",
+        "Produced by this exact command, from the repository root:",
+        "",
+        f"    {meta['command']}",
+        "",
+        "| metric | ARK | target | | LiteLLM 1.108.7 |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for r in result["targets"]:
+        u = " " + r["unit"]
+        lines.append(
+            f"| {r['metric']} | {fmt(r['value'], 3)}{u} | ≤ {fmt(r['target'], 1)}{u} | {verdict(r['pass'])} "
+            f"| {fmt(r['litellm'], 1) + u if r['litellm'] else '-'} |"
+        )
+    lines += [
+        "",
+        f"LiteLLM numbers are quoted for scale ({LITELLM_SOURCE}; same machine and layout).",
+        "",
+        "| scenario | direct req/s | gateway req/s | direct p50 ms | gateway p50 ms | gateway p99 ms "
+        "| direct TTFT ms | gateway TTFT ms | gw CPU ms/req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for sc, e in result["summary"].items():
+        d, g = e["direct"], e["gateway"]
+        lines.append(
+            f"| {sc} | {fmt(d['rps'], 0)} | {fmt(g['rps'], 0)} "
+            f"| {fmt(d['p50_ms'], 3)} | {fmt(g['p50_ms'], 3)} "
+            f"| {fmt(g['p99_ms'], 3)} | {fmt(d['ttft_p50_ms'], 3)} | {fmt(g['ttft_p50_ms'], 3)} "
+            f"| {fmt(g.get('cpu_ms_per_req'), 3)} | {d['errors'] + g['errors']} |"
+        )
+    if result["problems"]:
+        lines += ["", "Gateway preflight problems:", ""] + [f"* {p}" for p in result["problems"]]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument(
+        "--scenarios", default=DEFAULT_SCENARIOS, help="KIND:CONNS,... with KIND chat|stream|embed"
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds per scenario and arm")
+    ap.add_argument("--chunks", type=int, default=20, help="content chunks per mock stream")
+    ap.add_argument("--start-runs", type=int, default=5, help="gateway starts timed for start-to-ready")
+    ap.add_argument("--settle", type=float, default=2.0, help="idle seconds before reading idle RSS")
+    ap.add_argument("--gateway-cmd", default=DEFAULT_GATEWAY_CMD)
+    ap.add_argument("--gateway-port", type=int, default=4000)
+    ap.add_argument("--upstream-port", type=int, default=8001)
+    ap.add_argument("--ready-path", default="/health/ready")
+    ap.add_argument("--master-key", default=MASTER_KEY)
+    ap.add_argument("--alias", default="gpt-4", help="model name the gateway arm requests")
+    ap.add_argument("--gateway-cpus", default="1")
+    ap.add_argument("--client-cpus", default="0", help="CPUs for mock upstream, load generator, this script")
+    ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--json", default=str(REPO / "bench-out" / "gateway_overhead.json"))
+    ap.add_argument("--write-docs", metavar="MARKDOWN", help="write/update the results section of this file")
+    return ap.parse_args()
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = spawn(cmd, log)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+class Bench:
+    """One benchmark session: layout, temp dir with config and logs, the arms."""
+
+    def __init__(self, a: argparse.Namespace, console: Console) -> None:
+        self.a, self.console = a, console
+        self.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+        for sc in self.scenarios:
+            kind, _, conns = sc.partition(":")
+            if kind not in STAT_KEY or not conns.isdigit():
+                sys.exit(f"bad scenario {sc!r}: use chat:N, stream:N or embed:N")
+        pin = not a.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+        self.gw_cpus: str | None = a.gateway_cpus if pin else None
+        self.cl_cpus: str | None = a.client_cpus if pin else None
+        self.layout = (
+            f"gateway on CPU {a.gateway_cpus} (taskset -c {a.gateway_cpus}); "
+            f"mock upstream, load generator and harness on CPU {a.client_cpus}"
+            if pin
+            else "unpinned (fewer than 2 CPUs, --no-pin, or no taskset)"
+        )
+        self.tmp = Path(tempfile.mkdtemp(prefix="ark-gwbench-"))
+        self.upstream = f"http://127.0.0.1:{a.upstream_port}"
+        self.config = self.tmp / "ark.toml"
+        self.config.write_text(
+            CONFIG_TOML.format(
+                key=a.master_key, port=a.gateway_port, upstream=self.upstream, alias=a.alias, model=MODEL_ID
+            )
+        )
+        self.arms = {
+            "direct": {"name": "direct", "port": a.upstream_port, "key": None, "model": MODEL_ID},
+            "gateway": {"name": "gateway", "port": a.gateway_port, "key": a.master_key, "model": a.alias},
+        }
+
+    def gateway_cmd(self, data_dir: str, python: str = sys.executable, config: str = "") -> list[str]:
+        subs = {
+            "python": python,
+            "config": config or str(self.config),
+            "data_dir": data_dir,
+            "upstream": self.upstream,
+            "port": str(self.a.gateway_port),
+        }
+        return pinned([part.format(**subs) for part in shlex.split(self.a.gateway_cmd)], self.gw_cpus)
+
+    def start_gateway(self, log: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        """Start the gateway with a fresh data dir (each start is a first start)."""
+        return running(self.gateway_cmd(tempfile.mkdtemp(prefix="data-", dir=self.tmp)), log)
+
+    def start_to_ready(self) -> list[float]:
+        times = []
+        for i in range(self.a.start_runs):
+            log = self.tmp / f"gateway-start{i}.log"
+            with self.start_gateway(log) as gw:
+                times.append(round(wait_ready(gw, self.a.gateway_port, self.a.ready_path, 60, log), 3))
+            while port_open(self.a.gateway_port):
+                time.sleep(0.05)
+        return times
+
+    def preflight(self) -> list[str]:
+        """One chat, stream and embeddings request per arm, bodies checked in full."""
+        problems = []
+        for arm in self.arms.values():
+            for kind in ("chat", "stream", "embed"):
+                path, body = request_for(kind, arm["model"])
+                status, headers, raw = request(arm["port"], "POST", path, body, arm["key"])
+                for p in check_body(kind, arm["model"], status, headers, raw, self.a.chunks):
+                    problems.append(f"{arm['name']} {kind}: {p}")
+        for p in problems:
+            self.console.print(f"[red]preflight[/] {p}", highlight=False)
+        if any(p.startswith("direct") or "HTTP " in p or "not JSON" in p for p in problems):
+            sys.exit("preflight failed: the load runs would measure errors, not the gateway")
+        return problems
+
+    def load_runs(self, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+        a, runs = self.a, []
+        for sc in self.scenarios:
+            kind, conns = sc.split(":")[0], int(sc.split(":")[1])
+            if a.warmup > 0:
+                for arm in ("direct", "gateway"):
+                    r = measure(self.arms[arm], kind, conns, a.warmup, ctx)
+                    runs.append({"scenario": sc, "arm": arm, "round": 0, "warmup": True, **r})
+            for rnd in range(1, a.rounds + 1):
+                for arm in ("direct", "gateway") if rnd % 2 else ("gateway", "direct"):
+                    time.sleep(0.3)
+                    r = measure(self.arms[arm], kind, conns, a.duration, ctx)
+                    runs.append({"scenario": sc, "arm": arm, "round": rnd, "warmup": False, **r})
+                    self.console.print(progress_line(sc, rnd, arm, r), highlight=False)
+        return runs
+
+    def run(self) -> dict[str, Any]:
+        a, console = self.a, self.console
+        for port in (a.gateway_port, a.upstream_port):
+            if port_open(port):
+                sys.exit(f"port {port} is already in use; stop whatever listens there first")
+        if self.cl_cpus:
+            os.sched_setaffinity(0, {int(c) for c in self.cl_cpus.split(",")})
+        shown = shlex.join(self.gateway_cmd("DATA_DIR", "python", "CONFIG"))
+        console.print(f"[bold]layout:[/] {self.layout}\n[bold]gateway:[/] {shown}\n[bold]logs:[/] {self.tmp}")
+        mock_cmd = [sys.executable, str(HERE / "mock_upstream.py"), "--port", str(a.upstream_port)]
+        mock_cmd += ["--chunks", str(a.chunks), "--embedding-dim", str(EMBED_DIM)]
+        mock_log = self.tmp / "mock.log"
+        with running(pinned(mock_cmd, self.cl_cpus), mock_log) as mock:
+            wait_ready(mock, a.upstream_port, "/mock/stats", 10, mock_log)
+            starts = self.start_to_ready()
+            console.print(f"start to ready: {starts} s, median {fmt(median(starts), 3)} s")
+            log = self.tmp / "gateway.log"
+            with self.start_gateway(log) as gw:
+                wait_ready(gw, a.gateway_port, a.ready_path, 60, log)
+                problems = self.preflight()
+                time.sleep(a.settle)
+                idle_rss = tree_rss_mb(gw.pid)
+                console.print(f"gateway idle RSS after start and the preflight requests: {idle_rss} MB")
+                ctx = {"gateway_pid": gw.pid, "mock_pid": mock.pid, "mock_port": a.upstream_port}
+                runs = self.load_runs({**ctx, "client_cpus": self.cl_cpus})
+                loaded_rss = tree_rss_mb(gw.pid)
+        summary = summarise(runs, self.scenarios)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return {
+            "meta": {
+                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": shlex.join(["python", *sys.argv]),
+                "layout": self.layout,
+                "gateway_cmd": shown,
+                "rounds": a.rounds,
+                "duration_s": a.duration,
+                "warmup_s": a.warmup,
+                "chunks": a.chunks,
+                "scenarios": self.scenarios,
+            },
+            "machine": machine(),
+            "start_to_ready_s": starts,
+            "idle_rss_mb": idle_rss,
+            "rss_after_load_mb": loaded_rss,
+            "problems": problems,
+            "summary": summary,
+            "targets": target_rows(summary, idle_rss, median(starts)),
+            "litellm_reference": {
+                "source": LITELLM_SOURCE,
+                "cpu_ms_per_req": LITELLM_CPU_MS,
+                "added_p50_ms": LITELLM_ADDED_P50_MS,
+                "added_ttft_ms": LITELLM_ADDED_TTFT_MS,
+                "idle_rss_mb": LITELLM_IDLE_RSS_MB,
+                "start_to_ready_s": LITELLM_START_S,
+            },
+            "runs": runs,
+        }
+
+
+def progress_line(sc: str, rnd: int, arm: str, r: dict[str, Any]) -> str:
+    line = f"  {sc:<10} round {rnd} {arm:<7} {r['rps']:>9.1f} req/s  p50 {fmt(r['p50_ms'], 3)} ms"
+    line += f"  p99 {fmt(r['p99_ms'], 3)} ms"
+    if "ttft_p50_ms" in r:
+        line += f"  ttft50 {fmt(r['ttft_p50_ms'], 3)} ms"
+    if arm == "gateway":
+        line += f"  cpu {fmt(r.get('gateway_cpu_ms_per_req'), 3)} ms/req"
+    if r["errors"]:
+        line += f"  [red]errors {r['errors']}[/]"
+    return line + f"  other-cpu {r['foreign_cpu_s']:.2f}s steal {r['steal_s']:.2f}s"
+
+
+def report(result: dict[str, Any], console: Console) -> None:
+    summary = result["summary"]
+    console.print()
+    console.print(scenario_table(summary))
+    console.print(target_table(result["targets"]))
+    console.print(f"[dim]LiteLLM column: {LITELLM_SOURCE}; same machine and layout.[/]")
+    for sc, e in summary.items():
+        d, g = e["direct"], e["gateway"]
+        notes = []
+        if g["errors"]:
+            notes.append(f"{g['errors']} gateway errors (see runs[].error_sample in the JSON)")
+        if g["upstream_received"] < g["completed"]:
+            notes.append(f"upstream received {g['upstream_received']} < {g['completed']} answered")
+        if d["events_median"] != g["events_median"]:
+            notes.append(f"SSE events per stream: direct {d['events_median']}, gateway {g['events_median']}")
+        limit = 0.1 * result["meta"]["duration_s"]
+        if (g["foreign_cpu_s_max"] or 0) > limit:
+            notes.append(f"other processes used up to {g['foreign_cpu_s_max']:.1f} CPU-s in a run: noisy")
+        if (g["steal_s_max"] or 0) > limit:
+            notes.append(f"the hypervisor stole up to {g['steal_s_max']:.1f} CPU-s in a run: noisy latency")
+        for n in notes:
+            console.print(f"[yellow]{sc}:[/] {n}", highlight=False)
+    console.print(f"gateway RSS after the load runs: {result['rss_after_load_mb']} MB")
+
+
+def main() -> None:
+    a = parse_args()
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    result = Bench(a, console).run()
+    report(result, console)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=2))
+    console.print(f"JSON: {a.json}")
+    if a.write_docs:
+        write_docs(Path(a.write_docs), docs_section(result))
+        console.print(f"docs: {a.write_docs}")
+
+
+if __name__ == "__main__":
+    main()

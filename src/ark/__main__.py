@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from ark.cli import main
+
+main()

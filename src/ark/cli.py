@@ -1,0 +1,235 @@
+"""The ``ark`` command line: thin commands that parse, build and call one thing each."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import ark
+from ark.config import Settings, generate_master_key, load_settings, render_config
+from ark.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class ConfigProblem(click.ClickException):
+    exit_code = 2
+
+    def format_message(self) -> str:
+        return f"bad configuration: {self.message}"
+
+
+def config_options(fn: F) -> F:
+    """--config and --data-dir, on every command that reads the settings."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The ark.toml to read (default: $ARK_CONFIG, else DATA/ark.toml).",
+    )
+    @click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="ARK's data directory (default: $ARK_DATA_DIR, else ~/.local/share/ark).",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: Path | None, data_dir: Path | None, **kwargs: Any) -> Any:
+        return fn(*args, config_path=config_path, data_dir=data_dir, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_or_exit(config_path: Path | None, data_dir: Path | None) -> Settings:
+    try:
+        return load_settings(config_path=config_path, data_dir=data_dir)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(ark.__version__, prog_name="ark")
+def main() -> None:
+    """ARK: run a sovereign AI platform on one machine.
+
+    Start with `ark up`: it serves an OpenAI-compatible API on 127.0.0.1:4000
+    from Ollama (when one answers) or the embedded llama.cpp engine.
+    """
+
+
+@main.command()
+def version() -> None:
+    """Print ARK's version."""
+    console.print(f"ark {ark.__version__}")
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to create ark.toml and ARK's data (default: $ARK_DATA_DIR or ~/.local/share/ark).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing ark.toml (its master key is lost).")
+def init(data_dir: Path | None, force: bool) -> None:
+    """Write DATA/ark.toml, commented, with a freshly generated master key."""
+    settings = settings_or_exit(None, data_dir) if data_dir is None else None
+    target_dir = (data_dir or (settings.data_dir if settings else Path.cwd())).absolute()
+    path = target_dir / "ark.toml"
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
+    key = generate_master_key()
+    write_config(path, render_config(key, target_dir if data_dir is not None else None))
+    console.print(f"Wrote [bold]{path}[/]")
+    console.print(f"Master key (shown once, also in that file): [bold]{key}[/]")
+    hint = f" --data-dir {target_dir}" if data_dir is not None else ""
+    console.print(f"Start ARK with: ark up{hint}")
+
+
+def write_config(path: Path, text: str) -> None:
+    """Create the file 0600 (it holds the master key), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("check")
+@config_options
+def config_check(config_path: Path | None, data_dir: Path | None) -> None:
+    """Validate ark.toml and the ARK_* environment without starting anything."""
+    settings = settings_or_exit(config_path, data_dir)
+    source = str(settings.config_path) if settings.config_path else "no file (defaults)"
+    console.print(f"[green]OK[/] {source}")
+    console.print(f"  data dir  {settings.data_dir}")
+    console.print(f"  gateway   {settings.gateway.listen}")
+    console.print(f"  engines   {', '.join(f'{e.name} ({e.kind})' for e in settings.engines)}")
+    console.print(f"  models    {len(settings.models)} configured, {len(settings.aliases)} aliases")
+    if not settings.master_key:
+        console.print("  [yellow]no master key yet[/]: `ark up` or `ark init` generates one")
+
+
+def prepare_data_dir(settings: Settings) -> Settings:
+    """Create the data directory; on a first start with no config at all, write one with a new key."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.models_dir.mkdir(exist_ok=True)
+    settings.logs_dir.mkdir(exist_ok=True)
+    if settings.master_key:
+        return settings
+    if settings.config_path is not None:
+        raise ConfigProblem(f"{settings.config_path}: master_key is missing: set it there or in ARK_MASTER_KEY")
+    path = settings.data_dir / "ark.toml"
+    key = generate_master_key()
+    write_config(path, render_config(key))
+    err_console.print(f"First start: wrote {path}")
+    err_console.print(f"Master key (shown once; it is also in that file): [bold]{key}[/]")
+    return settings_or_exit(path, settings.data_dir)
+
+
+@main.command()
+@config_options
+def up(config_path: Path | None, data_dir: Path | None) -> None:
+    """Start ARK in the foreground: the gateway on its port, with every engine configured."""
+    from ark.gateway.server import run, serve
+
+    settings = prepare_data_dir(settings_or_exit(config_path, data_dir))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def started(_: object) -> None:
+        listen = settings.gateway.listen
+        engines = ", ".join(f"{e.name} ({e.kind})" for e in settings.engines)
+        err_console.print(
+            f"ARK {ark.__version__} gateway on http://{listen}/v1  engines: {engines}  "
+            f"key: {settings.master_key.prefix()}  data: {settings.data_dir}"
+        )
+
+    try:
+        run(serve(settings, on_started=started))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.gateway.listen}: {exc.strerror}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(config_path: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """What runs: the gateway, each engine and the models it serves."""
+    from ark.status import collect_status, print_status
+
+    settings = settings_or_exit(config_path, data_dir)
+    report = asyncio.run(collect_status(settings))
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_status(report, console)
+
+
+@main.group()
+def models() -> None:
+    """List and download models."""
+
+
+@models.command("list")
+@config_options
+def models_list(config_path: Path | None, data_dir: Path | None) -> None:
+    """Every model each engine serves, and the aliases."""
+    from ark.status import collect_status
+
+    settings = settings_or_exit(config_path, data_dir)
+    report = asyncio.run(collect_status(settings))
+    table = Table("model", "engine", "details")
+    for model in report["models"]:
+        table.add_row(model["id"], model["engine"], model.get("details", ""))
+    for alias, target in settings.aliases.items():
+        table.add_row(alias, "alias", f"-> {target}")
+    console.print(table)
+
+
+@models.command("pull")
+@config_options
+@click.argument("url")
+@click.option("--sha256", help="Expected SHA-256 of the file; the download is refused when it differs.")
+@click.option("--name", help="File name in the models directory (default: the URL's last segment).")
+def models_pull(
+    config_path: Path | None, data_dir: Path | None, url: str, sha256: str | None, name: str | None
+) -> None:
+    """Download a GGUF into DATA/models/ (resumable, with a progress bar)."""
+    from ark.engines.pull import PullError, pull_with_progress
+
+    settings = settings_or_exit(config_path, data_dir)
+    embedded = next((e for e in settings.engines if e.kind == "embedded"), None)
+    target = embedded.models_dir if embedded else settings.models_dir
+    try:
+        result = pull_with_progress(url, target, sha256=sha256, name=name, console=console)
+    except PullError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"[green]OK[/] {result.path} ({result.size} bytes, sha256 {result.sha256})")
+    console.print(f"Served as model [bold]{result.path.stem}[/] by the embedded engine.")

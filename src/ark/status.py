@@ -1,0 +1,85 @@
+"""`ark status` and `ark models list`: ask the running gateway and every engine what they serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from ark.config import Settings
+from ark.engines import build_engines
+from ark.gateway.router import ModelRouter
+
+
+async def _gateway(settings: Settings) -> dict[str, Any]:
+    listen = settings.gateway.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    url = f"http://{host}:{listen.port}/health/ready"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+            session.get(url) as resp,
+        ):
+            return {"url": url, "running": True, "ready": resp.status == 200}
+    except (aiohttp.ClientError, TimeoutError):
+        return {"url": url, "running": False, "ready": False}
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    engines = build_engines(settings)
+    router = ModelRouter(engines, settings)
+    try:
+        for engine in engines:
+            await engine.start()
+        await router.refresh()
+    finally:
+        for engine in engines:
+            await engine.close()
+    return {
+        "gateway": await _gateway(settings),
+        "data_dir": str(settings.data_dir),
+        "config": str(settings.config_path) if settings.config_path else None,
+        "engines": [
+            {
+                "name": e.name,
+                "kind": e.kind,
+                "up": router.state[e.name].up,
+                "models": router.state[e.name].models,
+                "error": router.state[e.name].error,
+            }
+            for e in engines
+        ],
+        "models": [{"id": m.id, "engine": m.engine, "details": _details(m.details)} for m in router.models],
+        "aliases": dict(settings.aliases),
+    }
+
+
+def _details(details: dict[str, Any]) -> str:
+    parts = [str(details[k]) for k in ("parameter_size", "quantization_level", "format") if details.get(k)]
+    if isinstance(details.get("size"), int):
+        parts.append(f"{details['size'] / 1e6:.1f} MB")
+    return " ".join(parts)
+
+
+def print_status(report: dict[str, Any], console: Console) -> None:
+    gw = report["gateway"]
+    state = "[green]ready[/]" if gw["ready"] else ("[yellow]starting[/]" if gw["running"] else "[red]not running[/]")
+    console.print(f"gateway {gw['url'].removesuffix('/health/ready')}: {state}")
+    console.print(f"data    {report['data_dir']}   config {report['config'] or 'none (defaults)'}")
+    engines = Table("engine", "kind", "state", "models", title="Engines")
+    for e in report["engines"]:
+        engines.add_row(
+            e["name"],
+            e["kind"],
+            "[green]up[/]" if e["up"] else f"[red]down[/] {e['error']}",
+            str(e["models"]),
+        )
+    console.print(engines)
+    models = Table("model", "engine", "details", title="Models")
+    for m in report["models"]:
+        models.add_row(m["id"], m["engine"], m["details"])
+    for alias, target in report["aliases"].items():
+        models.add_row(alias, "alias", f"-> {target}")
+    console.print(models)
