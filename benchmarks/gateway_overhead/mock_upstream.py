@@ -87,9 +87,7 @@ class Upstream:
         self.models = _json(
             {
                 "object": "list",
-                "data": [
-                    {"id": MODEL_ID, "object": "model", "created": int(time.time()), "owned_by": "mock"}
-                ],
+                "data": [{"id": MODEL_ID, "object": "model", "created": int(time.time()), "owned_by": "mock"}],
             }
         )
         self.vector = [round(((i % 7) - 3) / 10, 3) for i in range(embedding_dim)]
@@ -138,8 +136,7 @@ class Upstream:
             return _json(body), None
         self.stats["chat_stream"] += 1
         head = (
-            f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},'
-            f'"model":{model},"choices":'
+            f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},"model":{model},"choices":'
         ).encode()
         events = [head + choices + b"}\n\n" for choices in self.stream_choices]
         events.append(head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\n')
@@ -219,9 +216,7 @@ class Connection(asyncio.Protocol):
             body, events = up.chat(_loads(raw))
             if events is None:
                 return [_response(b"200 OK", body, keep)]
-            head = (
-                SSE_HEAD + (b"" if keep else b"Connection: close\r\n") + b"Transfer-Encoding: chunked\r\n\r\n"
-            )
+            head = SSE_HEAD + (b"" if keep else b"Connection: close\r\n") + b"Transfer-Encoding: chunked\r\n\r\n"
             return [head, *(_chunk(e) for e in events), CHUNKED_END]
         if method == b"POST" and path == b"/v1/embeddings":
             return [_response(b"200 OK", up.embeddings(_loads(raw)), keep)]
@@ -245,9 +240,7 @@ def _loads(raw: bytes) -> dict[str, Any]:
 
 async def serve(host: str, port: int, upstream: Upstream, quiet: bool) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: Connection(upstream), host, port, reuse_address=True, backlog=4096
-    )
+    server = await loop.create_server(lambda: Connection(upstream), host, port, reuse_address=True, backlog=4096)
     if not quiet:
         print(f"mock upstream on http://{host}:{port} (chunks={upstream.chunks})", flush=True)
     async with server:

@@ -69,6 +69,7 @@ __all__ = ["DEFAULT_MODELS", "MODES", "FakeOllama", "LoadedModel", "ModelSpec", 
 VERSION = "0.12.6"
 DEFAULT_MODELS = ("llama3.2:1b", "nomic-embed-text:latest")
 MODES = frozenset({"normal", "hang", "hang_after_first", "drop", "error_mid_stream", "error500"})
+DEFAULT_ERROR_MESSAGE = "llama runner process has terminated: exit status 2"
 
 NS_PER_SECOND = 1_000_000_000
 MAX_DURATION_NS = 2**63 - 1  # Go's math.MaxInt64: what a negative keep_alive becomes
@@ -178,7 +179,7 @@ def parse_keep_alive(value: Any) -> int | None:
     if isinstance(value, bool):
         raise ApiError(400, "Unsupported type: 'bool'")
     if isinstance(value, int | float):
-        return MAX_DURATION_NS if value < 0 else int(value) * NS_PER_SECOND
+        return MAX_DURATION_NS if value < 0 else min(int(value) * NS_PER_SECOND, MAX_DURATION_NS)
     if isinstance(value, str):
         try:
             nanos = parse_go_duration(value)
@@ -562,9 +563,12 @@ def run_completion(tokens: Sequence[str], num_predict: int, stops: Sequence[str]
     return Completion(pieces, reason, count)
 
 
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
 def count_tokens(text: str) -> int:
     """A stand-in tokenizer: words and punctuation marks."""
-    return len(re.findall(r"\w+|[^\w\s]", text))
+    return len(_TOKEN.findall(text))
 
 
 def token_ids(text: str) -> list[int]:
@@ -671,7 +675,7 @@ class FakeOllama:
         self.version = VERSION
         self.mode = "normal"
         self.drop_after = 1
-        self.error_message = "llama runner process has terminated: exit status 2"
+        self.error_message = DEFAULT_ERROR_MESSAGE
 
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.streams_started = 0
@@ -679,6 +683,7 @@ class FakeOllama:
         self.streams_cancelled = 0
         self.requests_cancelled = 0
         self.cancelled_event = asyncio.Event()
+        self._initial = (tuple(models), reply_tokens, token_delay, embed_dim, unload_delay)
 
         self.url = ""
         self._models: dict[str, ModelSpec] = {}
@@ -686,9 +691,8 @@ class FakeOllama:
         self._runner: web.AppRunner | None = None
         self._shutdown = asyncio.Event()
         self._stopping = False
-        now = time.time_ns()
-        for index, name in enumerate(models):
-            self.add_model(name, modified_ns=now - index * 60 * NS_PER_SECOND)
+        self._active: dict[int, web.Request] = {}  # POSTs in flight, by id()
+        self._install(models)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -698,9 +702,7 @@ class FakeOllama:
             raise RuntimeError("FakeOllama is already running")
         self._shutdown = asyncio.Event()
         self._stopping = False
-        runner = web.AppRunner(
-            self._build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
-        )
+        runner = web.AppRunner(self._build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
@@ -715,13 +717,36 @@ class FakeOllama:
         return self.url
 
     async def stop(self) -> None:
-        """Release hung requests, close every connection and the listening socket."""
+        """Cut every request in flight (as a killed server would), then close the socket."""
         if self._runner is None:
             return
         self._stopping = True
         self._shutdown.set()
+        for request in list(self._active.values()):
+            _abort_connection(request)
         runner, self._runner = self._runner, None
         await runner.cleanup()
+
+    def reset(self) -> None:
+        """Back to the constructor's settings and models, nothing recorded, nothing in memory.
+
+        For one fake shared by many tests: call it between tests (it is plain attribute
+        assignment, so a test thread may call it while the server's loop runs elsewhere).
+        Requests still hanging from an earlier test stay hung until their client leaves.
+        """
+        models, self.reply_tokens, self.token_delay, self.embed_dim, self.unload_delay = self._initial
+        self.load_delay = 0.0
+        self.reply_script = None
+        self.default_keep_alive = DEFAULT_KEEP_ALIVE
+        self.mode = "normal"
+        self.drop_after = 1
+        self.error_message = DEFAULT_ERROR_MESSAGE
+        self.requests.clear()
+        self.streams_started = self.streams_completed = self.streams_cancelled = self.requests_cancelled = 0
+        self.cancelled_event.clear()
+        self._loaded.clear()
+        self._models.clear()
+        self._install(models)
 
     async def __aenter__(self) -> FakeOllama:
         await self.start()
@@ -744,6 +769,12 @@ class FakeOllama:
         return app
 
     # ------------------------------------------------------------------ models
+
+    def _install(self, names: Iterable[str]) -> None:
+        """Install ``names`` with modification times a minute apart, the first the newest."""
+        now = time.time_ns()
+        for index, name in enumerate(names):
+            self.add_model(name, modified_ns=now - index * 60 * NS_PER_SECOND)
 
     def add_model(self, name: str, *, modified_ns: int | None = None) -> ModelSpec:
         """Install ``name`` (as ``ollama pull`` would); returns its description."""
@@ -791,8 +822,9 @@ class FakeOllama:
 
     def _prune(self) -> None:
         now = time.monotonic()
-        for key in [key for key, entry in self._loaded.items() if entry.is_gone(now)]:
-            del self._loaded[key]
+        for key, entry in list(self._loaded.items()):
+            if entry.is_gone(now):
+                self._loaded.pop(key, None)
 
     def _default_session_ns(self) -> int:
         session = parse_keep_alive(self.default_keep_alive)
@@ -903,36 +935,39 @@ class FakeOllama:
     # ------------------------------------------------------------------ POST plumbing
 
     def _post(self, handler: PostHandler) -> Handler:
-        """Wrap a POST handler: record the request, apply ``mode``, map errors, count disconnects."""
+        """Wrap a POST handler: track it so that :meth:`stop` can cut it off."""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            state = _RequestState()
-            raw = await request.read()
-            body, decode_error = decode_body(raw)
-            self.requests.append((request.path, body if isinstance(body, dict) else {}))
+            self._active[id(request)] = request
             try:
-                early = await self._misbehave(request, body, state)
-                if early is not None:
-                    return early
-                if decode_error is not None:
-                    raise decode_error
-                return await handler(request, bind_request(request.path, body), state)
-            except ApiError as error:
-                return _error_response(error)
-            except asyncio.CancelledError:
-                if not (state.dropped or self._stopping):
-                    self._record_client_gone(state)
-                raise
+                return await self._answer_post(request, handler)
+            finally:
+                self._active.pop(id(request), None)
 
         return wrapped
 
-    async def _misbehave(
-        self, request: web.Request, body: Any, state: _RequestState
-    ) -> web.StreamResponse | None:
+    async def _answer_post(self, request: web.Request, handler: PostHandler) -> web.StreamResponse:
+        """Record the request, apply ``mode``, run ``handler``; map errors, count disconnects."""
+        state = _RequestState()
+        body, decode_error = decode_body(await request.read())
+        self.requests.append((request.path, body if isinstance(body, dict) else {}))
+        try:
+            early = await self._misbehave(request, body, state)
+            if early is not None:
+                return early
+            if decode_error is not None:
+                raise decode_error
+            return await handler(request, bind_request(request.path, body), state)
+        except ApiError as error:
+            return _error_response(error)
+        except asyncio.CancelledError:
+            if not (state.dropped or self._stopping):
+                self._record_client_gone(state)
+            raise
+
+    async def _misbehave(self, request: web.Request, body: Any, state: _RequestState) -> web.StreamResponse | None:
         """Apply the modes that act before any byte of the answer; None means carry on."""
-        streaming = (
-            request.path in STREAMING_PATHS and isinstance(body, dict) and body.get("stream") is not False
-        )
+        streaming = request.path in STREAMING_PATHS and isinstance(body, dict) and body.get("stream") is not False
         if self.mode == "hang" or (self.mode == "hang_after_first" and not streaming):
             return await self._hang(request, state)
         if self.mode == "error500" or (self.mode == "error_mid_stream" and not streaming):
@@ -962,28 +997,22 @@ class FakeOllama:
     async def _token_pause(self) -> None:
         await asyncio.sleep(self.token_delay)
 
-    async def _stream(
-        self,
-        request: web.Request,
-        state: _RequestState,
-        chunks: Sequence[dict[str, Any]],
-        final: Callable[[], dict[str, Any]],
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, state: _RequestState, reply: _Reply) -> web.StreamResponse:
         """Write NDJSON like ``streamResponse``: headers with the first line, one object per line."""
         response = web.StreamResponse(headers={"Content-Type": NDJSON_CONTENT_TYPE})
         state.streaming = True
         self.streams_started += 1
         sent = 0
         try:
-            for chunk in chunks:
+            for piece in reply.completion.pieces:
                 if await self._interrupt_stream(request, response, state, sent):
                     return response
                 await self._token_pause()
-                await self._write_line(request, response, chunk)
+                await self._write_line(request, response, reply.chunk(piece))
                 sent += 1
             if await self._interrupt_stream(request, response, state, sent):
                 return response
-            await self._write_line(request, response, final())
+            await self._write_line(request, response, reply.final("", self._metrics(reply)))
             await response.write_eof()
         except ConnectionResetError:
             if not (state.dropped or self._stopping):
@@ -1029,52 +1058,34 @@ class FakeOllama:
         return run_completion(tokens, options.get("num_predict", -1), options.get("stop", []))
 
     @staticmethod
-    def _metrics(
-        started: int, loaded: int, prompt_tokens: int, completion: Completion, generation_ns: int
-    ) -> dict[str, Any]:
-        """The ``api.Metrics`` of a final chunk, zero fields omitted as ``omitempty`` does."""
-        load = max(loaded - started, 1)
-        prompt_eval = max(prompt_tokens * 50_000, 1)
-        evaluation = max(generation_ns, completion.eval_count * 1_000)
-        total = max(time.perf_counter_ns() - started, load + prompt_eval + evaluation)
+    def _metrics(reply: _Reply) -> dict[str, Any]:
+        """The ``api.Metrics`` of a final object, zero fields omitted as ``omitempty`` does.
+
+        Load and generation times are measured; prompt evaluation is priced at 50 us a token.
+        """
+        now = time.perf_counter_ns()
+        load = max(reply.loaded_ns - reply.started_ns, 1)
+        prompt_eval = max(reply.prompt_tokens * 50_000, 1)
+        evaluation = max(now - reply.loaded_ns, reply.completion.eval_count * 1_000)
         metrics = {
-            "total_duration": total,
+            "total_duration": max(now - reply.started_ns, load + prompt_eval + evaluation),
             "load_duration": load,
-            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_count": reply.prompt_tokens,
             "prompt_eval_duration": prompt_eval,
-            "eval_count": completion.eval_count,
-            "eval_duration": evaluation if completion.eval_count else 0,
+            "eval_count": reply.completion.eval_count,
+            "eval_duration": evaluation if reply.completion.eval_count else 0,
         }
         return {key: value for key, value in metrics.items() if value}
 
-    async def _generate_reply(
-        self,
-        request: web.Request,
-        state: _RequestState,
-        stream: bool,
-        completion: Completion,
-        piece: Callable[[str], dict[str, Any]],
-        finish: Callable[[str, dict[str, Any]], dict[str, Any]],
-        timing: tuple[int, int, int],
+    async def _send_reply(
+        self, request: web.Request, state: _RequestState, stream: bool, reply: _Reply
     ) -> web.StreamResponse:
-        """Send ``completion`` as a stream of ``piece`` chunks or as one ``finish`` object."""
-        started, loaded, prompt_tokens = timing
+        """Answer with an NDJSON stream, or after the whole generation with one JSON object."""
         if stream:
-            generation_started = time.perf_counter_ns()
-            chunks = [piece(text) for text in completion.pieces]
-
-            def final() -> dict[str, Any]:
-                took = time.perf_counter_ns() - generation_started
-                return finish("", self._metrics(started, loaded, prompt_tokens, completion, took))
-
-            return await self._stream(request, state, chunks, final)
-        generation_started = time.perf_counter_ns()
-        for _ in range(completion.eval_count):
+            return await self._stream(request, state, reply)
+        for _ in range(reply.completion.eval_count):
             await self._token_pause()
-        took = time.perf_counter_ns() - generation_started
-        return _json_response(
-            finish(completion.text, self._metrics(started, loaded, prompt_tokens, completion, took))
-        )
+        return _json_response(reply.final(reply.completion.text, self._metrics(reply)))
 
     def _check_think(self, body: dict[str, Any], spec: ModelSpec) -> None:
         think = body.get("think")
@@ -1110,19 +1121,18 @@ class FakeOllama:
                 return _json_response(self._chat_object(model, "", done_reason="load"))
             prompt = "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in messages)
             prompt_tokens = 1 + sum(4 + count_tokens(m.get("content") or "") for m in messages) + 3
-            prompt_tokens = min(prompt_tokens, entry.context_length)
             completion = self._complete(spec, prompt, options)
-            return await self._generate_reply(
-                request,
-                state,
-                body.get("stream") is not False,
+            reply = _Reply(
                 completion,
-                lambda text: self._chat_object(model, text),
-                lambda text, metrics: self._chat_object(
+                chunk=lambda text: self._chat_object(model, text),
+                final=lambda text, metrics: self._chat_object(
                     model, text, done_reason=completion.done_reason, metrics=metrics
                 ),
-                (started, loaded, prompt_tokens),
+                started_ns=started,
+                loaded_ns=loaded,
+                prompt_tokens=min(prompt_tokens, entry.context_length),
             )
+            return await self._send_reply(request, state, body.get("stream") is not False, reply)
 
     @staticmethod
     def _chat_object(
@@ -1229,16 +1239,12 @@ class FakeOllama:
     @staticmethod
     def _truncate(text: str, limit: int, allowed: bool) -> tuple[str, int]:
         """Fit ``text`` into ``limit`` tokens, or fail as the runner does when truncate is false."""
-        words = text.split()
-        tokens = count_tokens(text)
-        if tokens <= limit:
-            return text, tokens
+        tokens = list(_TOKEN.finditer(text))
+        if len(tokens) <= limit:
+            return text, len(tokens)
         if not allowed:
             raise ApiError(400, "the input length exceeds the context length")
-        while words and count_tokens(" ".join(words)) > limit:
-            words.pop()
-        kept = " ".join(words)
-        return kept, count_tokens(kept)
+        return text[: tokens[limit - 1].end()] if limit > 0 else "", max(limit, 0)
 
     async def _handle_embed(
         self, request: web.Request, body: dict[str, Any], state: _RequestState

@@ -54,7 +54,7 @@ class EngineSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     id: str
-    engine: str
+    engine: str | None  # None: whichever engine lists the model
     memory_gb: float | None
     priority: str
     pinned: bool

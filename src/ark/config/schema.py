@@ -182,7 +182,7 @@ ENGINE: tuple[Setting, ...] = (
 )
 
 MODEL: tuple[Setting, ...] = (
-    Setting("engine", Str(non_empty=True), "", "Engine that serves this model (default: whichever lists it)."),
+    Setting("engine", Str(non_empty=True), None, "Engine that serves this model (default: whichever lists it)."),
     Setting("memory_gb", Float(0.0, exclusive=True), None, "Memory the model needs when loaded (GB)."),
     Setting("priority", Choice("high", "medium", "low"), "medium", "Who wins when models compete for the GPU."),
     Setting("pinned", Bool(), False, "Keep the model loaded at all times (e.g. the embedding model)."),

@@ -157,17 +157,27 @@ class EmbeddedEngine:
             job.cancelled.set()  # the sampler ends the generation at its next token
             raise
 
-    def _sampler_hooks(self, llama: Any, job: _Job) -> Any:
+    def _sampler_hooks(self, llama: Any, job: _Job, bias: dict[int, float]) -> Any:
         import llama_cpp
         import numpy as np
 
         eos = llama.token_eos()
+        n_vocab = llama.n_vocab()
+        if any(not 0 <= token < n_vocab for token in bias):
+            raise InvalidRequest(f"logit_bias names a token outside the vocabulary (0-{n_vocab - 1})", param="logit_bias")
+        ids = np.array(list(bias), dtype=np.intc)
+        values = np.array(list(bias.values()), dtype=np.single)
 
         def hook(input_ids: Any, scores: Any) -> Any:
             if job.sampled == 0:
                 job.prompt_tokens = len(input_ids)
             job.sampled += 1
             self.generated_tokens += 1
+            if len(ids):
+                # applied here, not through llama-cpp-python's logit_bias: 0.3.36 drops both its own
+                # processor and ours when given both (LogitsProcessorList.extend returns None)
+                scores = scores.copy()
+                scores[ids] += values
             if job.cancelled.is_set():  # force the end token: llama.cpp stops at once
                 scores = np.full_like(scores, -np.inf)
                 scores[eos] = 0.0
@@ -176,7 +186,13 @@ class EmbeddedEngine:
         return llama_cpp.LogitsProcessorList([hook])
 
     def _kwargs(self, sampling: Sampling, body: Json, llama: Any, job: _Job) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"logits_processor": self._sampler_hooks(llama, job)}
+        bias: dict[int, float] = {}
+        if isinstance(body.get("logit_bias"), dict):
+            try:
+                bias = {int(k): float(v) for k, v in body["logit_bias"].items()}
+            except (TypeError, ValueError):
+                raise InvalidRequest("logit_bias must map token ids to numbers", param="logit_bias") from None
+        kwargs: dict[str, Any] = {"logits_processor": self._sampler_hooks(llama, job, bias)}
         # llama-cpp-python treats max_tokens=None as "until the context is full"
         kwargs["max_tokens"] = sampling.max_tokens
         if sampling.temperature is not None:
@@ -190,11 +206,6 @@ class EmbeddedEngine:
         for key in ("presence_penalty", "frequency_penalty"):
             if isinstance(body.get(key), int | float):
                 kwargs[key] = float(body[key])
-        if isinstance(body.get("logit_bias"), dict):
-            try:
-                kwargs["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
-            except (TypeError, ValueError):
-                raise InvalidRequest("logit_bias must map token ids to numbers", param="logit_bias") from None
         return kwargs
 
     def _chat_sync(self, path: Path, request: ChatRequest, job: _Job) -> Json:

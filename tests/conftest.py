@@ -1,0 +1,155 @@
+"""Shared fixtures: a tiny real GGUF, the Ollama stand-in on a real port, and `ark up` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.fakes.ollama import FakeOllama
+from tests.gguf_factory import make_tiny_gguf
+
+T = TypeVar("T")
+MASTER_KEY = "sk-ark-test-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+class LoopThread:
+    """An asyncio loop on a thread, so sync tests can run async servers beside them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="session")
+def fake_ollama_server(loop_thread: LoopThread) -> Iterator[FakeOllama]:
+    fake = FakeOllama(models=("llama3.2:1b", "nomic-embed-text:latest"), reply_tokens=6)
+    loop_thread.run(fake.start())
+    yield fake
+    loop_thread.run(fake.stop())
+
+
+@pytest.fixture
+def fake_ollama(fake_ollama_server: FakeOllama) -> Iterator[FakeOllama]:
+    """The session's stand-in, reset to normal behaviour for each test."""
+    fake = fake_ollama_server
+    fake.mode, fake.token_delay, fake.reply_tokens = "normal", 0.0, 6
+    fake.requests.clear()
+    fake.streams_cancelled = fake.streams_started = fake.streams_completed = 0
+    yield fake
+    fake.mode = "normal"
+
+
+@dataclass
+class ArkProcess:
+    url: str
+    data_dir: Path
+    config: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith(name + ("{" if labels else " ")):
+                head, _, value = line.rpartition(" ")
+                got = head[len(name) :].strip("{}")
+                if ",".join(sorted(got.split(","))) == want or (not labels and not got):
+                    return float(value)
+        return 0.0
+
+
+def start_ark(config_text: str, tmp: Path, env: dict[str, str] | None = None, timeout: float = 30.0) -> ArkProcess:
+    """`python -m ark up` as a real process on a free port; returns once /health/ready says so."""
+    port = free_port()
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    config = tmp / "ark.toml"
+    config.write_text(config_text.replace("{PORT}", str(port)).replace("{DATA}", str(data)))
+    log = tmp / "ark-up.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARK_")}
+    child_env.update(env or {})
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ark", "up", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+        )
+    ark = ArkProcess(f"http://127.0.0.1:{port}", data, config, proc, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ark up exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(ark.url + "/health/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_until(ready, timeout):
+        proc.kill()
+        raise RuntimeError(f"ark up did not become ready:\n{log.read_text()}")
+    return ark
+
+
+def stop_ark(ark: ArkProcess) -> None:
+    ark.proc.terminate()
+    try:
+        ark.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        ark.proc.kill()
+        ark.proc.wait(5)
