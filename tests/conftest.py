@@ -79,12 +79,9 @@ def fake_ollama_server(loop_thread: LoopThread) -> Iterator[FakeOllama]:
 @pytest.fixture
 def fake_ollama(fake_ollama_server: FakeOllama) -> Iterator[FakeOllama]:
     """The session's stand-in, reset to normal behaviour for each test."""
-    fake = fake_ollama_server
-    fake.mode, fake.token_delay, fake.reply_tokens = "normal", 0.0, 6
-    fake.requests.clear()
-    fake.streams_cancelled = fake.streams_started = fake.streams_completed = 0
-    yield fake
-    fake.mode = "normal"
+    fake_ollama_server.reset()
+    yield fake_ollama_server
+    fake_ollama_server.reset()
 
 
 @dataclass

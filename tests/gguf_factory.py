@@ -23,7 +23,7 @@ CHATML = (
 )
 SPECIAL = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
 END_TOKEN = 4  # <|im_end|>: the end-of-turn token the chat template closes turns with
-_WORDS = "the a of and to in is it hello world ark model test yes no ok".split()
+_WORDS = ["the", "a", "of", "and", "to", "in", "is", "it", "hello", "world", "ark", "model", "test", "yes", "no", "ok"]
 
 
 def _vocab() -> tuple[list[str], list[int]]:

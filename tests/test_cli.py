@@ -120,8 +120,9 @@ def test_models_pull_downloads_into_the_models_dir(
     assert result.exit_code == 0, result.output
     assert (data / "models" / "small-model.gguf").read_bytes() == body
     assert "small-model" in result.output
-    wrong = runner.invoke(main, ["models", "pull", url, "--sha256", "0" * 64, "--name", "other.gguf",
-                                 "--data-dir", str(data)])
+    wrong = runner.invoke(
+        main, ["models", "pull", url, "--sha256", "0" * 64, "--name", "other.gguf", "--data-dir", str(data)]
+    )
     assert wrong.exit_code == 1 and "sha256" in wrong.output.lower()
     assert not (data / "models" / "other.gguf").exists()
     listed = runner.invoke(main, ["models", "list", "--data-dir", str(data)])
@@ -132,14 +133,18 @@ def test_up_without_any_config_starts_and_prints_the_key_once(tmp_path: Path) ->
     data = tmp_path / "fresh"
     port = free_port()
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "ARK_DATA_DIR": str(data),
-        "ARK_GATEWAY_LISTEN": f"127.0.0.1:{port}", "ARK_ENGINES_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "ARK_DATA_DIR": str(data),
+        "ARK_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "ARK_ENGINES_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
         "ARK_ENGINES_EMBEDDED_BUNDLED_MODEL": "false",
     }
 
     def start() -> tuple[subprocess.Popen[str], str]:
-        proc = subprocess.Popen([sys.executable, "-m", "ark", "up"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ark", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert wait_until(lambda: _ready(port) or proc.poll() is not None, timeout=20)
         assert proc.poll() is None
         proc.terminate()
@@ -165,8 +170,13 @@ def _ready(port: int) -> bool:
 def test_up_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     bad = tmp_path / "ark.toml"
     bad.write_text('master_key = "sk-ark-0123456789abcdefghij"\n[gateway]\nmax_inflight = -1\n')
-    result = subprocess.run([sys.executable, "-m", "ark", "up", "--config", str(bad)], capture_output=True,
-                            text=True, timeout=30, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "ark", "up", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
     assert result.returncode == 2
     assert str(bad) in result.stderr and "max_inflight = -1" in result.stderr
     assert not (tmp_path / ".local").exists()  # nothing was created

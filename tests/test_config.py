@@ -21,8 +21,11 @@ def load(tmp_path: Path, text: str | None, env: dict[str, str] | None = None):  
     path = tmp_path / "ark.toml"
     if text is not None:
         path.write_text(text)
-    return load_settings(config_path=path if text is not None else None, data_dir=None,
-                         env={"XDG_DATA_HOME": str(tmp_path / "xdg"), **(env or {})})
+    return load_settings(
+        config_path=path if text is not None else None,
+        data_dir=None,
+        env={"XDG_DATA_HOME": str(tmp_path / "xdg"), **(env or {})},
+    )
 
 
 def test_defaults_without_any_file(tmp_path: Path) -> None:
@@ -120,8 +123,12 @@ BAD_CONFIGS = [
     ("engine bad kind", '[engines.x]\nkind = "vllm"', {}, ["[engines.x] kind", '"vllm"', '"ollama"']),
     ("engine bad url", '[engines.x]\nkind = "ollama"\nurl = "ftp://h"', {}, ["url", "http(s) URL"]),
     ("engine without url", '[engines.x]\nkind = "openai"', {}, ["[engines.x] url", "needs its URL"]),
-    ("engine foreign key", '[engines.x]\nkind = "openai"\nurl = "http://h:1"\nn_threads = 2', {},
-     ["n_threads", "not a setting of a openai engine"]),
+    (
+        "engine foreign key",
+        '[engines.x]\nkind = "openai"\nurl = "http://h:1"\nn_threads = 2',
+        {},
+        ["n_threads", "not a setting of a openai engine"],
+    ),
     ("timeout not positive", '[engines.x]\nkind = "embedded"\ntotal_timeout = 0', {}, ["total_timeout", "> 0"]),
     ("model with unknown engine", '[models."m"]\nengine = "nope"', {}, ['[models."m"] engine', '"nope"', "engines"]),
     ("model bad priority", '[models."m"]\npriority = "urgent"', {}, ["priority", '"urgent"', '"high"']),
@@ -129,8 +136,12 @@ BAD_CONFIGS = [
     ("alias to nothing", '[aliases]\n"gpt-4" = ""', {}, ['"gpt-4"', "id of a model"]),
     ("alias chain", '[aliases]\na = "b"\nb = "c"', {}, ["itself an alias"]),
     ("not toml", "[gateway\nlisten=", {}, ["not valid TOML"]),
-    ("env wrong type", "", {"ARK_GATEWAY_MAX_INFLIGHT": "many"}, ["environment variable ARK_GATEWAY_MAX_INFLIGHT",
-                                                                   '"many"', "an integer"]),
+    (
+        "env wrong type",
+        "",
+        {"ARK_GATEWAY_MAX_INFLIGHT": "many"},
+        ["environment variable ARK_GATEWAY_MAX_INFLIGHT", '"many"', "an integer"],
+    ),
     ("env bad port", "", {"ARK_GATEWAY_LISTEN": ":0"}, ["ARK_GATEWAY_LISTEN", "port between 1 and 65535"]),
     ("env unknown variable", "", {"ARK_GATEWAY_LISTN": "x"}, ["ARK_GATEWAY_LISTN", "not an ARK setting"]),
     ("env unknown engine", "", {"ARK_ENGINES_NOPE_URL": "http://h:1"}, ["ARK_ENGINES_NOPE_URL", "not an ARK"]),
@@ -173,9 +184,23 @@ def test_unreadable_file(tmp_path: Path) -> None:
         pytest.skip("setpriv (util-linux) is not installed, so root cannot drop privileges")
     tmp_path.chmod(0o755)
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "ark", "config",
-         "check", "--config", str(path)],
-        capture_output=True, text=True, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)}, timeout=60,
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "ark",
+            "config",
+            "check",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     assert "permission denied" in result.stderr and str(path) in result.stderr
@@ -204,7 +229,7 @@ def test_init_file_parses_and_documents_every_setting(tmp_path: Path) -> None:
 
 def test_reference_box_example_is_valid_when_uncommented(tmp_path: Path) -> None:
     text = render_config(KEY)
-    example = text[text.index("# --- Example"):]
+    example = text[text.index("# --- Example") :]
     uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in example.splitlines()[2:])
     (tmp_path / "ark.toml").write_text(f'master_key = "{KEY}"\n' + uncommented)
     settings = load_settings(config_path=tmp_path / "ark.toml", env={})

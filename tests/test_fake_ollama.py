@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -249,11 +249,11 @@ async def test_keep_alive_controls_what_ps_shows() -> None:
 
 @run_async
 async def test_keep_alive_durations_expire_and_unload_is_asynchronous() -> None:
-    async with serve(unload_delay=0.2) as (_, client):
-        await client.chat(CHAT_MODEL, USER, keep_alive="150ms")
+    async with serve(unload_delay=0.4) as (_, client):
+        await client.chat(CHAT_MODEL, USER, keep_alive="400ms")
         await client.embed(EMBED_MODEL, "x", keep_alive=0)
         assert set(await running(client)) == {CHAT_MODEL, EMBED_MODEL}  # the unload is still under way
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.45)
         assert await running(client) == {}
 
 
@@ -406,6 +406,7 @@ async def test_client_abandoning_a_stream_is_counted() -> None:
         async for part in stream:
             assert not part.done
             break
+        assert isinstance(stream, AsyncGenerator)  # typed as an iterator, built as a generator
         await stream.aclose()  # closes the HTTP response, and with it the connection
         await asyncio.wait_for(fake.cancelled_event.wait(), 2)
         assert (fake.streams_started, fake.streams_cancelled, fake.streams_completed) == (1, 1, 0)

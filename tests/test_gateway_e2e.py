@@ -63,7 +63,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
-def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, fake_ollama_server: FakeOllama) -> Iterator[ArkProcess]:
+def ark(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, fake_ollama_server: FakeOllama
+) -> Iterator[ArkProcess]:
     tmp = tmp_path_factory.mktemp("ark")
     (tmp / "data" / "models").mkdir(parents=True)
     shutil.copy(tiny_gguf, tmp / "data" / "models" / "tiny.gguf")
@@ -119,7 +121,11 @@ def test_chat_stream_matches_non_stream(client: openai.OpenAI) -> None:
     plain = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=10, temperature=0)
     chunks = list(
         client.chat.completions.create(
-            model="tiny", messages=HELLO, max_tokens=10, temperature=0, stream=True,
+            model="tiny",
+            messages=HELLO,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -174,8 +180,11 @@ def test_ollama_engine_through_gateway(client: openai.OpenAI, fake_ollama: FakeO
     path, body = fake_ollama.requests[-1]
     assert path == "/api/chat" and body["model"] == "llama3.2:1b"
     assert body["options"]["num_predict"] == 4 and body["keep_alive"] == "7m"
-    chunks = list(client.chat.completions.create(model="fast", messages=HELLO, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fast", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     emb = client.embeddings.create(model="nomic-embed-text:latest", input=["a", "b"])
     assert len(emb.data) == 2
@@ -197,8 +206,12 @@ def test_health_and_metrics(ark: ArkProcess, client: openai.OpenAI) -> None:
     assert ark.metric("ark_requests_total", model="tiny", status="200") == before + 1
     assert ark.metric("ark_tokens_total", model="tiny", kind="completion") == tokens + 4
     text = ark.metrics()
-    for name in ("ark_request_duration_seconds_bucket", "ark_time_to_first_token_seconds_bucket",
-                 "ark_inflight_requests", "ark_engine_up"):
+    for name in (
+        "ark_request_duration_seconds_bucket",
+        "ark_time_to_first_token_seconds_bucket",
+        "ark_inflight_requests",
+        "ark_engine_up",
+    ):
         assert name in text
 
 
@@ -246,7 +259,8 @@ def test_404_unknown_model(client: openai.OpenAI) -> None:
 )
 def test_400_bad_bodies(ark: ArkProcess, body: bytes, param: str | None) -> None:
     response = httpx.post(
-        ark.api + "/chat/completions", content=body,
+        ark.api + "/chat/completions",
+        content=body,
         headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
@@ -270,7 +284,8 @@ def test_413_body_over_the_limit(client: openai.OpenAI, ark: ArkProcess) -> None
     assert error_body(caught.value.response)["code"] == "request_too_large"
     # Without a Content-Length the limit still holds (chunked upload).
     response = httpx.post(
-        ark.api + "/chat/completions", content=iter([b'{"model": "tiny", "x": "' + b"y" * 80_000 + b'"}']),
+        ark.api + "/chat/completions",
+        content=iter([b'{"model": "tiny", "x": "' + b"y" * 80_000 + b'"}']),
         headers={"Authorization": f"Bearer {MASTER_KEY}"},
     )
     assert response.status_code == 413
@@ -365,8 +380,12 @@ def test_disconnect_cancels_embedded_generation(client: openai.OpenAI, ark: ArkP
 def test_disconnect_of_non_streamed_request_stops_generation(ark: ArkProcess, client: openai.OpenAI) -> None:
     before = ark.metric("ark_engine_generated_tokens_total", engine="embedded")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(ark.api + "/chat/completions", timeout=0.3, headers={"Authorization": f"Bearer {MASTER_KEY}"},
-                   json={"model": "tiny", "messages": HELLO, "max_tokens": 1800})
+        httpx.post(
+            ark.api + "/chat/completions",
+            timeout=0.3,
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            json={"model": "tiny", "messages": HELLO, "max_tokens": 1800},
+        )
     time.sleep(1.0)
     assert ark.metric("ark_engine_generated_tokens_total", engine="embedded") - before < 1000
     reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
@@ -374,8 +393,11 @@ def test_disconnect_of_non_streamed_request_stops_generation(ark: ArkProcess, cl
 
 
 def test_base64_embedding_is_float32_little_endian(ark: ArkProcess) -> None:
-    response = httpx.post(ark.api + "/embeddings", headers={"Authorization": f"Bearer {MASTER_KEY}"},
-                          json={"model": "tiny", "input": "ark", "encoding_format": "base64"})
+    response = httpx.post(
+        ark.api + "/embeddings",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        json={"model": "tiny", "input": "ark", "encoding_format": "base64"},
+    )
     import base64
 
     raw = base64.b64decode(response.json()["data"][0]["embedding"])

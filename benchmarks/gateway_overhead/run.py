@@ -709,7 +709,13 @@ class Bench:
                 runs = self.load_runs({**ctx, "client_cpus": self.cl_cpus})
                 loaded_rss = tree_rss_mb(gw.pid)
         summary = summarise(runs, self.scenarios)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        log_errors = [
+            line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "Traceback" in line
+        ]
+        if log_errors:
+            console.print(f"[yellow]gateway log has {len(log_errors)} ERROR/Traceback lines, kept: {log}[/]")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return {
             "meta": {
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -728,6 +734,7 @@ class Bench:
             "idle_rss_mb": idle_rss,
             "rss_after_load_mb": loaded_rss,
             "problems": problems,
+            "gateway_log_errors": {"count": len(log_errors), "first": log_errors[:5], "log": str(log)},
             "summary": summary,
             "targets": target_rows(summary, idle_rss, median(starts)),
             "litellm_reference": {
@@ -758,6 +765,9 @@ def sanity_notes(result: dict[str, Any]) -> list[str]:
     """Things that make the numbers suspect: errors, lost requests, a busy machine."""
     notes = []
     limit = 0.1 * result["meta"]["duration_s"]
+    if result["gateway_log_errors"]["count"]:
+        errs = result["gateway_log_errors"]
+        notes.append(f"gateway log: {errs['count']} ERROR/Traceback lines, first: {errs['first'][0][:200]}")
     for sc, e in result["summary"].items():
         d, g = e["direct"], e["gateway"]
         if d["errors"] or g["errors"]:

@@ -40,6 +40,16 @@ Test controls (see :class:`FakeOllama`): ``mode`` makes POST requests misbehave
 ("hang", "hang_after_first", "drop", "error_mid_stream", "error500"); counters
 record every POST and every stream started, completed or abandoned by its client.
 
+Not reproduced: tool calls and thinking output (``tools`` is accepted and ignored,
+``think: true`` is refused as for a model without that capability), structured
+``format`` output (accepted, ignored), images, logprobs, pull/push/create/copy/delete,
+the OpenAI-compatible ``/v1`` routes, a real tokenizer (counts are words and
+punctuation), prompt caching, context shifting, memory-based eviction and request
+queueing (every request runs at once; no 503 "server busy"), reloads for runner
+options other than ``num_ctx``, Go's case-insensitive JSON keys, and Go's exact JSON
+syntax-error wording (approximated). An empty ``model`` is 400 "model is required"
+on every endpoint (current Ollama answers 404 "model '' not found" on some).
+
 Run it standalone with ``python -m tests.fakes.ollama --port 11434``.
 """
 
@@ -604,6 +614,18 @@ class _RequestState:
     cancel_recorded: bool = False
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """One chat or generate answer: what to say, how each endpoint shapes it, and its timings."""
+
+    completion: Completion
+    chunk: Callable[[str], dict[str, Any]]  # a streamed piece of content
+    final: Callable[[str, dict[str, Any]], dict[str, Any]]  # the done object: (content, metrics)
+    started_ns: int  # perf_counter_ns() when the request arrived
+    loaded_ns: int  # ... and when its model was ready
+    prompt_tokens: int
+
+
 def _json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=go_json(payload), headers={"Content-Type": JSON_CONTENT_TYPE})
 
@@ -654,6 +676,10 @@ class FakeOllama:
     begun, finished, and abandoned by their client), ``requests_cancelled`` (any POST whose
     client went away before the answer, streams included), ``cancelled_event`` (set on each
     such client disconnect) and ``loaded`` (the models in memory, by name).
+
+    Lifecycle: ``await start()`` returns the URL (also ``url``); ``await stop()`` cuts every
+    request in flight, as a killed server would; ``async with FakeOllama() as fake`` does both.
+    :meth:`reset` restores a fake shared between tests; :meth:`load` preloads a model.
     """
 
     def __init__(
@@ -808,13 +834,19 @@ class FakeOllama:
         entry = self._acquire(self._models[parsed.key], parse_keep_alive(keep_alive), {})
         self._release(entry)
 
-    def _lookup(self, raw: Any, not_found: str) -> ModelSpec:
-        """Resolve a request's model name, raising the endpoint's own errors."""
+    @staticmethod
+    def _parse_model(raw: Any) -> ModelName:
+        """Validate a request's model name (``parseAndValidateModelRef``)."""
         if not isinstance(raw, str) or not raw:
             raise ApiError(400, "model is required")
         parsed = ModelName.parse(raw)
         if parsed is None:
             raise ApiError(400, "invalid model name")
+        return parsed
+
+    def _lookup(self, raw: Any, not_found: str) -> ModelSpec:
+        """Resolve a request's model name to an installed model, raising the endpoint's errors."""
+        parsed = self._parse_model(raw)
         spec = self._models.get(parsed.key)
         if spec is None:
             raise ApiError(404, not_found.format(name=raw, quoted=go_quote(raw)))
@@ -848,18 +880,16 @@ class FakeOllama:
         return entry
 
     def _release(self, entry: LoadedModel) -> None:
-        """Drop a reference; an idle model starts its keep-alive clock or unloads."""
+        """Drop a reference; an idle model starts its keep-alive clock, or unloads."""
         entry.refcount -= 1
         if entry.refcount > 0:
             return
         if entry.session_ns <= 0:
             self._schedule_unload(entry)
-        elif entry.session_ns >= MAX_DURATION_NS:
-            entry.expires_at_ns = time.time_ns() + entry.session_ns
-            entry.unload_at = None
-        else:
-            entry.expires_at_ns = time.time_ns() + entry.session_ns
-            entry.unload_at = time.monotonic() + entry.session_ns / NS_PER_SECOND
+            return
+        entry.expires_at_ns = time.time_ns() + entry.session_ns
+        forever = entry.session_ns >= MAX_DURATION_NS
+        entry.unload_at = None if forever else time.monotonic() + entry.session_ns / NS_PER_SECOND
 
     def _schedule_unload(self, entry: LoadedModel) -> None:
         if self.unload_delay <= 0:
@@ -882,10 +912,10 @@ class FakeOllama:
         self, spec: ModelSpec, keep_alive_ns: int | None, options: dict[str, Any]
     ) -> AsyncIterator[LoadedModel]:
         self._prune()
-        fresh = spec.key not in self._loaded
+        previous = self._loaded.get(spec.key)
         entry = self._acquire(spec, keep_alive_ns, options)
         try:
-            if fresh and self.load_delay > 0:
+            if entry is not previous and self.load_delay > 0:
                 await asyncio.sleep(self.load_delay)
             yield entry
         finally:
@@ -1177,7 +1207,6 @@ class FakeOllama:
                 return _json_response(self._generate_object(model, "", done_reason="load"))
             system = body.get("system") or ""
             prompt_tokens = 1 + count_tokens(system) + count_tokens(prompt) + (0 if raw else 8)
-            prompt_tokens = min(prompt_tokens, entry.context_length)
             completion = self._complete(spec, f"{system}\n{prompt}", options)
 
             def finish(text: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -1186,15 +1215,15 @@ class FakeOllama:
                     model, text, done_reason=completion.done_reason, context=context, metrics=metrics
                 )
 
-            return await self._generate_reply(
-                request,
-                state,
-                body.get("stream") is not False,
+            reply = _Reply(
                 completion,
-                lambda text: self._generate_object(model, text),
-                finish,
-                (started, loaded, prompt_tokens),
+                chunk=lambda text: self._generate_object(model, text),
+                final=finish,
+                started_ns=started,
+                loaded_ns=loaded,
+                prompt_tokens=min(prompt_tokens, entry.context_length),
             )
+            return await self._send_reply(request, state, body.get("stream") is not False, reply)
 
     @staticmethod
     def _generate_object(
@@ -1250,6 +1279,7 @@ class FakeOllama:
         self, request: web.Request, body: dict[str, Any], state: _RequestState
     ) -> web.StreamResponse:
         started = time.perf_counter_ns()
+        self._parse_model(body.get("model"))
         inputs = self._embed_inputs(body.get("input"))
         spec = self._lookup(body.get("model"), "model {quoted} not found, try pulling it first")
         options = parse_options(body.get("options"))

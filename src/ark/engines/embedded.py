@@ -164,7 +164,9 @@ class EmbeddedEngine:
         eos = llama.token_eos()
         n_vocab = llama.n_vocab()
         if any(not 0 <= token < n_vocab for token in bias):
-            raise InvalidRequest(f"logit_bias names a token outside the vocabulary (0-{n_vocab - 1})", param="logit_bias")
+            raise InvalidRequest(
+                f"logit_bias names a token outside the vocabulary (0-{n_vocab - 1})", param="logit_bias"
+            )
         ids = np.array(list(bias), dtype=np.intc)
         values = np.array(list(bias.values()), dtype=np.single)
 
