@@ -1,4 +1,4 @@
-"""One HTTP client per upstream engine, and the one place where aiohttp's errors become ARK's."""
+"""One HTTP client per upstream engine, and the one place where transport errors become ARK's."""
 
 from __future__ import annotations
 
@@ -6,24 +6,18 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ark.config import EngineSettings
 from ark.errors import ApiError, InvalidRequest, ModelNotFound, QueueFull, UpstreamError, UpstreamTimeout
+from ark.wire import ConnectError, ConnectionClosed, ProtocolError, Upstream
 
 
-def make_session(settings: EngineSettings, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+def make_upstream(settings: EngineSettings, headers: Mapping[str, str] | None = None) -> Upstream:
     # Only the connect phase is bounded here; first-token and total deadlines are the
-    # gateway's (ark.gateway.deadlines), so that they apply to every engine alike.
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
-    connector = aiohttp.TCPConnector(limit=settings.max_parallel, keepalive_timeout=30, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        connector=connector,
-        headers=dict(headers or {}),
-        json_serialize=lambda obj: orjson.dumps(obj).decode(),
-        auto_decompress=True,
+    # gateway's, so that they apply to every engine alike.
+    return Upstream(
+        settings.url, connect_timeout=settings.connect_timeout, headers=headers, max_idle=settings.max_parallel
     )
 
 
@@ -34,14 +28,16 @@ async def upstream_errors(engine: str, url: str) -> AsyncIterator[None]:
         yield
     except ApiError:
         raise
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"Engine '{engine}' is unreachable at {url}: {exc.os_error.strerror or exc}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+    except ConnectError as exc:
+        if "within" in str(exc):
+            raise UpstreamTimeout(f"Engine '{engine}' at {url}: {exc}") from exc
+        raise UpstreamError(f"Engine '{engine}' is unreachable at {url}: {exc}") from exc
+    except ConnectionClosed as exc:
         raise UpstreamError(f"Engine '{engine}' closed the connection before the response was complete") from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise UpstreamTimeout(f"Engine '{engine}' did not answer in time ({exc})") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"Engine '{engine}' failed: {type(exc).__name__}: {exc}") from exc
+    except ProtocolError as exc:
+        raise UpstreamError(f"Engine '{engine}' sent an invalid response: {exc}") from exc
+    except OSError as exc:
+        raise UpstreamError(f"Engine '{engine}' failed: {exc}") from exc
     except orjson.JSONDecodeError as exc:
         raise UpstreamError(f"Engine '{engine}' sent a response that is not JSON") from exc
 
@@ -55,7 +51,7 @@ def upstream_status_error(engine: str, status: int, body: bytes, model: str | No
         return InvalidRequest(f"Engine '{engine}' rejected the request: {message}")
     if status == 429:
         return QueueFull(f"Engine '{engine}' is overloaded: {message}", retry_after=1.0)
-    if status == 401 or status == 403:
+    if status in (401, 403):
         return UpstreamError(f"Engine '{engine}' refused ARK's credentials (HTTP {status}): {message}")
     return UpstreamError(f"Engine '{engine}' failed with HTTP {status}: {message}")
 
@@ -69,3 +65,52 @@ def _error_message(body: bytes) -> str:
     if isinstance(error, dict):
         return str(error.get("message") or error)
     return str(error or data)[:300]
+
+
+class JsonUpstream:
+    """JSON over HTTP to one engine: requests, answers and errors in ARK's terms."""
+
+    def __init__(
+        self, settings: EngineSettings, headers: Mapping[str, str] | None = None, upstream: Upstream | None = None
+    ) -> None:
+        self.engine = settings.name
+        self.base_url = settings.url
+        self._settings = settings
+        self._headers = headers
+        self._upstream = upstream
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:  # created on first use: inside the running event loop
+            self._upstream = make_upstream(self._settings, self._headers)
+        return self._upstream
+
+    def close(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+
+    async def get(self, path: str) -> Any:
+        async with upstream_errors(self.engine, self.base_url + path):
+            response = await self.upstream.request("GET", path)
+            body = await response.read()
+            if response.status != 200:
+                raise upstream_status_error(self.engine, response.status, body)
+            return orjson.loads(body)
+
+    async def post(self, path: str, body: Any, model: str) -> Any:
+        async with upstream_errors(self.engine, self.base_url + path):
+            response = await self.upstream.request("POST", path, orjson.dumps(body))
+            raw = await response.read()
+            if response.status != 200:
+                raise upstream_status_error(self.engine, response.status, raw, model)
+            return orjson.loads(raw)
+
+    async def post_lines(self, path: str, body: Any, model: str) -> AsyncIterator[bytes]:
+        """POST, then the response body line by line as it arrives (SSE, NDJSON)."""
+        async with upstream_errors(self.engine, self.base_url + path):
+            response = await self.upstream.request("POST", path, orjson.dumps(body))
+            async with response:
+                if response.status != 200:
+                    raise upstream_status_error(self.engine, response.status, await response.read(), model)
+                async for line in response.lines():
+                    yield line

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ark.config import EngineSettings
 from ark.errors import QueueFull
 
 Json = dict[str, Any]
@@ -74,6 +75,7 @@ class Engine(Protocol):
 
     name: str
     kind: str
+    settings: EngineSettings
     limiter: Limiter
 
     async def start(self) -> None: ...

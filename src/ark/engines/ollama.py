@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ark.config import EngineSettings
-from ark.engines._http import make_session, upstream_errors, upstream_status_error
+from ark.engines._http import JsonUpstream, upstream_status_error
 from ark.engines.base import (
     ChatRequest,
     CompletionRequest,
@@ -29,7 +28,8 @@ from ark.engines.base import (
     now,
     usage,
 )
-from ark.errors import InvalidRequest
+from ark.errors import InvalidRequest, UpstreamError
+from ark.wire import Upstream
 
 # OpenAI fields with a direct Ollama option.
 _PASSTHROUGH_OPTIONS = ("frequency_penalty", "presence_penalty")
@@ -38,63 +38,43 @@ _PASSTHROUGH_OPTIONS = ("frequency_penalty", "presence_penalty")
 class OllamaEngine:
     kind = "ollama"
 
-    def __init__(self, settings: EngineSettings, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: EngineSettings, *, upstream: Upstream | None = None) -> None:
         self.name = settings.name
         self.settings = settings
-        self.base_url = settings.url
         self.limiter = Limiter(settings.max_parallel, settings.max_queue, name=settings.name)
-        self._session = session
+        self.http = JsonUpstream(settings, None, upstream)
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = make_session(self.settings)
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "engine used before start()"
-        return self._session
+        self.http.close()
 
     def stats(self) -> dict[str, float]:
         return {}
 
-    # -- plumbing ---------------------------------------------------------------------------------
     async def _get(self, path: str) -> Json:
-        url = self.base_url + path
-        async with upstream_errors(self.name, url), self.session.get(url) as resp:
-            raw = await resp.read()
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, raw)
-            result: Json = orjson.loads(raw)
-            return result
+        result: Json = await self.http.get(path)
+        return result
 
     async def _post(self, path: str, body: Json, model: str) -> Json:
-        url = self.base_url + path
-        async with upstream_errors(self.name, url), self.session.post(url, data=orjson.dumps(body)) as resp:
-            raw = await resp.read()
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, raw, model)
-            result: Json = orjson.loads(raw)
-            return result
+        result: Json = await self.http.post(path, body, model)
+        return result
 
     async def _lines(self, path: str, body: Json, model: str) -> AsyncIterator[Json]:
         """Ollama streams one JSON object per line (application/x-ndjson)."""
-        url = self.base_url + path
-        async with upstream_errors(self.name, url), self.session.post(url, data=orjson.dumps(body)) as resp:
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, await resp.read(), model)
-            async for line in resp.content:
-                if not line.strip():
-                    continue
+        async for line in self.http.post_lines(path, body, model):
+            if not line.strip():
+                continue
+            try:
                 data: Json = orjson.loads(line)
-                if "error" in data:  # errors after the 200 arrive as a line of their own
-                    raise upstream_status_error(self.name, 500, line, model)
-                yield data
-                if data.get("done"):
-                    return
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"Engine '{self.name}' sent a line that is not JSON") from None
+            if "error" in data:  # errors after the 200 arrive as a line of their own
+                raise upstream_status_error(self.name, 500, line, model)
+            yield data
+            if data.get("done"):
+                return
 
     def _keep_alive(self, requested: str | None) -> str | None:
         return requested or self.settings.keep_alive or None

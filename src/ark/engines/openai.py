@@ -11,50 +11,36 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ark.config import EngineSettings
-from ark.engines._http import make_session, upstream_errors, upstream_status_error
+from ark.engines._http import JsonUpstream, upstream_status_error
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Json, Limiter, ModelInfo
+from ark.errors import UpstreamError
+from ark.wire import Upstream
 
 
 class OpenAIEngine:
     kind = "openai"
 
-    def __init__(self, settings: EngineSettings, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: EngineSettings, *, upstream: Upstream | None = None) -> None:
         self.name = settings.name
         self.settings = settings
-        self.base_url = settings.url
         self.limiter = Limiter(settings.max_parallel, settings.max_queue, name=settings.name)
-        self._session = session
-        self._headers = {"Content-Type": "application/json"}
-        if settings.api_key:
-            self._headers["Authorization"] = f"Bearer {settings.api_key.value}"
+        headers = {"authorization": f"Bearer {settings.api_key.value}"} if settings.api_key else {}
+        self.http = JsonUpstream(settings, headers, upstream)
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = make_session(self.settings)
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "engine used before start()"
-        return self._session
+        self.http.close()
 
     def stats(self) -> dict[str, float]:
         return {}
 
     async def list_models(self) -> list[ModelInfo]:
-        url = self.base_url + "/models"
-        async with upstream_errors(self.name, url), self.session.get(url, headers=self._headers) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, body)
-            data = orjson.loads(body).get("data") or []
+        data = (await self.http.get("/models")).get("data") or []
         return [
             ModelInfo(
                 id=m["id"],
@@ -67,40 +53,24 @@ class OpenAIEngine:
         ]
 
     async def _post(self, path: str, body: Json, model: str) -> Json:
-        url = self.base_url + path
-        async with (
-            upstream_errors(self.name, url),
-            self.session.post(url, data=orjson.dumps(body), headers=self._headers) as resp,
-        ):
-            raw = await resp.read()
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, raw, model)
-            result: Json = orjson.loads(raw)
-            return result
+        result: Json = await self.http.post(path, body, model)
+        return result
 
     async def _stream(self, path: str, body: Json, model: str) -> AsyncIterator[Json]:
-        url = self.base_url + path
-        body = {
-            **body,
-            "stream": True,
-            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
-        }
-        async with (
-            upstream_errors(self.name, url),
-            self.session.post(url, data=orjson.dumps(body), headers=self._headers) as resp,
-        ):
-            if resp.status != 200:
-                raise upstream_status_error(self.name, resp.status, await resp.read(), model)
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments, "event:" lines
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    return
+        body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        async for line in self.http.post_lines(path, body, model):
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, "event:" lines
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            try:
                 chunk: Any = orjson.loads(payload)
-                if isinstance(chunk, dict) and "error" in chunk:
-                    raise upstream_status_error(self.name, 500, payload, model)
-                yield chunk
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"Engine '{self.name}' sent an event that is not JSON") from None
+            if isinstance(chunk, dict) and "error" in chunk:
+                raise upstream_status_error(self.name, 500, payload, model)
+            yield chunk
 
     async def chat(self, request: ChatRequest) -> Json:
         return await self._post("/chat/completions", {**request.body, "stream": False}, request.model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ark.gateway.app import GATEWAY, Gateway, create_app
+from ark.gateway.app import Gateway
 from ark.gateway.server import serve
 
-__all__ = ["GATEWAY", "Gateway", "create_app", "serve"]
+__all__ = ["Gateway", "serve"]

@@ -1,101 +1,88 @@
-"""The OpenAI-compatible API: routes, auth, the error handler, and the per-request record.
+"""The OpenAI-compatible API: routes, auth, the error handler and the per-request record.
 
-``create_app(settings)`` builds everything; clients, engines and the router
-live in the application's state and are opened and closed by its lifespan.
+``Gateway(settings)`` holds the live state (engines, router, metrics, access
+log); ``start()`` / ``close()`` are its lifespan, and the instance itself is
+the request handler that :class:`ark.wire.Server` calls.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import asynccontextmanager
 
 import orjson
-from aiohttp import web
 
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
-from ark.errors import ApiError, AuthenticationError, BodyTooLarge, InvalidRequest, QueueFull, UpstreamTimeout
+from ark.errors import ApiError, AuthenticationError, InvalidRequest, QueueFull, UpstreamTimeout
 from ark.gateway import requests as parse
 from ark.gateway.accesslog import AccessLog
+from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
 from ark.gateway.metrics import Metrics
 from ark.gateway.router import ModelRouter, Route
+from ark.gateway.streaming import relay
+from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
 
-_JSON = "application/json"
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_LOOPBACK = ("127.0.0.1", "::1")
-UNKNOWN_MODEL = "unknown"
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+Handler = Callable[[Request, Responder, Exchange], Awaitable[None]]
 
 
-def error_body(exc: ApiError) -> bytes:
-    """The one place that shapes errors: OpenAI's ``{"error": {message, type, param, code}}``."""
-    return orjson.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
-
-
-def error_response(exc: ApiError) -> web.Response:
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
-    return web.Response(status=exc.status, body=error_body(exc), content_type=_JSON, headers=headers)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one API request did; recorded in metrics and the access log when it ends."""
-
-    path: str
-    started: float
-    model: str = UNKNOWN_MODEL
-    alias: str | None = None
-    status: int = 200
-    stream: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft: float | None = None
-    error: str | None = None
-    prompt: Any = None
-    output: str | None = None
+async def send_error(responder: Responder, exc: ApiError) -> None:
+    headers = JSON_HEADERS
+    if exc.retry_after is not None:
+        headers = [*JSON_HEADERS, ("retry-after", str(max(1, round(exc.retry_after))))]
+    await responder.send(exc.status, error_body(exc), headers)
 
 
 class Gateway:
-    """Holds the gateway's live state; its bound methods are the aiohttp handlers."""
+    """The gateway's live state; calling it handles one HTTP request."""
 
     def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None) -> None:
         self.settings = settings
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
-        self.metrics.watch_engines(
-            lambda: self.engines,
-            lambda name: self.router.state.get(name) is not None and self.router.state[name].up,
-        )
+        self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self._master = settings.master_key.value.encode()
-        self._max_body = settings.gateway.max_body_bytes
         self._max_inflight = settings.gateway.max_inflight
         self._log_prompts = settings.gateway.log_prompts
         self.inflight = 0
         self.access_log: AccessLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        api = self._api
+        self._routes: dict[tuple[str, str], Callable[[Request, Responder], Awaitable[None]]] = {}
+        for prefix in ("/v1", ""):  # OpenAI-compatible servers commonly accept both
+            self._routes[("POST", prefix + "/chat/completions")] = api(self.chat_completions)
+            self._routes[("POST", prefix + "/completions")] = api(self.completions)
+            self._routes[("POST", prefix + "/embeddings")] = api(self.embeddings)
+            self._routes[("GET", prefix + "/models")] = api(self.list_models)
+        self._retrieve_model = api(self.retrieve_model)
+        self._routes[("GET", "/health/live")] = self.live
+        self._routes[("GET", "/health/ready")] = self.ready
+        self._routes[("GET", "/metrics")] = self.prometheus
+
+    def _engine_up(self, name: str) -> bool:
+        state = self.router.state.get(name)
+        return state is not None and state.up
 
     # -- lifespan ---------------------------------------------------------------------------------
-    async def startup(self, app: web.Application) -> None:
+    async def start(self) -> None:
         self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
         for engine in self.engines:
             await engine.start()
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
         self._tasks.append(asyncio.create_task(self._first_refresh(), name="ark-router-first-refresh"))
-        self._tasks.append(
-            asyncio.create_task(
-                self.router.run_refresh(self.settings.gateway.model_refresh_s), name="ark-router-refresh"
-            )
-        )
+        refresh = self.router.run_refresh(self.settings.gateway.model_refresh_s)
+        self._tasks.append(asyncio.create_task(refresh, name="ark-router-refresh"))
 
     async def _first_refresh(self) -> None:
         try:
@@ -104,7 +91,7 @@ class Gateway:
             log.exception("probing the engines failed")
             self.router.ready.set()
 
-    async def cleanup(self, app: web.Application) -> None:
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -113,59 +100,34 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.close()
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _authenticate(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError(
-                "Missing API key. Send it as 'Authorization: Bearer <key>'.",
-            )
+    def refused(self, status: int) -> None:
+        """The server refused a request before it reached a handler (413, 400): count it anyway."""
+        self.metrics.requests.labels(UNKNOWN_MODEL, str(status)).inc()
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        handler = self._routes.get((request.method, request.path))
+        if handler is not None:
+            await handler(request, responder)
+        elif request.method == "GET" and request.path.startswith(("/v1/models/", "/models/")):
+            await self._retrieve_model(request, responder)
+        else:
+            exc = InvalidRequest(f"Unknown request URL: {request.method} {request.path}.")
+            exc.status, exc.code = 404, "unknown_url"
+            await send_error(responder, exc)
+
+    def _authenticate(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         # compare_digest takes time independent of where the strings differ
         if not self._master or not hmac.compare_digest(token.strip().encode(), self._master):
             raise AuthenticationError("Incorrect API key provided.")
 
-    async def _body(self, request: web.Request) -> Json:
-        length = request.content_length
-        if length is not None and length > self._max_body:
-            raise BodyTooLarge(f"The request body is {length} bytes; the limit is {self._max_body} bytes.")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.") from None
-        return parse.parse_body(raw)
-
-    def _record(self, ex: Exchange) -> None:
-        elapsed = time.perf_counter() - ex.started
-        self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
-        if self.access_log is None:
-            return
-        record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
-            "key": "master",
-            "path": ex.path,
-            "model": ex.model,
-            "alias": ex.alias,
-            "status": ex.status,
-            "stream": ex.stream,
-            "prompt_tokens": ex.prompt_tokens,
-            "completion_tokens": ex.completion_tokens,
-            "latency_ms": round(elapsed * 1000, 3),
-            "ttft_ms": None if ex.ttft is None else round(ex.ttft * 1000, 3),
-        }
-        if ex.error:
-            record["error"] = ex.error
-        if self._log_prompts:
-            record["prompt"] = ex.prompt
-            record["output"] = ex.output
-        self.access_log.write(record)
-
-    def api(
-        self, handler: Callable[[web.Request, Exchange], Awaitable[web.StreamResponse]]
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _api(self, handler: Handler) -> Callable[[Request, Responder], Awaitable[None]]:
         """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
 
-        async def wrapped(request: web.Request) -> web.StreamResponse:
+        async def wrapped(request: Request, responder: Responder) -> None:
             ex = Exchange(request.path, time.perf_counter())
             self.inflight += 1
             self.metrics.inflight.inc()
@@ -173,20 +135,22 @@ class Gateway:
                 self._authenticate(request)
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
-                        f"The gateway is serving {self._max_inflight} requests; retry shortly.",
-                        retry_after=1.0,
+                        f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
                     )
-                return await handler(request, ex)
+                await handler(request, responder, ex)
             except ApiError as exc:
-                ex.status, ex.error = exc.status, exc.code
-                return error_response(exc)
-            except asyncio.CancelledError:
+                ex.fail(exc)
+                if not responder.started:
+                    await send_error(responder, exc)
+            except (asyncio.CancelledError, ConnectionResetError):
                 ex.status, ex.error = 499, "client_closed_request"  # nginx's code for it
                 raise
             except Exception as exc:
                 log.exception("unexpected error serving %s", request.path)
                 ex.status, ex.error = 500, "internal_error"
-                return error_response(ApiError(f"Internal error: {type(exc).__name__}"))
+                if responder.started:
+                    raise
+                await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"))
             finally:
                 self.inflight -= 1
                 self.metrics.inflight.dec()
@@ -194,64 +158,88 @@ class Gateway:
 
         return wrapped
 
+    def _record(self, ex: Exchange) -> None:
+        elapsed = time.perf_counter() - ex.started
+        self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
+        if self.access_log is not None:
+            self.access_log.write(ex.record(elapsed, self._log_prompts))
+
     async def _resolve(self, body: Json, ex: Exchange) -> Route:
         route = await self.router.resolve(parse.model_name(body))
         ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
         return route
 
     # -- generation -------------------------------------------------------------------------------
-    async def chat_completions(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        body = await self._body(request)
+    async def chat_completions(self, request: Request, responder: Responder, ex: Exchange) -> None:
+        body = parse.parse_body(request.body)
         common = parse.common(body)
         messages = parse.messages(body)
         route = await self._resolve(body, ex)
         if self._log_prompts:
             ex.prompt = messages
-        engine_body = {**body, "model": route.model}
-        engine_body.pop("keep_alive", None)
-        req = ChatRequest(route.model, messages, common.sampling, common.stream, engine_body, common.keep_alive)
+        req = ChatRequest(
+            route.model, messages, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
+        )
         engine = route.engine
         if common.stream:
-            return await self._stream(request, ex, route, engine.chat_stream(req), common.include_usage, chat=True)
+            await relay(
+                responder,
+                ex,
+                route,
+                engine.chat_stream(req),
+                common.include_usage,
+                chat=True,
+                keep_text=self._log_prompts,
+            )
+            return
         async with engine.limiter, _deadline(engine):
             result = await engine.chat(req)
-        return self._answer(ex, route, result, chat=True)
+        await self._answer(responder, ex, route, result, chat=True)
 
-    async def completions(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        body = await self._body(request)
+    async def completions(self, request: Request, responder: Responder, ex: Exchange) -> None:
+        body = parse.parse_body(request.body)
         common = parse.common(body)
         prompt = parse.prompt(body)
         route = await self._resolve(body, ex)
         if self._log_prompts:
             ex.prompt = prompt
-        engine_body = {**body, "model": route.model}
-        engine_body.pop("keep_alive", None)
-        req = CompletionRequest(route.model, prompt, common.sampling, common.stream, engine_body, common.keep_alive)
+        req = CompletionRequest(
+            route.model, prompt, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
+        )
         engine = route.engine
         if common.stream:
-            return await self._stream(request, ex, route, engine.complete_stream(req), common.include_usage, chat=False)
+            await relay(
+                responder,
+                ex,
+                route,
+                engine.complete_stream(req),
+                common.include_usage,
+                chat=False,
+                keep_text=self._log_prompts,
+            )
+            return
         async with engine.limiter, _deadline(engine):
             result = await engine.complete(req)
-        return self._answer(ex, route, result, chat=False)
+        await self._answer(responder, ex, route, result, chat=False)
 
-    async def embeddings(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        body = await self._body(request)
+    async def embeddings(self, request: Request, responder: Responder, ex: Exchange) -> None:
+        body = parse.parse_body(request.body)
         inputs, encoding = parse.embedding_inputs(body)
         keep_alive = parse.keep_alive(body)
         route = await self._resolve(body, ex)
-        engine_body = {k: v for k, v in body.items() if k not in ("keep_alive", "encoding_format")}
-        engine_body["model"] = route.model
+        engine_body = _engine_body(body, route)
+        engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine
         async with engine.limiter, _deadline(engine):
             result = await engine.embed(EmbeddingRequest(route.model, inputs, engine_body, keep_alive))
         result["model"] = route.requested
         if encoding == "base64":
             for item in result.get("data") or []:
-                item["embedding"] = _base64_floats(item["embedding"])
+                item["embedding"] = base64.b64encode(array.array("f", item["embedding"]).tobytes()).decode()
         ex.prompt_tokens = int((result.get("usage") or {}).get("prompt_tokens") or 0)
-        return web.Response(body=orjson.dumps(result), content_type=_JSON)
+        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
-    def _answer(self, ex: Exchange, route: Route, result: Json, *, chat: bool) -> web.Response:
+    async def _answer(self, responder: Responder, ex: Exchange, route: Route, result: Json, *, chat: bool) -> None:
         result["model"] = route.requested
         usage = result.get("usage") or {}
         ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -259,188 +247,62 @@ class Gateway:
         if self._log_prompts:
             choice = (result.get("choices") or [{}])[0]
             ex.output = (choice.get("message") or {}).get("content") if chat else choice.get("text")
-        return web.Response(body=orjson.dumps(result), content_type=_JSON)
-
-    async def _stream(
-        self,
-        request: web.Request,
-        ex: Exchange,
-        route: Route,
-        chunks: AsyncIterator[Json],
-        include_usage: bool,
-        *,
-        chat: bool,
-    ) -> web.StreamResponse:
-        """Relay an engine's stream as server-sent events.
-
-        The first chunk is awaited before any byte is sent, so that errors up to the first
-        token (unknown model, engine down, first-token timeout) keep their HTTP status.
-        Errors after it arrive as an SSE error event, as OpenAI sends them.
-        """
-        ex.stream = True
-        engine = route.engine
-        first_timeout, total_timeout = _timeouts(engine)
-        # the total deadline counts from the request's start, on the event loop's clock
-        deadline = asyncio.get_running_loop().time() + total_timeout - (time.perf_counter() - ex.started)
-        response: web.StreamResponse | None = None
-        output: list[str] = []
-        async with engine.limiter, aclosing(chunks):  # type: ignore[type-var]
-            iterator = chunks.__aiter__()
-            try:
-                async with asyncio.timeout(first_timeout):
-                    chunk: Json | None = await anext(iterator)
-            except StopAsyncIteration:
-                chunk = None
-            except TimeoutError:
-                raise UpstreamTimeout(f"Engine '{engine.name}' sent no token within {first_timeout:g} s.") from None
-            response = web.StreamResponse(headers=_SSE_HEADERS)
-            await response.prepare(request)
-            write = response.write
-            requested = route.requested
-            try:
-                while chunk is not None:
-                    if "usage" in chunk:
-                        usage = chunk["usage"]
-                        if usage:
-                            ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                            ex.completion_tokens = int(usage.get("completion_tokens") or 0)
-                        if not include_usage:
-                            del chunk["usage"]
-                    choices = chunk.get("choices")
-                    if choices or include_usage:
-                        if choices:
-                            text = _chunk_text(choices[0], chat)
-                            if text:
-                                if ex.ttft is None:
-                                    ex.ttft = time.perf_counter() - ex.started
-                                if self._log_prompts:
-                                    output.append(text)
-                        chunk["model"] = requested
-                        await write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(iterator)
-                    except StopAsyncIteration:
-                        chunk = None
-                await write(b"data: [DONE]\n\n")
-            except TimeoutError:
-                exc: ApiError = UpstreamTimeout(f"Engine '{engine.name}' did not finish within the total timeout.")
-                ex.status, ex.error = exc.status, exc.code
-                await write(b"data: " + error_body(exc) + b"\n\n")
-            except ApiError as exc:
-                ex.status, ex.error = exc.status, exc.code
-                await write(b"data: " + error_body(exc) + b"\n\n")
-            finally:
-                if self._log_prompts:
-                    ex.output = "".join(output)
-        await response.write_eof()
-        return response
+        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     # -- the rest of the API ----------------------------------------------------------------------
-    async def list_models(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+    async def list_models(self, request: Request, responder: Responder, ex: Exchange) -> None:
         data = []
         for name, info, target in self.router.names():
             owned_by = info.owned_by if info else (f"alias of {target}" if target else "ark")
             data.append({"id": name, "object": "model", "created": info.created if info else 0, "owned_by": owned_by})
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
+        await responder.send(200, orjson.dumps({"object": "list", "data": data}), JSON_HEADERS)
 
-    async def retrieve_model(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        route = await self.router.resolve(request.match_info["model"])
+    async def retrieve_model(self, request: Request, responder: Responder, ex: Exchange) -> None:
+        route = await self.router.resolve(request.path.split("/models/", 1)[1])
         info = next((m for m in self.router.models if m.id == route.model), None)
-        return web.Response(
-            body=orjson.dumps(
-                {
-                    "id": route.requested,
-                    "object": "model",
-                    "created": info.created if info else 0,
-                    "owned_by": info.owned_by if info else "ark",
-                }
-            ),
-            content_type=_JSON,
-        )
-
-    async def live(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
-
-    async def ready(self, request: web.Request) -> web.StreamResponse:
-        ready = self.router.ready.is_set()
-        body = {
-            "status": "ready" if ready else "starting",
-            "engines": {
-                name: {"up": s.up, "models": s.models, **({"error": s.error} if s.error else {})}
-                for name, s in self.router.state.items()
-            },
+        model = {
+            "id": route.requested,
+            "object": "model",
+            "created": info.created if info else 0,
+            "owned_by": info.owned_by if info else "ark",
         }
-        return web.Response(status=200 if ready else 503, body=orjson.dumps(body), content_type=_JSON)
+        await responder.send(200, orjson.dumps(model), JSON_HEADERS)
 
-    async def prometheus(self, request: web.Request) -> web.StreamResponse:
-        if request.remote not in _LOOPBACK:  # Prometheus scrapes locally; anyone else needs the key
+    async def live(self, request: Request, responder: Responder) -> None:
+        await responder.send(200, b'{"status":"ok"}', JSON_HEADERS)
+
+    async def ready(self, request: Request, responder: Responder) -> None:
+        ready = self.router.ready.is_set()
+        engines = {
+            name: {"up": s.up, "models": s.models, **({"error": s.error} if s.error else {})}
+            for name, s in self.router.state.items()
+        }
+        body = orjson.dumps({"status": "ready" if ready else "starting", "engines": engines})
+        await responder.send(200 if ready else 503, body, JSON_HEADERS)
+
+    async def prometheus(self, request: Request, responder: Responder) -> None:
+        if request.client not in _LOOPBACK:  # Prometheus scrapes locally; anyone else needs the key
             try:
                 self._authenticate(request)
             except ApiError as exc:
-                return error_response(exc)
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
-
-    async def not_found(self, request: web.Request) -> web.StreamResponse:
-        exc = InvalidRequest(f"Unknown request URL: {request.method} {request.path}.")
-        exc.status, exc.code = 404, "unknown_url"
-        return error_response(exc)
+                await send_error(responder, exc)
+                return
+        await responder.send(200, self.metrics.render(), [("content-type", "text/plain; version=0.0.4")])
 
 
-def _chunk_text(choice: Json, chat: bool) -> str:
-    if chat:
-        delta = choice.get("delta") or {}
-        text: str = delta.get("content") or ("<tool_call>" if delta.get("tool_calls") else "")
-        return text
-    return str(choice.get("text") or "")
-
-
-def _base64_floats(vector: list[float]) -> str:
-    import array
-
-    return base64.b64encode(array.array("f", vector).tobytes()).decode()
+def _engine_body(body: Json, route: Route) -> Json:
+    """The client's body as an engine receives it: the engine's model id, no ARK-only fields."""
+    engine_body = {**body, "model": route.model}
+    engine_body.pop("keep_alive", None)
+    return engine_body
 
 
 @asynccontextmanager
 async def _deadline(engine: Engine) -> AsyncIterator[None]:
     """The engine's total timeout around a non-streamed request, as a 504 that names the engine."""
-    seconds = _timeouts(engine)[1]
+    seconds = engine.settings.total_timeout
     try:
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError:
         raise UpstreamTimeout(f"Engine '{engine.name}' did not answer within {seconds:g} s.") from None
-
-
-def _timeouts(engine: Engine) -> tuple[float, float]:
-    """(first token, total) seconds for an engine; engines built from settings carry their own."""
-    settings = getattr(engine, "settings", None)
-    return getattr(settings, "first_token_timeout", 300.0), getattr(settings, "total_timeout", 900.0)
-
-
-def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> web.Application:
-    """The gateway as an aiohttp application (run it with handler_cancellation=True)."""
-    gateway = Gateway(settings, engines)
-    app = web.Application(client_max_size=settings.gateway.max_body_bytes)
-    app[GATEWAY] = gateway
-    app.on_startup.append(gateway.startup)
-    app.on_cleanup.append(gateway.cleanup)
-    api = gateway.api
-    app.router.add_post("/v1/chat/completions", api(gateway.chat_completions))
-    app.router.add_post("/v1/completions", api(gateway.completions))
-    app.router.add_post("/v1/embeddings", api(gateway.embeddings))
-    app.router.add_get("/v1/models", api(gateway.list_models))
-    app.router.add_get("/v1/models/{model:.+}", api(gateway.retrieve_model))
-    # The same API without the /v1 prefix, as OpenAI-compatible servers commonly accept.
-    app.router.add_post("/chat/completions", api(gateway.chat_completions))
-    app.router.add_post("/completions", api(gateway.completions))
-    app.router.add_post("/embeddings", api(gateway.embeddings))
-    app.router.add_get("/models", api(gateway.list_models))
-    app.router.add_get("/health/live", gateway.live)
-    app.router.add_get("/health/ready", gateway.ready)
-    app.router.add_get("/metrics", gateway.prometheus)
-    app.router.add_route("*", "/{tail:.*}", gateway.not_found)
-    return app
-
-
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)

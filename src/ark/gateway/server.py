@@ -7,38 +7,32 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
-
 from ark.config import Settings
-from ark.gateway.app import GATEWAY, Gateway, create_app
+from ark.gateway.app import Gateway
+from ark.wire import Limits, Server
 
 
 async def serve(
-    settings: Settings,
-    *,
-    on_started: Callable[[Gateway], None] | None = None,
-    stop: asyncio.Event | None = None,
+    settings: Settings, *, on_started: Callable[[Gateway], None] | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    app = create_app(settings)
-    # handler_cancellation: a client that goes away cancels its handler, and with it the
-    # engine request, so the GPU stops generating for nobody.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    listen = settings.gateway.listen
-    site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_address=True)
+    gateway = Gateway(settings)
+    server = Server(gateway, Limits(max_body=settings.gateway.max_body_bytes), on_refused=gateway.refused)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
     try:
-        await site.start()
+        listen = settings.gateway.listen
+        await server.start(listen.host, listen.port)
         if on_started is not None:
-            on_started(app[GATEWAY])
+            on_started(gateway)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await server.close()
+        await gateway.close()
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

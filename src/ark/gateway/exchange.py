@@ -1,0 +1,61 @@
+"""What one API request did, kept while it runs and recorded (metrics, access log) when it ends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ark.errors import ApiError
+
+UNKNOWN_MODEL = "unknown"  # the metrics label of requests that named no servable model
+JSON_HEADERS = [("content-type", "application/json")]
+
+
+def error_body(exc: ApiError) -> bytes:
+    """The one place that shapes errors: OpenAI's ``{"error": {message, type, param, code}}``."""
+    error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    return orjson.dumps({"error": error})
+
+
+@dataclass(slots=True)
+class Exchange:
+    path: str
+    started: float  # time.perf_counter() at arrival
+    model: str = UNKNOWN_MODEL
+    alias: str | None = None
+    status: int = 200
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: float | None = None
+    error: str | None = None
+    prompt: Any = None
+    output: str | None = None
+
+    def fail(self, exc: ApiError) -> None:
+        self.status, self.error = exc.status, exc.code
+
+    def record(self, elapsed: float, with_text: bool) -> dict[str, Any]:
+        now = time.time()
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "key": "master",
+            "path": self.path,
+            "model": self.model,
+            "alias": self.alias,
+            "status": self.status,
+            "stream": self.stream,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": round(elapsed * 1000, 3),
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 3),
+        }
+        if self.error:
+            record["error"] = self.error
+        if with_text:
+            record["prompt"] = self.prompt
+            record["output"] = self.output
+        return record
