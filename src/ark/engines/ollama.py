@@ -63,8 +63,10 @@ class OllamaEngine:
 
     async def _lines(self, path: str, body: Json, model: str) -> AsyncIterator[Json]:
         """Ollama streams one JSON object per line (application/x-ndjson)."""
+        done = False
+        # Read to the end of the body even after the "done" line, so the connection can be reused.
         async for line in self.http.post_lines(path, body, model):
-            if not line.strip():
+            if done or not line.strip():
                 continue
             try:
                 data: Json = orjson.loads(line)
@@ -73,8 +75,7 @@ class OllamaEngine:
             if "error" in data:  # errors after the 200 arrive as a line of their own
                 raise upstream_status_error(self.name, 500, line, model)
             yield data
-            if data.get("done"):
-                return
+            done = bool(data.get("done"))
 
     def _keep_alive(self, requested: str | None) -> str | None:
         return requested or self.settings.keep_alive or None

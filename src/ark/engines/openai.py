@@ -58,12 +58,15 @@ class OpenAIEngine:
 
     async def _stream(self, path: str, body: Json, model: str) -> AsyncIterator[Json]:
         body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        done = False
+        # Read to the end of the body even after [DONE], so the connection can be reused.
         async for line in self.http.post_lines(path, body, model):
-            if not line.startswith(b"data:"):
+            if done or not line.startswith(b"data:"):
                 continue  # blank separators, comments, "event:" lines
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                return
+                done = True
+                continue
             try:
                 chunk: Any = orjson.loads(payload)
             except orjson.JSONDecodeError:

@@ -50,25 +50,25 @@ async def relay(
             raise UpstreamTimeout(f"Engine '{engine.name}' sent no token within {first_timeout:g} s.") from None
         await responder.start(200, SSE_HEADERS)
         try:
-            while chunk is not None:
-                if "usage" in chunk:
-                    usage = chunk["usage"]
-                    if usage:
-                        ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                        ex.completion_tokens = int(usage.get("completion_tokens") or 0)
-                    if not include_usage:
-                        del chunk["usage"]
-                choices = chunk.get("choices")
-                if choices or include_usage:
-                    if (choices and ex.ttft is None) or keep_text:
-                        text = _text(choices[0], chat) if choices else ""
-                        if text and ex.ttft is None:
-                            ex.ttft = time.perf_counter() - ex.started
-                        if keep_text:
-                            output.append(text)
-                    chunk["model"] = requested
-                    await responder.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline):  # one timer for the whole stream, not one per chunk
+                while chunk is not None:
+                    if "usage" in chunk:
+                        usage = chunk["usage"]
+                        if usage:
+                            ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                            ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+                        if not include_usage:
+                            del chunk["usage"]
+                    choices = chunk.get("choices")
+                    if choices or include_usage:
+                        if (choices and ex.ttft is None) or keep_text:
+                            text = _text(choices[0], chat) if choices else ""
+                            if text and ex.ttft is None:
+                                ex.ttft = time.perf_counter() - ex.started
+                            if keep_text:
+                                output.append(text)
+                        chunk["model"] = requested
+                        await responder.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                     chunk = await anext(chunks, None)
             await responder.write(b"data: [DONE]\n\n")
         except TimeoutError:

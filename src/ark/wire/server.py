@@ -130,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
         self.closed = False
         self._reset_message()
 
@@ -266,9 +267,18 @@ class _Connection(asyncio.Protocol):
         self._next()
 
     def write(self, data: bytes) -> None:
+        # Writes made in one turn of the event loop leave in one send(): an upstream packet
+        # that carries several stream events costs one system call, not one per event.
         if self.closed or self._transport is None:
             raise ConnectionResetError("client disconnected")
-        self._transport.write(data)
+        self._out.append(data)
+        if len(self._out) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
 
     async def drain(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -296,6 +306,7 @@ class _Connection(asyncio.Protocol):
         self._idle = self._loop.call_later(self._limits.idle_timeout, self.close)
 
     def close(self) -> None:
+        self._flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
