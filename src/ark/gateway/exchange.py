@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,11 @@ def error_body(exc: ApiError) -> bytes:
     """The one place that shapes errors: OpenAI's ``{"error": {message, type, param, code}}``."""
     error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
     return orjson.dumps({"error": error})
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 @dataclass(slots=True)
@@ -41,7 +47,7 @@ class Exchange:
     def record(self, elapsed: float, with_text: bool) -> dict[str, Any]:
         now = time.time()
         record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "time": f"{_utc_second(int(now))}.{int(now * 1000) % 1000:03d}Z",
             "key": "master",
             "path": self.path,
             "model": self.model,

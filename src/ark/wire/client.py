@@ -52,6 +52,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.headers: dict[str, str] = {}
         self.head_done = False
+        self.keep_alive = False
         self.complete = False
         self.body: list[bytes] = []
         self.buffered = 0
@@ -79,6 +80,7 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message ends
         self.head_done = True
         self._wake()
 
@@ -130,7 +132,7 @@ class _Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.parser.should_keep_alive()
+        return self.complete and not self.closed and self.keep_alive
 
     def close(self) -> None:
         self.closed = True

@@ -94,7 +94,7 @@ class Responder:
         if self.started:
             raise RuntimeError("response already started")
         self.started, self.status = True, status
-        self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
+        self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body, now=True)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         if self.started:
@@ -266,11 +266,14 @@ class _Connection(asyncio.Protocol):
             return
         self._next()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, now: bool = False) -> None:
         # Writes made in one turn of the event loop leave in one send(): an upstream packet
         # that carries several stream events costs one system call, not one per event.
         if self.closed or self._transport is None:
             raise ConnectionResetError("client disconnected")
+        if now and not self._out:
+            self._transport.write(data)
+            return
         self._out.append(data)
         if len(self._out) == 1:
             self._loop.call_soon(self._flush)
