@@ -299,9 +299,12 @@ class _Connection(asyncio.Protocol):
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             )
             self._transport.write(head % (status, _REASONS[status], len(body)) + body)
-        # Linger a moment, discarding what the client still sends, so that it reads the answer
-        # instead of a connection reset (a client writes its whole body before it reads).
-        self._loop.call_later(_LINGER_S, self.close)
+        if status == 413:
+            # Linger a moment, discarding what the client still sends, so that it reads the answer
+            # instead of a connection reset (a client writes its whole body before it reads).
+            self._loop.call_later(_LINGER_S, self.close)
+        else:
+            self.close()
 
     def _arm_idle(self) -> None:
         if self._idle is not None:

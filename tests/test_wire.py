@@ -1,0 +1,247 @@
+"""The lean HTTP/1.1 layer on real sockets: the server against raw bytes, the client against the server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ark.wire import ConnectError, ConnectionClosed, Limits, ProtocolError, Request, Responder, Server, Upstream
+
+Scenario = Callable[[Server, list[Request]], Awaitable[None]]
+CANCELLED: list[str] = []
+
+
+async def echo(request: Request, responder: Responder) -> None:
+    if request.path in ("/stream", "/trickle"):
+        await responder.start(200, [("content-type", "text/plain")])
+        for i in range(3):
+            await responder.write(f"line {i}\n".encode())
+            if request.path == "/trickle":
+                await asyncio.sleep(0.2)
+        await responder.end()
+    elif request.path == "/slow":
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            CANCELLED.append(request.path)
+            raise
+    else:
+        body = f"{request.method} {request.path}?{request.query} {len(request.body)}".encode()
+        await responder.send(200, body, [("content-type", "text/plain"), ("x-seen", request.headers.get("x-a", ""))])
+
+
+def run(scenario: Scenario, *, max_body: int = 1000) -> None:
+    async def main() -> None:
+        seen: list[Request] = []
+
+        async def handler(request: Request, responder: Responder) -> None:
+            seen.append(request)
+            await echo(request, responder)
+
+        server = Server(handler, Limits(max_body=max_body, idle_timeout=5))
+        await server.start("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(scenario(server, seen), 10)
+        finally:
+            await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+async def raw(port: int, data: bytes, *, read_until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    out = await reader.read() if read_until_close else await reader.read(65536)
+    writer.close()
+    return out
+
+
+def test_keep_alive_and_pipelining_answer_in_order() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        two = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        out = await raw(server.port, two)
+        first, second = out.split(b"HTTP/1.1 200 OK")[1:]
+        assert b"GET /a?x=1 0" in first and b"x-seen: 1" in first and b"connection: keep-alive" in first
+        assert b"GET /b? 0" in second and b"connection: close" in second
+        assert [r.path for r in seen] == ["/a", "/b"]
+
+    run(scenario)
+
+
+def test_chunked_request_body_and_streamed_response() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        chunked = b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        chunked += b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        assert b"POST /x? 11" in await raw(server.port, chunked)
+        assert seen[0].body == b"hello world"
+        out = await raw(server.port, b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert b"transfer-encoding: chunked" in out
+        assert out.endswith(b"7\r\nline 0\n\r\n7\r\nline 1\n\r\n7\r\nline 2\n\r\n0\r\n\r\n")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n" + b"x" * 100,  # declared too large
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + b"800\r\n" + b"y" * 2048 + b"\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_body_over_the_limit_is_413_in_openai_shape(request_bytes: bytes) -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(server.port, request_bytes)
+        assert out.startswith(b"HTTP/1.1 413 ")
+        assert b'"code":"request_too_large"' in out
+        assert seen == []  # the handler never saw it
+
+    run(scenario, max_body=1000)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_400_and_close(garbage: bytes) -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(server.port, garbage)
+        assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+        assert seen == []
+
+    run(scenario)
+
+
+def test_oversized_headers_are_refused() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(server.port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400 ")
+
+    run(scenario)
+
+
+def test_expect_100_continue() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        assert b"POST /x? 3" in await reader.read(4096)
+        writer.close()
+
+    run(scenario)
+
+
+def test_client_disconnect_cancels_the_handler() -> None:
+    CANCELLED.clear()
+
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        await writer.drain()
+        while not seen:  # noqa: ASYNC110 - polling a list the handler appends to
+            await asyncio.sleep(0.01)
+        writer.close()
+        for _ in range(200):
+            if CANCELLED:
+                break
+            await asyncio.sleep(0.01)
+        assert CANCELLED == ["/slow"]  # the handler was cancelled, not left sleeping
+        assert not server._connections
+
+    run(scenario)
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+def test_client_reuses_one_connection() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        upstream = Upstream(f"http://127.0.0.1:{server.port}/base", connect_timeout=2, headers={"x-a": "k"})
+        peers = set()
+        for i in range(5):
+            response = await upstream.request("POST", f"/p{i}", b"{}")
+            assert response.status == 200 and response.headers["x-seen"] == "k"
+            assert await response.read() == f"POST /base/p{i}? 2".encode()
+        for _ in seen:
+            peers.add(len(server._connections))
+        assert peers == {1} and len(upstream._idle) == 1
+        upstream.close()
+
+    run(scenario)
+
+
+def test_client_reads_lines_as_they_arrive() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        upstream = Upstream(f"http://127.0.0.1:{server.port}", connect_timeout=2)
+        async with await upstream.request("GET", "/stream") as response:
+            lines = [line async for line in response.lines()]
+        assert lines == [b"line 0", b"line 1", b"line 2"]
+        assert len(upstream._idle) == 1  # read to the end: reusable
+        upstream.close()
+
+    run(scenario)
+
+
+def test_abandoned_response_closes_its_connection() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        upstream = Upstream(f"http://127.0.0.1:{server.port}", connect_timeout=2)
+        async with await upstream.request("GET", "/trickle") as response:
+            async for _ in response.lines():
+                break
+        assert upstream._idle == []  # never reuse a connection with a half-read answer
+
+    run(scenario)
+
+
+def test_client_errors() -> None:
+    async def main() -> None:
+        with socket_that_refuses() as port:
+            upstream = Upstream(f"http://127.0.0.1:{port}", connect_timeout=1)
+            with pytest.raises(ConnectError, match="cannot connect"):
+                await upstream.request("GET", "/")
+
+        async def serve(reply: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+        for reply, error in [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", ConnectionClosed),
+            (b"SPDY/9 999 what\r\n\r\n", ProtocolError),
+            (b"", ConnectionClosed),
+        ]:
+            server = await asyncio.start_server(lambda r, w, reply=reply: serve(reply, r, w), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            upstream = Upstream(f"http://127.0.0.1:{port}", connect_timeout=1)
+            with pytest.raises(error):
+                response = await upstream.request("GET", "/")
+                await response.read()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+class socket_that_refuses:
+    """A port where nothing listens (bound, never listening, so no one else takes it meanwhile)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        port: Any = self.sock.getsockname()[1]
+        return int(port)
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
