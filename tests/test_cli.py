@@ -180,3 +180,35 @@ def test_up_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(bad) in result.stderr and "max_inflight = -1" in result.stderr
     assert not (tmp_path / ".local").exists()  # nothing was created
+
+
+def test_status_sees_a_running_gateway_and_up_refuses_a_taken_port(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import start_ark, stop_ark
+
+    monkeypatch.delenv("ARK_ENGINES_OLLAMA_URL")  # this config has no ollama engine
+    monkeypatch.delenv("ARK_ENGINES_EMBEDDED_BUNDLED_MODEL")
+
+    config = 'master_key = "sk-ark-0123456789abcdefghij"\n[gateway]\nlisten = "127.0.0.1:{PORT}"\n'
+    config += '[engines.embedded]\nkind = "embedded"\nbundled_model = false\n'
+    ark = start_ark(config, tmp_path)
+    try:
+        status = runner.invoke(main, ["status", "--config", str(ark.config), "--json"])
+        import json
+
+        assert json.loads(status.output)["gateway"] == {
+            "url": ark.url + "/health/ready",
+            "running": True,
+            "ready": True,
+        }
+        taken = subprocess.run(
+            [sys.executable, "-m", "ark", "up", "--config", str(ark.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        )
+        assert taken.returncode == 1 and "cannot listen on 127.0.0.1:" in taken.stderr
+    finally:
+        stop_ark(ark)

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import aiohttp
 from rich.console import Console
 from rich.table import Table
 
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.gateway.router import ModelRouter
+from ark.wire import ProtocolError, Upstream
 
 
 async def _gateway(settings: Settings) -> dict[str, Any]:
     listen = settings.gateway.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
     url = f"http://{host}:{listen.port}/health/ready"
+    upstream = Upstream(f"http://{host}:{listen.port}", connect_timeout=2)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-            session.get(url) as resp,
-        ):
-            return {"url": url, "running": True, "ready": resp.status == 200}
-    except (aiohttp.ClientError, TimeoutError):
+        async with asyncio.timeout(3):
+            response = await upstream.request("GET", "/health/ready")
+            await response.read()
+        return {"url": url, "running": True, "ready": response.status == 200}
+    except (OSError, TimeoutError, ProtocolError):
         return {"url": url, "running": False, "ready": False}
+    finally:
+        upstream.close()
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class EmbeddedEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ark-llama-{settings.name}")
         # Touched only on the worker thread: (path, embedding) -> llama_cpp.Llama
         self._loaded: dict[tuple[Path, bool], Any] = {}
+        self._known: dict[str, Path] = {}  # model id -> file, from the last scan of the models dir
         self.generated_tokens = 0  # written on the worker thread, read by /metrics
         self.loads = 0
 

@@ -48,29 +48,34 @@ class ModelRouter:
         self.state: dict[str, EngineState] = {}
         self.refreshed_at = 0.0
         self.ready = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
-        async with self._lock:
-            results = await asyncio.gather(*(self._list(e) for e in self.engines))
-            found: dict[str, ModelInfo] = {}
-            for models in results:
-                for info in models:
-                    found.setdefault(info.id, info)  # engines earlier in the config win
-            routes: dict[str, Route] = {}
-            for model_id, info in found.items():
-                routes[model_id] = Route(model_id, model_id, self._by_name[info.engine])
-            for model_id, engine_name in self._configured.items():
-                engine = self._by_name.get(engine_name) if engine_name else None
-                if engine is not None:  # configured models are routable even while their engine is down
-                    routes[model_id] = Route(model_id, model_id, engine)
-            for alias, target in self._aliases.items():
-                if target in routes:
-                    routes[alias] = Route(alias, target, routes[target].engine)
-            self._routes = routes
-            self.models = list(found.values())
-            self.refreshed_at = time.monotonic()
-            self.ready.set()
+        """Re-list every engine; callers that arrive while a refresh runs share it."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
+        results = await asyncio.gather(*(self._list(e) for e in self.engines))
+        found: dict[str, ModelInfo] = {}
+        for models in results:
+            for info in models:
+                found.setdefault(info.id, info)  # engines earlier in the config win
+        routes: dict[str, Route] = {}
+        for model_id, info in found.items():
+            routes[model_id] = Route(model_id, model_id, self._by_name[info.engine])
+        for model_id, engine_name in self._configured.items():
+            engine = self._by_name.get(engine_name) if engine_name else None
+            if engine is not None:  # configured models are routable even while their engine is down
+                routes[model_id] = Route(model_id, model_id, engine)
+        for alias, target in self._aliases.items():
+            if target in routes:
+                routes[alias] = Route(alias, target, routes[target].engine)
+        self._routes = routes
+        self.models = list(found.values())
+        self.refreshed_at = time.monotonic()
+        self.ready.set()
 
     async def _list(self, engine: Engine) -> list[ModelInfo]:
         try:

@@ -1,6 +1,6 @@
 """Lean HTTP/1.1 on asyncio.Protocol + httptools: the gateway's server and its upstream client.
 
-Only the hot path lives here; everything else (model downloads, status probes) uses aiohttp.
+Model downloads (ark.engines.pull) use aiohttp instead: they need redirects and resumable ranges.
 """
 
 from __future__ import annotations
