@@ -245,3 +245,27 @@ class socket_that_refuses:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_many_pipelined_requests_are_all_answered_in_order() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        requests = b"".join(b"GET /n%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(100))
+        out = await raw(server.port, requests + b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert out.count(b"HTTP/1.1 200 OK") == 101
+        order = [int(part.split(b"GET /n", 1)[1].split(b"?", 1)[0]) for part in out.split(b"HTTP/1.1 200")[1:-1]]
+        assert order == list(range(100))
+
+    run(scenario)
+
+
+def test_a_client_that_never_finishes_its_request_is_cut_off() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(idle_timeout=0.3))
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")  # 7 bytes never come
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())

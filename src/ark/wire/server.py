@@ -31,6 +31,7 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_HEADERS = 100
 _LINGER_S = 1.0
+_MAX_PIPELINED = 16  # requests read ahead of the one being answered
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class Responder:
         if self.started:
             raise RuntimeError("response already started")
         self.started, self.status = True, status
-        self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body, now=True)
+        self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         if self.started:
@@ -131,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
+        self._burst = False  # a write went out in this turn of the event loop
         self.closed = False
         self._reset_message()
 
@@ -186,10 +188,9 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        # The idle timer keeps running until the request is complete: it also bounds how long a
+        # client may take to send one (a slow-loris client is cut off after idle_timeout).
         self._reset_message()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -231,6 +232,11 @@ class _Connection(asyncio.Protocol):
             client=self._client,
         )
         self._pending.append((request, self._parser.should_keep_alive()))
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if len(self._pending) >= _MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()  # a client pipelining without reading answers waits
         if self._task is None:
             self._next()
 
@@ -242,6 +248,8 @@ class _Connection(asyncio.Protocol):
                 self._arm_idle()
             return
         request, keep_alive = self._pending.popleft()
+        if len(self._pending) == _MAX_PIPELINED - 1 and self._transport is not None:
+            self._transport.resume_reading()
         self._task = self._loop.create_task(self._run(request, Responder(self, keep_alive)))
 
     async def _run(self, request: Request, responder: Responder) -> None:
@@ -266,19 +274,21 @@ class _Connection(asyncio.Protocol):
             return
         self._next()
 
-    def write(self, data: bytes, *, now: bool = False) -> None:
-        # Writes made in one turn of the event loop leave in one send(): an upstream packet
-        # that carries several stream events costs one system call, not one per event.
+    def write(self, data: bytes) -> None:
+        # The first write in a turn of the event loop leaves at once (the first token is not
+        # delayed); the writes that follow in the same turn leave together at its end, so an
+        # upstream packet that carries many stream events costs two system calls, not one each.
         if self.closed or self._transport is None:
             raise ConnectionResetError("client disconnected")
-        if now and not self._out:
-            self._transport.write(data)
+        if self._burst:
+            self._out.append(data)
             return
-        self._out.append(data)
-        if len(self._out) == 1:
-            self._loop.call_soon(self._flush)
+        self._transport.write(data)
+        self._burst = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._burst = False
         if self._out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(self._out))
         self._out.clear()
