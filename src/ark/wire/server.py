@@ -75,10 +75,11 @@ class _Date:
 class Responder:
     """How a handler answers: ``send`` a complete response, or ``start`` / ``write`` / ``end`` a stream."""
 
-    __slots__ = ("_conn", "keep_alive", "started", "status")
+    __slots__ = ("_conn", "_head_pending", "keep_alive", "started", "status")
 
     def __init__(self, conn: _Connection, keep_alive: bool) -> None:
         self._conn = conn
+        self._head_pending = b""
         self.keep_alive = keep_alive
         self.started = False
         self.status = 0
@@ -98,19 +99,24 @@ class Responder:
         self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Begin a chunked response; the head leaves with the first chunk (one packet, first token sooner)."""
         if self.started:
             raise RuntimeError("response already started")
         self.started, self.status = True, status
-        self._conn.write(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+        self._head_pending = self._head(status, headers, b"transfer-encoding: chunked\r\n")
 
     async def write(self, data: bytes) -> None:
         """One chunk of a streamed response; raises ConnectionResetError once the client is gone."""
         if data:
-            self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._conn.write(self._take_head() + b"%x\r\n%b\r\n" % (len(data), data))
             await self._conn.drain()
 
     async def end(self) -> None:
-        self._conn.write(b"0\r\n\r\n")
+        self._conn.write(self._take_head() + b"0\r\n\r\n")
+
+    def _take_head(self) -> bytes:
+        head, self._head_pending = self._head_pending, b""
+        return head
 
 
 class _Connection(asyncio.Protocol):
