@@ -175,52 +175,54 @@ class Gateway:
         common = parse.common(body)
         messages = parse.messages(body)
         route = await self._resolve(body, ex)
-        if self._log_prompts:
-            ex.prompt = messages
+        ex.prompt = messages if self._log_prompts else None
         req = ChatRequest(
             route.model, messages, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
         )
         engine = route.engine
-        if common.stream:
-            await relay(
-                responder,
-                ex,
-                route,
-                engine.chat_stream(req),
-                common.include_usage,
-                chat=True,
-                keep_text=self._log_prompts,
-            )
-            return
-        async with engine.limiter, _deadline(engine):
-            result = await engine.chat(req)
-        await self._answer(responder, ex, route, result, chat=True)
+        await self._generate(
+            responder, ex, route, common, lambda: engine.chat_stream(req), lambda: engine.chat(req), chat=True
+        )
 
     async def completions(self, request: Request, responder: Responder, ex: Exchange) -> None:
         body = parse.parse_body(request.body)
         common = parse.common(body)
         prompt = parse.prompt(body)
         route = await self._resolve(body, ex)
-        if self._log_prompts:
-            ex.prompt = prompt
+        ex.prompt = prompt if self._log_prompts else None
         req = CompletionRequest(
             route.model, prompt, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
         )
         engine = route.engine
+        await self._generate(
+            responder, ex, route, common, lambda: engine.complete_stream(req), lambda: engine.complete(req), chat=False
+        )
+
+    async def _generate(
+        self,
+        responder: Responder,
+        ex: Exchange,
+        route: Route,
+        common: parse.Common,
+        stream: Callable[[], AsyncIterator[Json]],
+        call: Callable[[], Awaitable[Json]],
+        *,
+        chat: bool,
+    ) -> None:
+        """Answer a chat or text completion: relayed as SSE, or whole under the engine's deadline."""
         if common.stream:
-            await relay(
-                responder,
-                ex,
-                route,
-                engine.complete_stream(req),
-                common.include_usage,
-                chat=False,
-                keep_text=self._log_prompts,
-            )
+            await relay(responder, ex, route, stream(), common.include_usage, chat=chat, keep_text=self._log_prompts)
             return
-        async with engine.limiter, _deadline(engine):
-            result = await engine.complete(req)
-        await self._answer(responder, ex, route, result, chat=False)
+        async with route.engine.limiter, _deadline(route.engine):
+            result = await call()
+        result["model"] = route.requested
+        usage = result.get("usage") or {}
+        ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if self._log_prompts:
+            choice = (result.get("choices") or [{}])[0]
+            ex.output = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     async def embeddings(self, request: Request, responder: Responder, ex: Exchange) -> None:
         body = parse.parse_body(request.body)
@@ -237,16 +239,6 @@ class Gateway:
             for item in result.get("data") or []:
                 item["embedding"] = base64.b64encode(array.array("f", item["embedding"]).tobytes()).decode()
         ex.prompt_tokens = int((result.get("usage") or {}).get("prompt_tokens") or 0)
-        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
-
-    async def _answer(self, responder: Responder, ex: Exchange, route: Route, result: Json, *, chat: bool) -> None:
-        result["model"] = route.requested
-        usage = result.get("usage") or {}
-        ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ex.completion_tokens = int(usage.get("completion_tokens") or 0)
-        if self._log_prompts:
-            choice = (result.get("choices") or [{}])[0]
-            ex.output = (choice.get("message") or {}).get("content") if chat else choice.get("text")
         await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     # -- the rest of the API ----------------------------------------------------------------------
