@@ -21,7 +21,7 @@ def test_generated_references_are_fresh() -> None:
 
 def test_every_setting_is_documented() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
-    for setting in (*schema.TOP, *schema.GATEWAY, *schema.ENGINE, *schema.MODEL):
+    for setting in (*schema.TOP, *schema.GATEWAY, *schema.STORE, *schema.ENGINE, *schema.MODEL):
         assert f"| `{setting.key}` |" in text, setting.key
 
 

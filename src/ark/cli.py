@@ -17,7 +17,7 @@ from rich.table import Table
 
 import ark
 from ark.config import Settings, generate_master_key, load_settings, render_config
-from ark.errors import ConfigError
+from ark.errors import ArkError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=False, highlight=False)
@@ -169,6 +169,8 @@ def up(config_path: Path | None, data_dir: Path | None) -> None:
 
     try:
         run(serve(settings, on_started=started))
+    except ArkError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.gateway.listen}: {exc.strerror}") from None
     except KeyboardInterrupt:

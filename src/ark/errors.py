@@ -10,6 +10,8 @@ reach an API client carry the HTTP status and the OpenAI error ``type`` and
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         ├── AuthenticationError     401 invalid_api_key
+        ├── PermissionDenied        403 model_not_allowed / admin_only
+        ├── NotFound                404 not_found (a key or team)
         ├── ModelNotFound           404 model_not_found
         ├── BodyTooLarge            413 request_too_large
         ├── QueueFull               429 queue_full (Retry-After)
@@ -56,6 +58,22 @@ class AuthenticationError(ApiError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class AdminOnly(PermissionDenied):
+    code = "admin_only"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class ModelNotFound(ApiError):

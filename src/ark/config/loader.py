@@ -33,6 +33,11 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    url: str  # "" = SQLite at DATA/ark.db
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     name: str
     kind: str
@@ -67,6 +72,7 @@ class Settings:
     master_key: Secret
     log_level: str
     gateway: GatewaySettings
+    store: StoreSettings
     engines: tuple[EngineSettings, ...]
     models: tuple[ModelSettings, ...]
     aliases: Mapping[str, str]
@@ -195,6 +201,10 @@ class _Loader:
             **{s.key: self._value(s, gateway_table, "[gateway]", ("gateway",)) for s in schema.GATEWAY}
         )
 
+        store_table = self._table(self.doc.get("store", {}), self._file_where("", "[store]"))
+        self._check_keys(store_table, tuple(s.key for s in schema.STORE), "[store]")
+        store = StoreSettings(**{s.key: self._value(s, store_table, "[store]", ("store",)) for s in schema.STORE})
+
         engines = self._engines(data_dir)
         models = self._models({e.name for e in engines})
         aliases = self._aliases()
@@ -205,6 +215,7 @@ class _Loader:
             master_key=top["master_key"],
             log_level=top["log_level"],
             gateway=gateway,
+            store=store,
             engines=engines,
             models=models,
             aliases=aliases,
@@ -269,6 +280,7 @@ class _Loader:
     def _check_env(self) -> None:
         """A mistyped ARK_* variable would silently do nothing: refuse it instead."""
         valid = {env_name(s.key) for s in schema.TOP} | {env_name("gateway", s.key) for s in schema.GATEWAY}
+        valid |= {env_name("store", s.key) for s in schema.STORE}
         for var in self.env:
             if var.startswith("ARK_") and var not in self.env_used and var not in valid:
                 raise ConfigError(

@@ -7,6 +7,7 @@ a test fails when one of them forgets a setting.
 Sections:
   (top level)      data_dir, master_key, log_level        env ARK_<KEY>
   [gateway]        the OpenAI-compatible API on :4000     env ARK_GATEWAY_<KEY>
+  [store]          the database (keys, teams, ledger)     env ARK_STORE_<KEY>
   [engines.NAME]   one table per inference engine         env ARK_ENGINES_<NAME>_<KEY>
   [models."ID"]    per-model facts and policy             (file only)
   [aliases]        "alias" = "model id"                   (file only)
@@ -21,6 +22,7 @@ from ark.config.types import (
     Bool,
     ByteSize,
     Choice,
+    DatabaseUrl,
     Float,
     HostPort,
     Int,
@@ -97,6 +99,16 @@ GATEWAY: tuple[Setting, ...] = (
         Float(1.0),
         30.0,
         "How often the model list of each engine is refreshed (seconds); an unknown model also triggers a refresh.",
+    ),
+)
+
+STORE: tuple[Setting, ...] = (
+    Setting(
+        "url",
+        DatabaseUrl(),
+        "",
+        "Where keys, teams and the usage ledger live. Empty: SQLite (WAL) at DATA/ark.db; "
+        "postgresql://... to share them between gateway processes.",
     ),
 )
 
@@ -194,5 +206,5 @@ DEFAULT_ENGINES: dict[str, dict[str, Any]] = {
     "embedded": {"kind": "embedded"},
 }
 
-SECTIONS = ("gateway", "engines", "models", "aliases")
+SECTIONS = ("gateway", "store", "engines", "models", "aliases")
 ENV_ONLY = ("ARK_CONFIG",)  # read by the loader itself, not a setting of the file

@@ -241,3 +241,17 @@ class KeepAlive(Type[str]):
         if not isinstance(value, str) or not (value.strip() == "" or _DURATION.match(value.strip())):
             raise self.fail()
         return value.strip()
+
+
+class DatabaseUrl(Type[str]):
+    """Empty (SQLite in the data directory), sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB."""
+
+    expected = 'empty, "sqlite:///PATH" or "postgresql://user:password@host:port/database"'
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        url = value.strip()
+        if url and urlsplit(url).scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgres"):
+            raise self.fail()
+        return url

@@ -15,24 +15,36 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import orjson
 
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
-from ark.errors import ApiError, AuthenticationError, InvalidRequest, QueueFull, UpstreamTimeout
+from ark.errors import (
+    AdminOnly,
+    ApiError,
+    AuthenticationError,
+    InvalidRequest,
+    PermissionDenied,
+    QueueFull,
+    UpstreamTimeout,
+)
 from ark.gateway import requests as parse
 from ark.gateway.accesslog import AccessLog
+from ark.gateway.admin import Admin
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
 from ark.gateway.metrics import Metrics
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
+from ark.store import Key, Store, Team, key_id
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
+_KEYS_RELOAD_S = 5.0
 Handler = Callable[[Request, Responder, Exchange], Awaitable[None]]
 
 
@@ -46,8 +58,11 @@ async def send_error(responder: Responder, exc: ApiError) -> None:
 class Gateway:
     """The gateway's live state; calling it handles one HTTP request."""
 
-    def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None) -> None:
+    def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None, store: Store | None = None) -> None:
         self.settings = settings
+        self.store = store
+        self._keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
+        self._teams: dict[str, Team] = {}
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
@@ -58,6 +73,7 @@ class Gateway:
         self.inflight = 0
         self.access_log: AccessLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[None]] = set()
         api = self._api
         self._routes: dict[tuple[str, str], Callable[[Request, Responder], Awaitable[None]]] = {}
         for prefix in ("/v1", ""):  # OpenAI-compatible servers commonly accept both
@@ -76,6 +92,11 @@ class Gateway:
 
     # -- lifespan ---------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.store is None:
+            self.store = await asyncio.to_thread(Store.open, self.settings)
+        await self.reload_keys()
+        for method_path, handler in Admin(self.store, self._keys_changed).routes().items():
+            self._routes[method_path] = self._admin(handler)
         self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
         for engine in self.engines:
             await engine.start()
@@ -83,6 +104,28 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._first_refresh(), name="ark-router-first-refresh"))
         refresh = self.router.run_refresh(self.settings.gateway.model_refresh_s)
         self._tasks.append(asyncio.create_task(refresh, name="ark-router-refresh"))
+        self._tasks.append(asyncio.create_task(self._reload_keys_forever(), name="ark-keys-reload"))
+
+    async def reload_keys(self) -> None:
+        """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
+        assert self.store is not None
+        keys, teams = await asyncio.to_thread(lambda: (self.store.keys.list_keys(), self.store.keys.list_teams()))  # type: ignore[union-attr]
+        self._keys = {k.id: k for k in keys}
+        self._teams = {t.id: t for t in teams}
+
+    def _keys_changed(self) -> None:
+        task = asyncio.create_task(self.reload_keys())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_keys_forever(self) -> None:
+        # Other processes (a second gateway on the same PostgreSQL) change keys too.
+        while True:
+            await asyncio.sleep(_KEYS_RELOAD_S)
+            try:
+                await self.reload_keys()
+            except Exception:
+                log.exception("reloading keys failed; keeping the last ones")
 
     async def _first_refresh(self) -> None:
         try:
@@ -99,6 +142,8 @@ class Gateway:
             await engine.close()
         if self.access_log is not None:
             self.access_log.close()
+        if self.store is not None:
+            self.store.close()
 
     def refused(self, status: int) -> None:
         """The server refused a request before it reached a handler (413, 400): count it anyway."""
@@ -116,13 +161,41 @@ class Gateway:
             exc.status, exc.code = 404, "unknown_url"
             await send_error(responder, exc)
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request) -> Key | None:
+        """The caller's virtual key, or None for the master key; 401 for anything else."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         # compare_digest takes time independent of where the strings differ
-        if not self._master or not hmac.compare_digest(token.strip().encode(), self._master):
+        if self._master and hmac.compare_digest(token.encode(), self._master):
+            return None
+        key = self._keys.get(key_id(token))  # a dict lookup by SHA-256: no timing signal about the key
+        if key is None:
             raise AuthenticationError("Incorrect API key provided.")
+        if key.blocked:
+            raise AuthenticationError(f"The key {key.key_prefix}… is blocked.")
+        if key.expired(datetime.now(UTC)):
+            raise AuthenticationError(f"The key {key.key_prefix}… expired at {key.expires_at:%Y-%m-%d %H:%M} UTC.")
+        team = self._teams.get(key.team_id) if key.team_id else None
+        if team is not None and team.blocked:
+            raise AuthenticationError(f"The team of key {key.key_prefix}… is blocked.")
+        return key
+
+    def _admin(
+        self, handler: Callable[[Request, Responder], Awaitable[None]]
+    ) -> Callable[[Request, Responder], Awaitable[None]]:
+        """Management routes: the master key only, errors in OpenAI's shape."""
+
+        async def wrapped(request: Request, responder: Responder) -> None:
+            try:
+                if self._authenticate(request) is not None:
+                    raise AdminOnly("Only the master key may manage keys and teams.")
+                await handler(request, responder)
+            except ApiError as exc:
+                await send_error(responder, exc)
+
+        return wrapped
 
     def _api(self, handler: Handler) -> Callable[[Request, Responder], Awaitable[None]]:
         """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
@@ -132,7 +205,7 @@ class Gateway:
             self.inflight += 1
             self.metrics.inflight.inc()
             try:
-                self._authenticate(request)
+                ex.key = self._authenticate(request)
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
@@ -167,6 +240,15 @@ class Gateway:
     async def _resolve(self, body: Json, ex: Exchange) -> Route:
         route = await self.router.resolve(parse.model_name(body))
         ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
+        key = ex.key
+        if key is not None:
+            team = self._teams.get(key.team_id) if key.team_id else None
+            if not key.allows(route.requested, route.model) or (
+                team is not None and not team.allows(route.requested, route.model)
+            ):
+                raise PermissionDenied(
+                    f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
+                )
         return route
 
     # -- generation -------------------------------------------------------------------------------
@@ -273,9 +355,10 @@ class Gateway:
         await responder.send(200 if ready else 503, body, JSON_HEADERS)
 
     async def prometheus(self, request: Request, responder: Responder) -> None:
-        if request.client not in _LOOPBACK:  # Prometheus scrapes locally; anyone else needs the key
+        if request.client not in _LOOPBACK:  # Prometheus scrapes locally; anyone else needs the master key
             try:
-                self._authenticate(request)
+                if self._authenticate(request) is not None:
+                    raise AdminOnly("Only the master key may read /metrics from another host.")
             except ApiError as exc:
                 await send_error(responder, exc)
                 return

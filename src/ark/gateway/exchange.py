@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ark.errors import ApiError
+from ark.store.keys import Key
 
 UNKNOWN_MODEL = "unknown"  # the metrics label of requests that named no servable model
 JSON_HEADERS = [("content-type", "application/json")]
@@ -30,6 +31,7 @@ def _utc_second(second: int) -> str:
 class Exchange:
     path: str
     started: float  # time.perf_counter() at arrival
+    key: Key | None = None  # None: the master key
     model: str = UNKNOWN_MODEL
     alias: str | None = None
     status: int = 200
@@ -48,7 +50,7 @@ class Exchange:
         now = time.time()
         record: dict[str, Any] = {
             "time": f"{_utc_second(int(now))}.{int(now * 1000) % 1000:03d}Z",
-            "key": "master",
+            "key": "master" if self.key is None else (self.key.key_alias or self.key.key_prefix),
             "path": self.path,
             "model": self.model,
             "alias": self.alias,

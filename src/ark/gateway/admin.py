@@ -1,0 +1,253 @@
+"""The management API (master key only), compatible with LiteLLM proxy's key and team endpoints.
+
+Request bodies use LiteLLM's field names (``key_alias``, ``models``, ``max_budget``,
+``budget_duration``, ``tpm_limit``, ``rpm_limit``, ``max_parallel_requests``,
+``duration``, ``metadata``, ``team_id``, ``user_id``) so that existing scripts keep
+working; ARK's extensions (``max_tokens_budget``, ``blocked``) go in the same bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from ark.engines.base import Json
+from ark.errors import InvalidRequest, NotFound
+from ark.gateway.exchange import JSON_HEADERS
+from ark.gateway.requests import parse_body
+from ark.store import Key, Store, key_id, parse_duration
+from ark.store.keys import now
+from ark.wire import Request, Responder
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    def wrapped(value: Any, name: str) -> Any:
+        return None if value is None else check(value, name)
+
+    return wrapped
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > 256:
+        raise InvalidRequest(f"'{name}' must be a string of at most 256 characters.", param=name)
+    return value
+
+
+def _models(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) and m for m in value) or len(value) > 1000:
+        raise InvalidRequest(f"'{name}' must be an array of model names (empty: every model).", param=name)
+    return value
+
+
+def _money(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != value:
+        raise InvalidRequest(f"'{name}' must be a number >= 0 (or null for no limit).", param=name)
+    return float(value)
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"'{name}' must be an integer >= 0 (or null for no limit).", param=name)
+    return value
+
+
+def _duration(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a duration such as \"30d\".", param=name)
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{name}': {exc}.", param=name) from None
+    return value
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or len(orjson.dumps(value)) > 16_384:
+        raise InvalidRequest(f"'{name}' must be a JSON object of at most 16 KiB.", param=name)
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be true or false.", param=name)
+    return value
+
+
+# field -> check; what keys and teams share
+_LIMITS: dict[str, Callable[[Any, str], Any]] = {
+    "models": _models,
+    "max_budget": _optional(_money),
+    "budget_duration": _optional(_duration),
+    "max_tokens_budget": _optional(_count),
+    "tpm_limit": _optional(_count),
+    "rpm_limit": _optional(_count),
+    "max_parallel_requests": _optional(_count),
+    "metadata": _object,
+    "blocked": _flag,
+}
+_KEY_FIELDS = {**_LIMITS, "key_alias": _optional(_text), "user_id": _optional(_text), "team_id": _optional(_text)}
+_TEAM_FIELDS = {**_LIMITS, "team_alias": _optional(_text)}
+_IGNORED = frozenset({"key", "keys", "team_id", "key_aliases", "duration", "send_invite_email", "tags"})
+
+
+def _values(body: Json, checks: dict[str, Callable[[Any, str], Any]], *, extra: frozenset[str] = _IGNORED) -> Json:
+    unknown = [name for name in body if name not in checks and name not in extra]
+    if unknown:
+        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", param=unknown[0])
+    values = {name: check(body[name], name) for name, check in checks.items() if name in body}
+    if "budget_duration" in values:  # a new period starts now
+        values["budget_reset_at"] = _reset_at(values["budget_duration"])
+    return values
+
+
+def _reset_at(duration: str | None) -> Any:
+    return now() + parse_duration(duration) if duration else None
+
+
+def _expiry(body: Json) -> Json:
+    duration = body.get("duration")
+    if duration is None or duration == "permanent":
+        return {"expires_at": None} if "duration" in body else {}
+    return {"expires_at": now() + timedelta(seconds=parse_duration(_duration(duration, "duration")).total_seconds())}
+
+
+def key_ident(value: Any) -> str:
+    """A key named by its secret ("sk-...") or by its token (the SHA-256 that /key/generate returns)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("'key' is required: the key (sk-...) or its token.", param="key")
+    if len(value) == 64 and set(value) <= _HEX:
+        return value
+    return key_id(value)
+
+
+class Admin:
+    """The handlers; the gateway checks the master key before calling them."""
+
+    def __init__(self, store: Store, on_change: Callable[[], None]) -> None:
+        self.store = store
+        self._changed = on_change
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def _team_exists(self, values: Json) -> None:
+        if values.get("team_id") and await self._run(self.store.keys.get_team, values["team_id"]) is None:
+            raise NotFound(f"No team '{values['team_id']}'.", param="team_id")
+
+    async def key_generate(self, body: Json) -> Json:
+        values = {**_values(body, _KEY_FIELDS), **_expiry(body)}
+        await self._team_exists(values)
+        secret, key = await self._run(self.store.keys.create_key, values)
+        self._changed()
+        return {"key": secret, **key.public()}
+
+    async def key_update(self, body: Json) -> Json:
+        ident = key_ident(body.get("key"))
+        values = {**_values(body, _KEY_FIELDS), **_expiry(body)}
+        await self._team_exists(values)
+        key = await self._run(self.store.keys.update_key, ident, values)
+        if key is None:
+            raise NotFound("No such key.", param="key")
+        self._changed()
+        return key.public()  # type: ignore[no-any-return]
+
+    async def key_info(self, query: dict[str, str]) -> Json:
+        key: Key | None = await self._run(self.store.keys.get_key, key_ident(query.get("key")))
+        if key is None:
+            raise NotFound("No such key.", param="key")
+        return {"key": key.id, "info": key.public()}
+
+    async def key_delete(self, body: Json) -> Json:
+        names = body.get("keys")
+        aliases = body.get("key_aliases")
+        idents: list[str] = []
+        if isinstance(names, list):
+            idents += [key_ident(name) for name in names]
+        if isinstance(aliases, list):
+            everything: list[Key] = await self._run(self.store.keys.list_keys)
+            idents += [k.id for k in everything if k.key_alias in aliases]
+        if not idents:
+            raise InvalidRequest("'keys' (or 'key_aliases') must list the keys to delete.", param="keys")
+        deleted = await self._run(self.store.keys.delete_keys, idents)
+        self._changed()
+        return {"deleted_keys": deleted}
+
+    async def key_list(self, query: dict[str, str]) -> Json:
+        keys: list[Key] = await self._run(
+            lambda: self.store.keys.list_keys(team_id=query.get("team_id"), user_id=query.get("user_id"))
+        )
+        full = query.get("return_full_object", "").lower() == "true"
+        return {
+            "keys": [k.public() if full else k.id for k in keys],
+            "total_count": len(keys),
+            "current_page": 1,
+            "total_pages": 1,
+        }
+
+    async def team_new(self, body: Json) -> Json:
+        values = _values(body, _TEAM_FIELDS)
+        values["alias"] = values.pop("team_alias", None)
+        if body.get("team_id") is not None:
+            values["id"] = _text(body["team_id"], "team_id")
+            if await self._run(self.store.keys.get_team, values["id"]) is not None:
+                raise InvalidRequest(f"Team '{values['id']}' already exists.", param="team_id")
+        team = await self._run(self.store.keys.create_team, values)
+        self._changed()
+        return team.public()  # type: ignore[no-any-return]
+
+    async def team_update(self, body: Json) -> Json:
+        ident = _text(body.get("team_id"), "team_id")
+        values = _values(body, _TEAM_FIELDS)
+        if "team_alias" in values:
+            values["alias"] = values.pop("team_alias")
+        team = await self._run(self.store.keys.update_team, ident, values)
+        if team is None:
+            raise NotFound(f"No team '{ident}'.", param="team_id")
+        self._changed()
+        return team.public()  # type: ignore[no-any-return]
+
+    async def team_info(self, query: dict[str, str]) -> Json:
+        ident = _text(query.get("team_id"), "team_id")
+        team = await self._run(self.store.keys.get_team, ident)
+        if team is None:
+            raise NotFound(f"No team '{ident}'.", param="team_id")
+        keys: list[Key] = await self._run(lambda: self.store.keys.list_keys(team_id=ident))
+        return {"team_id": ident, "team_info": team.public(), "keys": [k.public() for k in keys]}
+
+    async def team_list(self, query: dict[str, str]) -> list[Json]:
+        return [t.public() for t in await self._run(self.store.keys.list_teams)]
+
+    # -- HTTP glue --------------------------------------------------------------------------------
+    def routes(self) -> dict[tuple[str, str], Callable[[Request, Responder], Any]]:
+        def post(fn: Callable[[Json], Any]) -> Callable[[Request, Responder], Any]:
+            async def handler(request: Request, responder: Responder) -> None:
+                body = parse_body(request.body) if request.body else {}
+                await responder.send(200, orjson.dumps(await fn(body)), JSON_HEADERS)
+
+            return handler
+
+        def get(fn: Callable[[dict[str, str]], Any]) -> Callable[[Request, Responder], Any]:
+            async def handler(request: Request, responder: Responder) -> None:
+                query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+                await responder.send(200, orjson.dumps(await fn(query)), JSON_HEADERS)
+
+            return handler
+
+        return {
+            ("POST", "/key/generate"): post(self.key_generate),
+            ("POST", "/key/update"): post(self.key_update),
+            ("POST", "/key/delete"): post(self.key_delete),
+            ("GET", "/key/info"): get(self.key_info),
+            ("GET", "/key/list"): get(self.key_list),
+            ("POST", "/team/new"): post(self.team_new),
+            ("POST", "/team/update"): post(self.team_update),
+            ("GET", "/team/info"): get(self.team_info),
+            ("GET", "/team/list"): get(self.team_list),
+        }

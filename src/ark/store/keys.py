@@ -1,0 +1,225 @@
+"""Virtual keys and teams: records, and the store that reads and writes them.
+
+A key is ``sk-ark-`` and 43 url-safe characters (256 random bits). Only its
+SHA-256 is stored (its id) and an 11-character prefix for recognition: a slow
+password hash buys nothing for a secret with 256 bits of entropy, and lookups
+on every request must be cheap. The key itself is shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.engine import RowMapping
+
+from ark.store.tables import api_keys, teams
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """LiteLLM's durations: "30s", "15m", "12h", "7d", "2w"."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f'"{text}" is not a duration such as "30m", "12h", "7d" or "4w"')
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def new_key() -> str:
+    return "sk-ark-" + secrets.token_urlsafe(32)
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a time zone; everything ARK stores is UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What keys and teams share: allowed models, budgets, rate limits."""
+
+    models: tuple[str, ...]
+    max_budget: float | None
+    budget_duration: str | None
+    budget_reset_at: datetime | None
+    max_tokens_budget: int | None
+    spend: float
+    tokens_used: int
+    tpm_limit: int | None
+    rpm_limit: int | None
+    max_parallel_requests: int | None
+    blocked: bool
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    def allows(self, model: str, served: str) -> bool:
+        """Empty ``models`` allows every model; otherwise the name asked for or the model served must be listed."""
+        return not self.models or model in self.models or served in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class Team(Limits):
+    id: str
+    alias: str | None
+
+    def public(self) -> dict[str, Any]:
+        return {"team_id": self.id, "team_alias": self.alias, **_limits_public(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Key(Limits):
+    id: str
+    key_prefix: str
+    key_alias: str | None
+    user_id: str | None
+    team_id: str | None
+    expires_at: datetime | None
+
+    def expired(self, at: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= at
+
+    def public(self) -> dict[str, Any]:
+        """LiteLLM's names for what /key/info and /key/generate return (never the key itself)."""
+        return {
+            "token": self.id,
+            "key_name": self.key_prefix + "…",
+            "key_alias": self.key_alias,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "expires": _iso(self.expires_at),
+            **_limits_public(self),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _limits_public(limits: Limits) -> dict[str, Any]:
+    return {
+        "models": list(limits.models),
+        "max_budget": limits.max_budget,
+        "budget_duration": limits.budget_duration,
+        "budget_reset_at": _iso(limits.budget_reset_at),
+        "max_tokens_budget": limits.max_tokens_budget,
+        "spend": limits.spend,
+        "tokens_used": limits.tokens_used,
+        "tpm_limit": limits.tpm_limit,
+        "rpm_limit": limits.rpm_limit,
+        "max_parallel_requests": limits.max_parallel_requests,
+        "blocked": limits.blocked,
+        "metadata": limits.metadata,
+        "created_at": _iso(limits.created_at),
+        "updated_at": _iso(limits.updated_at),
+    }
+
+
+def _record(cls: type[Key] | type[Team], row: RowMapping) -> Any:
+    values = {f.name: row[f.name] for f in fields(cls)}
+    values["models"] = tuple(values["models"] or ())
+    values["metadata"] = dict(values["metadata"] or {})
+    for name in ("budget_reset_at", "created_at", "updated_at", "expires_at"):
+        if name in values:
+            values[name] = _aware(values[name])
+    return cls(**values)
+
+
+class KeyStore:
+    """Reads and writes keys and teams. Blocking (SQLAlchemy): call it from a worker thread in async code."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- keys -------------------------------------------------------------------------------------
+    def create_key(self, values: Mapping[str, Any]) -> tuple[str, Key]:
+        secret = new_key()
+        stamp = now()
+        row = {**_defaults(stamp), **values, "id": key_id(secret), "key_prefix": secret[:11]}
+        with self.engine.begin() as connection:
+            connection.execute(insert(api_keys).values(**row))
+        key = self.get_key(row["id"])
+        assert key is not None
+        return secret, key
+
+    def get_key(self, ident: str) -> Key | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(api_keys).where(api_keys.c.id == ident)).mappings().first()
+        return _record(Key, row) if row is not None else None
+
+    def update_key(self, ident: str, values: Mapping[str, Any]) -> Key | None:
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(api_keys).where(api_keys.c.id == ident).values(**values, updated_at=now())
+            )
+        return self.get_key(ident) if result.rowcount else None
+
+    def delete_keys(self, idents: Iterable[str]) -> list[str]:
+        deleted = []
+        with self.engine.begin() as connection:
+            for ident in idents:
+                if connection.execute(delete(api_keys).where(api_keys.c.id == ident)).rowcount:
+                    deleted.append(ident)
+        return deleted
+
+    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[Key]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if team_id is not None:
+            query = query.where(api_keys.c.team_id == team_id)
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        with self.engine.connect() as connection:
+            return [_record(Key, row) for row in connection.execute(query).mappings()]
+
+    # -- teams ------------------------------------------------------------------------------------
+    def create_team(self, values: Mapping[str, Any]) -> Team:
+        stamp = now()
+        row = {**_defaults(stamp), "id": "team-" + secrets.token_hex(8), **values}
+        with self.engine.begin() as connection:
+            connection.execute(insert(teams).values(**row))
+        team = self.get_team(row["id"])
+        assert team is not None
+        return team
+
+    def get_team(self, ident: str) -> Team | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(teams).where(teams.c.id == ident)).mappings().first()
+        return _record(Team, row) if row is not None else None
+
+    def update_team(self, ident: str, values: Mapping[str, Any]) -> Team | None:
+        with self.engine.begin() as connection:
+            result = connection.execute(update(teams).where(teams.c.id == ident).values(**values, updated_at=now()))
+        return self.get_team(ident) if result.rowcount else None
+
+    def list_teams(self) -> list[Team]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(teams).order_by(teams.c.created_at)).mappings()
+            return [_record(Team, row) for row in rows]
+
+
+def _defaults(stamp: datetime) -> dict[str, Any]:
+    return {
+        "models": [],
+        "spend": 0.0,
+        "tokens_used": 0,
+        "blocked": False,
+        "metadata": {},
+        "created_at": stamp,
+        "updated_at": stamp,
+    }

@@ -1,0 +1,87 @@
+"""Open the database and bring its schema to this ARK's version (Alembic), or refuse a newer one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from ark.errors import ArkError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreError(ArkError):
+    """The database cannot be opened or is not one this ARK can use."""
+
+
+def database_url(url: str, data_dir: Path) -> str:
+    """The SQLAlchemy URL for ``[store] url`` (empty: SQLite at DATA/ark.db; postgresql:// uses psycopg 3)."""
+    if not url:
+        return f"sqlite:///{data_dir / 'ark.db'}"
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def open_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
+    # WAL: readers never block the writer. synchronous=NORMAL: a committed transaction survives
+    # the process being killed (it is in the OS's page cache), not a power cut; FULL costs an
+    # fsync per commit. busy_timeout: wait for the lock instead of failing at once.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head() -> str:
+    heads = ScriptDirectory.from_config(_config()).get_heads()
+    return str(heads[0])
+
+
+def current(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine) -> str:
+    """Upgrade to the newest schema this ARK knows; refuse a database written by a newer ARK."""
+    config = _config()
+    script = ScriptDirectory.from_config(config)
+    revision = current(engine)
+    if revision is not None:
+        try:
+            script.get_revision(revision)
+        except Exception:
+            raise StoreError(
+                f"the database {_safe(engine)} is at schema revision {revision}, which this ARK does not know "
+                f"(it knows up to {head()}): it was written by a newer ARK. Upgrade ARK, or point [store] url "
+                "at another database."
+            ) from None
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return head()
+
+
+def _safe(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

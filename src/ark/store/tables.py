@@ -1,0 +1,100 @@
+"""The database schema (SQLAlchemy Core). Changes go through a new Alembic revision in migrations/."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+
+def _limits() -> list[Column[object]]:
+    """Budget and rate-limit columns that keys and teams share."""
+    return [
+        Column("models", JSON, nullable=False, default=list),  # empty: every model
+        Column("max_budget", Float),  # credits per budget period; NULL: no credit budget
+        Column("budget_duration", String(16)),  # "1d", "30d"...; NULL: the budget never resets
+        Column("budget_reset_at", DateTime(timezone=True)),
+        Column("max_tokens_budget", BigInteger),  # tokens per budget period; NULL: none
+        Column("spend", Float, nullable=False, default=0.0),  # in the current period
+        Column("tokens_used", BigInteger, nullable=False, default=0),  # in the current period
+        Column("tpm_limit", Integer),
+        Column("rpm_limit", Integer),
+        Column("max_parallel_requests", Integer),
+        Column("blocked", Boolean, nullable=False, default=False),
+        Column("metadata", JSON, nullable=False, default=dict),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("alias", String(256)),
+    *_limits(),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the key, hex: the key itself is never stored
+    Column("key_prefix", String(16), nullable=False),  # "sk-ark-ab12", to recognise a key in lists
+    Column("key_alias", String(256)),
+    Column("user_id", String(256)),  # the owner, usually an e-mail address
+    Column("team_id", String(64), ForeignKey("teams.id", ondelete="RESTRICT")),
+    Column("expires_at", DateTime(timezone=True)),
+    *_limits(),
+)
+Index("ix_api_keys_key_alias", api_keys.c.key_alias)
+Index("ix_api_keys_team_id", api_keys.c.team_id)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(40), nullable=False, unique=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("key_id", String(64)),  # NULL: the master key
+    Column("key_alias", String(256)),
+    Column("team_id", String(64)),
+    Column("user_id", String(256)),
+    Column("path", String(64), nullable=False),
+    Column("model_requested", String(256)),
+    Column("model_served", String(256)),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost", Float, nullable=False, default=0.0),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+)
+Index("ix_usage_time", usage.c.time)
+Index("ix_usage_key_time", usage.c.key_id, usage.c.time)
+
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("key_id", String(64), primary_key=True),  # "" for the master key
+    Column("model", String(256), primary_key=True),
+    Column("team_id", String(64)),
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("prompt_tokens", BigInteger, nullable=False, default=0),
+    Column("completion_tokens", BigInteger, nullable=False, default=0),
+    Column("cost", Float, nullable=False, default=0.0),
+)
