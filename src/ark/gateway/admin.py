@@ -9,7 +9,7 @@ working; ARK's extensions (``max_tokens_budget``, ``blocked``) go in the same bo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -130,7 +130,7 @@ def key_ident(value: Any) -> str:
 class Admin:
     """The handlers; the gateway checks the master key before calling them."""
 
-    def __init__(self, store: Store, on_change: Callable[[], None]) -> None:
+    def __init__(self, store: Store, on_change: Callable[[], Awaitable[None]]) -> None:
         self.store = store
         self._changed = on_change
 
@@ -145,7 +145,7 @@ class Admin:
         values = {**_values(body, _KEY_FIELDS), **_expiry(body)}
         await self._team_exists(values)
         secret, key = await self._run(self.store.keys.create_key, values)
-        self._changed()
+        await self._changed()
         return {"key": secret, **key.public()}
 
     async def key_update(self, body: Json) -> Json:
@@ -155,7 +155,7 @@ class Admin:
         key = await self._run(self.store.keys.update_key, ident, values)
         if key is None:
             raise NotFound("No such key.", param="key")
-        self._changed()
+        await self._changed()
         return key.public()  # type: ignore[no-any-return]
 
     async def key_info(self, query: dict[str, str]) -> Json:
@@ -176,7 +176,7 @@ class Admin:
         if not idents:
             raise InvalidRequest("'keys' (or 'key_aliases') must list the keys to delete.", param="keys")
         deleted = await self._run(self.store.keys.delete_keys, idents)
-        self._changed()
+        await self._changed()
         return {"deleted_keys": deleted}
 
     async def key_list(self, query: dict[str, str]) -> Json:
@@ -199,7 +199,7 @@ class Admin:
             if await self._run(self.store.keys.get_team, values["id"]) is not None:
                 raise InvalidRequest(f"Team '{values['id']}' already exists.", param="team_id")
         team = await self._run(self.store.keys.create_team, values)
-        self._changed()
+        await self._changed()
         return team.public()  # type: ignore[no-any-return]
 
     async def team_update(self, body: Json) -> Json:
@@ -210,7 +210,7 @@ class Admin:
         team = await self._run(self.store.keys.update_team, ident, values)
         if team is None:
             raise NotFound(f"No team '{ident}'.", param="team_id")
-        self._changed()
+        await self._changed()
         return team.public()  # type: ignore[no-any-return]
 
     async def team_info(self, query: dict[str, str]) -> Json:

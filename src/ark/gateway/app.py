@@ -27,6 +27,7 @@ from ark.errors import (
     ApiError,
     AuthenticationError,
     InvalidRequest,
+    ModelNotFound,
     PermissionDenied,
     QueueFull,
     UpstreamTimeout,
@@ -73,7 +74,6 @@ class Gateway:
         self.inflight = 0
         self.access_log: AccessLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._reloads: set[asyncio.Task[None]] = set()
         api = self._api
         self._routes: dict[tuple[str, str], Callable[[Request, Responder], Awaitable[None]]] = {}
         for prefix in ("/v1", ""):  # OpenAI-compatible servers commonly accept both
@@ -95,7 +95,7 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
-        for method_path, handler in Admin(self.store, self._keys_changed).routes().items():
+        for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
         self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
         for engine in self.engines:
@@ -112,11 +112,6 @@ class Gateway:
         keys, teams = await asyncio.to_thread(lambda: (self.store.keys.list_keys(), self.store.keys.list_teams()))  # type: ignore[union-attr]
         self._keys = {k.id: k for k in keys}
         self._teams = {t.id: t for t in teams}
-
-    def _keys_changed(self) -> None:
-        task = asyncio.create_task(self.reload_keys())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
 
     async def _reload_keys_forever(self) -> None:
         # Other processes (a second gateway on the same PostgreSQL) change keys too.
@@ -241,14 +236,10 @@ class Gateway:
         route = await self.router.resolve(parse.model_name(body))
         ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
         key = ex.key
-        if key is not None:
-            team = self._teams.get(key.team_id) if key.team_id else None
-            if not key.allows(route.requested, route.model) or (
-                team is not None and not team.allows(route.requested, route.model)
-            ):
-                raise PermissionDenied(
-                    f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
-                )
+        if key is not None and not self._may_use(key, route.requested, route.model):
+            raise PermissionDenied(
+                f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
+            )
         return route
 
     # -- generation -------------------------------------------------------------------------------
@@ -324,15 +315,26 @@ class Gateway:
         await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     # -- the rest of the API ----------------------------------------------------------------------
+    def _may_use(self, key: Key | None, requested: str, served: str) -> bool:
+        if key is None:
+            return True
+        team = self._teams.get(key.team_id) if key.team_id else None
+        return key.allows(requested, served) and (team is None or team.allows(requested, served))
+
     async def list_models(self, request: Request, responder: Responder, ex: Exchange) -> None:
         data = []
         for name, info, target in self.router.names():
+            if not self._may_use(ex.key, name, target or name):
+                continue  # a key sees the models it may use
             owned_by = info.owned_by if info else (f"alias of {target}" if target else "ark")
             data.append({"id": name, "object": "model", "created": info.created if info else 0, "owned_by": owned_by})
         await responder.send(200, orjson.dumps({"object": "list", "data": data}), JSON_HEADERS)
 
     async def retrieve_model(self, request: Request, responder: Responder, ex: Exchange) -> None:
-        route = await self.router.resolve(request.path.split("/models/", 1)[1])
+        name = request.path.split("/models/", 1)[1]
+        route = await self.router.resolve(name)
+        if not self._may_use(ex.key, route.requested, route.model):
+            raise ModelNotFound(name)  # as OpenAI: "does not exist or you do not have access to it"
         info = next((m for m in self.router.models if m.id == route.model), None)
         model = {
             "id": route.requested,
