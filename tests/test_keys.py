@@ -315,3 +315,9 @@ def test_a_database_from_a_newer_ark_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "revision 9999" in result.stderr and "newer ARK" in result.stderr
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    from ark.store.migrate import HEAD, head
+
+    assert head() == HEAD

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,6 +22,7 @@ from ark.gateway.exchange import JSON_HEADERS
 from ark.gateway.requests import parse_body
 from ark.store import Key, Store, key_id, parse_duration
 from ark.store.keys import now
+from ark.store.ledger import spend_logs
 from ark.wire import Request, Responder
 
 _HEX = frozenset("0123456789abcdef")
@@ -116,6 +117,15 @@ def _expiry(body: Json) -> Json:
     if duration is None or duration == "permanent":
         return {"expires_at": None} if "duration" in body else {}
     return {"expires_at": now() + timedelta(seconds=parse_duration(_duration(duration, "duration")).total_seconds())}
+
+
+def _date(query: dict[str, str], name: str) -> datetime | None:
+    if not query.get(name):
+        return None
+    try:
+        return datetime.strptime(query[name], "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a date, YYYY-MM-DD.", param=name) from None
 
 
 def key_ident(value: Any) -> str:
@@ -224,6 +234,20 @@ class Admin:
     async def team_list(self, query: dict[str, str]) -> list[Json]:
         return [t.public() for t in await self._run(self.store.keys.list_teams)]
 
+    async def spend_logs(self, query: dict[str, str]) -> list[Json]:
+        key = key_ident(query["api_key"]) if query.get("api_key") else None
+        start, end = _date(query, "start_date"), _date(query, "end_date")
+        if end is not None:
+            end += timedelta(days=1)  # end_date is inclusive, as in LiteLLM
+        try:
+            limit = min(int(query.get("limit", "1000")), 100_000)
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+        rows: list[Json] = await self._run(
+            lambda: spend_logs(self.store.engine, key_id=key, start=start, end=end, limit=limit)
+        )
+        return rows
+
     # -- HTTP glue --------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, str], Callable[[Request, Responder], Any]]:
         def post(fn: Callable[[Json], Any]) -> Callable[[Request, Responder], Any]:
@@ -250,4 +274,5 @@ class Admin:
             ("POST", "/team/update"): post(self.team_update),
             ("GET", "/team/info"): get(self.team_info),
             ("GET", "/team/list"): get(self.team_list),
+            ("GET", "/spend/logs"): get(self.spend_logs),
         }

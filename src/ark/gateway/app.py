@@ -40,6 +40,7 @@ from ark.gateway.metrics import Metrics
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
 from ark.store import Key, Store, Team, key_id
+from ark.store.ledger import Ledger
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
@@ -64,6 +65,7 @@ class Gateway:
         self.store = store
         self._keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
         self._teams: dict[str, Team] = {}
+        self.ledger: Ledger | None = None
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
@@ -95,6 +97,8 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
+        self.ledger = Ledger(self.store.engine, self.settings.data_dir / "ledger")
+        await asyncio.to_thread(self.ledger.open)
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
         self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
@@ -105,6 +109,7 @@ class Gateway:
         refresh = self.router.run_refresh(self.settings.gateway.model_refresh_s)
         self._tasks.append(asyncio.create_task(refresh, name="ark-router-refresh"))
         self._tasks.append(asyncio.create_task(self._reload_keys_forever(), name="ark-keys-reload"))
+        self._tasks.append(asyncio.create_task(self.ledger.run(), name="ark-ledger"))
 
     async def reload_keys(self) -> None:
         """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
@@ -137,6 +142,8 @@ class Gateway:
             await engine.close()
         if self.access_log is not None:
             self.access_log.close()
+        if self.ledger is not None:
+            await self.ledger.close()
         if self.store is not None:
             self.store.close()
 
@@ -197,10 +204,12 @@ class Gateway:
 
         async def wrapped(request: Request, responder: Responder) -> None:
             ex = Exchange(request.path, time.perf_counter())
+            responder.on_finish = lambda status: self._record(ex)
             self.inflight += 1
             self.metrics.inflight.inc()
             try:
                 ex.key = self._authenticate(request)
+                ex.authenticated = True
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
@@ -222,7 +231,9 @@ class Gateway:
             finally:
                 self.inflight -= 1
                 self.metrics.inflight.dec()
-                self._record(ex)
+                if responder.on_finish is not None:  # no response went out (the client left): record now
+                    responder.on_finish = None
+                    self._record(ex)
 
         return wrapped
 
@@ -231,6 +242,8 @@ class Gateway:
         self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
         if self.access_log is not None:
             self.access_log.write(ex.record(elapsed, self._log_prompts))
+        if self.ledger is not None and ex.authenticated:
+            self.ledger.record(ex.usage_row(elapsed))
 
     async def _resolve(self, body: Json, ex: Exchange) -> Route:
         route = await self.router.resolve(parse.model_name(body))

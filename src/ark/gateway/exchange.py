@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ark.errors import ApiError
 from ark.store.keys import Key
+from ark.store.ledger import UsageRow
 
 UNKNOWN_MODEL = "unknown"  # the metrics label of requests that named no servable model
 JSON_HEADERS = [("content-type", "application/json")]
@@ -32,6 +35,7 @@ class Exchange:
     path: str
     started: float  # time.perf_counter() at arrival
     key: Key | None = None  # None: the master key
+    authenticated: bool = False
     model: str = UNKNOWN_MODEL
     alias: str | None = None
     status: int = 200
@@ -42,6 +46,25 @@ class Exchange:
     error: str | None = None
     prompt: Any = None
     output: str | None = None
+
+    def usage_row(self, elapsed: float) -> UsageRow:
+        key = self.key
+        return UsageRow(
+            request_id=os.urandom(12).hex(),
+            time=datetime.now(UTC).isoformat(),
+            path=self.path,
+            status=self.status,
+            latency_ms=round(elapsed * 1000, 3),
+            ttft_ms=None if self.ttft is None else round(self.ttft * 1000, 3),
+            key_id=key.id if key else None,
+            key_alias=key.key_alias if key else None,
+            team_id=key.team_id if key else None,
+            user_id=key.user_id if key else None,
+            model_requested=self.alias or (self.model if self.model != UNKNOWN_MODEL else None),
+            model_served=self.model if self.model != UNKNOWN_MODEL else None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
 
     def fail(self, exc: ApiError) -> None:
         self.status, self.error = exc.status, exc.code

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from ark.errors import ArkError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest revision in migrations/versions (a test checks it against Alembic's head). A database
+# already there is opened without importing Alembic, which keeps `ark up` quick to start.
+HEAD = "0001"
 
 
 class StoreError(ArkError):
@@ -48,26 +51,37 @@ def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
 def head() -> str:
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(_config()).get_heads()
     return str(heads[0])
 
 
 def current(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def migrate(engine: Engine) -> str:
     """Upgrade to the newest schema this ARK knows; refuse a database written by a newer ARK."""
+    revision = current(engine)
+    if revision == HEAD:
+        return HEAD
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     config = _config()
     script = ScriptDirectory.from_config(config)
-    revision = current(engine)
     if revision is not None:
         try:
             script.get_revision(revision)

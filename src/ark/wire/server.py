@@ -75,11 +75,14 @@ class _Date:
 class Responder:
     """How a handler answers: ``send`` a complete response, or ``start`` / ``write`` / ``end`` a stream."""
 
-    __slots__ = ("_conn", "_head_pending", "keep_alive", "started", "status")
+    __slots__ = ("_conn", "_head_pending", "keep_alive", "on_finish", "started", "status")
 
     def __init__(self, conn: _Connection, keep_alive: bool) -> None:
         self._conn = conn
         self._head_pending = b""
+        # Called once, just before the last bytes of the response are written: whatever it
+        # records is recorded before the client can see the response complete.
+        self.on_finish: Callable[[int], None] | None = None
         self.keep_alive = keep_alive
         self.started = False
         self.status = 0
@@ -96,6 +99,7 @@ class Responder:
         if self.started:
             raise RuntimeError("response already started")
         self.started, self.status = True, status
+        self._finish()
         self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
@@ -112,7 +116,13 @@ class Responder:
             await self._conn.drain()
 
     async def end(self) -> None:
+        self._finish()
         self._conn.write(self._take_head() + b"0\r\n\r\n")
+
+    def _finish(self) -> None:
+        if self.on_finish is not None:
+            on_finish, self.on_finish = self.on_finish, None
+            on_finish(self.status)
 
     def _take_head(self) -> bytes:
         head, self._head_pending = self._head_pending, b""

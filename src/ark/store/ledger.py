@@ -1,0 +1,266 @@
+"""The usage ledger: one row per request, durable before the response's last byte leaves.
+
+Each row is first appended to this process's journal (``DATA/ledger/*.jsonl``,
+one ``write()``, so it survives the process being killed the moment after) and
+then copied into the database in batches, off the request path. Rows are keyed
+by request id and inserted with "on conflict do nothing", so replaying a journal
+twice cannot count a request twice; daily rollups count only rows that were new.
+
+A live process holds an exclusive ``flock`` on its journal. At start, every
+journal nobody holds (left by a process that died) is replayed and removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, func
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ark.store.tables import usage, usage_daily
+
+log = logging.getLogger("ark.ledger")
+
+_ROTATE_BYTES = 8 * 1024 * 1024
+_FLUSH_S = 0.25
+
+
+@dataclass(slots=True)
+class UsageRow:
+    request_id: str
+    time: str  # ISO 8601, UTC
+    path: str
+    status: int
+    latency_ms: float
+    ttft_ms: float | None = None
+    key_id: str | None = None  # None: the master key
+    key_alias: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    model_requested: str | None = None
+    model_served: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+def _insert_new(connection: Any, engine: Engine, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert rows whose request id is new; return those rows."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
+    inserted = {r.request_id for r in connection.execute(statement.returning(usage.c.request_id), list(rows))}
+    return [row for row in rows if row["request_id"] in inserted]
+
+
+def _rollup(connection: Any, engine: Engine, rows: Iterable[dict[str, Any]]) -> None:
+    totals: dict[tuple[Any, str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["time"].date(), row["key_id"] or "", row["model_served"] or row["model_requested"] or "")
+        total = totals.setdefault(
+            key, {"team_id": row["team_id"], "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+        )
+        total["requests"] += 1
+        total["prompt_tokens"] += row["prompt_tokens"]
+        total["completion_tokens"] += row["completion_tokens"]
+        total["cost"] += row["cost"]
+    if not totals:
+        return
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    values = [{"day": day, "key_id": key, "model": model, **total} for (day, key, model), total in totals.items()]
+    statement = dialect.insert(usage_daily)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["day", "key_id", "model"],
+        set_={
+            name: getattr(usage_daily.c, name) + getattr(excluded, name)
+            for name in ("requests", "prompt_tokens", "completion_tokens", "cost")
+        },
+    )
+    connection.execute(statement, values)
+
+
+def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
+    """Write journal rows to the database in one transaction; return how many were new."""
+    prepared = [{**row, "time": _parse_time(row["time"])} for row in rows]
+    with engine.begin() as connection:
+        new = _insert_new(connection, engine, prepared)
+        _rollup(connection, engine, new)
+    return len(new)
+
+
+def _parse_time(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The rows of a journal; a last line cut short by a crash is skipped."""
+    rows = []
+    for line in path.read_bytes().splitlines():
+        try:
+            rows.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            log.warning("skipping an incomplete line in %s", path)
+    return rows
+
+
+class Ledger:
+    """Journal on the request path, database off it."""
+
+    def __init__(self, engine: Engine, directory: Path) -> None:
+        self.engine = engine
+        self.directory = directory
+        self._pending: list[dict[str, Any]] = []
+        self._fd = -1
+        self._path = directory / "unopened"
+        self._size = 0
+        self._wake = asyncio.Event()
+        self.written = 0  # rows in the database, for tests and metrics
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def open(self) -> int:
+        """Replay journals that dead processes left (blocking), then start our own. Returns rows replayed."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replayed = 0
+        for orphan in sorted(self.directory.glob("*.jsonl")):
+            replayed += self._replay(orphan)
+        self._start_journal()
+        return replayed
+
+    def _replay(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return 0  # a live process owns it
+        try:
+            rows = read_journal(path)
+            new = ingest(self.engine, rows) if rows else 0
+            path.unlink()
+            if new:
+                log.info("ledger: replayed %d of %d rows from %s", new, len(rows), path.name)
+            return new
+        finally:
+            os.close(fd)
+
+    def _start_journal(self) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        self._path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd, self._size = fd, 0
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if not self._pending:
+                self._path.unlink(missing_ok=True)  # everything is in the database
+
+    # -- the request path -------------------------------------------------------------------------
+    def record(self, row: UsageRow) -> None:
+        """Append to the journal now (one write: survives a kill); the database gets it shortly."""
+        values = asdict(row)
+        line = orjson.dumps(values) + b"\n"
+        os.write(self._fd, line)
+        self._size += len(line)
+        self._pending.append(values)
+        if len(self._pending) >= 512:
+            self._wake.set()
+
+    # -- off the request path ---------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _FLUSH_S)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("ledger: writing to the database failed; the rows stay in the journal")
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        try:
+            await asyncio.to_thread(ingest, self.engine, rows)
+        except BaseException:
+            self._pending[:0] = rows  # try again with the next flush
+            raise
+        self.written += len(rows)
+        if self._size > _ROTATE_BYTES:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """A fresh journal; rows not yet in the database move with it, the old file goes."""
+        old_fd, old_path = self._fd, self._path
+        self._start_journal()
+        for values in self._pending:
+            line = orjson.dumps(values) + b"\n"
+            os.write(self._fd, line)
+            self._size += len(line)
+        os.close(old_fd)
+        old_path.unlink(missing_ok=True)
+
+
+def spend_logs(
+    engine: Engine, *, key_id: str | None, start: datetime | None, end: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    """Ledger rows, newest first, in LiteLLM's /spend/logs shape."""
+    from sqlalchemy import select
+
+    query = select(usage).order_by(usage.c.time.desc()).limit(limit)
+    if key_id is not None:
+        query = query.where(usage.c.key_id == key_id)
+    if start is not None:
+        query = query.where(usage.c.time >= start)
+    if end is not None:
+        query = query.where(usage.c.time < end)
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    out = []
+    for row in rows:
+        started = row["time"] if row["time"].tzinfo else row["time"].replace(tzinfo=UTC)
+        out.append(
+            {
+                "request_id": row["request_id"],
+                "api_key": row["key_id"],
+                "key_alias": row["key_alias"],
+                "team_id": row["team_id"],
+                "user": row["user_id"],
+                "call_type": row["path"],
+                "model": row["model_served"],
+                "model_group": row["model_requested"],
+                "spend": row["cost"],
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "total_tokens": row["prompt_tokens"] + row["completion_tokens"],
+                "status": row["status"],
+                "startTime": started.isoformat(),
+                "request_duration_ms": row["latency_ms"],
+                "ttft_ms": row["ttft_ms"],
+            }
+        )
+    return out
+
+
+def usage_count(engine: Engine) -> int:
+    from sqlalchemy import select
+
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(usage)).scalar_one())

@@ -1,0 +1,192 @@
+"""The usage ledger: a row per request, /spend/logs, daily rollups, journal replay, and SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from ark.config import load_settings
+from ark.store import Store
+from ark.store.ledger import Ledger, UsageRow, ingest, read_journal, usage_count
+from ark.store.tables import usage_daily
+from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
+
+CONFIG = """
+master_key = "{KEY}"
+[gateway]
+listen = "127.0.0.1:{PORT}"
+[store]
+url = "{STORE}"
+[engines.embedded]
+kind = "embedded"
+n_threads = 1
+n_ctx = 512
+bundled_model = false
+max_queue = 1000
+[aliases]
+"gpt-4" = "tiny"
+"""
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def master(ark: ArkProcess, method: str, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.request(
+        method, ark.url + path, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30, **kwargs
+    )  # type: ignore[arg-type]
+
+
+def prepare(tmp: Path, tiny_gguf: Path) -> Path:
+    models = tmp / "data" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_gguf, models / "tiny.gguf")
+    return tmp / "data"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""
+    return str(request.getfixturevalue("postgres").create_database())
+
+
+def test_every_request_is_in_the_ledger_with_its_numbers(tmp_path: Path, tiny_gguf: Path, store_url: str) -> None:
+    data = prepare(tmp_path, tiny_gguf)
+    ark = start_ark(
+        CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", store_url), tmp_path, env={"ARK_DATA_DIR": str(data)}
+    )
+    try:
+        created = master(ark, "POST", "/key/generate", json={"key_alias": "ledger", "user_id": "u@example.com"}).json()
+        headers = {"Authorization": f"Bearer {created['key']}"}
+        ok = httpx.post(
+            ark.api + "/chat/completions",
+            headers=headers,
+            timeout=30,
+            json={"model": "gpt-4", "messages": HELLO, "max_tokens": 3},
+        )
+        assert ok.status_code == 200
+        missing = httpx.post(
+            ark.api + "/chat/completions", headers=headers, timeout=30, json={"model": "nope", "messages": HELLO}
+        )
+        assert missing.status_code == 404
+
+        def logs() -> list[dict[str, object]]:
+            response = master(ark, "GET", "/spend/logs", params={"api_key": created["key"]})
+            assert response.status_code == 200
+            return response.json()  # type: ignore[no-any-return]
+
+        assert wait_until(lambda: len(logs()) == 2, timeout=5)
+        newest, oldest = logs()
+        assert oldest["status"] == 200 and oldest["model"] == "tiny" and oldest["model_group"] == "gpt-4"
+        assert oldest["completion_tokens"] == 3 and oldest["prompt_tokens"] > 0
+        assert oldest["key_alias"] == "ledger" and oldest["user"] == "u@example.com"
+        assert oldest["api_key"] == created["token"] and oldest["request_duration_ms"] > 0
+        assert newest["status"] == 404 and newest["model"] is None
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        dated = master(
+            ark, "GET", "/spend/logs", params={"api_key": created["key"], "start_date": today, "end_date": today}
+        )
+        assert len(dated.json()) == 2
+        assert master(ark, "GET", "/spend/logs", params={"start_date": "yesterday"}).status_code == 400
+    finally:
+        stop_ark(ark)
+    # after a clean stop the journal is empty and removed: everything is in the database
+    assert not list((data / "ledger").glob("*.jsonl"))
+
+
+def test_journal_replay_counts_each_request_once(tmp_path: Path, store_url: str) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_STORE_URL": store_url})
+    store = Store.open(settings)
+    try:
+        ledger = Ledger(store.engine, tmp_path / "ledger")
+
+        async def write_some() -> None:
+            ledger.open()
+            for i in range(5):
+                ledger.record(
+                    UsageRow(
+                        request_id=f"r{i}",
+                        time=datetime.now(UTC).isoformat(),
+                        path="/v1/x",
+                        status=200,
+                        latency_ms=1.0,
+                        key_id="k",
+                        model_served="m",
+                        prompt_tokens=2,
+                        completion_tokens=3,
+                    )
+                )
+            await ledger.flush()
+
+        asyncio.run(write_some())
+        journal = next((tmp_path / "ledger").glob("*.jsonl"))
+        os.close(ledger._fd)  # as if the process died: the journal stays, unlocked
+        rows = read_journal(journal)
+        assert len(rows) == 5
+        assert ingest(store.engine, rows) == 0  # already in the database: nothing new
+        replay = Ledger(store.engine, tmp_path / "ledger")
+        assert replay.open() == 0 and not journal.exists()
+        assert usage_count(store.engine) == 5
+        with store.engine.connect() as connection:
+            daily = connection.execute(select(usage_daily)).mappings().all()
+        assert [(d["requests"], d["prompt_tokens"], d["completion_tokens"]) for d in daily] == [(5, 10, 15)]
+    finally:
+        store.close()
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
+    assert read_journal(journal) == [{"a": 1}, {"b": 2}]
+
+
+def test_sigkill_loses_no_completed_request(tmp_path: Path, tiny_gguf: Path) -> None:
+    data = prepare(tmp_path, tiny_gguf)
+    config = CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", "")
+    ark = start_ark(config, tmp_path, env={"ARK_DATA_DIR": str(data)})
+    created = master(ark, "POST", "/key/generate", json={"key_alias": "kill"}).json()
+    completed = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal completed
+        with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {created['key']}"}) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(
+                        ark.api + "/chat/completions", json={"model": "gpt-4", "messages": HELLO, "max_tokens": 1}
+                    )
+                except httpx.HTTPError:
+                    return  # the server died under us: this response never completed
+                if response.status_code == 200:
+                    with lock:
+                        completed += 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: completed >= 40, timeout=60)
+    os.kill(ark.proc.pid, signal.SIGKILL)
+    ark.proc.wait(10)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert list((data / "ledger").glob("*.jsonl")), "the dead process left its journal"
+
+    restarted = start_ark(config, tmp_path, env={"ARK_DATA_DIR": str(data)})
+    try:
+        logs = master(restarted, "GET", "/spend/logs", params={"api_key": created["key"], "limit": "100000"}).json()
+        ok = [row for row in logs if row["status"] == 200]
+        assert len(ok) >= completed > 0, (len(ok), completed)
+        assert len({row["request_id"] for row in logs}) == len(logs)  # replay counted nothing twice
+    finally:
+        stop_ark(restarted)
