@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import sys
@@ -16,47 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 import ark
-from ark.config import Settings, generate_master_key, load_settings, render_config
-from ark.errors import ArkError, ConfigError
+from ark.cli_admin import keys, teams, usage
+from ark.cli_common import ConfigProblem, config_options, settings_or_exit
+from ark.config import Settings, generate_master_key, render_config
+from ark.errors import ArkError
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-
-class ConfigProblem(click.ClickException):
-    exit_code = 2
-
-    def format_message(self) -> str:
-        return f"bad configuration: {self.message}"
-
-
-def config_options(fn: F) -> F:
-    """--config and --data-dir, on every command that reads the settings."""
-
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The ark.toml to read (default: $ARK_CONFIG, else DATA/ark.toml).",
-    )
-    @click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        help="ARK's data directory (default: $ARK_DATA_DIR, else ~/.local/share/ark).",
-    )
-    @functools.wraps(fn)
-    def wrapper(*args: Any, config_path: Path | None, data_dir: Path | None, **kwargs: Any) -> Any:
-        return fn(*args, config_path=config_path, data_dir=data_dir, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings_or_exit(config_path: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return load_settings(config_path=config_path, data_dir=data_dir)
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -235,3 +201,8 @@ def models_pull(
         raise click.ClickException(str(exc)) from None
     console.print(f"[green]OK[/] {result.path} ({result.size} bytes, sha256 {result.sha256})")
     console.print(f"Served as model [bold]{result.path.stem}[/] by the embedded engine.")
+
+
+main.add_command(keys)
+main.add_command(teams)
+main.add_command(usage)

@@ -22,7 +22,7 @@ from ark.gateway.exchange import JSON_HEADERS
 from ark.gateway.requests import parse_body
 from ark.store import Key, Store, key_id, parse_duration
 from ark.store.keys import now
-from ark.store.ledger import spend_logs
+from ark.store.ledger import daily_usage, spend_logs
 from ark.wire import Request, Responder
 
 _HEX = frozenset("0123456789abcdef")
@@ -248,6 +248,13 @@ class Admin:
         )
         return rows
 
+    async def usage_daily(self, query: dict[str, str]) -> list[Json]:
+        start, end = _date(query, "start_date"), _date(query, "end_date")
+        if end is not None:
+            end += timedelta(days=1)
+        rows: list[Json] = await self._run(lambda: daily_usage(self.store.engine, start=start, end=end))
+        return rows
+
     # -- HTTP glue --------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, str], Callable[[Request, Responder], Any]]:
         def post(fn: Callable[[Json], Any]) -> Callable[[Request, Responder], Any]:
@@ -275,4 +282,5 @@ class Admin:
             ("GET", "/team/info"): get(self.team_info),
             ("GET", "/team/list"): get(self.team_list),
             ("GET", "/spend/logs"): get(self.spend_logs),
+            ("GET", "/usage/daily"): get(self.usage_daily),
         }

@@ -96,7 +96,31 @@ def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
     with engine.begin() as connection:
         new = _insert_new(connection, engine, prepared)
         _rollup(connection, engine, new)
+        _add_spend(connection, new)
     return len(new)
+
+
+def _add_spend(connection: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Add what new rows cost and used to their keys and teams (the ledger is the source of the sums)."""
+    from sqlalchemy import bindparam, update
+
+    from ark.store.tables import api_keys, teams
+
+    for table, column in ((api_keys, "key_id"), (teams, "team_id")):
+        sums: dict[str, list[float]] = {}
+        for row in rows:
+            if row[column]:
+                total = sums.setdefault(row[column], [0.0, 0])
+                total[0] += row["cost"]
+                total[1] += row["prompt_tokens"] + row["completion_tokens"]
+        if sums:
+            statement = (
+                update(table)
+                .where(table.c.id == bindparam("ident"))
+                .values(spend=table.c.spend + bindparam("cost"), tokens_used=table.c.tokens_used + bindparam("tokens"))
+            )
+            params = [{"ident": ident, "cost": cost, "tokens": int(tokens)} for ident, (cost, tokens) in sums.items()]
+            connection.execute(statement, params)
 
 
 def _parse_time(value: str | datetime) -> datetime:
@@ -264,3 +288,36 @@ def usage_count(engine: Engine) -> int:
 
     with engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(usage)).scalar_one())
+
+
+def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
+    """The daily rollups (kept forever), with each key's alias."""
+    from sqlalchemy import select
+
+    from ark.store.tables import api_keys
+
+    query = (
+        select(usage_daily, api_keys.c.key_alias)
+        .select_from(usage_daily.outerjoin(api_keys, api_keys.c.id == usage_daily.c.key_id))
+        .order_by(usage_daily.c.day, usage_daily.c.key_id, usage_daily.c.model)
+    )
+    if start is not None:
+        query = query.where(usage_daily.c.day >= start.date())
+    if end is not None:
+        query = query.where(usage_daily.c.day < end.date())
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [
+        {
+            "day": row["day"].isoformat(),
+            "key": row["key_alias"] or (row["key_id"][:12] if row["key_id"] else "master"),
+            "key_id": row["key_id"] or None,
+            "team_id": row["team_id"],
+            "model": row["model"],
+            "requests": row["requests"],
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cost": row["cost"],
+        }
+        for row in rows
+    ]
