@@ -15,6 +15,7 @@ reach an API client carry the HTTP status and the OpenAI error ``type`` and
         ├── ModelNotFound           404 model_not_found
         ├── BodyTooLarge            413 request_too_large
         ├── QueueFull               429 queue_full (Retry-After)
+        ├── InsufficientQuota       429 insufficient_quota (a budget is spent)
         ├── UpstreamError           502 upstream_error (engine answered badly or not at all)
         └── UpstreamTimeout         504 upstream_timeout
 """
@@ -96,6 +97,12 @@ class QueueFull(ApiError):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class InsufficientQuota(ApiError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamError(ApiError):

@@ -63,6 +63,10 @@ class ModelSettings:
     memory_gb: float | None
     priority: str
     pinned: bool
+    input_cost_per_token: float
+    output_cost_per_token: float
+    cost_per_gpu_second: float
+    max_output_tokens: int
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,20 @@ MODEL: tuple[Setting, ...] = (
     Setting("memory_gb", Float(0.0, exclusive=True), None, "Memory the model needs when loaded (GB)."),
     Setting("priority", Choice("high", "medium", "low"), "medium", "Who wins when models compete for the GPU."),
     Setting("pinned", Bool(), False, "Keep the model loaded at all times (e.g. the embedding model)."),
+    Setting("input_cost_per_token", Float(0.0), 0.0, "Credits charged per prompt token."),
+    Setting("output_cost_per_token", Float(0.0), 0.0, "Credits charged per completion token."),
+    Setting(
+        "cost_per_gpu_second",
+        Float(0.0),
+        0.0,
+        "Credits charged per second a request holds the engine (a price on local GPU time).",
+    ),
+    Setting(
+        "max_output_tokens",
+        Int(1, 10_000_000),
+        4096,
+        "Completion tokens reserved against budgets when a request sets no max_tokens.",
+    ),
 )
 
 # Engines used when the file declares none: Ollama if one answers, and the embedded llama.cpp engine.

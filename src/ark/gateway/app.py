@@ -35,6 +35,7 @@ from ark.errors import (
 from ark.gateway import requests as parse
 from ark.gateway.accesslog import AccessLog
 from ark.gateway.admin import Admin
+from ark.gateway.budgets import FREE, Budgets, prices
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
 from ark.gateway.metrics import Metrics
 from ark.gateway.router import ModelRouter, Route
@@ -66,6 +67,8 @@ class Gateway:
         self._keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
         self._teams: dict[str, Team] = {}
         self.ledger: Ledger | None = None
+        self.budgets = Budgets()
+        self.prices = prices(settings.models)
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
@@ -114,9 +117,14 @@ class Gateway:
     async def reload_keys(self) -> None:
         """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
         assert self.store is not None
+        self.budgets.roll_all(datetime.now(UTC))
+        if self.budgets.rolled:
+            rolled, self.budgets.rolled = self.budgets.rolled, {}
+            await asyncio.to_thread(self.store.keys.reset_periods, rolled)
         keys, teams = await asyncio.to_thread(lambda: (self.store.keys.list_keys(), self.store.keys.list_teams()))  # type: ignore[union-attr]
         self._keys = {k.id: k for k in keys}
         self._teams = {t.id: t for t in teams}
+        self.budgets.sync(keys, teams)
 
     async def _reload_keys_forever(self) -> None:
         # Other processes (a second gateway on the same PostgreSQL) change keys too.
@@ -239,13 +247,16 @@ class Gateway:
 
     def _record(self, ex: Exchange) -> None:
         elapsed = time.perf_counter() - ex.started
+        ex.cost = ex.price.cost(ex.prompt_tokens, ex.completion_tokens, elapsed)
+        self.budgets.settle(ex.reservation, ex.cost, ex.prompt_tokens + ex.completion_tokens)
         self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
         if self.access_log is not None:
             self.access_log.write(ex.record(elapsed, self._log_prompts))
         if self.ledger is not None and ex.authenticated:
             self.ledger.record(ex.usage_row(elapsed))
 
-    async def _resolve(self, body: Json, ex: Exchange) -> Route:
+    async def _resolve(self, body: Json, ex: Exchange, prompt_bytes: int, max_completion: int | None) -> Route:
+        """Route the model, check the key may use it, and reserve what the request can cost on its budgets."""
         route = await self.router.resolve(parse.model_name(body))
         ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
         key = ex.key
@@ -253,6 +264,11 @@ class Gateway:
             raise PermissionDenied(
                 f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
             )
+        ex.price = self.prices.get(route.model, FREE)
+        # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
+        ex.reservation = self.budgets.reserve(
+            key, ex.price, prompt_bytes, max_completion, route.engine.settings.total_timeout, datetime.now(UTC)
+        )
         return route
 
     # -- generation -------------------------------------------------------------------------------
@@ -260,7 +276,7 @@ class Gateway:
         body = parse.parse_body(request.body)
         common = parse.common(body)
         messages = parse.messages(body)
-        route = await self._resolve(body, ex)
+        route = await self._resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = messages if self._log_prompts else None
         req = ChatRequest(
             route.model, messages, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
@@ -274,7 +290,7 @@ class Gateway:
         body = parse.parse_body(request.body)
         common = parse.common(body)
         prompt = parse.prompt(body)
-        route = await self._resolve(body, ex)
+        route = await self._resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = prompt if self._log_prompts else None
         req = CompletionRequest(
             route.model, prompt, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
@@ -314,7 +330,7 @@ class Gateway:
         body = parse.parse_body(request.body)
         inputs, encoding = parse.embedding_inputs(body)
         keep_alive = parse.keep_alive(body)
-        route = await self._resolve(body, ex)
+        route = await self._resolve(body, ex, len(request.body), 0)
         engine_body = _engine_body(body, route)
         engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine

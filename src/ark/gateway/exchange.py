@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ark.errors import ApiError
+from ark.gateway.budgets import FREE, Price, Reservation
 from ark.store.keys import Key
 from ark.store.ledger import UsageRow
 
@@ -36,6 +37,9 @@ class Exchange:
     started: float  # time.perf_counter() at arrival
     key: Key | None = None  # None: the master key
     authenticated: bool = False
+    price: Price = FREE
+    reservation: Reservation | None = None
+    cost: float = 0.0
     model: str = UNKNOWN_MODEL
     alias: str | None = None
     status: int = 200
@@ -64,6 +68,7 @@ class Exchange:
             model_served=self.model if self.model != UNKNOWN_MODEL else None,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            cost=self.cost,
         )
 
     def fail(self, exc: ApiError) -> None:

@@ -207,6 +207,19 @@ class KeyStore:
             result = connection.execute(update(teams).where(teams.c.id == ident).values(**values, updated_at=now()))
         return self.get_team(ident) if result.rowcount else None
 
+    def reset_periods(self, rolled: Mapping[str, datetime]) -> None:
+        """Start new budget periods: {"key:ID" | "team:ID": when the next one starts}."""
+        with self.engine.begin() as connection:
+            for ident, reset_at in rolled.items():
+                kind, _, row_id = ident.partition(":")
+                table = api_keys if kind == "key" else teams
+                connection.execute(
+                    update(table)
+                    .where(table.c.id == row_id)
+                    .where((table.c.budget_reset_at.is_(None)) | (table.c.budget_reset_at < reset_at))
+                    .values(spend=0.0, tokens_used=0, budget_reset_at=reset_at)
+                )
+
     def list_teams(self) -> list[Team]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(teams).order_by(teams.c.created_at)).mappings()

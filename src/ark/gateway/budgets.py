@@ -1,0 +1,189 @@
+"""Credit and token budgets of keys and teams: reserve before the engine, settle after, never overspend.
+
+A request first reserves the most it can cost (prompt bytes as an upper bound
+on prompt tokens, ``max_tokens`` or the model's ``max_output_tokens``, and the
+engine's total timeout when GPU time has a price) on its key and its team.
+Admission and settlement run on the event loop, which owns this state, so two
+requests can never both take the last of a budget. After the response the
+reservation is replaced by the real cost. A request that costs nothing is never
+refused for a spent credit budget (only a token budget stops it).
+
+This process's accounts start from the database (spend since the period
+began) and then move in memory; several gateways sharing one budget need
+leases from the database (not built yet: see docs/keys.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ark.config import ModelSettings
+from ark.errors import InsufficientQuota
+from ark.store import Key, Team, parse_duration
+from ark.store.keys import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float = 0.0
+    output: float = 0.0
+    gpu_second: float = 0.0
+    max_output_tokens: int = 4096
+
+    @property
+    def free(self) -> bool:
+        return not (self.input or self.output or self.gpu_second)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
+        return prompt_tokens * self.input + completion_tokens * self.output + seconds * self.gpu_second
+
+
+FREE = Price()
+
+
+def prices(models: Iterable[ModelSettings]) -> dict[str, Price]:
+    return {
+        m.id: Price(m.input_cost_per_token, m.output_cost_per_token, m.cost_per_gpu_second, m.max_output_tokens)
+        for m in models
+    }
+
+
+@dataclass(slots=True)
+class Account:
+    name: str  # "key sk-ark-ab12…" or "team research", for messages
+    max_budget: float | None
+    max_tokens: int | None
+    spend: float
+    tokens: int
+    reset_at: datetime | None
+    period: timedelta | None
+    reserved_cost: float = 0.0
+    reserved_tokens: int = 0
+
+    def refusal(self, cost: float, tokens: int) -> str | None:
+        if cost > 0 and self.max_budget is not None and self.spend + self.reserved_cost + cost > self.max_budget:
+            return f"The {self.name} has spent {self.spend:.6g} of its budget of {self.max_budget:.6g} credits"
+        if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
+            return f"The {self.name} has used {self.tokens} of its budget of {self.max_tokens} tokens"
+        return None
+
+    def roll(self, now: datetime) -> bool:
+        """Start a new period when the old one has ended; True when it did."""
+        if self.reset_at is None or self.period is None or now < self.reset_at:
+            return False
+        while self.reset_at <= now:
+            self.reset_at += self.period
+        self.spend, self.tokens = 0.0, 0
+        return True
+
+
+@dataclass(slots=True)
+class Reservation:
+    accounts: list[Account]
+    cost: float
+    tokens: int
+    settled: bool = field(default=False)
+
+
+class Budgets:
+    """The accounts of every key and team with a budget; owned by the event loop."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.rolled: dict[str, datetime] = {}  # account -> start of its new period, not yet in the store
+
+    def roll_all(self, now: datetime) -> None:
+        for ident, account in self.accounts.items():
+            if account.roll(now) and account.reset_at is not None:
+                self.rolled[ident] = account.reset_at
+
+    def sync(self, keys: Iterable[Key], teams: Iterable[Team]) -> None:
+        """Take limits from the store; keep what this process has counted since (spend moves here first)."""
+        seen = set()
+        for ident, name, limits in [
+            *((f"key:{k.id}", f"key {k.key_prefix}…", k) for k in keys),
+            *((f"team:{t.id}", f"team {t.alias or t.id}", t) for t in teams),
+        ]:
+            if limits.max_budget is None and limits.max_tokens_budget is None:
+                continue
+            seen.add(ident)
+            period = parse_duration(limits.budget_duration) if limits.budget_duration else None
+            account = self.accounts.get(ident)
+            if account is None or _reset_elsewhere(account, limits):
+                self.accounts[ident] = Account(
+                    name,
+                    limits.max_budget,
+                    limits.max_tokens_budget,
+                    limits.spend,
+                    limits.tokens_used,
+                    limits.budget_reset_at,
+                    period,
+                )
+            else:
+                account.max_budget, account.max_tokens, account.period = (
+                    limits.max_budget,
+                    limits.max_tokens_budget,
+                    period,
+                )
+        for ident in list(self.accounts):
+            if (
+                ident not in seen
+                and not self.accounts[ident].reserved_cost
+                and not self.accounts[ident].reserved_tokens
+            ):
+                del self.accounts[ident]
+
+    def reserve(
+        self,
+        key: Key | None,
+        price: Price,
+        max_prompt_tokens: int,
+        max_completion: int | None,
+        max_seconds: float,
+        now: datetime,
+    ) -> Reservation | None:
+        if key is None:
+            return None  # the master key has no budget
+        idents = [i for i in (f"key:{key.id}", f"team:{key.team_id}" if key.team_id else "") if i in self.accounts]
+        if not idents:
+            return None
+        accounts = [self.accounts[i] for i in idents]
+        completion = max_completion if max_completion is not None else price.max_output_tokens
+        tokens = max_prompt_tokens + completion
+        cost = price.cost(max_prompt_tokens, completion, max_seconds if price.gpu_second else 0.0)
+        for ident, account in zip(idents, accounts, strict=True):
+            if account.roll(now) and account.reset_at is not None:
+                self.rolled[ident] = account.reset_at
+            reason = account.refusal(cost, tokens)
+            if reason is not None:
+                raise InsufficientQuota(
+                    f"{reason}; this request could cost up to {cost:.6g} credits and {tokens} tokens."
+                )
+        for account in accounts:
+            account.reserved_cost += cost
+            account.reserved_tokens += tokens
+        return Reservation(accounts, cost, tokens)
+
+    @staticmethod
+    def settle(reservation: Reservation | None, cost: float, tokens: int) -> None:
+        """Replace the reservation by what the request really cost (also after a failure: work done is paid)."""
+        if reservation is None or reservation.settled:
+            return
+        reservation.settled = True
+        for account in reservation.accounts:
+            account.reserved_cost -= reservation.cost
+            account.reserved_tokens -= reservation.tokens
+            account.spend += cost
+            account.tokens += tokens
+
+    def remaining(self) -> Sequence[tuple[str, float]]:
+        return [(a.name, a.max_budget - a.spend) for a in self.accounts.values() if a.max_budget is not None]
+
+
+def _reset_elsewhere(account: Account, limits: Limits) -> bool:
+    """The store shows a later period than ours: someone (an operator, another process) reset it."""
+    return limits.budget_reset_at is not None and (
+        account.reset_at is None or limits.budget_reset_at > account.reset_at
+    )
