@@ -42,11 +42,19 @@ class ApiError(ArkError):
     type = "api_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers or []
 
 
 class InvalidRequest(ApiError):

@@ -38,6 +38,8 @@ from ark.gateway.admin import Admin
 from ark.gateway.budgets import FREE, Budgets, prices
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
 from ark.gateway.metrics import Metrics
+from ark.gateway.ratelimits import RateLimits
+from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
 from ark.store import Key, Store, Team, key_id
@@ -52,9 +54,9 @@ Handler = Callable[[Request, Responder, Exchange], Awaitable[None]]
 
 
 async def send_error(responder: Responder, exc: ApiError) -> None:
-    headers = JSON_HEADERS
+    headers = [*JSON_HEADERS, *exc.headers]
     if exc.retry_after is not None:
-        headers = [*JSON_HEADERS, ("retry-after", str(max(1, round(exc.retry_after))))]
+        headers.append(("retry-after", str(max(1, round(exc.retry_after)))))
     await responder.send(exc.status, error_body(exc), headers)
 
 
@@ -73,6 +75,8 @@ class Gateway:
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
+        self.metrics.watch_budgets(self.budgets)
+        self.rates = RateLimits(lambda alias, limit: self.metrics.rate_limited.labels(alias, limit).inc())
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
         self._log_prompts = settings.gateway.log_prompts
@@ -125,6 +129,7 @@ class Gateway:
         self._keys = {k.id: k for k in keys}
         self._teams = {t.id: t for t in teams}
         self.budgets.sync(keys, teams)
+        self.rates.sync(keys, teams, time.monotonic())
 
     async def _reload_keys_forever(self) -> None:
         # Other processes (a second gateway on the same PostgreSQL) change keys too.
@@ -218,6 +223,9 @@ class Gateway:
             try:
                 ex.key = self._authenticate(request)
                 ex.authenticated = True
+                ex.admission = self.rates.admit(ex.key, time.monotonic())
+                if ex.admission is not None:
+                    responder.extra_headers = rate_headers(ex.admission.states[0])
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
@@ -248,7 +256,11 @@ class Gateway:
     def _record(self, ex: Exchange) -> None:
         elapsed = time.perf_counter() - ex.started
         ex.cost = ex.price.cost(ex.prompt_tokens, ex.completion_tokens, elapsed)
-        self.budgets.settle(ex.reservation, ex.cost, ex.prompt_tokens + ex.completion_tokens)
+        tokens = ex.prompt_tokens + ex.completion_tokens
+        self.budgets.settle(ex.reservation, ex.cost, tokens)
+        RateLimits.finish(ex.admission, tokens)
+        if ex.cost:
+            self.metrics.spend.labels(ex.key_label).inc(ex.cost)
         self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
         if self.access_log is not None:
             self.access_log.write(ex.record(elapsed, self._log_prompts))

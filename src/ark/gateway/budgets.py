@@ -53,6 +53,7 @@ def prices(models: Iterable[ModelSettings]) -> dict[str, Price]:
 @dataclass(slots=True)
 class Account:
     name: str  # "key sk-ark-ab12…" or "team research", for messages
+    alias: str  # the key's alias or the team's, for metrics
     max_budget: float | None
     max_tokens: int | None
     spend: float
@@ -102,10 +103,11 @@ class Budgets:
     def sync(self, keys: Iterable[Key], teams: Iterable[Team]) -> None:
         """Take limits from the store; keep what this process has counted since (spend moves here first)."""
         seen = set()
-        for ident, name, limits in [
-            *((f"key:{k.id}", f"key {k.key_prefix}…", k) for k in keys),
-            *((f"team:{t.id}", f"team {t.alias or t.id}", t) for t in teams),
-        ]:
+        entries: list[tuple[str, str, str, Limits]] = [
+            *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
+            *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
+        ]
+        for ident, name, alias, limits in entries:
             if limits.max_budget is None and limits.max_tokens_budget is None:
                 continue
             seen.add(ident)
@@ -114,6 +116,7 @@ class Budgets:
             if account is None or _reset_elsewhere(account, limits):
                 self.accounts[ident] = Account(
                     name,
+                    alias,
                     limits.max_budget,
                     limits.max_tokens_budget,
                     limits.spend,
@@ -179,7 +182,7 @@ class Budgets:
             account.tokens += tokens
 
     def remaining(self) -> Sequence[tuple[str, float]]:
-        return [(a.name, a.max_budget - a.spend) for a in self.accounts.values() if a.max_budget is not None]
+        return [(a.alias, a.max_budget - a.spend) for a in self.accounts.values() if a.max_budget is not None]
 
 
 def _reset_elsewhere(account: Account, limits: Limits) -> bool:

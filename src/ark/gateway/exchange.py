@@ -13,6 +13,7 @@ import orjson
 
 from ark.errors import ApiError
 from ark.gateway.budgets import FREE, Price, Reservation
+from ark.gateway.ratelimits import Admission
 from ark.store.keys import Key
 from ark.store.ledger import UsageRow
 
@@ -39,6 +40,7 @@ class Exchange:
     authenticated: bool = False
     price: Price = FREE
     reservation: Reservation | None = None
+    admission: Admission | None = None
     cost: float = 0.0
     model: str = UNKNOWN_MODEL
     alias: str | None = None
@@ -50,6 +52,11 @@ class Exchange:
     error: str | None = None
     prompt: Any = None
     output: str | None = None
+
+    @property
+    def key_label(self) -> str:
+        """The key's alias (or prefix) for metrics and logs; "master" for the master key."""
+        return "master" if self.key is None else (self.key.key_alias or self.key.key_prefix)
 
     def usage_row(self, elapsed: float) -> UsageRow:
         key = self.key
@@ -78,7 +85,7 @@ class Exchange:
         now = time.time()
         record: dict[str, Any] = {
             "time": f"{_utc_second(int(now))}.{int(now * 1000) % 1000:03d}Z",
-            "key": "master" if self.key is None else (self.key.key_alias or self.key.key_prefix),
+            "key": self.key_label,
             "path": self.path,
             "model": self.model,
             "alias": self.alias,

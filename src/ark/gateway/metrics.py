@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ark.engines.base import Engine
+from ark.gateway.budgets import Budgets
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -42,6 +43,19 @@ class _EngineCollector(Collector):
         yield from (up, tokens, loads)
 
 
+class _BudgetCollector(Collector):
+    def __init__(self, budgets: Budgets) -> None:
+        self._budgets = budgets
+
+    def collect(self) -> Iterable[Metric]:
+        remaining = GaugeMetricFamily(
+            "ark_budget_remaining", "Credits left in the current budget period.", labels=["key_alias"]
+        )
+        for alias, left in self._budgets.remaining():
+            remaining.add_metric([alias], left)
+        yield remaining
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -65,6 +79,16 @@ class Metrics:
             "ark_tokens", "Tokens processed, by kind (prompt, completion).", ["model", "kind"], registry=r
         )
         self.inflight = Gauge("ark_inflight_requests", "API requests being served now.", registry=r)
+        self.spend = Counter("ark_spend", "Credits spent, by key alias.", ["key_alias"], registry=r)
+        self.rate_limited = Counter(
+            "ark_rate_limited",
+            "Requests refused by a rate limit (rpm, tpm, parallel).",
+            ["key_alias", "limit"],
+            registry=r,
+        )
+
+    def watch_budgets(self, budgets: Budgets) -> None:
+        self.registry.register(_BudgetCollector(budgets))
 
     def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
         self.registry.register(_EngineCollector(engines, up))
