@@ -190,3 +190,51 @@ def test_sigkill_loses_no_completed_request(tmp_path: Path, tiny_gguf: Path) -> 
         assert len({row["request_id"] for row in logs}) == len(logs)  # replay counted nothing twice
     finally:
         stop_ark(restarted)
+
+
+def test_retention_prunes_old_rows_keeps_rollups_and_gives_space_back(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from ark.store.ledger import prune
+
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path)})
+    store = Store.open(settings)
+    try:
+        now = datetime(2026, 11, 27, tzinfo=UTC)
+        old = [
+            {
+                "request_id": f"old{i}",
+                "time": "2026-08-01T12:00:00+00:00",
+                "path": "/v1/chat/completions",
+                "status": 200,
+                "latency_ms": 1.0,
+                "ttft_ms": None,
+                "key_id": None,
+                "key_alias": None,
+                "team_id": None,
+                "user_id": None,
+                "model_requested": "m",
+                "model_served": "m",
+                "prompt_tokens": 1,
+                "completion_tokens": 1,
+                "cost": 0.0,
+            }
+            for i in range(3000)
+        ]
+        recent = [{**old[0], "request_id": "new", "time": "2026-11-26T12:00:00+00:00"}]
+        ingest(store.engine, old + recent)
+
+        def pages() -> int:
+            with store.engine.connect() as connection:
+                return int(connection.execute(text("PRAGMA page_count")).scalar_one())
+
+        before = pages()
+        assert prune(store.engine, retention_days=90, now=now) == 3000
+        assert usage_count(store.engine) == 1
+        assert pages() < before  # the file shrank: no manual VACUUM needed
+        with store.engine.connect() as connection:
+            days = connection.execute(select(usage_daily.c.day, usage_daily.c.requests)).all()
+        assert sorted(str(d) for d, _ in days) == ["2026-08-01", "2026-11-26"]  # rollups stay
+        assert prune(store.engine, retention_days=90, now=now) == 0
+    finally:
+        store.close()

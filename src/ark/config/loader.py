@@ -35,6 +35,7 @@ class GatewaySettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str  # "" = SQLite at DATA/ark.db
+    retention_days: int
 
 
 @dataclass(frozen=True)

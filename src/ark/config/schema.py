@@ -110,6 +110,12 @@ STORE: tuple[Setting, ...] = (
         "Where keys, teams and the usage ledger live. Empty: SQLite (WAL) at DATA/ark.db; "
         "postgresql://... to share them between gateway processes.",
     ),
+    Setting(
+        "retention_days",
+        Int(1, 100_000),
+        90,
+        "Days the ledger keeps one row per request; daily rollups are kept forever.",
+    ),
 )
 
 ENGINE: tuple[Setting, ...] = (

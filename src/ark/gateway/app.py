@@ -43,13 +43,14 @@ from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
 from ark.store import Key, Store, Team, key_id
-from ark.store.ledger import Ledger
+from ark.store.ledger import Ledger, prune
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _KEYS_RELOAD_S = 5.0
+_PRUNE_EVERY_S = 6 * 3600.0
 Handler = Callable[[Request, Responder, Exchange], Awaitable[None]]
 
 
@@ -117,6 +118,18 @@ class Gateway:
         self._tasks.append(asyncio.create_task(refresh, name="ark-router-refresh"))
         self._tasks.append(asyncio.create_task(self._reload_keys_forever(), name="ark-keys-reload"))
         self._tasks.append(asyncio.create_task(self.ledger.run(), name="ark-ledger"))
+        self._tasks.append(asyncio.create_task(self._prune_forever(), name="ark-ledger-prune"))
+
+    async def _prune_forever(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                deleted = await asyncio.to_thread(prune, self.store.engine, self.settings.store.retention_days)
+                if deleted:
+                    log.info("ledger: pruned %d rows older than %d days", deleted, self.settings.store.retention_days)
+            except Exception:
+                log.exception("ledger: pruning failed")
+            await asyncio.sleep(_PRUNE_EVERY_S)
 
     async def reload_keys(self) -> None:
         """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""

@@ -321,3 +321,20 @@ def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None)
         }
         for row in rows
     ]
+
+
+def prune(engine: Engine, retention_days: int, now: datetime | None = None) -> int:
+    """Delete ledger rows older than the retention (rollups stay) and give the space back. Returns rows deleted."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete, text
+
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    with engine.begin() as connection:
+        deleted = int(connection.execute(delete(usage).where(usage.c.time < cutoff)).rowcount or 0)
+    if deleted and engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            connection.execute(text("PRAGMA incremental_vacuum"))
+            connection.commit()
+    # PostgreSQL: autovacuum makes the space reusable; the table stops growing at the retention.
+    return deleted

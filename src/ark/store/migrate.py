@@ -44,8 +44,16 @@ def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
     # WAL: readers never block the writer. synchronous=NORMAL: a committed transaction survives
     # the process being killed (it is in the OS's page cache), not a power cut; FULL costs an
     # fsync per commit. busy_timeout: wait for the lock instead of failing at once.
+    # auto_vacuum=INCREMENTAL (effective when the file is created): pruned ledger rows give their
+    # pages back to the file system with `PRAGMA incremental_vacuum`, no VACUUM of the whole file.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
+    for pragma in (
+        "auto_vacuum=INCREMENTAL",
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "busy_timeout=5000",
+        "foreign_keys=ON",
+    ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
