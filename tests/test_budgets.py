@@ -176,3 +176,14 @@ def test_200_concurrent_requests_never_overspend(
         assert info["spend"] == 20.0
     finally:
         stop_ark(ark)
+
+
+def test_a_reload_during_a_request_keeps_its_reservation() -> None:
+    budgets = Budgets()
+    k = key(max_budget=2.0)
+    budgets.sync([k], [])
+    held = budgets.reserve(k, PAID, 0, 8, 60, NOW)
+    budgets.sync([k], [])  # the periodic reload while the request runs
+    Budgets.settle(held, 1.0, 8)
+    account = budgets.accounts["key:k1"]
+    assert (account.spend, account.reserved_cost) == (1.0, 0.0)

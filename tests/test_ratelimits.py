@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ark.gateway.ratelimits import RateLimited, RateLimits
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark
+from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
 from tests.test_budgets import key
 
 
@@ -123,24 +123,14 @@ def test_rpm_429_with_openai_headers_and_metrics(ark: ArkProcess) -> None:
 
 def test_parallel_limit(ark: ArkProcess) -> None:
     k = new_key(ark, key_alias="one-at-a-time", max_parallel_requests=1)
-    started = threading.Event()
     results: list[int] = []
-
-    def long_request() -> None:
-        started.set()
-        results.append(chat(ark, k, max_tokens=1500).status_code)
-
-    worker = threading.Thread(target=long_request)
+    worker = threading.Thread(target=lambda: results.append(chat(ark, k, max_tokens=1500).status_code))
     worker.start()
-    started.wait()
-    refused = None
-    for _ in range(50):  # until the long request holds the slot
-        response = chat(ark, k)
-        if response.status_code == 429:
-            refused = response
-            break
+    # the long request is in flight (and alone: nothing else is sent meanwhile)
+    assert wait_until(lambda: ark.metric("ark_inflight_requests") >= 1, timeout=10)
+    refused = chat(ark, k)
     worker.join(60)
-    assert refused is not None and "1 requests at once" in refused.json()["error"]["message"]
+    assert refused.status_code == 429 and "1 requests at once" in refused.json()["error"]["message"]
     assert results == [200]
     assert chat(ark, k).status_code == 200  # the slot is free again
 
@@ -148,3 +138,13 @@ def test_parallel_limit(ark: ArkProcess) -> None:
 def test_master_key_has_no_limits_or_headers(ark: ArkProcess) -> None:
     response = chat(ark, MASTER_KEY)
     assert response.status_code == 200 and "x-ratelimit-limit-requests" not in response.headers
+
+
+def test_a_reload_during_a_request_does_not_leak_its_slot() -> None:
+    limits = RateLimits()
+    k = key(max_parallel_requests=1)
+    limits.sync([k], [], now=0.0)
+    held = limits.admit(k, 0.0)
+    limits.sync([k], [], now=1.0)  # the periodic reload while the request runs
+    RateLimits.finish(held, 0)
+    assert limits.admit(k, 2.0) is not None

@@ -113,7 +113,7 @@ class Budgets:
             seen.add(ident)
             period = parse_duration(limits.budget_duration) if limits.budget_duration else None
             account = self.accounts.get(ident)
-            if account is None or _reset_elsewhere(account, limits):
+            if account is None:
                 self.accounts[ident] = Account(
                     name,
                     alias,
@@ -124,11 +124,15 @@ class Budgets:
                     limits.budget_reset_at,
                     period,
                 )
-            else:
-                account.max_budget, account.max_tokens, account.period = (
-                    limits.max_budget,
-                    limits.max_tokens_budget,
-                    period,
+                continue
+            # updated in place: reservations in flight hold this object and settle into it
+            account.name, account.alias = name, alias
+            account.max_budget, account.max_tokens, account.period = limits.max_budget, limits.max_tokens_budget, period
+            if _reset_elsewhere(account, limits):
+                account.spend, account.tokens, account.reset_at = (
+                    limits.spend,
+                    limits.tokens_used,
+                    limits.budget_reset_at,
                 )
         for ident in list(self.accounts):
             if (

@@ -84,15 +84,14 @@ class RateLimits:
         for ident, name, alias, limits in entries:
             if limits.rpm_limit is None and limits.tpm_limit is None and limits.max_parallel_requests is None:
                 continue
-            old = self.states.get(ident)
-            state = RateState(
-                name,
-                alias,
-                _bucket(limits.rpm_limit, old.rpm if old else None, now),
-                _bucket(limits.tpm_limit, old.tpm if old else None, now),
-                limits.max_parallel_requests,
-            )
-            state.parallel = old.parallel if old else 0
+            state = self.states.get(ident)
+            if state is None:
+                state = RateState(name, alias, None, None, None)
+            # updated in place: requests in flight hold this object and count themselves out of it
+            state.name, state.alias = name, alias
+            state.rpm = _bucket(limits.rpm_limit, state.rpm, now)
+            state.tpm = _bucket(limits.tpm_limit, state.tpm, now)
+            state.max_parallel = limits.max_parallel_requests
             fresh[ident] = state
         self.states = fresh
 
