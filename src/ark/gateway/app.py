@@ -134,11 +134,12 @@ class Gateway:
     async def reload_keys(self) -> None:
         """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
         assert self.store is not None
+        store = self.store.keys
         self.budgets.roll_all(datetime.now(UTC))
         if self.budgets.rolled:
             rolled, self.budgets.rolled = self.budgets.rolled, {}
-            await asyncio.to_thread(self.store.keys.reset_periods, rolled)
-        keys, teams = await asyncio.to_thread(lambda: (self.store.keys.list_keys(), self.store.keys.list_teams()))  # type: ignore[union-attr]
+            await asyncio.to_thread(store.reset_periods, rolled)
+        keys, teams = await asyncio.to_thread(lambda: (store.list_keys(), store.list_teams()))
         self._keys = {k.id: k for k in keys}
         self._teams = {t.id: t for t in teams}
         self.budgets.sync(keys, teams)
