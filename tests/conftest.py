@@ -224,3 +224,26 @@ def postgres() -> Iterator[Postgres]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def embedded_ark(
+    tmp: Path,
+    tiny_gguf: Path,
+    *,
+    models: tuple[str, ...] = ("tiny",),
+    store: str = "",
+    n_ctx: int = 512,
+    max_queue: int = 1000,
+    extra: str = "",
+) -> ArkProcess:
+    """`ark up` with MASTER_KEY, the embedded engine on copies of the tiny GGUF, SQLite (or ``store``)."""
+    data = tmp / "data"
+    (data / "models").mkdir(parents=True, exist_ok=True)
+    for name in models:
+        shutil.copy(tiny_gguf, data / "models" / f"{name}.gguf")
+    config = (
+        f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:{{PORT}}"\n[store]\nurl = "{store}"\n'
+        f'[engines.embedded]\nkind = "embedded"\nn_threads = 1\nn_ctx = {n_ctx}\nbundled_model = false\n'
+        f"max_queue = {max_queue}\n{extra}"
+    )
+    return start_ark(config, tmp, env={"ARK_DATA_DIR": str(data)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from ark.errors import InsufficientQuota
 from ark.gateway.budgets import FREE, Budgets, Price
 from ark.store.keys import Key, Team
-from tests.conftest import MASTER_KEY, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, embedded_ark, stop_ark, wait_until
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 PAID = Price(input=0.0, output=0.125)
@@ -105,35 +104,17 @@ def test_gpu_time_is_reserved_for_the_whole_timeout() -> None:
         budgets.reserve(k, Price(gpu_second=0.5), 0, 8, 60, NOW)
 
 
-CONFIG = """
-master_key = "{KEY}"
-[gateway]
-listen = "127.0.0.1:{PORT}"
-[store]
-url = "{STORE}"
-[engines.embedded]
-kind = "embedded"
-n_threads = 1
-n_ctx = 512
-bundled_model = false
-max_queue = 1000
-[models.tiny]
-output_cost_per_token = 0.125
-"""
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_200_concurrent_requests_never_overspend(
     tmp_path: Path, tiny_gguf: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     store = "" if backend == "sqlite" else request.getfixturevalue("postgres").create_database()
-    (tmp_path / "data" / "models").mkdir(parents=True)
-    shutil.copy(tiny_gguf, tmp_path / "data" / "models" / "tiny.gguf")
-    shutil.copy(tiny_gguf, tmp_path / "data" / "models" / "free.gguf")
-    ark = start_ark(
-        CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", store),
+    ark = embedded_ark(
         tmp_path,
-        env={"ARK_DATA_DIR": str(tmp_path / "data")},
+        tiny_gguf,
+        models=("tiny", "free"),
+        store=store,
+        extra="[models.tiny]\noutput_cost_per_token = 0.125\n",
     )
     try:
         created = httpx.post(

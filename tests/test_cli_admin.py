@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,26 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from ark.cli import main
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
-
-CONFIG = """
-master_key = "{KEY}"
-[gateway]
-listen = "127.0.0.1:{PORT}"
-[engines.embedded]
-kind = "embedded"
-n_threads = 1
-n_ctx = 512
-bundled_model = false
-"""
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
 
 
 @pytest.fixture(scope="module")
 def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ArkProcess]:
-    tmp = tmp_path_factory.mktemp("cli-admin")
-    (tmp / "data" / "models").mkdir(parents=True)
-    shutil.copy(tiny_gguf, tmp / "data" / "models" / "tiny.gguf")
-    process = start_ark(CONFIG.replace("{KEY}", MASTER_KEY), tmp, env={"ARK_DATA_DIR": str(tmp / "data")})
+    process = embedded_ark(tmp_path_factory.mktemp("cli-admin"), tiny_gguf)
     yield process
     stop_ark(process)
 

@@ -5,7 +5,6 @@ A real `ark up` per backend; requests through the official openai client and htt
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -17,23 +16,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, ArkProcess, Postgres, start_ark, stop_ark
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark
 
-CONFIG = """
-master_key = "{KEY}"
-[gateway]
-listen = "127.0.0.1:{PORT}"
-[store]
-url = "{STORE}"
-[engines.embedded]
-kind = "embedded"
-n_threads = 1
-n_ctx = 512
-bundled_model = false
-[aliases]
-"gpt-4" = "tiny"
-"other" = "tiny2"
-"""
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -41,17 +25,15 @@ HELLO = [{"role": "user", "content": "hello"}]
 def ark(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path
 ) -> Iterator[ArkProcess]:
-    tmp = tmp_path_factory.mktemp(f"keys-{request.param}")
-    models = tmp / "data" / "models"
-    models.mkdir(parents=True)
-    shutil.copy(tiny_gguf, models / "tiny.gguf")
-    shutil.copy(tiny_gguf, models / "tiny2.gguf")
-    store = ""
-    if request.param == "postgresql":
-        postgres: Postgres = request.getfixturevalue("postgres")
-        store = postgres.create_database()
-    text = CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", store)
-    process = start_ark(text, tmp, env={"ARK_DATA_DIR": str(tmp / "data")})
+    store = request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else ""
+    aliases = '[aliases]\n"gpt-4" = "tiny"\n"other" = "tiny2"\n'
+    process = embedded_ark(
+        tmp_path_factory.mktemp(f"keys-{request.param}"),
+        tiny_gguf,
+        models=("tiny", "tiny2"),
+        store=store,
+        extra=aliases,
+    )
     yield process
     stop_ark(process)
 

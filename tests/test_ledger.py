@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import threading
 from datetime import UTC, datetime
@@ -18,23 +17,9 @@ from ark.config import load_settings
 from ark.store import Store
 from ark.store.ledger import Ledger, UsageRow, ingest, read_journal, usage_count
 from ark.store.tables import usage_daily
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
 
-CONFIG = """
-master_key = "{KEY}"
-[gateway]
-listen = "127.0.0.1:{PORT}"
-[store]
-url = "{STORE}"
-[engines.embedded]
-kind = "embedded"
-n_threads = 1
-n_ctx = 512
-bundled_model = false
-max_queue = 1000
-[aliases]
-"gpt-4" = "tiny"
-"""
+ALIAS = '[aliases]\n"gpt-4" = "tiny"\n'
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -42,13 +27,6 @@ def master(ark: ArkProcess, method: str, path: str, **kwargs: object) -> httpx.R
     return httpx.request(
         method, ark.url + path, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30, **kwargs
     )  # type: ignore[arg-type]
-
-
-def prepare(tmp: Path, tiny_gguf: Path) -> Path:
-    models = tmp / "data" / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny_gguf, models / "tiny.gguf")
-    return tmp / "data"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,10 +37,8 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 def test_every_request_is_in_the_ledger_with_its_numbers(tmp_path: Path, tiny_gguf: Path, store_url: str) -> None:
-    data = prepare(tmp_path, tiny_gguf)
-    ark = start_ark(
-        CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", store_url), tmp_path, env={"ARK_DATA_DIR": str(data)}
-    )
+    data = tmp_path / "data"
+    ark = embedded_ark(tmp_path, tiny_gguf, store=store_url, extra=ALIAS)
     try:
         created = master(ark, "POST", "/key/generate", json={"key_alias": "ledger", "user_id": "u@example.com"}).json()
         headers = {"Authorization": f"Bearer {created['key']}"}
@@ -149,9 +125,8 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
 
 
 def test_sigkill_loses_no_completed_request(tmp_path: Path, tiny_gguf: Path) -> None:
-    data = prepare(tmp_path, tiny_gguf)
-    config = CONFIG.replace("{KEY}", MASTER_KEY).replace("{STORE}", "")
-    ark = start_ark(config, tmp_path, env={"ARK_DATA_DIR": str(data)})
+    data = tmp_path / "data"
+    ark = embedded_ark(tmp_path, tiny_gguf, extra=ALIAS)
     created = master(ark, "POST", "/key/generate", json={"key_alias": "kill"}).json()
     completed = 0
     lock = threading.Lock()
@@ -182,7 +157,7 @@ def test_sigkill_loses_no_completed_request(tmp_path: Path, tiny_gguf: Path) -> 
         thread.join(10)
     assert list((data / "ledger").glob("*.jsonl")), "the dead process left its journal"
 
-    restarted = start_ark(config, tmp_path, env={"ARK_DATA_DIR": str(data)})
+    restarted = embedded_ark(tmp_path, tiny_gguf, extra=ALIAS)
     try:
         logs = master(restarted, "GET", "/spend/logs", params={"api_key": created["key"], "limit": "100000"}).json()
         ok = [row for row in logs if row["status"] == 200]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from ark.gateway.ratelimits import RateLimited, RateLimits
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
 from tests.test_budgets import key
 
 
@@ -66,27 +65,11 @@ def test_limits_survive_a_reload_but_follow_new_values() -> None:
     assert limits.admit(k, 1.0) is not None
 
 
-CONFIG = """
-master_key = "{KEY}"
-[gateway]
-listen = "127.0.0.1:{PORT}"
-[engines.embedded]
-kind = "embedded"
-n_threads = 1
-n_ctx = 2048
-bundled_model = false
-max_queue = 100
-[models.tiny]
-output_cost_per_token = 0.5
-"""
-
-
 @pytest.fixture(scope="module")
 def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ArkProcess]:
-    tmp = tmp_path_factory.mktemp("rates")
-    (tmp / "data" / "models").mkdir(parents=True)
-    shutil.copy(tiny_gguf, tmp / "data" / "models" / "tiny.gguf")
-    process = start_ark(CONFIG.replace("{KEY}", MASTER_KEY), tmp, env={"ARK_DATA_DIR": str(tmp / "data")})
+    process = embedded_ark(
+        tmp_path_factory.mktemp("rates"), tiny_gguf, n_ctx=2048, extra="[models.tiny]\noutput_cost_per_token = 0.5\n"
+    )
     yield process
     stop_ark(process)
 
