@@ -48,7 +48,7 @@ def test_every_request_is_in_the_ledger_with_its_numbers(tmp_path: Path, tiny_gg
             timeout=30,
             json={"model": "gpt-4", "messages": HELLO, "max_tokens": 3},
         )
-        assert ok.status_code == 200
+        assert ok.status_code == 200 and len(ok.headers["x-request-id"]) == 24
         missing = httpx.post(
             ark.api + "/chat/completions", headers=headers, timeout=30, json={"model": "nope", "messages": HELLO}
         )
@@ -64,6 +64,7 @@ def test_every_request_is_in_the_ledger_with_its_numbers(tmp_path: Path, tiny_gg
         assert oldest["status"] == 200 and oldest["model"] == "tiny" and oldest["model_group"] == "gpt-4"
         assert oldest["completion_tokens"] == 3 and oldest["prompt_tokens"] > 0
         assert oldest["key_alias"] == "ledger" and oldest["user"] == "u@example.com"
+        assert oldest["request_id"] == ok.headers["x-request-id"]  # a client can quote it to the operator
         assert oldest["api_key"] == created["token"] and oldest["request_duration_ms"] > 0
         assert newest["status"] == 404 and newest["model"] is None
         today = datetime.now(UTC).strftime("%Y-%m-%d")

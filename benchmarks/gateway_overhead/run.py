@@ -1,6 +1,8 @@
 """Gateway overhead benchmark: the same load sent directly to a mock upstream
 (arm A, "direct") and through the ARK gateway in front of it (arm B,
-"gateway"), interleaved, plus the gateway's idle memory and start-up time.
+"gateway"), interleaved, plus the gateway's idle memory and start-up time;
+then the same gateway process with the master key (arm A, "master") against a
+virtual key with a budget and rate limits (arm B, "virtual"), interleaved too.
 
 One command does everything (run from the repository root):
 
@@ -10,8 +12,10 @@ It starts mock_upstream.py, measures start-to-ready of the gateway command
 --start-runs times, starts the gateway once more for the load runs, checks
 both arms return correct bodies (preflight), measures idle RSS, and then for
 each scenario runs loadgen.py against A and B in turn for --rounds rounds
-(order A B, then B A, ... so linear drift cancels). Results: a table on
-stdout, a JSON file (--json) and, with --write-docs, a generated section in a
+(order A B, then B A, ... so linear drift cancels). With --keys-compare (the
+default) it then creates a virtual key through /key/generate and runs the
+--keys-scenarios the same way, master key against virtual key. Results: tables
+on stdout, a JSON file (--json) and, with --write-docs, generated sections in a
 markdown file.
 
 Layout on a machine with 2+ CPUs: the gateway runs alone on CPU 1, the mock
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +80,13 @@ url = "{upstream}/v1"
 api_key = "sk-upstream-unused"
 [aliases]
 "{alias}" = "{model}"
+[models."{model}"]
+input_cost_per_token = {input_cost}
+output_cost_per_token = {output_cost}
 """
+# Prices in the config, so that requests on a virtual key with a budget really compute their cost.
+INPUT_COST_PER_TOKEN = 0.000001
+OUTPUT_COST_PER_TOKEN = 0.000002
 
 # Targets for the ARK gateway (CPU per stream assumes --chunks 20).
 TARGET_CPU_MS = {"chat": 0.5, "embed": 0.5, "stream": 1.5}
@@ -96,6 +107,34 @@ LITELLM_ADDED_P50_MS = {"chat:1": 16.6, "stream:1": 28.2}
 LITELLM_ADDED_TTFT_MS = {"stream:1": 12.1}
 LITELLM_IDLE_RSS_MB = 333.5
 LITELLM_START_S = 7.6
+
+# Virtual key vs master key: the same gateway process, a key whose budget and limits are never reached,
+# so every request goes through the budget reservation, the rate-limit buckets and the parallel count.
+DEFAULT_KEY_SCENARIOS = "chat:1,chat:32,stream:1"
+VIRTUAL_KEY = {
+    "key_alias": "bench",
+    "max_budget": 1_000_000_000,
+    "budget_duration": "30d",
+    "rpm_limit": 100_000_000,
+    "tpm_limit": 10_000_000_000,
+    "max_parallel_requests": 100_000,
+}
+TARGET_KEY_CPU_RATIO = 1.10  # virtual / master gateway CPU per request, at most
+TARGET_KEY_ADDED_MS = 1.0  # virtual - master p50 latency, below
+
+
+# --------------------------------------------------------------------------- arms
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Where one arm sends its load: port, Bearer key (None: no header), model name."""
+
+    name: str  # direct, gateway, master, virtual
+    port: int
+    key: str | None
+    model: str
+    via_gateway: bool  # the gateway serves it, so its CPU per request is meaningful
 
 
 # --------------------------------------------------------------------------- processes
@@ -274,13 +313,13 @@ def check_body(kind: str, model: str, status: int, headers: dict[str, str], raw:
     return problems
 
 
-def loadgen(arm: dict[str, Any], kind: str, conns: int, duration: float, cpus: str | None) -> dict[str, Any]:
-    path, body = request_for(kind, arm["model"])
-    cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", f"http://127.0.0.1:{arm['port']}{path}"]
+def loadgen(arm: Arm, kind: str, conns: int, duration: float, cpus: str | None) -> dict[str, Any]:
+    path, body = request_for(kind, arm.model)
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", f"http://127.0.0.1:{arm.port}{path}"]
     cmd += ["--body", json.dumps(body, separators=(",", ":")), "--conns", str(conns)]
     cmd += ["--duration", str(duration)]
-    if arm["key"]:
-        cmd += ["--key", arm["key"]]
+    if arm.key:
+        cmd += ["--key", arm.key]
     if kind == "stream":
         cmd.append("--sse")
     proc = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, timeout=duration + 90, check=False)
@@ -296,7 +335,7 @@ def loadgen(arm: dict[str, Any], kind: str, conns: int, duration: float, cpus: s
 STAT_KEY = {"chat": "chat", "stream": "chat_stream", "embed": "embeddings"}
 
 
-def measure(arm: dict[str, Any], kind: str, conns: int, duration: float, ctx: dict[str, Any]) -> dict[str, Any]:
+def measure(arm: Arm, kind: str, conns: int, duration: float, ctx: dict[str, Any]) -> dict[str, Any]:
     """One load run with CPU accounting of the gateway, the mock and the machine."""
     gw_pid, mock_pid = ctx["gateway_pid"], ctx["mock_pid"]
     stats0 = json.loads(request(ctx["mock_port"], "GET", "/mock/stats")[2])
@@ -322,7 +361,7 @@ def measure(arm: dict[str, Any], kind: str, conns: int, duration: float, ctx: di
         steal_s=round(steal, 3),
         upstream_received=stats1.get(key, 0) - stats0.get(key, 0),
     )
-    if arm["name"] == "gateway" and res["completed"]:
+    if arm.via_gateway and res["completed"]:
         res["gateway_cpu_ms_per_req"] = round(1000 * gw_cpu / res["completed"], 4)
     return res
 
@@ -335,35 +374,84 @@ def median(vals: list[Any]) -> float | None:
     return round(statistics.median(vals), 4) if vals else None
 
 
+def arm_summary(runs: list[dict[str, Any]], comparison: str, sc: str, arm: str, via_gateway: bool) -> dict[str, Any]:
+    """Medians over the recorded rounds of one arm in one scenario; gateway CPU over all of them."""
+    rs = [r for r in runs if (r["comparison"], r["scenario"], r["arm"]) == (comparison, sc, arm) and not r["warmup"]]
+    completed = sum(r["completed"] for r in rs)
+    out: dict[str, Any] = {
+        k: median([r.get(k) for r in rs])
+        for k in ("rps", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "events_median")
+    }
+    out.update(
+        errors=sum(r["errors"] for r in rs),
+        completed=completed,
+        upstream_received=sum(r["upstream_received"] for r in rs),
+        foreign_cpu_s_max=max((r["foreign_cpu_s"] for r in rs), default=None),
+        steal_s_max=max((r["steal_s"] for r in rs), default=None),
+        loadgen_busy_max=max((r["loadgen_cpu_s"] / r["wall_s"] for r in rs if r["wall_s"]), default=None),
+    )
+    if via_gateway and completed:
+        out["cpu_ms_per_req"] = round(1000 * sum(r["gateway_cpu_s"] for r in rs) / completed, 4)
+    return out
+
+
+def difference(b: float | None, a: float | None) -> float | None:
+    return round(b - a, 4) if a is not None and b is not None else None
+
+
 def summarise(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
+    """Direct vs gateway, per scenario."""
     out: dict[str, Any] = {}
     for sc in scenarios:
-        entry: dict[str, Any] = {}
-        for arm in ("direct", "gateway"):
-            rs = [r for r in runs if r["scenario"] == sc and r["arm"] == arm and not r["warmup"]]
-            completed = sum(r["completed"] for r in rs)
-            entry[arm] = {
-                k: median([r.get(k) for r in rs])
-                for k in ("rps", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "events_median")
-            }
-            entry[arm].update(
-                errors=sum(r["errors"] for r in rs),
-                completed=completed,
-                upstream_received=sum(r["upstream_received"] for r in rs),
-                foreign_cpu_s_max=max((r["foreign_cpu_s"] for r in rs), default=None),
-                steal_s_max=max((r["steal_s"] for r in rs), default=None),
-                loadgen_busy_max=max((r["loadgen_cpu_s"] / r["wall_s"] for r in rs if r["wall_s"]), default=None),
-            )
-            if arm == "gateway" and completed:
-                entry[arm]["cpu_ms_per_req"] = round(1000 * sum(r["gateway_cpu_s"] for r in rs) / completed, 4)
+        entry: dict[str, Any] = {
+            "direct": arm_summary(runs, "overhead", sc, "direct", via_gateway=False),
+            "gateway": arm_summary(runs, "overhead", sc, "gateway", via_gateway=True),
+        }
         d, g = entry["direct"], entry["gateway"]
         entry["ratio"] = {k: round(g[k] / d[k], 4) if d[k] and g[k] else None for k in ("rps", "p50_ms", "ttft_p50_ms")}
-        entry["added"] = {
-            k: round(g[k] - d[k], 4) if d[k] is not None and g[k] is not None else None
-            for k in ("p50_ms", "ttft_p50_ms")
-        }
+        entry["added"] = {k: difference(g[k], d[k]) for k in ("p50_ms", "ttft_p50_ms")}
         out[sc] = entry
     return out
+
+
+def summarise_keys(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
+    """Master key vs virtual key through the same gateway, per scenario."""
+    out: dict[str, Any] = {}
+    for sc in scenarios:
+        m = arm_summary(runs, "keys", sc, "master", via_gateway=True)
+        v = arm_summary(runs, "keys", sc, "virtual", via_gateway=True)
+        m_cpu, v_cpu = m.get("cpu_ms_per_req"), v.get("cpu_ms_per_req")
+        out[sc] = {
+            "master": m,
+            "virtual": v,
+            "cpu_ratio": round(v_cpu / m_cpu, 4) if m_cpu and v_cpu else None,
+            "added_cpu_ms": difference(v_cpu, m_cpu),
+            "added": {k: difference(v[k], m[k]) for k in ("p50_ms", "p99_ms", "ttft_p50_ms")},
+        }
+    return out
+
+
+def key_target_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per scenario: virtual/master CPU ratio <= 1.10 and added p50 latency < 1 ms."""
+    rows = []
+    for sc, e in summary.items():
+        ratio, added = e["cpu_ratio"], e["added"]["p50_ms"]
+        rows.append(
+            {
+                "scenario": sc,
+                "master_cpu_ms_per_req": e["master"].get("cpu_ms_per_req"),
+                "virtual_cpu_ms_per_req": e["virtual"].get("cpu_ms_per_req"),
+                "cpu_ratio": ratio,
+                "cpu_ratio_target": TARGET_KEY_CPU_RATIO,
+                "cpu_pass": None if ratio is None else ratio <= TARGET_KEY_CPU_RATIO,
+                "master_p50_ms": e["master"]["p50_ms"],
+                "virtual_p50_ms": e["virtual"]["p50_ms"],
+                "added_p50_ms": added,
+                "added_p50_target_ms": TARGET_KEY_ADDED_MS,
+                "latency_pass": None if added is None else added < TARGET_KEY_ADDED_MS,
+            }
+        )
+    return rows
 
 
 def target_rows(summary: dict[str, Any], idle_rss: float | None, start_s: float | None) -> list[dict[str, Any]]:
@@ -451,16 +539,55 @@ def target_table(rows: list[dict[str, Any]]) -> Table:
     for col in ("metric", "ARK", "target", "", "LiteLLM 1.108.7"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for r in rows:
-        colour = {True: "green", False: "red", None: "dim"}[r["pass"]]
         u = " " + r["unit"]
         t.add_row(
             r["metric"],
             fmt(r["value"], DECIMALS[r["unit"]]) + u,
             "≤ " + fmt(r["target"], 1) + u,
-            f"[{colour}]{verdict(r['pass'])}[/]",
+            coloured(r["pass"]),
             fmt(r["litellm"], 1) + u if r["litellm"] else "-",
         )
     return t
+
+
+def keys_table(keys: dict[str, Any]) -> Table:
+    t = Table(title="Virtual key vs master key (same gateway, interleaved)")
+    cols = [
+        "scenario",
+        "master CPU ms/req",
+        "virtual CPU ms/req",
+        "virtual/master",
+        f"≤ {TARGET_KEY_CPU_RATIO:.2f}",
+        "master p50 ms",
+        "virtual p50 ms",
+        "added p50 ms",
+        f"< {TARGET_KEY_ADDED_MS:g} ms",
+        "virtual p99 ms",
+        "errors",
+    ]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in keys["targets"]:
+        e = keys["summary"][r["scenario"]]
+        t.add_row(
+            r["scenario"],
+            fmt(r["master_cpu_ms_per_req"], 3),
+            fmt(r["virtual_cpu_ms_per_req"], 3),
+            fmt(r["cpu_ratio"], 3),
+            coloured(r["cpu_pass"]),
+            fmt(r["master_p50_ms"], 3),
+            fmt(r["virtual_p50_ms"], 3),
+            fmt(r["added_p50_ms"], 3),
+            coloured(r["latency_pass"]),
+            fmt(e["virtual"]["p99_ms"], 3),
+            str(e["master"]["errors"] + e["virtual"]["errors"]),
+        )
+    return t
+
+
+def coloured(ok: bool | None) -> str:
+    colour = {True: "green", False: "red", None: "dim"}[ok]
+    return f"[{colour}]{verdict(ok)}[/]"
 
 
 # --------------------------------------------------------------------------- docs
@@ -538,11 +665,76 @@ def docs_section(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, section: str) -> None:
+KEYS_BEGIN = "<!-- BEGIN gateway-keys: generated by benchmarks/gateway_overhead/run.py -->"
+KEYS_END = "<!-- END gateway-keys -->"
+
+
+def keys_section(result: dict[str, Any]) -> str:
+    m, meta, keys = result["machine"], result["meta"], result["keys"]
+    settings = ", ".join(f"`{k}` {v}" for k, v in keys["virtual_key"].items())
+    lines = [
+        KEYS_BEGIN,
+        "## Virtual key vs master key",
+        "",
+        "What do a virtual key's budget and rate limits cost the gateway? The same gateway process, in the "
+        "same run as the section above, gets the same load with the master key (arm A) and with a virtual "
+        "key (arm B), interleaved.",
+        "",
+        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, Linux {m['kernel']}.",
+        f"Layout: {meta['layout']}; all at nice {meta['nice']}.",
+        f"Rounds: {meta['rounds']}, {meta['duration_s']} s per arm and scenario, arms interleaved.",
+        f"Virtual key from `POST /key/generate`: {settings} (never reached, so every request is admitted "
+        "through the budget reservation, the rpm/tpm buckets and the parallel count, and settled).",
+        f"Prices in the config: `input_cost_per_token = {keys['prices']['input_cost_per_token']}`, "
+        f"`output_cost_per_token = {keys['prices']['output_cost_per_token']}` on `{MODEL_ID}`.",
+        "",
+        "Produced by this exact command, from the repository root:",
+        "",
+        f"    {meta['command']}",
+        "",
+        "| scenario | master CPU ms/req | virtual CPU ms/req | virtual/master | target | "
+        "| added p50 latency | target | |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    for r in keys["targets"]:
+        lines.append(
+            f"| {r['scenario']} | {fmt(r['master_cpu_ms_per_req'], 3)} | {fmt(r['virtual_cpu_ms_per_req'], 3)} "
+            f"| {fmt(r['cpu_ratio'], 3)} | ≤ {r['cpu_ratio_target']:.2f} | {verdict(r['cpu_pass'])} "
+            f"| {fmt(r['added_p50_ms'], 3)} ms | < {r['added_p50_target_ms']:.1f} ms | {verdict(r['latency_pass'])} |"
+        )
+    lines += [
+        "",
+        "| scenario | master req/s | virtual req/s | master p50 ms | virtual p50 ms | master p99 ms "
+        "| virtual p99 ms | master TTFT ms | virtual TTFT ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for sc, e in keys["summary"].items():
+        ma, vi = e["master"], e["virtual"]
+        lines.append(
+            f"| {sc} | {fmt(ma['rps'], 0)} | {fmt(vi['rps'], 0)} | {fmt(ma['p50_ms'], 3)} | {fmt(vi['p50_ms'], 3)} "
+            f"| {fmt(ma['p99_ms'], 3)} | {fmt(vi['p99_ms'], 3)} "
+            f"| {fmt(ma['ttft_p50_ms'], 3)} | {fmt(vi['ttft_p50_ms'], 3)} | {ma['errors'] + vi['errors']} |"
+        )
+    spend = keys["spend"]
+    lines += [
+        "",
+        f"The virtual key's spend after the runs (`GET /key/info`): {spend.get('spend')} credits, "
+        f"{spend.get('tokens_used')} tokens, for {spend['requests']} requests on it.",
+    ]
+    if keys["problems"]:
+        lines += ["", "Virtual key preflight problems:", ""] + [f"* {p}" for p in keys["problems"]]
+    if keys["notes"]:
+        lines += ["", "Notes on this run (numbers may be noisy):", ""] + [f"* {n}" for n in keys["notes"]]
+    lines += ["", KEYS_END]
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace the text between the markers begin and end, or append the section."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -579,9 +771,26 @@ def parse_args() -> argparse.Namespace:
         type=int,
         help="run everything at this nice value (e.g. -10, needs root) to shield it from other work on the machine",
     )
+    ap.add_argument(
+        "--keys-compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the direct/gateway runs, compare the master key with a virtual key (budget, rate limits) "
+        "through the same gateway",
+    )
+    ap.add_argument("--keys-scenarios", default=DEFAULT_KEY_SCENARIOS, help="scenarios of the virtual-key comparison")
     ap.add_argument("--json", default=str(REPO / "bench-out" / "gateway_overhead.json"))
-    ap.add_argument("--write-docs", metavar="MARKDOWN", help="write/update the results section of this file")
+    ap.add_argument("--write-docs", metavar="MARKDOWN", help="write/update the results sections of this file")
     return ap.parse_args()
+
+
+def parse_scenarios(spec: str) -> list[str]:
+    scenarios = [s.strip() for s in spec.split(",") if s.strip()]
+    for sc in scenarios:
+        kind, _, conns = sc.partition(":")
+        if kind not in STAT_KEY or not conns.isdigit():
+            sys.exit(f"bad scenario {sc!r}: use chat:N, stream:N or embed:N")
+    return scenarios
 
 
 @contextlib.contextmanager
@@ -598,11 +807,8 @@ class Bench:
 
     def __init__(self, a: argparse.Namespace, console: Console) -> None:
         self.a, self.console = a, console
-        self.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-        for sc in self.scenarios:
-            kind, _, conns = sc.partition(":")
-            if kind not in STAT_KEY or not conns.isdigit():
-                sys.exit(f"bad scenario {sc!r}: use chat:N, stream:N or embed:N")
+        self.scenarios = parse_scenarios(a.scenarios)
+        self.key_scenarios = parse_scenarios(a.keys_scenarios) if a.keys_compare else []
         pin = not a.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
         self.gw_cpus: str | None = a.gateway_cpus if pin else None
         self.cl_cpus: str | None = a.client_cpus if pin else None
@@ -617,13 +823,18 @@ class Bench:
         self.config = self.tmp / "ark.toml"
         self.config.write_text(
             CONFIG_TOML.format(
-                key=a.master_key, port=a.gateway_port, upstream=self.upstream, alias=a.alias, model=MODEL_ID
+                key=a.master_key,
+                port=a.gateway_port,
+                upstream=self.upstream,
+                alias=a.alias,
+                model=MODEL_ID,
+                input_cost=INPUT_COST_PER_TOKEN,
+                output_cost=OUTPUT_COST_PER_TOKEN,
             )
         )
-        self.arms = {
-            "direct": {"name": "direct", "port": a.upstream_port, "key": None, "model": MODEL_ID},
-            "gateway": {"name": "gateway", "port": a.gateway_port, "key": a.master_key, "model": a.alias},
-        }
+        self.direct = Arm("direct", a.upstream_port, None, MODEL_ID, via_gateway=False)
+        self.gateway = Arm("gateway", a.gateway_port, a.master_key, a.alias, via_gateway=True)
+        self.master = Arm("master", a.gateway_port, a.master_key, a.alias, via_gateway=True)
 
     def gateway_cmd(self, data_dir: str, python: str = sys.executable, config: str = "") -> list[str]:
         subs = {
@@ -649,34 +860,67 @@ class Bench:
                 time.sleep(0.05)
         return times
 
-    def preflight(self) -> list[str]:
-        """One chat, stream and embeddings request per arm, bodies checked in full."""
+    def preflight(self, arms: list[Arm], limits_headers: bool = False) -> list[str]:
+        """One chat, stream and embeddings request per arm, bodies checked in full; with limits_headers,
+        also OpenAI's x-ratelimit headers (a key with limits gets them)."""
         problems = []
-        for arm in self.arms.values():
+        for arm in arms:
             for kind in ("chat", "stream", "embed"):
-                path, body = request_for(kind, arm["model"])
-                status, headers, raw = request(arm["port"], "POST", path, body, arm["key"])
-                for p in check_body(kind, arm["model"], status, headers, raw, self.a.chunks):
-                    problems.append(f"{arm['name']} {kind}: {p}")
+                path, body = request_for(kind, arm.model)
+                status, headers, raw = request(arm.port, "POST", path, body, arm.key)
+                found = check_body(kind, arm.model, status, headers, raw, self.a.chunks)
+                if limits_headers and status == 200 and "x-ratelimit-remaining-requests" not in headers:
+                    found.append("no x-ratelimit-remaining-requests header: are the key's limits applied?")
+                problems += [f"{arm.name} {kind}: {p}" for p in found]
         for p in problems:
             self.console.print(f"[red]preflight[/] {p}", highlight=False)
         if any(p.startswith("direct") or "HTTP " in p or "not JSON" in p for p in problems):
             sys.exit("preflight failed: the load runs would measure errors, not the gateway")
         return problems
 
-    def load_runs(self, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    def create_virtual_key(self) -> Arm:
+        """A virtual key with a budget and limits it never reaches, created with the master key."""
+        status, _, raw = request(self.a.gateway_port, "POST", "/key/generate", VIRTUAL_KEY, self.a.master_key)
+        try:
+            secret = json.loads(raw)["key"] if status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            secret = None
+        if not isinstance(secret, str):
+            sys.exit(
+                f"POST /key/generate answered {status}: {raw[:500]!r}\n"
+                "the gateway cannot make virtual keys; run with --no-keys-compare"
+            )
+        return Arm("virtual", self.a.gateway_port, secret, self.a.alias, via_gateway=True)
+
+    def key_spend(self, arm: Arm) -> dict[str, Any]:
+        """The virtual key's spend and tokens as the gateway reports them (GET /key/info)."""
+        status, _, raw = request(self.a.gateway_port, "GET", f"/key/info?key={arm.key}", key=self.a.master_key)
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            if status == 200:
+                info = json.loads(raw)["info"]
+                return {"spend": info.get("spend"), "tokens_used": info.get("tokens_used")}
+        return {"spend": None, "tokens_used": None, "error": f"HTTP {status}: {raw[:300]!r}"}
+
+    def interleaved(
+        self, comparison: str, scenarios: list[str], arm_a: Arm, arm_b: Arm, ctx: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Per scenario: a warm-up of each arm, then --rounds rounds in the order A B, B A, A B, ..."""
         a, runs = self.a, []
-        for sc in self.scenarios:
+        for sc in scenarios:
             kind, conns = sc.split(":")[0], int(sc.split(":")[1])
             if a.warmup > 0:
-                for arm in ("direct", "gateway"):
-                    r = measure(self.arms[arm], kind, conns, a.warmup, ctx)
-                    runs.append({"scenario": sc, "arm": arm, "round": 0, "warmup": True, **r})
+                for arm in (arm_a, arm_b):
+                    r = measure(arm, kind, conns, a.warmup, ctx)
+                    runs.append(
+                        {"comparison": comparison, "scenario": sc, "arm": arm.name, "round": 0, "warmup": True, **r}
+                    )
             for rnd in range(1, a.rounds + 1):
-                for arm in ("direct", "gateway") if rnd % 2 else ("gateway", "direct"):
+                for arm in (arm_a, arm_b) if rnd % 2 else (arm_b, arm_a):
                     time.sleep(0.3)
-                    r = measure(self.arms[arm], kind, conns, a.duration, ctx)
-                    runs.append({"scenario": sc, "arm": arm, "round": rnd, "warmup": False, **r})
+                    r = measure(arm, kind, conns, a.duration, ctx)
+                    runs.append(
+                        {"comparison": comparison, "scenario": sc, "arm": arm.name, "round": rnd, "warmup": False, **r}
+                    )
                     self.console.print(progress_line(sc, rnd, arm, r), highlight=False)
         return runs
 
@@ -701,14 +945,43 @@ class Bench:
             log = self.tmp / "gateway.log"
             with self.start_gateway(log) as gw:
                 wait_ready(gw, a.gateway_port, a.ready_path, 60, log)
-                problems = self.preflight()
+                problems = self.preflight([self.direct, self.gateway])
                 time.sleep(a.settle)
                 idle_rss = tree_rss_mb(gw.pid)
                 console.print(f"gateway idle RSS after start and the preflight requests: {idle_rss} MB")
-                ctx = {"gateway_pid": gw.pid, "mock_pid": mock.pid, "mock_port": a.upstream_port}
-                runs = self.load_runs({**ctx, "client_cpus": self.cl_cpus})
+                # the virtual key is made (and checked) now, so a gateway without keys fails before the long runs
+                virtual = self.create_virtual_key() if self.key_scenarios else None
+                key_problems = self.preflight([virtual], limits_headers=True) if virtual else []
+                ctx = {
+                    "gateway_pid": gw.pid,
+                    "mock_pid": mock.pid,
+                    "mock_port": a.upstream_port,
+                    "client_cpus": self.cl_cpus,
+                }
+                runs = self.interleaved("overhead", self.scenarios, self.direct, self.gateway, ctx)
+                spend: dict[str, Any] = {}
+                if virtual is not None:
+                    console.print(f"[bold]virtual key vs master key:[/] {VIRTUAL_KEY}")
+                    runs += self.interleaved("keys", self.key_scenarios, self.master, virtual, ctx)
+                    time.sleep(1.0)  # give the gateway a moment to write the settled spend to its store
+                    spend = self.key_spend(virtual)
                 loaded_rss = tree_rss_mb(gw.pid)
         summary = summarise(runs, self.scenarios)
+        keys: dict[str, Any] | None = None
+        if virtual is not None:
+            keys_summary = summarise_keys(runs, self.key_scenarios)
+            answered = sum(r["completed"] for r in runs if r["arm"] == "virtual") + 3  # + the preflight's
+            keys = {
+                "virtual_key": VIRTUAL_KEY,
+                "prices": {
+                    "input_cost_per_token": INPUT_COST_PER_TOKEN,
+                    "output_cost_per_token": OUTPUT_COST_PER_TOKEN,
+                },
+                "problems": key_problems,
+                "spend": {**spend, "requests": answered},
+                "summary": keys_summary,
+                "targets": key_target_rows(keys_summary),
+            }
         log_errors = [
             line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "Traceback" in line
         ]
@@ -728,6 +1001,7 @@ class Bench:
                 "chunks": a.chunks,
                 "nice": os.getpriority(os.PRIO_PROCESS, 0),
                 "scenarios": self.scenarios,
+                "key_scenarios": self.key_scenarios,
             },
             "machine": machine(),
             "start_to_ready_s": starts,
@@ -737,6 +1011,7 @@ class Bench:
             "gateway_log_errors": {"count": len(log_errors), "first": log_errors[:5], "log": str(log)},
             "summary": summary,
             "targets": target_rows(summary, idle_rss, median(starts)),
+            "keys": keys,
             "litellm_reference": {
                 "source": LITELLM_SOURCE,
                 "cpu_ms_per_req": LITELLM_CPU_MS,
@@ -749,12 +1024,12 @@ class Bench:
         }
 
 
-def progress_line(sc: str, rnd: int, arm: str, r: dict[str, Any]) -> str:
-    line = f"  {sc:<10} round {rnd} {arm:<7} {r['rps']:>9.1f} req/s  p50 {fmt(r['p50_ms'], 3)} ms"
+def progress_line(sc: str, rnd: int, arm: Arm, r: dict[str, Any]) -> str:
+    line = f"  {sc:<10} round {rnd} {arm.name:<7} {r['rps']:>9.1f} req/s  p50 {fmt(r['p50_ms'], 3)} ms"
     line += f"  p99 {fmt(r['p99_ms'], 3)} ms"
     if "ttft_p50_ms" in r:
         line += f"  ttft50 {fmt(r['ttft_p50_ms'], 3)} ms"
-    if arm == "gateway":
+    if arm.via_gateway:
         line += f"  cpu {fmt(r.get('gateway_cpu_ms_per_req'), 3)} ms/req"
     if r["errors"]:
         line += f"  [red]errors {r['errors']}[/]"
@@ -783,6 +1058,31 @@ def sanity_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def key_notes(result: dict[str, Any]) -> list[str]:
+    """The same checks for the virtual-key comparison, plus: did the budget path charge the key?"""
+    keys, notes = result["keys"], []
+    limit = 0.1 * result["meta"]["duration_s"]
+    for sc, e in keys["summary"].items():
+        m, v = e["master"], e["virtual"]
+        if m["errors"] or v["errors"]:
+            notes.append(f"{sc}: errors master {m['errors']}, virtual {v['errors']} (JSON runs[].error_sample)")
+        for name, arm in (("master", m), ("virtual", v)):
+            if arm["upstream_received"] < arm["completed"]:
+                notes.append(f"{sc} {name}: upstream received {arm['upstream_received']} < {arm['completed']} answered")
+        if m["events_median"] != v["events_median"]:
+            notes.append(f"{sc}: SSE events per stream master {m['events_median']}, virtual {v['events_median']}")
+        foreign = max(m["foreign_cpu_s_max"] or 0, v["foreign_cpu_s_max"] or 0)
+        if foreign > limit:
+            notes.append(f"{sc}: other processes used up to {foreign:.1f} CPU-s in a run")
+        steal = max(m["steal_s_max"] or 0, v["steal_s_max"] or 0)
+        if steal > limit:
+            notes.append(f"{sc}: the hypervisor stole up to {steal:.1f} CPU-s in a run")
+    spend = keys["spend"]
+    if not spend.get("spend"):
+        notes.append(f"the virtual key shows no spend after {spend['requests']} requests: {spend}")
+    return notes
+
+
 def report(result: dict[str, Any], console: Console) -> None:
     console.print()
     console.print(scenario_table(result["summary"]))
@@ -792,6 +1092,19 @@ def report(result: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]note:[/] {n}", highlight=False)
     console.print(f"start to ready: {result['start_to_ready_s']} s")
     console.print(f"gateway RSS: idle {result['idle_rss_mb']} MB, after the load runs {result['rss_after_load_mb']} MB")
+    keys = result["keys"]
+    if keys is not None:
+        console.print()
+        console.print(keys_table(keys))
+        for p in keys["problems"]:
+            console.print(f"[red]virtual key preflight:[/] {p}", highlight=False)
+        for n in keys["notes"]:
+            console.print(f"[yellow]note:[/] {n}", highlight=False)
+        spend = keys["spend"]
+        console.print(
+            f"virtual key spend: {spend.get('spend')} credits, {spend.get('tokens_used')} tokens "
+            f"for {spend['requests']} requests"
+        )
 
 
 def main() -> None:
@@ -799,12 +1112,16 @@ def main() -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)
     result = Bench(a, console).run()
     result["notes"] = sanity_notes(result)
+    if result["keys"] is not None:
+        result["keys"]["notes"] = key_notes(result)
     report(result, console)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=2))
     console.print(f"JSON: {a.json}")
     if a.write_docs:
-        write_docs(Path(a.write_docs), docs_section(result))
+        write_docs(Path(a.write_docs), docs_section(result), BEGIN, END)
+        if result["keys"] is not None:
+            write_docs(Path(a.write_docs), keys_section(result), KEYS_BEGIN, KEYS_END)
         console.print(f"docs: {a.write_docs}")
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -230,8 +231,9 @@ class Gateway:
         """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
 
         async def wrapped(request: Request, responder: Responder) -> None:
-            ex = Exchange(request.path, time.perf_counter())
+            ex = Exchange(request.path, time.perf_counter(), os.urandom(12).hex())
             responder.on_finish = lambda status: self._record(ex)
+            responder.extra_headers = [("x-request-id", ex.request_id)]
             self.inflight += 1
             self.metrics.inflight.inc()
             try:
@@ -239,7 +241,7 @@ class Gateway:
                 ex.authenticated = True
                 ex.admission = self.rates.admit(ex.key, time.monotonic())
                 if ex.admission is not None:
-                    responder.extra_headers = rate_headers(ex.admission.states[0])
+                    responder.extra_headers += rate_headers(ex.admission.states[0])
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ def _utc_second(second: int) -> str:
 class Exchange:
     path: str
     started: float  # time.perf_counter() at arrival
+    request_id: str = ""  # answered as x-request-id, kept in the ledger and the access log
     key: Key | None = None  # None: the master key
     authenticated: bool = False
     price: Price = FREE
@@ -61,7 +61,7 @@ class Exchange:
     def usage_row(self, elapsed: float) -> UsageRow:
         key = self.key
         return UsageRow(
-            request_id=os.urandom(12).hex(),
+            request_id=self.request_id,
             time=datetime.now(UTC).isoformat(),
             path=self.path,
             status=self.status,
@@ -85,6 +85,7 @@ class Exchange:
         now = time.time()
         record: dict[str, Any] = {
             "time": f"{_utc_second(int(now))}.{int(now * 1000) % 1000:03d}Z",
+            "request_id": self.request_id,
             "key": self.key_label,
             "path": self.path,
             "model": self.model,
