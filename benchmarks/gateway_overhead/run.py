@@ -81,8 +81,8 @@ api_key = "sk-upstream-unused"
 [aliases]
 "{alias}" = "{model}"
 [models."{model}"]
-input_cost_per_token = {input_cost}
-output_cost_per_token = {output_cost}
+input_cost_per_token = {input_cost:f}
+output_cost_per_token = {output_cost:f}
 """
 # Prices in the config, so that requests on a virtual key with a budget really compute their cost.
 INPUT_COST_PER_TOKEN = 0.000001
@@ -685,8 +685,8 @@ def keys_section(result: dict[str, Any]) -> str:
         f"Rounds: {meta['rounds']}, {meta['duration_s']} s per arm and scenario, arms interleaved.",
         f"Virtual key from `POST /key/generate`: {settings} (never reached, so every request is admitted "
         "through the budget reservation, the rpm/tpm buckets and the parallel count, and settled).",
-        f"Prices in the config: `input_cost_per_token = {keys['prices']['input_cost_per_token']}`, "
-        f"`output_cost_per_token = {keys['prices']['output_cost_per_token']}` on `{MODEL_ID}`.",
+        f"Prices in the config: `input_cost_per_token = {keys['prices']['input_cost_per_token']:f}`, "
+        f"`output_cost_per_token = {keys['prices']['output_cost_per_token']:f}` on `{MODEL_ID}`.",
         "",
         "Produced by this exact command, from the repository root:",
         "",
@@ -718,7 +718,7 @@ def keys_section(result: dict[str, Any]) -> str:
     spend = keys["spend"]
     lines += [
         "",
-        f"The virtual key's spend after the runs (`GET /key/info`): {spend.get('spend')} credits, "
+        f"The virtual key's spend after the runs (`GET /key/info`): {fmt(spend.get('spend'), 6)} credits, "
         f"{spend.get('tokens_used')} tokens, for {spend['requests']} requests on it.",
     ]
     if keys["problems"]:
@@ -1102,7 +1102,7 @@ def report(result: dict[str, Any], console: Console) -> None:
             console.print(f"[yellow]note:[/] {n}", highlight=False)
         spend = keys["spend"]
         console.print(
-            f"virtual key spend: {spend.get('spend')} credits, {spend.get('tokens_used')} tokens "
+            f"virtual key spend: {fmt(spend.get('spend'), 6)} credits, {spend.get('tokens_used')} tokens "
             f"for {spend['requests']} requests"
         )
 
