@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from ark.store.tables import usage, usage_daily
 
@@ -55,12 +56,49 @@ class UsageRow:
     cost: float = 0.0
 
 
+_COLUMNS = (
+    "request_id",
+    "time",
+    "key_id",
+    "key_alias",
+    "team_id",
+    "user_id",
+    "path",
+    "model_requested",
+    "model_served",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "status",
+    "latency_ms",
+    "ttft_ms",
+)
+
+
+def _insert_sql(dialect: str, *, ignore: bool) -> str:
+    # Built from the constant column list only; every value is a bound parameter.
+    columns = ", ".join(_COLUMNS)
+    mark = "?" if dialect == "sqlite" else "%s"
+    values = ", ".join(mark for _ in _COLUMNS)
+    if dialect == "sqlite":
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        return f"{verb} INTO usage ({columns}) VALUES ({values})"
+    tail = " ON CONFLICT (request_id) DO NOTHING" if ignore else ""
+    return f"INSERT INTO usage ({columns}) VALUES ({values}){tail}"  # noqa: S608
+
+
+def _params(row: dict[str, Any], dialect: str) -> tuple[Any, ...]:
+    when: datetime = row["time"]
+    # SQLite holds SQLAlchemy's DateTime as "YYYY-MM-DD HH:MM:SS.ffffff" text (UTC); PostgreSQL takes the datetime
+    stamp: Any = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else when
+    return tuple(stamp if name == "time" else row[name] for name in _COLUMNS)
+
+
 def _insert_new(connection: Any, engine: Engine, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert rows whose request id is new; return those rows."""
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
-    inserted = {r.request_id for r in connection.execute(statement.returning(usage.c.request_id), list(rows))}
-    return [row for row in rows if row["request_id"] in inserted]
+    """Insert rows whose request id is new; return those rows (one statement per row: the slow path)."""
+    dialect = engine.dialect.name
+    sql = _insert_sql(dialect, ignore=True)
+    return [row for row in rows if connection.exec_driver_sql(sql, _params(row, dialect)).rowcount]
 
 
 def _rollup(connection: Any, engine: Engine, rows: Iterable[dict[str, Any]]) -> None:
@@ -91,8 +129,22 @@ def _rollup(connection: Any, engine: Engine, rows: Iterable[dict[str, Any]]) -> 
 
 
 def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
-    """Write journal rows to the database in one transaction; return how many were new."""
+    """Write journal rows to the database in one transaction; return how many were new.
+
+    The usual case, rows never seen, is one executemany straight to the driver (a few µs a row). A batch
+    that holds rows already stored (a journal replayed after a crash) fails on the unique request id and is
+    redone row by row, keeping only the new ones, so nothing is ever counted twice.
+    """
     prepared = [{**row, "time": _parse_time(row["time"])} for row in rows]
+    dialect = engine.dialect.name
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(_insert_sql(dialect, ignore=False), [_params(r, dialect) for r in prepared])
+            _rollup(connection, engine, prepared)
+            _add_spend(connection, prepared)
+        return len(prepared)
+    except IntegrityError:
+        pass
     with engine.begin() as connection:
         new = _insert_new(connection, engine, prepared)
         _rollup(connection, engine, new)
@@ -124,9 +176,8 @@ def _add_spend(connection: Any, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _parse_time(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
@@ -141,17 +192,22 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 class Ledger:
-    """Journal on the request path, database off it."""
+    """Journal on the request path; the database is fed from the journal itself, off the request path.
 
-    def __init__(self, engine: Engine, directory: Path) -> None:
+    Nothing waits in memory: ``flush`` reads the journal from where the database stopped, so a database
+    that falls behind costs disk (the journal grows), never memory, and never a row.
+    """
+
+    def __init__(self, engine: Engine, directory: Path, batch_bytes: int = 1 << 20) -> None:
         self.engine = engine
         self.directory = directory
-        self._pending: list[dict[str, Any]] = []
-        self._fd = -1
+        self._batch = batch_bytes
+        self._fd = self._rfd = -1
         self._path = directory / "unopened"
-        self._size = 0
+        self._size = 0  # bytes written to the journal
+        self._offset = 0  # bytes of it already in the database
         self._wake = asyncio.Event()
-        self.written = 0  # rows in the database, for tests and metrics
+        self.written = 0  # rows copied to the database by this process
 
     # -- lifecycle --------------------------------------------------------------------------------
     def open(self) -> int:
@@ -172,7 +228,7 @@ class Ledger:
             return 0  # a live process owns it
         try:
             rows = read_journal(path)
-            new = ingest(self.engine, rows) if rows else 0
+            new = sum(ingest(self.engine, rows[i : i + 5000]) for i in range(0, len(rows), 5000))
             path.unlink()
             if new:
                 log.info("ledger: replayed %d of %d rows from %s", new, len(rows), path.name)
@@ -185,25 +241,25 @@ class Ledger:
         self._path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._fd, self._size = fd, 0
+        self._fd, self._rfd = fd, os.open(self._path, os.O_RDONLY)
+        self._size = self._offset = 0
 
     async def close(self) -> None:
         await self.flush()
         if self._fd >= 0:
             os.close(self._fd)
-            self._fd = -1
-            if not self._pending:
+            os.close(self._rfd)
+            self._fd = self._rfd = -1
+            if self._offset == self._size:
                 self._path.unlink(missing_ok=True)  # everything is in the database
 
     # -- the request path -------------------------------------------------------------------------
     def record(self, row: UsageRow) -> None:
-        """Append to the journal now (one write: survives a kill); the database gets it shortly."""
-        values = asdict(row)
-        line = orjson.dumps(values) + b"\n"
+        """Append to the journal now (one write: it survives a kill); the database gets it shortly."""
+        line = orjson.dumps(row) + b"\n"
         os.write(self._fd, line)
         self._size += len(line)
-        self._pending.append(values)
-        if len(self._pending) >= 512:
+        if self._size - self._offset > self._batch:
             self._wake.set()
 
     # -- off the request path ---------------------------------------------------------------------
@@ -216,29 +272,28 @@ class Ledger:
                 await self.flush()
             except Exception:
                 log.exception("ledger: writing to the database failed; the rows stay in the journal")
+                await asyncio.sleep(_FLUSH_S * 4)
 
     async def flush(self) -> None:
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        try:
+        """Copy what the journal holds beyond the database's position, a batch at a time."""
+        while self._offset < self._size:
+            chunk = os.pread(self._rfd, min(self._size - self._offset, self._batch), self._offset)
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:
+                break
+            rows = [orjson.loads(line) for line in chunk[:end].splitlines()]
             await asyncio.to_thread(ingest, self.engine, rows)
-        except BaseException:
-            self._pending[:0] = rows  # try again with the next flush
-            raise
-        self.written += len(rows)
-        if self._size > _ROTATE_BYTES:
+            self._offset += end
+            self.written += len(rows)
+        if self._size > _ROTATE_BYTES and self._offset == self._size:
             self._rotate()
 
     def _rotate(self) -> None:
-        """A fresh journal; rows not yet in the database move with it, the old file goes."""
-        old_fd, old_path = self._fd, self._path
+        """Everything in the journal is in the database: start a fresh one and drop the old."""
+        old_fd, old_rfd, old_path = self._fd, self._rfd, self._path
         self._start_journal()
-        for values in self._pending:
-            line = orjson.dumps(values) + b"\n"
-            os.write(self._fd, line)
-            self._size += len(line)
         os.close(old_fd)
+        os.close(old_rfd)
         old_path.unlink(missing_ok=True)
 
 
