@@ -34,6 +34,7 @@ from ark.errors import (
     UpstreamTimeout,
 )
 from ark.gateway import requests as parse
+from ark.gateway.accesslog import FLUSH_S as ACCESS_LOG_FLUSH_S
 from ark.gateway.accesslog import AccessLog
 from ark.gateway.admin import Admin
 from ark.gateway.budgets import FREE, Budgets, prices
@@ -120,6 +121,13 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._reload_keys_forever(), name="ark-keys-reload"))
         self._tasks.append(asyncio.create_task(self.ledger.run(), name="ark-ledger"))
         self._tasks.append(asyncio.create_task(self._prune_forever(), name="ark-ledger-prune"))
+        self._tasks.append(asyncio.create_task(self._flush_access_log_forever(), name="ark-access-log"))
+
+    async def _flush_access_log_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_LOG_FLUSH_S)
+            if self.access_log is not None:
+                self.access_log.flush()
 
     async def _prune_forever(self) -> None:
         assert self.store is not None
