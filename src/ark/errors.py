@@ -11,7 +11,7 @@ reach an API client carry the HTTP status and the OpenAI error ``type`` and
         ├── InvalidRequest          400 invalid_request_error
         ├── AuthenticationError     401 invalid_api_key
         ├── PermissionDenied        403 model_not_allowed / admin_only
-        ├── NotFound                404 not_found (a key or team)
+        ├── NotFound                404 not_found (a key or team), unknown_url
         ├── ModelNotFound           404 model_not_found
         ├── BodyTooLarge            413 request_too_large
         ├── QueueFull               429 queue_full (Retry-After)
@@ -83,6 +83,10 @@ class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class UnknownUrl(NotFound):
+    code = "unknown_url"
 
 
 class ModelNotFound(ApiError):

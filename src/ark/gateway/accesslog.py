@@ -35,7 +35,6 @@ class AccessLog:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._file = os.fdopen(fd, "ab", buffering=0)  # whole lines per write: none split by a crash
             self._owned = True
-        self.path = None if target in ("off", "-") else (Path(target) if target else logs_dir / "access.jsonl")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:

@@ -27,10 +27,10 @@ from ark.errors import (
     AdminOnly,
     ApiError,
     AuthenticationError,
-    InvalidRequest,
     ModelNotFound,
     PermissionDenied,
     QueueFull,
+    UnknownUrl,
     UpstreamTimeout,
 )
 from ark.gateway import requests as parse
@@ -195,9 +195,7 @@ class Gateway:
         elif request.method == "GET" and request.path.startswith(("/v1/models/", "/models/")):
             await self._retrieve_model(request, responder)
         else:
-            exc = InvalidRequest(f"Unknown request URL: {request.method} {request.path}.")
-            exc.status, exc.code = 404, "unknown_url"
-            await send_error(responder, exc)
+            await send_error(responder, UnknownUrl(f"Unknown request URL: {request.method} {request.path}."))
 
     def _authenticate(self, request: Request) -> Key | None:
         """The caller's virtual key, or None for the master key; 401 for anything else."""
@@ -301,6 +299,8 @@ class Gateway:
                 f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
             )
         ex.price = self.prices.get(route.model, FREE)
+        if key is None:
+            return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
         ex.reservation = self.budgets.reserve(
             key, ex.price, prompt_bytes, max_completion, route.engine.settings.total_timeout, datetime.now(UTC)

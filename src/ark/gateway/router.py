@@ -90,9 +90,6 @@ class ModelRouter:
         self.state[engine.name] = EngineState(True, len(models))
         return models
 
-    def route(self, name: str) -> Route | None:
-        return self._routes.get(name)
-
     async def resolve(self, name: str) -> Route:
         route = self._routes.get(name)
         if route is None and time.monotonic() - self.refreshed_at > _MISS_REFRESH_INTERVAL_S:

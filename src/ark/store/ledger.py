@@ -20,16 +20,16 @@ import os
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from ark.store.tables import usage, usage_daily
+from ark.store.tables import api_keys, teams, usage, usage_daily
 
 log = logging.getLogger("ark.ledger")
 
@@ -154,10 +154,6 @@ def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
 
 def _add_spend(connection: Any, rows: Iterable[dict[str, Any]]) -> None:
     """Add what new rows cost and used to their keys and teams (the ledger is the source of the sums)."""
-    from sqlalchemy import bindparam, update
-
-    from ark.store.tables import api_keys, teams
-
     for table, column in ((api_keys, "key_id"), (teams, "team_id")):
         sums: dict[str, list[float]] = {}
         for row in rows:
@@ -207,7 +203,6 @@ class Ledger:
         self._size = 0  # bytes written to the journal
         self._offset = 0  # bytes of it already in the database
         self._wake = asyncio.Event()
-        self.written = 0  # rows copied to the database by this process
 
     # -- lifecycle --------------------------------------------------------------------------------
     def open(self) -> int:
@@ -284,7 +279,6 @@ class Ledger:
             rows = [orjson.loads(line) for line in chunk[:end].splitlines()]
             await asyncio.to_thread(ingest, self.engine, rows)
             self._offset += end
-            self.written += len(rows)
         if self._size > _ROTATE_BYTES and self._offset == self._size:
             self._rotate()
 
@@ -301,8 +295,6 @@ def spend_logs(
     engine: Engine, *, key_id: str | None, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     """Ledger rows, newest first, in LiteLLM's /spend/logs shape."""
-    from sqlalchemy import select
-
     query = select(usage).order_by(usage.c.time.desc()).limit(limit)
     if key_id is not None:
         query = query.where(usage.c.key_id == key_id)
@@ -339,18 +331,12 @@ def spend_logs(
 
 
 def usage_count(engine: Engine) -> int:
-    from sqlalchemy import select
-
     with engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(usage)).scalar_one())
 
 
 def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
     """The daily rollups (kept forever), with each key's alias."""
-    from sqlalchemy import select
-
-    from ark.store.tables import api_keys
-
     query = (
         select(usage_daily, api_keys.c.key_alias)
         .select_from(usage_daily.outerjoin(api_keys, api_keys.c.id == usage_daily.c.key_id))
@@ -380,10 +366,6 @@ def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None)
 
 def prune(engine: Engine, retention_days: int, now: datetime | None = None) -> int:
     """Delete ledger rows older than the retention (rollups stay) and give the space back. Returns rows deleted."""
-    from datetime import timedelta
-
-    from sqlalchemy import delete, text
-
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
     with engine.begin() as connection:
         deleted = int(connection.execute(delete(usage).where(usage.c.time < cutoff)).rowcount or 0)
