@@ -50,8 +50,7 @@ def version() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing ark.toml (its master key is lost).")
 def init(data_dir: Path | None, force: bool) -> None:
     """Write DATA/ark.toml, commented, with a freshly generated master key."""
-    settings = settings_or_exit(None, data_dir) if data_dir is None else None
-    target_dir = (data_dir or (settings.data_dir if settings else Path.cwd())).absolute()
+    target_dir = (data_dir or settings_or_exit(None, None).data_dir).absolute()
     path = target_dir / "ark.toml"
     if path.exists() and not force:
         raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
