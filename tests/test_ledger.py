@@ -108,7 +108,7 @@ def test_journal_replay_counts_each_request_once(tmp_path: Path, store_url: str)
         os.close(ledger._fd)  # as if the process died: the journal stays, unlocked
         rows = read_journal(journal)
         assert len(rows) == 5
-        assert ingest(store.engine, rows) == 0  # already in the database: nothing new
+        assert ingest(store.engine, rows).rows == 0  # already in the database: nothing new
         replay = Ledger(store.engine, tmp_path / "ledger")
         assert replay.open() == 0 and not journal.exists()
         assert usage_count(store.engine) == 5

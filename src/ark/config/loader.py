@@ -36,6 +36,12 @@ class GatewaySettings:
 class StoreSettings:
     url: str  # "" = SQLite at DATA/ark.db
     retention_days: int
+    shared: str  # "auto", "yes", "no"
+
+    @property
+    def is_shared(self) -> bool:
+        """Several gateways enforce one budget together: leases in the database."""
+        return self.shared == "yes" or (self.shared == "auto" and self.url.startswith("postgresql"))
 
 
 @dataclass(frozen=True)

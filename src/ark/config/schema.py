@@ -116,6 +116,13 @@ STORE: tuple[Setting, ...] = (
         90,
         "Days the ledger keeps one row per request; daily rollups are kept forever.",
     ),
+    Setting(
+        "shared",
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether several gateway processes share this database and must enforce budgets and rate limits "
+        "together (leases in the database). auto: yes for PostgreSQL, no for SQLite.",
+    ),
 )
 
 ENGINE: tuple[Setting, ...] = (

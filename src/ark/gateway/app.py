@@ -37,10 +37,12 @@ from ark.gateway import requests as parse
 from ark.gateway.accesslog import FLUSH_S as ACCESS_LOG_FLUSH_S
 from ark.gateway.accesslog import AccessLog
 from ark.gateway.admin import Admin
-from ark.gateway.budgets import FREE, Budgets, prices
+from ark.gateway.budgets import FREE, Budgets, Shortfall, prices
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
+from ark.gateway.leases import STALE_S, Leases
 from ark.gateway.metrics import Metrics
 from ark.gateway.ratelimits import RateLimits
+from ark.gateway.ratelimits import Shortfall as RateShortfall
 from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
@@ -72,14 +74,18 @@ class Gateway:
         self._keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
         self._teams: dict[str, Team] = {}
         self.ledger: Ledger | None = None
-        self.budgets = Budgets()
+        self.leases: Leases | None = None  # several gateways on one database
+        self._shared = settings.store.is_shared
+        self.budgets = Budgets(shared=self._shared)
         self.prices = prices(settings.models)
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self.metrics.watch_budgets(self.budgets)
-        self.rates = RateLimits(lambda alias, limit: self.metrics.rate_limited.labels(alias, limit).inc())
+        self.rates = RateLimits(
+            lambda alias, limit: self.metrics.rate_limited.labels(alias, limit).inc(), shared=self._shared
+        )
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
         self._log_prompts = settings.gateway.log_prompts
@@ -107,8 +113,14 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
-        self.ledger = Ledger(self.store.engine, self.settings.data_dir / "ledger")
+        self.ledger = Ledger(
+            self.store.engine, self.settings.data_dir / "ledger", shared=self._shared, on_ingested=self.budgets.ingested
+        )
         await asyncio.to_thread(self.ledger.open)
+        if self._shared:
+            self.leases = Leases(self.store.engine, self.ledger, self.budgets, self.rates)
+            await self.leases.start()
+            self._tasks.append(asyncio.create_task(self.leases.run(), name="ark-leases"))
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
         self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
@@ -180,6 +192,11 @@ class Gateway:
             self.access_log.close()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.leases is not None:
+            try:
+                await self.leases.close()
+            except Exception:
+                log.exception("giving back the leases failed; other gateways reclaim them in %.0f s", STALE_S)
         if self.store is not None:
             self.store.close()
 
@@ -245,7 +262,12 @@ class Gateway:
             try:
                 ex.key = self._authenticate(request)
                 ex.authenticated = True
-                ex.admission = self.rates.admit(ex.key, time.monotonic())
+                if self.leases is not None:
+                    ex.admission = await self.leases.admit(ex.key)
+                else:
+                    admission = self.rates.admit(ex.key, time.monotonic())
+                    assert not isinstance(admission, RateShortfall)  # only with a shared database
+                    ex.admission = admission
                 if ex.admission is not None:
                     responder.extra_headers += rate_headers(ex.admission.states[0])
                 if self.inflight > self._max_inflight:
@@ -280,7 +302,7 @@ class Gateway:
         ex.cost = ex.price.cost(ex.prompt_tokens, ex.completion_tokens, elapsed)
         tokens = ex.prompt_tokens + ex.completion_tokens
         self.budgets.settle(ex.reservation, ex.cost, tokens)
-        RateLimits.finish(ex.admission, tokens)
+        RateLimits.finish(ex.admission, tokens, time.monotonic())
         if ex.cost:
             self.metrics.spend.labels(ex.key_label).inc(ex.cost)
         self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
@@ -302,9 +324,13 @@ class Gateway:
         if key is None:
             return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
-        ex.reservation = self.budgets.reserve(
-            key, ex.price, prompt_bytes, max_completion, route.engine.settings.total_timeout, datetime.now(UTC)
-        )
+        timeout, now = route.engine.settings.total_timeout, datetime.now(UTC)
+        if self.leases is not None:
+            ex.reservation = await self.leases.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+        else:
+            reservation = self.budgets.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+            assert not isinstance(reservation, Shortfall)  # only with a shared database
+            ex.reservation = reservation
         return route
 
     # -- generation -------------------------------------------------------------------------------

@@ -9,13 +9,15 @@ reservation is replaced by the real cost. A request that costs nothing is never
 refused for a spent credit budget (only a token budget stops it).
 
 This process's accounts start from the database (spend since the period
-began) and then move in memory; several gateways sharing one budget need
-leases from the database (not built yet: see docs/keys.md).
+began) and then move in memory. When several gateways share the database
+(``shared``), an account admits only within what this process holds on lease
+(ark/store/holds.py): ``reserve`` answers with a :class:`Shortfall` when the
+lease is too small, the caller grows it from the database and asks again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -62,6 +64,30 @@ class Account:
     period: timedelta | None
     reserved_cost: float = 0.0
     reserved_tokens: int = 0
+    # shared database only: the lease (credits/tokens this process may use), what of it was spent and is
+    # not yet in the database's `spend`, and when it last grew (monotonic seconds)
+    held_cost: float = 0.0
+    held_tokens: int = 0
+    pending_cost: float = 0.0
+    pending_tokens: int = 0
+    grown_at: float = 0.0
+
+    def short(self, cost: float, tokens: int) -> tuple[float, int]:
+        """What the lease lacks for a request that may cost ``cost`` and use ``tokens`` (shared database)."""
+        credits = 0.0
+        if cost > 0 and self.max_budget is not None:
+            credits = max(0.0, cost - (self.held_cost - self.reserved_cost - self.pending_cost))
+        needed = 0
+        if self.max_tokens is not None:
+            needed = max(0, tokens - (self.held_tokens - self.reserved_tokens - self.pending_tokens))
+        return credits, needed
+
+    def unused(self) -> tuple[float, int]:
+        """The part of the lease that nothing uses."""
+        return (
+            max(0.0, self.held_cost - self.reserved_cost - self.pending_cost),
+            max(0, self.held_tokens - self.reserved_tokens - self.pending_tokens),
+        )
 
     def refusal(self, cost: float, tokens: int) -> str | None:
         if cost > 0 and self.max_budget is not None and self.spend + self.reserved_cost + cost > self.max_budget:
@@ -86,12 +112,23 @@ class Reservation:
     cost: float
     tokens: int
     settled: bool = field(default=False)
+    shared: bool = False
+
+
+@dataclass(slots=True)
+class Shortfall:
+    """The leases to grow before a request fits: [(account id, account, credits, tokens)]."""
+
+    needs: list[tuple[str, Account, float, int]]
+    cost: float  # the whole request's reservation, a measure for how much extra to lease
+    tokens: int
 
 
 class Budgets:
     """The accounts of every key and team with a budget; owned by the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
         self.accounts: dict[str, Account] = {}
         self.rolled: dict[str, datetime] = {}  # account -> start of its new period, not yet in the store
 
@@ -128,18 +165,19 @@ class Budgets:
             # updated in place: reservations in flight hold this object and settle into it
             account.name, account.alias = name, alias
             account.max_budget, account.max_tokens, account.period = limits.max_budget, limits.max_tokens_budget, period
-            if _reset_elsewhere(account, limits):
+            if self.shared:  # the database has every process's spend; ours not yet copied there is pending
+                account.spend = limits.spend + account.pending_cost
+                account.tokens = limits.tokens_used + account.pending_tokens
+                account.reset_at = limits.budget_reset_at
+            elif _reset_elsewhere(account, limits):
                 account.spend, account.tokens, account.reset_at = (
                     limits.spend,
                     limits.tokens_used,
                     limits.budget_reset_at,
                 )
         for ident in list(self.accounts):
-            if (
-                ident not in seen
-                and not self.accounts[ident].reserved_cost
-                and not self.accounts[ident].reserved_tokens
-            ):
+            account = self.accounts[ident]
+            if ident not in seen and not (account.reserved_cost or account.reserved_tokens or account.held_cost):
                 del self.accounts[ident]
 
     def reserve(
@@ -150,7 +188,7 @@ class Budgets:
         max_completion: int | None,
         max_seconds: float,
         now: datetime,
-    ) -> Reservation | None:
+    ) -> Reservation | Shortfall | None:
         if key is None:
             return None  # the master key has no budget
         idents = [i for i in (f"key:{key.id}", f"team:{key.team_id}" if key.team_id else "") if i in self.accounts]
@@ -160,6 +198,15 @@ class Budgets:
         completion = max_completion if max_completion is not None else price.max_output_tokens
         tokens = max_prompt_tokens + completion
         cost = price.cost(max_prompt_tokens, completion, max_seconds if price.gpu_second else 0.0)
+        if self.shared:
+            needs = [(i, a, *a.short(cost, tokens)) for i, a in zip(idents, accounts, strict=True)]
+            needs = [need for need in needs if need[2] or need[3]]
+            if needs:
+                return Shortfall(needs, cost, tokens)
+            for account in accounts:
+                account.reserved_cost += cost
+                account.reserved_tokens += tokens
+            return Reservation(accounts, cost, tokens, shared=True)
         for ident, account in zip(idents, accounts, strict=True):
             if account.roll(now) and account.reset_at is not None:
                 self.rolled[ident] = account.reset_at
@@ -184,6 +231,19 @@ class Budgets:
             account.reserved_tokens -= reservation.tokens
             account.spend += cost
             account.tokens += tokens
+            if reservation.shared:  # on the lease until the ledger moves it into the database's spend
+                account.pending_cost += cost
+                account.pending_tokens += tokens
+
+    def ingested(self, sums: Mapping[str, tuple[float, int, int]]) -> None:
+        """The ledger moved this much from our leases into the database's spend (shared database)."""
+        for ident, (cost, tokens, _) in sums.items():
+            account = self.accounts.get(ident)
+            if account is not None:
+                account.pending_cost -= cost
+                account.held_cost -= cost
+                account.pending_tokens -= tokens
+                account.held_tokens -= tokens
 
     def remaining(self) -> Sequence[tuple[str, float]]:
         return [(a.alias, a.max_budget - a.spend) for a in self.accounts.values() if a.max_budget is not None]

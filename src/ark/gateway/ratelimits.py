@@ -5,6 +5,13 @@ at most). A request needs one request-token and a tokens bucket that is not in
 debt; what it used is taken from the tokens bucket when it ends, so a long
 answer can put the bucket in debt and make the next request wait. The state is
 owned by the event loop: no locks. Headers follow OpenAI's ``x-ratelimit-*``.
+
+When several gateways share the database (``shared``), the buckets live there
+(ark/store/holds.py): a process's rpm bucket holds only the request-tokens it
+took from the shared one, its tpm bucket is the shared level minus what it has
+not charged yet, and it runs as many requests at once as it holds slots.
+``admit`` answers with a :class:`Shortfall` when any of them is short; the
+caller asks the database and calls again.
 """
 
 from __future__ import annotations
@@ -42,9 +49,6 @@ class Bucket:
         """Seconds until the level reaches ``amount``."""
         return max(0.0, (amount - self.level) / self.rate)
 
-    def reset_in(self) -> float:
-        return max(0.0, (self.capacity - self.level) / self.rate)
-
 
 @dataclass(slots=True)
 class RateState:
@@ -54,6 +58,11 @@ class RateState:
     tpm: Bucket | None
     max_parallel: int | None
     parallel: int = 0
+    # shared database only
+    slots: int = 0  # requests at once this process may run
+    uncharged: int = 0  # tokens used here and not yet charged to the shared tpm bucket
+    shared_requests: float = 0.0  # the shared rpm bucket when last seen
+    used_at: float = 0.0  # monotonic: the last admission or finish
 
 
 @dataclass(slots=True)
@@ -62,16 +71,24 @@ class Admission:
     finished: bool = False
 
 
-def _bucket(limit: int | None, old: Bucket | None, now: float) -> Bucket | None:
+@dataclass(slots=True)
+class Shortfall:
+    """What to ask the database for: [(subject, state, request-tokens, refresh tpm, slots)]."""
+
+    needs: list[tuple[str, RateState, int, bool, int]]
+
+
+def _bucket(limit: int | None, old: Bucket | None, now: float, level: float | None = None) -> Bucket | None:
     if limit is None:
         return None
     if old is not None and old.capacity == limit:
         return old
-    return Bucket(float(limit), float(limit), now)
+    return Bucket(float(limit), float(limit) if level is None else level, now)
 
 
 class RateLimits:
-    def __init__(self, on_refusal: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, on_refusal: Callable[[str, str], None] | None = None, *, shared: bool = False) -> None:
+        self.shared = shared
         self.states: dict[str, RateState] = {}
         self._on_refusal = on_refusal or (lambda alias, limit: None)
 
@@ -89,39 +106,62 @@ class RateLimits:
                 state = RateState(name, alias, None, None, None)
             # updated in place: requests in flight hold this object and count themselves out of it
             state.name, state.alias = name, alias
-            state.rpm = _bucket(limits.rpm_limit, state.rpm, now)
-            state.tpm = _bucket(limits.tpm_limit, state.tpm, now)
+            state.rpm = _bucket(limits.rpm_limit, state.rpm, now, 0.0 if self.shared else None)
+            state.tpm = _bucket(limits.tpm_limit, state.tpm, now, 0.0 if self.shared else None)
             state.max_parallel = limits.max_parallel_requests
             fresh[ident] = state
         self.states = fresh
 
-    def admit(self, key: Key | None, now: float) -> Admission | None:
+    def admit(self, key: Key | None, now: float) -> Admission | Shortfall | None:
         if key is None:
             return None
-        states = [
-            s
-            for s in (self.states.get(f"key:{key.id}"), self.states.get(f"team:{key.team_id}") if key.team_id else None)
-            if s
-        ]
-        if not states:
+        subjects = [f"key:{key.id}", f"team:{key.team_id}" if key.team_id else ""]
+        pairs = [(subject, self.states[subject]) for subject in subjects if subject in self.states]
+        if not pairs:
             return None
+        states = [state for _, state in pairs]
+        if self.shared:
+            needs = [
+                (
+                    subject,
+                    s,
+                    1 if s.rpm is not None and s.rpm.level < 1 else 0,
+                    s.tpm is not None and s.tpm.level <= 0,
+                    1 if s.max_parallel is not None and s.parallel >= s.slots else 0,
+                )
+                for subject, s in pairs
+            ]
+            needs = [need for need in needs if need[2] or need[3] or need[4]]
+            if needs:
+                return Shortfall(needs)
+            for state in states:
+                if state.rpm is not None:
+                    state.rpm.level -= 1
+                state.parallel += 1
+                state.used_at = now
+            return Admission(states)
         for state in states:
             for bucket in (state.rpm, state.tpm):
                 if bucket is not None:
                     bucket.refill(now)
             if state.rpm is not None and state.rpm.level < 1:
-                self._refuse(state, "rpm", f"{state.rpm.capacity:.0f} requests per minute", state.rpm.wait_for(1))
+                self.refuse(state, "rpm", state.rpm.wait_for(1))
             if state.tpm is not None and state.tpm.level <= 0:
-                self._refuse(state, "tpm", f"{state.tpm.capacity:.0f} tokens per minute", state.tpm.wait_for(1))
+                self.refuse(state, "tpm", state.tpm.wait_for(1))
             if state.max_parallel is not None and state.parallel >= state.max_parallel:
-                self._refuse(state, "parallel", f"{state.max_parallel} requests at once", 1.0)
+                self.refuse(state, "parallel", 1.0)
         for state in states:
             if state.rpm is not None:
                 state.rpm.level -= 1
             state.parallel += 1
         return Admission(states)
 
-    def _refuse(self, state: RateState, limit: str, what: str, retry_after: float) -> None:
+    def refuse(self, state: RateState, limit: str, retry_after: float) -> None:
+        what = {
+            "rpm": f"{state.rpm.capacity if state.rpm else 0:.0f} requests per minute",
+            "tpm": f"{state.tpm.capacity if state.tpm else 0:.0f} tokens per minute",
+            "parallel": f"{state.max_parallel} requests at once",
+        }[limit]
         self._on_refusal(state.alias, limit)
         raise RateLimited(
             f"Rate limit reached for the {state.name}: {what}. Retry in {retry_after:.1f} s.",
@@ -130,14 +170,16 @@ class RateLimits:
         )
 
     @staticmethod
-    def finish(admission: Admission | None, tokens: int) -> None:
+    def finish(admission: Admission | None, tokens: int, now: float = 0.0) -> None:
         if admission is None or admission.finished:
             return
         admission.finished = True
         for state in admission.states:
             state.parallel -= 1
+            state.used_at = now
             if state.tpm is not None:
                 state.tpm.level -= tokens
+                state.uncharged += tokens
 
 
 def headers(state: RateState | None) -> list[tuple[str, str]]:
@@ -147,9 +189,11 @@ def headers(state: RateState | None) -> list[tuple[str, str]]:
     out = []
     for kind, bucket in (("requests", state.rpm), ("tokens", state.tpm)):
         if bucket is not None:
+            # shared database: the rpm bucket here holds what this process took; the rest is in the database
+            level = bucket.level + state.shared_requests if kind == "requests" else bucket.level
             out += [
                 (f"x-ratelimit-limit-{kind}", f"{bucket.capacity:.0f}"),
-                (f"x-ratelimit-remaining-{kind}", f"{max(0, math.floor(bucket.level))}"),
-                (f"x-ratelimit-reset-{kind}", f"{bucket.reset_in():.3f}s"),
+                (f"x-ratelimit-remaining-{kind}", f"{max(0, math.floor(level))}"),
+                (f"x-ratelimit-reset-{kind}", f"{max(0.0, (bucket.capacity - level) / bucket.rate):.3f}s"),
             ]
     return out

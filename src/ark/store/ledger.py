@@ -6,8 +6,12 @@ then copied into the database in batches, off the request path. Rows are keyed
 by request id and inserted with "on conflict do nothing", so replaying a journal
 twice cannot count a request twice; daily rollups count only rows that were new.
 
-A live process holds an exclusive ``flock`` on its journal. At start, every
-journal nobody holds (left by a process that died) is replayed and removed.
+A live process holds an exclusive ``flock`` on its journal. At start, and
+every few seconds after, every journal nobody holds (left by a process that
+died) is replayed and removed. A journal's name starts with its process's
+*holder* name, under which that process holds budget leases when several
+gateways share the database (ark/store/holds.py): a row's cost moves from the
+holder's lease into ``spend`` in the same transaction that stores the row.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import fcntl
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +33,7 @@ from sqlalchemy import Engine, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from ark.store.holds import drop_holders, settle_holds
 from ark.store.tables import api_keys, teams, usage, usage_daily
 
 log = logging.getLogger("ark.ledger")
@@ -128,8 +133,19 @@ def _rollup(connection: Any, engine: Engine, rows: Iterable[dict[str, Any]]) -> 
     connection.execute(statement, values)
 
 
-def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
-    """Write journal rows to the database in one transaction; return how many were new.
+Sums = dict[str, tuple[float, int, int]]  # "key:ID" / "team:ID" -> (credits, tokens, 0 slots)
+
+
+@dataclass(slots=True)
+class Ingested:
+    rows: int  # rows that were new
+    sums: Sums  # what those rows cost and used, per key and team
+
+
+def ingest(engine: Engine, rows: Sequence[dict[str, Any]], holder: str | None = None) -> Ingested:
+    """Write journal rows to the database in one transaction; return what was new.
+
+    With ``holder``, what the new rows cost also leaves that holder's leases, in the same transaction.
 
     The usual case, rows never seen, is one executemany straight to the driver (a few µs a row). A batch
     that holds rows already stored (a journal replayed after a crash) fails on the unique request id and is
@@ -140,40 +156,54 @@ def ingest(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
     try:
         with engine.begin() as connection:
             connection.exec_driver_sql(_insert_sql(dialect, ignore=False), [_params(r, dialect) for r in prepared])
+            sums = _add_spend(connection, prepared, holder)
             _rollup(connection, engine, prepared)
-            _add_spend(connection, prepared)
-        return len(prepared)
+        return Ingested(len(prepared), sums)
     except IntegrityError:
         pass
     with engine.begin() as connection:
         new = _insert_new(connection, engine, prepared)
+        sums = _add_spend(connection, new, holder)
         _rollup(connection, engine, new)
-        _add_spend(connection, new)
-    return len(new)
+    return Ingested(len(new), sums)
 
 
-def _add_spend(connection: Any, rows: Iterable[dict[str, Any]]) -> None:
+def _add_spend(connection: Any, rows: Iterable[dict[str, Any]], holder: str | None) -> Sums:
     """Add what new rows cost and used to their keys and teams (the ledger is the source of the sums)."""
-    for table, column in ((api_keys, "key_id"), (teams, "team_id")):
-        sums: dict[str, list[float]] = {}
-        for row in rows:
-            if row[column]:
-                total = sums.setdefault(row[column], [0.0, 0])
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for kind in ("key", "team"):
+            if row[f"{kind}_id"]:
+                total = sums.setdefault(f"{kind}:{row[f'{kind}_id']}", [0.0, 0])
                 total[0] += row["cost"]
                 total[1] += row["prompt_tokens"] + row["completion_tokens"]
-        if sums:
+    out: Sums = {subject: (cost, int(tokens), 0) for subject, (cost, tokens) in sums.items()}
+    for table, kind in ((api_keys, "key:"), (teams, "team:")):
+        params = [
+            {"ident": subject[len(kind) :], "cost": cost, "tokens": tokens}
+            for subject, (cost, tokens, _) in out.items()
+            if subject.startswith(kind)
+        ]
+        if params:
             statement = (
                 update(table)
                 .where(table.c.id == bindparam("ident"))
                 .values(spend=table.c.spend + bindparam("cost"), tokens_used=table.c.tokens_used + bindparam("tokens"))
             )
-            params = [{"ident": ident, "cost": cost, "tokens": int(tokens)} for ident, (cost, tokens) in sums.items()]
             connection.execute(statement, params)
+    if holder is not None and out:
+        settle_holds(connection, holder, out)
+    return out
 
 
 def _parse_time(value: str | datetime) -> datetime:
     when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def holder_of(journal: Path) -> str:
+    """The process a journal belongs to: "HOLDER.000001.jsonl" (older ARK: "HOLDER.jsonl")."""
+    return journal.name.split(".", 1)[0]
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
@@ -194,9 +224,22 @@ class Ledger:
     that falls behind costs disk (the journal grows), never memory, and never a row.
     """
 
-    def __init__(self, engine: Engine, directory: Path, batch_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        directory: Path,
+        batch_bytes: int = 1 << 20,
+        *,
+        shared: bool = False,
+        on_ingested: Callable[[Sums], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.directory = directory
+        # this process's name among the gateways of a shared database, and its journals' prefix
+        self.holder = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._shared = shared  # leases to settle as rows reach the database
+        self._on_ingested = on_ingested or (lambda sums: None)
+        self._journals = 0
         self._batch = batch_bytes
         self._fd = self._rfd = -1
         self._path = directory / "unopened"
@@ -208,22 +251,41 @@ class Ledger:
     def open(self) -> int:
         """Replay journals that dead processes left (blocking), then start our own. Returns rows replayed."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        replayed = 0
-        for orphan in sorted(self.directory.glob("*.jsonl")):
-            replayed += self._replay(orphan)
+        replayed = self.replay_orphans()
         self._start_journal()
         return replayed
 
-    def _replay(self, path: Path) -> int:
-        fd = os.open(path, os.O_RDWR)
+    def replay_orphans(self) -> int:
+        """Copy the journals of dead processes into the database, settle their leases, remove them (blocking)."""
+        replayed = 0
+        done: set[str] = set()
+        for orphan in sorted(self.directory.glob("*.jsonl")):
+            holder = holder_of(orphan)
+            if holder == self.holder:
+                continue
+            new = self._replay(orphan, holder)
+            if new is not None:
+                replayed += new
+                done.add(holder)
+        if self._shared and done:
+            live = {holder_of(path) for path in self.directory.glob("*.jsonl")}
+            drop_holders(self.engine, done - live)  # their rows are in `spend` now: the leases have no use
+        return replayed
+
+    def _replay(self, path: Path, holder: str) -> int | None:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None  # another process replayed it just now
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return 0  # a live process owns it
+            return None  # a live process owns it
         try:
             rows = read_journal(path)
-            new = sum(ingest(self.engine, rows[i : i + 5000]) for i in range(0, len(rows), 5000))
+            lease = holder if self._shared else None
+            new = sum(ingest(self.engine, rows[i : i + 5000], lease).rows for i in range(0, len(rows), 5000))
             path.unlink()
             if new:
                 log.info("ledger: replayed %d of %d rows from %s", new, len(rows), path.name)
@@ -231,9 +293,24 @@ class Ledger:
         finally:
             os.close(fd)
 
+    def owns_journal(self, holder: str) -> bool | None:
+        """Whether a live process holds ``holder``'s journal here (None: no journal of it on this host)."""
+        paths = [p for p in self.directory.glob(f"{holder}*.jsonl") if holder_of(p) == holder]
+        if not paths:
+            return None
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+        return False
+
     def _start_journal(self) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        self._path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        self._journals += 1
+        self._path = self.directory / f"{self.holder}.{self._journals:06d}.jsonl"
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._fd, self._rfd = fd, os.open(self._path, os.O_RDONLY)
@@ -277,8 +354,9 @@ class Ledger:
             if end == 0:
                 break
             rows = [orjson.loads(line) for line in chunk[:end].splitlines()]
-            await asyncio.to_thread(ingest, self.engine, rows)
+            done = await asyncio.to_thread(ingest, self.engine, rows, self.holder if self._shared else None)
             self._offset += end
+            self._on_ingested(done.sums)
         if self._size > _ROTATE_BYTES and self._offset == self._size:
             self._rotate()
 

@@ -98,3 +98,33 @@ usage_daily = Table(
     Column("completion_tokens", BigInteger, nullable=False, default=0),
     Column("cost", Float, nullable=False, default=0.0),
 )
+
+# -- several gateways on one database (scale-out): see ark/store/holds.py ----------------------------
+gateways = Table(
+    "gateways",
+    metadata,
+    Column("holder", String(64), primary_key=True),  # the process's journal name: "20261127T101500-1234-ab12cd"
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("heartbeat", Float, nullable=False),  # Unix time
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("holder", String(64), primary_key=True),
+    Column("subject", String(80), primary_key=True),  # "key:ID" or "team:ID"
+    Column("cost", Float, nullable=False, default=0.0),  # credits reserved or spent, not yet in `spend`
+    Column("tokens", BigInteger, nullable=False, default=0),  # the same for the token budget
+    Column("slots", Integer, nullable=False, default=0),  # requests at once
+)
+Index("ix_holds_subject", holds.c.subject)
+
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("subject", String(80), primary_key=True),
+    Column("requests", Float, nullable=False),  # the rpm bucket's level
+    Column("tokens", Float, nullable=False),  # the tpm bucket's level (may be negative: debt)
+    Column("stamp", Float, nullable=False),  # Unix time of the last refill
+)

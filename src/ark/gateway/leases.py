@@ -1,0 +1,247 @@
+"""Scale-out: several gateways on one database enforce one budget and one rate limit together.
+
+Each process admits requests from what it holds on lease (ark/store/holds.py),
+with no database work on the request path while the lease lasts. When a lease
+is short, the request asks the database for what it needs plus some headroom
+(never more than half of what is left, so the other processes keep a share),
+one request per key at a time. A background task gives back what has gone
+unused, charges used tokens to the shared tpm bucket, beats the heart and
+reclaims the leases of processes that died: a dead process's journal on this
+host is replayed first (its spend reaches the database, then its leases go);
+a process on another host is given up after ``STALE_S`` without a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from ark.errors import InsufficientQuota
+from ark.gateway import budgets as budgeting
+from ark.gateway import ratelimits as limiting
+from ark.gateway.budgets import Budgets, Price, Reservation
+from ark.gateway.ratelimits import Admission, RateLimits, RateState
+from ark.store import Key
+from ark.store.holds import Refusal, Want, beat, drop_holders, grant, register, release, stale_holders, take_rate
+from ark.store.ledger import Ledger
+
+log = logging.getLogger("ark.leases")
+
+T = TypeVar("T")
+
+TICK_S = 0.2
+IDLE_S = 1.0  # credits, tokens and request-tokens unused this long go back to the database
+SLOT_IDLE_S = 0.2  # a slot unused this long goes back
+HEARTBEAT_S = 1.0
+STALE_S = 15.0  # a process silent this long is dead; its leases go back
+REAP_S = 5.0
+HEADROOM = 4  # a lease grows by what this many more requests like the current one need
+_ATTEMPTS = 4
+
+
+class Leases:
+    """This process's leases; the event loop owns the local side, the database the shared one."""
+
+    def __init__(self, engine: Engine, ledger: Ledger, budgets: Budgets, rates: RateLimits) -> None:
+        self.engine, self.ledger, self.budgets, self.rates = engine, ledger, budgets, rates
+        self.holder = ledger.holder
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._beat_at = self._reap_at = 0.0
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, self.engine, *args, **kwargs)
+
+    async def start(self) -> None:
+        await self._db(register, self.holder, socket.gethostname(), os.getpid(), time.time())
+
+    async def close(self) -> None:
+        """After the ledger's last flush: nothing of ours is pending, every lease goes back."""
+        await self._db(drop_holders, [self.holder])
+
+    # -- the request path -------------------------------------------------------------------------
+    async def reserve(
+        self, key: Key, price: Price, prompt: int, completion: int | None, seconds: float, now: datetime
+    ) -> Reservation | None:
+        for _ in range(_ATTEMPTS):
+            result = self.budgets.reserve(key, price, prompt, completion, seconds, now)
+            if not isinstance(result, budgeting.Shortfall):
+                return result
+            async with self._lock(f"budget:{key.id}"):
+                result = self.budgets.reserve(key, price, prompt, completion, seconds, now)  # grown meanwhile?
+                if not isinstance(result, budgeting.Shortfall):
+                    return result
+                await self._grow_budgets(result)
+        raise InsufficientQuota("Budgets are in heavy use by other gateways; retry shortly.", retry_after=1.0)
+
+    async def _grow_budgets(self, short: budgeting.Shortfall) -> None:
+        wants = [
+            Want(
+                ident,
+                cost=credits,
+                cost_extra=HEADROOM * short.cost if credits else 0.0,
+                tokens=tokens,
+                tokens_extra=HEADROOM * short.tokens if tokens else 0,
+            )
+            for ident, _, credits, tokens in short.needs
+        ]
+        result = await self._db(grant, self.holder, wants, time.time())
+        if isinstance(result, Refusal):
+            account = next(a for i, a, _, _ in short.needs if i == result.subject)
+            unit = "credits" if result.limit == "budget" else "tokens"
+            raise InsufficientQuota(
+                f"The {account.name} has used {result.used:.6g} of its budget of {result.maximum:.6g} {unit} "
+                f"(every gateway together); this request could cost up to {short.cost:.6g} credits and "
+                f"{short.tokens} tokens."
+            )
+        grown = time.monotonic()
+        for ident, account, _, _ in short.needs:
+            account.held_cost += result[ident].cost
+            account.held_tokens += result[ident].tokens
+            account.grown_at = grown
+
+    async def admit(self, key: Key | None) -> Admission | None:
+        for _ in range(_ATTEMPTS):
+            result = self.rates.admit(key, time.monotonic())
+            if not isinstance(result, limiting.Shortfall):
+                return result
+            assert key is not None
+            async with self._lock(f"rate:{key.id}"):
+                result = self.rates.admit(key, time.monotonic())
+                if not isinstance(result, limiting.Shortfall):
+                    return result
+                for subject, state, requests, refresh, slots in result.needs:
+                    if requests or refresh:
+                        await self._take(subject, state, requests)
+                    if slots:
+                        await self._grant_slot(subject, state)
+        raise limiting.RateLimited("Rate limits are in heavy use by other gateways; retry shortly.", retry_after=1.0)
+
+    async def _take(self, subject: str, state: RateState, requests: int) -> None:
+        await self._sync_rate(subject, state, take=requests, extra=HEADROOM if requests else 0)
+        if requests and state.rpm is not None and state.rpm.level < 1:
+            self.rates.refuse(state, "rpm", (1 - state.shared_requests) / state.rpm.rate)
+        if state.tpm is not None and state.tpm.level <= 0:
+            self.rates.refuse(state, "tpm", state.tpm.wait_for(1))
+
+    async def _grant_slot(self, subject: str, state: RateState) -> None:
+        result = await self._db(grant, self.holder, [Want(subject, slots=1)], time.time())
+        if isinstance(result, Refusal):
+            self.rates.refuse(state, "parallel", 1.0)
+        else:
+            state.slots += 1
+
+    async def _sync_rate(self, subject: str, state: RateState, *, take: int = 0, extra: int = 0, give: int = 0) -> None:
+        """Charge the tokens used here, give back or take request-tokens; learn the shared levels."""
+        charge, state.uncharged = state.uncharged, 0
+        if state.rpm is not None:
+            state.rpm.level -= give
+        try:
+            levels = await self._db(
+                take_rate,
+                self.holder,
+                subject,
+                int(state.rpm.capacity) if state.rpm else None,
+                int(state.tpm.capacity) if state.tpm else None,
+                take=take,
+                extra=extra,
+                give_back=give,
+                charge=charge,
+                now=time.time(),
+            )
+        except Exception:
+            state.uncharged += charge  # the database has not seen them: charge them next time
+            if state.rpm is not None:
+                state.rpm.level += give
+            raise
+        state.shared_requests = levels.requests
+        if state.rpm is not None:
+            state.rpm.level += levels.taken
+        if state.tpm is not None:
+            state.tpm.level = levels.tokens - state.uncharged  # what finished meanwhile is not charged yet
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    # -- in the background ------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("leases: talking to the database failed; retrying")
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        await self._give_back(now)
+        for subject, state in list(self.rates.states.items()):
+            idle = now - state.used_at > IDLE_S
+            give = math.floor(state.rpm.level) if state.rpm is not None and idle else 0
+            if state.uncharged or give > 0:
+                await self._sync_rate(subject, state, give=give)
+        if now - self._beat_at > HEARTBEAT_S:
+            self._beat_at = now
+            if not await self._db(beat, self.holder, time.time()):
+                await self._reclaimed()
+        if now - self._reap_at > REAP_S:
+            self._reap_at = now
+            await self.reap()
+
+    async def _give_back(self, now: float) -> None:
+        amounts: dict[str, tuple[float, int, int]] = {}
+        for ident, account in self.budgets.accounts.items():
+            if now - account.grown_at > IDLE_S:
+                credits, tokens = account.unused()
+                if credits > 0 or tokens > 0:
+                    account.held_cost -= credits  # ours no more from now: nothing here may use it
+                    account.held_tokens -= tokens
+                    amounts[ident] = (credits, tokens, 0)
+        for subject, state in self.rates.states.items():
+            free = state.slots - state.parallel
+            if free > 0 and now - state.used_at > SLOT_IDLE_S:
+                state.slots -= free
+                credits, tokens, _ = amounts.get(subject, (0.0, 0, 0))
+                amounts[subject] = (credits, tokens, free)
+        if not amounts:
+            return
+        try:
+            await self._db(release, self.holder, amounts, time.time())
+        except Exception:
+            for subject, (credits, tokens, slots) in amounts.items():  # still ours in the database
+                if subject in self.budgets.accounts:
+                    self.budgets.accounts[subject].held_cost += credits
+                    self.budgets.accounts[subject].held_tokens += tokens
+                if subject in self.rates.states:
+                    self.rates.states[subject].slots += slots
+            raise
+
+    async def _reclaimed(self) -> None:
+        """Another process took us for dead (no heartbeat for STALE_S) and dropped our leases."""
+        log.error("leases: this gateway missed its heartbeat for %.0f s and lost its leases; taking new ones", STALE_S)
+        for account in self.budgets.accounts.values():
+            account.held_cost = account.held_tokens = 0
+        for state in self.rates.states.values():
+            state.slots = 0
+        await self._db(register, self.holder, socket.gethostname(), os.getpid(), time.time())
+
+    async def reap(self) -> list[str]:
+        """Settle and drop the leases of dead processes; returns the holders dropped for silence."""
+        await asyncio.to_thread(self.ledger.replay_orphans)  # dead ones on this host: their journals first
+        stale = await self._db(stale_holders, time.time() - STALE_S)
+        dead = [h for h in stale if h != self.holder and not self.ledger.owns_journal(h)]
+        if dead:
+            log.warning("leases: dropping the leases of %d silent gateway(s): %s", len(dead), ", ".join(dead))
+            await self._db(drop_holders, dead)
+        return dead
