@@ -122,6 +122,7 @@ def start_ark(config_text: str, tmp: Path, env: dict[str, str] | None = None, ti
     config.write_text(config_text.replace("{PORT}", str(port)).replace("{DATA}", str(data)))
     log = tmp / "ark-up.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARK_")}
+    child_env["ARK_DATA_DIR"] = str(data)  # never the user's own data directory
     child_env.update(env or {})
     with log.open("wb") as out:
         proc = subprocess.Popen(

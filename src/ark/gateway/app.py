@@ -54,8 +54,17 @@ log = logging.getLogger("ark.gateway")
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _KEYS_RELOAD_S = 5.0
+_KEY_LOOKUPS_PER_S = 10.0  # unknown keys looked up in the database (a key made on another gateway)
 _PRUNE_EVERY_S = 6 * 3600.0
 Handler = Callable[[Request, Responder, Exchange], Awaitable[None]]
+
+
+class UnknownKey(AuthenticationError):
+    """Not among the keys in memory; perhaps made a moment ago on another gateway."""
+
+    def __init__(self, ident: str) -> None:
+        super().__init__("Incorrect API key provided.")
+        self.ident = ident
 
 
 async def send_error(responder: Responder, exc: ApiError) -> None:
@@ -72,6 +81,7 @@ class Gateway:
         self.settings = settings
         self.store = store
         self._keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
+        self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
         self._teams: dict[str, Team] = {}
         self.ledger: Ledger | None = None
         self.leases: Leases | None = None  # several gateways on one database
@@ -223,9 +233,10 @@ class Gateway:
         # compare_digest takes time independent of where the strings differ
         if self._master and hmac.compare_digest(token.encode(), self._master):
             return None
-        key = self._keys.get(key_id(token))  # a dict lookup by SHA-256: no timing signal about the key
+        ident = key_id(token)
+        key = self._keys.get(ident)  # a dict lookup by SHA-256: no timing signal about the key
         if key is None:
-            raise AuthenticationError("Incorrect API key provided.")
+            raise UnknownKey(ident)
         if key.blocked:
             raise AuthenticationError(f"The key {key.key_prefix}… is blocked.")
         if key.expired(datetime.now(UTC)):
@@ -234,6 +245,19 @@ class Gateway:
         if team is not None and team.blocked:
             raise AuthenticationError(f"The team of key {key.key_prefix}… is blocked.")
         return key
+
+    async def _authenticate_new(self, request: Request, miss: UnknownKey) -> Key | None:
+        """Look an unknown key up in the database, a few times a second at most: if it is there, reload."""
+        now = time.monotonic()
+        self._lookups = min(_KEY_LOOKUPS_PER_S, self._lookups + (now - self._lookups_at) * _KEY_LOOKUPS_PER_S)
+        self._lookups_at = now
+        if self._lookups < 1 or self.store is None:
+            raise miss
+        self._lookups -= 1
+        if await asyncio.to_thread(self.store.keys.get_key, miss.ident) is None:
+            raise miss
+        await self.reload_keys()
+        return self._authenticate(request)
 
     def _admin(
         self, handler: Callable[[Request, Responder], Awaitable[None]]
@@ -260,7 +284,10 @@ class Gateway:
             self.inflight += 1
             self.metrics.inflight.inc()
             try:
-                ex.key = self._authenticate(request)
+                try:
+                    ex.key = self._authenticate(request)
+                except UnknownKey as miss:
+                    ex.key = await self._authenticate_new(request, miss)
                 ex.authenticated = True
                 if self.leases is not None:
                     ex.admission = await self.leases.admit(ex.key)

@@ -5,7 +5,7 @@ with no database work on the request path while the lease lasts. When a lease
 is short, the request asks the database for what it needs plus some headroom
 (never more than half of what is left, so the other processes keep a share),
 one request per key at a time. A background task gives back what has gone
-unused, charges used tokens to the shared tpm bucket, beats the heart and
+unused (slots at once: every tick), charges used tokens to the shared tpm bucket, beats the heart and
 reclaims the leases of processes that died: a dead process's journal on this
 host is replayed first (its spend reaches the database, then its leases go);
 a process on another host is given up after ``STALE_S`` without a heartbeat.
@@ -40,7 +40,6 @@ T = TypeVar("T")
 
 TICK_S = 0.2
 IDLE_S = 1.0  # credits, tokens and request-tokens unused this long go back to the database
-SLOT_IDLE_S = 0.2  # a slot unused this long goes back
 HEARTBEAT_S = 1.0
 STALE_S = 15.0  # a process silent this long is dead; its leases go back
 REAP_S = 5.0
@@ -209,8 +208,8 @@ class Leases:
                     account.held_tokens -= tokens
                     amounts[ident] = (credits, tokens, 0)
         for subject, state in self.rates.states.items():
-            free = state.slots - state.parallel
-            if free > 0 and now - state.used_at > SLOT_IDLE_S:
+            free = state.slots - state.parallel  # a slot is worth more to a process that waits for it
+            if free > 0:
                 state.slots -= free
                 credits, tokens, _ = amounts.get(subject, (0.0, 0, 0))
                 amounts[subject] = (credits, tokens, free)
