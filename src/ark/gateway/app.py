@@ -239,7 +239,7 @@ class Gateway:
             raise UnknownKey(ident)
         if key.blocked:
             raise AuthenticationError(f"The key {key.key_prefix}… is blocked.")
-        if key.expired(datetime.now(UTC)):
+        if key.expires_at is not None and key.expired(datetime.now(UTC)):
             raise AuthenticationError(f"The key {key.key_prefix}… expired at {key.expires_at:%Y-%m-%d %H:%M} UTC.")
         team = self._teams.get(key.team_id) if key.team_id else None
         if team is not None and team.blocked:
@@ -280,7 +280,7 @@ class Gateway:
         async def wrapped(request: Request, responder: Responder) -> None:
             ex = Exchange(request.path, time.perf_counter(), os.urandom(12).hex())
             responder.on_finish = lambda status: self._record(ex)
-            responder.extra_headers = [("x-request-id", ex.request_id)]
+            responder.extra_head = b"x-request-id: %s\r\n" % ex.request_id.encode()
             self.inflight += 1
             self.metrics.inflight.inc()
             try:
@@ -296,7 +296,7 @@ class Gateway:
                     assert not isinstance(admission, RateShortfall)  # only with a shared database
                     ex.admission = admission
                 if ex.admission is not None:
-                    responder.extra_headers += rate_headers(ex.admission.states[0])
+                    responder.extra_head += rate_headers(ex.admission.states[0])
                 if self.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0

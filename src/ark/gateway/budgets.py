@@ -130,6 +130,7 @@ class Budgets:
     def __init__(self, *, shared: bool = False) -> None:
         self.shared = shared
         self.accounts: dict[str, Account] = {}
+        self.by_key: dict[str, list[tuple[str, Account]]] = {}  # key id -> its account and its team's
         self.rolled: dict[str, datetime] = {}  # account -> start of its new period, not yet in the store
 
     def roll_all(self, now: datetime) -> None:
@@ -179,6 +180,11 @@ class Budgets:
             account = self.accounts[ident]
             if ident not in seen and not (account.reserved_cost or account.reserved_tokens or account.held_cost):
                 del self.accounts[ident]
+        self.by_key = {}
+        for k in keys:
+            pairs = [(i, self.accounts[i]) for i in (f"key:{k.id}", f"team:{k.team_id}") if i in seen]
+            if pairs:
+                self.by_key[k.id] = pairs
 
     def reserve(
         self,
@@ -191,15 +197,17 @@ class Budgets:
     ) -> Reservation | Shortfall | None:
         if key is None:
             return None  # the master key has no budget
-        idents = [i for i in (f"key:{key.id}", f"team:{key.team_id}" if key.team_id else "") if i in self.accounts]
-        if not idents:
+        pairs = self.by_key.get(key.id)
+        if not pairs:
             return None
-        accounts = [self.accounts[i] for i in idents]
+        accounts = [account for _, account in pairs] if len(pairs) > 1 else [pairs[0][1]]
         completion = max_completion if max_completion is not None else price.max_output_tokens
         tokens = max_prompt_tokens + completion
-        cost = price.cost(max_prompt_tokens, completion, max_seconds if price.gpu_second else 0.0)
+        cost = max_prompt_tokens * price.input + completion * price.output  # price.cost(), written out
+        if price.gpu_second:
+            cost += max_seconds * price.gpu_second
         if self.shared:
-            needs = [(i, a, *a.short(cost, tokens)) for i, a in zip(idents, accounts, strict=True)]
+            needs = [(i, a, *a.short(cost, tokens)) for i, a in pairs]
             needs = [need for need in needs if need[2] or need[3]]
             if needs:
                 return Shortfall(needs, cost, tokens)
@@ -207,11 +215,18 @@ class Budgets:
                 account.reserved_cost += cost
                 account.reserved_tokens += tokens
             return Reservation(accounts, cost, tokens, shared=True)
-        for ident, account in zip(idents, accounts, strict=True):
-            if account.roll(now) and account.reset_at is not None:
+        for ident, account in pairs:  # the hot path: the usual case written out
+            if account.reset_at is not None and now >= account.reset_at and account.roll(now):
                 self.rolled[ident] = account.reset_at
-            reason = account.refusal(cost, tokens)
-            if reason is not None:
+            if (
+                cost > 0
+                and account.max_budget is not None
+                and account.spend + account.reserved_cost + cost > account.max_budget
+            ) or (
+                account.max_tokens is not None
+                and account.tokens + account.reserved_tokens + tokens > account.max_tokens
+            ):
+                reason = account.refusal(cost, tokens)
                 raise InsufficientQuota(
                     f"{reason}; this request could cost up to {cost:.6g} credits and {tokens} tokens."
                 )

@@ -36,14 +36,14 @@ class Bucket:
     capacity: float
     level: float
     stamp: float
+    rate: float = field(init=False)  # per second
+    ms_per_unit: float = field(init=False)  # milliseconds to refill one
+    limit_text: str = field(init=False)  # for the x-ratelimit-limit-* header
 
-    @property
-    def rate(self) -> float:  # per second
-        return self.capacity / 60.0
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+    def __post_init__(self) -> None:
+        self.rate = self.capacity / 60.0
+        self.ms_per_unit = 60_000.0 / self.capacity
+        self.limit_text = f"{self.capacity:.0f}"
 
     def wait_for(self, amount: float) -> float:
         """Seconds until the level reaches ``amount``."""
@@ -58,6 +58,7 @@ class RateState:
     tpm: Bucket | None
     max_parallel: int | None
     parallel: int = 0
+    template: bytes = b""  # the x-ratelimit-* header lines, to fill in
     # shared database only
     slots: int = 0  # requests at once this process may run
     uncharged: int = 0  # tokens used here and not yet charged to the shared tpm bucket
@@ -90,6 +91,7 @@ class RateLimits:
     def __init__(self, on_refusal: Callable[[str, str], None] | None = None, *, shared: bool = False) -> None:
         self.shared = shared
         self.states: dict[str, RateState] = {}
+        self.by_key: dict[str, list[tuple[str, RateState]]] = {}  # key id -> its state and its team's
         self._on_refusal = on_refusal or (lambda alias, limit: None)
 
     def sync(self, keys: Iterable[Key], teams: Iterable[Team], now: float) -> None:
@@ -109,17 +111,22 @@ class RateLimits:
             state.rpm = _bucket(limits.rpm_limit, state.rpm, now, 0.0 if self.shared else None)
             state.tpm = _bucket(limits.tpm_limit, state.tpm, now, 0.0 if self.shared else None)
             state.max_parallel = limits.max_parallel_requests
+            state.template = _template(state.rpm, state.tpm)
             fresh[ident] = state
         self.states = fresh
+        self.by_key = {}
+        for k in keys:
+            pairs = [(i, fresh[i]) for i in (f"key:{k.id}", f"team:{k.team_id}") if i in fresh]
+            if pairs:
+                self.by_key[k.id] = pairs
 
     def admit(self, key: Key | None, now: float) -> Admission | Shortfall | None:
         if key is None:
             return None
-        subjects = [f"key:{key.id}", f"team:{key.team_id}" if key.team_id else ""]
-        pairs = [(subject, self.states[subject]) for subject in subjects if subject in self.states]
+        pairs = self.by_key.get(key.id)
         if not pairs:
             return None
-        states = [state for _, state in pairs]
+        states = [state for _, state in pairs] if len(pairs) > 1 else [pairs[0][1]]
         if self.shared:
             needs = [
                 (
@@ -140,14 +147,18 @@ class RateLimits:
                 state.parallel += 1
                 state.used_at = now
             return Admission(states)
-        for state in states:
-            for bucket in (state.rpm, state.tpm):
-                if bucket is not None:
-                    bucket.refill(now)
-            if state.rpm is not None and state.rpm.level < 1:
-                self.refuse(state, "rpm", state.rpm.wait_for(1))
-            if state.tpm is not None and state.tpm.level <= 0:
-                self.refuse(state, "tpm", state.tpm.wait_for(1))
+        for state in states:  # the hot path: refills written out
+            rpm, tpm = state.rpm, state.tpm
+            if rpm is not None:
+                level = rpm.level + (now - rpm.stamp) * rpm.rate
+                rpm.level, rpm.stamp = (level if level < rpm.capacity else rpm.capacity), now
+                if rpm.level < 1:
+                    self.refuse(state, "rpm", rpm.wait_for(1))
+            if tpm is not None:
+                level = tpm.level + (now - tpm.stamp) * tpm.rate
+                tpm.level, tpm.stamp = (level if level < tpm.capacity else tpm.capacity), now
+                if tpm.level <= 0:
+                    self.refuse(state, "tpm", tpm.wait_for(1))
             if state.max_parallel is not None and state.parallel >= state.max_parallel:
                 self.refuse(state, "parallel", 1.0)
         for state in states:
@@ -166,7 +177,7 @@ class RateLimits:
         raise RateLimited(
             f"Rate limit reached for the {state.name}: {what}. Retry in {retry_after:.1f} s.",
             retry_after=max(1.0, math.ceil(retry_after)),
-            headers=headers(state),
+            headers=[(n, v) for n, _, v in (line.partition(": ") for line in headers(state).decode().splitlines())],
         )
 
     @staticmethod
@@ -182,18 +193,36 @@ class RateLimits:
                 state.uncharged += tokens
 
 
-def headers(state: RateState | None) -> list[tuple[str, str]]:
-    """OpenAI's x-ratelimit-* headers for the key's own limits (or its team's when the key has none)."""
-    if state is None:
-        return []
-    out = []
-    for kind, bucket in (("requests", state.rpm), ("tokens", state.tpm)):
+def _template(rpm: Bucket | None, tpm: Bucket | None) -> bytes:
+    """The x-ratelimit-* header lines with the limits filled in and %d for remaining and reset (ms)."""
+    out = b""
+    for kind, bucket in ((b"requests", rpm), (b"tokens", tpm)):
         if bucket is not None:
-            # shared database: the rpm bucket here holds what this process took; the rest is in the database
-            level = bucket.level + state.shared_requests if kind == "requests" else bucket.level
-            out += [
-                (f"x-ratelimit-limit-{kind}", f"{bucket.capacity:.0f}"),
-                (f"x-ratelimit-remaining-{kind}", f"{max(0, math.floor(level))}"),
-                (f"x-ratelimit-reset-{kind}", f"{max(0.0, (bucket.capacity - level) / bucket.rate):.3f}s"),
-            ]
+            out += b"x-ratelimit-limit-%s: %s\r\nx-ratelimit-remaining-%s: %%d\r\nx-ratelimit-reset-%s: %%dms\r\n" % (
+                kind,
+                bucket.limit_text.encode(),
+                kind,
+                kind,
+            )
     return out
+
+
+def headers(state: RateState | None) -> bytes:
+    """OpenAI's x-ratelimit-* header lines for the key's own limits (or its team's when the key has none)."""
+    if state is None:
+        return b""
+    rpm, tpm = state.rpm, state.tpm  # %d truncates the floats
+    if rpm is not None:
+        # shared database: the rpm bucket here holds what this process took; the rest is in the database
+        level = rpm.level + state.shared_requests
+        requests = (level if level > 0 else 0, max(0.0, (rpm.capacity - level) * rpm.ms_per_unit))
+        if tpm is None:
+            return state.template % requests
+        return state.template % (
+            *requests,
+            tpm.level if tpm.level > 0 else 0,
+            (tpm.capacity - tpm.level) * tpm.ms_per_unit,
+        )
+    if tpm is not None:
+        return state.template % (tpm.level if tpm.level > 0 else 0, (tpm.capacity - tpm.level) * tpm.ms_per_unit)
+    return b""

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import operator
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -29,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ark.store.holds import drop_holders, settle_holds
-from ark.store.tables import api_keys, teams, usage, usage_daily
+from ark.store.tables import api_keys, usage, usage_daily
 
 log = logging.getLogger("ark.ledger")
 
@@ -92,45 +92,77 @@ def _insert_sql(dialect: str, *, ignore: bool) -> str:
     return f"INSERT INTO usage ({columns}) VALUES ({values}){tail}"  # noqa: S608
 
 
-def _params(row: dict[str, Any], dialect: str) -> tuple[Any, ...]:
-    when: datetime = row["time"]
-    # SQLite holds SQLAlchemy's DateTime as "YYYY-MM-DD HH:MM:SS.ffffff" text (UTC); PostgreSQL takes the datetime
-    stamp: Any = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else when
-    return tuple(stamp if name == "time" else row[name] for name in _COLUMNS)
+_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+assert _COLUMNS[:2] == ("request_id", "time")
+_REST = operator.itemgetter(*_COLUMNS[2:])
 
 
-def _insert_new(connection: Any, engine: Engine, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert rows whose request id is new; return those rows (one statement per row: the slow path)."""
-    dialect = engine.dialect.name
-    sql = _insert_sql(dialect, ignore=True)
-    return [row for row in rows if connection.exec_driver_sql(sql, _params(row, dialect)).rowcount]
-
-
-def _rollup(connection: Any, engine: Engine, rows: Iterable[dict[str, Any]]) -> None:
-    totals: dict[tuple[Any, str, str], dict[str, Any]] = {}
-    for row in rows:
-        key = (row["time"].date(), row["key_id"] or "", row["model_served"] or row["model_requested"] or "")
-        total = totals.setdefault(
-            key, {"team_id": row["team_id"], "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
-        )
-        total["requests"] += 1
-        total["prompt_tokens"] += row["prompt_tokens"]
-        total["completion_tokens"] += row["completion_tokens"]
-        total["cost"] += row["cost"]
-    if not totals:
-        return
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    values = [{"day": day, "key_id": key, "model": model, **total} for (day, key, model), total in totals.items()]
-    statement = dialect.insert(usage_daily)
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=["day", "key_id", "model"],
-        set_={
-            name: getattr(usage_daily.c, name) + getattr(excluded, name)
-            for name in ("requests", "prompt_tokens", "completion_tokens", "cost")
-        },
+def _rollup_sql(dialect: str) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    sums = ", ".join(f"{name} = usage_daily.{name} + excluded.{name}" for name in _SUMS)
+    # constant names only; every value is a bound parameter
+    return (
+        "INSERT INTO usage_daily (day, key_id, model, team_id, requests, prompt_tokens, completion_tokens, cost) "  # noqa: S608
+        f"VALUES ({', '.join([mark] * 8)}) ON CONFLICT (day, key_id, model) DO UPDATE SET {sums}"
     )
-    connection.execute(statement, values)
+
+
+def _spend_sql(table: str, dialect: str) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return f"UPDATE {table} SET spend = spend + {mark}, tokens_used = tokens_used + {mark} WHERE id = {mark}"  # noqa: S608
+
+
+_SQL = {
+    dialect: {
+        "insert": _insert_sql(dialect, ignore=False),
+        "insert_new": _insert_sql(dialect, ignore=True),
+        "rollup": _rollup_sql(dialect),
+        "key_spend": _spend_sql("api_keys", dialect),
+        "team_spend": _spend_sql("teams", dialect),
+    }
+    for dialect in ("sqlite", "postgresql")
+}
+
+
+@dataclass(slots=True)
+class _Row:
+    params: tuple[Any, ...]  # the usage row, as the driver takes it
+    day: Any  # its UTC day, as the driver takes it
+    source: dict[str, Any]
+
+
+def _prepare(rows: Iterable[dict[str, Any]], dialect: str) -> list[_Row]:
+    """Journal rows as driver parameters. SQLite holds SQLAlchemy's DateTime as "YYYY-MM-DD HH:MM:SS.ffffff"
+    text (UTC) and Date as "YYYY-MM-DD": a journal time in UTC with microseconds converts by slicing."""
+    out = []
+    for row in rows:
+        value = row["time"]
+        if dialect == "sqlite" and isinstance(value, str) and len(value) == 32 and value.endswith("+00:00"):
+            stamp: Any = f"{value[:10]} {value[11:26]}"
+            day: Any = value[:10]
+        else:
+            when = _parse_time(value).astimezone(UTC)
+            stamp, day = when, when.date()
+            if dialect == "sqlite":
+                stamp, day = when.strftime("%Y-%m-%d %H:%M:%S.%f"), day.isoformat()
+        out.append(_Row((row["request_id"], stamp, *_REST(row)), day, row))
+    return out
+
+
+def _rollup(connection: Any, dialect: str, rows: Iterable[_Row]) -> None:
+    totals: dict[tuple[Any, str, str], list[Any]] = {}
+    for prepared in rows:
+        row = prepared.source
+        key = (prepared.day, row["key_id"] or "", row["model_served"] or row["model_requested"] or "")
+        total = totals.get(key)
+        if total is None:
+            total = totals[key] = [row["team_id"], 0, 0, 0, 0.0]
+        total[1] += 1
+        total[2] += row["prompt_tokens"]
+        total[3] += row["completion_tokens"]
+        total[4] += row["cost"]
+    if totals:
+        connection.exec_driver_sql(_SQL[dialect]["rollup"], [(*key, *total) for key, total in totals.items()])
 
 
 Sums = dict[str, tuple[float, int, int]]  # "key:ID" / "team:ID" -> (credits, tokens, 0 slots)
@@ -145,52 +177,51 @@ class Ingested:
 def ingest(engine: Engine, rows: Sequence[dict[str, Any]], holder: str | None = None) -> Ingested:
     """Write journal rows to the database in one transaction; return what was new.
 
-    With ``holder``, what the new rows cost also leaves that holder's leases, in the same transaction.
-
     The usual case, rows never seen, is one executemany straight to the driver (a few µs a row). A batch
     that holds rows already stored (a journal replayed after a crash) fails on the unique request id and is
-    redone row by row, keeping only the new ones, so nothing is ever counted twice.
+    redone row by row, keeping only the new ones, so nothing is ever counted twice. With ``holder``, what
+    the new rows cost also leaves that holder's leases, in the same transaction.
     """
-    prepared = [{**row, "time": _parse_time(row["time"])} for row in rows]
-    dialect = engine.dialect.name
+    dialect = "sqlite" if engine.dialect.name == "sqlite" else "postgresql"
+    prepared = _prepare(rows, dialect)
+    sql = _SQL[dialect]
     try:
         with engine.begin() as connection:
-            connection.exec_driver_sql(_insert_sql(dialect, ignore=False), [_params(r, dialect) for r in prepared])
-            sums = _add_spend(connection, prepared, holder)
-            _rollup(connection, engine, prepared)
+            connection.exec_driver_sql(sql["insert"], [r.params for r in prepared])
+            sums = _add_spend(connection, dialect, prepared, holder)
+            _rollup(connection, dialect, prepared)
         return Ingested(len(prepared), sums)
     except IntegrityError:
         pass
     with engine.begin() as connection:
-        new = _insert_new(connection, engine, prepared)
-        sums = _add_spend(connection, new, holder)
-        _rollup(connection, engine, new)
+        new = [r for r in prepared if connection.exec_driver_sql(sql["insert_new"], r.params).rowcount]
+        sums = _add_spend(connection, dialect, new, holder)
+        _rollup(connection, dialect, new)
     return Ingested(len(new), sums)
 
 
-def _add_spend(connection: Any, rows: Iterable[dict[str, Any]], holder: str | None) -> Sums:
+def _add_spend(connection: Any, dialect: str, rows: Iterable[_Row], holder: str | None) -> Sums:
     """Add what new rows cost and used to their keys and teams (the ledger is the source of the sums)."""
     sums: dict[str, list[float]] = {}
-    for row in rows:
+    for prepared in rows:
+        row = prepared.source
         for kind in ("key", "team"):
-            if row[f"{kind}_id"]:
-                total = sums.setdefault(f"{kind}:{row[f'{kind}_id']}", [0.0, 0])
+            ident = row[f"{kind}_id"]
+            if ident:
+                total = sums.get(f"{kind}:{ident}")
+                if total is None:
+                    total = sums[f"{kind}:{ident}"] = [0.0, 0]
                 total[0] += row["cost"]
                 total[1] += row["prompt_tokens"] + row["completion_tokens"]
     out: Sums = {subject: (cost, int(tokens), 0) for subject, (cost, tokens) in sums.items()}
-    for table, kind in ((api_keys, "key:"), (teams, "team:")):
+    for kind in ("key", "team"):
         params = [
-            {"ident": subject[len(kind) :], "cost": cost, "tokens": tokens}
+            (cost, tokens, subject.partition(":")[2])
             for subject, (cost, tokens, _) in out.items()
-            if subject.startswith(kind)
+            if subject.startswith(kind + ":")
         ]
         if params:
-            statement = (
-                update(table)
-                .where(table.c.id == bindparam("ident"))
-                .values(spend=table.c.spend + bindparam("cost"), tokens_used=table.c.tokens_used + bindparam("tokens"))
-            )
-            connection.execute(statement, params)
+            connection.exec_driver_sql(_SQL[dialect][f"{kind}_spend"], params)
     if holder is not None and out:
         settle_holds(connection, holder, out)
     return out

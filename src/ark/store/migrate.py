@@ -34,7 +34,8 @@ def database_url(url: str, data_dir: Path) -> str:
 
 
 def open_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True, future=True)
+    # a file needs no liveness check; a server connection may have been closed by the server meanwhile
+    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

@@ -75,7 +75,7 @@ class _Date:
 class Responder:
     """How a handler answers: ``send`` a complete response, or ``start`` / ``write`` / ``end`` a stream."""
 
-    __slots__ = ("_conn", "_head_pending", "extra_headers", "keep_alive", "on_finish", "started", "status")
+    __slots__ = ("_conn", "_head_pending", "extra_head", "keep_alive", "on_finish", "started", "status")
 
     def __init__(self, conn: _Connection, keep_alive: bool) -> None:
         self._conn = conn
@@ -83,15 +83,16 @@ class Responder:
         # Called once, just before the last bytes of the response are written: whatever it
         # records is recorded before the client can see the response complete.
         self.on_finish: Callable[[int], None] | None = None
-        self.extra_headers: list[tuple[str, str]] = []  # added to whatever response goes out
+        self.extra_head = b""  # header lines ("name: value\r\n", latin-1) added to whatever response goes out
         self.keep_alive = keep_alive
         self.started = False
         self.status = 0
 
     def _head(self, status: int, headers: list[tuple[str, str]], extra: bytes) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), b"date: ", _Date.get(), b"\r\n"]
-        for name, value in (*headers, *self.extra_headers) if self.extra_headers else headers:
+        for name, value in headers:
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(self.extra_head)
         lines.append(extra)
         lines.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
         return b"".join(lines)
