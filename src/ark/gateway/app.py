@@ -93,9 +93,7 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self.metrics.watch_budgets(self.budgets)
-        self.rates = RateLimits(
-            lambda alias, limit: self.metrics.rate_limited.labels(alias, limit).inc(), shared=self._shared
-        )
+        self.rates = RateLimits(self.metrics.count_rate_limited, shared=self._shared)
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
         self._log_prompts = settings.gateway.log_prompts
@@ -212,7 +210,7 @@ class Gateway:
 
     def refused(self, status: int) -> None:
         """The server refused a request before it reached a handler (413, 400): count it anyway."""
-        self.metrics.requests.labels(UNKNOWN_MODEL, str(status)).inc()
+        self.metrics.refused(UNKNOWN_MODEL, status)
 
     # -- dispatch ---------------------------------------------------------------------------------
     async def __call__(self, request: Request, responder: Responder) -> None:
@@ -282,7 +280,7 @@ class Gateway:
             responder.on_finish = lambda status: self._record(ex)
             responder.extra_head = b"x-request-id: %s\r\n" % ex.request_id.encode()
             self.inflight += 1
-            self.metrics.inflight.inc()
+            self.metrics.inflight += 1
             try:
                 try:
                     ex.key = self._authenticate(request)
@@ -317,7 +315,7 @@ class Gateway:
                 await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"))
             finally:
                 self.inflight -= 1
-                self.metrics.inflight.dec()
+                self.metrics.inflight -= 1
                 if responder.on_finish is not None:  # no response went out (the client left): record now
                     responder.on_finish = None
                     self._record(ex)
@@ -331,7 +329,7 @@ class Gateway:
         self.budgets.settle(ex.reservation, ex.cost, tokens)
         RateLimits.finish(ex.admission, tokens, time.monotonic())
         if ex.cost:
-            self.metrics.spend.labels(ex.key_label).inc(ex.cost)
+            self.metrics.add_spend(ex.key_label, ex.cost)
         self.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
         if self.access_log is not None:
             self.access_log.write(ex.record(elapsed, self._log_prompts))

@@ -6,10 +6,11 @@ never a free-form string from a client; no prompt, no request id.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ark.engines.base import Engine
@@ -56,42 +57,64 @@ class _BudgetCollector(Collector):
         yield remaining
 
 
+class _Histogram:
+    """Counts per latency bucket (not cumulative: one increment per observation); cumulated at scrape."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1  # le is inclusive: the first bound >= value
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip((*(f"{b:g}" for b in _LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+class _ModelSeries:
+    __slots__ = ("completion", "duration", "prompt", "statuses", "ttft")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.duration = _Histogram()
+        self.ttft = _Histogram()
+        self.prompt = 0
+        self.completion = 0
+
+
 class Metrics:
+    """Plain counters on the request path (a dict lookup and an addition); Prometheus families at scrape.
+
+    prometheus_client's labelled metrics take a lock and build a label tuple on every update, several
+    times per request; here a request costs a few additions and the registry reads them when scraped.
+    """
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter("ark_requests", "API requests answered.", ["model", "status"], registry=r)
-        self.duration = Histogram(
-            "ark_request_duration_seconds",
-            "Time from request to last byte.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "ark_time_to_first_token_seconds",
-            "Time from request to the first streamed token.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "ark_tokens", "Tokens processed, by kind (prompt, completion).", ["model", "kind"], registry=r
-        )
-        self.inflight = Gauge("ark_inflight_requests", "API requests being served now.", registry=r)
-        self.spend = Counter("ark_spend", "Credits spent, by key alias.", ["key_alias"], registry=r)
-        self.rate_limited = Counter(
-            "ark_rate_limited",
-            "Requests refused by a rate limit (rpm, tpm, parallel).",
-            ["key_alias", "limit"],
-            registry=r,
-        )
+        self.models: dict[str, _ModelSeries] = {}
+        self.spend: dict[str, float] = {}  # key alias -> credits
+        self.rate_limited: dict[tuple[str, str], int] = {}  # (key alias, limit) -> refusals
+        self.inflight = 0
+        self.registry.register(_Collector(self))
 
     def watch_budgets(self, budgets: Budgets) -> None:
         self.registry.register(_BudgetCollector(budgets))
 
     def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
         self.registry.register(_EngineCollector(engines, up))
+
+    def series(self, model: str) -> _ModelSeries:
+        series = self.models.get(model)
+        if series is None:
+            series = self.models[model] = _ModelSeries()
+        return series
 
     def observe(
         self,
@@ -102,14 +125,63 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.duration.labels(model).observe(seconds)
+        series = self.models.get(model) or self.series(model)
+        series.statuses[status] = series.statuses.get(status, 0) + 1
+        series.duration.observe(seconds)
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
-        if prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(prompt_tokens)
-        if completion_tokens:
-            self.tokens.labels(model, "completion").inc(completion_tokens)
+            series.ttft.observe(ttft)
+        series.prompt += prompt_tokens
+        series.completion += completion_tokens
+
+    def refused(self, model: str, status: int) -> None:
+        """A request answered before it had a model (413, 400 from the server)."""
+        series = self.series(model)
+        series.statuses[status] = series.statuses.get(status, 0) + 1
+
+    def add_spend(self, alias: str, credits: float) -> None:
+        self.spend[alias] = self.spend.get(alias, 0.0) + credits
+
+    def count_rate_limited(self, alias: str, limit: str) -> None:
+        self.rate_limited[alias, limit] = self.rate_limited.get((alias, limit), 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._m
+        requests = CounterMetricFamily("ark_requests", "API requests answered.", labels=["model", "status"])
+        duration = HistogramMetricFamily(
+            "ark_request_duration_seconds", "Time from request to last byte.", labels=["model"]
+        )
+        ttft = HistogramMetricFamily(
+            "ark_time_to_first_token_seconds", "Time from request to the first streamed token.", labels=["model"]
+        )
+        tokens = CounterMetricFamily(
+            "ark_tokens", "Tokens processed, by kind (prompt, completion).", labels=["model", "kind"]
+        )
+        for model, series in sorted(m.models.items()):
+            for status, count in sorted(series.statuses.items()):
+                requests.add_metric([model, str(status)], count)
+            if any(series.duration.counts):
+                duration.add_metric([model], series.duration.buckets(), series.duration.total)
+            if any(series.ttft.counts):
+                ttft.add_metric([model], series.ttft.buckets(), series.ttft.total)
+            if series.prompt:
+                tokens.add_metric([model, "prompt"], series.prompt)
+            if series.completion:
+                tokens.add_metric([model, "completion"], series.completion)
+        inflight = GaugeMetricFamily("ark_inflight_requests", "API requests being served now.", value=m.inflight)
+        spend = CounterMetricFamily("ark_spend", "Credits spent, by key alias.", labels=["key_alias"])
+        for alias, credits in sorted(m.spend.items()):
+            spend.add_metric([alias], credits)
+        limited = CounterMetricFamily(
+            "ark_rate_limited", "Requests refused by a rate limit (rpm, tpm, parallel).", labels=["key_alias", "limit"]
+        )
+        for (alias, limit), count in sorted(m.rate_limited.items()):
+            limited.add_metric([alias, limit], count)
+        yield from (requests, duration, ttft, tokens, inflight, spend, limited)
