@@ -214,3 +214,12 @@ def test_retention_prunes_old_rows_keeps_rollups_and_gives_space_back(tmp_path: 
         assert prune(store.engine, retention_days=90, now=now) == 0
     finally:
         store.close()
+
+
+def test_journal_times_and_request_ids_are_cheap_and_exact() -> None:
+    from ark.gateway.exchange import request_id, utc_iso
+
+    for stamp in (0.0, 1795775058.0, 1795775058.25, 1795775058.5):  # exactly representable
+        assert utc_iso(stamp) == datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds")
+    ids = [request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and {len(i) for i in ids} == {24} and len({i[:12] for i in ids}) == 1

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,7 +37,7 @@ from ark.gateway.accesslog import FLUSH_S as ACCESS_LOG_FLUSH_S
 from ark.gateway.accesslog import AccessLog
 from ark.gateway.admin import Admin
 from ark.gateway.budgets import FREE, Budgets, Shortfall, prices
-from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body
+from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body, request_id
 from ark.gateway.leases import STALE_S, Leases
 from ark.gateway.metrics import Metrics
 from ark.gateway.ratelimits import RateLimits
@@ -276,7 +275,7 @@ class Gateway:
         """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
 
         async def wrapped(request: Request, responder: Responder) -> None:
-            ex = Exchange(request.path, time.perf_counter(), os.urandom(12).hex())
+            ex = Exchange(request.path, time.perf_counter(), request_id())
             responder.on_finish = lambda status: self._record(ex)
             responder.extra_head = b"x-request-id: %s\r\n" % ex.request_id.encode()
             self.inflight += 1

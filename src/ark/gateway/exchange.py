@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,6 +30,20 @@ def error_body(exc: ApiError) -> bytes:
 @functools.lru_cache(maxsize=4)
 def _utc_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def utc_iso(now: float) -> str:
+    """``datetime.fromtimestamp(now, UTC).isoformat()`` with microseconds, at a fraction of its cost."""
+    return f"{_utc_second(int(now))}.{int(now * 1_000_000) % 1_000_000:06d}+00:00"
+
+
+_REQUEST_IDS = itertools.count()
+_ID_PREFIX = os.urandom(6).hex()  # this process's; the counter makes each id unique within it
+
+
+def request_id() -> str:
+    """24 hex digits, unique across processes (48 random bits each) without a system call per request."""
+    return f"{_ID_PREFIX}{next(_REQUEST_IDS) & 0xFFFFFFFFFFFF:012x}"
 
 
 @dataclass(slots=True)
@@ -62,7 +77,7 @@ class Exchange:
         key = self.key
         return UsageRow(
             request_id=self.request_id,
-            time=datetime.now(UTC).isoformat(),
+            time=utc_iso(time.time()),
             path=self.path,
             status=self.status,
             latency_ms=round(elapsed * 1000, 3),

@@ -384,12 +384,16 @@ class Ledger:
             end = chunk.rfind(b"\n") + 1
             if end == 0:
                 break
-            rows = [orjson.loads(line) for line in chunk[:end].splitlines()]
-            done = await asyncio.to_thread(ingest, self.engine, rows, self.holder if self._shared else None)
+            # parsed off the event loop too: only the bookkeeping below runs on it
+            done = await asyncio.to_thread(self._ingest_lines, chunk[:end])
             self._offset += end
             self._on_ingested(done.sums)
         if self._size > _ROTATE_BYTES and self._offset == self._size:
             self._rotate()
+
+    def _ingest_lines(self, lines: bytes) -> Ingested:
+        rows = [orjson.loads(line) for line in lines.splitlines()]
+        return ingest(self.engine, rows, self.holder if self._shared else None)
 
     def _rotate(self) -> None:
         """Everything in the journal is in the database: start a fresh one and drop the old."""
