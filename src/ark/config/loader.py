@@ -29,6 +29,8 @@ class GatewaySettings:
     max_inflight: int
     log_prompts: bool
     access_log: str
+    access_log_max_bytes: int
+    access_log_keep: int
     model_refresh_s: float
 
 

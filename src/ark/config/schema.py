@@ -95,6 +95,18 @@ GATEWAY: tuple[Setting, ...] = (
         'One JSON line per request. Empty: DATA/logs/access.jsonl; "-": standard output; "off": none.',
     ),
     Setting(
+        "access_log_max_bytes",
+        ByteSize(),
+        "100MiB",
+        "The access log file is rotated when it reaches this size (access.jsonl -> access.jsonl.1 ...); 0: never.",
+    ),
+    Setting(
+        "access_log_keep",
+        Int(0, 1000),
+        5,
+        "Rotated access log files kept (access.jsonl.1 is the newest); older ones are deleted.",
+    ),
+    Setting(
         "model_refresh_s",
         Float(1.0),
         30.0,

@@ -130,7 +130,10 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.leases.run(), name="ark-leases"))
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
-        self.access_log = AccessLog(self.settings.gateway.access_log, self.settings.logs_dir)
+        gateway = self.settings.gateway
+        self.access_log = AccessLog(
+            gateway.access_log, self.settings.logs_dir, gateway.access_log_max_bytes, gateway.access_log_keep
+        )
         for engine in self.engines:
             await engine.start()
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
