@@ -218,7 +218,7 @@ def test_init_file_parses_and_documents_every_setting(tmp_path: Path) -> None:
     assert key.startswith("sk-ark-") and len(key) >= 7 + 32
     text = render_config(key, tmp_path)
     assert tomllib.loads(text)["master_key"] == key
-    for setting in (*schema.TOP, *schema.GATEWAY, *schema.STORE, *schema.ENGINE, *schema.MODEL):
+    for setting in (*schema.TOP, *schema.GATEWAY, *schema.STORE, *schema.GPU, *schema.ENGINE, *schema.MODEL):
         assert setting.key in text, setting.key
     for model in ("qwen3.5:35b", "devstral-small-2", "dolphin-mistral-24b", "nomic-embed-text", '"gpt-4"'):
         assert model in text

@@ -47,6 +47,20 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class GpuSettings:
+    device: str  # "auto", "nvml", "virtual", "ram"
+    index: int
+    memory_gb: float
+    reserve_gb: float
+    large_fraction: float
+    comfyui_url: str
+    comfyui_idle_gb: float
+    max_wait_s: float
+    queue_size: int
+    require_full_gpu: bool
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     name: str
     kind: str
@@ -72,6 +86,8 @@ class ModelSettings:
     memory_gb: float | None
     priority: str
     pinned: bool
+    idle_timeout_s: float
+    large: str  # "auto", "yes", "no"
     input_cost_per_token: float
     output_cost_per_token: float
     cost_per_gpu_second: float
@@ -86,6 +102,7 @@ class Settings:
     log_level: str
     gateway: GatewaySettings
     store: StoreSettings
+    gpu: GpuSettings
     engines: tuple[EngineSettings, ...]
     models: tuple[ModelSettings, ...]
     aliases: Mapping[str, str]
@@ -218,6 +235,10 @@ class _Loader:
         self._check_keys(store_table, tuple(s.key for s in schema.STORE), "[store]")
         store = StoreSettings(**{s.key: self._value(s, store_table, "[store]", ("store",)) for s in schema.STORE})
 
+        gpu_table = self._table(self.doc.get("gpu", {}), self._file_where("", "[gpu]"))
+        self._check_keys(gpu_table, tuple(s.key for s in schema.GPU), "[gpu]")
+        gpu = GpuSettings(**{s.key: self._value(s, gpu_table, "[gpu]", ("gpu",)) for s in schema.GPU})
+
         engines = self._engines(data_dir)
         models = self._models({e.name for e in engines})
         aliases = self._aliases()
@@ -229,6 +250,7 @@ class _Loader:
             log_level=top["log_level"],
             gateway=gateway,
             store=store,
+            gpu=gpu,
             engines=engines,
             models=models,
             aliases=aliases,
@@ -293,7 +315,7 @@ class _Loader:
     def _check_env(self) -> None:
         """A mistyped ARK_* variable would silently do nothing: refuse it instead."""
         valid = {env_name(s.key) for s in schema.TOP} | {env_name("gateway", s.key) for s in schema.GATEWAY}
-        valid |= {env_name("store", s.key) for s in schema.STORE}
+        valid |= {env_name("store", s.key) for s in schema.STORE} | {env_name("gpu", s.key) for s in schema.GPU}
         for var in self.env:
             if var.startswith("ARK_") and var not in self.env_used and var not in valid:
                 raise ConfigError(

@@ -8,6 +8,7 @@ Sections:
   (top level)      data_dir, master_key, log_level        env ARK_<KEY>
   [gateway]        the OpenAI-compatible API on :4000     env ARK_GATEWAY_<KEY>
   [store]          the database (keys, teams, ledger)     env ARK_STORE_<KEY>
+  [gpu]            the GPU arbiter: device and policy      env ARK_GPU_<KEY>
   [engines.NAME]   one table per inference engine         env ARK_ENGINES_<NAME>_<KEY>
   [models."ID"]    per-model facts and policy             (file only)
   [aliases]        "alias" = "model id"                   (file only)
@@ -137,6 +138,52 @@ STORE: tuple[Setting, ...] = (
     ),
 )
 
+GPU: tuple[Setting, ...] = (
+    Setting(
+        "device",
+        Choice("auto", "nvml", "virtual", "ram"),
+        "auto",
+        "What the arbiter manages. nvml: an NVIDIA GPU (nvidia-ml-py); virtual: a GPU of memory_gb that "
+        "exists only in the plan (tests, dry runs); ram: system memory, for llama.cpp on the CPU. auto: nvml "
+        "when an NVIDIA GPU answers, else virtual when memory_gb is set, else ram.",
+    ),
+    Setting("index", Int(0, 64), 0, "Which NVIDIA GPU (as nvidia-smi numbers them)."),
+    Setting("memory_gb", Float(0.0), 0.0, "Size of the virtual device (device = virtual or auto without a GPU)."),
+    Setting(
+        "reserve_gb",
+        Float(0.0),
+        1.0,
+        "Memory the arbiter never plans to fill (CUDA contexts, fragmentation; the OS on the ram device).",
+    ),
+    Setting(
+        "large_fraction",
+        Float(0.0, exclusive=True, hi=1.0),
+        0.5,
+        "A model needing more than this fraction of the device is large: one large model at a time.",
+    ),
+    Setting("comfyui_url", Str(), "", "ComfyUI's API (e.g. http://127.0.0.1:8188); empty: no ComfyUI."),
+    Setting(
+        "comfyui_idle_gb",
+        Float(0.0),
+        0.75,
+        "What ComfyUI holds even after /free (its CUDA context); accounted as always in use.",
+    ),
+    Setting(
+        "max_wait_s",
+        Float(0.0, exclusive=True),
+        30.0,
+        "Longest a request for another model waits while the resident model keeps serving its queue.",
+    ),
+    Setting("queue_size", Int(1, 100_000), 256, "Requests that may wait for the GPU; more get 429 with Retry-After."),
+    Setting(
+        "require_full_gpu",
+        Bool(),
+        False,
+        "Unload a model that the engine placed partly on the CPU and answer with an error, "
+        "instead of serving it slowly.",
+    ),
+)
+
 ENGINE: tuple[Setting, ...] = (
     Setting("kind", Choice(*ENGINE_KINDS), None, "Which engine this is.", required=True),
     Setting(
@@ -223,6 +270,18 @@ MODEL: tuple[Setting, ...] = (
     Setting("memory_gb", Float(0.0, exclusive=True), None, "Memory the model needs when loaded (GB)."),
     Setting("priority", Choice("high", "medium", "low"), "medium", "Who wins when models compete for the GPU."),
     Setting("pinned", Bool(), False, "Keep the model loaded at all times (e.g. the embedding model)."),
+    Setting(
+        "idle_timeout_s",
+        Float(0.0),
+        300.0,
+        "Seconds without a request after which the arbiter unloads the model (0: never).",
+    ),
+    Setting(
+        "large",
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether the model counts as large (one large model at a time). auto: above [gpu] large_fraction.",
+    ),
     Setting("input_cost_per_token", Float(0.0), 0.0, "Credits charged per prompt token."),
     Setting("output_cost_per_token", Float(0.0), 0.0, "Credits charged per completion token."),
     Setting(
@@ -245,5 +304,5 @@ DEFAULT_ENGINES: dict[str, dict[str, Any]] = {
     "embedded": {"kind": "embedded"},
 }
 
-SECTIONS = ("gateway", "store", "engines", "models", "aliases")
+SECTIONS = ("gateway", "store", "gpu", "engines", "models", "aliases")
 ENV_ONLY = ("ARK_CONFIG",)  # read by the loader itself, not a setting of the file

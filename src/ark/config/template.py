@@ -94,6 +94,8 @@ def render_config(master_key: str, data_dir: Path | None = None) -> str:
         *_settings(schema.GATEWAY),
         "[store]",
         *_settings(schema.STORE),
+        "[gpu]",
+        *_settings(schema.GPU),
         "# --- Engines ----------------------------------------------------------------------------",
         "# With no [engines.*] table ARK uses Ollama on 127.0.0.1:11434 when it answers, and the",
         "# embedded llama.cpp engine on DATA/models/*.gguf. An engine table takes these keys:",

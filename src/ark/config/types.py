@@ -112,12 +112,14 @@ class Int(Type[int]):
 
 
 class Float(Type[float]):
-    def __init__(self, lo: float | None = None, *, exclusive: bool = False) -> None:
-        self.lo, self.exclusive = lo, exclusive
+    def __init__(self, lo: float | None = None, *, exclusive: bool = False, hi: float | None = None) -> None:
+        self.lo, self.exclusive, self.hi = lo, exclusive, hi
         if lo is None:
             self.expected = "a number"
         else:
             self.expected = f"a number {'>' if exclusive else '>='} {lo:g}"
+        if hi is not None:
+            self.expected += f" and <= {hi:g}"
 
     def parse(self, value: Any) -> float:
         if isinstance(value, str):
@@ -131,6 +133,8 @@ class Float(Type[float]):
         if number != number or number in (float("inf"), float("-inf")):
             raise self.fail()
         if self.lo is not None and (number <= self.lo if self.exclusive else number < self.lo):
+            raise self.fail()
+        if self.hi is not None and number > self.hi:
             raise self.fail()
         return number
 
