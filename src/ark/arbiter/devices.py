@@ -1,0 +1,171 @@
+"""What the arbiter manages, behind one interface: an NVIDIA GPU, a virtual GPU, or system memory.
+
+``read()`` is blocking (NVML calls, /proc reads): the scheduler runs it off the event loop.
+
+* :class:`NvmlDevice`: an NVIDIA GPU through NVML (the ``nvidia-ml-py`` package, imported as
+  ``pynvml``): memory, temperature, power, utilisation and the memory of each process on it.
+* :class:`VirtualDevice`: a GPU of a configured size that exists only in the plan (``[gpu] memory_gb``):
+  for machines without one, for tests and dry runs. Nothing outside the arbiter uses it.
+* :class:`RamDevice`: system memory, for llama.cpp on the CPU, so the same rules keep a laptop from
+  swapping: "used" is what the kernel cannot give back (MemTotal - MemAvailable).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ark.arbiter.policy import GB
+from ark.config.loader import GpuSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    kind: str  # "nvml", "virtual", "ram"
+    index: int
+    name: str
+    total: int  # bytes
+    used: int  # bytes in use by anyone (0 on a virtual device: only the arbiter's accounts exist)
+    temperature_c: float | None = None
+    power_w: float | None = None
+    utilization: float | None = None  # 0..1
+    processes: tuple[tuple[int, int], ...] = field(default=())  # (pid, bytes) where the device reports them
+
+    @property
+    def free(self) -> int:
+        return max(0, self.total - self.used)
+
+
+class Device(Protocol):
+    kind: str
+
+    def read(self) -> Reading: ...
+
+    def close(self) -> None: ...
+
+
+class DeviceError(Exception):
+    """The device cannot be used (no driver, no such GPU, nothing configured)."""
+
+
+class VirtualDevice:
+    kind = "virtual"
+
+    def __init__(self, memory: int) -> None:
+        if memory <= 0:
+            raise DeviceError("a virtual device needs a size: set [gpu] memory_gb")
+        self.memory = memory
+
+    def read(self) -> Reading:
+        return Reading("virtual", 0, f"virtual GPU ({self.memory / GB:g} GB)", self.memory, 0)
+
+    def close(self) -> None:
+        pass
+
+
+class RamDevice:
+    kind = "ram"
+
+    def __init__(self, meminfo: Path = Path("/proc/meminfo")) -> None:
+        self._meminfo = meminfo
+        self.read()  # fail now, not at the first request
+
+    def read(self) -> Reading:
+        fields: dict[str, int] = {}
+        try:
+            text = self._meminfo.read_text()
+        except OSError as exc:
+            raise DeviceError(f"cannot read {self._meminfo}: {exc}") from exc
+        for line in text.splitlines():
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                fields[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        if "MemTotal" not in fields or "MemAvailable" not in fields:
+            raise DeviceError(f"{self._meminfo} has no MemTotal/MemAvailable")
+        total = fields["MemTotal"]
+        return Reading("ram", 0, "system memory", total, total - fields["MemAvailable"])
+
+    def close(self) -> None:
+        pass
+
+
+class NvmlDevice:
+    kind = "nvml"
+
+    def __init__(self, index: int = 0, nvml: Any = None) -> None:
+        try:
+            self._nvml = nvml or importlib.import_module("pynvml")
+        except ImportError as exc:
+            raise DeviceError("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from exc
+        n = self._nvml
+        try:
+            n.nvmlInit()
+        except n.NVMLError as exc:
+            raise DeviceError(f"NVML: {exc} (no NVIDIA driver?)") from exc
+        try:
+            count = n.nvmlDeviceGetCount()
+            if index >= count:
+                raise DeviceError(f"[gpu] index = {index}, but NVML sees {count} GPU(s)")
+            self._handle = n.nvmlDeviceGetHandleByIndex(index)
+            name = n.nvmlDeviceGetName(self._handle)
+        except n.NVMLError as exc:
+            n.nvmlShutdown()
+            raise DeviceError(f"NVML: {exc}") from exc
+        except DeviceError:
+            n.nvmlShutdown()
+            raise
+        self.index = index
+        self.name = name.decode() if isinstance(name, bytes) else str(name)
+
+    def read(self) -> Reading:
+        n, handle = self._nvml, self._handle
+        memory = n.nvmlDeviceGetMemoryInfo(handle)
+        return Reading(
+            "nvml",
+            self.index,
+            self.name,
+            int(memory.total),
+            int(memory.used),
+            temperature_c=self._optional(lambda: float(n.nvmlDeviceGetTemperature(handle, n.NVML_TEMPERATURE_GPU))),
+            power_w=self._optional(lambda: n.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # milliwatts
+            utilization=self._optional(lambda: n.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0),
+            processes=self._processes(),
+        )
+
+    def _processes(self) -> tuple[tuple[int, int], ...]:
+        found = self._optional(lambda: self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)) or []
+        # usedGpuMemory is None where the driver cannot tell (Windows WDDM, some containers)
+        return tuple((int(p.pid), int(p.usedGpuMemory)) for p in found if p.usedGpuMemory is not None)
+
+    def _optional(self, call: Any) -> Any:
+        """Readings a GPU may not support (power on some boards, processes in containers): None then."""
+        try:
+            return call()
+        except self._nvml.NVMLError:
+            return None
+
+    def close(self) -> None:
+        self._nvml.nvmlShutdown()
+
+
+def open_device(settings: GpuSettings, *, cpu_engine: bool = True, nvml: Any = None) -> Device:
+    """The device ``[gpu] device`` names; for "auto": NVML, else virtual (memory_gb set), else system RAM."""
+    memory = int(settings.memory_gb * GB)
+    if settings.device == "nvml":
+        return NvmlDevice(settings.index, nvml)
+    if settings.device == "virtual":
+        return VirtualDevice(memory)
+    if settings.device == "ram":
+        return RamDevice()
+    try:
+        return NvmlDevice(settings.index, nvml)
+    except DeviceError:
+        pass
+    if memory > 0:
+        return VirtualDevice(memory)
+    if cpu_engine:
+        return RamDevice()
+    raise DeviceError("no NVIDIA GPU, no [gpu] memory_gb, and no engine that runs on the CPU: nothing to manage")
