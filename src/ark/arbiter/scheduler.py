@@ -1,0 +1,297 @@
+"""The scheduler: one asyncio task owns the device's state and decides who runs.
+
+Every request holds a :class:`Lease` on its model for its whole life, so
+nothing is unloaded under it. A request for a resident model gets its lease at
+once, unless a swap has waited too long (below). A request for a model that is
+not resident queues; the owner task picks the next model to bring in (highest
+priority, then oldest request, with ageing: a request's priority rises by one
+level for every ``max_wait`` it has waited) and carries out what
+:func:`ark.arbiter.policy.plan` says through the :class:`Driver`.
+
+Batching with a bound: while the chosen swap must wait for models that are
+serving requests, new requests for those models are still served (the resident
+model keeps its batch going) until the swap has waited ``max_wait``; from then
+on the models in its way take no new leases, drain, and the swap happens. So
+no request waits much longer than ``max_wait`` plus one swap.
+
+Idle models unload after their ``idle_timeout``. The queue is bounded: a full
+queue refuses at once with a ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ark.arbiter.catalog import Entry
+from ark.arbiter.policy import Comfy, FreeComfy, Load, ModelInfo, Reject, Resident, Snapshot, Unload, Wait, plan
+from ark.errors import ApiError, QueueFull
+
+log = logging.getLogger("ark.arbiter")
+
+
+class ModelWontFit(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "model_too_large"
+
+
+class Driver(Protocol):
+    """Carries actions out against the engines and returns once they are confirmed."""
+
+    async def load(self, model: str) -> int | None:
+        """Load ``model``; return the memory the engine reports it took, when it says."""
+        ...
+
+    async def unload(self, model: str) -> None: ...
+
+    async def free_comfy(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        """Return when ``event`` is set or the clock reaches ``deadline``."""
+        ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        timeout = None if deadline is None else max(0.0, deadline - self.now())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    model: str
+    since: float
+    priority: int
+    future: asyncio.Future[Lease]
+
+
+@dataclass
+class _Model:
+    entry: Entry
+    leases: int = 0
+    last_used: float = 0.0
+    memory: int = 0  # what it takes: the catalog's figure, or what the engine reported
+
+
+class Lease:
+    """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
+
+    def __init__(self, arbiter: Arbiter, model: str) -> None:
+        self._arbiter, self.model, self._released = arbiter, model, False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._arbiter._release(self.model)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class Stats:
+    swaps: int = 0
+    loads: int = 0
+    unloads: int = 0
+    comfy_frees: int = 0
+    load_seconds: float = 0.0
+    rejected: int = 0
+    waits: list[float] = field(default_factory=list)  # seconds each lease waited
+
+
+class Arbiter:
+    def __init__(
+        self,
+        catalog: Mapping[str, Entry],
+        driver: Driver,
+        *,
+        capacity: int,
+        max_wait: float,
+        queue_size: int,
+        comfy: Callable[[], Comfy | None] = lambda: None,
+        external: Callable[[], int] = lambda: 0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.driver = driver
+        self.capacity = capacity
+        self.max_wait = max_wait
+        self.queue_size = queue_size
+        self.clock: Clock = clock or MonotonicClock()
+        self._comfy, self._external = comfy, external
+        self.resident: dict[str, _Model] = {}
+        self.queue: list[_Waiter] = []
+        self.draining: set[str] = set()  # models that take no new leases until a swap is done
+        self.stats = Stats()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the request side -------------------------------------------------------------------------
+    async def acquire(self, model: str) -> Lease:
+        """Wait until ``model`` is resident and hold it; raises for a full queue or a model that cannot fit."""
+        entry = self.catalog.get(model)
+        if entry is None:
+            raise KeyError(model)
+        now = self.clock.now()
+        state = self.resident.get(model)
+        if state is not None and model not in self.draining and not self.queue_for(model):
+            return self._grant(state, now, now)
+        if len(self.queue) >= self.queue_size:
+            raise QueueFull(f"{len(self.queue)} requests are waiting for the GPU; retry shortly.", retry_after=5.0)
+        waiter = _Waiter(model, now, int(entry.info.priority), asyncio.get_running_loop().create_future())
+        self.queue.append(waiter)
+        self._wake.set()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self.queue:
+                self.queue.remove(waiter)
+            elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                waiter.future.result().release()  # granted as we were cancelled: give it back
+            raise
+
+    def queue_for(self, model: str) -> list[_Waiter]:
+        return [w for w in self.queue if w.model == model]
+
+    def _grant(self, state: _Model, since: float, now: float) -> Lease:
+        state.leases += 1
+        self.stats.waits.append(now - since)
+        return Lease(self, state.entry.info.name)
+
+    def _release(self, model: str) -> None:
+        state = self.resident.get(model)
+        if state is not None:
+            state.leases -= 1
+            state.last_used = self.clock.now()
+        self._wake.set()
+
+    # -- the owner task ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="ark-arbiter")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("arbiter: a step failed; the queue stays")
+            await self.clock.wait(self._wake, self._next_deadline())
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.capacity,
+            tuple(Resident(replace_memory(s.entry, s.memory), s.leases, s.last_used) for s in self.resident.values()),
+            self._comfy(),
+            self._external(),
+        )
+
+    async def step(self) -> None:
+        """One round of decisions: serve what is resident, bring in the next model, unload idle ones."""
+        now = self.clock.now()
+        for waiter in list(self.queue):  # resident and not draining: served now
+            state = self.resident.get(waiter.model)
+            if state is not None and waiter.model not in self.draining:
+                self.queue.remove(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_result(self._grant(state, waiter.since, now))
+        if self.queue:
+            await self._swap_for(self._next_waiter(now), now)
+        await self._unload_idle(now)
+
+    def _next_waiter(self, now: float) -> _Waiter:
+        # priority, raised one level per max_wait waited (ageing), then the oldest
+        return max(self.queue, key=lambda w: (w.priority + (now - w.since) / self.max_wait, -w.since))
+
+    async def _swap_for(self, waiter: _Waiter, now: float) -> None:
+        entry = self.catalog[waiter.model]
+        actions = plan(self.snapshot(), replace_memory(entry, self._memory(entry)))
+        if actions and isinstance(actions[0], Reject):
+            self.stats.rejected += 1
+            for w in self.queue_for(waiter.model):
+                self.queue.remove(w)
+                if not w.future.done():
+                    w.future.set_exception(ModelWontFit(actions[0].reason, param="model"))
+            return
+        if actions and isinstance(actions[0], Wait):
+            if now - waiter.since >= self.max_wait:  # waited long enough: the models in the way drain
+                self.draining |= {b for b in actions[0].blockers if b in self.resident}
+            return
+        self.draining.clear()
+        if any(isinstance(a, Unload) for a in actions):
+            self.stats.swaps += 1
+        for action in actions:
+            if isinstance(action, FreeComfy):
+                log.info("arbiter: freeing ComfyUI (%d bytes) for %s", action.frees, waiter.model)
+                await self.driver.free_comfy()
+                self.stats.comfy_frees += 1
+            elif isinstance(action, Unload):
+                log.info("arbiter: unloading %s: %s", action.model, action.reason)
+                await self._unload(action.model)
+            elif isinstance(action, Load):
+                started = self.clock.now()
+                log.info("arbiter: loading %s", action.model)
+                reported = await self.driver.load(action.model)
+                self.stats.loads += 1
+                self.stats.load_seconds += self.clock.now() - started
+                self.resident[action.model] = _Model(
+                    entry, 0, self.clock.now(), reported if reported else self._memory(entry)
+                )
+        self._wake.set()  # serve the new resident's queue in the next round
+
+    async def _unload(self, model: str) -> None:
+        state = self.resident.pop(model)  # nothing can take a lease on it from here on
+        assert state.leases == 0, f"unloading {model} under {state.leases} lease(s)"
+        await self.driver.unload(model)
+        self.stats.unloads += 1
+
+    async def _unload_idle(self, now: float) -> None:
+        for name, state in list(self.resident.items()):
+            timeout = state.entry.idle_timeout
+            idle = not state.entry.info.pinned and not state.leases and not self.queue_for(name)
+            if timeout and idle and now - state.last_used >= timeout:
+                log.info("arbiter: unloading %s: idle for %.0f s", name, now - state.last_used)
+                await self._unload(name)
+
+    def _memory(self, entry: Entry) -> int:
+        state = self.resident.get(entry.info.name)
+        return state.memory if state is not None else entry.info.memory
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [w.since + self.max_wait for w in self.queue]
+        deadlines += [
+            s.last_used + s.entry.idle_timeout
+            for s in self.resident.values()
+            if s.entry.idle_timeout and not s.entry.info.pinned and not s.leases
+        ]
+        now = self.clock.now()
+        future = [d for d in deadlines if d > now]  # one already passed was acted on in this round
+        return min(future) if future else None
+
+
+def replace_memory(entry: Entry, memory: int) -> ModelInfo:
+    """The catalog's model with the memory it really takes once the engine has said."""
+    return entry.info if entry.info.memory == memory else replace(entry.info, memory=memory)

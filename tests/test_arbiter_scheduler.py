@@ -1,0 +1,229 @@
+"""The scheduler on a fake clock and a fake driver: leases, swaps, batching with a bound, idle unloads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from ark.arbiter.catalog import Entry
+from ark.arbiter.policy import GB, ModelInfo, Priority
+from ark.arbiter.scheduler import Arbiter, Lease, ModelWontFit
+from ark.errors import QueueFull
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._changed = asyncio.Event()
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self._changed.set()
+
+    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        await asyncio.sleep(0)
+        while not event.is_set() and (deadline is None or self.t < deadline):
+            self._changed.clear()
+            tasks = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._changed.wait())]
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+
+
+class FakeDriver:
+    """Records what the arbiter asks; a load takes ``load_seconds`` of the fake clock."""
+
+    def __init__(self, clock: FakeClock, load_seconds: float = 5.0) -> None:
+        self.clock, self.load_seconds = clock, load_seconds
+        self.calls: list[str] = []
+
+    async def load(self, model: str) -> int | None:
+        self.calls.append(f"load {model}")
+        await asyncio.sleep(0)
+        self.clock.advance(self.load_seconds)
+        return None
+
+    async def unload(self, model: str) -> None:
+        self.calls.append(f"unload {model}")
+
+    async def free_comfy(self) -> None:
+        self.calls.append("free comfyui")
+
+
+def entry(
+    name: str,
+    gb: float,
+    priority: Priority = Priority.MEDIUM,
+    *,
+    large: bool = False,
+    idle: float = 300.0,
+    pinned: bool = False,
+) -> Entry:
+    return Entry(ModelInfo(name, int(gb * GB), priority, pinned, large), None, idle, "config")
+
+
+CATALOG = {
+    e.info.name: e
+    for e in (
+        entry("thinker", 23, Priority.HIGH, large=True),
+        entry("coder", 15, Priority.MEDIUM, large=True),
+        entry("third", 13, Priority.LOW),
+        entry("embed", 0.3, Priority.HIGH, pinned=True, idle=0),
+        entry("huge", 40, large=True),
+    )
+}
+
+
+def run(test: Callable[[Arbiter, FakeClock, FakeDriver], Coroutine[Any, Any, None]], **kwargs: Any) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        driver = FakeDriver(clock)
+        options = {"capacity": 31 * GB, "max_wait": 30.0, "queue_size": 8, **kwargs}
+        arbiter = Arbiter(CATALOG, driver, clock=clock, **options)
+        arbiter.start()
+        try:
+            await asyncio.wait_for(test(arbiter, clock, driver), 10)
+        finally:
+            await arbiter.close()
+
+    asyncio.run(main())
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_model_is_loaded_then_served_and_never_unloaded_under_a_lease() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        first = await arbiter.acquire("coder")
+        assert driver.calls == ["load coder"]
+        again = await arbiter.acquire("coder")  # resident: at once, no driver call
+        assert driver.calls == ["load coder"] and arbiter.resident["coder"].leases == 2
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        clock.advance(10)
+        await settle()
+        assert not thinker.done() and driver.calls == ["load coder"]  # coder serves two requests
+        first.release()
+        await settle()
+        assert not thinker.done()
+        again.release()
+        lease = await thinker
+        assert driver.calls == ["load coder", "unload coder", "load thinker"]
+        assert arbiter.stats.swaps == 1 and lease.model == "thinker"
+
+    run(test)
+
+
+def test_the_resident_model_keeps_serving_until_the_swap_waited_max_wait() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        held = await arbiter.acquire("coder")
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        clock.advance(10)  # within max_wait: coder's batch goes on
+        batch = await arbiter.acquire("coder")
+        batch.release()
+        clock.advance(25)  # the thinker request has now waited 35 s > 30: coder drains
+        await settle()
+        late = asyncio.ensure_future(arbiter.acquire("coder"))
+        await settle()
+        assert not late.done() and "coder" in arbiter.draining
+        held.release()
+        lease = await thinker
+        assert lease.model == "thinker" and not late.done()  # the late coder request waits its turn
+        lease.release()
+        coder_again = await late  # the thinker is idle: coder's request swaps it back
+        assert driver.calls == ["load coder", "unload coder", "load thinker", "unload thinker", "load coder"]
+        coder_again.release()
+        assert max(arbiter.stats.waits) <= 30 + 2 * driver.load_seconds + 10
+
+    run(test)
+
+
+def test_priority_first_and_ageing_so_nothing_starves() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        held = await arbiter.acquire("thinker")
+        low = asyncio.ensure_future(arbiter.acquire("third"))  # does not fit beside the thinker
+        await settle()
+        clock.advance(70)  # the low request ages past two levels
+        await settle()
+        high = asyncio.ensure_future(arbiter.acquire("coder"))  # medium, fresh
+        await settle()
+        held.release()
+        first = await low
+        (await high).release()  # the coder fits beside the third model: it comes right after
+        first.release()
+        # the low request that waited 70 s went before the fresh medium one
+        assert driver.calls == ["load thinker", "unload thinker", "load third", "load coder"]
+
+    run(test)
+
+
+def test_a_model_that_can_never_fit_is_refused_with_the_numbers() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        with pytest.raises(ModelWontFit, match=r"model huge needs 40\.0 GB, the GPU has 31\.0 GB"):
+            await arbiter.acquire("huge")
+        assert arbiter.stats.rejected == 1 and driver.calls == []
+
+    run(test)
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        held = await arbiter.acquire("thinker")
+        waiting = [asyncio.ensure_future(arbiter.acquire("coder")) for _ in range(2)]
+        await settle()
+        with pytest.raises(QueueFull) as refused:
+            await arbiter.acquire("coder")
+        assert refused.value.status == 429 and refused.value.retry_after == 5.0
+        held.release()
+        for lease in await asyncio.gather(*waiting):
+            lease.release()
+
+    run(test, queue_size=2)
+
+
+def test_idle_models_unload_after_their_timeout_but_pinned_ones_stay() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("embed")).release()
+        (await arbiter.acquire("third")).release()
+        clock.advance(299)
+        await settle()
+        assert set(arbiter.resident) == {"embed", "third"}
+        clock.advance(2)
+        await settle()
+        assert set(arbiter.resident) == {"embed"} and driver.calls[-1] == "unload third"
+
+    run(test)
+
+
+def test_a_cancelled_request_leaves_the_queue() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        held = await arbiter.acquire("thinker")
+        gone = asyncio.ensure_future(arbiter.acquire("coder"))
+        await settle()
+        assert len(arbiter.queue) == 1
+        gone.cancel()
+        await settle()
+        assert arbiter.queue == []
+        held.release()
+        await settle()
+        assert driver.calls == ["load thinker"]  # nobody wants the coder any more
+
+    run(test)
+
+
+def test_a_lease_is_released_once() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        with await arbiter.acquire("third") as lease:
+            assert isinstance(lease, Lease) and arbiter.resident["third"].leases == 1
+        lease.release()
+        assert arbiter.resident["third"].leases == 0
+
+    run(test)
