@@ -512,6 +512,7 @@ class LoadedModel:
     refcount: int = 0
     expires_at_ns: int | None = None  # wall clock shown by /api/ps; None until first idle
     unload_at: float | None = None  # time.monotonic() deadline; None while in use or kept forever
+    size_vram: int | None = None  # on the GPU; the rest is on the CPU (None: all of it on the GPU)
 
     @property
     def size(self) -> int:
@@ -696,6 +697,11 @@ class FakeOllama:
         self.embed_dim = embed_dim
         self.unload_delay = unload_delay
         self.load_delay = 0.0
+        # VRAM, modelled when set (bytes): a model that does not fit in what is free lands partly on the
+        # CPU (size_vram < size in /api/ps), as Ollama places layers; one whose CPU part does not fit in
+        # system_memory is refused with Ollama's error
+        self.vram: int | None = None
+        self.system_memory: int | None = None
         self.reply_script: Sequence[str] | None = None
         self.default_keep_alive: float | str = DEFAULT_KEEP_ALIVE
         self.version = VERSION
@@ -762,6 +768,7 @@ class FakeOllama:
         """
         models, self.reply_tokens, self.token_delay, self.embed_dim, self.unload_delay = self._initial
         self.load_delay = 0.0
+        self.vram = self.system_memory = None
         self.reply_script = None
         self.default_keep_alive = DEFAULT_KEEP_ALIVE
         self.mode = "normal"
@@ -872,12 +879,29 @@ class FakeOllama:
         if entry is None:
             session = self._default_session_ns() if keep_alive_ns is None else keep_alive_ns
             entry = LoadedModel(spec, session, num_ctx)
+            self._place(entry)
             self._loaded[spec.key] = entry
         elif keep_alive_ns is not None:
             entry.session_ns = keep_alive_ns
         entry.refcount += 1
         entry.unload_at = None
         return entry
+
+    def _place(self, entry: LoadedModel) -> None:
+        """Put as much of the model on the GPU as fits (``vram``), the rest on the CPU, or refuse."""
+        others = [e for key, e in self._loaded.items() if key != entry.spec.key]
+        if self.vram is not None:
+            free = self.vram - sum(e.size if e.size_vram is None else e.size_vram for e in others)
+            entry.size_vram = max(0, min(entry.size, free))
+        on_cpu = entry.size - (entry.size if entry.size_vram is None else entry.size_vram)
+        if self.system_memory is not None and on_cpu:
+            available = self.system_memory - sum(e.size - (e.size_vram or 0) for e in others if e.size_vram is not None)
+            if on_cpu > available:
+                raise ApiError(
+                    500,
+                    f"model requires more system memory ({on_cpu / 2**30:.1f} GiB) than is available "
+                    f"({max(available, 0) / 2**30:.1f} GiB)",
+                )
 
     def _release(self, entry: LoadedModel) -> None:
         """Drop a reference; an idle model starts its keep-alive clock, or unloads."""
@@ -955,7 +979,7 @@ class FakeOllama:
                 "digest": entry.spec.digest,
                 "details": entry.spec.details(),
                 "expires_at": go_time(entry.expires_at(now_ns), local=True),
-                "size_vram": entry.size,
+                "size_vram": entry.size if entry.size_vram is None else entry.size_vram,
                 "context_length": entry.context_length,
             }
             for entry in entries

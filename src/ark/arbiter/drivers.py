@@ -1,0 +1,104 @@
+"""Drivers carry the arbiter's actions out against the engines, and confirm them instead of trusting them.
+
+Ollama (``OllamaDriver``), as its API and ``server/sched.go`` behave:
+
+* load: ``POST /api/generate`` with no prompt loads a model; an embedding model answers 400
+  "does not support generate" and is loaded with ``POST /api/embed`` and no input instead. ``keep_alive``
+  is -1 (forever): the arbiter, not Ollama's timer, decides when a model goes.
+* unload: ``keep_alive: 0`` with no prompt answers at once while the runner is still being torn down,
+  so the driver polls ``GET /api/ps`` until the model is gone.
+* what a load took: ``/api/ps`` gives ``size`` and ``size_vram``; ``size_vram < size`` means Ollama put
+  part of the model on the CPU (it does that silently when VRAM is short). The driver reports the
+  VRAM part to the arbiter and remembers the split in ``offloaded``.
+
+Every call has a deadline; a driver that misses one raises :class:`DriverError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger("ark.arbiter")
+
+
+class DriverError(Exception):
+    pass
+
+
+class OllamaDriver:
+    def __init__(
+        self, url: str, *, deadline: float = 300.0, poll: float = 0.1, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.deadline = deadline
+        self.poll = poll
+        self._session = session
+        self.offloaded: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.deadline))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        session = await self._client()
+        try:
+            async with session.post(self.url + path, json=body) as response:
+                data = await response.json(content_type=None)
+                return response.status, data if isinstance(data, dict) else {}
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DriverError(f"Ollama {path}: {type(exc).__name__}: {exc}") from exc
+
+    async def ps(self) -> dict[str, dict[str, Any]]:
+        """The models Ollama has in memory, by name."""
+        session = await self._client()
+        try:
+            async with session.get(self.url + "/api/ps") as response:
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DriverError(f"Ollama /api/ps: {type(exc).__name__}: {exc}") from exc
+        return {m["name"]: m for m in data.get("models") or [] if isinstance(m, dict) and "name" in m}
+
+    async def load(self, model: str) -> int | None:
+        async with asyncio.timeout(self.deadline):
+            status, data = await self._post("/api/generate", {"model": model, "keep_alive": -1})
+            if status == 400 and "does not support generate" in str(data.get("error", "")):
+                status, data = await self._post("/api/embed", {"model": model, "input": [], "keep_alive": -1})
+            if status != 200:
+                raise DriverError(f"Ollama could not load {model}: HTTP {status}: {data.get('error', data)}")
+            loaded = (await self.ps()).get(model)
+        if loaded is None:
+            raise DriverError(f"Ollama said it loaded {model}, but /api/ps does not list it")
+        size, vram = int(loaded.get("size") or 0), int(loaded.get("size_vram") or 0)
+        if vram < size:
+            self.offloaded[model] = (size, vram)
+            log.warning("arbiter: Ollama put %s partly on the CPU (%d of %d bytes on the GPU)", model, vram, size)
+        else:
+            self.offloaded.pop(model, None)
+        return vram or None
+
+    async def unload(self, model: str) -> None:
+        try:
+            async with asyncio.timeout(self.deadline):
+                status, data = await self._post("/api/generate", {"model": model, "keep_alive": 0})
+                if status != 200:
+                    raise DriverError(f"Ollama could not unload {model}: HTTP {status}: {data.get('error', data)}")
+                while True:  # the answer comes before the runner is gone: poll, Ollama has no event for it
+                    if model not in await self.ps():
+                        break
+                    await asyncio.sleep(self.poll)
+        except TimeoutError:
+            raise DriverError(f"Ollama still lists {model} {self.deadline:g} s after unloading it") from None
+        self.offloaded.pop(model, None)
+
+    async def free_comfy(self) -> None:
+        raise DriverError("no ComfyUI is configured")

@@ -1,0 +1,91 @@
+"""The arbiter against the Ollama stand-in with VRAM modelled: swaps confirmed through /api/ps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ark.arbiter.catalog import Entry
+from ark.arbiter.drivers import DriverError, OllamaDriver
+from ark.arbiter.policy import ModelInfo, Priority
+from ark.arbiter.scheduler import Arbiter
+from tests.fakes.ollama import FakeOllama
+
+GIB = 1024**3
+EMBED = "nomic-embed-text:latest"
+
+
+def entry(name: str, memory: int, *, large: bool = False, pinned: bool = False) -> Entry:
+    return Entry(ModelInfo(name, memory, Priority.MEDIUM, pinned, large), "ollama", 300.0, "config")
+
+
+def sizes(fake: FakeOllama, *names: str) -> dict[str, int]:
+    for name in names:
+        fake.load(name)
+    found = {name: entry.size for name, entry in fake.loaded.items()}
+    for name in names:
+        fake.load(name, keep_alive=0)
+    return found
+
+
+def test_a_swap_on_ollama_is_carried_out_and_confirmed(fake_ollama: FakeOllama) -> None:
+    fake_ollama.add_model("thinker:20b")
+    fake_ollama.add_model("coder:12b")
+    size = sizes(fake_ollama, "thinker:20b", "coder:12b", EMBED)
+    assert size["thinker:20b"] + size["coder:12b"] > 16 * GIB > size["thinker:20b"] + size[EMBED]
+    fake_ollama.vram = 16 * GIB
+    fake_ollama.unload_delay = 0.3  # Ollama answers an unload before the runner is gone
+    catalog = {
+        "thinker:20b": entry("thinker:20b", size["thinker:20b"], large=True),
+        "coder:12b": entry("coder:12b", size["coder:12b"]),
+        EMBED: entry(EMBED, size[EMBED], pinned=True),
+    }
+
+    async def main() -> None:
+        driver = OllamaDriver(fake_ollama.url, poll=0.05, deadline=10)
+        arbiter = Arbiter(catalog, driver, capacity=16 * GIB, max_wait=30, queue_size=8)
+        arbiter.start()
+        try:
+            (await arbiter.acquire(EMBED)).release()  # an embedding model: loaded through /api/embed
+            coder = await arbiter.acquire("coder:12b")
+            assert set(fake_ollama.loaded) == {EMBED, "coder:12b"}
+            thinker = asyncio.ensure_future(arbiter.acquire("thinker:20b"))
+            await asyncio.sleep(0.2)
+            assert not thinker.done()  # the coder is serving a request: it stays
+            coder.release()
+            lease = await asyncio.wait_for(thinker, 10)
+            # the coder is really gone (polled through the unload delay), the thinker all on the GPU
+            assert set(fake_ollama.loaded) == {EMBED, "thinker:20b"}
+            assert arbiter.resident["thinker:20b"].memory == size["thinker:20b"] and not driver.offloaded
+            lease.release()
+        finally:
+            await arbiter.close()
+            await driver.close()
+
+    asyncio.run(main())
+
+
+def test_a_model_ollama_puts_partly_on_the_cpu_is_noticed_and_a_refusal_is_an_error(
+    fake_ollama: FakeOllama,
+) -> None:
+    fake_ollama.add_model("thinker:20b")
+    size = sizes(fake_ollama, "thinker:20b")["thinker:20b"]
+    fake_ollama.vram = 8 * GIB
+
+    async def main() -> None:
+        driver = OllamaDriver(fake_ollama.url, poll=0.05, deadline=10)
+        try:
+            assert await driver.load("thinker:20b") == 8 * GIB  # what it takes on the GPU
+            assert driver.offloaded == {"thinker:20b": (size, 8 * GIB)}
+            await driver.unload("thinker:20b")
+            assert fake_ollama.loaded == {} and driver.offloaded == {}
+            fake_ollama.system_memory = 1 * GIB
+            with pytest.raises(DriverError, match="requires more system memory"):
+                await driver.load("thinker:20b")
+            with pytest.raises(DriverError, match="not found"):
+                await driver.load("missing:1b")
+        finally:
+            await driver.close()
+
+    asyncio.run(main())
