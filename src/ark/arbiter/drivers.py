@@ -102,3 +102,74 @@ class OllamaDriver:
 
     async def free_comfy(self) -> None:
         raise DriverError("no ComfyUI is configured")
+
+
+class ComfyDriver:
+    """ComfyUI: ``GET /system_stats`` for its memory, ``POST /free`` to unload its models.
+
+    ``/free`` only sets flags that ComfyUI's prompt worker acts on between jobs, so the driver polls
+    ``/system_stats`` until the memory has come back (to within ``slack`` of its idle footprint).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        idle: int,
+        deadline: float = 120.0,
+        poll: float = 0.1,
+        slack: int = 256 * 1024**2,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.idle, self.deadline, self.poll, self.slack = idle, deadline, poll, slack
+        self._session = session
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        session = await self._client()
+        try:
+            async with session.get(self.url + path) as response:
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DriverError(f"ComfyUI {path}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DriverError(f"ComfyUI {path}: not a JSON object")
+        return data
+
+    async def used(self) -> int:
+        """Bytes ComfyUI's process holds on its device (vram_total - vram_free of its first device)."""
+        devices = (await self._get("/system_stats")).get("devices") or []
+        if not devices or not isinstance(devices[0], dict):
+            raise DriverError("ComfyUI /system_stats lists no device")
+        return int(devices[0].get("vram_total", 0)) - int(devices[0].get("vram_free", 0))
+
+    async def busy(self) -> bool:
+        info = (await self._get("/prompt")).get("exec_info") or {}
+        return int(info.get("queue_remaining") or 0) > 0
+
+    async def free_comfy(self) -> None:
+        session = await self._client()
+        try:
+            async with asyncio.timeout(self.deadline):
+                body = {"unload_models": True, "free_memory": True}
+                async with session.post(self.url + "/free", json=body) as response:
+                    if response.status != 200:
+                        raise DriverError(f"ComfyUI /free: HTTP {response.status}")
+                while True:  # it frees between jobs, later: poll, ComfyUI has no event for it
+                    if await self.used() <= self.idle + self.slack:
+                        break
+                    await asyncio.sleep(self.poll)
+        except TimeoutError:
+            raise DriverError(f"ComfyUI still holds its models {self.deadline:g} s after /free") from None
+        except aiohttp.ClientError as exc:
+            raise DriverError(f"ComfyUI /free: {type(exc).__name__}: {exc}") from exc
