@@ -89,3 +89,35 @@ def test_a_model_ollama_puts_partly_on_the_cpu_is_noticed_and_a_refusal_is_an_er
             await driver.close()
 
     asyncio.run(main())
+
+
+def test_facts_from_ollama_feed_the_catalog_and_loaded_models_are_adopted(fake_ollama: FakeOllama) -> None:
+    from ark.arbiter.catalog import build
+    from ark.config import load_settings
+
+    fake_ollama.add_model("coder:12b")
+    fake_ollama.load("llama3.2:1b", keep_alive=-1)  # loaded before ARK started
+
+    async def main() -> None:
+        driver = OllamaDriver(fake_ollama.url, deadline=10)
+        try:
+            facts = await driver.facts()
+        finally:
+            await driver.close()
+        coder = facts["coder:12b"]
+        assert coder.weights > 0 and coder.arch is not None and coder.arch.layers == 16 and coder.reported is None
+        assert facts["llama3.2:1b"].reported == fake_ollama.loaded["llama3.2:1b"].size
+        settings = load_settings(env={"ARK_DATA_DIR": "/nonexistent-ark-test"})
+        catalog = build(settings.models, facts, device_total=32 * GIB, large_fraction=0.5)
+        assert catalog["coder:12b"].source == "estimate" and catalog["coder:12b"].info.memory > coder.weights
+        arbiter = Arbiter(catalog, driver, capacity=32 * GIB, max_wait=30, queue_size=8)
+        assert arbiter.adopt("llama3.2:1b", facts["llama3.2:1b"].reported)
+        assert not arbiter.adopt("llama3.2:1b") and not arbiter.adopt("unknown:7b")
+        arbiter.start()
+        try:
+            (await arbiter.acquire("llama3.2:1b")).release()  # resident already: no load
+        finally:
+            await arbiter.close()
+        assert arbiter.stats.loads == 0
+
+    asyncio.run(main())

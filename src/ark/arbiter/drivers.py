@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from ark.arbiter.catalog import Architecture, Facts
+
 log = logging.getLogger("ark.arbiter")
 
 
@@ -102,6 +104,29 @@ class OllamaDriver:
 
     async def free_comfy(self) -> None:
         raise DriverError("no ComfyUI is configured")
+
+    async def facts(self, n_ctx: int = 4096) -> dict[str, Facts]:
+        """What the catalog needs of every installed model: ``/api/tags`` sizes, ``/api/show`` architecture
+        (``model_info`` carries the GGUF keys), ``/api/ps`` sizes of the loaded ones. ``n_ctx``: the
+        context Ollama loads models with (its default is 4096)."""
+        session = await self._client()
+        try:
+            async with session.get(self.url + "/api/tags") as response:
+                tags = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DriverError(f"Ollama /api/tags: {type(exc).__name__}: {exc}") from exc
+        loaded = await self.ps()
+        out: dict[str, Facts] = {}
+        for model in tags.get("models") or []:
+            name = model.get("name") if isinstance(model, dict) else None
+            if not isinstance(name, str):
+                continue
+            status, shown = await self._post("/api/show", {"model": name})
+            arch = Architecture.from_metadata(shown.get("model_info") or {}) if status == 200 else None
+            running = loaded.get(name)
+            reported = int(running.get("size_vram") or running.get("size") or 0) if running else None
+            out[name] = Facts(int(model.get("size") or 0), arch, n_ctx, reported or None)
+        return out
 
 
 class ComfyDriver:

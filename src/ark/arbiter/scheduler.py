@@ -182,6 +182,15 @@ class Arbiter:
             state.last_used = self.clock.now()
         self._wake.set()
 
+    def adopt(self, model: str, memory: int | None = None) -> bool:
+        """Count a model the engine already has loaded (found at start): resident, idle, never loaded twice."""
+        entry = self.catalog.get(model)
+        if entry is None or model in self.resident:
+            return False
+        self.resident[model] = _Model(entry, 0, self.clock.now(), memory or entry.info.memory)
+        self._wake.set()
+        return True
+
     # -- the owner task ---------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="ark-arbiter")
