@@ -45,6 +45,7 @@ total_timeout = 2.5
 max_parallel = 1
 max_queue = 0
 keep_alive = "7m"
+gpu_managed = "no"  # keep_alive passes through; tests/test_arbiter_gateway.py covers the managed engine
 
 [engines.dead]
 kind = "openai"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ark.config import schema
 from ark.config.schema import Setting
@@ -72,11 +73,21 @@ class EngineSettings:
     max_parallel: int
     max_queue: int
     keep_alive: str
+    gpu_managed: str  # "auto", "yes", "no"
     models_dir: Path
     bundled_model: bool
     n_ctx: int
     n_threads: int
     n_gpu_layers: int
+
+
+    @property
+    def is_gpu_managed(self) -> bool:
+        """The arbiter manages this engine's models: an Ollama on this machine, unless told otherwise."""
+        if self.kind != "ollama" or self.gpu_managed == "no":
+            return False
+        host = urlsplit(self.url).hostname or ""
+        return self.gpu_managed == "yes" or host in ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,14 @@ ENGINE: tuple[Setting, ...] = (
         kinds=("ollama",),
     ),
     Setting(
+        "gpu_managed",
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether the GPU arbiter decides what this engine loads and unloads (keep_alive is then ARK's). "
+        "auto: yes when the engine runs on this machine (a loopback URL).",
+        kinds=("ollama",),
+    ),
+    Setting(
         "models_dir",
         PathType(),
         None,

@@ -43,6 +43,7 @@ class OllamaEngine:
         self.settings = settings
         self.limiter = Limiter(settings.max_parallel, settings.max_queue, name=settings.name)
         self.http = JsonUpstream(settings, None, upstream)
+        self.managed = False  # set by the gateway when the GPU arbiter manages this engine
 
     async def start(self) -> None:
         pass
@@ -78,6 +79,8 @@ class OllamaEngine:
             done = bool(data.get("done"))
 
     def _keep_alive(self, requested: str | None) -> str | None:
+        if self.managed:  # the GPU arbiter decides when a model goes: Ollama's own timer never fires
+            return "-1"
         return requested or self.settings.keep_alive or None
 
     # -- the interface ------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from ark.arbiter import service as gpu_service
+from ark.arbiter.service import GpuService
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
@@ -84,6 +86,7 @@ class Gateway:
         self._teams: dict[str, Team] = {}
         self.ledger: Ledger | None = None
         self.leases: Leases | None = None  # several gateways on one database
+        self.gpu: GpuService | None = None  # the GPU arbiter, when it manages an engine
         self._shared = settings.store.is_shared
         self.budgets = Budgets(shared=self._shared)
         self.prices = prices(settings.models)
@@ -136,6 +139,10 @@ class Gateway:
         )
         for engine in self.engines:
             await engine.start()
+        try:
+            self.gpu = await gpu_service.start(self.settings, self.engines)
+        except Exception:
+            log.exception("GPU arbiter: could not start; requests go to the engines without it")
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
         self._tasks.append(asyncio.create_task(self._first_refresh(), name="ark-router-first-refresh"))
         refresh = self.router.run_refresh(self.settings.gateway.model_refresh_s)
@@ -196,6 +203,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.gpu is not None:
+            await self.gpu.close()
         for engine in self.engines:
             await engine.close()
         if self.access_log is not None:
@@ -329,6 +338,8 @@ class Gateway:
         ex.cost = ex.price.cost(ex.prompt_tokens, ex.completion_tokens, elapsed)
         tokens = ex.prompt_tokens + ex.completion_tokens
         self.budgets.settle(ex.reservation, ex.cost, tokens)
+        if ex.lease is not None:
+            ex.lease.release()
         RateLimits.finish(ex.admission, tokens, time.monotonic())
         if ex.cost:
             self.metrics.add_spend(ex.key_label, ex.cost)
@@ -401,6 +412,8 @@ class Gateway:
         chat: bool,
     ) -> None:
         """Answer a chat or text completion: relayed as SSE, or whole under the engine's deadline."""
+        if self.gpu is not None:  # the model is resident and held until the response ends
+            ex.lease = await self.gpu.lease(route.model)
         if common.stream:
             await relay(responder, ex, route, stream(), common.include_usage, chat=chat, keep_text=self._log_prompts)
             return
@@ -423,6 +436,8 @@ class Gateway:
         engine_body = _engine_body(body, route)
         engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine
+        if self.gpu is not None:
+            ex.lease = await self.gpu.lease(route.model)
         async with engine.limiter, _deadline(engine):
             result = await engine.embed(EmbeddingRequest(route.model, inputs, engine_body, keep_alive))
         result["model"] = route.requested

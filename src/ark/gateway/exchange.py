@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from ark.arbiter.scheduler import Lease
 from ark.errors import ApiError
 from ark.gateway.budgets import FREE, Price, Reservation
 from ark.gateway.ratelimits import Admission
@@ -55,6 +56,7 @@ class Exchange:
     authenticated: bool = False
     price: Price = FREE
     reservation: Reservation | None = None
+    lease: Lease | None = None  # the GPU arbiter's hold on the model
     admission: Admission | None = None
     cost: float = 0.0
     model: str = UNKNOWN_MODEL

@@ -1,0 +1,91 @@
+"""The gateway routes through the arbiter: a model is resident before a request reaches Ollama, and a
+model serving a request is never unloaded under it (a real `ark up` against the Ollama stand-in)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark
+from tests.fakes.ollama import FakeOllama
+
+GIB = 1024**3
+CONFIG = """master_key = "{key}"
+[gateway]
+listen = "127.0.0.1:{{PORT}}"
+[gpu]
+device = "virtual"
+memory_gb = 16
+reserve_gb = 0
+[engines.ollama]
+kind = "ollama"
+url = "{url}"
+"""
+
+
+@pytest.fixture
+def ark(tmp_path: object, fake_ollama: FakeOllama) -> Iterator[ArkProcess]:
+    fake_ollama.add_model("thinker:20b")  # ~11.4 GiB loaded: large on a 16 GiB device
+    fake_ollama.add_model("coder:12b")  # ~6.8 GiB: the two do not fit together
+    fake_ollama.vram = 16 * GIB
+    fake_ollama.unload_delay = 0.2
+    process = start_ark(CONFIG.format(key=MASTER_KEY, url=fake_ollama.url), tmp_path)  # type: ignore[arg-type]
+    yield process
+    stop_ark(process)
+
+
+def chat(ark: ArkProcess, model: str, *, stream: bool = False) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": stream}
+    return httpx.post(
+        ark.api + "/chat/completions", headers={"Authorization": f"Bearer {MASTER_KEY}"}, json=body, timeout=30
+    )
+
+
+def test_models_are_swapped_by_the_arbiter_not_by_ollama(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    assert chat(ark, "coder:12b").status_code == 200
+    assert set(fake_ollama.loaded) == {"coder:12b"}
+    _, body = fake_ollama.requests[-1]
+    assert body["keep_alive"] == -1  # Ollama's own timer never unloads what the arbiter counts on
+    assert chat(ark, "thinker:20b").status_code == 200
+    assert set(fake_ollama.loaded) == {"thinker:20b"}  # the coder was unloaded first, and confirmed gone
+    assert all(entry.size_vram == entry.size for entry in fake_ollama.loaded.values())  # nothing on the CPU
+    assert "arbiter: unloading coder:12b" in ark.log.read_text()
+
+
+def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    assert chat(ark, "coder:12b").status_code == 200
+    fake_ollama.token_delay = 0.15  # the coder's answer streams for about a second
+    done: dict[str, float] = {}
+    seen_during_stream: list[set[str]] = []
+
+    def stream_coder() -> None:
+        with httpx.stream(
+            "POST",
+            ark.api + "/chat/completions",
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            json={
+                "model": "coder:12b",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 6,
+                "stream": True,
+            },
+            timeout=30,
+        ) as response:
+            for _ in response.iter_lines():
+                seen_during_stream.append(set(fake_ollama.loaded))
+        done["coder"] = time.monotonic()
+
+    streamer = threading.Thread(target=stream_coder)
+    streamer.start()
+    time.sleep(0.3)  # the stream is under way
+    thinker = chat(ark, "thinker:20b")
+    done["thinker"] = time.monotonic()
+    streamer.join()
+    assert thinker.status_code == 200
+    assert all("coder:12b" in loaded for loaded in seen_during_stream)  # resident for every chunk
+    assert done["coder"] <= done["thinker"]  # the thinker waited for the coder's request to end
+    assert set(fake_ollama.loaded) == {"thinker:20b"}
