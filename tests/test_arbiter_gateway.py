@@ -54,6 +54,11 @@ def test_models_are_swapped_by_the_arbiter_not_by_ollama(ark: ArkProcess, fake_o
     assert set(fake_ollama.loaded) == {"thinker:20b"}  # the coder was unloaded first, and confirmed gone
     assert all(entry.size_vram == entry.size for entry in fake_ollama.loaded.values())  # nothing on the CPU
     assert "arbiter: unloading coder:12b" in ark.log.read_text()
+    assert ark.metric("ark_model_resident", model="thinker:20b") == 1.0
+    assert ark.metric("ark_model_resident", model="coder:12b") == 0.0
+    assert ark.metric("ark_model_memory_bytes", model="thinker:20b") == fake_ollama.loaded["thinker:20b"].size
+    assert ark.metric("ark_model_swaps_total") == 1.0 and ark.metric("ark_model_load_seconds_count") == 2.0
+    assert ark.metric("ark_queue_wait_seconds_count") == 2.0 and ark.metric("ark_queue_depth", model="coder:12b") == 0
 
 
 def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama: FakeOllama) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -113,7 +114,9 @@ class Stats:
     comfy_frees: int = 0
     load_seconds: float = 0.0
     rejected: int = 0
-    waits: list[float] = field(default_factory=list)  # seconds each lease waited
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
+    wait_count: int = 0
+    wait_seconds: float = 0.0
 
 
 class Arbiter:
@@ -173,6 +176,8 @@ class Arbiter:
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
         self.stats.waits.append(now - since)
+        self.stats.wait_count += 1
+        self.stats.wait_seconds += now - since
         return Lease(self, state.entry.info.name)
 
     def _release(self, model: str) -> None:

@@ -80,7 +80,6 @@ class EngineSettings:
     n_threads: int
     n_gpu_layers: int
 
-
     @property
     def is_gpu_managed(self) -> bool:
         """The arbiter manages this engine's models: an Ollama on this machine, unless told otherwise."""

@@ -95,6 +95,7 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self.metrics.watch_budgets(self.budgets)
+        self.metrics.watch_gpu(lambda: self.gpu.arbiter if self.gpu is not None else None)
         self.rates = RateLimits(self.metrics.count_rate_limited, shared=self._shared)
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight

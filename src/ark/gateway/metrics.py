@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from ark.engines.base import Engine
@@ -89,6 +96,40 @@ class _ModelSeries:
         self.completion = 0
 
 
+class _GpuCollector(Collector):
+    """The arbiter's state and counters, read at scrape time."""
+
+    def __init__(self, arbiter: Callable[[], Any]) -> None:
+        self._arbiter = arbiter
+
+    def collect(self) -> Iterable[Metric]:
+        arbiter = self._arbiter()
+        if arbiter is None:
+            return
+        resident = GaugeMetricFamily("ark_model_resident", "1 while the model is loaded.", labels=["model"])
+        memory = GaugeMetricFamily(
+            "ark_model_memory_bytes", "Device memory the model takes (or would take) when loaded.", labels=["model"]
+        )
+        depth = GaugeMetricFamily("ark_queue_depth", "Requests waiting for the model.", labels=["model"])
+        for name, entry in sorted(arbiter.catalog.items()):
+            state = arbiter.resident.get(name)
+            resident.add_metric([name], 1.0 if state is not None else 0.0)
+            memory.add_metric([name], float(state.memory if state is not None else entry.info.memory))
+            depth.add_metric([name], float(len(arbiter.queue_for(name))))
+        stats = arbiter.stats
+        swaps = CounterMetricFamily("ark_model_swaps", "Loads that had to unload another model first.", stats.swaps)
+        loads = SummaryMetricFamily(
+            "ark_model_load_seconds", "Time to load a model.", count_value=stats.loads, sum_value=stats.load_seconds
+        )
+        waits = SummaryMetricFamily(
+            "ark_queue_wait_seconds",
+            "Time from a request's arrival to its lease on the model.",
+            count_value=stats.wait_count,
+            sum_value=stats.wait_seconds,
+        )
+        yield from (resident, memory, depth, swaps, loads, waits)
+
+
 class Metrics:
     """Plain counters on the request path (a dict lookup and an addition); Prometheus families at scrape.
 
@@ -109,6 +150,9 @@ class Metrics:
 
     def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
         self.registry.register(_EngineCollector(engines, up))
+
+    def watch_gpu(self, arbiter: Callable[[], Any]) -> None:
+        self.registry.register(_GpuCollector(arbiter))
 
     def series(self, model: str) -> _ModelSeries:
         series = self.models.get(model)
