@@ -94,3 +94,25 @@ def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama:
     assert all("coder:12b" in loaded for loaded in seen_during_stream)  # resident for every chunk
     assert done["coder"] <= done["thinker"]  # the thinker waited for the coder's request to end
     assert set(fake_ollama.loaded) == {"thinker:20b"}
+
+
+def test_gpu_status_for_the_master_key_and_the_cli(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    import subprocess
+    import sys
+
+    assert chat(ark, "coder:12b").status_code == 200
+    status = httpx.get(ark.url + "/admin/gpu", headers={"Authorization": f"Bearer {MASTER_KEY}"}).json()
+    assert status["enabled"] and status["capacity_bytes"] == 16 * GIB and status["queue"] == 0
+    coder = next(m for m in status["models"] if m["model"] == "coder:12b")
+    assert coder["resident"] and coder["leases"] == 0 and coder["memory_source"] == "estimate"
+    assert status["used_bytes"] == coder["memory_bytes"] and status["stats"]["loads"] == 1
+    assert httpx.get(ark.url + "/admin/gpu").status_code == 401
+    shown = subprocess.run(
+        [sys.executable, "-m", "ark", "gpu", "status", "--config", str(ark.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "ARK_DATA_DIR": str(ark.data_dir), "COLUMNS": "160"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "coder:12b" in shown.stdout and "of 16.0 GB planned" in shown.stdout and "loads 1" in shown.stdout

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ark
-from ark.cli_admin import keys, teams, usage
+from ark.cli_admin import gpu, keys, teams, usage
 from ark.cli_common import ConfigProblem, config_options, settings_or_exit
 from ark.config import Settings, generate_master_key, render_config
 from ark.errors import ArkError
@@ -205,3 +205,4 @@ def models_pull(
 main.add_command(keys)
 main.add_command(teams)
 main.add_command(usage)
+main.add_command(gpu)

@@ -247,3 +247,49 @@ def usage(
     for name, (requests, prompt, completion, cost) in sorted(totals.items()):
         table.add_row(name, f"{requests:.0f}", f"{prompt:.0f}", f"{completion:.0f}", f"{cost:.4f}")
     console.print(table)
+
+
+@click.group()
+def gpu() -> None:
+    """The GPU arbiter: what is loaded, what waits."""
+
+
+@gpu.command("status")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the arbiter's state as JSON.")
+def gpu_status(config_path: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """Resident models with their memory, leases and queues (from the running gateway)."""
+    status = _api(config_path, data_dir, "GET", "/admin/gpu")
+    if as_json:
+        _print_json(status)
+        return
+    if not status.get("enabled"):
+        console.print("The GPU arbiter is off: no engine it manages answered (see `ark up`'s log).")
+        return
+    capacity, used = status["capacity_bytes"], status["used_bytes"]
+    width = 40
+    filled = round(width * used / capacity) if capacity else 0
+    console.print(
+        f"{status['device']}: [bold]{used / 2**30:.1f}[/] of {capacity / 2**30:.1f} GB planned "
+        f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/]  queue {status['queue']}"
+    )
+    table = Table("model", "resident", "memory", "leases", "queued", "priority", "flags")
+    for m in status["models"]:
+        flags = ", ".join(
+            f for f, on in (("pinned", m["pinned"]), ("large", m["large"]), ("draining", m["draining"])) if on
+        )
+        table.add_row(
+            m["model"],
+            "[green]yes[/]" if m["resident"] else "no",
+            f"{m['memory_bytes'] / 2**30:.2f} GB ({m['memory_source']})",
+            str(m["leases"]),
+            str(m["queued"]),
+            m["priority"],
+            flags,
+        )
+    console.print(table)
+    stats = status["stats"]
+    console.print(
+        f"loads {stats['loads']}, unloads {stats['unloads']}, swaps {stats['swaps']}, rejected {stats['rejected']}, "
+        f"{stats['load_seconds']:.1f} s loading"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from ark.arbiter.catalog import Facts, build, describe
 from ark.arbiter.devices import DeviceError, open_device
@@ -47,8 +48,8 @@ class EngineDrivers:
 
 
 class GpuService:
-    def __init__(self, arbiter: Arbiter, drivers: EngineDrivers) -> None:
-        self.arbiter, self.drivers = arbiter, drivers
+    def __init__(self, arbiter: Arbiter, drivers: EngineDrivers, device_name: str = "") -> None:
+        self.arbiter, self.drivers, self.device_name = arbiter, drivers, device_name
 
     async def lease(self, model: str) -> Lease | None:
         if model not in self.arbiter.catalog:
@@ -58,6 +59,47 @@ class GpuService:
     async def close(self) -> None:
         await self.arbiter.close()
         await self.drivers.close()
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /admin/gpu` answers and `ark gpu status` shows."""
+        arbiter = self.arbiter
+        models: list[dict[str, Any]] = []
+        for name, entry in sorted(arbiter.catalog.items()):
+            state = arbiter.resident.get(name)
+            models.append(
+                {
+                    "model": name,
+                    "resident": state is not None,
+                    "memory_bytes": state.memory if state is not None else entry.info.memory,
+                    "memory_source": entry.source,
+                    "leases": state.leases if state is not None else 0,
+                    "queued": len(arbiter.queue_for(name)),
+                    "draining": name in arbiter.draining,
+                    "priority": entry.info.priority.name.lower(),
+                    "pinned": entry.info.pinned,
+                    "large": entry.info.large,
+                    "idle_timeout_s": entry.idle_timeout,
+                }
+            )
+        used = sum(m["memory_bytes"] for m in models if m["resident"])
+        stats = arbiter.stats
+        return {
+            "enabled": True,
+            "device": self.device_name,
+            "capacity_bytes": arbiter.capacity,
+            "used_bytes": used,
+            "queue": len(arbiter.queue),
+            "models": models,
+            "stats": {
+                "loads": stats.loads,
+                "unloads": stats.unloads,
+                "swaps": stats.swaps,
+                "rejected": stats.rejected,
+                "load_seconds": round(stats.load_seconds, 3),
+                "leases": stats.wait_count,
+                "wait_seconds": round(stats.wait_seconds, 3),
+            },
+        }
 
 
 async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | None:
@@ -105,4 +147,4 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
         capacity / GB,
         "; ".join(describe(e) for e in catalog.values()) or "no models",
     )
-    return GpuService(arbiter, drivers)
+    return GpuService(arbiter, drivers, reading.name)

@@ -134,6 +134,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.leases.run(), name="ark-leases"))
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
+        self._routes[("GET", "/admin/gpu")] = self._admin(self.gpu_status)
         gateway = self.settings.gateway
         self.access_log = AccessLog(
             gateway.access_log, self.settings.logs_dir, gateway.access_log_max_bytes, gateway.access_log_keep
@@ -477,6 +478,11 @@ class Gateway:
             "owned_by": info.owned_by if info else "ark",
         }
         await responder.send(200, orjson.dumps(model), JSON_HEADERS)
+
+    async def gpu_status(self, request: Request, responder: Responder) -> None:
+        """The arbiter's view (master key): resident models, leases, queue, counters."""
+        status = self.gpu.status() if self.gpu is not None else {"enabled": False, "models": []}
+        await responder.send(200, orjson.dumps(status), JSON_HEADERS)
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', JSON_HEADERS)
