@@ -87,8 +87,10 @@ def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama:
     streamer = threading.Thread(target=stream_coder)
     streamer.start()
     time.sleep(0.3)  # the stream is under way
+    asked = time.monotonic()
     thinker = chat(ark, "thinker:20b")
     done["thinker"] = time.monotonic()
+    assert done["thinker"] - asked > 0.3  # it waited for the coder's answer (about 0.6 s of it was left)
     streamer.join()
     assert thinker.status_code == 200
     assert all("coder:12b" in loaded for loaded in seen_during_stream)  # resident for every chunk
@@ -116,3 +118,48 @@ def test_gpu_status_for_the_master_key_and_the_cli(ark: ArkProcess, fake_ollama:
     )
     assert shown.returncode == 0, shown.stderr
     assert "coder:12b" in shown.stdout and "of 16.0 GB planned" in shown.stdout and "loads 1" in shown.stdout
+
+
+def test_operators_load_and_unload_through_the_arbiter(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    import subprocess
+    import sys
+
+    def ark_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ark", "gpu", *args, "--config", str(ark.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "ARK_DATA_DIR": str(ark.data_dir)},
+        )
+
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    loaded = ark_cli("load", "thinker:20b")
+    assert loaded.returncode == 0 and "thinker:20b: loaded" in loaded.stdout, loaded.stderr
+    assert set(fake_ollama.loaded) == {"thinker:20b"}
+    assert "already loaded" in ark_cli("load", "thinker:20b").stdout
+    # a model serving a request is not unloaded on an operator's word either
+    fake_ollama.token_delay = 0.2
+    with httpx.stream(
+        "POST",
+        ark.api + "/chat/completions",
+        headers=master,
+        json={"model": "thinker:20b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True},
+        timeout=30,
+    ) as streaming:
+        lines = streaming.iter_lines()  # kept: dropping the iterator would close the stream (the client leaves)
+        next(lines)
+        busy = httpx.post(ark.url + "/admin/gpu/unload", headers=master, json={"model": "thinker:20b"})
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "model_busy", busy.text
+        assert "serving 1 request" in busy.json()["error"]["message"]
+        for _ in lines:
+            pass
+    fake_ollama.token_delay = 0.0
+    unloaded = ark_cli("unload", "thinker:20b")
+    assert unloaded.returncode == 0 and "thinker:20b: unloaded" in unloaded.stdout, unloaded.stderr
+    assert fake_ollama.loaded == {}
+    assert "was not loaded" in ark_cli("unload", "thinker:20b").stdout
+    missing = httpx.post(ark.url + "/admin/gpu/load", headers=master, json={"model": "nope:1b"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    bad = httpx.post(ark.url + "/admin/gpu/load", headers=master, json={"model": 7})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"

@@ -227,3 +227,21 @@ def test_a_lease_is_released_once() -> None:
         assert arbiter.resident["third"].leases == 0
 
     run(test)
+
+
+def test_operator_unloads_wait_for_no_one_and_spare_pinned_and_busy_models() -> None:
+    from ark.arbiter.scheduler import ModelBusy
+
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("embed")).release()
+        with pytest.raises(ModelBusy, match="pinned"):
+            await arbiter.unload("embed")
+        held = await arbiter.acquire("third")
+        with pytest.raises(ModelBusy, match="serving 1 request"):
+            await arbiter.unload("third")
+        held.release()
+        assert await arbiter.unload("third") is True and "third" not in arbiter.resident
+        assert await arbiter.unload("third") is False
+        assert driver.calls[-1] == "unload third"
+
+    run(test)

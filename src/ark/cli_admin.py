@@ -293,3 +293,21 @@ def gpu_status(config_path: Path | None, data_dir: Path | None, as_json: bool) -
         f"loads {stats['loads']}, unloads {stats['unloads']}, swaps {stats['swaps']}, rejected {stats['rejected']}, "
         f"{stats['load_seconds']:.1f} s loading"
     )
+
+
+@gpu.command("load")
+@config_options
+@click.argument("model")
+def gpu_load(config_path: Path | None, data_dir: Path | None, model: str) -> None:
+    """Load MODEL now (the arbiter makes room as it would for a request)."""
+    result = _api(config_path, data_dir, "POST", "/admin/gpu/load", body={"model": model})
+    console.print(f"{model}: {'loaded' if result['loaded'] else 'already loaded'}")
+
+
+@gpu.command("unload")
+@config_options
+@click.argument("model")
+def gpu_unload(config_path: Path | None, data_dir: Path | None, model: str) -> None:
+    """Unload MODEL now (refused while it serves requests, or when it is pinned)."""
+    result = _api(config_path, data_dir, "POST", "/admin/gpu/unload", body={"model": model})
+    console.print(f"{model}: {'unloaded' if result['unloaded'] else 'was not loaded'}")

@@ -42,6 +42,12 @@ class ModelWontFit(ApiError):
     code = "model_too_large"
 
 
+class ModelBusy(ApiError):
+    status = 409
+    type = "invalid_request_error"
+    code = "model_busy"
+
+
 class Driver(Protocol):
     """Carries actions out against the engines and returns once they are confirmed."""
 
@@ -145,6 +151,7 @@ class Arbiter:
         self.stats = Stats()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unloads: list[tuple[str, asyncio.Future[bool]]] = []  # asked by an operator
 
     # -- the request side -------------------------------------------------------------------------
     async def acquire(self, model: str) -> Lease:
@@ -169,6 +176,18 @@ class Arbiter:
             elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 waiter.future.result().release()  # granted as we were cancelled: give it back
             raise
+
+    async def unload(self, model: str) -> bool:
+        """An operator's unload: done by the owner task between its decisions. False: it was not loaded."""
+        entry = self.catalog.get(model)
+        if entry is None:
+            raise KeyError(model)
+        if entry.info.pinned:
+            raise ModelBusy(f"The model {model} is pinned: it stays loaded.", param="model")
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._unloads.append((model, done))
+        self._wake.set()
+        return await done
 
     def queue_for(self, model: str) -> list[_Waiter]:
         return [w for w in self.queue if w.model == model]
@@ -226,6 +245,17 @@ class Arbiter:
     async def step(self) -> None:
         """One round of decisions: serve what is resident, bring in the next model, unload idle ones."""
         now = self.clock.now()
+        unloads, self._unloads = self._unloads, []
+        for model, done in unloads:
+            state = self.resident.get(model)
+            if state is None:
+                done.set_result(False)
+            elif state.leases:
+                done.set_exception(ModelBusy(f"The model {model} is serving {state.leases} request(s).", param="model"))
+            else:
+                log.info("arbiter: unloading %s: asked by an operator", model)
+                await self._unload(model)
+                done.set_result(True)
         for waiter in list(self.queue):  # resident and not draining: served now
             state = self.resident.get(waiter.model)
             if state is not None and waiter.model not in self.draining:

@@ -60,6 +60,16 @@ class GpuService:
         await self.arbiter.close()
         await self.drivers.close()
 
+    async def load(self, model: str) -> dict[str, Any]:
+        """An operator's load: as a request would, without generating anything."""
+        was = model in self.arbiter.resident
+        lease = await self.arbiter.acquire(model)
+        lease.release()
+        return {"model": model, "loaded": not was, "resident": True}
+
+    async def unload(self, model: str) -> dict[str, Any]:
+        return {"model": model, "unloaded": await self.arbiter.unload(model)}
+
     def status(self) -> dict[str, Any]:
         """What `GET /admin/gpu` answers and `ark gpu status` shows."""
         arbiter = self.arbiter

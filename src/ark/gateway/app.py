@@ -28,6 +28,7 @@ from ark.errors import (
     AdminOnly,
     ApiError,
     AuthenticationError,
+    InvalidRequest,
     ModelNotFound,
     PermissionDenied,
     QueueFull,
@@ -135,6 +136,8 @@ class Gateway:
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
         self._routes[("GET", "/admin/gpu")] = self._admin(self.gpu_status)
+        self._routes[("POST", "/admin/gpu/load")] = self._admin(self.gpu_load)
+        self._routes[("POST", "/admin/gpu/unload")] = self._admin(self.gpu_unload)
         gateway = self.settings.gateway
         self.access_log = AccessLog(
             gateway.access_log, self.settings.logs_dir, gateway.access_log_max_bytes, gateway.access_log_keep
@@ -483,6 +486,22 @@ class Gateway:
         """The arbiter's view (master key): resident models, leases, queue, counters."""
         status = self.gpu.status() if self.gpu is not None else {"enabled": False, "models": []}
         await responder.send(200, orjson.dumps(status), JSON_HEADERS)
+
+    async def gpu_load(self, request: Request, responder: Responder) -> None:
+        await self._gpu_action(request, responder, "load")
+
+    async def gpu_unload(self, request: Request, responder: Responder) -> None:
+        await self._gpu_action(request, responder, "unload")
+
+    async def _gpu_action(self, request: Request, responder: Responder, action: str) -> None:
+        body = parse.parse_body(request.body)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("'model' must be the name of a model.", param="model")
+        if self.gpu is None or model not in self.gpu.arbiter.catalog:
+            raise ModelNotFound(model)  # the arbiter manages no such model
+        result = await (self.gpu.load(model) if action == "load" else self.gpu.unload(model))
+        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', JSON_HEADERS)
