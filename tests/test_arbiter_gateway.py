@@ -163,3 +163,28 @@ def test_operators_load_and_unload_through_the_arbiter(ark: ArkProcess, fake_oll
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     bad = httpx.post(ark.url + "/admin/gpu/load", headers=master, json={"model": 7})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("require_full_gpu", [False, True])
+def test_a_model_that_lands_partly_on_the_cpu_is_counted_or_refused(
+    tmp_path: object, fake_ollama: FakeOllama, require_full_gpu: bool
+) -> None:
+    fake_ollama.add_model("thinker:20b")
+    fake_ollama.vram = 8 * GIB  # the card is smaller than the arbiter was told: Ollama offloads silently
+    config = CONFIG.format(key=MASTER_KEY, url=fake_ollama.url)
+    config = config.replace("[gpu]\n", f"[gpu]\nrequire_full_gpu = {'true' if require_full_gpu else 'false'}\n")
+    process = start_ark(config, tmp_path)  # type: ignore[arg-type]
+    try:
+        answer = chat(process, "thinker:20b")
+        assert process.metric("ark_model_offloaded_total", model="thinker:20b") == 1.0
+        if not require_full_gpu:
+            assert answer.status_code == 200  # served, slowly, and counted
+            assert fake_ollama.loaded["thinker:20b"].size_vram == 8 * GIB
+        else:
+            error = answer.json()["error"]
+            assert answer.status_code == 503 and error["code"] == "model_offloaded", answer.text
+            assert "did not fit on the GPU (8.0 of 11.4 GB on the GPU)" in error["message"]
+            assert int(answer.headers["retry-after"]) == 30
+            assert fake_ollama.loaded == {}  # unloaded again
+    finally:
+        stop_ark(process)

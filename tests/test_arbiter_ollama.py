@@ -57,7 +57,7 @@ def test_a_swap_on_ollama_is_carried_out_and_confirmed(fake_ollama: FakeOllama) 
             lease = await asyncio.wait_for(thinker, 10)
             # the coder is really gone (polled through the unload delay), the thinker all on the GPU
             assert set(fake_ollama.loaded) == {EMBED, "thinker:20b"}
-            assert arbiter.resident["thinker:20b"].memory == size["thinker:20b"] and not driver.offloaded
+            assert arbiter.resident["thinker:20b"].memory == size["thinker:20b"] and not driver.splits
             lease.release()
         finally:
             await arbiter.close()
@@ -77,9 +77,9 @@ def test_a_model_ollama_puts_partly_on_the_cpu_is_noticed_and_a_refusal_is_an_er
         driver = OllamaDriver(fake_ollama.url, poll=0.05, deadline=10)
         try:
             assert await driver.load("thinker:20b") == 8 * GIB  # what it takes on the GPU
-            assert driver.offloaded == {"thinker:20b": (size, 8 * GIB)}
+            assert driver.splits == {"thinker:20b": (size, 8 * GIB)}
             await driver.unload("thinker:20b")
-            assert fake_ollama.loaded == {} and driver.offloaded == {}
+            assert fake_ollama.loaded == {} and driver.splits == {}
             fake_ollama.system_memory = 1 * GIB
             with pytest.raises(DriverError, match="requires more system memory"):
                 await driver.load("thinker:20b")

@@ -55,6 +55,9 @@ class FakeDriver:
     async def free_comfy(self) -> None:
         self.calls.append("free comfyui")
 
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        return None
+
 
 def entry(
     name: str,

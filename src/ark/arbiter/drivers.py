@@ -9,7 +9,7 @@ Ollama (``OllamaDriver``), as its API and ``server/sched.go`` behave:
   so the driver polls ``GET /api/ps`` until the model is gone.
 * what a load took: ``/api/ps`` gives ``size`` and ``size_vram``; ``size_vram < size`` means Ollama put
   part of the model on the CPU (it does that silently when VRAM is short). The driver reports the
-  VRAM part to the arbiter and remembers the split in ``offloaded``.
+  VRAM part to the arbiter and remembers the split (``offloaded(model)``).
 
 Every call has a deadline; a driver that misses one raises :class:`DriverError`.
 """
@@ -39,7 +39,7 @@ class OllamaDriver:
         self.deadline = deadline
         self.poll = poll
         self._session = session
-        self.offloaded: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
+        self.splits: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -82,10 +82,10 @@ class OllamaDriver:
             raise DriverError(f"Ollama said it loaded {model}, but /api/ps does not list it")
         size, vram = int(loaded.get("size") or 0), int(loaded.get("size_vram") or 0)
         if vram < size:
-            self.offloaded[model] = (size, vram)
+            self.splits[model] = (size, vram)
             log.warning("arbiter: Ollama put %s partly on the CPU (%d of %d bytes on the GPU)", model, vram, size)
         else:
-            self.offloaded.pop(model, None)
+            self.splits.pop(model, None)
         return vram or None
 
     async def unload(self, model: str) -> None:
@@ -100,10 +100,14 @@ class OllamaDriver:
                     await asyncio.sleep(self.poll)
         except TimeoutError:
             raise DriverError(f"Ollama still lists {model} {self.deadline:g} s after unloading it") from None
-        self.offloaded.pop(model, None)
+        self.splits.pop(model, None)
 
     async def free_comfy(self) -> None:
         raise DriverError("no ComfyUI is configured")
+
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        """(size, bytes on the GPU) when Ollama put part of the loaded model on the CPU."""
+        return self.splits.get(model)
 
     async def facts(self, n_ctx: int = 4096) -> dict[str, Facts]:
         """What the catalog needs of every installed model: ``/api/tags`` sizes, ``/api/show`` architecture

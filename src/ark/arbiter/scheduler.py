@@ -42,6 +42,12 @@ class ModelWontFit(ApiError):
     code = "model_too_large"
 
 
+class ModelOffloaded(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_offloaded"
+
+
 class ModelBusy(ApiError):
     status = 409
     type = "invalid_request_error"
@@ -58,6 +64,10 @@ class Driver(Protocol):
     async def unload(self, model: str) -> None: ...
 
     async def free_comfy(self) -> None: ...
+
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        """(size, bytes on the GPU) when the engine put part of the loaded model on the CPU."""
+        ...
 
 
 class Clock(Protocol):
@@ -120,6 +130,7 @@ class Stats:
     comfy_frees: int = 0
     load_seconds: float = 0.0
     rejected: int = 0
+    offloaded: dict[str, int] = field(default_factory=dict)  # loads that landed partly on the CPU
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
     wait_count: int = 0
     wait_seconds: float = 0.0
@@ -137,6 +148,7 @@ class Arbiter:
         comfy: Callable[[], Comfy | None] = lambda: None,
         external: Callable[[], int] = lambda: 0,
         clock: Clock | None = None,
+        require_full_gpu: bool = False,
     ) -> None:
         self.catalog = catalog
         self.driver = driver
@@ -144,6 +156,7 @@ class Arbiter:
         self.max_wait = max_wait
         self.queue_size = queue_size
         self.clock: Clock = clock or MonotonicClock()
+        self.require_full_gpu = require_full_gpu
         self._comfy, self._external = comfy, external
         self.resident: dict[str, _Model] = {}
         self.queue: list[_Waiter] = []
@@ -304,7 +317,31 @@ class Arbiter:
                 self.resident[action.model] = _Model(
                     entry, 0, self.clock.now(), reported if reported else self._memory(entry)
                 )
+                await self._check_offload(action.model)
         self._wake.set()  # serve the new resident's queue in the next round
+
+    async def _check_offload(self, model: str) -> None:
+        """The engine put part of the model on the CPU (it does so silently when memory is short)."""
+        split = self.driver.offloaded(model)
+        if split is None:
+            return
+        size, on_gpu = split
+        self.stats.offloaded[model] = self.stats.offloaded.get(model, 0) + 1
+        where = f"{on_gpu / 2**30:.1f} of {size / 2**30:.1f} GB on the GPU"
+        if not self.require_full_gpu:
+            log.warning("arbiter: %s landed partly on the CPU (%s): it will be slow", model, where)
+            return
+        log.warning("arbiter: %s landed partly on the CPU (%s); require_full_gpu: unloading it", model, where)
+        await self._unload(model)
+        for waiter in self.queue_for(model):
+            self.queue.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(
+                    ModelOffloaded(
+                        f"The model {model} did not fit on the GPU ({where}) and [gpu] require_full_gpu is on.",
+                        retry_after=30.0,
+                    )
+                )
 
     async def _unload(self, model: str) -> None:
         state = self.resident.pop(model)  # nothing can take a lease on it from here on

@@ -42,6 +42,10 @@ class EngineDrivers:
     async def free_comfy(self) -> None:
         raise DriverError("no ComfyUI is configured")
 
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        driver = self.by_model.get(model)
+        return driver.offloaded(model) if driver is not None else None
+
     async def close(self) -> None:
         for driver in {id(d): d for d in self.by_model.values()}.values():
             await driver.close()
@@ -145,7 +149,12 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
     capacity = reading.total - int(settings.gpu.reserve_gb * GB)
     drivers = EngineDrivers(by_model)
     arbiter = Arbiter(
-        catalog, drivers, capacity=capacity, max_wait=settings.gpu.max_wait_s, queue_size=settings.gpu.queue_size
+        catalog,
+        drivers,
+        capacity=capacity,
+        max_wait=settings.gpu.max_wait_s,
+        queue_size=settings.gpu.queue_size,
+        require_full_gpu=settings.gpu.require_full_gpu,
     )
     for name, fact in facts.items():
         if fact.reported is not None:

@@ -127,7 +127,12 @@ class _GpuCollector(Collector):
             count_value=stats.wait_count,
             sum_value=stats.wait_seconds,
         )
-        yield from (resident, memory, depth, swaps, loads, waits)
+        offloaded = CounterMetricFamily(
+            "ark_model_offloaded", "Loads the engine put partly on the CPU (slow).", labels=["model"]
+        )
+        for name, count in sorted(stats.offloaded.items()):
+            offloaded.add_metric([name], count)
+        yield from (resident, memory, depth, swaps, loads, waits, offloaded)
 
 
 class Metrics:
