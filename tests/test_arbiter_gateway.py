@@ -118,6 +118,18 @@ def test_gpu_status_for_the_master_key_and_the_cli(ark: ArkProcess, fake_ollama:
     )
     assert shown.returncode == 0, shown.stderr
     assert "coder:12b" in shown.stdout and "of 16.0 GB planned" in shown.stdout and "loads 1" in shown.stdout
+    watched = subprocess.run(
+        [
+            *(sys.executable, "-m", "ark", "gpu", "status", "--watch", "--count", "2", "--interval", "0.1"),
+            "--config",
+            str(ark.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "ARK_DATA_DIR": str(ark.data_dir), "COLUMNS": "160"},
+    )
+    assert watched.returncode == 0 and "coder:12b" in watched.stdout, watched.stderr
 
 
 def test_operators_load_and_unload_through_the_arbiter(ark: ArkProcess, fake_ollama: FakeOllama) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ark.admin_client import AdminError, call
 from ark.cli_common import config_options, settings_or_exit
@@ -257,19 +260,39 @@ def gpu() -> None:
 @gpu.command("status")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the arbiter's state as JSON.")
-def gpu_status(config_path: Path | None, data_dir: Path | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Keep the view up to date (Ctrl-C to leave).")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between updates with --watch.")
+@click.option("--count", type=int, default=0, help="With --watch: stop after this many updates (default: never).")
+def gpu_status(
+    config_path: Path | None, data_dir: Path | None, as_json: bool, watch: bool, interval: float, count: int
+) -> None:
     """Resident models with their memory, leases and queues (from the running gateway)."""
-    status = _api(config_path, data_dir, "GET", "/admin/gpu")
     if as_json:
-        _print_json(status)
+        _print_json(_api(config_path, data_dir, "GET", "/admin/gpu"))
         return
+    if not watch:
+        console.print(_gpu_view(_api(config_path, data_dir, "GET", "/admin/gpu")))
+        return
+    shown = 0
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_gpu_view(_api(config_path, data_dir, "GET", "/admin/gpu")), refresh=True)
+                shown += 1
+                if count and shown >= count:
+                    break
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+def _gpu_view(status: dict[str, Any]) -> RenderableType:
     if not status.get("enabled"):
-        console.print("The GPU arbiter is off: no engine it manages answered (see `ark up`'s log).")
-        return
+        return Text("The GPU arbiter is off: no engine it manages answered (see `ark up`'s log).")
     capacity, used = status["capacity_bytes"], status["used_bytes"]
     width = 40
     filled = round(width * used / capacity) if capacity else 0
-    console.print(
+    head = Text.from_markup(
         f"{status['device']}: [bold]{used / 2**30:.1f}[/] of {capacity / 2**30:.1f} GB planned "
         f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/]  queue {status['queue']}"
     )
@@ -287,12 +310,12 @@ def gpu_status(config_path: Path | None, data_dir: Path | None, as_json: bool) -
             m["priority"],
             flags,
         )
-    console.print(table)
     stats = status["stats"]
-    console.print(
+    tail = Text(
         f"loads {stats['loads']}, unloads {stats['unloads']}, swaps {stats['swaps']}, rejected {stats['rejected']}, "
         f"{stats['load_seconds']:.1f} s loading"
     )
+    return Group(head, table, tail)
 
 
 @gpu.command("load")
