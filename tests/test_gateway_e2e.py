@@ -55,6 +55,9 @@ connect_timeout = 1.0
 [models."ghost-model"]
 engine = "dead"
 
+[models."llama3.2:1b"]
+num_ctx = 8192  # every client gets this context: none makes Ollama reload the model
+
 [aliases]
 "gpt-4" = "tiny"
 "fast" = "llama3.2:1b"
@@ -197,6 +200,26 @@ def test_ollama_engine_through_gateway(client: openai.OpenAI, fake_ollama: FakeO
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     emb = client.embeddings.create(model="nomic-embed-text:latest", input=["a", "b"])
     assert len(emb.data) == 2
+
+
+def test_options_fixed_by_the_config_win_over_the_clients(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    body = {
+        "model": "fast",
+        "messages": HELLO,
+        "max_tokens": 2,
+        "options": {"num_ctx": 2048, "repeat_penalty": 1.3},  # a client with its own defaults
+    }
+    reply = httpx.post(ark.api + "/chat/completions", headers={"Authorization": f"Bearer {MASTER_KEY}"}, json=body)
+    assert reply.status_code == 200, reply.text
+    _, sent = fake_ollama.requests[-1]
+    assert sent["options"]["num_ctx"] == 8192 and sent["options"]["repeat_penalty"] == 1.3
+    httpx.post(
+        ark.api + "/chat/completions",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        json={"model": "fast", "messages": HELLO, "max_tokens": 2},
+    )
+    _, sent = fake_ollama.requests[-1]
+    assert sent["options"]["num_ctx"] == 8192  # a client that asks nothing gets the same context
 
 
 def test_client_keep_alive_passes_through(client: openai.OpenAI, fake_ollama: FakeOllama) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ark.arbiter.catalog import Facts, build, describe
@@ -140,6 +141,9 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
         engine.managed = True  # type: ignore[attr-defined]
         facts.update(found)
         by_model.update(dict.fromkeys(found, driver))
+    for model in settings.models:  # a context fixed in the config is the one Ollama loads with
+        if model.num_ctx and model.id in facts:
+            facts[model.id] = replace(facts[model.id], n_ctx=model.num_ctx)
     catalog = build(
         (m for m in settings.models if m.id in facts),
         facts,

@@ -101,7 +101,16 @@ class ModelSettings:
     input_cost_per_token: float
     output_cost_per_token: float
     cost_per_gpu_second: float
+    num_ctx: int | None
+    num_batch: int | None
+    num_gpu: int | None
     max_output_tokens: int
+
+    @property
+    def fixed_options(self) -> dict[str, int]:
+        """Ollama options every request to this model gets (the ones that make Ollama reload a model)."""
+        fixed = {"num_ctx": self.num_ctx, "num_batch": self.num_batch, "num_gpu": self.num_gpu}
+        return {name: value for name, value in fixed.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,15 @@ MODEL: tuple[Setting, ...] = (
         "Credits charged per second a request holds the engine (a price on local GPU time).",
     ),
     Setting(
+        "num_ctx",
+        Int(1, 10_000_000),
+        None,
+        "Context window sent to Ollama for every request to this model, whatever the client asks: "
+        "clients with different defaults then stop making Ollama reload the model.",
+    ),
+    Setting("num_batch", Int(1, 1_000_000), None, "Batch size fixed the same way (Ollama's num_batch)."),
+    Setting("num_gpu", Int(0, 100_000), None, "Layers on the GPU fixed the same way (Ollama's num_gpu)."),
+    Setting(
         "max_output_tokens",
         Int(1, 10_000_000),
         4096,

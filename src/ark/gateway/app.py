@@ -13,7 +13,7 @@ import base64
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -91,6 +91,7 @@ class Gateway:
         self._shared = settings.store.is_shared
         self.budgets = Budgets(shared=self._shared)
         self.prices = prices(settings.models)
+        self._fixed_options = {m.id: m.fixed_options for m in settings.models if m.fixed_options}
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
@@ -384,7 +385,12 @@ class Gateway:
         route = await self._resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = messages if self._log_prompts else None
         req = ChatRequest(
-            route.model, messages, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
+            route.model,
+            messages,
+            common.sampling,
+            common.stream,
+            _engine_body(body, route, self._fixed_options),
+            common.keep_alive,
         )
         engine = route.engine
         await self._generate(
@@ -398,7 +404,12 @@ class Gateway:
         route = await self._resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = prompt if self._log_prompts else None
         req = CompletionRequest(
-            route.model, prompt, common.sampling, common.stream, _engine_body(body, route), common.keep_alive
+            route.model,
+            prompt,
+            common.sampling,
+            common.stream,
+            _engine_body(body, route, self._fixed_options),
+            common.keep_alive,
         )
         engine = route.engine
         await self._generate(
@@ -438,7 +449,7 @@ class Gateway:
         inputs, encoding = parse.embedding_inputs(body)
         keep_alive = parse.keep_alive(body)
         route = await self._resolve(body, ex, len(request.body), 0)
-        engine_body = _engine_body(body, route)
+        engine_body = _engine_body(body, route, self._fixed_options)
         engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine
         if self.gpu is not None:
@@ -526,10 +537,15 @@ class Gateway:
         await responder.send(200, self.metrics.render(), [("content-type", "text/plain; version=0.0.4")])
 
 
-def _engine_body(body: Json, route: Route) -> Json:
-    """The client's body as an engine receives it: the engine's model id, no ARK-only fields."""
+def _engine_body(body: Json, route: Route, fixed: Mapping[str, dict[str, int]] | None = None) -> Json:
+    """The client's body as an engine receives it: the engine's model id, no ARK-only fields, and the
+    options the model's config fixes (num_ctx...) over the client's, so that no client makes Ollama reload."""
     engine_body = {**body, "model": route.model}
     engine_body.pop("keep_alive", None)
+    options = fixed.get(route.model) if fixed else None
+    if options:
+        client = body.get("options")
+        engine_body["options"] = {**(client if isinstance(client, dict) else {}), **options}
     return engine_body
 
 
