@@ -17,6 +17,7 @@ Every call has a deadline; a driver that misses one raises :class:`DriverError`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -31,15 +32,16 @@ class DriverError(Exception):
     pass
 
 
-class OllamaDriver:
-    def __init__(
-        self, url: str, *, deadline: float = 300.0, poll: float = 0.1, session: aiohttp.ClientSession | None = None
-    ) -> None:
+class _JsonService:
+    """An engine's HTTP API as a driver talks to it: JSON in and out, every failure a DriverError."""
+
+    service = "engine"
+
+    def __init__(self, url: str, *, deadline: float, poll: float, session: aiohttp.ClientSession | None = None) -> None:
         self.url = url.rstrip("/")
         self.deadline = deadline
         self.poll = poll
         self._session = session
-        self.splits: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -51,23 +53,43 @@ class OllamaDriver:
             await self._session.close()
             self._session = None
 
+    async def _get(self, path: str) -> dict[str, Any]:
+        session = await self._client()
+        try:
+            async with session.get(self.url + path) as response:
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DriverError(f"{self.service} {path}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DriverError(f"{self.service} {path}: not a JSON object")
+        return data
+
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         session = await self._client()
         try:
             async with session.post(self.url + path, json=body) as response:
-                data = await response.json(content_type=None)
-                return response.status, data if isinstance(data, dict) else {}
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DriverError(f"Ollama {path}: {type(exc).__name__}: {exc}") from exc
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DriverError(f"{self.service} {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {"error": text[:200]}
+        return response.status, data if isinstance(data, dict) else {}
+
+
+class OllamaDriver(_JsonService):
+    service = "Ollama"
+
+    def __init__(
+        self, url: str, *, deadline: float = 300.0, poll: float = 0.1, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        super().__init__(url, deadline=deadline, poll=poll, session=session)
+        self.splits: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
 
     async def ps(self) -> dict[str, dict[str, Any]]:
         """The models Ollama has in memory, by name."""
-        session = await self._client()
-        try:
-            async with session.get(self.url + "/api/ps") as response:
-                data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DriverError(f"Ollama /api/ps: {type(exc).__name__}: {exc}") from exc
+        data = await self._get("/api/ps")
         return {m["name"]: m for m in data.get("models") or [] if isinstance(m, dict) and "name" in m}
 
     async def load(self, model: str) -> int | None:
@@ -113,12 +135,7 @@ class OllamaDriver:
         """What the catalog needs of every installed model: ``/api/tags`` sizes, ``/api/show`` architecture
         (``model_info`` carries the GGUF keys), ``/api/ps`` sizes of the loaded ones. ``n_ctx``: the
         context Ollama loads models with (its default is 4096)."""
-        session = await self._client()
-        try:
-            async with session.get(self.url + "/api/tags") as response:
-                tags = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DriverError(f"Ollama /api/tags: {type(exc).__name__}: {exc}") from exc
+        tags = await self._get("/api/tags")
         loaded = await self.ps()
         out: dict[str, Facts] = {}
         for model in tags.get("models") or []:
@@ -133,12 +150,14 @@ class OllamaDriver:
         return out
 
 
-class ComfyDriver:
+class ComfyDriver(_JsonService):
     """ComfyUI: ``GET /system_stats`` for its memory, ``POST /free`` to unload its models.
 
     ``/free`` only sets flags that ComfyUI's prompt worker acts on between jobs, so the driver polls
     ``/system_stats`` until the memory has come back (to within ``slack`` of its idle footprint).
     """
+
+    service = "ComfyUI"
 
     def __init__(
         self,
@@ -150,30 +169,8 @@ class ComfyDriver:
         slack: int = 256 * 1024**2,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self.idle, self.deadline, self.poll, self.slack = idle, deadline, poll, slack
-        self._session = session
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _get(self, path: str) -> dict[str, Any]:
-        session = await self._client()
-        try:
-            async with session.get(self.url + path) as response:
-                data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DriverError(f"ComfyUI {path}: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise DriverError(f"ComfyUI {path}: not a JSON object")
-        return data
+        super().__init__(url, deadline=deadline, poll=poll, session=session)
+        self.idle, self.slack = idle, slack
 
     async def used(self) -> int:
         """Bytes ComfyUI's process holds on its device (vram_total - vram_free of its first device)."""
@@ -187,18 +184,14 @@ class ComfyDriver:
         return int(info.get("queue_remaining") or 0) > 0
 
     async def free_comfy(self) -> None:
-        session = await self._client()
         try:
             async with asyncio.timeout(self.deadline):
-                body = {"unload_models": True, "free_memory": True}
-                async with session.post(self.url + "/free", json=body) as response:
-                    if response.status != 200:
-                        raise DriverError(f"ComfyUI /free: HTTP {response.status}")
+                status, _ = await self._post("/free", {"unload_models": True, "free_memory": True})
+                if status != 200:
+                    raise DriverError(f"ComfyUI /free: HTTP {status}")
                 while True:  # it frees between jobs, later: poll, ComfyUI has no event for it
                     if await self.used() <= self.idle + self.slack:
                         break
                     await asyncio.sleep(self.poll)
         except TimeoutError:
             raise DriverError(f"ComfyUI still holds its models {self.deadline:g} s after /free") from None
-        except aiohttp.ClientError as exc:
-            raise DriverError(f"ComfyUI /free: {type(exc).__name__}: {exc}") from exc
