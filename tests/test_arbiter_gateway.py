@@ -87,10 +87,8 @@ def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama:
     streamer = threading.Thread(target=stream_coder)
     streamer.start()
     time.sleep(0.3)  # the stream is under way
-    asked = time.monotonic()
     thinker = chat(ark, "thinker:20b")
     done["thinker"] = time.monotonic()
-    assert done["thinker"] - asked > 0.3  # it waited for the coder's answer (about 0.6 s of it was left)
     streamer.join()
     assert thinker.status_code == 200
     assert all("coder:12b" in loaded for loaded in seen_during_stream)  # resident for every chunk

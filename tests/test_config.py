@@ -237,3 +237,9 @@ def test_reference_box_example_is_valid_when_uncommented(tmp_path: Path) -> None
     assert models["qwen3.5:35b"].memory_gb == 23 and models["qwen3.5:35b"].priority == "high"
     assert models["nomic-embed-text"].pinned is True
     assert settings.aliases == {"gpt-4": "qwen3.5:35b"}
+
+
+def test_a_postgresql_store_is_shared_by_default_whatever_its_scheme_is_called(tmp_path: Path) -> None:
+    for url, shared in (("postgres://u@h/db", True), ("postgresql+psycopg://u@h/db", True), ("", False)):
+        settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_STORE_URL": url})
+        assert settings.store.is_shared is shared, url

@@ -174,7 +174,7 @@ class Arbiter:
             raise KeyError(model)
         now = self.clock.now()
         state = self.resident.get(model)
-        if state is not None and model not in self.draining and not self.queue_for(model):
+        if state is not None and model not in self.draining and not any(w.model == model for w in self.queue):
             return self._grant(state, now, now)
         if len(self.queue) >= self.queue_size:
             raise QueueFull(f"{len(self.queue)} requests are waiting for the GPU; retry shortly.", retry_after=5.0)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from ark.arbiter.catalog import Facts, build, describe
-from ark.arbiter.devices import DeviceError, open_device
+from ark.arbiter.devices import DeviceError, Reading, open_device
 from ark.arbiter.drivers import DriverError, OllamaDriver
 from ark.arbiter.policy import GB
 from ark.arbiter.scheduler import Arbiter, Lease
@@ -117,14 +117,22 @@ class GpuService:
         }
 
 
+def _read_once(settings: Settings) -> Reading:
+    """The device's size and name at start (NVML is shut again: nothing else reads it yet)."""
+    device = open_device(settings.gpu, cpu_engine=True)
+    try:
+        return device.read()
+    finally:
+        device.close()
+
+
 async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | None:
     """The arbiter for the managed engines, or None when there is nothing to manage (said in the log)."""
     managed = [e for e in engines if e.settings.is_gpu_managed]
     if not managed:
         return None
     try:  # an Ollama without a GPU runs on the CPU: then system memory is what to manage
-        device = await asyncio.to_thread(open_device, settings.gpu, cpu_engine=True)
-        reading = await asyncio.to_thread(device.read)
+        reading = await asyncio.to_thread(_read_once, settings)
     except DeviceError as exc:
         log.warning("GPU arbiter off: %s", exc)
         return None

@@ -44,7 +44,8 @@ class StoreSettings:
     @property
     def is_shared(self) -> bool:
         """Several gateways enforce one budget together: leases in the database."""
-        return self.shared == "yes" or (self.shared == "auto" and self.url.startswith("postgresql"))
+        scheme = urlsplit(self.url).scheme  # "postgresql", "postgres", "postgresql+psycopg"
+        return self.shared == "yes" or (self.shared == "auto" and scheme.startswith("postgres"))
 
 
 @dataclass(frozen=True)

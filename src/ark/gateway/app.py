@@ -13,9 +13,10 @@ import base64
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -42,12 +43,14 @@ from ark.gateway.admin import Admin
 from ark.gateway.budgets import FREE, Budgets, Shortfall, prices
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body, request_id
 from ark.gateway.leases import STALE_S, Leases
+from ark.gateway.leases import TICK_S as LEASE_TICK_S
 from ark.gateway.metrics import Metrics
 from ark.gateway.ratelimits import RateLimits
 from ark.gateway.ratelimits import Shortfall as RateShortfall
 from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
+from ark.periodic import every
 from ark.store import Key, Store, Team, key_id
 from ark.store.ledger import Ledger, prune
 from ark.wire import Request, Responder
@@ -102,7 +105,6 @@ class Gateway:
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
         self._log_prompts = settings.gateway.log_prompts
-        self.inflight = 0
         self.access_log: AccessLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
         api = self._api
@@ -133,7 +135,10 @@ class Gateway:
         if self._shared:
             self.leases = Leases(self.store.engine, self.ledger, self.budgets, self.rates)
             await self.leases.start()
-            self._tasks.append(asyncio.create_task(self.leases.run(), name="ark-leases"))
+            self._background(
+                every(LEASE_TICK_S, self.leases.tick, log=log, failure="leases: talking to the database failed"),
+                "ark-leases",
+            )
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
         self._routes[("GET", "/admin/gpu")] = self._admin(self.gpu_status)
@@ -150,30 +155,36 @@ class Gateway:
         except Exception:
             log.exception("GPU arbiter: could not start; requests go to the engines without it")
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
-        self._tasks.append(asyncio.create_task(self._first_refresh(), name="ark-router-first-refresh"))
-        refresh = self.router.run_refresh(self.settings.gateway.model_refresh_s)
-        self._tasks.append(asyncio.create_task(refresh, name="ark-router-refresh"))
-        self._tasks.append(asyncio.create_task(self._reload_keys_forever(), name="ark-keys-reload"))
-        self._tasks.append(asyncio.create_task(self.ledger.run(), name="ark-ledger"))
-        self._tasks.append(asyncio.create_task(self._prune_forever(), name="ark-ledger-prune"))
-        self._tasks.append(asyncio.create_task(self._flush_access_log_forever(), name="ark-access-log"))
+        self._background(self._first_refresh(), "ark-router-first-refresh")
+        refresh_s = self.settings.gateway.model_refresh_s
+        self._background(
+            every(refresh_s, self.router.refresh, log=log, failure="refreshing the model list failed"),
+            "ark-router-refresh",
+        )
+        # Other processes (a second gateway on the same database) change keys too.
+        self._background(
+            every(_KEYS_RELOAD_S, self.reload_keys, log=log, failure="reloading keys failed; keeping the last ones"),
+            "ark-keys-reload",
+        )
+        self._background(self.ledger.run(), "ark-ledger")
+        self._background(
+            every(_PRUNE_EVERY_S, self._prune, log=log, failure="ledger: pruning failed", at_once=True),
+            "ark-ledger-prune",
+        )
+        self._background(
+            every(ACCESS_LOG_FLUSH_S, self.access_log.flush, log=log, failure="access log: writing failed"),
+            "ark-access-log",
+        )
 
-    async def _flush_access_log_forever(self) -> None:
-        while True:
-            await asyncio.sleep(ACCESS_LOG_FLUSH_S)
-            if self.access_log is not None:
-                self.access_log.flush()
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=name))
 
-    async def _prune_forever(self) -> None:
+    async def _prune(self) -> None:
         assert self.store is not None
-        while True:
-            try:
-                deleted = await asyncio.to_thread(prune, self.store.engine, self.settings.store.retention_days)
-                if deleted:
-                    log.info("ledger: pruned %d rows older than %d days", deleted, self.settings.store.retention_days)
-            except Exception:
-                log.exception("ledger: pruning failed")
-            await asyncio.sleep(_PRUNE_EVERY_S)
+        days = self.settings.store.retention_days
+        deleted = await asyncio.to_thread(prune, self.store.engine, days)
+        if deleted:
+            log.info("ledger: pruned %d rows older than %d days", deleted, days)
 
     async def reload_keys(self) -> None:
         """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
@@ -188,15 +199,6 @@ class Gateway:
         self._teams = {t.id: t for t in teams}
         self.budgets.sync(keys, teams)
         self.rates.sync(keys, teams, time.monotonic())
-
-    async def _reload_keys_forever(self) -> None:
-        # Other processes (a second gateway on the same PostgreSQL) change keys too.
-        while True:
-            await asyncio.sleep(_KEYS_RELOAD_S)
-            try:
-                await self.reload_keys()
-            except Exception:
-                log.exception("reloading keys failed; keeping the last ones")
 
     async def _first_refresh(self) -> None:
         try:
@@ -296,7 +298,6 @@ class Gateway:
             ex = Exchange(request.path, time.perf_counter(), request_id())
             responder.on_finish = lambda status: self._record(ex)
             responder.extra_head = b"x-request-id: %s\r\n" % ex.request_id.encode()
-            self.inflight += 1
             self.metrics.inflight += 1
             try:
                 try:
@@ -312,7 +313,7 @@ class Gateway:
                     ex.admission = admission
                 if ex.admission is not None:
                     responder.extra_head += rate_headers(ex.admission.states[0])
-                if self.inflight > self._max_inflight:
+                if self.metrics.inflight > self._max_inflight:
                     raise QueueFull(
                         f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
                     )
@@ -331,7 +332,6 @@ class Gateway:
                     raise
                 await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"))
             finally:
-                self.inflight -= 1
                 self.metrics.inflight -= 1
                 if responder.on_finish is not None:  # no response went out (the client left): record now
                     responder.on_finish = None

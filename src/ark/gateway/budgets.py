@@ -34,10 +34,6 @@ class Price:
     gpu_second: float = 0.0
     max_output_tokens: int = 4096
 
-    @property
-    def free(self) -> bool:
-        return not (self.input or self.output or self.gpu_second)
-
     def cost(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
         return prompt_tokens * self.input + completion_tokens * self.output + seconds * self.gpu_second
 

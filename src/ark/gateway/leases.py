@@ -173,15 +173,7 @@ class Leases:
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    # -- in the background ------------------------------------------------------------------------
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_S)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("leases: talking to the database failed; retrying")
-
+    # -- in the background (every TICK_S) ----------------------------------------------------------
     async def tick(self) -> None:
         now = time.monotonic()
         await self._give_back(now)
@@ -233,7 +225,7 @@ class Leases:
             account.held_cost = account.held_tokens = 0
         for state in self.rates.states.values():
             state.slots = 0
-        await self._db(register, self.holder, socket.gethostname(), os.getpid(), time.time())
+        await self.start()
 
     async def reap(self) -> list[str]:
         """Settle and drop the leases of dead processes; returns the holders dropped for silence."""

@@ -110,11 +110,3 @@ class ModelRouter:
         ]
         out += [(alias, None, target) for alias, target in self._aliases.items() if alias in self._routes]
         return out
-
-    async def run_refresh(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh()
-            except Exception:  # keep serving the last table
-                log.exception("refreshing the model list failed")

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from ark.config import Settings
 from ark.store.keys import Key, KeyStore, Team, key_id, parse_duration
-from ark.store.migrate import StoreError, database_url, migrate, open_engine
+from ark.store.migrate import StoreError, database_url, migrate, open_engine, safe_url
 
 
 class Store:
@@ -30,7 +30,7 @@ class Store:
             raise
         except Exception as exc:
             engine.dispose()
-            safe = engine.url.render_as_string(hide_password=True)
+            safe = safe_url(engine)
             raise StoreError(f"cannot open the database {safe}: {type(exc).__name__}: {exc}") from exc
         return cls(engine)
 

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
-from ark.store.keys import _aware, parse_duration
+from ark.store.keys import aware, parse_duration
 from ark.store.tables import api_keys, gateways, holds, rate_buckets, teams
 
 
@@ -115,7 +115,7 @@ def grant(engine: Engine, holder: str, wants: Sequence[Want], now: float) -> dic
 
 def _current_period(connection: Any, table: Table, row: RowMapping, now: float) -> tuple[float, int]:
     """The subject's spend and tokens in the current budget period, starting a new period when it is due."""
-    reset_at = _aware(row["budget_reset_at"])
+    reset_at = aware(row["budget_reset_at"])
     if row["budget_duration"] is None or reset_at is None or reset_at.timestamp() > now:
         return float(row["spend"]), int(row["tokens_used"])
     period = parse_duration(row["budget_duration"])

@@ -45,7 +45,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
     # SQLite hands datetimes back without a time zone; everything ARK stores is UTC.
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -137,7 +137,7 @@ def _record(cls: type[Key] | type[Team], row: RowMapping) -> Any:
     values["metadata"] = dict(values["metadata"] or {})
     for name in ("budget_reset_at", "created_at", "updated_at", "expires_at"):
         if name in values:
-            values[name] = _aware(values[name])
+            values[name] = aware(values[name])
     return cls(**values)
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ark.store.holds import drop_holders, settle_holds
+from ark.store.keys import aware
 from ark.store.tables import api_keys, usage, usage_daily
 
 log = logging.getLogger("ark.ledger")
@@ -228,8 +229,9 @@ def _add_spend(connection: Any, dialect: str, rows: Iterable[_Row], holder: str 
 
 
 def _parse_time(value: str | datetime) -> datetime:
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = aware(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+    assert when is not None
+    return when
 
 
 def holder_of(journal: Path) -> str:
@@ -419,7 +421,8 @@ def spend_logs(
         rows = connection.execute(query).mappings().all()
     out = []
     for row in rows:
-        started = row["time"] if row["time"].tzinfo else row["time"].replace(tzinfo=UTC)
+        started = aware(row["time"])
+        assert started is not None
         out.append(
             {
                 "request_id": row["request_id"],

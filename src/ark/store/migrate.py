@@ -96,7 +96,7 @@ def migrate(engine: Engine) -> str:
             script.get_revision(revision)
         except Exception:
             raise StoreError(
-                f"the database {_safe(engine)} is at schema revision {revision}, which this ARK does not know "
+                f"the database {safe_url(engine)} is at schema revision {revision}, which this ARK does not know "
                 f"(it knows up to {head()}): it was written by a newer ARK. Upgrade ARK, or point [store] url "
                 "at another database."
             ) from None
@@ -106,5 +106,6 @@ def migrate(engine: Engine) -> str:
     return head()
 
 
-def _safe(engine: Engine) -> str:
+def safe_url(engine: Engine) -> str:
+    """The engine's URL without its password, for messages."""
     return engine.url.render_as_string(hide_password=True)
