@@ -13,6 +13,7 @@ from tests.fakes.comfyui import GIB, FakeComfyUI
 def test_free_waits_for_the_memory_to_come_back() -> None:
     async def main() -> None:
         comfy = FakeComfyUI(idle=GIB * 3 // 4, models=6 * GIB)
+        comfy.others = 12 * GIB  # Ollama's models on the same GPU are not ComfyUI's
         await comfy.start()
         driver = ComfyDriver(comfy.url, idle=GIB * 3 // 4, poll=0.02, deadline=5)
         try:

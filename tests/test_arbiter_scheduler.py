@@ -248,3 +248,55 @@ def test_operator_unloads_wait_for_no_one_and_spare_pinned_and_busy_models() -> 
         assert driver.calls[-1] == "unload third"
 
     run(test)
+
+
+def test_an_external_lease_makes_room_like_a_request_and_gives_it_back() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("thinker")).release()
+        coder = await arbiter.acquire("third")  # 23 + 13 > 31: the idle thinker went for it
+        assert driver.calls == ["load thinker", "unload thinker", "load third"]
+        render = await arbiter.hold("blender", 10 * GB, Priority.HIGH, seconds=60)
+        assert arbiter.snapshot().held == 10 * GB and driver.calls[-1] == "load third"  # 13 + 10 fit
+        waiting = asyncio.ensure_future(arbiter.hold("comfyui", 12 * GB))  # 13 + 10 + 12 > 31, third busy
+        await settle()
+        assert not waiting.done() and arbiter.queue[0].hold is not None
+        assert [h["granted"] for h in arbiter.hold_status()] == [True, False]
+        coder.release()
+        image = await waiting  # the idle third model goes for it
+        assert driver.calls[-1] == "unload third" and arbiter.snapshot().held == 22 * GB
+        render.release()
+        render.release()  # once only
+        image.release()
+        await settle()
+        assert arbiter.holds == {} and arbiter.stats.holds == 2 and arbiter.snapshot().held == 0
+
+    run(test)
+
+
+def test_an_external_lease_past_its_time_is_reclaimed() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        hold = await arbiter.hold("blender", 20 * GB, seconds=120)
+        assert hold.expires == hold.granted + 120  # type: ignore[operator]
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # 23 + 20 > 31: waits for the lease
+        clock.advance(119)
+        await settle()
+        assert not thinker.done() and arbiter.holds
+        clock.advance(2)
+        lease = await thinker  # reclaimed at 120 s: the thinker loads
+        assert arbiter.stats.reclaimed == 1 and arbiter.holds == {}
+        lease.release()
+        hold.release()  # too late: nothing to give back, nothing breaks
+        assert arbiter.snapshot().held == 0
+
+    run(test)
+
+
+def test_an_external_lease_that_can_never_fit_is_refused_with_the_numbers() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("embed")).release()
+        with pytest.raises(ModelWontFit, match=r"a lease for blender needs 40\.0 GB, the GPU has 31\.0 GB"):
+            await arbiter.hold("blender", 40 * GB)
+        with pytest.raises(ValueError):
+            await arbiter.hold("blender", 0)
+
+    run(test)

@@ -18,9 +18,14 @@ class AdminError(ArkError):
 
 
 def call(
-    settings: Settings, method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None
+    settings: Settings,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    query: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Any:
-    """One management call; returns the decoded JSON answer."""
+    """One management call; returns the decoded JSON answer. ``timeout``: GPU actions (a load) take longer."""
     listen = settings.gateway.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
     base = f"http://{host}:{listen.port}"
@@ -37,11 +42,11 @@ def call(
             upstream.close()
 
     try:
-        status, raw = asyncio.run(asyncio.wait_for(run(), 30))
+        status, raw = asyncio.run(asyncio.wait_for(run(), timeout))
     except ConnectError:
         raise AdminError(f"the gateway is not running at {base} (start it with `ark up`)") from None
     except TimeoutError:
-        raise AdminError(f"the gateway at {base} did not answer in 30 s") from None
+        raise AdminError(f"the gateway at {base} did not answer in {timeout:g} s") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

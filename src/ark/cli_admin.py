@@ -286,16 +286,37 @@ def gpu_status(
             pass
 
 
+_GPU_ACTION_S = 600.0  # a load may wait for a swap and a large model to come off disk
+
+
 def _gpu_view(status: dict[str, Any]) -> RenderableType:
     if not status.get("enabled"):
         return Text("The GPU arbiter is off: no engine it manages answered (see `ark up`'s log).")
-    capacity, used = status["capacity_bytes"], status["used_bytes"]
-    width = 40
-    filled = round(width * used / capacity) if capacity else 0
-    head = Text.from_markup(
-        f"{status['device']}: [bold]{used / 2**30:.1f}[/] of {capacity / 2**30:.1f} GB planned "
-        f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/]  queue {status['queue']}"
-    )
+    capacity = status["capacity_bytes"]
+    comfy = (status.get("comfyui") or {}).get("used_bytes", 0)
+    parts = [  # one stacked bar: what the plan holds, by whom
+        ("models", status["used_bytes"], "green"),
+        ("ComfyUI", comfy, "magenta"),
+        ("leases", status.get("held_bytes", 0), "yellow"),
+        ("others", status.get("external_bytes", 0), "red"),
+    ]
+    width, bar, legend = 40, Text(), []
+    for name, used, colour in parts:
+        cells = round(width * used / capacity) if capacity else 0
+        bar.append("█" * min(cells, width - len(bar.plain)), style=colour)
+        if used:
+            legend.append(f"[{colour}]{name}[/] {used / 2**30:.1f}")
+    bar.append("░" * (width - len(bar.plain)), style="dim")
+    total = sum(used for _, used, _ in parts)
+    head = Text.from_markup(f"{status['device']}: [bold]{total / 2**30:.1f}[/] of {capacity / 2**30:.1f} GB planned ")
+    head.append_text(bar)
+    head.append_text(Text.from_markup(f"  queue {status['queue']}  " + "  ".join(legend)))
+    reading = status.get("reading") or {}
+    sensors = [
+        f"{reading['temperature_c']:.0f} °C" if reading.get("temperature_c") is not None else "",
+        f"{reading['power_w']:.0f} W" if reading.get("power_w") is not None else "",
+        f"{reading['utilization']:.0%} busy" if reading.get("utilization") is not None else "",
+    ]
     table = Table("model", "resident", "memory", "leases", "queued", "priority", "flags")
     for m in status["models"]:
         flags = ", ".join(
@@ -310,12 +331,28 @@ def _gpu_view(status: dict[str, Any]) -> RenderableType:
             m["priority"],
             flags,
         )
+    parts_out: list[RenderableType] = [head]
+    if any(sensors):
+        parts_out.append(Text("  ".join(x for x in sensors if x), style="dim"))
+    parts_out.append(table)
+    if status.get("leases"):
+        leases = Table("lease", "holder", "memory", "priority", "state")
+        for lease in status["leases"]:
+            state = f"{lease['expires_in_s']:.0f} s left" if lease["granted"] else "[yellow]waiting[/]"
+            leases.add_row(
+                lease["id"], lease["holder"], f"{lease['memory_bytes'] / 2**30:.2f} GB", lease["priority"], state
+            )
+        parts_out.append(leases)
     stats = status["stats"]
-    tail = Text(
-        f"loads {stats['loads']}, unloads {stats['unloads']}, swaps {stats['swaps']}, rejected {stats['rejected']}, "
-        f"{stats['load_seconds']:.1f} s loading"
+    restarts = sum((status.get("restarts") or {}).values())
+    parts_out.append(
+        Text(
+            f"loads {stats['loads']}, unloads {stats['unloads']}, swaps {stats['swaps']}, "
+            f"rejected {stats['rejected']}, {stats['load_seconds']:.1f} s loading"
+            + (f", engine restarts {restarts}" if restarts else "")
+        )
     )
-    return Group(head, table, tail)
+    return Group(*parts_out)
 
 
 @gpu.command("load")
@@ -323,7 +360,7 @@ def _gpu_view(status: dict[str, Any]) -> RenderableType:
 @click.argument("model")
 def gpu_load(config_path: Path | None, data_dir: Path | None, model: str) -> None:
     """Load MODEL now (the arbiter makes room as it would for a request)."""
-    result = _api(config_path, data_dir, "POST", "/admin/gpu/load", body={"model": model})
+    result = _api(config_path, data_dir, "POST", "/admin/gpu/load", body={"model": model}, timeout=_GPU_ACTION_S)
     console.print(f"{model}: {'loaded' if result['loaded'] else 'already loaded'}")
 
 
@@ -332,5 +369,16 @@ def gpu_load(config_path: Path | None, data_dir: Path | None, model: str) -> Non
 @click.argument("model")
 def gpu_unload(config_path: Path | None, data_dir: Path | None, model: str) -> None:
     """Unload MODEL now (refused while it serves requests, or when it is pinned)."""
-    result = _api(config_path, data_dir, "POST", "/admin/gpu/unload", body={"model": model})
+    result = _api(config_path, data_dir, "POST", "/admin/gpu/unload", body={"model": model}, timeout=_GPU_ACTION_S)
     console.print(f"{model}: {'unloaded' if result['unloaded'] else 'was not loaded'}")
+
+
+@gpu.command("free-comfyui")
+@config_options
+def gpu_free_comfyui(config_path: Path | None, data_dir: Path | None) -> None:
+    """Unload ComfyUI's models now (it reloads them at its next job); waits until the memory is back."""
+    result = _api(config_path, data_dir, "POST", "/admin/gpu/free-comfyui", body={}, timeout=_GPU_ACTION_S)
+    console.print(
+        f"ComfyUI: {result['freed_bytes'] / 2**30:.2f} GB freed "
+        f"({result['before_bytes'] / 2**30:.2f} -> {result['after_bytes'] / 2**30:.2f} GB)"
+    )

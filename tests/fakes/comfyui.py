@@ -7,8 +7,14 @@
   ends. So a caller must poll ``/system_stats`` to see the memory come back.
 * ``GET /prompt``: ``{"exec_info": {"queue_remaining": n}}``.
 
-Controls: ``idle`` (what the CUDA context keeps), ``models`` (what loaded checkpoints take), ``busy``
-(a job is running), ``free_delay`` (how long the worker takes to notice the flags).
+As in ComfyUI's ``model_management``: ``vram_free`` is the whole device's free memory
+(``torch.cuda.mem_get_info``, so other processes on the GPU count) plus what its own allocator
+keeps cached; ``torch_vram_total`` is what its PyTorch allocator has reserved (its models and
+caches) and ``torch_vram_free`` the reserved part not in use.
+
+Controls: ``idle`` (what the CUDA context keeps), ``models`` (what loaded checkpoints take), ``others``
+(memory of other processes on the same GPU), ``busy`` (a job is running), ``free_delay`` (how long the
+worker takes to notice the flags).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ GIB = 1024**3
 class FakeComfyUI:
     def __init__(self, *, vram_total: int = 32 * GIB, idle: int = 3 * GIB // 4, models: int = 6 * GIB) -> None:
         self.vram_total, self.idle, self.models = vram_total, idle, models
+        self.others = 0
         self.busy = False
         self.free_delay = 0.2
         self.frees: list[dict[str, bool]] = []
@@ -62,7 +69,7 @@ class FakeComfyUI:
         self._wake.set()
 
     async def _stats(self, request: web.Request) -> web.Response:
-        free = self.vram_total - self.used
+        free = self.vram_total - self.used - self.others
         return web.json_response(
             {
                 "system": {"os": "posix", "python_version": sys.version, "embedded_python": False},

@@ -153,8 +153,11 @@ class OllamaDriver(_JsonService):
 class ComfyDriver(_JsonService):
     """ComfyUI: ``GET /system_stats`` for its memory, ``POST /free`` to unload its models.
 
+    What ComfyUI holds is its CUDA context (``idle``, from the config: nothing reports it) plus what its
+    PyTorch allocator has reserved, ``torch_vram_total``. Its ``vram_total - vram_free`` is no use here:
+    ``vram_free`` is the whole device's free memory, so every other process on the GPU is in it.
     ``/free`` only sets flags that ComfyUI's prompt worker acts on between jobs, so the driver polls
-    ``/system_stats`` until the memory has come back (to within ``slack`` of its idle footprint).
+    ``/system_stats`` until the reserved memory has come back (to within ``slack``).
     """
 
     service = "ComfyUI"
@@ -173,11 +176,14 @@ class ComfyDriver(_JsonService):
         self.idle, self.slack = idle, slack
 
     async def used(self) -> int:
-        """Bytes ComfyUI's process holds on its device (vram_total - vram_free of its first device)."""
+        """Bytes ComfyUI's process holds on its device: its context plus its allocator's reservation."""
         devices = (await self._get("/system_stats")).get("devices") or []
         if not devices or not isinstance(devices[0], dict):
             raise DriverError("ComfyUI /system_stats lists no device")
-        return int(devices[0].get("vram_total", 0)) - int(devices[0].get("vram_free", 0))
+        reserved = devices[0].get("torch_vram_total", 0)
+        if isinstance(reserved, bool) or not isinstance(reserved, int | float) or reserved < 0:
+            raise DriverError(f"ComfyUI /system_stats: torch_vram_total is {reserved!r}")
+        return self.idle + int(reserved)
 
     async def busy(self) -> bool:
         info = (await self._get("/prompt")).get("exec_info") or {}

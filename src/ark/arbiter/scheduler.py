@@ -16,6 +16,11 @@ no request waits much longer than ``max_wait`` plus one swap.
 
 Idle models unload after their ``idle_timeout``. The queue is bounded: a full
 queue refuses at once with a ``Retry-After``.
+
+External leases (:meth:`Arbiter.hold`) set memory aside for GPU users that are
+not models (a Blender render, a ComfyUI job): they queue like requests, the
+same plan makes room for them, and one that outlives its ``seconds`` is
+reclaimed.
 """
 
 from __future__ import annotations
@@ -24,13 +29,27 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from ark.arbiter.catalog import Entry
-from ark.arbiter.policy import Comfy, FreeComfy, Load, ModelInfo, Reject, Resident, Snapshot, Unload, Wait, plan
+from ark.arbiter.policy import (
+    GB,
+    Comfy,
+    FreeComfy,
+    Load,
+    ModelInfo,
+    Priority,
+    Reject,
+    Resident,
+    Snapshot,
+    Unload,
+    Wait,
+    plan,
+)
 from ark.errors import ApiError, QueueFull
 
 log = logging.getLogger("ark.arbiter")
@@ -93,7 +112,8 @@ class _Waiter:
     model: str
     since: float
     priority: int
-    future: asyncio.Future[Lease]
+    future: asyncio.Future[Any]  # a Lease, or the Hold below once granted
+    hold: Hold | None = None
 
 
 @dataclass
@@ -122,6 +142,40 @@ class Lease:
         self.release()
 
 
+class Hold:
+    """Memory set aside for a GPU user that is not a model; ``release`` gives it back."""
+
+    def __init__(self, arbiter: Arbiter, holder: str, memory: int, priority: Priority, seconds: float) -> None:
+        self._arbiter = arbiter
+        self.id = uuid.uuid4().hex[:12]
+        self.holder, self.memory, self.priority, self.seconds = holder, memory, priority, seconds
+        self.name = f"lease {self.id} ({holder})"  # its name in plans and queues: never a model's
+        self.granted: float | None = None
+        self.expires: float | None = None
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._arbiter._release_hold(self)
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "holder": self.holder,
+            "memory_bytes": self.memory,
+            "priority": self.priority.name.lower(),
+            "granted": self.granted is not None,
+            "expires_in_s": round(self.expires - now, 3) if self.expires is not None else None,
+        }
+
+
 @dataclass
 class Stats:
     swaps: int = 0
@@ -134,6 +188,8 @@ class Stats:
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
     wait_count: int = 0
     wait_seconds: float = 0.0
+    holds: int = 0  # external leases granted
+    reclaimed: int = 0  # external leases taken back when they outlived their time
 
 
 class Arbiter:
@@ -161,6 +217,7 @@ class Arbiter:
         self.resident: dict[str, _Model] = {}
         self.queue: list[_Waiter] = []
         self.draining: set[str] = set()  # models that take no new leases until a swap is done
+        self.holds: dict[str, Hold] = {}  # external leases granted, by id
         self.stats = Stats()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -176,9 +233,27 @@ class Arbiter:
         state = self.resident.get(model)
         if state is not None and model not in self.draining and not any(w.model == model for w in self.queue):
             return self._grant(state, now, now)
+        return await self._enqueue(_Waiter(model, now, int(entry.info.priority), self._future()))  # type: ignore[no-any-return]
+
+    async def hold(
+        self, holder: str, memory: int, priority: Priority = Priority.MEDIUM, seconds: float = 600.0
+    ) -> Hold:
+        """Set ``memory`` bytes aside for ``holder`` (a render, an image job) for at most ``seconds``.
+
+        Waits, like a request, until the plan has made room (idle models may go); raises for a full
+        queue, and with the numbers for memory the device can never give."""
+        if memory <= 0 or seconds <= 0:
+            raise ValueError("a lease needs a positive memory and time")
+        hold = Hold(self, holder, memory, priority, seconds)
+        waiter = _Waiter(hold.name, self.clock.now(), int(priority), self._future(), hold)
+        return await self._enqueue(waiter)  # type: ignore[no-any-return]
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, waiter: _Waiter) -> Any:
         if len(self.queue) >= self.queue_size:
             raise QueueFull(f"{len(self.queue)} requests are waiting for the GPU; retry shortly.", retry_after=5.0)
-        waiter = _Waiter(model, now, int(entry.info.priority), asyncio.get_running_loop().create_future())
         self.queue.append(waiter)
         self._wake.set()
         try:
@@ -207,16 +282,34 @@ class Arbiter:
 
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
+        self._record_wait(since, now)
+        return Lease(self, state.entry.info.name)
+
+    def _record_wait(self, since: float, now: float) -> None:
         self.stats.waits.append(now - since)
         self.stats.wait_count += 1
         self.stats.wait_seconds += now - since
-        return Lease(self, state.entry.info.name)
 
     def _release(self, model: str) -> None:
         state = self.resident.get(model)
         if state is not None:
             state.leases -= 1
             state.last_used = self.clock.now()
+        self._wake.set()
+
+    def hold_status(self) -> list[dict[str, Any]]:
+        """The external leases: granted ones, then those waiting."""
+        now = self.clock.now()
+        waiting = [w.hold for w in self.queue if w.hold is not None]
+        return [h.describe(now) for h in [*self.holds.values(), *waiting]]
+
+    def _release_hold(self, hold: Hold) -> None:
+        if self.holds.pop(hold.id, None) is not None:
+            log.info("arbiter: %s gave back its %.1f GB", hold.name, hold.memory / GB)
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Something outside changed (memory came back): plan again."""
         self._wake.set()
 
     def adopt(self, model: str, memory: int | None = None) -> bool:
@@ -253,6 +346,7 @@ class Arbiter:
             tuple(Resident(replace_memory(s.entry, s.memory), s.leases, s.last_used) for s in self.resident.values()),
             self._comfy(),
             self._external(),
+            sum(h.memory for h in self.holds.values()),
         )
 
     async def step(self) -> None:
@@ -269,6 +363,12 @@ class Arbiter:
                 log.info("arbiter: unloading %s: asked by an operator", model)
                 await self._unload(model)
                 done.set_result(True)
+        for hold in [h for h in self.holds.values() if h.expires is not None and h.expires <= now]:
+            log.warning(
+                "arbiter: %s outlived its %.0f s: its %.1f GB are taken back", hold.name, hold.seconds, hold.memory / GB
+            )
+            self.holds.pop(hold.id)
+            self.stats.reclaimed += 1
         for waiter in list(self.queue):  # resident and not draining: served now
             state = self.resident.get(waiter.model)
             if state is not None and waiter.model not in self.draining:
@@ -284,14 +384,22 @@ class Arbiter:
         return max(self.queue, key=lambda w: (w.priority + (now - w.since) / self.max_wait, -w.since))
 
     async def _swap_for(self, waiter: _Waiter, now: float) -> None:
-        entry = self.catalog[waiter.model]
-        actions = plan(self.snapshot(), replace_memory(entry, self._memory(entry)))
+        hold = waiter.hold
+        if hold is not None:
+            info = ModelInfo(hold.name, hold.memory, hold.priority)
+        else:
+            entry = self.catalog[waiter.model]
+            info = replace_memory(entry, self._memory(entry))
+        actions = plan(self.snapshot(), info)
         if actions and isinstance(actions[0], Reject):
             self.stats.rejected += 1
+            reason = actions[0].reason
+            if hold is not None:
+                reason = reason.replace(f"model {hold.name}", f"a lease for {hold.holder}", 1)
             for w in self.queue_for(waiter.model):
                 self.queue.remove(w)
                 if not w.future.done():
-                    w.future.set_exception(ModelWontFit(actions[0].reason, param="model"))
+                    w.future.set_exception(ModelWontFit(reason, param="memory_gb" if hold else "model"))
             return
         if actions and isinstance(actions[0], Wait):
             if now - waiter.since >= self.max_wait:  # waited long enough: the models in the way drain
@@ -308,7 +416,20 @@ class Arbiter:
             elif isinstance(action, Unload):
                 log.info("arbiter: unloading %s: %s", action.model, action.reason)
                 await self._unload(action.model)
+            elif isinstance(action, Load) and hold is not None:
+                hold.granted, hold.expires = self.clock.now(), self.clock.now() + hold.seconds
+                self.holds[hold.id] = hold
+                self.stats.holds += 1
+                if waiter in self.queue:
+                    self.queue.remove(waiter)
+                if waiter.future.done():  # its caller is gone
+                    self.holds.pop(hold.id)
+                else:
+                    self._record_wait(waiter.since, hold.granted)
+                    waiter.future.set_result(hold)
+                log.info("arbiter: %s holds %.1f GB for at most %.0f s", hold.name, hold.memory / GB, hold.seconds)
             elif isinstance(action, Load):
+                entry = self.catalog[waiter.model]
                 started = self.clock.now()
                 log.info("arbiter: loading %s", action.model)
                 reported = await self.driver.load(action.model)
@@ -363,6 +484,7 @@ class Arbiter:
 
     def _next_deadline(self) -> float | None:
         deadlines = [w.since + self.max_wait for w in self.queue]
+        deadlines += [h.expires for h in self.holds.values() if h.expires is not None]
         deadlines += [
             s.last_used + s.entry.idle_timeout
             for s in self.resident.values()

@@ -5,34 +5,96 @@ models are in its catalog with what ``/api/tags``, ``/api/show`` and ``/api/ps``
 engine already has loaded at start are adopted, not loaded twice. A request for a model the catalog
 does not know (another engine, or a model installed after start) is not arbitrated.
 
-Not wired yet (docs/arbiter.md): the embedded engine, ComfyUI's live footprint, memory used by other
-processes (on an NVIDIA GPU), and a refresh of the catalog when models are installed.
+A :class:`Probe` reads the device and ComfyUI every second: ComfyUI's footprint and the memory used by
+processes the arbiter does not manage go into every plan, and the device's temperature, power and
+utilisation into the metrics.
+
+Not wired yet (docs/arbiter.md): the embedded engine, and a refresh of the catalog when models are
+installed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from ark.arbiter.catalog import Facts, build, describe
-from ark.arbiter.devices import DeviceError, Reading, open_device
-from ark.arbiter.drivers import DriverError, OllamaDriver
-from ark.arbiter.policy import GB
+from ark.arbiter.devices import Device, DeviceError, Reading, open_device
+from ark.arbiter.drivers import ComfyDriver, DriverError, OllamaDriver
+from ark.arbiter.policy import GB, Comfy
 from ark.arbiter.scheduler import Arbiter, Lease
 from ark.config import Settings
 from ark.engines.base import Engine
+from ark.periodic import every
+
+PROBE_S = 1.0  # how often the device and ComfyUI are read
+_NOTICE = 256 * 1024**2  # a change in memory held by others this large makes the arbiter plan again
 
 log = logging.getLogger("ark.arbiter")
+
+
+class Probe:
+    """The device and ComfyUI, read every :data:`PROBE_S`: the memory the arbiter does not own.
+
+    ``external()`` is what the device says is used beyond the arbiter's own accounts (resident models,
+    ComfyUI, leases): other processes, CUDA contexts, a desktop. On a virtual device nothing else exists.
+    """
+
+    def __init__(self, device: Device, reading: Reading, comfy: ComfyDriver | None) -> None:
+        self.device, self.reading, self.comfy_driver = device, reading, comfy
+        self.comfy: Comfy | None = None
+        self.arbiter: Arbiter | None = None
+        self._failing: set[str] = set()  # what failed at the last read (logged once, not every second)
+
+    def external(self) -> int:
+        if self.reading.kind == "virtual" or self.arbiter is None:
+            return 0
+        arbiter = self.arbiter
+        ours = sum(s.memory for s in arbiter.resident.values()) + sum(h.memory for h in arbiter.holds.values())
+        return max(0, self.reading.used - ours - (self.comfy.used if self.comfy else 0))
+
+    async def tick(self) -> None:
+        before = (self.external(), self.comfy)
+        with self._logged("device", DeviceError, OSError, ValueError, RuntimeError):
+            self.reading = await asyncio.to_thread(self.device.read)
+        if self.comfy_driver is not None:
+            with self._logged("ComfyUI", DriverError):
+                used = await self.comfy_driver.used()
+                self.comfy = Comfy(used, self.comfy_driver.idle, await self.comfy_driver.busy())
+        after = (self.external(), self.comfy)
+        moved = abs(after[0] - before[0]) >= _NOTICE or (before[1] is None) != (after[1] is None)
+        if self.arbiter is not None and (moved or (before[1] and after[1] and before[1].used != after[1].used)):
+            self.arbiter.poke()  # memory came back (or went): plans that waited may go now
+
+    @contextlib.contextmanager
+    def _logged(self, what: str, *errors: type[BaseException]) -> Any:
+        try:
+            yield
+        except errors as exc:
+            if what not in self._failing:
+                log.warning("GPU arbiter: reading %s failed: %s (the last reading stands)", what, exc)
+            self._failing.add(what)
+            if what == "ComfyUI":
+                self.comfy = None  # ComfyUI that does not answer holds nothing we can free
+        else:
+            if what in self._failing:
+                log.info("GPU arbiter: reading %s works again", what)
+            self._failing.discard(what)
+
+    def close(self) -> None:
+        self.device.close()
 
 
 class EngineDrivers:
     """One driver per engine; the arbiter's calls go to the engine that serves the model."""
 
-    def __init__(self, by_model: dict[str, OllamaDriver]) -> None:
-        self.by_model = by_model
+    def __init__(self, by_model: dict[str, OllamaDriver], comfy: ComfyDriver | None = None) -> None:
+        self.by_model, self.comfy = by_model, comfy
+        self.restarts: dict[str, int] = {}  # engine -> restarts because it stopped answering
 
     async def load(self, model: str) -> int | None:
         return await self.by_model[model].load(model)
@@ -41,7 +103,9 @@ class EngineDrivers:
         await self.by_model[model].unload(model)
 
     async def free_comfy(self) -> None:
-        raise DriverError("no ComfyUI is configured")
+        if self.comfy is None:
+            raise DriverError("no ComfyUI is configured ([gpu] comfyui_url)")
+        await self.comfy.free_comfy()
 
     def offloaded(self, model: str) -> tuple[int, int] | None:
         driver = self.by_model.get(model)
@@ -50,11 +114,21 @@ class EngineDrivers:
     async def close(self) -> None:
         for driver in {id(d): d for d in self.by_model.values()}.values():
             await driver.close()
+        if self.comfy is not None:
+            await self.comfy.close()
 
 
 class GpuService:
-    def __init__(self, arbiter: Arbiter, drivers: EngineDrivers, device_name: str = "") -> None:
-        self.arbiter, self.drivers, self.device_name = arbiter, drivers, device_name
+    def __init__(self, arbiter: Arbiter, drivers: EngineDrivers, probe: Probe) -> None:
+        self.arbiter, self.drivers, self.probe = arbiter, drivers, probe
+        self.device_name = probe.reading.name
+        self._probing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.arbiter.start()
+        self._probing = asyncio.create_task(
+            every(PROBE_S, self.probe.tick, log=log, failure="GPU arbiter: probing failed"), name="ark-gpu-probe"
+        )
 
     async def lease(self, model: str) -> Lease | None:
         if model not in self.arbiter.catalog:
@@ -62,8 +136,24 @@ class GpuService:
         return await self.arbiter.acquire(model)
 
     async def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         await self.arbiter.close()
         await self.drivers.close()
+        self.probe.close()
+
+    async def free_comfy(self) -> dict[str, Any]:
+        """An operator's `ark gpu free-comfyui`: unload ComfyUI's models, confirmed by its memory coming back."""
+        comfy = self.drivers.comfy
+        if comfy is None:
+            raise DriverError("no ComfyUI is configured ([gpu] comfyui_url)")
+        before = await comfy.used()
+        await comfy.free_comfy()
+        after = await comfy.used()
+        await self.probe.tick()
+        return {"before_bytes": before, "after_bytes": after, "freed_bytes": max(0, before - after)}
 
     async def load(self, model: str) -> dict[str, Any]:
         """An operator's load: as a request would, without generating anything."""
@@ -78,6 +168,7 @@ class GpuService:
     def status(self) -> dict[str, Any]:
         """What `GET /admin/gpu` answers and `ark gpu status` shows."""
         arbiter = self.arbiter
+        stats = arbiter.stats
         models: list[dict[str, Any]] = []
         for name, entry in sorted(arbiter.catalog.items()):
             state = arbiter.resident.get(name)
@@ -94,17 +185,35 @@ class GpuService:
                     "pinned": entry.info.pinned,
                     "large": entry.info.large,
                     "idle_timeout_s": entry.idle_timeout,
+                    "offloaded": stats.offloaded.get(name, 0),
                 }
             )
         used = sum(m["memory_bytes"] for m in models if m["resident"])
         stats = arbiter.stats
+        reading, comfy = self.probe.reading, self.probe.comfy
         return {
             "enabled": True,
             "device": self.device_name,
+            "reading": {
+                "kind": reading.kind,
+                "index": reading.index,
+                "total_bytes": reading.total,
+                "used_bytes": reading.used,
+                "temperature_c": reading.temperature_c,
+                "power_w": reading.power_w,
+                "utilization": reading.utilization,
+            },
             "capacity_bytes": arbiter.capacity,
             "used_bytes": used,
+            "comfyui": None
+            if comfy is None
+            else {"used_bytes": comfy.used, "idle_bytes": comfy.idle, "busy": comfy.busy},
+            "external_bytes": self.probe.external(),
+            "held_bytes": sum(h.memory for h in arbiter.holds.values()),
             "queue": len(arbiter.queue),
             "models": models,
+            "leases": arbiter.hold_status(),
+            "restarts": dict(self.drivers.restarts),
             "stats": {
                 "loads": stats.loads,
                 "unloads": stats.unloads,
@@ -113,17 +222,19 @@ class GpuService:
                 "load_seconds": round(stats.load_seconds, 3),
                 "leases": stats.wait_count,
                 "wait_seconds": round(stats.wait_seconds, 3),
+                "leases_granted": stats.holds,
+                "leases_reclaimed": stats.reclaimed,
             },
         }
 
 
-def _read_once(settings: Settings) -> Reading:
-    """The device's size and name at start (NVML is shut again: nothing else reads it yet)."""
+def _open(settings: Settings) -> tuple[Device, Reading]:
     device = open_device(settings.gpu, cpu_engine=True)
     try:
-        return device.read()
-    finally:
+        return device, device.read()
+    except BaseException:
         device.close()
+        raise
 
 
 async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | None:
@@ -132,10 +243,18 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
     if not managed:
         return None
     try:  # an Ollama without a GPU runs on the CPU: then system memory is what to manage
-        reading = await asyncio.to_thread(_read_once, settings)
+        device, reading = await asyncio.to_thread(_open, settings)
     except DeviceError as exc:
         log.warning("GPU arbiter off: %s", exc)
         return None
+    try:
+        return await _build(settings, managed, device, reading)
+    except BaseException:
+        device.close()
+        raise
+
+
+async def _build(settings: Settings, managed: Sequence[Engine], device: Device, reading: Reading) -> GpuService:
     facts: dict[str, Facts] = {}
     by_model: dict[str, OllamaDriver] = {}
     for engine in managed:
@@ -159,23 +278,32 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
         large_fraction=settings.gpu.large_fraction,
     )
     capacity = reading.total - int(settings.gpu.reserve_gb * GB)
-    drivers = EngineDrivers(by_model)
+    comfy = None
+    if settings.gpu.comfyui_url:
+        comfy = ComfyDriver(settings.gpu.comfyui_url, idle=int(settings.gpu.comfyui_idle_gb * GB))
+    drivers = EngineDrivers(by_model, comfy)
+    probe = Probe(device, reading, comfy)
     arbiter = Arbiter(
         catalog,
         drivers,
         capacity=capacity,
         max_wait=settings.gpu.max_wait_s,
         queue_size=settings.gpu.queue_size,
+        comfy=lambda: probe.comfy,
+        external=probe.external,
         require_full_gpu=settings.gpu.require_full_gpu,
     )
+    probe.arbiter = arbiter
+    await probe.tick()  # ComfyUI's footprint before the first plan
     for name, fact in facts.items():
         if fact.reported is not None:
             arbiter.adopt(name, fact.reported)
-    arbiter.start()
+    service = GpuService(arbiter, drivers, probe)
+    service.start()
     log.info(
         "GPU arbiter on %s: %.1f GB to plan with; %s",
         reading.name,
         capacity / GB,
         "; ".join(describe(e) for e in catalog.values()) or "no models",
     )
-    return GpuService(arbiter, drivers, reading.name)
+    return service

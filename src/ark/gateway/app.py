@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from ark.arbiter import service as gpu_service
+from ark.arbiter.drivers import DriverError
+from ark.arbiter.policy import GB
 from ark.arbiter.service import GpuService
 from ark.config import Settings
 from ark.engines import build_engines
@@ -31,9 +33,11 @@ from ark.errors import (
     AuthenticationError,
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     PermissionDenied,
     QueueFull,
     UnknownUrl,
+    UpstreamError,
     UpstreamTimeout,
 )
 from ark.gateway import requests as parse
@@ -100,7 +104,7 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self.metrics.watch_budgets(self.budgets)
-        self.metrics.watch_gpu(lambda: self.gpu.arbiter if self.gpu is not None else None)
+        self.metrics.watch_gpu(lambda: self.gpu)
         self.rates = RateLimits(self.metrics.count_rate_limited, shared=self._shared)
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
@@ -144,6 +148,9 @@ class Gateway:
         self._routes[("GET", "/admin/gpu")] = self._admin(self.gpu_status)
         self._routes[("POST", "/admin/gpu/load")] = self._admin(self.gpu_load)
         self._routes[("POST", "/admin/gpu/unload")] = self._admin(self.gpu_unload)
+        self._routes[("POST", "/admin/gpu/leases")] = self._admin(self.gpu_lease)
+        self._routes[("POST", "/admin/gpu/free-comfyui")] = self._admin(self.gpu_free_comfy)
+        self._release_lease = self._admin(self.gpu_release)
         gateway = self.settings.gateway
         self.access_log = AccessLog(
             gateway.access_log, self.settings.logs_dir, gateway.access_log_max_bytes, gateway.access_log_keep
@@ -238,6 +245,8 @@ class Gateway:
             await handler(request, responder)
         elif request.method == "GET" and request.path.startswith(("/v1/models/", "/models/")):
             await self._retrieve_model(request, responder)
+        elif request.method == "DELETE" and request.path.startswith("/admin/gpu/leases/"):
+            await self._release_lease(request, responder)
         else:
             await send_error(responder, UnknownUrl(f"Unknown request URL: {request.method} {request.path}."))
 
@@ -513,6 +522,32 @@ class Gateway:
             raise ModelNotFound(model)  # the arbiter manages no such model
         result = await (self.gpu.load(model) if action == "load" else self.gpu.unload(model))
         await responder.send(200, orjson.dumps(result), JSON_HEADERS)
+
+    async def gpu_lease(self, request: Request, responder: Responder) -> None:
+        """An external lease (a render, a ComfyUI job): answered once the memory is set aside."""
+        body = parse.parse_body(request.body)
+        if self.gpu is None:
+            raise InvalidRequest("The GPU arbiter is off: there is no memory to lease.")
+        holder, memory_gb, priority, seconds = parse.gpu_lease(body)
+        hold = await self.gpu.arbiter.hold(holder, int(memory_gb * GB), priority, seconds)
+        await responder.send(200, orjson.dumps(hold.describe(self.gpu.arbiter.clock.now())), JSON_HEADERS)
+
+    async def gpu_free_comfy(self, request: Request, responder: Responder) -> None:
+        if self.gpu is None or self.gpu.drivers.comfy is None:
+            raise InvalidRequest("No ComfyUI is configured: set [gpu] comfyui_url.")
+        try:
+            result = await self.gpu.free_comfy()
+        except DriverError as exc:
+            raise UpstreamError(f"Freeing ComfyUI failed: {exc}") from None
+        await responder.send(200, orjson.dumps(result), JSON_HEADERS)
+
+    async def gpu_release(self, request: Request, responder: Responder) -> None:
+        lease_id = request.path.rsplit("/", 1)[1]
+        hold = self.gpu.arbiter.holds.get(lease_id) if self.gpu is not None else None
+        if hold is None:
+            raise NotFound(f"No GPU lease '{lease_id[:40]}' is held (it may have expired).", param="id")
+        hold.release()
+        await responder.send(200, orjson.dumps({"id": hold.id, "released": True}), JSON_HEADERS)
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', JSON_HEADERS)

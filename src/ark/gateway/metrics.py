@@ -97,42 +97,83 @@ class _ModelSeries:
 
 
 class _GpuCollector(Collector):
-    """The arbiter's state and counters, read at scrape time."""
+    """The arbiter's state and counters and the device's reading, from ``GpuService.status()`` at scrape."""
 
-    def __init__(self, arbiter: Callable[[], Any]) -> None:
-        self._arbiter = arbiter
+    def __init__(self, service: Callable[[], Any]) -> None:
+        self._service = service
 
     def collect(self) -> Iterable[Metric]:
-        arbiter = self._arbiter()
-        if arbiter is None:
+        service = self._service()
+        if service is None:
             return
+        status = service.status()
+        yield from _device_families(status)
         resident = GaugeMetricFamily("ark_model_resident", "1 while the model is loaded.", labels=["model"])
         memory = GaugeMetricFamily(
             "ark_model_memory_bytes", "Device memory the model takes (or would take) when loaded.", labels=["model"]
         )
         depth = GaugeMetricFamily("ark_queue_depth", "Requests waiting for the model.", labels=["model"])
-        for name, entry in sorted(arbiter.catalog.items()):
-            state = arbiter.resident.get(name)
-            resident.add_metric([name], 1.0 if state is not None else 0.0)
-            memory.add_metric([name], float(state.memory if state is not None else entry.info.memory))
-            depth.add_metric([name], float(len(arbiter.queue_for(name))))
-        stats = arbiter.stats
-        swaps = CounterMetricFamily("ark_model_swaps", "Loads that had to unload another model first.", stats.swaps)
-        loads = SummaryMetricFamily(
-            "ark_model_load_seconds", "Time to load a model.", count_value=stats.loads, sum_value=stats.load_seconds
-        )
-        waits = SummaryMetricFamily(
-            "ark_queue_wait_seconds",
-            "Time from a request's arrival to its lease on the model.",
-            count_value=stats.wait_count,
-            sum_value=stats.wait_seconds,
-        )
         offloaded = CounterMetricFamily(
             "ark_model_offloaded", "Loads the engine put partly on the CPU (slow).", labels=["model"]
         )
-        for name, count in sorted(stats.offloaded.items()):
-            offloaded.add_metric([name], count)
-        yield from (resident, memory, depth, swaps, loads, waits, offloaded)
+        for m in status["models"]:
+            resident.add_metric([m["model"]], 1.0 if m["resident"] else 0.0)
+            memory.add_metric([m["model"]], float(m["memory_bytes"]))
+            depth.add_metric([m["model"]], float(m["queued"]))
+            if m["offloaded"]:
+                offloaded.add_metric([m["model"]], m["offloaded"])
+        stats = status["stats"]
+        yield from (resident, memory, depth, offloaded)
+        yield CounterMetricFamily("ark_model_swaps", "Loads that had to unload another model first.", stats["swaps"])
+        yield SummaryMetricFamily(
+            "ark_model_load_seconds",
+            "Time to load a model.",
+            count_value=stats["loads"],
+            sum_value=stats["load_seconds"],
+        )
+        yield SummaryMetricFamily(
+            "ark_queue_wait_seconds",
+            "Time from a request's arrival to its lease on the model.",
+            count_value=stats["leases"],
+            sum_value=stats["wait_seconds"],
+        )
+        restarts = CounterMetricFamily(
+            "ark_engine_restarts", "Engines restarted because they stopped answering.", labels=["engine"]
+        )
+        for engine, count in sorted(status["restarts"].items()):
+            restarts.add_metric([engine], count)
+        yield restarts
+        yield CounterMetricFamily(
+            "ark_gpu_leases_reclaimed", "External GPU leases taken back past their time.", stats["leases_reclaimed"]
+        )
+
+
+def _device_families(status: dict[str, Any]) -> Iterable[Metric]:
+    """``ark_gpu_*``: what the device read last (NVML: all of it; a virtual GPU or system RAM: memory)."""
+    reading = status["reading"]
+    gpu = str(reading["index"])
+    memory = GaugeMetricFamily(
+        "ark_gpu_memory_bytes",
+        "Device memory: total and used as the device reports them, planned by the arbiter, held by others.",
+        labels=["gpu", "kind"],
+    )
+    memory.add_metric([gpu, "total"], reading["total_bytes"])
+    memory.add_metric([gpu, "used"], reading["used_bytes"])
+    memory.add_metric([gpu, "free"], max(0, reading["total_bytes"] - reading["used_bytes"]))
+    memory.add_metric([gpu, "models"], status["used_bytes"])
+    memory.add_metric([gpu, "leases"], status["held_bytes"])
+    memory.add_metric([gpu, "comfyui"], (status["comfyui"] or {}).get("used_bytes", 0))
+    memory.add_metric([gpu, "external"], status["external_bytes"])
+    yield memory
+    for name, key, help_text in (
+        ("ark_gpu_temperature_celsius", "temperature_c", "GPU temperature."),
+        ("ark_gpu_power_watts", "power_w", "GPU power draw."),
+        ("ark_gpu_utilization_ratio", "utilization", "Share of the last sample period the GPU was busy (0..1)."),
+    ):
+        if reading[key] is not None:
+            family = GaugeMetricFamily(name, help_text, labels=["gpu"])
+            family.add_metric([gpu], reading[key])
+            yield family
 
 
 class Metrics:
@@ -156,8 +197,8 @@ class Metrics:
     def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
         self.registry.register(_EngineCollector(engines, up))
 
-    def watch_gpu(self, arbiter: Callable[[], Any]) -> None:
-        self.registry.register(_GpuCollector(arbiter))
+    def watch_gpu(self, service: Callable[[], Any]) -> None:
+        self.registry.register(_GpuCollector(service))
 
     def series(self, model: str) -> _ModelSeries:
         series = self.models.get(model)

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from ark.arbiter.policy import Priority
 from ark.engines.base import Json, Sampling
 from ark.errors import InvalidRequest
 
@@ -197,3 +198,18 @@ def embedding_inputs(body: Json) -> tuple[list[str], str]:
             "Invalid value for 'encoding_format': expected 'float' or 'base64'.", param="encoding_format"
         )
     return value, encoding
+
+
+def gpu_lease(body: Json) -> tuple[str, float, Priority, float]:
+    """``POST /admin/gpu/leases``: holder, memory_gb (required), priority (medium), max_seconds (600)."""
+    holder = body.get("holder")
+    if not isinstance(holder, str) or not 0 < len(holder) <= 64 or not holder.isprintable():
+        raise InvalidRequest("'holder' must name who holds the memory (1 to 64 printable characters).", param="holder")
+    memory_gb = _number(body, "memory_gb", 0.001, 4096)
+    if memory_gb is None:
+        raise InvalidRequest("'memory_gb' is required: the GPU memory to set aside, in GB.", param="memory_gb")
+    priority = body.get("priority", "medium")
+    if not isinstance(priority, str) or priority.upper() not in Priority.__members__:
+        raise _bad("priority", "one of 'low', 'medium', 'high'", priority)
+    seconds = _number(body, "max_seconds", 1, 7 * 86400)
+    return holder, memory_gb, Priority.parse(priority), 600.0 if seconds is None else seconds
