@@ -198,3 +198,40 @@ def test_a_model_that_lands_partly_on_the_cpu_is_counted_or_refused(
             assert fake_ollama.loaded == {}  # unloaded again
     finally:
         stop_ark(process)
+
+
+@pytest.mark.parametrize("restartable", [True, False])
+def test_an_ollama_that_hangs_in_a_load_is_restarted(
+    tmp_path: object, fake_ollama: FakeOllama, restartable: bool
+) -> None:
+    import sys
+    from pathlib import Path
+
+    import tests.fakes.ollama as fake_module
+
+    fake_ollama.add_model("thinker:20b")
+    fake_ollama.add_model("coder:12b")
+    restart = f"{sys.executable} {Path(fake_module.__file__)} --restart {fake_ollama.url}" if restartable else ""
+    config = CONFIG.format(key=MASTER_KEY, url=fake_ollama.url) + (
+        f"first_token_timeout = 2\nrestart_command = '{restart}'\nrestart_timeout_s = 20\n"
+    )
+    process = start_ark(config, tmp_path)  # type: ignore[arg-type]
+    try:
+        assert chat(process, "coder:12b").status_code == 200
+        fake_ollama.mode = "hang_after_load"  # the next load never finishes; Ollama answers nothing after it
+        answer = chat(process, "thinker:20b")
+        log = process.log.read_text()
+        assert "engine ollama stopped answering" in log
+        if restartable:
+            assert answer.status_code == 200, answer.text  # the client only saw a slower answer
+            assert fake_ollama.restarts == 1 and set(fake_ollama.loaded) == {"thinker:20b"}
+            assert "restarting engine ollama" in log and "answers again" in log
+            assert process.metric("ark_engine_restarts_total", engine="ollama") == 1.0
+        else:
+            error = answer.json()["error"]
+            assert answer.status_code == 503 and error["code"] == "engine_unavailable", answer.text
+            assert "stopped answering and could not be restarted" in error["message"]
+            assert "no restart_command" in error["message"] and answer.headers["retry-after"] == "30"
+            httpx.post(fake_ollama.url + "/_fake/restart", timeout=5)  # a hung fake stays hung: bring it back
+    finally:
+        stop_ark(process)

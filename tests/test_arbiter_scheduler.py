@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from ark.arbiter.catalog import Entry
+from ark.arbiter.drivers import DriverError
 from ark.arbiter.policy import GB, ModelInfo, Priority
-from ark.arbiter.scheduler import Arbiter, Lease, ModelWontFit
+from ark.arbiter.scheduler import Arbiter, EngineDown, Lease, ModelWontFit
 from ark.errors import QueueFull
 
 
@@ -42,12 +43,32 @@ class FakeDriver:
     def __init__(self, clock: FakeClock, load_seconds: float = 5.0) -> None:
         self.clock, self.load_seconds = clock, load_seconds
         self.calls: list[str] = []
+        self.hang_next_loads = 0  # the engine hangs in that many of the next loads (Ollama under VRAM pressure)
+        self.hung = False
+        self.restartable = True
+        self.broken: set[str] = set()  # models whose load fails while the engine answers
 
     async def load(self, model: str) -> int | None:
         self.calls.append(f"load {model}")
+        if self.hang_next_loads:
+            self.hang_next_loads -= 1
+            self.hung = True
+        if self.hung:
+            raise DriverError(f"Ollama /api/generate: TimeoutError (loading {model})")
+        if model in self.broken:
+            raise DriverError(f"Ollama could not load {model}: HTTP 500: unable to load model")
         await asyncio.sleep(0)
         self.clock.advance(self.load_seconds)
         return None
+
+    async def heal(self, model: str) -> set[str] | None:
+        if not self.hung:
+            return None
+        if not self.restartable:
+            raise DriverError("engine ollama has no restart_command: it cannot be restarted")
+        self.calls.append("restart")
+        self.hung = False
+        return set(CATALOG)
 
     async def unload(self, model: str) -> None:
         self.calls.append(f"unload {model}")
@@ -298,5 +319,67 @@ def test_an_external_lease_that_can_never_fit_is_refused_with_the_numbers() -> N
             await arbiter.hold("blender", 40 * GB)
         with pytest.raises(ValueError):
             await arbiter.hold("blender", 0)
+
+    run(test)
+
+
+def test_an_engine_that_hangs_in_a_load_is_restarted_and_the_queue_goes_on() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("embed")).release()
+        driver.hang_next_loads = 1
+        lease = await arbiter.acquire("coder")  # served after the restart, without the client seeing it
+        assert driver.calls == ["load embed", "load coder", "restart", "load coder"]
+        assert arbiter.stats.restarts == 1 and set(arbiter.resident) == {"coder"}  # the embed went with Ollama
+        lease.release()
+
+    run(test)
+
+
+def test_an_engine_that_hangs_again_after_its_restart_fails_the_requests() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        driver.hang_next_loads = 2
+        with pytest.raises(EngineDown, match="could not load coder") as failed:
+            await arbiter.acquire("coder")
+        assert failed.value.status == 503 and failed.value.retry_after == 30.0
+        assert driver.calls == ["load coder", "restart", "load coder"]  # one restart, not a loop
+        driver.hung = False
+        (await arbiter.acquire("coder")).release()  # a later request may try again
+        assert arbiter.stats.restarts == 1
+
+    run(test)
+
+
+def test_an_engine_that_cannot_be_restarted_is_a_clear_503() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        driver.hang_next_loads, driver.restartable = 1, False
+        with pytest.raises(EngineDown, match=r"stopped answering and could not be restarted: .*no restart_command"):
+            await arbiter.acquire("coder")
+        assert arbiter.queue == [] and arbiter.stats.restarts == 0
+
+    run(test)
+
+
+def test_a_load_that_fails_on_an_answering_engine_restarts_nothing() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        driver.broken.add("third")
+        with pytest.raises(EngineDown, match=r"could not load third: .*unable to load model"):
+            await arbiter.acquire("third")
+        assert driver.calls == ["load third"] and arbiter.stats.restarts == 0
+
+    run(test)
+
+
+def test_a_request_timeout_makes_the_arbiter_check_the_engine() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("coder")).release()
+        arbiter.suspect("coder")  # answering: nothing happens
+        await settle()
+        assert "restart" not in driver.calls and "coder" in arbiter.resident
+        driver.hung = True
+        arbiter.suspect("coder")
+        await settle()
+        assert driver.calls[-1] == "restart" and arbiter.resident == {}  # it comes back empty
+        (await arbiter.acquire("coder")).release()
+        assert driver.calls[-1] == "load coder"
 
     run(test)

@@ -39,6 +39,12 @@ Embeddings are hash-seeded Gaussian vectors of ``embed_dim`` floats.
 Test controls (see :class:`FakeOllama`): ``mode`` makes POST requests misbehave
 ("hang", "hang_after_first", "drop", "error_mid_stream", "error500"); counters
 record every POST and every stream started, completed or abandoned by its client.
+"hang_after_load" is Ollama's known hang under VRAM pressure: the next model load
+never finishes and from then on the scheduler answers nothing (every POST,
+``/api/ps``, ``/api/tags``; ``/`` and ``/api/version`` still answer, as Go's HTTP
+server does) until :meth:`FakeOllama.restart` -- or ``POST /_fake/restart``, a test
+control that is not Ollama's API, or ``python tests/fakes/ollama.py --restart URL``
+as a restart command -- brings it back empty, as a restarted server comes up.
 
 Not reproduced: tool calls and thinking output (``tools`` is accepted and ignored,
 ``think: true`` is refused as for a model without that capability), structured
@@ -78,7 +84,7 @@ __all__ = ["DEFAULT_MODELS", "MODES", "FakeOllama", "LoadedModel", "ModelSpec", 
 
 VERSION = "0.12.6"
 DEFAULT_MODELS = ("llama3.2:1b", "nomic-embed-text:latest")
-MODES = frozenset({"normal", "hang", "hang_after_first", "drop", "error_mid_stream", "error500"})
+MODES = frozenset({"normal", "hang", "hang_after_first", "hang_after_load", "drop", "error_mid_stream", "error500"})
 DEFAULT_ERROR_MESSAGE = "llama runner process has terminated: exit status 2"
 
 NS_PER_SECOND = 1_000_000_000
@@ -708,6 +714,9 @@ class FakeOllama:
         self.mode = "normal"
         self.drop_after = 1
         self.error_message = DEFAULT_ERROR_MESSAGE
+        self.hung = False  # "hang_after_load" struck: nothing answers until restart()
+        self.restarts = 0
+        self._revived = asyncio.Event()
 
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.streams_started = 0
@@ -774,6 +783,8 @@ class FakeOllama:
         self.mode = "normal"
         self.drop_after = 1
         self.error_message = DEFAULT_ERROR_MESSAGE
+        self.hung = False
+        self.restarts = 0
         self.requests.clear()
         self.streams_started = self.streams_completed = self.streams_cancelled = self.requests_cancelled = 0
         self.cancelled_event.clear()
@@ -798,6 +809,7 @@ class FakeOllama:
         app.router.add_post(CHAT_PATH, self._post(self._handle_chat))
         app.router.add_post(GENERATE_PATH, self._post(self._handle_generate))
         app.router.add_post("/api/embed", self._post(self._handle_embed))
+        app.router.add_post("/_fake/restart", self._handle_restart)
         app.router.add_post("/api/embeddings", self._post(self._handle_embeddings))
         return app
 
@@ -941,6 +953,9 @@ class FakeOllama:
         try:
             if entry is not previous and self.load_delay > 0:
                 await asyncio.sleep(self.load_delay)
+            if entry is not previous and self.mode == "hang_after_load":
+                self.hung = True
+                await self._stall()
             yield entry
         finally:
             self._release(entry)
@@ -953,7 +968,30 @@ class FakeOllama:
     async def _handle_version(self, request: web.Request) -> web.Response:
         return _json_response({"version": self.version})
 
+    async def _handle_restart(self, request: web.Request) -> web.Response:
+        self.restart()
+        return web.Response(status=204)
+
+    def restart(self) -> None:
+        """What a restarted Ollama is: answering, nothing loaded; requests stalled by the hang are cut."""
+        self.hung = False
+        self.mode = "normal"
+        self.restarts += 1
+        self._loaded.clear()
+        revived, self._revived = self._revived, asyncio.Event()
+        revived.set()
+
+    async def _stall(self, request: web.Request | None = None) -> web.Response:
+        """Hang until restart(), then drop the connection, as the killed server did."""
+        await self._revived.wait()
+        if request is None:
+            raise ApiError(500, "the server was restarted")
+        _abort_connection(request)
+        return web.Response()
+
     async def _handle_tags(self, request: web.Request) -> web.Response:
+        if self.hung:
+            return await self._stall(request)
         specs = sorted(self._models.values(), key=lambda spec: spec.modified_ns, reverse=True)
         models = [
             {
@@ -969,6 +1007,8 @@ class FakeOllama:
         return _json_response({"models": models})
 
     async def _handle_ps(self, request: web.Request) -> web.Response:
+        if self.hung:
+            return await self._stall(request)
         now_ns = time.time_ns()
         entries = sorted(self.loaded.values(), key=lambda entry: entry.expires_at(now_ns), reverse=True)
         models = [
@@ -1005,6 +1045,8 @@ class FakeOllama:
         state = _RequestState()
         body, decode_error = decode_body(await request.read())
         self.requests.append((request.path, body if isinstance(body, dict) else {}))
+        if self.hung:
+            return await self._stall(request)
         try:
             early = await self._misbehave(request, body, state)
             if early is not None:
@@ -1406,6 +1448,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--embed-dim", type=int, default=16)
     parser.add_argument("--unload-delay", type=float, default=0.0)
     parser.add_argument("--mode", choices=sorted(MODES), default="normal")
+    parser.add_argument("--restart", metavar="URL", help="restart the fake at URL (a restart_command), then exit")
     return parser.parse_args(argv)
 
 
@@ -1433,7 +1476,15 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    asyncio.run(_serve(_parse_args(argv)))
+    args = _parse_args(argv)
+    if args.restart:
+        import urllib.request
+
+        urllib.request.urlopen(
+            urllib.request.Request(args.restart.rstrip("/") + "/_fake/restart", method="POST"), timeout=10
+        )
+        return
+    asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

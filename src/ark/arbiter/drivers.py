@@ -82,10 +82,62 @@ class OllamaDriver(_JsonService):
     service = "Ollama"
 
     def __init__(
-        self, url: str, *, deadline: float = 300.0, poll: float = 0.1, session: aiohttp.ClientSession | None = None
+        self,
+        url: str,
+        *,
+        deadline: float = 300.0,
+        poll: float = 0.1,
+        session: aiohttp.ClientSession | None = None,
+        name: str = "ollama",
+        restart_command: str = "",
+        restart_timeout: float = 120.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         super().__init__(url, deadline=deadline, poll=poll, session=session)
         self.splits: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
+        self.name, self.restart_command, self.restart_timeout = name, restart_command, restart_timeout
+        self.probe_timeout = probe_timeout
+
+    async def alive(self) -> bool:
+        """Whether Ollama's scheduler answers: ``/api/ps`` within ``probe_timeout`` (its HTTP server may
+        still answer ``/api/version`` while a runner hangs, so that proves nothing)."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.ps()
+        except (DriverError, TimeoutError):
+            return False
+        return True
+
+    async def restart(self) -> None:
+        """Run the configured restart command, then wait until Ollama answers again."""
+        if not self.restart_command:
+            raise DriverError(f"engine {self.name} has no restart_command: it cannot be restarted")
+        await self.close()  # connections to the hung server are no use any more
+        started = asyncio.get_running_loop().time()
+        log.warning("arbiter: restarting engine %s: %s", self.name, self.restart_command)
+        try:
+            async with asyncio.timeout(self.restart_timeout):
+                process = await asyncio.create_subprocess_shell(
+                    self.restart_command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+                )
+                _, err = await process.communicate()
+                if process.returncode != 0:
+                    tail = err.decode(errors="replace").strip()[-300:]
+                    raise DriverError(f"the restart command of {self.name} exited with {process.returncode}: {tail}")
+                while True:  # up again: Ollama has no event for it
+                    if await self.alive():
+                        break
+                    await asyncio.sleep(self.poll)
+        except TimeoutError:
+            raise DriverError(
+                f"engine {self.name} did not answer {self.restart_timeout:g} s after its restart"
+            ) from None
+        self.splits.clear()
+        log.warning(
+            "arbiter: engine %s answers again, %.1f s after the restart",
+            self.name,
+            asyncio.get_running_loop().time() - started,
+        )
 
     async def ps(self) -> dict[str, dict[str, Any]]:
         """The models Ollama has in memory, by name."""

@@ -36,8 +36,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ark.arbiter.catalog import Entry
+from ark.arbiter.drivers import DriverError
 from ark.arbiter.policy import (
     GB,
+    Action,
     Comfy,
     FreeComfy,
     Load,
@@ -67,6 +69,12 @@ class ModelOffloaded(ApiError):
     code = "model_offloaded"
 
 
+class EngineDown(ApiError):
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+
 class ModelBusy(ApiError):
     status = 409
     type = "invalid_request_error"
@@ -86,6 +94,11 @@ class Driver(Protocol):
 
     def offloaded(self, model: str) -> tuple[int, int] | None:
         """(size, bytes on the GPU) when the engine put part of the loaded model on the CPU."""
+        ...
+
+    async def heal(self, model: str) -> set[str] | None:
+        """None when the engine serving ``model`` answers; else restart it and return the models it had
+        (gone with it). Raises DriverError when it cannot be restarted."""
         ...
 
 
@@ -188,6 +201,7 @@ class Stats:
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
     wait_count: int = 0
     wait_seconds: float = 0.0
+    restarts: int = 0  # engines restarted because they stopped answering
     holds: int = 0  # external leases granted
     reclaimed: int = 0  # external leases taken back when they outlived their time
 
@@ -222,6 +236,8 @@ class Arbiter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unloads: list[tuple[str, asyncio.Future[bool]]] = []  # asked by an operator
+        self._suspects: set[str] = set()  # models whose engine timed out on a request
+        self._restarted_for: set[str] = set()  # models whose failed load already cost one restart
 
     # -- the request side -------------------------------------------------------------------------
     async def acquire(self, model: str) -> Lease:
@@ -308,6 +324,12 @@ class Arbiter:
             log.info("arbiter: %s gave back its %.1f GB", hold.name, hold.memory / GB)
         self._wake.set()
 
+    def suspect(self, model: str) -> None:
+        """A request to ``model`` timed out: the owner task checks its engine (and heals it if it hangs)."""
+        if model in self.catalog:
+            self._suspects.add(model)
+            self._wake.set()
+
     def poke(self) -> None:
         """Something outside changed (memory came back): plan again."""
         self._wake.set()
@@ -352,6 +374,12 @@ class Arbiter:
     async def step(self) -> None:
         """One round of decisions: serve what is resident, bring in the next model, unload idle ones."""
         now = self.clock.now()
+        suspects, self._suspects = self._suspects, set()
+        for model in suspects:
+            try:
+                await self._recover(model)
+            except DriverError as exc:
+                log.error("arbiter: %s", exc)
         unloads, self._unloads = self._unloads, []
         for model, done in unloads:
             state = self.resident.get(model)
@@ -361,8 +389,12 @@ class Arbiter:
                 done.set_exception(ModelBusy(f"The model {model} is serving {state.leases} request(s).", param="model"))
             else:
                 log.info("arbiter: unloading %s: asked by an operator", model)
-                await self._unload(model)
-                done.set_result(True)
+                try:
+                    await self._unload(model)
+                except DriverError as exc:
+                    done.set_exception(EngineDown(f"Unloading {model} failed: {exc}", retry_after=30.0))
+                else:
+                    done.set_result(True)
         for hold in [h for h in self.holds.values() if h.expires is not None and h.expires <= now]:
             log.warning(
                 "arbiter: %s outlived its %.0f s: its %.1f GB are taken back", hold.name, hold.seconds, hold.memory / GB
@@ -396,10 +428,7 @@ class Arbiter:
             reason = actions[0].reason
             if hold is not None:
                 reason = reason.replace(f"model {hold.name}", f"a lease for {hold.holder}", 1)
-            for w in self.queue_for(waiter.model):
-                self.queue.remove(w)
-                if not w.future.done():
-                    w.future.set_exception(ModelWontFit(reason, param="memory_gb" if hold else "model"))
+            self._fail(waiter.model, ModelWontFit(reason, param="memory_gb" if hold else "model"))
             return
         if actions and isinstance(actions[0], Wait):
             if now - waiter.since >= self.max_wait:  # waited long enough: the models in the way drain
@@ -408,6 +437,15 @@ class Arbiter:
         self.draining.clear()
         if any(isinstance(a, Unload) for a in actions):
             self.stats.swaps += 1
+        try:
+            await self._carry_out(actions, waiter)
+        except DriverError as exc:  # an unload or ComfyUI's /free failed: what needed the room cannot go now
+            log.error("arbiter: making room for %s failed: %s", waiter.model, exc)
+            self._fail(waiter.model, EngineDown(f"Making room for {waiter.model} failed: {exc}", retry_after=30.0))
+        self._wake.set()  # serve the new resident's queue in the next round
+
+    async def _carry_out(self, actions: list[Action], waiter: _Waiter) -> None:
+        hold = waiter.hold
         for action in actions:
             if isinstance(action, FreeComfy):
                 log.info("arbiter: freeing ComfyUI (%d bytes) for %s", action.frees, waiter.model)
@@ -432,14 +470,59 @@ class Arbiter:
                 entry = self.catalog[waiter.model]
                 started = self.clock.now()
                 log.info("arbiter: loading %s", action.model)
-                reported = await self.driver.load(action.model)
+                try:
+                    reported = await self.driver.load(action.model)
+                except DriverError as exc:
+                    await self._load_failed(action.model, exc)
+                    return
+                self._restarted_for.discard(action.model)
                 self.stats.loads += 1
                 self.stats.load_seconds += self.clock.now() - started
                 self.resident[action.model] = _Model(
                     entry, 0, self.clock.now(), reported if reported else self._memory(entry)
                 )
                 await self._check_offload(action.model)
-        self._wake.set()  # serve the new resident's queue in the next round
+
+    async def _load_failed(self, model: str, error: DriverError) -> None:
+        """A load failed: when the engine hangs, restart it once and let the queue try again; else 503."""
+        log.error("arbiter: loading %s failed: %s", model, error)
+        if model not in self._restarted_for:
+            try:
+                if await self._recover(model):
+                    self._restarted_for.add(model)  # the queue stays: the next round loads on the fresh engine
+                    return
+            except DriverError as exc:
+                self._fail(
+                    model,
+                    EngineDown(
+                        f"The engine serving {model} stopped answering and could not be restarted: {exc}",
+                        retry_after=30.0,
+                    ),
+                )
+                return
+        self._restarted_for.discard(model)
+        self._fail(model, EngineDown(f"The engine could not load {model}: {error}", retry_after=30.0))
+
+    async def _recover(self, model: str) -> bool:
+        """True when the engine of ``model`` hung and was restarted: what it had loaded is gone."""
+        lost = await self.driver.heal(model)
+        if lost is None:
+            return False
+        self.stats.restarts += 1
+        for name in lost:
+            state = self.resident.pop(name, None)
+            self.draining.discard(name)
+            if state is not None and state.leases:
+                log.warning("arbiter: %s went with its engine under %d request(s)", name, state.leases)
+        self._wake.set()
+        return True
+
+    def _fail(self, model: str, error: ApiError) -> None:
+        """Answer every request queued for ``model`` with ``error``."""
+        for waiter in self.queue_for(model):
+            self.queue.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
 
     async def _check_offload(self, model: str) -> None:
         """The engine put part of the model on the CPU (it does so silently when memory is short)."""
@@ -454,20 +537,29 @@ class Arbiter:
             return
         log.warning("arbiter: %s landed partly on the CPU (%s); require_full_gpu: unloading it", model, where)
         await self._unload(model)
-        for waiter in self.queue_for(model):
-            self.queue.remove(waiter)
-            if not waiter.future.done():
-                waiter.future.set_exception(
-                    ModelOffloaded(
-                        f"The model {model} did not fit on the GPU ({where}) and [gpu] require_full_gpu is on.",
-                        retry_after=30.0,
-                    )
-                )
+        self._fail(
+            model,
+            ModelOffloaded(
+                f"The model {model} did not fit on the GPU ({where}) and [gpu] require_full_gpu is on.",
+                retry_after=30.0,
+            ),
+        )
 
     async def _unload(self, model: str) -> None:
         state = self.resident.pop(model)  # nothing can take a lease on it from here on
         assert state.leases == 0, f"unloading {model} under {state.leases} lease(s)"
-        await self.driver.unload(model)
+        try:
+            await self.driver.unload(model)
+        except DriverError as exc:
+            log.error("arbiter: unloading %s failed: %s", model, exc)
+            try:
+                restarted = await self._recover(model)
+            except DriverError:
+                restarted = False
+            if not restarted:  # the engine keeps the model (or cannot be restarted): it still counts
+                self.resident[model] = state
+                raise
+            return
         self.stats.unloads += 1
 
     async def _unload_idle(self, now: float) -> None:

@@ -107,6 +107,23 @@ class EngineDrivers:
             raise DriverError("no ComfyUI is configured ([gpu] comfyui_url)")
         await self.comfy.free_comfy()
 
+    async def heal(self, model: str) -> set[str] | None:
+        """None when the engine of ``model`` answers. Else: free ComfyUI (VRAM pressure is the usual cause
+        of the hang), restart the engine, wait until it answers, and return the models it had (all gone)."""
+        driver = self.by_model[model]
+        if await driver.alive():
+            return None
+        log.error("arbiter: engine %s stopped answering (/api/ps, %g s)", driver.name, driver.probe_timeout)
+        if self.comfy is not None:
+            try:
+                log.warning("arbiter: freeing ComfyUI before restarting %s", driver.name)
+                await self.comfy.free_comfy()
+            except DriverError as exc:
+                log.warning("arbiter: freeing ComfyUI failed (%s); restarting anyway", exc)
+        self.restarts[driver.name] = self.restarts.get(driver.name, 0) + 1
+        await driver.restart()
+        return {m for m, d in self.by_model.items() if d is driver}
+
     def offloaded(self, model: str) -> tuple[int, int] | None:
         driver = self.by_model.get(model)
         return driver.offloaded(model) if driver is not None else None
@@ -258,7 +275,14 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
     facts: dict[str, Facts] = {}
     by_model: dict[str, OllamaDriver] = {}
     for engine in managed:
-        driver = OllamaDriver(engine.settings.url, deadline=engine.settings.first_token_timeout)
+        driver = OllamaDriver(
+            engine.settings.url,
+            deadline=engine.settings.first_token_timeout,
+            name=engine.name,
+            restart_command=engine.settings.restart_command,
+            restart_timeout=engine.settings.restart_timeout_s,
+            probe_timeout=min(5.0, engine.settings.first_token_timeout),
+        )
         try:
             found = await driver.facts()
         except DriverError as exc:

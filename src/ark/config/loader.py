@@ -75,6 +75,8 @@ class EngineSettings:
     max_queue: int
     keep_alive: str
     gpu_managed: str  # "auto", "yes", "no"
+    restart_command: str
+    restart_timeout_s: float
     models_dir: Path
     bundled_model: bool
     n_ctx: int

@@ -237,6 +237,21 @@ ENGINE: tuple[Setting, ...] = (
         kinds=("ollama",),
     ),
     Setting(
+        "restart_command",
+        Str(),
+        "",
+        "Shell command the GPU arbiter runs to restart the engine when it stops answering "
+        '(e.g. "systemctl restart ollama"); empty: requests fail with 503 instead.',
+        kinds=("ollama",),
+    ),
+    Setting(
+        "restart_timeout_s",
+        Float(0.0, exclusive=True),
+        120.0,
+        "Seconds the restart command and the engine's return may take before ARK gives up.",
+        kinds=("ollama",),
+    ),
+    Setting(
         "models_dir",
         PathType(),
         None,

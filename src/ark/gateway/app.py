@@ -355,6 +355,8 @@ class Gateway:
         self.budgets.settle(ex.reservation, ex.cost, tokens)
         if ex.lease is not None:
             ex.lease.release()
+            if ex.status == 504 and self.gpu is not None:  # the engine may hang: the arbiter checks it
+                self.gpu.arbiter.suspect(ex.model)
         RateLimits.finish(ex.admission, tokens, time.monotonic())
         if ex.cost:
             self.metrics.add_spend(ex.key_label, ex.cost)
