@@ -11,6 +11,9 @@ Ollama (``OllamaDriver``), as its API and ``server/sched.go`` behave:
   part of the model on the CPU (it does that silently when VRAM is short). The driver reports the
   VRAM part to the arbiter and remembers the split (``offloaded(model)``).
 
+The embedded llama.cpp engine (``EmbeddedDriver``) runs in ARK's own process: a load or an unload runs
+on the engine's worker thread, and is confirmed by what the engine then holds.
+
 Every call has a deadline; a driver that misses one raises :class:`DriverError`.
 """
 
@@ -19,17 +22,112 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 
-from ark.arbiter.catalog import Architecture, Facts
+from ark.arbiter.catalog import Architecture, Facts, gguf_metadata
 
 log = logging.getLogger("ark.arbiter")
 
 
 class DriverError(Exception):
     pass
+
+
+class EngineDriver(Protocol):
+    """What the arbiter needs of one engine: carry out, confirm, probe, restart."""
+
+    name: str
+    probe_timeout: float
+
+    async def facts(self) -> dict[str, Facts]: ...
+
+    async def load(self, model: str) -> int | None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    def offloaded(self, model: str) -> tuple[int, int] | None: ...
+
+    async def alive(self) -> bool: ...
+
+    async def restart(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EmbeddedEngine(Protocol):
+    name: str
+
+    async def catalog(self) -> dict[str, Path]: ...
+
+    def loaded_models(self) -> set[str]: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
+class EmbeddedDriver:
+    """llama.cpp inside ARK: loads and unloads on the engine's worker thread, confirmed by what it holds.
+
+    A load that outlives the deadline is reported (the worker thread cannot be interrupted: llama.cpp
+    finishes the load in the background). It answers whenever ARK does, so it is never "restarted";
+    a load that fails is the model's fault (a corrupt file, too little memory) and its requests get 503.
+    """
+
+    probe_timeout = 0.0
+
+    def __init__(self, engine: EmbeddedEngine, *, n_ctx: int, deadline: float = 300.0) -> None:
+        self.engine, self.name, self.n_ctx, self.deadline = engine, engine.name, n_ctx, deadline
+
+    async def facts(self) -> dict[str, Facts]:
+        """Weights from the file size, architecture from the GGUF header (the weights are not read)."""
+
+        def read(path: Path) -> Facts:
+            try:
+                arch = Architecture.from_metadata(gguf_metadata(path))
+            except (OSError, ValueError) as exc:
+                log.warning("arbiter: cannot read the GGUF header of %s: %s", path, exc)
+                arch = None
+            return Facts(path.stat().st_size, arch, self.n_ctx)
+
+        catalog = await self.engine.catalog()
+        return {model: await asyncio.to_thread(read, path) for model, path in catalog.items()}
+
+    async def load(self, model: str) -> int | None:
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self.engine.load(model)
+        except TimeoutError:
+            raise DriverError(f"llama.cpp did not load {model} within {self.deadline:g} s") from None
+        except Exception as exc:  # llama.cpp's ValueError/RuntimeError, wrapped by the engine
+            raise DriverError(f"llama.cpp could not load {model}: {exc}") from exc
+        if model not in self.engine.loaded_models():
+            raise DriverError(f"the embedded engine said it loaded {model}, but does not hold it")
+        return None
+
+    async def unload(self, model: str) -> None:
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self.engine.unload(model)
+        except TimeoutError:
+            raise DriverError(f"llama.cpp did not free {model} within {self.deadline:g} s") from None
+        if model in self.engine.loaded_models():
+            raise DriverError(f"the embedded engine still holds {model} after unloading it")
+
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        return None
+
+    async def alive(self) -> bool:
+        return True
+
+    async def restart(self) -> None:
+        raise DriverError(f"engine {self.name} runs inside ARK: restart ARK to restart it")
+
+    async def close(self) -> None:
+        pass
 
 
 class _JsonService:

@@ -1,16 +1,16 @@
 """The arbiter as the gateway runs it: device, catalog and drivers from the config, then requests take leases.
 
-The engines it manages are the Ollama engines on this machine (``[engines.NAME] gpu_managed``); their
-models are in its catalog with what ``/api/tags``, ``/api/show`` and ``/api/ps`` say, and the models an
-engine already has loaded at start are adopted, not loaded twice. A request for a model the catalog
+The engines it manages are the Ollama engines on this machine and the embedded llama.cpp engine
+(``[engines.NAME] gpu_managed``); their models are in its catalog with what ``/api/tags``, ``/api/show``
+and ``/api/ps`` say (Ollama) or the GGUF headers say (embedded), and the models an engine already has
+loaded at start are adopted, not loaded twice. A request for a model the catalog
 does not know (another engine, or a model installed after start) is not arbitrated.
 
 A :class:`Probe` reads the device and ComfyUI every second: ComfyUI's footprint and the memory used by
 processes the arbiter does not manage go into every plan, and the device's temperature, power and
 utilisation into the metrics.
 
-Not wired yet (docs/arbiter.md): the embedded engine, and a refresh of the catalog when models are
-installed.
+Not wired yet (docs/arbiter.md): a refresh of the catalog when models are installed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from ark.arbiter.catalog import Facts, build, describe
 from ark.arbiter.devices import Device, DeviceError, Reading, open_device
-from ark.arbiter.drivers import ComfyDriver, DriverError, OllamaDriver
+from ark.arbiter.drivers import ComfyDriver, DriverError, EmbeddedDriver, EngineDriver, OllamaDriver
 from ark.arbiter.policy import GB, Comfy
 from ark.arbiter.scheduler import Arbiter, Lease
 from ark.config import Settings
@@ -92,7 +92,7 @@ class Probe:
 class EngineDrivers:
     """One driver per engine; the arbiter's calls go to the engine that serves the model."""
 
-    def __init__(self, by_model: dict[str, OllamaDriver], comfy: ComfyDriver | None = None) -> None:
+    def __init__(self, by_model: dict[str, EngineDriver], comfy: ComfyDriver | None = None) -> None:
         self.by_model, self.comfy = by_model, comfy
         self.restarts: dict[str, int] = {}  # engine -> restarts because it stopped answering
 
@@ -271,18 +271,25 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
         raise
 
 
+def _driver(engine: Engine) -> EngineDriver:
+    settings = engine.settings
+    if settings.kind == "embedded":
+        return EmbeddedDriver(engine, n_ctx=settings.n_ctx, deadline=settings.first_token_timeout)  # type: ignore[arg-type]
+    return OllamaDriver(
+        settings.url,
+        deadline=settings.first_token_timeout,
+        name=engine.name,
+        restart_command=settings.restart_command,
+        restart_timeout=settings.restart_timeout_s,
+        probe_timeout=min(5.0, settings.first_token_timeout),
+    )
+
+
 async def _build(settings: Settings, managed: Sequence[Engine], device: Device, reading: Reading) -> GpuService:
     facts: dict[str, Facts] = {}
-    by_model: dict[str, OllamaDriver] = {}
+    by_model: dict[str, EngineDriver] = {}
     for engine in managed:
-        driver = OllamaDriver(
-            engine.settings.url,
-            deadline=engine.settings.first_token_timeout,
-            name=engine.name,
-            restart_command=engine.settings.restart_command,
-            restart_timeout=engine.settings.restart_timeout_s,
-            probe_timeout=min(5.0, engine.settings.first_token_timeout),
-        )
+        driver = _driver(engine)
         try:
             found = await driver.facts()
         except DriverError as exc:

@@ -86,8 +86,10 @@ class EngineSettings:
     @property
     def is_gpu_managed(self) -> bool:
         """The arbiter manages this engine's models: an Ollama on this machine, unless told otherwise."""
-        if self.kind != "ollama" or self.gpu_managed == "no":
+        if self.kind not in ("ollama", "embedded") or self.gpu_managed == "no":
             return False
+        if self.kind == "embedded":
+            return True
         host = urlsplit(self.url).hostname or ""
         return self.gpu_managed == "yes" or host in ("127.0.0.1", "localhost", "::1")
 

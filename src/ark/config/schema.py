@@ -233,8 +233,8 @@ ENGINE: tuple[Setting, ...] = (
         Choice("auto", "yes", "no"),
         "auto",
         "Whether the GPU arbiter decides what this engine loads and unloads (keep_alive is then ARK's). "
-        "auto: yes when the engine runs on this machine (a loopback URL).",
-        kinds=("ollama",),
+        "auto: yes when the engine runs on this machine (embedded, or an Ollama on a loopback URL).",
+        kinds=("ollama", "embedded"),
     ),
     Setting(
         "restart_command",

@@ -78,6 +78,7 @@ class EmbeddedEngine:
         self._known: dict[str, Path] = {}  # model id -> file, from the last scan of the models dir
         self.generated_tokens = 0  # written on the worker thread, read by /metrics
         self.loads = 0
+        self.managed = False  # set when the GPU arbiter decides what is loaded (it calls load/unload)
 
     async def start(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +121,35 @@ class EmbeddedEngine:
             for model_id, path in catalog.items()
         ]
 
+    async def catalog(self) -> dict[str, Path]:
+        """Model id -> GGUF file, as served now."""
+        return await asyncio.to_thread(self._catalog)
+
+    def loaded_models(self) -> set[str]:
+        """The models with a llama.cpp context in memory (for chat or for embeddings)."""
+        paths = {path for path, _ in list(self._loaded)}
+        return {model for model, path in self._known.items() if path in paths}
+
+    async def load(self, model: str) -> None:
+        """Load ``model`` for generation now, on the worker thread (after any generation running there)."""
+        path = self._path(model)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._llama, path, False)
+
+    async def unload(self, model: str) -> None:
+        """Free ``model``'s llama.cpp contexts (both kinds); returns once they are gone."""
+        path = self._known.get(model) or self._path(model)
+
+        def drop() -> None:
+            for key in [k for k in self._loaded if k[0] == path]:
+                self._loaded.pop(key).close()  # frees the weights and the KV cache now, not at GC time
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, drop)
+
     def _path(self, model: str) -> Path:
         path = self._catalog().get(model)
         if path is None:
             raise ModelNotFound(model)
+        self._known[model] = path
         return path
 
     def _llama(self, path: Path, embedding: bool) -> Any:
