@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ark
+import ark.cli_simulate  # registers `ark gpu simulate`
 from ark.cli_admin import gpu, keys, teams, usage
 from ark.cli_common import ConfigProblem, config_options, settings_or_exit
 from ark.config import Settings, generate_master_key, render_config
