@@ -47,6 +47,7 @@ class FakeDriver:
         self.hung = False
         self.restartable = True
         self.broken: set[str] = set()  # models whose load fails while the engine answers
+        self.unload_gate: asyncio.Event | None = None
 
     async def load(self, model: str) -> int | None:
         self.calls.append(f"load {model}")
@@ -72,6 +73,8 @@ class FakeDriver:
 
     async def unload(self, model: str) -> None:
         self.calls.append(f"unload {model}")
+        if self.unload_gate is not None:  # an unload that takes a while (Ollama tears the runner down)
+            await self.unload_gate.wait()
 
     async def free_comfy(self) -> None:
         self.calls.append("free comfyui")
@@ -381,5 +384,24 @@ def test_a_request_timeout_makes_the_arbiter_check_the_engine() -> None:
         assert driver.calls[-1] == "restart" and arbiter.resident == {}  # it comes back empty
         (await arbiter.acquire("coder")).release()
         assert driver.calls[-1] == "load coder"
+
+    run(test)
+
+
+def test_a_model_the_plan_unloads_takes_no_lease_while_the_plan_is_carried_out() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        (await arbiter.acquire("coder")).release()
+        (await arbiter.acquire("third")).release()  # 15 + 13 of 31
+        driver.unload_gate = asyncio.Event()
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # plan: unload coder, unload third, load
+        await settle()
+        assert driver.calls[-1] == "unload coder"  # under way
+        third = asyncio.ensure_future(arbiter.acquire("third"))  # third is resident, idle... and about to go
+        await settle()
+        assert not third.done()  # no lease on it: it waits its turn instead of being unloaded under it
+        driver.unload_gate.set()
+        (await thinker).release()
+        (await third).release()
+        assert driver.calls[2:] == ["unload coder", "unload third", "load thinker", "unload thinker", "load third"]
 
     run(test)

@@ -115,9 +115,12 @@ class MonotonicClock:
         return time.monotonic()
 
     async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives in the same
+        # loop iteration as the event, and the owner task would never stop
         timeout = None if deadline is None else max(0.0, deadline - self.now())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
 
 @dataclass(eq=False)
@@ -434,14 +437,18 @@ class Arbiter:
             if now - waiter.since >= self.max_wait:  # waited long enough: the models in the way drain
                 self.draining |= {b for b in actions[0].blockers if b in self.resident}
             return
-        self.draining.clear()
-        if any(isinstance(a, Unload) for a in actions):
+        # the models this plan unloads take no lease from here on: the actions await, and a request that came
+        # in between would otherwise get a lease on a model about to go
+        self.draining = {a.model for a in actions if isinstance(a, Unload)}
+        if self.draining:
             self.stats.swaps += 1
         try:
             await self._carry_out(actions, waiter)
         except DriverError as exc:  # an unload or ComfyUI's /free failed: what needed the room cannot go now
             log.error("arbiter: making room for %s failed: %s", waiter.model, exc)
             self._fail(waiter.model, EngineDown(f"Making room for {waiter.model} failed: {exc}", retry_after=30.0))
+        finally:
+            self.draining.clear()
         self._wake.set()  # serve the new resident's queue in the next round
 
     async def _carry_out(self, actions: list[Action], waiter: _Waiter) -> None:
