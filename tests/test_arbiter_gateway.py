@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from ark.gateway.router import _MISS_REFRESH_INTERVAL_S
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark
 from tests.fakes.ollama import FakeOllama
 
@@ -235,3 +236,23 @@ def test_an_ollama_that_hangs_in_a_load_is_restarted(
             httpx.post(fake_ollama.url + "/_fake/restart", timeout=5)  # a hung fake stays hung: bring it back
     finally:
         stop_ark(process)
+
+
+def test_a_model_installed_after_the_start_is_arbitrated_at_its_first_request(
+    ark: ArkProcess, fake_ollama: FakeOllama
+) -> None:
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+    def catalog() -> dict[str, bool]:
+        status = httpx.get(ark.url + "/admin/gpu", headers=master, timeout=5).json()
+        return {m["model"]: m["resident"] for m in status["models"]}
+
+    assert "late:7b" not in catalog()
+    assert chat(ark, "thinker:20b").status_code == 200
+    fake_ollama.add_model("late:7b")  # `ollama pull` while ARK runs
+    time.sleep(_MISS_REFRESH_INTERVAL_S + 0.1)  # the router looks an unknown name up at most this often
+    answer = chat(ark, "late:7b")
+    assert answer.status_code == 200, answer.text
+    assert catalog()["late:7b"] is True  # in the catalog, and loaded by the arbiter, not behind its back
+    assert "GPU arbiter: new model late:7b" in ark.log.read_text()
+    assert "late:7b" in fake_ollama.loaded and fake_ollama.requests[-1][1]["keep_alive"] == -1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,7 +43,7 @@ class EngineDriver(Protocol):
     name: str
     probe_timeout: float
 
-    async def facts(self) -> dict[str, Facts]: ...
+    async def facts(self, known: Collection[str] = ...) -> dict[str, Facts]: ...
 
     async def load(self, model: str) -> int | None: ...
 
@@ -82,10 +83,13 @@ class EmbeddedDriver:
     def __init__(self, engine: EmbeddedEngine, *, n_ctx: int, deadline: float = 300.0) -> None:
         self.engine, self.name, self.n_ctx, self.deadline = engine, engine.name, n_ctx, deadline
 
-    async def facts(self) -> dict[str, Facts]:
-        """Weights from the file size, architecture from the GGUF header (the weights are not read)."""
+    async def facts(self, known: Collection[str] = ()) -> dict[str, Facts]:
+        """Weights from the file size, architecture from the GGUF header (the weights are not read);
+        ``known`` models without their header."""
 
-        def read(path: Path) -> Facts:
+        def read(path: Path, model: str) -> Facts:
+            if model in known:
+                return Facts(path.stat().st_size)
             try:
                 arch = Architecture.from_metadata(gguf_metadata(path))
             except (OSError, ValueError) as exc:
@@ -94,7 +98,7 @@ class EmbeddedDriver:
             return Facts(path.stat().st_size, arch, self.n_ctx)
 
         catalog = await self.engine.catalog()
-        return {model: await asyncio.to_thread(read, path) for model, path in catalog.items()}
+        return {model: await asyncio.to_thread(read, path, model) for model, path in catalog.items()}
 
     async def load(self, model: str) -> int | None:
         try:
@@ -274,17 +278,15 @@ class OllamaDriver(_JsonService):
             raise DriverError(f"Ollama still lists {model} {self.deadline:g} s after unloading it") from None
         self.splits.pop(model, None)
 
-    async def free_comfy(self) -> None:
-        raise DriverError("no ComfyUI is configured")
-
     def offloaded(self, model: str) -> tuple[int, int] | None:
         """(size, bytes on the GPU) when Ollama put part of the loaded model on the CPU."""
         return self.splits.get(model)
 
-    async def facts(self, n_ctx: int = 4096) -> dict[str, Facts]:
+    async def facts(self, known: Collection[str] = (), n_ctx: int = 4096) -> dict[str, Facts]:
         """What the catalog needs of every installed model: ``/api/tags`` sizes, ``/api/show`` architecture
         (``model_info`` carries the GGUF keys), ``/api/ps`` sizes of the loaded ones. ``n_ctx``: the
-        context Ollama loads models with (its default is 4096)."""
+        context Ollama loads models with (its default is 4096). ``known`` models are listed without
+        their architecture (no ``/api/show``): the catalog has them already."""
         tags = await self._get("/api/tags")
         loaded = await self.ps()
         out: dict[str, Facts] = {}
@@ -292,8 +294,10 @@ class OllamaDriver(_JsonService):
             name = model.get("name") if isinstance(model, dict) else None
             if not isinstance(name, str):
                 continue
-            status, shown = await self._post("/api/show", {"model": name})
-            arch = Architecture.from_metadata(shown.get("model_info") or {}) if status == 200 else None
+            arch = None
+            if name not in known:
+                status, shown = await self._post("/api/show", {"model": name})
+                arch = Architecture.from_metadata(shown.get("model_info") or {}) if status == 200 else None
             running = loaded.get(name)
             reported = int(running.get("size_vram") or running.get("size") or 0) if running else None
             out[name] = Facts(int(model.get("size") or 0), arch, n_ctx, reported or None)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ark.arbiter.catalog import Facts, build, describe
+from ark.arbiter.catalog import Entry, Facts, build, describe
 from ark.arbiter.devices import Device, DeviceError, Reading, open_device
 from ark.arbiter.drivers import ComfyDriver, DriverError, EmbeddedDriver, EngineDriver, OllamaDriver
 from ark.arbiter.policy import GB, Comfy
@@ -32,6 +32,7 @@ from ark.engines.base import Engine
 from ark.periodic import every
 
 PROBE_S = 1.0  # how often the device and ComfyUI are read
+_LOOKUP_S = 2.0  # a request for a model the catalog does not know looks it up at most this often
 _NOTICE = 256 * 1024**2  # a change in memory held by others this large makes the arbiter plan again
 
 log = logging.getLogger("ark.arbiter")
@@ -92,8 +93,10 @@ class Probe:
 class EngineDrivers:
     """One driver per engine; the arbiter's calls go to the engine that serves the model."""
 
-    def __init__(self, by_model: dict[str, EngineDriver], comfy: ComfyDriver | None = None) -> None:
-        self.by_model, self.comfy = by_model, comfy
+    def __init__(
+        self, by_model: dict[str, EngineDriver], comfy: ComfyDriver | None = None, engines: Sequence[EngineDriver] = ()
+    ) -> None:
+        self.by_model, self.comfy, self.engines = by_model, comfy, engines
         self.restarts: dict[str, int] = {}  # engine -> restarts because it stopped answering
 
     async def load(self, model: str) -> int | None:
@@ -129,17 +132,55 @@ class EngineDrivers:
         return driver.offloaded(model) if driver is not None else None
 
     async def close(self) -> None:
-        for driver in {id(d): d for d in self.by_model.values()}.values():
+        for driver in {id(d): d for d in [*self.by_model.values(), *self.engines]}.values():
             await driver.close()
         if self.comfy is not None:
             await self.comfy.close()
 
 
 class GpuService:
-    def __init__(self, arbiter: Arbiter, drivers: EngineDrivers, probe: Probe) -> None:
+    def __init__(
+        self,
+        arbiter: Arbiter,
+        drivers: EngineDrivers,
+        probe: Probe,
+        *,
+        settings: Settings | None = None,
+        catalog: dict[str, Entry] | None = None,
+    ) -> None:
         self.arbiter, self.drivers, self.probe = arbiter, drivers, probe
         self.device_name = probe.reading.name
         self._probing: asyncio.Task[None] | None = None
+        self._settings = settings
+        self._catalog = catalog if catalog is not None else {}  # the arbiter's own dict: refresh adds to it
+        self._refreshed = 0.0
+
+    async def refresh(self) -> list[str]:
+        """Bring models installed (or removed) since the start into the catalog; returns the new ones.
+
+        Removed models leave the catalog only when nothing holds or waits for them."""
+        if self._settings is None:
+            return []
+        self._refreshed = asyncio.get_running_loop().time()
+        added: list[str] = []
+        for driver in self.drivers.engines:
+            try:
+                found = await driver.facts(known=set(self._catalog))
+            except DriverError as exc:
+                log.warning("GPU arbiter: listing the models of %s failed: %s", driver.name, exc)
+                continue
+            new = {name: fact for name, fact in found.items() if name not in self._catalog}
+            for name, entry in _entries(self._settings, new, self.probe.reading.total).items():
+                self._catalog[name] = entry
+                self.drivers.by_model[name] = driver
+                added.append(name)
+                log.info("GPU arbiter: new model %s", describe(entry))
+            for name in [n for n, d in self.drivers.by_model.items() if d is driver and n not in found]:
+                if name not in self.arbiter.resident and not self.arbiter.queue_for(name):
+                    self._catalog.pop(name, None)
+                    del self.drivers.by_model[name]
+                    log.info("GPU arbiter: model %s is gone from %s", name, driver.name)
+        return added
 
     def start(self) -> None:
         self.arbiter.start()
@@ -147,9 +188,16 @@ class GpuService:
             every(PROBE_S, self.probe.tick, log=log, failure="GPU arbiter: probing failed"), name="ark-gpu-probe"
         )
 
-    async def lease(self, model: str) -> Lease | None:
+    async def lease(self, model: str, managed: bool = True) -> Lease | None:
+        """Hold ``model`` resident for a request; None when the arbiter does not manage it. A model of a
+        ``managed`` engine that the catalog does not know yet (installed since) is looked up first, at
+        most every :data:`_LOOKUP_S` seconds."""
         if model not in self.arbiter.catalog:
-            return None
+            if not managed or asyncio.get_running_loop().time() - self._refreshed < _LOOKUP_S:
+                return None
+            await self.refresh()
+            if model not in self.arbiter.catalog:
+                return None
         return await self.arbiter.acquire(model)
 
     async def close(self) -> None:
@@ -271,6 +319,19 @@ async def start(settings: Settings, engines: Sequence[Engine]) -> GpuService | N
         raise
 
 
+def _entries(settings: Settings, facts: dict[str, Facts], device_total: int) -> dict[str, Entry]:
+    """Catalog entries for the models an engine reported, with what the config says of them."""
+    for model in settings.models:  # a context fixed in the config is the one the engine loads with
+        if model.num_ctx and model.id in facts:
+            facts[model.id] = replace(facts[model.id], n_ctx=model.num_ctx)
+    return build(
+        (m for m in settings.models if m.id in facts),
+        facts,
+        device_total=device_total,
+        large_fraction=settings.gpu.large_fraction,
+    )
+
+
 def _driver(engine: Engine) -> EngineDriver:
     settings = engine.settings
     if settings.kind == "embedded":
@@ -288,6 +349,7 @@ def _driver(engine: Engine) -> EngineDriver:
 async def _build(settings: Settings, managed: Sequence[Engine], device: Device, reading: Reading) -> GpuService:
     facts: dict[str, Facts] = {}
     by_model: dict[str, EngineDriver] = {}
+    answered: list[EngineDriver] = []
     for engine in managed:
         driver = _driver(engine)
         try:
@@ -297,22 +359,15 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
             await driver.close()
             continue
         engine.managed = True  # type: ignore[attr-defined]
+        answered.append(driver)
         facts.update(found)
         by_model.update(dict.fromkeys(found, driver))
-    for model in settings.models:  # a context fixed in the config is the one Ollama loads with
-        if model.num_ctx and model.id in facts:
-            facts[model.id] = replace(facts[model.id], n_ctx=model.num_ctx)
-    catalog = build(
-        (m for m in settings.models if m.id in facts),
-        facts,
-        device_total=reading.total,
-        large_fraction=settings.gpu.large_fraction,
-    )
+    catalog = _entries(settings, facts, reading.total)
     capacity = reading.total - int(settings.gpu.reserve_gb * GB)
     comfy = None
     if settings.gpu.comfyui_url:
         comfy = ComfyDriver(settings.gpu.comfyui_url, idle=int(settings.gpu.comfyui_idle_gb * GB))
-    drivers = EngineDrivers(by_model, comfy)
+    drivers = EngineDrivers(by_model, comfy, answered)
     probe = Probe(device, reading, comfy)
     arbiter = Arbiter(
         catalog,
@@ -329,7 +384,7 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
     for name, fact in facts.items():
         if fact.reported is not None:
             arbiter.adopt(name, fact.reported)
-    service = GpuService(arbiter, drivers, probe)
+    service = GpuService(arbiter, drivers, probe, settings=settings, catalog=catalog)
     service.start()
     log.info(
         "GPU arbiter on %s: %.1f GB to plan with; %s",

@@ -164,6 +164,11 @@ class Gateway:
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
         self._background(self._first_refresh(), "ark-router-first-refresh")
         refresh_s = self.settings.gateway.model_refresh_s
+        if self.gpu is not None:  # models installed since the start join the arbiter's catalog
+            self._background(
+                every(refresh_s, self.gpu.refresh, log=log, failure="GPU arbiter: refreshing the catalog failed"),
+                "ark-gpu-refresh",
+            )
         self._background(
             every(refresh_s, self.router.refresh, log=log, failure="refreshing the model list failed"),
             "ark-router-refresh",
@@ -440,7 +445,7 @@ class Gateway:
     ) -> None:
         """Answer a chat or text completion: relayed as SSE, or whole under the engine's deadline."""
         if self.gpu is not None:  # the model is resident and held until the response ends
-            ex.lease = await self.gpu.lease(route.model)
+            ex.lease = await self.gpu.lease(route.model, getattr(route.engine, "managed", False))
         if common.stream:
             await relay(responder, ex, route, stream(), common.include_usage, chat=chat, keep_text=self._log_prompts)
             return
@@ -464,7 +469,7 @@ class Gateway:
         engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine
         if self.gpu is not None:
-            ex.lease = await self.gpu.lease(route.model)
+            ex.lease = await self.gpu.lease(route.model, getattr(route.engine, "managed", False))
         async with engine.limiter, _deadline(engine):
             result = await engine.embed(EmbeddingRequest(route.model, inputs, engine_body, keep_alive))
         result["model"] = route.requested
