@@ -63,6 +63,36 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    listen: Address
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    session_hours: float
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    domain: str
+    email: str
+    tls: str  # "letsencrypt", "self-signed"
+
+
+@dataclass(frozen=True)
+class WireguardSettings:
+    interface: str
+    subnet: str
+    listen_port: int
+
+
+@dataclass(frozen=True)
+class FirewallSettings:
+    ssh_port: int
+    confirm_s: int
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     name: str
     kind: str
@@ -127,6 +157,11 @@ class Settings:
     gateway: GatewaySettings
     store: StoreSettings
     gpu: GpuSettings
+    console: ConsoleSettings
+    auth: AuthSettings
+    edge: EdgeSettings
+    wireguard: WireguardSettings
+    firewall: FirewallSettings
     engines: tuple[EngineSettings, ...]
     models: tuple[ModelSettings, ...]
     aliases: Mapping[str, str]
@@ -263,6 +298,7 @@ class _Loader:
         self._check_keys(gpu_table, tuple(s.key for s in schema.GPU), "[gpu]")
         gpu = GpuSettings(**{s.key: self._value(s, gpu_table, "[gpu]", ("gpu",)) for s in schema.GPU})
 
+        plain = {name: self._plain(name, settings) for name, settings in schema.PLAIN}
         engines = self._engines(data_dir)
         models = self._models({e.name for e in engines})
         aliases = self._aliases()
@@ -275,10 +311,22 @@ class _Loader:
             gateway=gateway,
             store=store,
             gpu=gpu,
+            console=ConsoleSettings(**plain["console"]),
+            auth=AuthSettings(**plain["auth"]),
+            edge=EdgeSettings(**plain["edge"]),
+            wireguard=WireguardSettings(**plain["wireguard"]),
+            firewall=FirewallSettings(**plain["firewall"]),
             engines=engines,
             models=models,
             aliases=aliases,
         )
+
+    def _plain(self, name: str, settings: tuple[Setting, ...]) -> dict[str, Any]:
+        """The values of a flat section (``[console]``, ``[edge]``...), checked."""
+        section = f"[{name}]"
+        table = self._table(self.doc.get(name, {}), self._file_where("", section))
+        self._check_keys(table, tuple(s.key for s in settings), section)
+        return {s.key: self._value(s, table, section, (name,)) for s in settings}
 
     def _engines(self, data_dir: Path) -> tuple[EngineSettings, ...]:
         declared = self.doc.get("engines")
@@ -340,6 +388,7 @@ class _Loader:
         """A mistyped ARK_* variable would silently do nothing: refuse it instead."""
         valid = {env_name(s.key) for s in schema.TOP} | {env_name("gateway", s.key) for s in schema.GATEWAY}
         valid |= {env_name("store", s.key) for s in schema.STORE} | {env_name("gpu", s.key) for s in schema.GPU}
+        valid |= {env_name(name, s.key) for name, settings in schema.PLAIN for s in settings}
         for var in self.env:
             if var.startswith("ARK_") and var not in self.env_used and var not in valid:
                 raise ConfigError(

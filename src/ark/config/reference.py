@@ -29,6 +29,19 @@ def _table(settings: Iterable[Setting], env_prefix: tuple[str, ...] | None, kind
     return lines
 
 
+_INTROS = {
+    "console": "ARK's web console: the landing page, admin pages and the login that Nginx asks (docs/security.md).",
+    "auth": "Users, sessions and the identity Nginx passes on (docs/security.md).",
+    "edge": "What `ark render` writes for Nginx: one TLS site per subdomain of `domain` (docs/security.md).",
+    "wireguard": "The VPN the experiment receiver and remote engines are reached through (docs/security.md).",
+    "firewall": "The default-DROP ruleset `ark render` writes and `ark firewall apply` loads (docs/security.md).",
+}
+
+
+def _section(name: str, settings: tuple[Setting, ...]) -> list[str]:
+    return [f"## `[{name}]`", "", _INTROS[name], "", *_table(settings, (name,)), ""]
+
+
 def configuration_markdown() -> str:
     lines = [
         "# Configuration reference",
@@ -61,6 +74,7 @@ def configuration_markdown() -> str:
         "",
         *_table(schema.GPU, ("gpu",)),
         "",
+        *(line for name, settings in schema.PLAIN for line in _section(name, settings)),
         "## `[engines.NAME]`",
         "",
         "One table per engine; NAME is yours (`ollama`, `cloud`, ...). With no `[engines.*]` table ARK uses",

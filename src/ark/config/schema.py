@@ -9,6 +9,11 @@ Sections:
   [gateway]        the OpenAI-compatible API on :4000     env ARK_GATEWAY_<KEY>
   [store]          the database (keys, teams, ledger)     env ARK_STORE_<KEY>
   [gpu]            the GPU arbiter: device and policy      env ARK_GPU_<KEY>
+  [console]        ARK's web console and auth on :8080     env ARK_CONSOLE_<KEY>
+  [auth]           users, sessions, identity headers       env ARK_AUTH_<KEY>
+  [edge]           Nginx sites and TLS for the domain      env ARK_EDGE_<KEY>
+  [wireguard]      the VPN: server and peers               env ARK_WIREGUARD_<KEY>
+  [firewall]       the default-DROP ruleset                env ARK_FIREWALL_<KEY>
   [engines.NAME]   one table per inference engine         env ARK_ENGINES_<NAME>_<KEY>
   [models."ID"]    per-model facts and policy             (file only)
   [aliases]        "alias" = "model id"                   (file only)
@@ -330,11 +335,66 @@ MODEL: tuple[Setting, ...] = (
     ),
 )
 
+CONSOLE: tuple[Setting, ...] = (
+    Setting(
+        "listen",
+        HostPort(),
+        "127.0.0.1:8080",
+        "Address of ARK's web console and auth (login, /auth/verify); Nginx is in front of it.",
+    ),
+)
+
+AUTH: tuple[Setting, ...] = (
+    Setting("session_hours", Float(0.0, exclusive=True), 12.0, "Hours a login session lasts."),
+)
+
+EDGE: tuple[Setting, ...] = (
+    Setting(
+        "domain",
+        Str(),
+        "",
+        "The public domain D: sites chat.D, llm.D, art.D, grafana.D, n8n.D, prometheus.D, chromadb.D, axl.D "
+        "and D itself (docs/security.md). Empty: no edge bundle.",
+    ),
+    Setting("email", Str(), "", "Contact for Let's Encrypt (certbot) certificates."),
+    Setting(
+        "tls",
+        Choice("letsencrypt", "self-signed"),
+        "letsencrypt",
+        "Where the certificates come from: certbot's paths, or a local CA (`ark certs self-signed`).",
+    ),
+)
+
+WIREGUARD: tuple[Setting, ...] = (
+    Setting("interface", Str(), "wg0", "Name of the server's WireGuard interface."),
+    Setting("subnet", Str(), "10.8.0.0/24", "Address range of the VPN; the server takes its first address."),
+    Setting("listen_port", Int(1, 65535), 51820, "UDP port the server listens on."),
+)
+
+FIREWALL: tuple[Setting, ...] = (
+    Setting("ssh_port", Int(1, 65535), 22, "SSH port that stays open."),
+    Setting(
+        "confirm_s",
+        Int(5, 3600),
+        60,
+        "Seconds `ark firewall apply` waits for `ark firewall confirm` before restoring the previous rules.",
+    ),
+)
+
+# Sections that are one flat table each: (name, settings), in the order the docs list them
+PLAIN: tuple[tuple[str, tuple[Setting, ...]], ...] = (
+    ("console", CONSOLE),
+    ("auth", AUTH),
+    ("edge", EDGE),
+    ("wireguard", WIREGUARD),
+    ("firewall", FIREWALL),
+)
+
 # Engines used when the file declares none: Ollama if one answers, and the embedded llama.cpp engine.
 DEFAULT_ENGINES: dict[str, dict[str, Any]] = {
     "ollama": {"kind": "ollama", "url": "http://127.0.0.1:11434"},
     "embedded": {"kind": "embedded"},
 }
 
-SECTIONS = ("gateway", "store", "gpu", "engines", "models", "aliases")
+SECTIONS = ("gateway", "store", "gpu", *(name for name, _ in PLAIN), "engines", "models", "aliases")
 ENV_ONLY = ("ARK_CONFIG",)  # read by the loader itself, not a setting of the file

@@ -96,6 +96,7 @@ def render_config(master_key: str, data_dir: Path | None = None) -> str:
         *_settings(schema.STORE),
         "[gpu]",
         *_settings(schema.GPU),
+        *(line for name, settings in schema.PLAIN for line in (f"[{name}]", *_settings(settings))),
         "# --- Engines ----------------------------------------------------------------------------",
         "# With no [engines.*] table ARK uses Ollama on 127.0.0.1:11434 when it answers, and the",
         "# embedded llama.cpp engine on DATA/models/*.gguf. An engine table takes these keys:",
