@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections import defaultdict
@@ -382,3 +383,39 @@ def gpu_free_comfyui(config_path: Path | None, data_dir: Path | None) -> None:
         f"ComfyUI: {result['freed_bytes'] / 2**30:.2f} GB freed "
         f"({result['before_bytes'] / 2**30:.2f} -> {result['after_bytes'] / 2**30:.2f} GB)"
     )
+
+
+@gpu.command("exporter")
+@click.option(
+    "--listen",
+    default="127.0.0.1:9835",
+    show_default=True,
+    help="Address to serve /metrics on (production: 0.0.0.0:9835, firewalled to the Docker bridge).",
+)
+def gpu_exporter(listen: str) -> None:
+    """Serve NVIDIA GPU metrics (NVML) for Prometheus until interrupted."""
+    import signal
+
+    from ark.arbiter.devices import DeviceError
+    from ark.monitor.gpu_exporter import GpuExporter, serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:9835", param_hint="--listen")
+    try:
+        exporter = GpuExporter()
+    except DeviceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(exporter, host.strip("[]"), int(port), stop)
+
+    console.print(f"GPU exporter on http://{listen}/metrics: {len(exporter.read())} GPU(s), driver {exporter.driver}")
+    try:
+        asyncio.run(main())
+    finally:
+        exporter.close()

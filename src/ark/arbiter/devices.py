@@ -121,34 +121,106 @@ class NvmlDevice:
         self.name = name.decode() if isinstance(name, bytes) else str(name)
 
     def read(self) -> Reading:
-        n, handle = self._nvml, self._handle
-        memory = n.nvmlDeviceGetMemoryInfo(handle)
+        stats = nvml_stats(self._nvml, self._handle, self.index, self.name)
         return Reading(
             "nvml",
             self.index,
             self.name,
-            int(memory.total),
-            int(memory.used),
-            temperature_c=self._optional(lambda: float(n.nvmlDeviceGetTemperature(handle, n.NVML_TEMPERATURE_GPU))),
-            power_w=self._optional(lambda: n.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # milliwatts
-            utilization=self._optional(lambda: n.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0),
-            processes=self._processes(),
+            stats.total,
+            stats.used,
+            temperature_c=stats.temperature_c,
+            power_w=stats.power_w,
+            utilization=stats.utilization,
+            processes=tuple((p.pid, p.memory) for p in stats.processes),
         )
-
-    def _processes(self) -> tuple[tuple[int, int], ...]:
-        found = self._optional(lambda: self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)) or []
-        # usedGpuMemory is None where the driver cannot tell (Windows WDDM, some containers)
-        return tuple((int(p.pid), int(p.usedGpuMemory)) for p in found if p.usedGpuMemory is not None)
-
-    def _optional(self, call: Any) -> Any:
-        """Readings a GPU may not support (power on some boards, processes in containers): None then."""
-        try:
-            return call()
-        except self._nvml.NVMLError:
-            return None
 
     def close(self) -> None:
         self._nvml.nvmlShutdown()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int
+    memory: int  # bytes
+    kind: str  # "compute" (CUDA: Ollama, llama.cpp, ComfyUI) or "graphics" (a display, Blender's EEVEE)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStats:
+    """All NVML says of one GPU, in base units; None where the board does not support a reading."""
+
+    index: int
+    name: str
+    uuid: str | None
+    total: int
+    used: int
+    temperature_c: float | None
+    power_w: float | None
+    power_limit_w: float | None
+    utilization: float | None  # 0..1 of the last sample period the GPU was busy
+    memory_utilization: float | None  # 0..1 of it the memory was being read or written
+    fan: float | None  # 0..1 of the fan's maximum
+    clocks_hz: dict[str, float]  # graphics, sm, memory
+    ecc_errors: dict[str, int]  # corrected, uncorrected (since the driver loaded); empty without ECC
+    processes: tuple[GpuProcess, ...]
+
+
+def nvml_stats(nvml: Any, handle: Any, index: int, name: str) -> GpuStats:
+    """Read one GPU through NVML (the ``pynvml`` module or a stand-in with its names and units:
+    milliwatts, percentages, MHz)."""
+
+    def optional(call: Any) -> Any:
+        try:
+            return call()
+        except nvml.NVMLError:
+            return None
+
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    rates = optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+    power = optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+    limit = optional(lambda: nvml.nvmlDeviceGetPowerManagementLimit(handle))
+    fan = optional(lambda: nvml.nvmlDeviceGetFanSpeed(handle))
+    uuid = optional(lambda: nvml.nvmlDeviceGetUUID(handle))
+    clocks = {
+        label: optional(lambda clock=clock: nvml.nvmlDeviceGetClockInfo(handle, clock))
+        for label, clock in (
+            ("graphics", nvml.NVML_CLOCK_GRAPHICS),
+            ("sm", nvml.NVML_CLOCK_SM),
+            ("memory", nvml.NVML_CLOCK_MEM),
+        )
+    }
+    ecc = {
+        label: optional(lambda kind=kind: nvml.nvmlDeviceGetTotalEccErrors(handle, kind, nvml.NVML_VOLATILE_ECC))
+        for label, kind in (
+            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        )
+    }
+    processes: list[GpuProcess] = []
+    for kind, call in (
+        ("compute", nvml.nvmlDeviceGetComputeRunningProcesses),
+        ("graphics", nvml.nvmlDeviceGetGraphicsRunningProcesses),
+    ):
+        # usedGpuMemory is None where the driver cannot tell (Windows WDDM, some containers)
+        found = optional(lambda call=call: call(handle)) or []
+        processes += [GpuProcess(int(p.pid), int(p.usedGpuMemory), kind) for p in found if p.usedGpuMemory is not None]
+    temperature = optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    return GpuStats(
+        index=index,
+        name=name,
+        uuid=uuid.decode() if isinstance(uuid, bytes) else uuid,
+        total=int(memory.total),
+        used=int(memory.used),
+        temperature_c=float(temperature) if temperature is not None else None,
+        power_w=power / 1000.0 if power is not None else None,
+        power_limit_w=limit / 1000.0 if limit is not None else None,
+        utilization=rates.gpu / 100.0 if rates is not None else None,
+        memory_utilization=rates.memory / 100.0 if rates is not None else None,
+        fan=fan / 100.0 if fan is not None else None,
+        clocks_hz={k: v * 1e6 for k, v in clocks.items() if v is not None},
+        ecc_errors={k: int(v) for k, v in ecc.items() if v is not None},
+        processes=tuple(processes),
+    )
 
 
 def open_device(settings: GpuSettings, *, cpu_engine: bool = True, nvml: Any = None) -> Device:
