@@ -94,6 +94,7 @@ class ArkProcess:
     config: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    console: str = ""  # the console's base URL (sign-in, /auth/verify)
 
     @property
     def api(self) -> str:
@@ -123,6 +124,8 @@ def start_ark(config_text: str, tmp: Path, env: dict[str, str] | None = None, ti
     log = tmp / "ark-up.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARK_")}
     child_env["ARK_DATA_DIR"] = str(data)  # never the user's own data directory
+    child_env["ARK_CONSOLE_LISTEN"] = f"127.0.0.1:{free_port()}"  # not 8080: tests run side by side
+    child_env["ARK_MONITOR_EMBEDDED"] = "no"  # no Prometheus per test; the monitoring tests ask for it
     child_env.update(env or {})
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -131,7 +134,7 @@ def start_ark(config_text: str, tmp: Path, env: dict[str, str] | None = None, ti
             stderr=subprocess.STDOUT,
             env=child_env,
         )
-    ark = ArkProcess(f"http://127.0.0.1:{port}", data, config, proc, log)
+    ark = ArkProcess(f"http://127.0.0.1:{port}", data, config, proc, log, "http://" + child_env["ARK_CONSOLE_LISTEN"])
 
     def ready() -> bool:
         if proc.poll() is not None:

@@ -1,4 +1,6 @@
-"""The scheduler on a fake clock and a fake driver: leases, swaps, batching with a bound, idle unloads."""
+"""The scheduler on a fake clock and a fake driver: leases, swaps, batching with a bound, idle unloads.
+
+The tests run with ``swap_delay=0`` (an idle model in the way goes at once) unless they test that delay."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class FakeDriver:
         self.restartable = True
         self.broken: set[str] = set()  # models whose load fails while the engine answers
         self.unload_gate: asyncio.Event | None = None
+        self.load_gate: asyncio.Event | None = None
 
     async def load(self, model: str) -> int | None:
         self.calls.append(f"load {model}")
@@ -58,6 +61,8 @@ class FakeDriver:
             raise DriverError(f"Ollama /api/generate: TimeoutError (loading {model})")
         if model in self.broken:
             raise DriverError(f"Ollama could not load {model}: HTTP 500: unable to load model")
+        if self.load_gate is not None:  # a load that takes a while
+            await self.load_gate.wait()
         await asyncio.sleep(0)
         self.clock.advance(self.load_seconds)
         return None
@@ -103,6 +108,8 @@ CATALOG = {
         entry("third", 13, Priority.LOW),
         entry("embed", 0.3, Priority.HIGH, pinned=True, idle=0),
         entry("huge", 40, large=True),
+        entry("judge", 20, Priority.HIGH),
+        entry("tiny", 4, Priority.LOW),
     )
 }
 
@@ -111,7 +118,7 @@ def run(test: Callable[[Arbiter, FakeClock, FakeDriver], Coroutine[Any, Any, Non
     async def main() -> None:
         clock = FakeClock()
         driver = FakeDriver(clock)
-        options = {"capacity": 31 * GB, "max_wait": 30.0, "queue_size": 8, **kwargs}
+        options = {"capacity": 31 * GB, "max_wait": 30.0, "queue_size": 8, "swap_delay": 0.0, **kwargs}
         arbiter = Arbiter(CATALOG, driver, clock=clock, **options)
         arbiter.start()
         try:
@@ -403,5 +410,177 @@ def test_a_model_the_plan_unloads_takes_no_lease_while_the_plan_is_carried_out()
         (await thinker).release()
         (await third).release()
         assert driver.calls[2:] == ["unload coder", "unload third", "load thinker", "unload thinker", "load third"]
+
+    run(test)
+
+
+def test_a_request_that_waited_max_wait_goes_before_fresh_higher_priority_ones() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        held = await arbiter.acquire("thinker")
+        low = asyncio.ensure_future(arbiter.acquire("third"))  # 23 + 13 > 31: waits
+        await settle()
+        clock.advance(31)  # the low request has waited max_wait
+        await settle()
+        high = asyncio.ensure_future(arbiter.acquire("judge"))  # high priority, fresh; 20 + 13 > 31
+        await settle()
+        held.release()
+        first = await low  # before the high one: ageing alone (one level per max_wait) would have let it pass
+        await settle()
+        assert not high.done() and driver.calls == ["load thinker", "unload thinker", "load third"]
+        first.release()
+        (await high).release()
+        assert driver.calls[3:] == ["unload third", "load judge"]
+
+    run(test)
+
+
+def test_while_the_first_in_line_waits_for_an_external_lease_a_model_that_fits_is_served() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        render = await arbiter.hold("blender", 10 * GB, seconds=600)
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # 10 + 23 > 31: waits for the render
+        await settle()
+        third = await arbiter.acquire("third")  # 10 + 13 fit: served now, not behind the thinker
+        assert driver.calls == ["load third"] and not thinker.done()
+        clock.advance(31)  # the thinker has waited max_wait, but the render holds the memory it needs:
+        await settle()  # draining the third model would not let it in, so the third model keeps serving
+        assert arbiter.draining == set()
+        (await arbiter.acquire("third")).release()
+        render.release()  # now the third model's going would let the thinker in: it drains
+        await settle()
+        assert arbiter.draining == {"third"}
+        late = asyncio.ensure_future(arbiter.acquire("third"))
+        await settle()
+        assert not late.done()
+        third.release()
+        (await thinker).release()
+        (await late).release()  # then back
+        assert driver.calls == ["load third", "unload third", "load thinker", "unload thinker", "load third"]
+
+    run(test)
+
+
+@pytest.mark.parametrize("waited", [10.0, 31.0])
+def test_a_model_that_would_keep_the_first_in_line_out_loads_only_before_it_waited_max_wait(waited: float) -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        coder = await arbiter.acquire("coder")
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # one large model at a time: coder is busy
+        await settle()
+        clock.advance(waited)
+        third = asyncio.ensure_future(arbiter.acquire("third"))  # 15 + 13 fit, but 13 + 23 would not
+        await settle()
+        if waited < 30:  # served beside the coder; both drain once the thinker has waited max_wait
+            (await third).release()
+            assert driver.calls == ["load coder", "load third"]
+            clock.advance(30 - waited)
+            await settle()
+            assert arbiter.draining == {"coder"}
+            coder.release()
+            (await thinker).release()
+            assert driver.calls[2:] == ["unload coder", "unload third", "load thinker"]
+        else:  # the thinker's turn: nothing new that stands in its way
+            assert not third.done() and driver.calls == ["load coder"] and arbiter.draining == {"coder"}
+            coder.release()
+            (await thinker).release()
+            (await third).release()
+            assert driver.calls[1:] == ["unload coder", "load thinker", "unload thinker", "load third"]
+
+    run(test)
+
+
+def test_an_external_lease_that_would_keep_the_first_in_line_out_waits_behind_it() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        coder = await arbiter.acquire("coder")
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        render = asyncio.ensure_future(arbiter.hold("blender", 12 * GB))  # 15 + 12 fit; 12 + 23 would not
+        await settle()
+        assert not render.done()  # a lease cannot drain: it could keep the thinker out for its whole time
+        coder.release()
+        (await thinker).release()
+        (await render).release()
+        assert driver.calls == ["load coder", "unload coder", "load thinker", "unload thinker"]
+
+    run(test)
+
+
+def test_a_swap_away_from_a_model_in_demand_waits_swap_delay_while_it_serves() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        for _ in range(2):  # two requests served: the coder is in demand
+            (await arbiter.acquire("coder")).release()  # loads in 5 s: t = 5
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        assert not thinker.done() and driver.calls == ["load coder"]  # the coder stays for what may come
+        clock.advance(10)
+        (await arbiter.acquire("coder")).release()  # t = 15: it came, and is served without a swap
+        await settle()
+        assert not thinker.done()
+        clock.advance(5)  # t = 20: the thinker request has waited swap_delay
+        (await thinker).release()
+        assert driver.calls == ["load coder", "unload coder", "load thinker"]
+        assert list(arbiter.stats.waits) == [5.0, 0.0, 0.0, 20.0]  # 15 s held back, then its load
+
+    run(test, swap_delay=15.0)
+
+
+@pytest.mark.parametrize("requests, idle", [(1, 0.0), (2, 15.0)])
+def test_a_model_not_in_demand_goes_at_once(requests: int, idle: float) -> None:
+    # one request (a user who switches models after an answer), or none in swap_delay: none is likely soon
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        for _ in range(requests):
+            (await arbiter.acquire("coder")).release()
+        clock.advance(idle)
+        (await arbiter.acquire("thinker")).release()
+        assert driver.calls == ["load coder", "unload coder", "load thinker"]
+        assert arbiter.stats.waits[-1] == 5.0  # its load only
+
+    run(test, swap_delay=15.0)
+
+
+def test_the_swap_delay_never_goes_past_max_wait() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        for _ in range(2):
+            (await arbiter.acquire("coder")).release()
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        for _ in range(2):  # the coder keeps serving a request every 10 s
+            clock.advance(10)
+            (await arbiter.acquire("coder")).release()
+        await settle()
+        assert not thinker.done()
+        clock.advance(10)  # the thinker request has waited max_wait: it goes, though the coder is in demand
+        (await thinker).release()
+        assert driver.calls == ["load coder", "unload coder", "load thinker"]
+        assert arbiter.stats.waits[-1] == 35.0  # max_wait, then its load
+
+    run(test, swap_delay=60.0)
+
+
+def test_models_draining_for_the_first_in_line_take_no_lease_while_another_model_loads_beside_them() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        coder = await arbiter.acquire("coder")
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        clock.advance(31)  # the thinker has waited max_wait: the coder drains
+        await settle()
+        driver.load_gate = asyncio.Event()
+        tiny = asyncio.ensure_future(arbiter.acquire("tiny"))  # fits beside the coder and beside the thinker
+        await settle()
+        assert driver.calls[-1] == "load tiny"  # under way
+        late = asyncio.ensure_future(arbiter.acquire("coder"))
+        await settle()
+        assert not late.done() and "coder" in arbiter.draining  # still draining while the tiny model loads
+        driver.load_gate.set()
+        (await tiny).release()
+        coder.release()
+        (await thinker).release()
+        (await late).release()
+        assert driver.calls == [
+            "load coder",
+            "load tiny",
+            "unload coder",
+            "load thinker",
+            "unload thinker",
+            "load coder",
+        ]
 
     run(test)

@@ -130,12 +130,14 @@ def test_two_models_alternating_on_a_gpu_that_fits_one() -> None:
 def test_ark_keeps_a_busy_model_batching_where_fifo_swaps_back_and_forth() -> None:
     # a@0 (a loads 0-10, runs 10-20), b@11, a@12.
     # ark: b waits (a is busy, < max_wait); a@12 is served at once by the resident a (runs 12-22);
-    #      22: a idle -> unload 22-23, b loads 23-33: waits 10, 0, 22; one swap; ends at 43.
+    #      22: a idle, but in demand (two requests served, the latest just now): the swap waits until b has
+    #      waited swap_delay (15 s), in case more come for a; 26: unload 26-27, b loads 27-37: waits 10, 0,
+    #      26; one swap; ends at 47.
     # fifo: b@11 is at the head: a is set to expire; a@12 queues behind b though a is loaded.
     #      20: a idle -> unload 20-21, b loads 21-31 (b waits 20), runs 31-41; then a@12 needs a back:
     #      b expires, 41-42 unload, a loads 42-52 (a@12 waits 40): two swaps; ends at 62.
     r = run_both(workload(req(0, "a"), req(11, "b"), req(12, "a")))
-    assert (r["ark"].swaps, r["ark"].wait_max_s, r["ark"].wait_p50_s, r["ark"].makespan_s) == (1, 22.0, 10.0, 43.0)
+    assert (r["ark"].swaps, r["ark"].wait_max_s, r["ark"].wait_p50_s, r["ark"].makespan_s) == (1, 26.0, 10.0, 47.0)
     assert (r["fifo"].swaps, r["fifo"].wait_max_s, r["fifo"].wait_p50_s, r["fifo"].makespan_s) == (2, 40.0, 20.0, 62.0)
 
 

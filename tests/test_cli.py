@@ -137,6 +137,8 @@ def test_up_without_any_config_starts_and_prints_the_key_once(tmp_path: Path) ->
         "HOME": str(tmp_path),
         "ARK_DATA_DIR": str(data),
         "ARK_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "ARK_CONSOLE_LISTEN": f"127.0.0.1:{free_port()}",
+        "ARK_MONITOR_EMBEDDED": "no",
         "ARK_ENGINES_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
         "ARK_ENGINES_EMBEDDED_BUNDLED_MODEL": "false",
     }

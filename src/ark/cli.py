@@ -18,6 +18,7 @@ import ark
 import ark.cli_simulate  # registers `ark gpu simulate`
 from ark.cli_admin import gpu, keys, teams, usage
 from ark.cli_common import ConfigProblem, config_options, settings_or_exit
+from ark.cli_users import users
 from ark.config import Settings, generate_master_key, render_config
 from ark.errors import ArkError
 
@@ -115,7 +116,7 @@ def prepare_data_dir(settings: Settings) -> Settings:
 @main.command()
 @config_options
 def up(config_path: Path | None, data_dir: Path | None) -> None:
-    """Start ARK in the foreground: the gateway on its port, with every engine configured."""
+    """Start ARK in the foreground: the gateway and the console on their ports, with every engine configured."""
     from ark.gateway.server import run, serve
 
     settings = prepare_data_dir(settings_or_exit(config_path, data_dir))
@@ -129,8 +130,8 @@ def up(config_path: Path | None, data_dir: Path | None) -> None:
         listen = settings.gateway.listen
         engines = ", ".join(f"{e.name} ({e.kind})" for e in settings.engines)
         err_console.print(
-            f"ARK {ark.__version__} gateway on http://{listen}/v1  engines: {engines}  "
-            f"key: {settings.master_key.prefix()}  data: {settings.data_dir}"
+            f"ARK {ark.__version__} gateway on http://{listen}/v1  console on http://{settings.console.listen}/  "
+            f"engines: {engines}  key: {settings.master_key.prefix()}  data: {settings.data_dir}"
         )
 
     try:
@@ -207,3 +208,5 @@ main.add_command(keys)
 main.add_command(teams)
 main.add_command(usage)
 main.add_command(gpu)
+main.add_command(users)
+import ark.cli_edge  # noqa: E402 - registers render, certs, peers, firewall, audit

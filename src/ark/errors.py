@@ -7,6 +7,8 @@ reach an API client carry the HTTP status and the OpenAI error ``type`` and
 
     ArkError
     ├── ConfigError                 bad ark.toml / environment (CLI exit 2)
+    ├── EdgeError                   render, certificates, WireGuard peers, firewall (CLI exit 1)
+    ├── AuthError                   console users, DATA/auth.key, the console's port (CLI exit 1)
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         ├── AuthenticationError     401 invalid_api_key
@@ -32,6 +34,18 @@ class ConfigError(ArkError):
 
     The message names where the value came from, the key, the bad value and
     what was expected, so that an operator can fix it without reading code.
+    """
+
+
+class AuthError(ArkError):
+    """ARK's own users and sessions: a user that does not exist or a bad field, an unusable auth
+    secret file, a console that cannot listen. The message says what to do; the CLI prints it as is."""
+
+
+class EdgeError(ArkError):
+    """Rendering or applying the edge (Nginx, certificates, WireGuard, firewall) failed.
+
+    The message says what to do next; the CLI prints it as is.
     """
 
 

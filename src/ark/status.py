@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +31,31 @@ async def _gateway(settings: Settings) -> dict[str, Any]:
         upstream.close()
 
 
+async def _services(settings: Settings, running: bool) -> list[dict[str, Any]] | None:
+    """What the running `ark up` supervises (GET /admin/services), or None when it cannot be asked."""
+    if not running or not settings.master_key:
+        return None
+    listen = settings.gateway.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    upstream = Upstream(
+        f"http://{host}:{listen.port}",
+        connect_timeout=2,
+        headers={"authorization": f"Bearer {settings.master_key.value}"},
+    )
+    try:
+        async with asyncio.timeout(3):
+            response = await upstream.request("GET", "/admin/services")
+            body = await response.read()
+        if response.status != 200:
+            return None
+        services: list[dict[str, Any]] = orjson.loads(body)["services"]
+        return services
+    except (OSError, TimeoutError, ProtocolError, ValueError, KeyError):
+        return None
+    finally:
+        upstream.close()
+
+
 async def collect_status(settings: Settings) -> dict[str, Any]:
     engines = build_engines(settings)
     router = ModelRouter(engines, settings)
@@ -40,8 +66,10 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     finally:
         for engine in engines:
             await engine.close()
+    gateway = await _gateway(settings)
     return {
-        "gateway": await _gateway(settings),
+        "gateway": gateway,
+        "services": await _services(settings, gateway["running"]),
         "data_dir": str(settings.data_dir),
         "config": str(settings.config_path) if settings.config_path else None,
         "engines": [
@@ -86,3 +114,13 @@ def print_status(report: dict[str, Any], console: Console) -> None:
     for alias, target in report["aliases"].items():
         models.add_row(alias, "alias", f"-> {target}")
     console.print(models)
+    if report.get("services"):
+        services = Table("service", "state", "pid", "restarts", "note", title="Services run by ark up")
+        for svc in report["services"]:
+            state = {"running": "[green]running[/]", "absent": "[dim]absent[/]"}.get(
+                svc["state"], f"[red]{svc['state']}[/]"
+            )
+            services.add_row(
+                svc["name"], state, str(svc.get("pid") or ""), str(svc.get("restarts", "")), svc.get("why", "")
+            )
+        console.print(services)

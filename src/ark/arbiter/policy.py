@@ -23,11 +23,16 @@ The rules (the reference box's, docs/arbiter.md):
 5. A request that could not fit even on a device holding only what must stay
    (pinned models, ComfyUI's idle footprint) is rejected at once, with the
    numbers.
+
+Two questions the scheduler asks on top, answered with ``plan`` on a changed
+snapshot: :func:`lets_in` (would the model get in once these busy models
+drain?) and :func:`in_the_way` (would another model, brought in now, keep it
+out once what holds memory for a while is back?).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 GB = 1024**3
@@ -200,3 +205,18 @@ def _why_wait(snapshot: Snapshot, model: ModelInfo, free: int) -> str:
         f"model {model.name} needs {gb(model.memory)} GB; at most {gb(max(free, 0))} GB can be freed now "
         f"({', '.join(_blockers(snapshot)) or 'nothing else'} in the way)"
     )
+
+
+def lets_in(snapshot: Snapshot, model: ModelInfo, drained: set[str]) -> bool:
+    """Would ``model`` get in once the resident models ``drained`` have no request in flight?"""
+    resident = tuple(replace(r, leases=0) if r.model.name in drained else r for r in snapshot.resident)
+    return not any(isinstance(a, Wait) for a in plan(replace(snapshot, resident=resident), model))
+
+
+def in_the_way(snapshot: Snapshot, model: ModelInfo, other: ModelInfo) -> bool:
+    """Would ``other``, brought in now and busy, keep ``model`` out once the memory held for a while (requests
+    in flight, external leases, a ComfyUI job) is back? Pinned models and other processes stay."""
+    resident = (*(replace(r, leases=0) for r in snapshot.resident), Resident(other, leases=1))
+    comfy = replace(snapshot.comfy, busy=False) if snapshot.comfy is not None else None
+    after = Snapshot(snapshot.capacity, resident, comfy, snapshot.external, 0)
+    return any(isinstance(a, Wait | Reject) for a in plan(after, model))

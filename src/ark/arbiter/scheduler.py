@@ -2,17 +2,27 @@
 
 Every request holds a :class:`Lease` on its model for its whole life, so
 nothing is unloaded under it. A request for a resident model gets its lease at
-once, unless a swap has waited too long (below). A request for a model that is
-not resident queues; the owner task picks the next model to bring in (highest
-priority, then oldest request, with ageing: a request's priority rises by one
-level for every ``max_wait`` it has waited) and carries out what
-:func:`ark.arbiter.policy.plan` says through the :class:`Driver`.
+once, unless that model is draining (below). A request for a model that is not
+resident queues; the owner task takes the first waiter (the *head*) and carries
+out what :func:`ark.arbiter.policy.plan` says through the :class:`Driver`.
 
-Batching with a bound: while the chosen swap must wait for models that are
-serving requests, new requests for those models are still served (the resident
-model keeps its batch going) until the swap has waited ``max_wait``; from then
-on the models in its way take no new leases, drain, and the swap happens. So
-no request waits much longer than ``max_wait`` plus one swap.
+The rules (docs/arbiter.md, "The scheduler"):
+
+* Order: a waiter that has waited ``max_wait`` goes before every one that has
+  not, the oldest first; the others by priority, then the oldest.
+* Batching with a bound: while the head's swap must wait for models that are
+  serving requests, those models keep taking new ones until the head has waited
+  ``max_wait``; then they take no new lease (they drain) and the swap follows.
+  They do not drain while the head waits for memory they would not give back
+  (an external lease, other processes, a ComfyUI job).
+* The swap delay: a swap that would unload an idle model in demand (two requests
+  served in the last ``max_wait``, the latest less than ``swap_delay`` ago) waits
+  until the head has waited ``swap_delay`` (at most ``max_wait``); meanwhile that
+  model serves what comes.
+* Backfill: while the head waits, a waiter whose model fits without unloading
+  anything is brought in; one that would keep the head out only before the head
+  has waited ``max_wait`` (or while the head waits for memory no model holds),
+  and never an external lease.
 
 Idle models unload after their ``idle_timeout``. The queue is bounded: a full
 queue refuses at once with a ``Retry-After``.
@@ -30,6 +40,7 @@ import contextlib
 import logging
 import time
 import uuid
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +61,8 @@ from ark.arbiter.policy import (
     Snapshot,
     Unload,
     Wait,
+    in_the_way,
+    lets_in,
     plan,
 )
 from ark.errors import ApiError, QueueFull
@@ -138,6 +151,7 @@ class _Model:
     leases: int = 0
     last_used: float = 0.0
     memory: int = 0  # what it takes: the catalog's figure, or what the engine reported
+    served: deque[float] = field(default_factory=lambda: deque(maxlen=2))  # when its latest two leases ended
 
 
 class Lease:
@@ -192,6 +206,9 @@ class Hold:
         }
 
 
+WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120, 300, 600)  # seconds: ark_queue_wait_seconds
+
+
 @dataclass
 class Stats:
     swaps: int = 0
@@ -204,6 +221,8 @@ class Stats:
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
     wait_count: int = 0
     wait_seconds: float = 0.0
+    # how many waits fell at or under each of WAIT_BUCKETS (one count per wait; cumulated at scrape), +Inf last
+    wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
     restarts: int = 0  # engines restarted because they stopped answering
     holds: int = 0  # external leases granted
     reclaimed: int = 0  # external leases taken back when they outlived their time
@@ -222,6 +241,7 @@ class Arbiter:
         external: Callable[[], int] = lambda: 0,
         clock: Clock | None = None,
         require_full_gpu: bool = False,
+        swap_delay: float = 15.0,
     ) -> None:
         self.catalog = catalog
         self.driver = driver
@@ -230,6 +250,8 @@ class Arbiter:
         self.queue_size = queue_size
         self.clock: Clock = clock or MonotonicClock()
         self.require_full_gpu = require_full_gpu
+        self.swap_delay = swap_delay
+        self._wakeups: list[float] = []  # when the last round's decisions change (a swap held back may go)
         self._comfy, self._external = comfy, external
         self.resident: dict[str, _Model] = {}
         self.queue: list[_Waiter] = []
@@ -308,12 +330,14 @@ class Arbiter:
         self.stats.waits.append(now - since)
         self.stats.wait_count += 1
         self.stats.wait_seconds += now - since
+        self.stats.wait_buckets[bisect_left(WAIT_BUCKETS, now - since)] += 1
 
     def _release(self, model: str) -> None:
         state = self.resident.get(model)
         if state is not None:
             state.leases -= 1
             state.last_used = self.clock.now()
+            state.served.append(state.last_used)
         self._wake.set()
 
     def hold_status(self) -> list[dict[str, Any]]:
@@ -410,37 +434,112 @@ class Arbiter:
                 self.queue.remove(waiter)
                 if not waiter.future.done():
                     waiter.future.set_result(self._grant(state, waiter.since, now))
+        self._wakeups = []
         if self.queue:
-            await self._swap_for(self._next_waiter(now), now)
+            await self._schedule(now)
+        else:
+            self._drain(set())
         await self._unload_idle(now)
 
-    def _next_waiter(self, now: float) -> _Waiter:
-        # priority, raised one level per max_wait waited (ageing), then the oldest
-        return max(self.queue, key=lambda w: (w.priority + (now - w.since) / self.max_wait, -w.since))
+    def _order(self, now: float) -> list[_Waiter]:
+        # a request that has waited max_wait goes before every one that has not (the oldest first among them):
+        # the bound holds for every priority; the others by priority, then the oldest
+        def key(w: _Waiter) -> tuple[bool, int, float]:
+            overdue = now - w.since >= self.max_wait
+            return (not overdue, 0 if overdue else -w.priority, w.since)
 
-    async def _swap_for(self, waiter: _Waiter, now: float) -> None:
-        hold = waiter.hold
-        if hold is not None:
-            info = ModelInfo(hold.name, hold.memory, hold.priority)
+        return sorted(self.queue, key=key)
+
+    def _info(self, waiter: _Waiter) -> ModelInfo:
+        if waiter.hold is not None:
+            return ModelInfo(waiter.hold.name, waiter.hold.memory, waiter.hold.priority)
+        entry = self.catalog[waiter.model]
+        return replace_memory(entry, self._memory(entry))
+
+    async def _schedule(self, now: float) -> None:
+        """Bring in the first waiter (the head), or let it wait and bring in others that fit meanwhile."""
+        order = self._order(now)
+        # a request for a draining model waits for that drain to end: the head is what the drain is for
+        head = next((w for w in order if w.model not in self.draining), order[0])
+        info, snapshot = self._info(head), self.snapshot()
+        actions = plan(snapshot, info)
+        if not actions:  # every waiter is for a draining model: what it drained for has left the queue
+            self._drain(set())
+            return
+        if isinstance(actions[0], Reject):
+            self._reject(head, actions[0])
+            return
+        overdue = now - head.since >= self.max_wait
+        if isinstance(actions[0], Wait):
+            # batching with a bound: the models in the way keep taking requests until the head has waited
+            # max_wait, then drain; not while the head waits for memory that is not theirs to give back
+            blockers = {b for b in actions[0].blockers if b in self.resident}
+            self._drain(blockers if overdue and lets_in(snapshot, info, blockers) else set())
+        elif self._hold_back(head, actions, now):
+            self._drain(set())
         else:
-            entry = self.catalog[waiter.model]
-            info = replace_memory(entry, self._memory(entry))
-        actions = plan(self.snapshot(), info)
-        if actions and isinstance(actions[0], Reject):
-            self.stats.rejected += 1
-            reason = actions[0].reason
-            if hold is not None:
-                reason = reason.replace(f"model {hold.name}", f"a lease for {hold.holder}", 1)
-            self._fail(waiter.model, ModelWontFit(reason, param="memory_gb" if hold else "model"))
+            await self._swap_for(head, actions)
             return
-        if actions and isinstance(actions[0], Wait):
-            if now - waiter.since >= self.max_wait:  # waited long enough: the models in the way drain
-                self.draining |= {b for b in actions[0].blockers if b in self.resident}
+        await self._backfill(order, head, info, snapshot, overdue)
+
+    def _drain(self, models: set[str]) -> None:
+        """From now on ``models`` take no new lease; a model that no longer drains serves its queue next round."""
+        if self.draining - models:
+            self._wake.set()
+        self.draining = models
+
+    def _hold_back(self, head: _Waiter, actions: list[Action], now: float) -> bool:
+        """The swap delay: a swap that would unload an idle model in demand (it served two requests in the last
+        max_wait, the latest less than swap_delay ago) waits until the head has waited swap_delay (at most
+        max_wait), or until that model is no longer in demand; meanwhile it serves what comes."""
+        ends = [
+            min(s.served[-1] + self.swap_delay, s.served[0] + self.max_wait)
+            for s in (self.resident[a.model] for a in actions if isinstance(a, Unload))
+            if len(s.served) == 2
+        ]
+        until = min(head.since + min(self.swap_delay, self.max_wait), max(ends, default=now))
+        if now >= until:
+            return False
+        self._wakeups.append(until)
+        return True
+
+    async def _backfill(
+        self, order: list[_Waiter], head: _Waiter, info: ModelInfo, snapshot: Snapshot, overdue: bool
+    ) -> None:
+        """While the head waits, bring in a waiter that fits without unloading anything. One that would keep the
+        head out (it takes memory the head needs once what holds it now is back) goes only before the head has
+        waited max_wait or while the head waits for memory no model holds (it drains with the others once that
+        is back), and never as an external lease, which cannot drain."""
+        outside = not lets_in(snapshot, info, set(self.resident))  # it waits for memory no model holds
+        tried = {head.model, *self.draining}
+        for waiter in order:
+            if waiter.model in tried:
+                continue
+            tried.add(waiter.model)
+            other = self._info(waiter)
+            actions = plan(snapshot, other)
+            if len(actions) != 1 or not isinstance(actions[0], Load):
+                continue
+            if ((overdue and not outside) or waiter.hold is not None) and in_the_way(snapshot, info, other):
+                continue
+            await self._swap_for(waiter, actions)
             return
+
+    def _reject(self, waiter: _Waiter, reject: Reject) -> None:
+        self.stats.rejected += 1
+        reason = reject.reason
+        if waiter.hold is not None:
+            reason = reason.replace(f"model {waiter.hold.name}", f"a lease for {waiter.hold.holder}", 1)
+        self._fail(waiter.model, ModelWontFit(reason, param="memory_gb" if waiter.hold else "model"))
+        self._wake.set()  # the rest of the queue: in the next round
+
+    async def _swap_for(self, waiter: _Waiter, actions: list[Action]) -> None:
         # the models this plan unloads take no lease from here on: the actions await, and a request that came
-        # in between would otherwise get a lease on a model about to go
-        self.draining = {a.model for a in actions if isinstance(a, Unload)}
-        if self.draining:
+        # in between would otherwise get a lease on a model about to go; those draining for the head (a backfill
+        # loads while they drain) go on draining
+        unloads, draining = {a.model for a in actions if isinstance(a, Unload)}, self.draining
+        self.draining = draining | unloads
+        if unloads:
             self.stats.swaps += 1
         try:
             await self._carry_out(actions, waiter)
@@ -448,7 +547,7 @@ class Arbiter:
             log.error("arbiter: making room for %s failed: %s", waiter.model, exc)
             self._fail(waiter.model, EngineDown(f"Making room for {waiter.model} failed: {exc}", retry_after=30.0))
         finally:
-            self.draining.clear()
+            self.draining = draining - unloads
         self._wake.set()  # serve the new resident's queue in the next round
 
     async def _carry_out(self, actions: list[Action], waiter: _Waiter) -> None:
@@ -582,7 +681,7 @@ class Arbiter:
         return state.memory if state is not None else entry.info.memory
 
     def _next_deadline(self) -> float | None:
-        deadlines = [w.since + self.max_wait for w in self.queue]
+        deadlines = [w.since + self.max_wait for w in self.queue] + self._wakeups
         deadlines += [h.expires for h in self.holds.values() if h.expires is not None]
         deadlines += [
             s.last_used + s.entry.idle_timeout

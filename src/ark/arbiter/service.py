@@ -97,7 +97,7 @@ class EngineDrivers:
         self, by_model: dict[str, EngineDriver], comfy: ComfyDriver | None = None, engines: Sequence[EngineDriver] = ()
     ) -> None:
         self.by_model, self.comfy, self.engines = by_model, comfy, engines
-        self.restarts: dict[str, int] = {}  # engine -> restarts because it stopped answering
+        self.restarts = {d.name: 0 for d in engines}  # engine -> restarts because it stopped answering
 
     async def load(self, model: str) -> int | None:
         return await self.by_model[model].load(model)
@@ -287,6 +287,7 @@ class GpuService:
                 "load_seconds": round(stats.load_seconds, 3),
                 "leases": stats.wait_count,
                 "wait_seconds": round(stats.wait_seconds, 3),
+                "wait_buckets": list(stats.wait_buckets),
                 "leases_granted": stats.holds,
                 "leases_reclaimed": stats.reclaimed,
             },
@@ -378,6 +379,7 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
         comfy=lambda: probe.comfy,
         external=probe.external,
         require_full_gpu=settings.gpu.require_full_gpu,
+        swap_delay=settings.gpu.swap_delay_s,
     )
     probe.arbiter = arbiter
     await probe.tick()  # ComfyUI's footprint before the first plan

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ark.config import schema
 from ark.config.schema import Setting
-from ark.config.types import Address, Secret
+from ark.config.types import Address, Secret, SecretStr
 from ark.errors import ConfigError
 
 
@@ -58,6 +58,7 @@ class GpuSettings:
     comfyui_url: str
     comfyui_idle_gb: float
     max_wait_s: float
+    swap_delay_s: float
     queue_size: int
     require_full_gpu: bool
 
@@ -70,6 +71,9 @@ class ConsoleSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     session_hours: float
+    max_failures: int
+    lockout_s: float
+    identity_ttl_s: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,18 @@ class EdgeSettings:
     domain: str
     email: str
     tls: str  # "letsencrypt", "self-signed"
+    http_port: int
+    https_port: int
+    listen_address: str  # "" = every address
+    ipv6: bool
+    hsts_max_age: int
+    upload_max_bytes: int
+    prometheus_user: str
+    prometheus_password: Secret
+    upstreams: Mapping[str, int]
+    nginx_user: str
+    nginx_run_dir: Path | None  # None = the system's paths
+    cert_warn_days: int
 
 
 @dataclass(frozen=True)
@@ -84,12 +100,44 @@ class WireguardSettings:
     interface: str
     subnet: str
     listen_port: int
+    endpoint: str  # "" = [edge] domain:listen_port
+    peer_allowed_ips: tuple[str, ...]  # () = the subnet
+    dns: tuple[str, ...]
+    keepalive_s: int
 
 
 @dataclass(frozen=True)
 class FirewallSettings:
     ssh_port: int
     confirm_s: int
+    backend: str  # "nft", "iptables"
+    docker_subnet: tuple[str, ...]
+    allow_tcp: tuple[int, ...]
+    allow_udp: tuple[int, ...]
+    geoblock_scope: str  # "gateway", "public"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    embedded: str  # "auto", "yes", "no"
+    prometheus_listen: Address
+    node_exporter_listen: Address
+    gpu_exporter_listen: Address
+    alertmanager_listen: Address
+    retention: str
+    scrape_interval_s: int
+    alert_webhook_url: str
+    alert_email: str
+    smtp_smarthost: str
+    smtp_from: str
+    gpu_temperature_c: float
+    vram_full_ratio: float
+    queue_wait_p95_s: float
+    error_ratio: float
+    budget_ratio: float
+    disk_ratio: float
+    certificate_days: int
+    certificates: str  # comma-separated globs
 
 
 @dataclass(frozen=True)
@@ -162,6 +210,7 @@ class Settings:
     edge: EdgeSettings
     wireguard: WireguardSettings
     firewall: FirewallSettings
+    monitor: MonitorSettings
     engines: tuple[EngineSettings, ...]
     models: tuple[ModelSettings, ...]
     aliases: Mapping[str, str]
@@ -246,7 +295,8 @@ class _Loader:
         return f"{self.path}: {section + ' ' if section else ''}{key}"
 
     def _fail(self, where: str, value: Any, setting: Setting) -> ConfigError:
-        shown = "<hidden>" if "key" in setting.key and isinstance(value, str) else _show(value)
+        secret = "key" in setting.key or isinstance(setting.type, SecretStr)
+        shown = "<hidden>" if secret and isinstance(value, str) else _show(value)
         return ConfigError(f"{where} = {shown}: expected {setting.type.expected}")
 
     def _value(
@@ -316,6 +366,7 @@ class _Loader:
             edge=EdgeSettings(**plain["edge"]),
             wireguard=WireguardSettings(**plain["wireguard"]),
             firewall=FirewallSettings(**plain["firewall"]),
+            monitor=MonitorSettings(**plain["monitor"]),
             engines=engines,
             models=models,
             aliases=aliases,

@@ -35,6 +35,7 @@ _INTROS = {
     "edge": "What `ark render` writes for Nginx: one TLS site per subdomain of `domain` (docs/security.md).",
     "wireguard": "The VPN the experiment receiver and remote engines are reached through (docs/security.md).",
     "firewall": "The default-DROP ruleset `ark render` writes and `ark firewall apply` loads (docs/security.md).",
+    "monitor": "Prometheus, Alertmanager, the exporters and the alert thresholds (docs/monitoring.md).",
 }
 
 

@@ -14,6 +14,7 @@ Sections:
   [edge]           Nginx sites and TLS for the domain      env ARK_EDGE_<KEY>
   [wireguard]      the VPN: server and peers               env ARK_WIREGUARD_<KEY>
   [firewall]       the default-DROP ruleset                env ARK_FIREWALL_<KEY>
+  [monitor]        Prometheus, alerts, exporters           env ARK_MONITOR_<KEY>
   [engines.NAME]   one table per inference engine         env ARK_ENGINES_<NAME>_<KEY>
   [models."ID"]    per-model facts and policy             (file only)
   [aliases]        "alias" = "model id"                   (file only)
@@ -24,6 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ark.config.network import (
+    Cidr,
+    CidrList,
+    Endpoint,
+    Hostname,
+    IpAddress,
+    IpList,
+    NamedPorts,
+    PortList,
+    Word,
+)
 from ark.config.types import (
     Bool,
     ByteSize,
@@ -177,7 +189,16 @@ GPU: tuple[Setting, ...] = (
         "max_wait_s",
         Float(0.0, exclusive=True),
         30.0,
-        "Longest a request for another model waits while the resident model keeps serving its queue.",
+        "How long a request for another model may wait before the models in its way stop taking new requests "
+        "and drain for it; a request that has waited this long goes first.",
+    ),
+    Setting(
+        "swap_delay_s",
+        Float(0.0),
+        15.0,
+        "How long a request for another model waits while the model in its way is idle but in demand (two "
+        "requests served in the last max_wait_s, the latest less than this ago), so more requests for it are "
+        "served without a swap. Never past max_wait_s; 0: swap at once.",
     ),
     Setting("queue_size", Int(1, 100_000), 256, "Requests that may wait for the GPU; more get 429 with Retry-After."),
     Setting(
@@ -346,12 +367,31 @@ CONSOLE: tuple[Setting, ...] = (
 
 AUTH: tuple[Setting, ...] = (
     Setting("session_hours", Float(0.0, exclusive=True), 12.0, "Hours a login session lasts."),
+    Setting(
+        "max_failures",
+        Int(1, 1000),
+        5,
+        "Failed sign-ins allowed per user name and per client address before each further attempt must wait.",
+    ),
+    Setting(
+        "lockout_s",
+        Float(0.0, exclusive=True),
+        30.0,
+        "Seconds to wait after max_failures failed sign-ins; doubled at each further failure, at most an hour.",
+    ),
+    Setting(
+        "identity_ttl_s",
+        Int(10, 3600),
+        300,
+        "Lifetime of the signed X-Ark-Identity token that /auth/verify gives the sites behind Nginx "
+        "(the gateway attributes usage to that user while it is valid).",
+    ),
 )
 
 EDGE: tuple[Setting, ...] = (
     Setting(
         "domain",
-        Str(),
+        Hostname(),
         "",
         "The public domain D: sites chat.D, llm.D, art.D, grafana.D, n8n.D, prometheus.D, chromadb.D, axl.D "
         "and D itself (docs/security.md). Empty: no edge bundle.",
@@ -363,12 +403,90 @@ EDGE: tuple[Setting, ...] = (
         "letsencrypt",
         "Where the certificates come from: certbot's paths, or a local CA (`ark certs self-signed`).",
     ),
+    Setting("http_port", Int(1, 65535), 80, "Port Nginx answers plain HTTP on (only to redirect to HTTPS)."),
+    Setting("https_port", Int(1, 65535), 443, "Port Nginx serves the sites on (TLS)."),
+    Setting(
+        "listen_address",
+        IpAddress(),
+        "",
+        "Address Nginx listens on (e.g. 127.0.0.1 for a test). Empty: every IPv4 address, and every IPv6 one "
+        "when ipv6 is true.",
+    ),
+    Setting("ipv6", Bool(), True, "Also listen on IPv6 ([::]) when listen_address is empty."),
+    Setting(
+        "hsts_max_age",
+        Int(0, 10 * 366 * 86400),
+        63072000,
+        "Seconds browsers remember to use HTTPS only (Strict-Transport-Security, with includeSubDomains).",
+    ),
+    Setting(
+        "upload_max_bytes",
+        ByteSize(),
+        "100MiB",
+        "Largest request body Nginx accepts on chat, art, n8n and chromadb (uploads); llm uses [gateway] "
+        "max_body_bytes, the console and Grafana 10 MiB.",
+    ),
+    Setting("prometheus_user", Word(), "admin", "User name of Prometheus's basic auth (prometheus.D)."),
+    Setting(
+        "prometheus_password",
+        SecretStr(min_length=12),
+        "",
+        "Password of Prometheus's basic auth (stored bcrypt-hashed in the rendered htpasswd). "
+        "Empty: nobody can log in to prometheus.D.",
+    ),
+    Setting(
+        "upstreams",
+        NamedPorts(),
+        "",
+        "Ports of the services behind the sites when they are not the standard ones "
+        '(e.g. "grafana=3300"): chat, art, grafana, n8n, prometheus, chromadb, ollama, receiver, node_exporter, '
+        "gpu_exporter. The gateway's and the console's come from [gateway] listen and [console] listen.",
+    ),
+    Setting(
+        "nginx_user",
+        Word(),
+        "www-data",
+        "User Nginx's workers run as (the rendered htpasswd is made readable by its group).",
+    ),
+    Setting(
+        "nginx_run_dir",
+        PathType(),
+        None,
+        "Directory for Nginx's pid file, error log and temporary files. Default: the system's "
+        "(/run/nginx.pid, /var/log/nginx, /var/lib/nginx).",
+    ),
+    Setting(
+        "cert_warn_days",
+        Int(1, 365),
+        14,
+        "`ark audit` reports certificates that expire within this many days.",
+    ),
 )
 
 WIREGUARD: tuple[Setting, ...] = (
-    Setting("interface", Str(), "wg0", "Name of the server's WireGuard interface."),
-    Setting("subnet", Str(), "10.8.0.0/24", "Address range of the VPN; the server takes its first address."),
+    Setting("interface", Word(max_length=15), "wg0", "Name of the server's WireGuard interface."),
+    Setting("subnet", Cidr(), "10.8.0.0/24", "Address range of the VPN; the server takes its first address."),
     Setting("listen_port", Int(1, 65535), 51820, "UDP port the server listens on."),
+    Setting(
+        "endpoint",
+        Endpoint(),
+        "",
+        "host:port peers connect to. Empty: [edge] domain and listen_port.",
+    ),
+    Setting(
+        "peer_allowed_ips",
+        CidrList(),
+        "",
+        "Networks a peer sends through the tunnel (its AllowedIPs). Empty: only the VPN subnet "
+        '(split tunnel); "0.0.0.0/0, ::/0" sends everything.',
+    ),
+    Setting("dns", IpList(), "", "DNS servers written into peer files (empty: none, the peer keeps its own)."),
+    Setting(
+        "keepalive_s",
+        Int(0, 3600),
+        25,
+        "PersistentKeepalive of peer files, seconds (keeps NAT mappings open; 0: off).",
+    ),
 )
 
 FIREWALL: tuple[Setting, ...] = (
@@ -379,6 +497,66 @@ FIREWALL: tuple[Setting, ...] = (
         60,
         "Seconds `ark firewall apply` waits for `ark firewall confirm` before restoring the previous rules.",
     ),
+    Setting(
+        "backend",
+        Choice("nft", "iptables"),
+        "nft",
+        "What `ark firewall apply` loads: the nftables ruleset (nft -f), or the iptables-restore and ipset files.",
+    ),
+    Setting(
+        "docker_subnet",
+        CidrList(),
+        "172.17.0.0/16",
+        "Networks allowed to reach the metrics exporters (9100, 9835): Prometheus in Docker.",
+    ),
+    Setting("allow_tcp", PortList(), "", "More TCP ports open to everyone (the firewall opens, `ark audit` accepts)."),
+    Setting("allow_udp", PortList(), "", "More UDP ports open to everyone."),
+    Setting(
+        "geoblock_scope",
+        Choice("gateway", "public"),
+        "gateway",
+        "Where addresses in the geo-block sets are dropped: gateway (the API port) or public (every open "
+        "port but SSH and WireGuard).",
+    ),
+)
+
+MONITOR: tuple[Setting, ...] = (
+    Setting(
+        "embedded",
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether `ark up` starts Prometheus and node_exporter itself (on loopback, with the rendered configs). "
+        "auto: when their Debian packages are installed; yes: fail when they are not.",
+    ),
+    Setting("prometheus_listen", HostPort(), "127.0.0.1:9090", "Prometheus' address."),
+    Setting("node_exporter_listen", HostPort(), "127.0.0.1:9100", "node_exporter's address."),
+    Setting("gpu_exporter_listen", HostPort(), "127.0.0.1:9835", "The GPU exporter's address (`ark gpu exporter`)."),
+    Setting("alertmanager_listen", HostPort(), "127.0.0.1:9093", "Alertmanager's address."),
+    Setting("retention", Str(), "30d", "How long Prometheus keeps samples (its --storage.tsdb.retention.time)."),
+    Setting("scrape_interval_s", Int(1, 3600), 15, "Seconds between two scrapes of every target."),
+    Setting(
+        "alert_webhook_url",
+        Str(),
+        "",
+        "Where Alertmanager posts alerts (e.g. an n8n webhook); empty: no webhook receiver.",
+    ),
+    Setting("alert_email", Str(), "", "Address alerts are mailed to; empty: no mail."),
+    Setting("smtp_smarthost", Str(), "", "SMTP server for alert mail, HOST:PORT."),
+    Setting("smtp_from", Str(), "", "Sender address of alert mail."),
+    Setting("gpu_temperature_c", Float(0.0), 85.0, "Alert when a GPU is hotter than this for 5 minutes."),
+    Setting("vram_full_ratio", Float(0.0, hi=1.0), 0.95, "Alert when GPU memory is fuller than this for 5 minutes."),
+    Setting("queue_wait_p95_s", Float(0.0), 30.0, "Alert when the 95th percentile of GPU queue waits exceeds this."),
+    Setting("error_ratio", Float(0.0, hi=1.0), 0.05, "Alert when more than this share of API requests fail (5xx)."),
+    Setting("budget_ratio", Float(0.0, hi=1.0), 0.9, "Alert when a key has spent more than this share of its budget."),
+    Setting("disk_ratio", Float(0.0, hi=1.0), 0.85, "Alert when the data volume is fuller than this."),
+    Setting("certificate_days", Int(1, 365), 14, "Alert when a certificate expires within this many days."),
+    Setting(
+        "certificates",
+        Str(),
+        "/etc/letsencrypt/live/*/cert.pem",
+        "Certificate files (comma-separated globs) whose expiry the gateway exports as "
+        "ark_certificate_expiry_timestamp_seconds.",
+    ),
 )
 
 # Sections that are one flat table each: (name, settings), in the order the docs list them
@@ -388,6 +566,7 @@ PLAIN: tuple[tuple[str, tuple[Setting, ...]], ...] = (
     ("edge", EDGE),
     ("wireguard", WIREGUARD),
     ("firewall", FIREWALL),
+    ("monitor", MONITOR),
 )
 
 # Engines used when the file declares none: Ollama if one answers, and the embedded llama.cpp engine.

@@ -24,6 +24,8 @@ from ark.arbiter import service as gpu_service
 from ark.arbiter.drivers import DriverError
 from ark.arbiter.policy import GB
 from ark.arbiter.service import GpuService
+from ark.auth.identity import IdentityCollector, IdentityVerifier
+from ark.auth.signing import load_secret
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
@@ -57,6 +59,7 @@ from ark.gateway.streaming import relay
 from ark.periodic import every
 from ark.store import Key, Store, Team, key_id
 from ark.store.ledger import Ledger, prune
+from ark.supervisor import Supervisor
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
@@ -95,6 +98,8 @@ class Gateway:
         self.ledger: Ledger | None = None
         self.leases: Leases | None = None  # several gateways on one database
         self.gpu: GpuService | None = None  # the GPU arbiter, when it manages an engine
+        self.services: list[dict[str, str]] = []  # third-party services `ark up` runs (absent ones too)
+        self.supervisor: Supervisor | None = None
         self._shared = settings.store.is_shared
         self.budgets = Budgets(shared=self._shared)
         self.prices = prices(settings.models)
@@ -105,6 +110,9 @@ class Gateway:
         self.metrics.watch_engines(lambda: self.engines, self._engine_up)
         self.metrics.watch_budgets(self.budgets)
         self.metrics.watch_gpu(lambda: self.gpu)
+        self.metrics.watch_certificates(settings.monitor.certificates)
+        self.identity: IdentityVerifier | None = None  # X-Ark-Identity tokens: who a UI's request is for
+        self.metrics.registry.register(IdentityCollector(lambda: self.identity))
         self.rates = RateLimits(self.metrics.count_rate_limited, shared=self._shared)
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
@@ -132,6 +140,7 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
+        self.identity = IdentityVerifier(await asyncio.to_thread(load_secret, self.settings.data_dir))
         self.ledger = Ledger(
             self.store.engine, self.settings.data_dir / "ledger", shared=self._shared, on_ingested=self.budgets.ingested
         )
@@ -145,6 +154,7 @@ class Gateway:
             )
         for method_path, handler in Admin(self.store, self.reload_keys).routes().items():
             self._routes[method_path] = self._admin(handler)
+        self._routes[("GET", "/admin/services")] = self._admin(self.services_status)
         self._routes[("GET", "/admin/gpu")] = self._admin(self.gpu_status)
         self._routes[("POST", "/admin/gpu/load")] = self._admin(self.gpu_load)
         self._routes[("POST", "/admin/gpu/unload")] = self._admin(self.gpu_unload)
@@ -319,6 +329,10 @@ class Gateway:
                 except UnknownKey as miss:
                     ex.key = await self._authenticate_new(request, miss)
                 ex.authenticated = True
+                token = request.headers.get("x-ark-identity")
+                if token is not None and self.identity is not None:  # attribution only: it grants nothing
+                    identity = self.identity.verify(token)
+                    ex.person = identity.name if identity is not None else None
                 if self.leases is not None:
                     ex.admission = await self.leases.admit(ex.key)
                 else:
@@ -508,6 +522,12 @@ class Gateway:
             "owned_by": info.owned_by if info else "ark",
         }
         await responder.send(200, orjson.dumps(model), JSON_HEADERS)
+
+    async def services_status(self, request: Request, responder: Responder) -> None:
+        """The third-party services `ark up` runs: running (with pid, restarts), failed, or absent and why."""
+        live = {s["name"]: s for s in self.supervisor.status()} if self.supervisor is not None else {}
+        listed = [{**entry, **live.get(entry["name"], {})} for entry in self.services]
+        await responder.send(200, orjson.dumps({"services": listed}), JSON_HEADERS)
 
     async def gpu_status(self, request: Request, responder: Responder) -> None:
         """The arbiter's view (master key): resident models, leases, queue, counters."""

@@ -256,8 +256,11 @@ class Budgets:
                 account.pending_tokens -= tokens
                 account.held_tokens -= tokens
 
-    def remaining(self) -> Sequence[tuple[str, float]]:
-        return [(a.alias, a.max_budget - a.spend) for a in self.accounts.values() if a.max_budget is not None]
+    def remaining(self) -> Sequence[tuple[str, float, float]]:
+        """(key alias, credits left, the budget) of every account with a budget."""
+        return [
+            (a.alias, a.max_budget - a.spend, a.max_budget) for a in self.accounts.values() if a.max_budget is not None
+        ]
 
 
 def _reset_elsewhere(account: Account, limits: Limits) -> bool:

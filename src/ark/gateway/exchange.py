@@ -69,6 +69,7 @@ class Exchange:
     error: str | None = None
     prompt: Any = None
     output: str | None = None
+    person: str | None = None  # the signed-in user a valid X-Ark-Identity names (a UI calling for them)
 
     @property
     def key_label(self) -> str:
@@ -93,6 +94,7 @@ class Exchange:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cost=self.cost,
+            person=self.person,
         )
 
     def fail(self, exc: ApiError) -> None:
@@ -114,6 +116,8 @@ class Exchange:
             "latency_ms": round(elapsed * 1000, 3),
             "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 3),
         }
+        if self.person:
+            record["person"] = self.person
         if self.error:
             record["error"] = self.error
         if with_text:

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ark.arbiter.scheduler import WAIT_BUCKETS
 from ark.engines.base import Engine
 from ark.gateway.budgets import Budgets
 
@@ -59,9 +60,13 @@ class _BudgetCollector(Collector):
         remaining = GaugeMetricFamily(
             "ark_budget_remaining", "Credits left in the current budget period.", labels=["key_alias"]
         )
-        for alias, left in self._budgets.remaining():
+        budget = GaugeMetricFamily(
+            "ark_budget_max", "The budget of the current period, in credits.", labels=["key_alias"]
+        )
+        for alias, left, limit in self._budgets.remaining():
             remaining.add_metric([alias], left)
-        yield remaining
+            budget.add_metric([alias], limit)
+        yield from (remaining, budget)
 
 
 class _Histogram:
@@ -120,8 +125,7 @@ class _GpuCollector(Collector):
             resident.add_metric([m["model"]], 1.0 if m["resident"] else 0.0)
             memory.add_metric([m["model"]], float(m["memory_bytes"]))
             depth.add_metric([m["model"]], float(m["queued"]))
-            if m["offloaded"]:
-                offloaded.add_metric([m["model"]], m["offloaded"])
+            offloaded.add_metric([m["model"]], m["offloaded"])  # 0 too: an alert's increase() needs the series
         stats = status["stats"]
         yield from (resident, memory, depth, offloaded)
         yield CounterMetricFamily("ark_model_swaps", "Loads that had to unload another model first.", stats["swaps"])
@@ -131,12 +135,15 @@ class _GpuCollector(Collector):
             count_value=stats["loads"],
             sum_value=stats["load_seconds"],
         )
-        yield SummaryMetricFamily(
-            "ark_queue_wait_seconds",
-            "Time from a request's arrival to its lease on the model.",
-            count_value=stats["leases"],
-            sum_value=stats["wait_seconds"],
+        waits = HistogramMetricFamily(
+            "ark_queue_wait_seconds", "Time from a request's arrival to its lease on the model (or the GPU)."
         )
+        cumulative, buckets = 0, []
+        for bound, count in zip([*WAIT_BUCKETS, float("inf")], stats["wait_buckets"], strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+        waits.add_metric([], buckets, stats["wait_seconds"])
+        yield waits
         restarts = CounterMetricFamily(
             "ark_engine_restarts", "Engines restarted because they stopped answering.", labels=["engine"]
         )
@@ -196,6 +203,11 @@ class Metrics:
 
     def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
         self.registry.register(_EngineCollector(engines, up))
+
+    def watch_certificates(self, patterns: str) -> None:
+        from ark.monitor.certificates import CertificateCollector
+
+        self.registry.register(CertificateCollector(patterns))
 
     def watch_gpu(self, service: Callable[[], Any]) -> None:
         self.registry.register(_GpuCollector(service))

@@ -1,15 +1,22 @@
-"""Run the gateway on its port until SIGINT/SIGTERM, then shut down cleanly."""
+"""Run the gateway and the console on their ports until SIGINT/SIGTERM, then shut down cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ark.config import Settings
+from ark.console import ConsoleServer
 from ark.gateway.app import Gateway
+from ark.monitor import embedded
+from ark.supervisor import Supervisor
 from ark.wire import Limits, Server
+
+log = logging.getLogger("ark.gateway")
 
 
 async def serve(
@@ -22,17 +29,41 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
+    console: ConsoleServer | None = None
+    supervisor = Supervisor(settings.logs_dir)
+    monitoring: asyncio.Task[None] | None = None
     try:
         listen = settings.gateway.listen
         await server.start(listen.host, listen.port)
+        assert gateway.store is not None
+        # the console shares the gateway's database pool and /metrics
+        console = await ConsoleServer.open(settings, gateway.store, gateway.metrics.registry)
+        # third-party services start beside serving: Prometheus takes seconds to get ready
+        monitoring = asyncio.create_task(_monitoring(settings, supervisor, gateway), name="ark-monitoring")
         if on_started is not None:
             on_started(gateway)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if monitoring is not None:
+            monitoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitoring
+        await supervisor.close()
+        if console is not None:
+            await console.close()
         await server.close()
         await gateway.close()
+
+
+async def _monitoring(settings: Settings, supervisor: Supervisor, gateway: Gateway) -> None:
+    gateway.supervisor = supervisor
+    try:
+        gateway.services = await embedded.start(settings, supervisor)
+    except Exception as exc:  # [monitor] embedded = yes and something is missing: say so, serve on
+        log.error("monitoring: %s", exc)
+        gateway.services = [{"name": "monitoring", "state": "failed", "why": str(exc).splitlines()[0]}]
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

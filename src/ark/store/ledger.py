@@ -60,6 +60,7 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    person: str | None = None  # the signed-in user a UI called for (X-Ark-Identity), by name
 
 
 _COLUMNS = (
@@ -78,6 +79,7 @@ _COLUMNS = (
     "status",
     "latency_ms",
     "ttft_ms",
+    "person",
 )
 
 
@@ -137,6 +139,8 @@ def _prepare(rows: Iterable[dict[str, Any]], dialect: str) -> list[_Row]:
     text (UTC) and Date as "YYYY-MM-DD": a journal time in UTC with microseconds converts by slicing."""
     out = []
     for row in rows:
+        if "person" not in row:
+            row["person"] = None  # a journal written before revision 0003
         value = row["time"]
         if dialect == "sqlite" and isinstance(value, str) and len(value) == 32 and value.endswith("+00:00"):
             stamp: Any = f"{value[:10]} {value[11:26]}"
@@ -430,6 +434,7 @@ def spend_logs(
                 "key_alias": row["key_alias"],
                 "team_id": row["team_id"],
                 "user": row["user_id"],
+                "end_user": row["person"],
                 "call_type": row["path"],
                 "model": row["model_served"],
                 "model_group": row["model_requested"],

@@ -82,6 +82,7 @@ usage = Table(
     Column("status", Integer, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("ttft_ms", Float),
+    Column("person", String(64)),  # the signed-in user a UI called on behalf of (X-Ark-Identity); 0003
 )
 Index("ix_usage_time", usage.c.time)
 Index("ix_usage_key_time", usage.c.key_id, usage.c.time)
@@ -128,3 +129,33 @@ rate_buckets = Table(
     Column("tokens", Float, nullable=False),  # the tpm bucket's level (may be negative: debt)
     Column("stamp", Float, nullable=False),  # Unix time of the last refill
 )
+
+# -- people: console users and their sessions (ark/auth/users.py); 0003 --------------------------------
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),  # random hex; what sessions and identity tokens name
+    Column("name", String(64), nullable=False, unique=True),  # the sign-in name, lower case
+    Column("email", String(254), nullable=False, unique=True),  # Open WebUI keys its accounts by it
+    Column("display_name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),  # "admin" or "user"
+    Column("password_hash", String(256), nullable=False),  # argon2id, PHC string
+    Column("totp_secret", String(64)),  # base32; NULL: no second factor
+    Column("totp_last_step", BigInteger),  # the last TOTP step accepted: it and older ones are refused
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the cookie's token: a leaked table signs nobody in
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("client", String(64)),  # the address it signed in from
+    Column("user_agent", String(256)),
+)
+Index("ix_user_sessions_user_id", user_sessions.c.user_id)
+Index("ix_user_sessions_expires_at", user_sessions.c.expires_at)

@@ -1,0 +1,191 @@
+"""Setting types for network values that end up inside Nginx, nftables and WireGuard files.
+
+They are stricter than plain strings on purpose: a value is pasted into a
+configuration language, so a stray ``;`` or ``}`` in a domain or a CIDR would
+inject directives. Checking here means `ark config check` catches it before
+anything is rendered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from ark.config.types import Type
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def is_hostname(value: str) -> bool:
+    """A DNS name of letters, digits and hyphens (no trailing dot, at most 253 characters)."""
+    labels = value.split(".")
+    return 0 < len(value) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+class Hostname(Type[str]):
+    """A DNS name such as ``example.org`` (lower-cased), or empty."""
+
+    expected = 'a DNS name such as "example.org" (letters, digits, hyphens and dots), or empty'
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        name = value.strip().lower()
+        if name and not is_hostname(name):
+            raise self.fail()
+        return name
+
+
+class Cidr(Type[str]):
+    """An IPv4 or IPv6 network in CIDR notation, normalised (``10.8.0.0/24``)."""
+
+    expected = 'a network in CIDR notation such as "10.8.0.0/24"'
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        try:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise self.fail() from None
+
+
+class CidrList(Type[tuple[str, ...]]):
+    """Comma-separated CIDR networks (``"10.8.0.0/24, 192.168.1.0/24"``), or empty."""
+
+    expected = 'comma-separated networks in CIDR notation such as "10.8.0.0/24, fd00::/64", or empty'
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise self.fail()
+        try:
+            return tuple(str(ipaddress.ip_network(p.strip(), strict=False)) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise self.fail() from None
+
+
+class PortList(Type[tuple[int, ...]]):
+    """Ports as a TOML array of integers or comma-separated text (``"8443, 9000"``), sorted, unique."""
+
+    expected = 'ports between 1 and 65535: an array [8443, 9000] or text "8443, 9000", or empty'
+
+    def parse(self, value: Any) -> tuple[int, ...]:
+        items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else None
+        if items is None:
+            raise self.fail()
+        ports: set[int] = set()
+        for item in items:
+            text = str(item).strip() if not isinstance(item, bool) else "x"
+            if not text:
+                continue
+            if not text.isdigit() or not 1 <= int(text) <= 65535:
+                raise self.fail()
+            ports.add(int(text))
+        return tuple(sorted(ports))
+
+
+class NamedPorts(Type[dict[str, int]]):
+    """``name=port`` pairs (``"chat=3000, grafana=3001"``) or a TOML table ``{ chat = 3000 }``."""
+
+    expected = 'name=port pairs such as "chat=3000, grafana=3001" (or a table), ports between 1 and 65535'
+
+    def parse(self, value: Any) -> dict[str, int]:
+        if isinstance(value, str):
+            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise self.fail()
+            value = {k.strip(): v.strip() for k, _, v in pairs}
+        if not isinstance(value, dict):
+            raise self.fail()
+        result: dict[str, int] = {}
+        for name, port in value.items():
+            text = str(port).strip() if not isinstance(port, bool) else "x"
+            if not _NAME.match(str(name)) or not text.isdigit() or not 1 <= int(text) <= 65535:
+                raise self.fail()
+            result[str(name)] = int(text)
+        return result
+
+
+class Word(Type[str]):
+    """A name pasted into configuration files: a Unix user, an interface (letters, digits, ``_.-``)."""
+
+    expected = "a name of letters, digits, '_', '.' or '-' (at most 32 characters)"
+
+    def __init__(self, *, allow_empty: bool = False, max_length: int = 32) -> None:
+        self.allow_empty = allow_empty
+        self.max_length = max_length
+        self.expected = f"a name of letters, digits, '_', '.' or '-' (at most {max_length} characters)" + (
+            ", or empty" if allow_empty else ""
+        )
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        text = value.strip()
+        if text == "" and self.allow_empty:
+            return text
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", text) or len(text) > self.max_length:
+            raise self.fail()
+        return text
+
+
+class Endpoint(Type[str]):
+    """``host:port`` where host is a DNS name or an IP address (IPv6 in brackets), or empty."""
+
+    expected = 'host:port such as "vpn.example.org:51820" or "[2001:db8::1]:51820", or empty'
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        text = value.strip()
+        if not text:
+            return ""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise self.fail()
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            if not is_hostname(bare.lower()):
+                raise self.fail() from None
+            return f"{bare.lower()}:{int(port)}"
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return f"{shown}:{int(port)}"
+
+
+class IpList(Type[tuple[str, ...]]):
+    """Comma-separated IP addresses (``"10.8.0.1, 1.1.1.1"``), or empty."""
+
+    expected = 'comma-separated IP addresses such as "10.8.0.1, 1.1.1.1", or empty'
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise self.fail()
+        try:
+            return tuple(str(ipaddress.ip_address(p.strip())) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise self.fail() from None
+
+
+class IpAddress(Type[str]):
+    """One IP address (``127.0.0.1``, ``::1``), or empty."""
+
+    expected = 'an IP address such as "127.0.0.1" or "::1", or empty'
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail()
+        text = value.strip().strip("[]")
+        if not text:
+            return ""
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise self.fail() from None

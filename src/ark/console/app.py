@@ -1,0 +1,200 @@
+"""The console's routes: sign-in page, sign-in, sign-out, Nginx's ``auth_request`` check, landing page.
+
+The contract Nginx relies on (docs/security.md):
+
+    GET  /auth/login?rd=URL   the sign-in form (sets the ark_csrf cookie it is checked against)
+    POST /auth/login          username, password, totp (optional), csrf, rd -> 303 to rd + ark_session
+    POST /auth/logout         csrf -> 303 to /auth/login, session deleted, cookie cleared
+    GET  /auth/verify         200 + identity headers for a live session, 401 otherwise
+    GET  /                    who is signed in and links to the sites (303 to sign in otherwise)
+
+Every page carries no-store, no-framing and a script-free CSP; every form post needs its CSRF value.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import quote
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ark.auth.passwords import MAX_LENGTH as MAX_PASSWORD
+from ark.auth.service import AuthService
+from ark.auth.users import Session
+from ark.config import Settings
+from ark.console import pages, web
+from ark.console.web import BadInput
+from ark.wire import Request, Responder
+
+log = logging.getLogger("ark.console")
+
+SESSION_COOKIE = "ark_session"
+CSRF_COOKIE = "ark_csrf"
+_CSRF_MAX_AGE = 3600 * 12
+_HTML = [("content-type", "text/html; charset=utf-8"), *web.SECURITY_HEADERS]
+_TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+_LOGIN_FIELDS = {"username": 256, "password": MAX_PASSWORD, "totp": 16, "csrf": 256, "rd": 2048}
+_WRONG = "Wrong user name, password or code."
+Route = Callable[[Request, Responder], Awaitable[None]]
+
+
+class Console:
+    """The console's request handler (for :class:`ark.wire.Server`)."""
+
+    def __init__(self, settings: Settings, auth: AuthService) -> None:
+        self.auth = auth
+        self.domain = settings.edge.domain.strip().strip(".").lower()
+        self._routes: dict[str, dict[str, Route]] = {
+            "/": {"GET": self.home},
+            "/auth/login": {"GET": self.login_page, "POST": self.login},
+            "/auth/logout": {"POST": self.logout},
+            "/auth/verify": {"GET": self.verify},
+            "/health/live": {"GET": self.live},
+        }
+
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        methods = self._routes.get(request.path)
+        try:
+            if methods is None:
+                raise BadInput("There is no such page.", 404)
+            handler = methods.get(request.method)
+            if handler is None:
+                raise BadInput(f"{request.method} is not allowed here.", 405)
+            await handler(request, responder)
+        except BadInput as exc:
+            await self._page(responder, exc.status, pages.message("Cannot do that", str(exc)))
+        except Exception:
+            log.exception("console: %s %s failed", request.method, request.path)
+            if not responder.started:
+                await self._page(responder, 500, pages.message("Something went wrong", "ARK logged the error."))
+
+    async def _page(
+        self, responder: Responder, status: int, html: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        await responder.send(status, html.encode(), [*_HTML, *headers])
+
+    # -- signing in -------------------------------------------------------------------------------
+    def _csrf(self, request: Request) -> tuple[str, list[tuple[str, str]]]:
+        """The sign-in form's CSRF value: the browser's cookie when it is ours, else a new one to set."""
+        for value in web.cookies(request, CSRF_COOKIE)[:4]:
+            if self.auth.csrf_cookie_ok(value):
+                return value, []
+        value = self.auth.new_csrf()
+        return value, [web.set_cookie(CSRF_COOKIE, value, max_age=_CSRF_MAX_AGE, path="/auth")]
+
+    def _csrf_matches(self, request: Request, sent: str) -> bool:
+        if not sent or not self.auth.csrf_cookie_ok(sent) or not web.origin_allowed(request, self.domain):
+            return False
+        return any(hmac.compare_digest(v.encode(), sent.encode()) for v in web.cookies(request, CSRF_COOKIE)[:4])
+
+    def _rd(self, request: Request, target: str) -> str:
+        return web.safe_redirect(target, self.domain, request.headers.get("host", ""))
+
+    async def login_page(self, request: Request, responder: Responder) -> None:
+        csrf, headers = self._csrf(request)
+        rd = self._rd(request, web.query(request, "rd"))
+        await self._page(responder, 200, pages.login(csrf=csrf, rd=rd), headers)
+
+    async def login(self, request: Request, responder: Responder) -> None:
+        fields = web.form(request, _LOGIN_FIELDS)
+        rd = self._rd(request, fields.get("rd", "/"))
+        username = fields.get("username", "")
+        csrf, csrf_headers = self._csrf(request)
+
+        async def again(status: int, error: str, extra: Iterable[tuple[str, str]] = ()) -> None:
+            html = pages.login(csrf=csrf, rd=rd, username=username, error=error)
+            await self._page(responder, status, html, [*csrf_headers, *extra])
+
+        if not self._csrf_matches(request, fields.get("csrf", "")):
+            self.auth.count("csrf_refused")
+            await again(403, "This form expired or was not sent by ARK's sign-in page. Please sign in again.")
+            return
+        client = web.client_address(request)
+        agent = request.headers.get("user-agent", "")
+        result = await self.auth.login(username, fields.get("password", ""), fields.get("totp", ""), client, agent)
+        if result.outcome == "throttled":
+            seconds = math.ceil(result.retry_after)
+            error = f"Too many failed sign-ins for this name or from this address. Try again in {seconds} s."
+            await again(429, error, [("retry-after", str(seconds))])
+            return
+        if result.outcome != "ok" or result.expires is None:
+            await again(401, _WRONG)
+            return
+        await self._end_old_sessions(request)  # a new session id at every sign-in: no fixation
+        cookie = web.set_cookie(
+            SESSION_COOKIE,
+            self.auth.cookie_value(result.token),
+            max_age=self.auth.expires_in(result.expires),
+            domain=self.domain,
+        )
+        forget_csrf = web.set_cookie(CSRF_COOKIE, "", max_age=0, path="/auth")
+        await responder.send(303, b"", [("location", rd), cookie, forget_csrf, *web.SECURITY_HEADERS])
+
+    async def _end_old_sessions(self, request: Request) -> None:
+        while (found := await self.auth.check(web.cookies(request, SESSION_COOKIE))) is not None:
+            await self.auth.logout(found[1])
+
+    # -- signed in --------------------------------------------------------------------------------
+    async def _session(self, request: Request) -> tuple[Session, str] | None:
+        return await self.auth.check(web.cookies(request, SESSION_COOKIE))
+
+    async def logout(self, request: Request, responder: Responder) -> None:
+        fields = web.form(request, {"csrf": 256})
+        found = await self._session(request)
+        if found is not None:
+            expected = self.auth.session_csrf(found[1])
+            if not hmac.compare_digest(expected.encode(), fields.get("csrf", "").encode()):
+                raise BadInput("This form was not sent by ARK's page. Go back, reload it and sign out again.", 403)
+            await self.auth.logout(found[1])
+        clear = [web.set_cookie(SESSION_COOKIE, "", max_age=0)]
+        if self.domain:
+            clear.append(web.set_cookie(SESSION_COOKIE, "", max_age=0, domain=self.domain))
+        await responder.send(303, b"", [("location", "/auth/login"), *clear, *web.SECURITY_HEADERS])
+
+    async def verify(self, request: Request, responder: Responder) -> None:
+        """Nginx ``auth_request``: the session is checked now, every time (a disabled user is out at once)."""
+        found = await self._session(request)
+        if found is None:
+            self.auth.count("verify_denied")
+            await responder.send(401, b"not signed in\n", _TEXT)
+            return
+        self.auth.count("verify_ok")
+        user = found[0].user
+        headers = [
+            ("x-trusted-email", web.header_value(user.email)),
+            ("x-trusted-name", web.header_value(user.display_name)),
+            ("x-webauth-user", user.name),
+            ("x-ark-user", user.name),
+            ("x-ark-role", user.role),
+            ("x-ark-identity", self.auth.identity_token(user)),
+        ]
+        await responder.send(200, b"", [*_TEXT, *headers])
+
+    async def home(self, request: Request, responder: Responder) -> None:
+        found = await self._session(request)
+        if found is None:
+            await responder.send(303, b"", [("location", "/auth/login?rd=" + quote("/")), *web.SECURITY_HEADERS])
+            return
+        session, token = found
+        html = pages.home(session.user, csrf=self.auth.session_csrf(token), domain=self.domain)
+        await self._page(responder, 200, html)
+
+    async def live(self, request: Request, responder: Responder) -> None:
+        await responder.send(200, b'{"status":"ok"}', [("content-type", "application/json")])
+
+
+class ConsoleCollector(Collector):
+    """``ark_auth_events_total{event}``: sign-ins (ok, failed, throttled), CSRF refusals, verify answers."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self._auth = auth
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily("ark_auth_events", "Console sign-in and session events.", labels=["event"])
+        for event, count in sorted(self._auth.counts.items()):
+            family.add_metric([event], count)
+        yield family

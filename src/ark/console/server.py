@@ -1,0 +1,74 @@
+"""The console on ``[console] listen``, beside the gateway in the same process and event loop.
+
+It shares the gateway's database connection pool and Prometheus registry; its own server has small
+limits (a sign-in form is a few hundred bytes) so that nothing big reaches the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ark.auth.service import AuthService
+from ark.auth.signing import load_secret
+from ark.auth.users import UserStore
+from ark.config import Settings
+from ark.console.app import Console, ConsoleCollector
+from ark.errors import AuthError
+from ark.periodic import every
+from ark.store import Store
+from ark.wire import Limits, Server
+
+log = logging.getLogger("ark.console")
+
+MAX_BODY = 64 * 1024
+_PRUNE_EVERY_S = 3600.0
+
+
+class ConsoleError(AuthError):
+    """The console cannot start (its port is taken...)."""
+
+
+class ConsoleServer:
+    """Start with :meth:`open`, stop with :meth:`close`."""
+
+    def __init__(self, settings: Settings, auth: AuthService) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.console = Console(settings, auth)
+        self.server = Server(self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0))
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(cls, settings: Settings, store: Store, registry: CollectorRegistry | None = None) -> ConsoleServer:
+        secret = await asyncio.to_thread(load_secret, settings.data_dir)
+        auth = AuthService(UserStore(store.engine), secret, settings.auth)
+        await auth.start()
+        console = cls(settings, auth)
+        listen = settings.console.listen
+        try:
+            await console.server.start(listen.host, listen.port)
+        except OSError as exc:
+            raise ConsoleError(f"cannot listen on {listen} ([console] listen): {exc.strerror}") from None
+        if registry is not None:
+            registry.register(ConsoleCollector(auth))
+        failure = "console: deleting expired sessions failed"
+        console._background(every(_PRUNE_EVERY_S, auth.prune, log=log, failure=failure, at_once=True))
+        return console
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(work, name="ark-console-prune"))
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.close(grace=2.0)

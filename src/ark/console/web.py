@@ -1,0 +1,145 @@
+"""Small, strict HTTP pieces for the console: forms, cookies, redirect targets, client addresses.
+
+Every input here is hostile until checked. Each function either returns clean data or raises
+:class:`BadInput` with a message fit to show; nothing is half-parsed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import parse_qsl, urlsplit
+
+from ark.wire import Request
+
+_MAX_FIELDS = 16
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+# Every page: no caching of anything personal, no framing (clickjacking), no sniffing, no scripts.
+SECURITY_HEADERS = [
+    ("cache-control", "no-store"),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+]
+
+
+class BadInput(ValueError):
+    """A request the console refuses; the message says why, for the person reading the page."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def form(request: Request, limits: dict[str, int]) -> dict[str, str]:
+    """The fields of a urlencoded form body, each at most ``limits[name]`` characters; others ignored."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not request.body and not ctype:
+        return {}  # an empty post: no fields (the CSRF check then refuses it)
+    if ctype != "application/x-www-form-urlencoded":
+        raise BadInput("Expected a form (application/x-www-form-urlencoded).", 415)
+    try:
+        text = request.body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=_MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise BadInput("The form is not valid (bad encoding or too many fields).") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in limits:
+            continue
+        if name in fields:
+            raise BadInput(f"The form has the field {name!r} twice.")
+        if len(value) > limits[name] or "\x00" in value:
+            raise BadInput(f"The field {name!r} is too long or not text.")
+        fields[name] = value
+    return fields
+
+
+def query(request: Request, name: str, max_length: int = 2048) -> str:
+    """One query parameter ("" when absent or unusable)."""
+    try:
+        pairs = parse_qsl(request.query, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
+    except ValueError:
+        return ""
+    values = [v for k, v in pairs if k == name]
+    return values[0] if len(values) == 1 and len(values[0]) <= max_length else ""
+
+
+def cookies(request: Request, name: str) -> list[str]:
+    """Every value of the cookie ``name`` (a browser may send several with one name: other paths or domains)."""
+    header = request.headers.get("cookie", "")
+    if len(header) > 16384:
+        return []
+    found = []
+    for part in header.split(";"):
+        key, eq, value = part.strip().partition("=")
+        if eq and key == name:
+            found.append(value.strip().strip('"'))
+    return found
+
+
+def set_cookie(name: str, value: str, *, max_age: int, path: str = "/", domain: str = "") -> tuple[str, str]:
+    """A Set-Cookie header: HttpOnly, Secure, SameSite=Lax always; Domain=.D to share it with every site."""
+    parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}", "HttpOnly", "Secure", "SameSite=Lax"]
+    if domain:
+        parts.append(f"Domain=.{domain}")
+    return ("set-cookie", "; ".join(parts))
+
+
+def safe_redirect(target: str, domain: str, host: str) -> str:
+    """``target`` when it stays on ARK's sites, else "/": never an open redirect.
+
+    Accepted: a path on this site ("/x", not "//x" nor "/\\x"), or an http(s) URL whose host is the
+    configured domain or one of its subdomains (with no domain: the host this page was asked on).
+    Nothing with control characters, backslashes or credentials ("https://D@evil").
+    """
+    if not target or len(target) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in target) or "\\" in target:
+        return "/"
+    if target.startswith("/"):
+        return target if not target.startswith("//") else "/"
+    try:
+        parts = urlsplit(target)
+        hostname = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "/"
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc or not hostname:
+        return "/"
+    return target if _allowed_host(hostname, domain, host) else "/"
+
+
+def _allowed_host(hostname: str, domain: str, host: str) -> bool:
+    if domain:
+        domain = domain.lower().strip(".")
+        return hostname == domain or hostname.endswith("." + domain)
+    request_host = host.rsplit(":", 1)[0].strip("[]").lower() if host else ""
+    return bool(request_host) and hostname == request_host
+
+
+def origin_allowed(request: Request, domain: str) -> bool:
+    """Whether a form post's Origin (when the browser sends one) is one of ARK's sites."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # older browsers and privacy settings send none: the CSRF token still decides
+    if origin == "null":
+        return False
+    return safe_redirect(origin, domain, request.headers.get("host", "")) != "/"
+
+
+def client_address(request: Request) -> str:
+    """Who is asking: the peer, or X-Real-IP when the peer is Nginx on this machine."""
+    if request.client in _LOOPBACK:
+        real = request.headers.get("x-real-ip", "").strip()
+        try:
+            return str(ipaddress.ip_address(real))
+        except ValueError:
+            pass
+    return request.client
+
+
+def header_value(text: str) -> str:
+    """A header value as the wire carries it: UTF-8 bytes (held as latin-1 characters), no line breaks."""
+    return "".join(c for c in text if c not in "\r\n").encode("utf-8").decode("latin-1")

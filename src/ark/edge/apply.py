@@ -1,0 +1,290 @@
+"""`ark firewall apply | confirm | rollback`: load the ruleset so that a mistake cannot lock you out.
+
+apply: save what is loaded now, write the commands that restore it, start a
+*watcher*, then load the new rules (``nft -f``, or ``ipset restore`` +
+``iptables-restore --noflush``). Unless `ark firewall confirm` arrives within
+``[firewall] confirm_s``, the watcher restores the saved rules by itself.
+
+The watcher is a detached child process (its own session, started through a
+short-lived intermediate so it is nobody's child): it survives the CLI exiting
+and the SSH session that ran it dropping, which is exactly when it is needed.
+It does not survive a reboot, and neither do the rules: until persisted (see
+docs/security.md) a reboot is the last way back.
+
+Confirm and the watcher race for one file: each *renames* ``pending.json`` to
+claim it, and a rename succeeds once, so a rollback and a confirm can never both
+happen. ``--netns NAME`` runs every command through ``ip netns exec NAME`` (tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ark.errors import EdgeError
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+POLL_S = 0.2
+
+
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+@dataclass(frozen=True)
+class Pending:
+    token: str
+    backend: str
+    netns: str | None
+    deadline: float  # time.time() at which the watcher rolls back
+    rollback: list[list[str]]  # commands, in order
+    applied: list[str]  # the files that were loaded
+
+
+class FirewallGuard:
+    """Apply with an automatic rollback; the state lives in ``DATA/firewall/apply``."""
+
+    def __init__(
+        self, data_dir: Path, *, runner: Runner = run_command, spawn: Callable[[Path, str], int] | None = None
+    ) -> None:
+        self.dir = data_dir / "firewall" / "apply"
+        self.run = runner
+        self.spawn = spawn or spawn_watcher
+
+    @property
+    def pending_path(self) -> Path:
+        return self.dir / "pending.json"
+
+    def pending(self) -> Pending | None:
+        try:
+            return Pending(**json.loads(self.pending_path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    # -- apply ------------------------------------------------------------------------------------
+    def apply(self, bundle: Path, backend: str, confirm_s: int, netns: str | None = None) -> Pending:
+        if self.pending() is not None:
+            raise EdgeError("an apply is waiting for confirmation: `ark firewall confirm` or `ark firewall rollback`")
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        _require_tools(backend, netns)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = secrets.token_hex(6)
+        if backend == "nft":
+            rollback, steps = self._nft(bundle, prefix, token)
+        else:
+            rollback, steps = self._iptables(bundle, prefix, token)
+        pending = Pending(token, backend, netns, time.time() + confirm_s, rollback, [str(s[-1]) for s in steps])
+        self._write_pending(pending)
+        self._log("armed", pending, f"rollback in {confirm_s} s unless confirmed")
+        try:
+            pid = self.spawn(self.pending_path, token)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self.pending_path.unlink()
+            raise EdgeError(f"cannot start the rollback watcher, nothing was applied: {exc}") from None
+        _write_private(self.dir / "watcher.pid", f"{pid}\n")
+        for step in steps:
+            result = self.run(step)
+            if result.returncode != 0:
+                self.rollback_now(reason=f"{' '.join(step)} failed")
+                raise EdgeError(f"{' '.join(step)} failed, the previous rules are back:\n{result.stderr.strip()}")
+        self._log("applied", pending, ", ".join(pending.applied))
+        return pending
+
+    def _nft(self, bundle: Path, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
+        ruleset = bundle / "firewall" / "ruleset.nft"
+        _must_exist(ruleset)
+        saved = self.run([*prefix, "nft", "list", "table", "inet", "ark"])
+        restore = self.dir / f"rollback-{token}.nft"
+        # nothing saved: the rollback just removes ARK's table
+        text = "table inet ark {}\ndelete table inet ark\n" + (saved.stdout if saved.returncode == 0 else "")
+        _write_private(restore, text)
+        check = [*prefix, "nft", "-c", "-f", str(ruleset)]
+        result = self.run(check)
+        if result.returncode != 0:
+            raise EdgeError(f"{ruleset} does not load, nothing was applied:\n{result.stderr.strip()}")
+        return [[*prefix, "nft", "-f", str(restore)]], [[*prefix, "nft", "-f", str(ruleset)]]
+
+    def _iptables(self, bundle: Path, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
+        files = {name: bundle / "firewall" / name for name in ("ipsets", "rules.v4", "rules.v6")}
+        for path in files.values():
+            _must_exist(path)
+        rollback: list[list[str]] = []
+        sets = _ark_sets_refill(self.run([*prefix, "ipset", "save"]).stdout)
+        if sets:
+            sets_file = self.dir / f"rollback-{token}.ipset"
+            _write_private(sets_file, sets)
+            rollback.append([*prefix, "ipset", "restore", "-exist", "-file", str(sets_file)])
+        for tool, suffix in (("iptables", "v4"), ("ip6tables", "v6")):
+            saved = self.run([*prefix, f"{tool}-save", "-t", "filter"]).stdout
+            path = self.dir / f"rollback-{token}.{suffix}"
+            if "*filter" in saved:
+                _write_private(path, saved)  # the whole filter table as it was, Docker's chains included
+                rollback.append([*prefix, f"{tool}-restore", str(path)])
+            else:
+                _write_private(path, "*filter\n:INPUT ACCEPT [0:0]\n-F INPUT\nCOMMIT\n")
+                rollback.append([*prefix, f"{tool}-restore", "--noflush", str(path)])
+        steps = [
+            [*prefix, "ipset", "restore", "-exist", "-file", str(files["ipsets"])],
+            [*prefix, "iptables-restore", "--test", "--noflush", str(files["rules.v4"])],
+            [*prefix, "ip6tables-restore", "--test", "--noflush", str(files["rules.v6"])],
+            [*prefix, "iptables-restore", "--noflush", str(files["rules.v4"])],
+            [*prefix, "ip6tables-restore", "--noflush", str(files["rules.v6"])],
+        ]
+        return rollback, steps
+
+    # -- confirm / rollback -----------------------------------------------------------------------
+    def confirm(self) -> Pending:
+        claimed = self._claim("confirmed")
+        if claimed is None:
+            raise EdgeError(f"nothing to confirm. {self.last_event()}")
+        self._log("confirmed", claimed, "kept")
+        return claimed
+
+    def rollback_now(self, reason: str = "asked for") -> Pending:
+        claimed = self._claim("rolling-back")
+        if claimed is None:
+            raise EdgeError(f"nothing to roll back. {self.last_event()}")
+        self._restore(claimed, reason)
+        return claimed
+
+    def watch(self, token: str, clock: Callable[[], float] = time.time) -> None:
+        """The watcher's loop: gone or replaced -> confirmed, exit; deadline passed -> roll back."""
+        while True:
+            pending = self.pending()
+            if pending is None or pending.token != token:
+                return
+            if clock() >= pending.deadline:
+                claimed = self._claim("rolling-back")
+                if claimed is not None and claimed.token == token:
+                    self._restore(claimed, "not confirmed in time")
+                return
+            time.sleep(min(POLL_S, max(0.0, pending.deadline - clock())))
+
+    def _claim(self, state: str) -> Pending | None:
+        target = self.dir / f"{state}.json"
+        try:
+            os.rename(self.pending_path, target)
+        except FileNotFoundError:
+            return None
+        return Pending(**json.loads(target.read_text()))
+
+    def _restore(self, pending: Pending, reason: str) -> None:
+        problems = []
+        for step in pending.rollback:
+            result = self.run(step)
+            if result.returncode != 0:
+                problems.append(f"{' '.join(step)}: {result.stderr.strip()}")
+        self._log("rolled_back" if not problems else "rollback_failed", pending, "; ".join([reason, *problems]))
+
+    # -- state --------------------------------------------------------------------------------------
+    def _write_pending(self, pending: Pending) -> None:
+        tmp = self.dir / f".pending.{pending.token}.tmp"
+        _write_private(tmp, json.dumps(asdict(pending)))
+        os.replace(tmp, self.pending_path)
+
+    def _log(self, event: str, pending: Pending, detail: str) -> None:
+        entry = {"time": time.time(), "event": event, "backend": pending.backend, "netns": pending.netns}
+        with (self.dir / "history.jsonl").open("a") as f:
+            f.write(json.dumps({**entry, "token": pending.token, "detail": detail}) + "\n")
+
+    def watcher_pid(self) -> int | None:
+        """The last watcher's process id (it exits once its apply is confirmed or rolled back)."""
+        try:
+            return int((self.dir / "watcher.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def history(self) -> list[dict[str, object]]:
+        try:
+            lines = (self.dir / "history.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def last_event(self) -> str:
+        history = self.history()
+        if not history:
+            return "No apply has run."
+        last = history[-1]
+        return f"Last: {last['event']} ({last['detail']})."
+
+
+def _require_tools(backend: str, netns: str | None) -> None:
+    iptables = [f"{tool}-{verb}" for tool in ("iptables", "ip6tables") for verb in ("save", "restore")]
+    tools = ["nft"] if backend == "nft" else ["ipset", *iptables]
+    if netns:
+        tools.append("ip")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise EdgeError(f"not installed: {', '.join(missing)} (apt-get install nftables iptables ipset iproute2)")
+
+
+def _must_exist(path: Path) -> None:
+    if not path.exists():
+        raise EdgeError(f"{path} is missing: run `ark render` first")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _ark_sets_refill(saved: str) -> str:
+    """From ``ipset save``: flush and refill ARK's sets as they were (they are never destroyed)."""
+    lines = []
+    for line in saved.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[1].startswith("ark_"):
+            if words[0] == "create":
+                lines.append(f"flush {words[1]}")
+            elif words[0] == "add":
+                lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def spawn_watcher(pending_path: Path, token: str) -> int:
+    """Start the watcher through an intermediate process that exits at once; returns the watcher's pid."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])  # so `-m ark.edge.apply` works from any cwd
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "ark.edge.apply", "spawn", str(pending_path), token]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    if result.returncode != 0:
+        raise EdgeError(f"the rollback watcher did not start: {result.stderr.strip()}")
+    return int(result.stdout.strip())
+
+
+def main(argv: Sequence[str]) -> int:
+    """``spawn PENDING TOKEN``: start a detached watcher, print its pid. ``watch PENDING TOKEN``: be one."""
+    command, pending_path, token = argv
+    path = Path(pending_path)
+    if command == "spawn":
+        log = open(path.parent / "watcher.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ark.edge.apply", "watch", pending_path, token],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # no SIGHUP when the terminal or SSH session goes away
+            cwd="/",
+        )
+        print(proc.pid, flush=True)
+        return 0
+    guard = FirewallGuard(path.parent.parent.parent)
+    with contextlib.suppress(KeyboardInterrupt):
+        guard.watch(token)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

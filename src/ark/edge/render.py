@@ -1,0 +1,114 @@
+"""`ark render`: every renderer's files, written into one bundle directory.
+
+A renderer takes a :class:`RenderContext` and returns :data:`~ark.edge.files.Files`; it
+never writes (the store of WireGuard keys is the one exception: a server key is made
+once, on first use). Later subsystems (monitoring, deploy) add themselves to
+:data:`RENDERERS`. Writing goes through :func:`~ark.edge.files.write_files`, which leaves
+unchanged files untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ark.config import Settings
+from ark.edge.blocklists import BlocklistStore
+from ark.edge.certs import certbot_commands, self_signed_files
+from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_files
+from ark.edge.firewall import firewall_plan, render_firewall
+from ark.edge.nginx import render_nginx
+from ark.edge.ports import PortMap, port_map
+from ark.edge.sites import edge_sites
+from ark.edge.wireguard import render_wireguard
+from ark.errors import EdgeError
+from ark.monitor import grafana, prometheus
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    settings: Settings
+    out: Path  # absolute: rendered files name each other by absolute path
+    tls: str  # "letsencrypt" or "self-signed"
+    ports: PortMap
+
+    def existing(self, relative: str) -> bytes | None:
+        """What a renderer wrote there last time (to keep what is still good: keys, hashes)."""
+        return read_existing(self.out, relative)
+
+
+Renderer = Callable[[RenderContext], Files]
+
+
+def _certs(ctx: RenderContext) -> Files:
+    names = [site.host for site in edge_sites(ctx.settings, ctx.ports)]
+    if ctx.tls == "self-signed":
+        return self_signed_files(ctx.settings.edge.domain, names, ctx.existing)
+    script = certbot_commands(names, ctx.settings.edge.email, ctx.out / "acme")
+    return {"certs/certbot.sh": FileSpec.text(script, 0o755)}
+
+
+def _nginx(ctx: RenderContext) -> Files:
+    sites = edge_sites(ctx.settings, ctx.ports)
+    return render_nginx(ctx.settings, sites, ctx.out, ctx.tls, ctx.existing)
+
+
+def _wireguard(ctx: RenderContext) -> Files:
+    return render_wireguard(ctx.settings, ctx.settings.data_dir)
+
+
+def _firewall(ctx: RenderContext) -> Files:
+    lists = BlocklistStore(ctx.settings.data_dir).load()
+    return render_firewall(firewall_plan(ctx.settings, ctx.ports, lists))
+
+
+def _monitoring(ctx: RenderContext) -> Files:
+    files = {**prometheus.render(ctx.settings), **grafana.render(ctx.settings)}
+    return {name: FileSpec.text(text) for name, text in files.items()}
+
+
+# name -> renderer, in the order they run; later issues append theirs (deploy)
+RENDERERS: tuple[tuple[str, Renderer], ...] = (
+    ("certs", _certs),
+    ("nginx", _nginx),
+    ("wireguard", _wireguard),
+    ("firewall", _firewall),
+    ("monitoring", _monitoring),
+)
+
+
+def default_out(settings: Settings) -> Path:
+    """Where the bundle goes unless --out says otherwise: DATA/deploy."""
+    return settings.data_dir / "deploy"
+
+
+def make_context(settings: Settings, out: Path, tls: str | None = None) -> RenderContext:
+    return RenderContext(settings, out.absolute(), tls or settings.edge.tls, port_map(settings))
+
+
+def render_files(
+    ctx: RenderContext, only: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
+) -> Files:
+    """Run the renderers (all, or those named) and collect their files."""
+    wanted = set(only) if only is not None else None
+    unknown = (wanted or set()) - {name for name, _ in RENDERERS}
+    if unknown:
+        raise EdgeError(
+            f"unknown renderer(s): {', '.join(sorted(unknown))}; known: {', '.join(n for n, _ in RENDERERS)}"
+        )
+    files: Files = {}
+    for name, renderer in RENDERERS:
+        if wanted is not None and name not in wanted:
+            continue
+        if progress:
+            progress(name)
+        files.update(renderer(ctx))
+    return files
+
+
+def render_bundle(
+    ctx: RenderContext, only: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
+) -> WriteResult:
+    """Render and write; files whose content is unchanged keep their mtime."""
+    return write_files(ctx.out, render_files(ctx, only, progress))

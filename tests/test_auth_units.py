@@ -1,0 +1,372 @@
+"""ARK auth's rules without a server: password hashes, TOTP, throttling, signing, identity tokens,
+redirect targets and form parsing. The console and the gateway are tested for real in test_auth_console.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher, Type
+
+from ark.auth import passwords, totp
+from ark.auth.identity import Identity, IdentityVerifier, mint
+from ark.auth.service import AuthService, client_subject
+from ark.auth.signing import SecretFileError, derive, load_secret, sign, unb64, unsign
+from ark.auth.throttle import Throttle
+from ark.auth.users import UserError, UserStore, check_display_name, check_email, check_name
+from ark.config import load_settings
+from ark.console import web
+from ark.store import Store
+from ark.wire import Request
+
+# -- passwords ---------------------------------------------------------------------------------------
+
+
+def test_hashes_are_argon2id_with_rfc_9106_parameters() -> None:
+    stored = passwords.hash_password("correct horse battery")
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert passwords.verify_password(stored, "correct horse battery")
+    assert not passwords.verify_password(stored, "correct horse batterz")
+    assert not passwords.verify_password("not a hash", "x")  # corrupt: never matches, never raises
+    assert not passwords.verify_password(stored, "x" * (passwords.MAX_LENGTH + 1))
+    assert not passwords.needs_rehash(stored)
+    assert passwords.hash_password("same") != passwords.hash_password("same")  # salted
+
+
+def test_a_hash_with_weaker_parameters_needs_a_rehash() -> None:
+    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1, type=Type.ID).hash("pw-12345678")
+    assert passwords.verify_password(weak, "pw-12345678")
+    assert passwords.needs_rehash(weak)
+    assert passwords.needs_rehash("garbage")
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [("short", "at least 8"), ("x" * 1025, "at most 1024"), ("line\nbreak-123", "control characters")],
+)
+def test_new_passwords_are_checked(password: str, problem: str) -> None:
+    with pytest.raises(passwords.PasswordProblem, match=problem):
+        passwords.check_new(password)
+
+
+def test_a_sign_in_replaces_an_old_hash(tmp_path: Path) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path)})
+    store = Store.open(settings)
+    try:
+        users = UserStore(store.engine)
+        weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1, type=Type.ID).hash("pw-12345678")
+        users.add("old", "old@example.com", "Old", "user", weak)
+        service = AuthService(users, b"k" * 32, settings.auth)
+        result = asyncio.run(service.login("old", "pw-12345678", "", "10.0.0.1", "test"))
+        assert result.outcome == "ok"
+        stored = users.require("old").password_hash
+        assert stored != weak and not passwords.needs_rehash(stored)
+    finally:
+        store.close()
+
+
+# -- TOTP --------------------------------------------------------------------------------------------
+
+RFC_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # "12345678901234567890", RFC 6238's SHA-1 key
+
+
+@pytest.mark.parametrize(
+    ("when", "code"),
+    [(59, "287082"), (1111111109, "081804"), (1234567890, "005924"), (2000000000, "279037")],
+)
+def test_totp_matches_rfc_6238_vectors(when: int, code: str) -> None:
+    # RFC 6238 appendix B gives 8 digits; 6-digit codes are their last six
+    assert totp.code_at(RFC_SECRET, when) == code
+
+
+def test_totp_accepts_one_step_of_drift_and_never_the_same_step_twice() -> None:
+    now = 1_000_000_000.0
+    step = totp.step_at(now)
+    assert totp.match(RFC_SECRET, totp.code_at(RFC_SECRET, now), now, None) == step
+    assert totp.match(RFC_SECRET, totp.code_at(RFC_SECRET, now - 30), now, None) == step - 1
+    assert totp.match(RFC_SECRET, totp.code_at(RFC_SECRET, now + 30), now, None) == step + 1
+    assert totp.match(RFC_SECRET, totp.code_at(RFC_SECRET, now - 90), now, None) is None
+    assert totp.match(RFC_SECRET, totp.code_at(RFC_SECRET, now), now, step) is None  # replay
+    assert totp.match(RFC_SECRET, "12345", now, None) is None
+    assert totp.match(RFC_SECRET, "\uff11\uff12\uff13\uff14\uff15\uff16", now, None) is None  # fullwidth digits
+
+
+def test_otpauth_uri_and_secrets() -> None:
+    secret = totp.new_secret()
+    assert len(secret) == 32 and secret.isalnum()
+    uri = totp.otpauth_uri(secret, "alice", "ARK example.org")
+    assert uri.startswith("otpauth://totp/ARK%20example.org%3Aalice?secret=" + secret)
+    assert "issuer=ARK%20example.org" in uri and "digits=6" in uri and "period=30" in uri
+
+
+# -- throttling --------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_waits_after_the_free_failures_and_doubles() -> None:
+    clock = Clock()
+    throttle = Throttle(free=5, base_s=30, max_s=3600, clock=clock)
+    for _ in range(5):
+        assert throttle.wait(["user:a"]) == 0
+        throttle.failed(["user:a"])
+    assert throttle.wait(["user:a"]) == 30
+    assert throttle.wait(["user:b"]) == 0  # another name is not affected
+    clock.now += 30
+    assert throttle.wait(["user:a"]) == 0
+    throttle.failed(["user:a"])
+    assert throttle.wait(["user:a"]) == 60
+    throttle.succeeded("user:a")
+    assert throttle.wait(["user:a"]) == 0
+
+
+def test_throttle_forgets_quiet_counts_and_stays_bounded() -> None:
+    clock = Clock()
+    throttle = Throttle(free=1, base_s=10, max_s=100, capacity=3, clock=clock)
+    throttle.failed(["ip:1"])
+    assert throttle.wait(["ip:1"]) == 10
+    throttle.forgive("ip:1")
+    assert throttle.wait(["ip:1"]) == 0
+    throttle.failed(["ip:1"])
+    clock.now += 101
+    throttle.failed(["ip:1"])  # the old count was forgotten: the first failure again, not the second
+    assert throttle.wait(["ip:1"]) == 10
+    throttle.failed(["ip:2", "ip:3", "ip:4", "ip:5"])
+    assert len(throttle._counts) == 3
+
+
+def test_ipv6_clients_are_throttled_per_64() -> None:
+    assert client_subject("2001:db8:1:2:3:4:5:6") == client_subject("2001:db8:1:2:ffff::1") == "ip:2001:db8:1:2::/64"
+    assert client_subject("192.0.2.7") == "ip:192.0.2.7"
+    assert client_subject("not an address") == "ip:not an address"
+
+
+# -- signing, the secret, identity tokens ---------------------------------------------------------------
+
+
+def test_the_secret_is_made_once_private_and_refused_when_others_may_read_it(tmp_path: Path) -> None:
+    secret = load_secret(tmp_path / "data")
+    path = tmp_path / "data" / "auth.key"
+    assert len(secret) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_secret(tmp_path / "data") == secret
+    os.chmod(path, 0o644)
+    with pytest.raises(SecretFileError, match="chmod 600"):
+        load_secret(tmp_path / "data")
+    os.chmod(path, 0o600)
+    path.write_text("too short\n")
+    with pytest.raises(SecretFileError, match="hex digits"):
+        load_secret(tmp_path / "data")
+    assert load_secret(tmp_path / "other") != secret
+
+
+def test_signatures_are_per_purpose_and_tamper_evident() -> None:
+    secret = b"s" * 32
+    session, csrf = derive(secret, "session"), derive(secret, "csrf")
+    signed = sign(session, "token")
+    assert unsign(session, signed) == "token"
+    assert unsign(csrf, signed) is None
+    assert unsign(session, "tokem." + signed.split(".")[1]) is None
+    assert unsign(session, signed[:-1] + ("A" if signed[-1] != "A" else "B")) is None
+    for junk in ("", ".", "x", "é.é", "a" * 5000):
+        assert unsign(session, junk) is None
+    with pytest.raises(ValueError):
+        unb64("a")
+
+
+def test_identity_tokens_verify_expire_and_refuse_tampering() -> None:
+    clock = Clock()
+    secret = b"i" * 32
+    verifier = IdentityVerifier(secret, clock=clock)
+    token = mint(secret, Identity("u1", "alice", "alice@example.com", int(clock.now) + 300))
+    assert verifier.verify(token) == Identity("u1", "alice", "alice@example.com", 1300)
+    payload, signature = token.split(".")
+    forged = mint(b"x" * 32, Identity("u1", "mallory", "m@example.com", 9999999999))
+    assert verifier.verify(forged) is None
+    assert verifier.verify(payload[:-2] + "AA." + signature) is None
+    assert verifier.verify("garbage") is None
+    assert verifier.verify("a" * 5000 + "." + signature) is None
+    clock.now += 300
+    assert verifier.verify(token) is None
+    assert verifier.counts == {"accepted": 1, "malformed": 2, "bad_signature": 2, "expired": 1}
+
+
+# -- HTTP pieces ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/chat?x=1", "/chat?x=1"),
+        ("https://chat.example.org/c/1", "https://chat.example.org/c/1"),
+        ("https://example.org/", "https://example.org/"),
+        ("http://GRAFANA.example.org:8443/d", "http://GRAFANA.example.org:8443/d"),
+        ("https://evil.example/", "/"),
+        ("https://example.org.evil.example/", "/"),
+        ("https://evilexample.org/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example/", "/"),
+        ("https://example.org@evil.example/", "/"),
+        ("https://chat.example.org\\@evil.example/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("https://chat.example.org/\r\nSet-Cookie: x=1", "/"),
+        (" https://evil.example/", "/"),
+        ("https://chat.example.org:99999/", "/"),
+        ("", "/"),
+        ("/" + "a" * 3000, "/"),
+    ],
+)
+def test_redirect_targets_stay_on_the_domain(target: str, expected: str) -> None:
+    assert web.safe_redirect(target, "example.org", "example.org") == expected
+
+
+def test_without_a_domain_only_this_host_and_paths_are_targets() -> None:
+    assert web.safe_redirect("http://127.0.0.1:8080/x", "", "127.0.0.1:8080") == "http://127.0.0.1:8080/x"
+    assert web.safe_redirect("http://evil.example/", "", "127.0.0.1:8080") == "/"
+    assert web.safe_redirect("/x", "", "") == "/x"
+
+
+def _request(body: bytes = b"", ctype: str = "application/x-www-form-urlencoded", **headers: str) -> Request:
+    return Request("POST", "/auth/login", "", {"content-type": ctype, **headers}, body, "127.0.0.1")
+
+
+def test_forms_are_parsed_strictly() -> None:
+    limits = {"username": 10, "password": 20}
+    assert web.form(_request(b"username=al%20ice&password=p%26w&other=x"), limits) == {
+        "username": "al ice",
+        "password": "p&w",
+    }
+    for body, status in (
+        (b"username=a&username=b", 400),
+        (b"username=" + b"x" * 11, 400),
+        (b"username=\xff", 400),
+        (b"&".join(b"f%d=1" % i for i in range(40)), 400),
+        (b"username=a%00b", 400),
+    ):
+        with pytest.raises(web.BadInput) as caught:
+            web.form(_request(body), limits)
+        assert caught.value.status == status
+    with pytest.raises(web.BadInput) as caught:
+        web.form(_request(b"{}", "application/json"), limits)
+    assert caught.value.status == 415
+
+
+def test_cookies_and_client_addresses() -> None:
+    request = _request(cookie='a=1; ark_session=one; x; ark_session="two"', **{"x-real-ip": "203.0.113.9"})
+    assert web.cookies(request, "ark_session") == ["one", "two"]
+    assert web.cookies(_request(cookie="x" * 20000), "x") == []
+    assert web.client_address(request) == "203.0.113.9"  # the peer is Nginx on loopback
+    assert web.client_address(_request(**{"x-real-ip": "not-an-ip"})) == "127.0.0.1"
+    remote = Request("GET", "/", "", {"x-real-ip": "203.0.113.9"}, b"", "198.51.100.1")
+    assert web.client_address(remote) == "198.51.100.1"  # only a local proxy is believed
+    assert web.header_value("Zoë\r\nX: y") == "ZoÃ«X: y"  # UTF-8 bytes on the wire, no line breaks
+
+
+# -- users ---------------------------------------------------------------------------------------------
+
+
+def test_user_fields_are_validated() -> None:
+    assert check_name(" Alice ") == "alice"
+    for bad in ("", "-x", "a b", "a/b", "x" * 65, "ünï"):
+        with pytest.raises(UserError):
+            check_name(bad)
+    assert check_email("a.b@example.org") == "a.b@example.org"
+    for bad in ("nope", "a@b@c", "a b@example.org", "a@exa mple.org"):
+        with pytest.raises(UserError):
+            check_email(bad)
+    assert check_display_name("  Zoë   Li ") == "Zoë Li"
+    with pytest.raises(UserError):
+        check_display_name("\x1b[31m")
+
+
+def _store_roundtrip(store: Store) -> None:
+    users = UserStore(store.engine)
+    user = users.add("Bob", "bob@example.org", "Bob B", "admin", passwords.hash_password("pw-12345678"))
+    assert user.name == "bob" and user.is_admin and not user.disabled
+    with pytest.raises(UserError, match="exists already"):
+        users.add("bob", "other@example.org", "x", "user", "h")
+    with pytest.raises(UserError, match="exists already"):
+        users.add("bobby", "bob@example.org", "x", "user", "h")
+    with pytest.raises(UserError, match="role"):
+        users.set_role("bob", "root")
+    users.open_session(user.id, "t" * 43, timedelta(hours=1), "10.0.0.1", "agent")
+    users.open_session(user.id, "u" * 43, timedelta(seconds=-1), "10.0.0.1", "agent")
+    found = users.session("t" * 43)
+    assert found is not None and found.user.name == "bob"
+    assert users.session("u" * 43) is None  # expired
+    assert users.list_users()[0][1] == 1
+    assert users.prune_sessions() == 1
+    users.set_totp("bob", totp.new_secret())
+    assert users.use_totp_step(user.id, 100) and not users.use_totp_step(user.id, 100)
+    assert not users.use_totp_step(user.id, 99) and users.use_totp_step(user.id, 101)
+    users.set_disabled("bob", True)
+    assert users.session("t" * 43) is None  # disabling ended it
+    users.set_disabled("bob", False)
+    assert users.session("t" * 43) is None and users.require("bob").totp_last_step == 101
+
+
+def test_users_and_sessions_on_sqlite(tmp_path: Path) -> None:
+    store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path)}))
+    try:
+        _store_roundtrip(store)
+    finally:
+        store.close()
+
+
+def test_users_and_sessions_on_postgresql(tmp_path: Path, postgres: object) -> None:
+    url = postgres.create_database()  # type: ignore[attr-defined]
+    store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_STORE_URL": url}))
+    try:
+        _store_roundtrip(store)
+    finally:
+        store.close()
+
+
+def test_migration_0003_goes_down_and_up_again(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from ark.store.migrate import _config, current
+
+    store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path)}))
+    try:
+        config = _config()
+        for target in ("0002", "head"):
+            with store.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                if target == "0002":
+                    command.downgrade(config, target)
+                else:
+                    command.upgrade(config, target)
+            tables = inspect(store.engine).get_table_names()
+            columns = {c["name"] for c in inspect(store.engine).get_columns("usage")}
+            assert ("users" in tables) == ("person" in columns) == (target == "head")
+        assert current(store.engine) == "0003"
+    finally:
+        store.close()
+
+
+def test_journal_rows_written_before_0003_still_reach_the_database(tmp_path: Path) -> None:
+    from ark.store.ledger import ingest, spend_logs
+
+    store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path)}))
+    try:
+        old = {"request_id": "r1", "time": "2026-12-01T10:00:00.000000+00:00", "path": "/v1/models", "status": 200}
+        old |= {"latency_ms": 1.0, "ttft_ms": None, "key_id": None, "key_alias": None, "team_id": None}
+        old |= {"user_id": None, "model_requested": None, "model_served": None}
+        old |= {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+        assert ingest(store.engine, [old]).rows == 1
+        rows = spend_logs(store.engine, key_id=None, start=None, end=None, limit=10)
+        assert rows[0]["request_id"] == "r1" and rows[0]["end_user"] is None
+    finally:
+        store.close()

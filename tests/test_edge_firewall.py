@@ -1,0 +1,222 @@
+"""The firewall, enforced for real inside two network namespaces joined by a veth pair.
+
+Namespace A is the ARK box (ports 4000, 8099, 5555 answer 200 when allowed), B a client with four
+source addresses: an ordinary one (.2), one in a geo-blocked zone (.66), one on the scanner blocklist
+(.70) and one in the "WireGuard" subnet (.130; the test's wireguard interface is A's eth0). Every rule
+is loaded with `ark firewall apply --netns A`, never in this machine's own namespace; a module fixture
+checks that the machine's own rules are the same afterwards. A dropped probe costs its 1.5 s timeout;
+probes run in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ark.cli import main
+from ark.edge.apply import FirewallGuard
+from ark.edge.blocklists import BlocklistStore
+from ark.edge.firewall import firewall_plan, render_nft
+from ark.edge.ports import port_map
+from tests.conftest import MASTER_KEY, wait_until
+from tests.netns import Pair, netns_pair, sh
+
+SUBNET = "10.231.7"
+FAKES = Path(__file__).parent / "fakes"
+TOOLS = ("nft", "iptables-restore", "ipset", "curl")
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+pytestmark = pytest.mark.skipif(
+    bool(_missing_tools()), reason=f"firewall tools missing ({_missing_tools()}): scripts/install --test installs them"
+)
+
+
+def _own_rules() -> str:
+    """This machine's own firewall, as text without counters (read only)."""
+    parts = []
+    for argv in (["nft", "list", "ruleset"], ["iptables", "-S"], ["ip6tables", "-S"], ["ipset", "list", "-n"]):
+        if shutil.which(argv[0]):
+            parts.append(subprocess.run(argv, capture_output=True, text=True).stdout)
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_namespace_untouched() -> Iterator[None]:
+    before = _own_rules()
+    yield
+    assert _own_rules() == before, "the machine's own firewall changed: a rule was loaded outside the test namespace"
+
+
+def _config(path: Path, backend: str, allow_tcp: str = "") -> Path:
+    path.write_text(
+        f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:4000"\n'
+        f'[wireguard]\ninterface = "eth0"\nsubnet = "{SUBNET}.128/26"\n'
+        f'[firewall]\nconfirm_s = 5\nbackend = "{backend}"\nallow_tcp = "{allow_tcp}"\n'
+    )
+    return path
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for var in [v for v in os.environ if v.startswith("ARK_")]:
+        monkeypatch.delenv(var)
+    return CliRunner()
+
+
+@contextmanager
+def serving(pair: Pair, ports: tuple[int, ...]) -> Iterator[None]:
+    """The ports answer 200 inside A, before any rule is loaded."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", pair.a, sys.executable, str(FAKES / "ports_server.py"), *map(str, ports)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        for host in (66, 70, 130):
+            sh("ip", "-n", pair.b, "addr", "add", f"{SUBNET}.{host}/24", "dev", "eth0")
+        assert wait_until(lambda: _reach(pair, 2, ports[0]), timeout=10), "baseline: A unreachable without rules"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _reach(pair: Pair, source: int, port: int) -> bool:
+    curl = ["curl", "-s", "-o", "/dev/null", "-m", "1.5", "-w", "%{http_code}", "--interface", f"{SUBNET}.{source}"]
+    argv = ["ip", "netns", "exec", pair.b, *curl, f"http://{SUBNET}.1:{port}/"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout == "200"
+
+
+def _reachable(pair: Pair, probes: dict[tuple[int, int], bool]) -> dict[tuple[int, int], bool]:
+    """All probes at once: each drop costs its timeout, in parallel they cost one."""
+    with ThreadPoolExecutor(len(probes)) as pool:
+        results = {key: pool.submit(_reach, pair, *key) for key in probes}
+        return {key: future.result() for key, future in results.items()}
+
+
+def _apply(runner: CliRunner, config: Path, data: Path, out: Path, netns: str) -> None:
+    args = ["firewall", "apply", "--config", str(config), "--data-dir", str(data), "--out", str(out)]
+    result = runner.invoke(main, [*args, "--netns", netns])
+    assert result.exit_code == 0, result.output
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (the watcher is nobody's child once detached, so init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _events(data: Path) -> list[object]:
+    return [entry["event"] for entry in FirewallGuard(data).history()]
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_ruleset_is_enforced_rolled_back_unless_confirmed_and_kept_when_confirmed(
+    backend: str, runner: CliRunner, tmp_path: Path
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "bundle"
+    strict = _config(tmp_path / "strict.toml", backend)
+    opened = _config(tmp_path / "opened.toml", backend, allow_tcp="5555")
+    zone = tmp_path / "cn.zone"
+    zone.write_text(f"# test zone\n{SUBNET}.64/26\n")
+    added = runner.invoke(
+        main, ["firewall", "geoblock", "add", str(zone), "--config", str(strict), "--data-dir", str(data)]
+    )
+    assert added.exit_code == 0 and "1 networks" in added.output, added.output
+    blocked = runner.invoke(
+        main, ["firewall", "block", f"{SUBNET}.70", "--config", str(strict), "--data-dir", str(data)]
+    )
+    assert blocked.exit_code == 0, blocked.output
+
+    with netns_pair(backend[:2], SUBNET) as pair, serving(pair, (4000, 8099, 5555)):
+        try:
+            _apply(runner, strict, data, out, pair.a)
+            expected = {(2, 4000): True, (2, 5555): False, (66, 4000): False, (2, 8099): False, (130, 8099): True}
+            expected |= {(70, 4000): False}  # the scanner blocklist
+            assert _reachable(pair, expected) == expected
+            status = runner.invoke(main, ["firewall", "status", "--config", str(strict), "--data-dir", str(data)])
+            assert "Waiting for confirmation" in status.output
+            watcher = FirewallGuard(data).watcher_pid()
+            assert watcher is not None and _alive(watcher)
+            confirmed = runner.invoke(main, ["firewall", "confirm", "--config", str(strict), "--data-dir", str(data)])
+            assert confirmed.exit_code == 0, confirmed.output
+
+            # confirmed: the watcher is gone (nothing is left that could roll back) and the rules stay
+            assert wait_until(lambda: not _alive(watcher), timeout=5)
+            assert _reachable(pair, {(2, 4000): True, (2, 5555): False}) == {(2, 4000): True, (2, 5555): False}
+            assert _events(data) == ["armed", "applied", "confirmed"]
+
+            # a new apply opens 5555 ... and, unconfirmed, the strict rules come back by themselves
+            _apply(runner, opened, data, out, pair.a)
+            assert _reach(pair, 2, 5555)
+            assert wait_until(lambda: "rolled_back" in _events(data), timeout=15), _events(data)
+            after = _reachable(pair, {(2, 4000): True, (2, 5555): False, (66, 4000): False})
+            assert after == {(2, 4000): True, (2, 5555): False, (66, 4000): False}
+        finally:
+            FirewallGuard(data).pending_path.unlink(missing_ok=True)  # a watcher left behind exits
+
+
+def test_a_ruleset_that_does_not_load_changes_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "bundle"
+    config = _config(tmp_path / "ark.toml", "nft")
+    with netns_pair("bad", SUBNET) as pair:
+        runner.invoke(
+            main, ["render", "--only", "firewall", "--config", str(config), "--data-dir", str(data), "--out", str(out)]
+        )
+        (out / "firewall" / "ruleset.nft").write_text("table inet ark { chain input { nonsense } }\n")
+        guard = FirewallGuard(data)
+        from ark.errors import EdgeError
+
+        with pytest.raises(EdgeError, match="does not load"):
+            guard.apply(out, "nft", 5, pair.a)
+        assert guard.pending() is None
+        assert "table inet ark" not in pair.run_a("nft", "list", "ruleset")
+
+
+def test_plan_opens_what_the_port_map_says(tmp_path: Path) -> None:
+    from ark.config import load_settings
+
+    config = _config(tmp_path / "ark.toml", "nft", allow_tcp="8443")
+    settings = load_settings(config_path=config, env={})
+    plan = firewall_plan(settings, port_map(settings), BlocklistStore(tmp_path).load())
+    assert plan.public_tcp == (80, 443, 8443) and plan.public_udp == (51820,)
+    assert plan.gateway_port == 4000 and plan.vpn_tcp == (8099, 11434) and plan.bridge_tcp == (9100, 9835)
+    text = render_nft(plan)
+    assert "policy drop;" in text and "flush ruleset" not in text  # Docker's tables survive an apply
+    assert f'iifname "eth0" ip saddr {SUBNET}.128/26 tcp dport {{ 8099, 11434 }} accept' in text
+
+
+def test_blocklist_and_zones_are_checked_and_rendered(runner: CliRunner, tmp_path: Path) -> None:
+    config = _config(tmp_path / "ark.toml", "nft")
+    base = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+    assert runner.invoke(main, ["firewall", "block", "203.0.113.7", "2001:db8::/32", *base]).exit_code == 0
+    bad = tmp_path / "xx.zone"
+    bad.write_text("10.0.0.0/8\nnot-a-network\n")
+    refused = runner.invoke(main, ["firewall", "geoblock", "add", str(bad), *base])
+    assert refused.exit_code != 0 and "xx.zone:2" in refused.output
+    out = tmp_path / "bundle"
+    assert runner.invoke(main, ["render", "--only", "firewall", "--out", str(out), *base]).exit_code == 0
+    nft = (out / "firewall" / "ruleset.nft").read_text()
+    assert "203.0.113.7/32" in nft and "2001:db8::/32" in nft
+    assert "add ark_scan4 203.0.113.7/32" in (out / "firewall" / "ipsets").read_text()
+    assert runner.invoke(main, ["firewall", "unblock", "203.0.113.7", *base]).exit_code == 0
+    assert runner.invoke(main, ["render", "--only", "firewall", "--out", str(out), *base]).exit_code == 0
+    assert "203.0.113.7" not in (out / "firewall" / "ruleset.nft").read_text()
