@@ -230,6 +230,20 @@ def test_redirect_targets_stay_on_the_domain(target: str, expected: str) -> None
     assert web.safe_redirect(target, "example.org", "example.org") == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # as Nginx sends it: $request_uri unencoded, its own query included
+        ("rd=https://chat.example.org/c/1?model=a&tab=2", "https://chat.example.org/c/1?model=a&tab=2"),
+        ("rd=%2Fsettings%3Fa%3D1", "/settings?a=1"),  # an encoded one, as a form or a person writes it
+        ("x=1&rd=/a", "/a"),
+        ("", ""),
+    ],
+)
+def test_the_login_page_keeps_the_whole_url_nginx_sends(query: str, expected: str) -> None:
+    assert web.return_to(Request("GET", "/auth/login", query, {}, b"", "127.0.0.1")) == expected
+
+
 def test_without_a_domain_only_this_host_and_paths_are_targets() -> None:
     assert web.safe_redirect("http://127.0.0.1:8080/x", "", "127.0.0.1:8080") == "http://127.0.0.1:8080/x"
     assert web.safe_redirect("http://evil.example/", "", "127.0.0.1:8080") == "/"

@@ -96,7 +96,7 @@ class Console:
 
     async def login_page(self, request: Request, responder: Responder) -> None:
         csrf, headers = self._csrf(request)
-        rd = self._rd(request, web.query(request, "rd"))
+        rd = self._rd(request, web.return_to(request))
         await self._page(responder, 200, pages.login(csrf=csrf, rd=rd), headers)
 
     async def login(self, request: Request, responder: Responder) -> None:

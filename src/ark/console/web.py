@@ -68,6 +68,16 @@ def query(request: Request, name: str, max_length: int = 2048) -> str:
     return values[0] if len(values) == 1 and len(values[0]) <= max_length else ""
 
 
+def return_to(request: Request, max_length: int = 2048) -> str:
+    """The ``rd`` of the login page. Nginx sends ``?rd=$scheme://$host$request_uri`` without encoding it,
+    so a URL with its own query (``...?a=1&b=2``) would be cut at its first ``&`` by a query parser: when
+    ``rd`` comes first and holds a URL, everything after ``rd=`` is the URL."""
+    raw = request.query
+    if raw.startswith(("rd=http://", "rd=https://")) and len(raw) - 3 <= max_length:
+        return raw[3:]
+    return query(request, "rd", max_length)
+
+
 def cookies(request: Request, name: str) -> list[str]:
     """Every value of the cookie ``name`` (a browser may send several with one name: other paths or domains)."""
     header = request.headers.get("cookie", "")
