@@ -66,6 +66,7 @@ class GpuSettings:
 @dataclass(frozen=True)
 class ConsoleSettings:
     listen: Address
+    overview_sample_s: float
 
 
 @dataclass(frozen=True)

@@ -363,6 +363,12 @@ CONSOLE: tuple[Setting, ...] = (
         "127.0.0.1:8080",
         "Address of ARK's web console and auth (login, /auth/verify); Nginx is in front of it.",
     ),
+    Setting(
+        "overview_sample_s",
+        Float(0.1, hi=300.0),
+        5.0,
+        "Seconds between two samples of the console's live overview (it keeps the last hour in memory).",
+    ),
 )
 
 AUTH: tuple[Setting, ...] = (

@@ -17,8 +17,11 @@ import hmac
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+import orjson
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +40,9 @@ CSRF_COOKIE = "ark_csrf"
 _CSRF_MAX_AGE = 3600 * 12
 _HTML = [("content-type", "text/html; charset=utf-8"), *web.SECURITY_HEADERS]
 _TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+_JSON = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+_OVERVIEW_JS = Path(__file__).with_name("static") / "overview.js"
+Overview = Callable[[], dict[str, Any]]
 _LOGIN_FIELDS = {"username": 256, "password": MAX_PASSWORD, "totp": 16, "csrf": 256, "rd": 2048}
 _WRONG = "Wrong user name, password or code."
 Route = Callable[[Request, Responder], Awaitable[None]]
@@ -45,11 +51,15 @@ Route = Callable[[Request, Responder], Awaitable[None]]
 class Console:
     """The console's request handler (for :class:`ark.wire.Server`)."""
 
-    def __init__(self, settings: Settings, auth: AuthService) -> None:
+    def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
         self.auth = auth
         self.domain = settings.edge.domain.strip().strip(".").lower()
+        self._overview = overview
         self._routes: dict[str, dict[str, Route]] = {
             "/": {"GET": self.home},
+            "/api/overview": {"GET": self.overview},
+            "/static/overview.js": {"GET": self.overview_script},
+            "/favicon.ico": {"GET": self.no_icon},
             "/auth/login": {"GET": self.login_page, "POST": self.login},
             "/auth/logout": {"POST": self.logout},
             "/auth/verify": {"GET": self.verify},
@@ -180,8 +190,28 @@ class Console:
             await responder.send(303, b"", [("location", "/auth/login?rd=" + quote("/")), *web.SECURITY_HEADERS])
             return
         session, token = found
-        html = pages.home(session.user, csrf=self.auth.session_csrf(token), domain=self.domain)
-        await self._page(responder, 200, html)
+        html = pages.home(
+            session.user, csrf=self.auth.session_csrf(token), domain=self.domain, overview=self._overview is not None
+        )
+        headers = [("content-type", "text/html; charset=utf-8"), *web.security_headers(script=True)]
+        await responder.send(200, html.encode(), headers)
+
+    async def overview(self, request: Request, responder: Responder) -> None:
+        """The live overview's numbers (JSON), for a signed-in user; polled by /static/overview.js."""
+        if self._overview is None or await self._session(request) is None:
+            body = b'{"error":"sign in first"}' if self._overview else b'{"error":"no overview here"}'
+            await responder.send(401 if self._overview else 404, body, _JSON)
+            return
+        await responder.send(200, orjson.dumps(self._overview()), _JSON)
+
+    async def no_icon(self, request: Request, responder: Responder) -> None:
+        await responder.send(204, b"", [("cache-control", "max-age=86400")])  # browsers ask; there is none
+
+    async def overview_script(self, request: Request, responder: Responder) -> None:
+        script = _OVERVIEW_JS.read_bytes()
+        await responder.send(
+            200, script, [("content-type", "text/javascript; charset=utf-8"), *web.security_headers(script=True)]
+        )
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', [("content-type", "application/json")])

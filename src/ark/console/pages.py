@@ -56,8 +56,49 @@ def login(*, csrf: str, rd: str, username: str = "", error: str = "") -> str:
     )
 
 
-def home(user: User, *, csrf: str, domain: str) -> str:
-    """Who is signed in, links to the sites, and the sign-out button."""
+_OVERVIEW = """<section id=overview aria-live=polite>
+<h2>Now</h2>
+<div id=health class=row></div>
+<h3>GPU memory <span id=gpu-device class=muted></span></h3>
+<div id=gpu-bar class=bar></div><div id=gpu-legend class=legend></div>
+<div class=row>
+<div class=tile><span class=muted>temperature</span><b id=gpu-temperature>-</b></div>
+<div class=tile><span class=muted>power</span><b id=gpu-power>-</b></div>
+<div class=tile><span class=muted>GPU busy</span><b id=gpu-busy>-</b></div>
+<div class=tile><span class=muted>in flight</span><b id=inflight>-</b></div>
+<div class=tile><span class=muted>spend today</span><b id=spend>-</b></div>
+<div class=tile><span class=muted>requests</span><b id=requests-total>-</b></div>
+</div>
+{charts}<p class=muted>The last hour, from ARK's own samples; updated every few seconds. <span id=updated></span></p>
+</section>
+<script src="/static/overview.js" defer></script>
+"""
+
+_CHART = (
+    "<h3>{title}</h3><div id=chart-{id}-label class=muted>no data yet</div>"
+    '<svg id=chart-{id} class=chart viewBox="0 0 600 120" preserveAspectRatio=none role=img></svg>\n'
+)
+_CHARTS = "".join(
+    _CHART.format(title=title, id=chart)
+    for title, chart in (
+        ("Requests per second", "requests"),
+        ("Tokens per second", "tokens"),
+        ("Latency, 95th percentile", "p95"),
+    )
+)
+
+_OVERVIEW_STYLE = (
+    "<style>body{max-width:52rem}.row{display:flex;flex-wrap:wrap;gap:.6rem;margin:.6rem 0}"
+    ".tile{border:1px solid #ddd;border-radius:6px;padding:.4rem .7rem;min-width:7rem}"
+    ".tile b{display:block;font-size:1.3rem}.bar{display:flex;height:1.6rem;border-radius:4px;overflow:hidden;"
+    "background:#eee}.bar span{display:block;height:100%}.legend span{margin-right:1rem;font-size:.9rem}"
+    ".chart{width:100%;height:7.5rem;background:#fafafa;border:1px solid #eee}"
+    ".ok{color:#070}.bad{color:#a00}.dim{color:#888}</style>"
+)
+
+
+def home(user: User, *, csrf: str, domain: str, overview: bool = False) -> str:
+    """Who is signed in, links to the sites, the sign-out button, and (``overview``) the live overview."""
     if domain:
         items = "".join(
             f'<li><a href="https://{escape(name)}.{escape(domain)}/">{escape(label)}</a></li>\n'
@@ -73,7 +114,8 @@ def home(user: User, *, csrf: str, domain: str) -> str:
         f"({escape(user.name)}, {escape(user.role)}).</p>\n"
         f"{sites}"
         '<form method=post action="/auth/logout">'
-        f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit>Sign out</button></form>',
+        f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit>Sign out</button></form>'
+        + (_OVERVIEW_STYLE + _OVERVIEW.replace("{charts}", _CHARTS) if overview else ""),
     )
 
 

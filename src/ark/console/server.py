@@ -17,7 +17,7 @@ from ark.auth.service import AuthService
 from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
 from ark.config import Settings
-from ark.console.app import Console, ConsoleCollector
+from ark.console.app import Console, ConsoleCollector, Overview
 from ark.errors import AuthError
 from ark.periodic import every
 from ark.store import Store
@@ -36,19 +36,25 @@ class ConsoleError(AuthError):
 class ConsoleServer:
     """Start with :meth:`open`, stop with :meth:`close`."""
 
-    def __init__(self, settings: Settings, auth: AuthService) -> None:
+    def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
         self.settings = settings
         self.auth = auth
-        self.console = Console(settings, auth)
+        self.console = Console(settings, auth, overview)
         self.server = Server(self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0))
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def open(cls, settings: Settings, store: Store, registry: CollectorRegistry | None = None) -> ConsoleServer:
+    async def open(
+        cls,
+        settings: Settings,
+        store: Store,
+        registry: CollectorRegistry | None = None,
+        overview: Overview | None = None,
+    ) -> ConsoleServer:
         secret = await asyncio.to_thread(load_secret, settings.data_dir)
         auth = AuthService(UserStore(store.engine), secret, settings.auth)
         await auth.start()
-        console = cls(settings, auth)
+        console = cls(settings, auth, overview)
         listen = settings.console.listen
         try:
             await console.server.start(listen.host, listen.port)

@@ -13,7 +13,23 @@ from ark.wire import Request
 
 _MAX_FIELDS = 16
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
 # Every page: no caching of anything personal, no framing (clickjacking), no sniffing, no scripts.
+def security_headers(*, script: bool = False) -> list[tuple[str, str]]:
+    """The headers every page gets; ``script``: the page may run ARK's own scripts and fetch from here
+    (the overview), nothing inline and nothing from elsewhere."""
+    if not script:
+        return SECURITY_HEADERS
+    policy = (
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    return [(k, v) for k, v in SECURITY_HEADERS if k != "content-security-policy"] + [
+        ("content-security-policy", policy)
+    ]
+
+
 SECURITY_HEADERS = [
     ("cache-control", "no-store"),
     ("x-frame-options", "DENY"),

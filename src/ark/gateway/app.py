@@ -50,12 +50,13 @@ from ark.gateway.budgets import FREE, Budgets, Shortfall, prices
 from ark.gateway.exchange import JSON_HEADERS, UNKNOWN_MODEL, Exchange, error_body, request_id
 from ark.gateway.leases import STALE_S, Leases
 from ark.gateway.leases import TICK_S as LEASE_TICK_S
-from ark.gateway.metrics import Metrics
+from ark.gateway.metrics import LATENCY_BUCKETS, Metrics
 from ark.gateway.ratelimits import RateLimits
 from ark.gateway.ratelimits import Shortfall as RateShortfall
 from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.router import ModelRouter, Route
 from ark.gateway.streaming import relay
+from ark.monitor.recent import Recent, Sample
 from ark.periodic import every
 from ark.store import Key, Store, Team, key_id
 from ark.store.ledger import Ledger, prune
@@ -99,6 +100,7 @@ class Gateway:
         self.leases: Leases | None = None  # several gateways on one database
         self.gpu: GpuService | None = None  # the GPU arbiter, when it manages an engine
         self.services: list[dict[str, str]] = []  # third-party services `ark up` runs (absent ones too)
+        self.recent = Recent(settings.console.overview_sample_s, LATENCY_BUCKETS)  # the console's last hour
         self.supervisor: Supervisor | None = None
         self._shared = settings.store.is_shared
         self.budgets = Budgets(shared=self._shared)
@@ -173,6 +175,12 @@ class Gateway:
             log.exception("GPU arbiter: could not start; requests go to the engines without it")
         # Probing engines runs beside serving: /health/ready turns 200 once it is done.
         self._background(self._first_refresh(), "ark-router-first-refresh")
+        self._background(
+            every(
+                self.recent.interval, lambda: self.recent.take(self), log=log, failure="sampling failed", at_once=True
+            ),
+            "ark-recent",
+        )
         refresh_s = self.settings.gateway.model_refresh_s
         if self.gpu is not None:  # models installed since the start join the arbiter's catalog
             self._background(
@@ -522,6 +530,39 @@ class Gateway:
             "owned_by": info.owned_by if info else "ark",
         }
         await responder.send(200, orjson.dumps(model), JSON_HEADERS)
+
+    def sample(self) -> Sample:
+        """Now, for the console's last hour: counters, and what holds the GPU."""
+        requests, errors, tokens, latency = self.metrics.totals()
+        gpu = None
+        if self.gpu is not None:
+            status = self.gpu.status()
+            reading = status["reading"]
+            gpu = {
+                "device": status["device"],
+                "capacity_bytes": status["capacity_bytes"],
+                "models": {m["model"]: m["memory_bytes"] for m in status["models"] if m["resident"]},
+                "comfyui_bytes": (status["comfyui"] or {}).get("used_bytes", 0),
+                "leases_bytes": status["held_bytes"],
+                "external_bytes": status["external_bytes"],
+                "queue": status["queue"],
+                "temperature_c": reading["temperature_c"],
+                "power_w": reading["power_w"],
+                "utilization": reading["utilization"],
+            }
+        spend = sum(self.metrics.spend.values())
+        return Sample(time.time(), requests, errors, tokens, self.metrics.inflight, latency, spend, gpu)
+
+    def overview(self) -> dict[str, Any]:
+        """The console's live overview: the last hour, and whether each part of ARK is up."""
+        live = {s["name"]: s for s in self.supervisor.status()} if self.supervisor is not None else {}
+        health = [{"name": "gateway", "state": "running" if self.router.ready.is_set() else "starting", "why": ""}]
+        health += [
+            {"name": f"engine {name}", "state": "running" if s.up else "down", "why": s.error or ""}
+            for name, s in self.router.state.items()
+        ]
+        health += [{**entry, **live.get(entry["name"], {})} for entry in self.services]
+        return {**self.recent.overview(), "health": health}
 
     async def services_status(self, request: Request, responder: Responder) -> None:
         """The third-party services `ark up` runs: running (with pid, restarts), failed, or absent and why."""

@@ -24,7 +24,7 @@ from ark.arbiter.scheduler import WAIT_BUCKETS
 from ark.engines.base import Engine
 from ark.gateway.budgets import Budgets
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _EngineCollector(Collector):
@@ -248,6 +248,18 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def totals(self) -> tuple[int, int, int, tuple[int, ...]]:
+        """(requests, 5xx answers, tokens, requests per latency bucket) over every model, for the console."""
+        requests = errors = tokens = 0
+        latency = [0] * (len(_LATENCY_BUCKETS) + 1)
+        for series in list(self.models.values()):
+            for status, count in series.statuses.items():
+                requests += count
+                errors += count if status >= 500 else 0
+            tokens += series.prompt + series.completion
+            latency = [a + b for a, b in zip(latency, series.duration.counts, strict=True)]
+        return requests, errors, tokens, tuple(latency)
 
 
 class _Collector(Collector):
