@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ark.gateway.router import _MISS_REFRESH_INTERVAL_S
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark
+from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
 from tests.fakes.ollama import FakeOllama
 
 GIB = 1024**3
@@ -256,3 +256,23 @@ def test_a_model_installed_after_the_start_is_arbitrated_at_its_first_request(
     assert catalog()["late:7b"] is True  # in the catalog, and loaded by the arbiter, not behind its back
     assert "GPU arbiter: new model late:7b" in ark.log.read_text()
     assert "late:7b" in fake_ollama.loaded and fake_ollama.requests[-1][1]["keep_alive"] == -1
+
+
+def test_what_ollama_holds_is_a_metric_per_model(tmp_path: object, fake_ollama: FakeOllama) -> None:
+    fake_ollama.add_model("coder:12b")
+    fake_ollama.vram = 16 * GIB
+    config = CONFIG.format(key=MASTER_KEY, url=fake_ollama.url).replace(
+        'listen = "127.0.0.1:{PORT}"\n', 'listen = "127.0.0.1:{PORT}"\nmodel_refresh_s = 1\n', 1
+    )
+    process = start_ark(config, tmp_path)  # type: ignore[arg-type]
+    try:
+        assert chat(process, "coder:12b").status_code == 200
+        size = fake_ollama.loaded["coder:12b"].size
+
+        def reported() -> float:
+            return process.metric("ark_engine_model_memory_bytes", engine="ollama", model="coder:12b", kind="gpu")
+
+        assert wait_until(lambda: reported() == size, 10)
+        assert process.metric("ark_engine_model_memory_bytes", engine="ollama", model="coder:12b", kind="total") == size
+    finally:
+        stop_ark(process)

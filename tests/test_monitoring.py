@@ -267,3 +267,6 @@ def test_ark_render_writes_the_monitoring_bundle(tmp_path: Path, monkeypatch: py
         assert (out / name).is_file(), name
     checked = run("promtool", "check", "config", str(out / "prometheus/prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    defaults = (out / "prometheus/etc-default-prometheus").read_text()
+    assert 'ARGS="--config.file=/etc/prometheus/prometheus.yml --storage.tsdb.retention.time=30d ' in defaults
+    assert "--web.listen-address=127.0.0.1:9090" in defaults

@@ -64,6 +64,7 @@ from ark.supervisor import Supervisor
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.gateway")
+_PS_POLL_S = 15.0  # how often (at most) Ollama engines are asked what they hold in memory
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _KEYS_RELOAD_S = 5.0
@@ -109,7 +110,8 @@ class Gateway:
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
         self.router = ModelRouter(self.engines, settings)
         self.metrics = Metrics()
-        self.metrics.watch_engines(lambda: self.engines, self._engine_up)
+        self.engine_models: dict[str, list[Json]] = {}  # engine -> what it has loaded (Ollama's /api/ps)
+        self.metrics.watch_engines(lambda: self.engines, self._engine_up, lambda: self.engine_models)
         self.metrics.watch_budgets(self.budgets)
         self.metrics.watch_gpu(lambda: self.gpu)
         self.metrics.watch_certificates(settings.monitor.certificates)
@@ -180,6 +182,16 @@ class Gateway:
                 self.recent.interval, lambda: self.recent.take(self), log=log, failure="sampling failed", at_once=True
             ),
             "ark-recent",
+        )
+        self._background(
+            every(
+                min(_PS_POLL_S, self.settings.gateway.model_refresh_s),
+                self._poll_loaded,
+                log=log,
+                failure="polling /api/ps failed",
+                at_once=True,
+            ),
+            "ark-engine-ps",
         )
         refresh_s = self.settings.gateway.model_refresh_s
         if self.gpu is not None:  # models installed since the start join the arbiter's catalog
@@ -530,6 +542,18 @@ class Gateway:
             "owned_by": info.owned_by if info else "ark",
         }
         await responder.send(200, orjson.dumps(model), JSON_HEADERS)
+
+    async def _poll_loaded(self) -> None:
+        """What each Ollama engine holds in memory (``/api/ps``), for ark_engine_model_memory_bytes."""
+        for engine in self.engines:
+            running = getattr(engine, "running", None)
+            if running is None:
+                continue
+            try:
+                async with asyncio.timeout(5):
+                    self.engine_models[engine.name] = await running()
+            except (ApiError, OSError, TimeoutError):
+                self.engine_models.pop(engine.name, None)  # down: it holds nothing we can see
 
     def sample(self) -> Sample:
         """Now, for the console's last hour: counters, and what holds the GPU."""

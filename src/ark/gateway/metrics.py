@@ -7,7 +7,7 @@ never a free-form string from a client; no prompt, no request id.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,9 +30,15 @@ LATENCY_BUCKETS = _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class _EngineCollector(Collector):
     """Engine counters read at scrape time, so generation itself pays nothing for them."""
 
-    def __init__(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        engines: Callable[[], Sequence[Engine]],
+        up: Callable[[str], bool],
+        loaded: Callable[[], Mapping[str, Sequence[Mapping[str, Any]]]] = dict,
+    ) -> None:
         self._engines = engines
         self._up = up
+        self._loaded = loaded
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("ark_engine_up", "1 when the engine answered its last probe.", labels=["engine"])
@@ -49,7 +55,18 @@ class _EngineCollector(Collector):
                 tokens.add_metric([engine.name], stats["generated_tokens"])
             if "loads" in stats:
                 loads.add_metric([engine.name], stats["loads"])
-        yield from (up, tokens, loads)
+        memory = GaugeMetricFamily(
+            "ark_engine_model_memory_bytes",
+            "Memory a model loaded in an engine takes, as the engine reports it (Ollama's /api/ps): "
+            "total, and the part on the GPU.",
+            labels=["engine", "model", "kind"],
+        )
+        for engine_name, models in sorted(self._loaded().items()):
+            for model in models:
+                size, vram = int(model.get("size") or 0), int(model.get("size_vram") or 0)
+                memory.add_metric([engine_name, str(model.get("name", "")), "total"], size)
+                memory.add_metric([engine_name, str(model.get("name", "")), "gpu"], vram)
+        yield from (up, tokens, loads, memory)
 
 
 class _BudgetCollector(Collector):
@@ -201,8 +218,13 @@ class Metrics:
     def watch_budgets(self, budgets: Budgets) -> None:
         self.registry.register(_BudgetCollector(budgets))
 
-    def watch_engines(self, engines: Callable[[], Sequence[Engine]], up: Callable[[str], bool]) -> None:
-        self.registry.register(_EngineCollector(engines, up))
+    def watch_engines(
+        self,
+        engines: Callable[[], Sequence[Engine]],
+        up: Callable[[str], bool],
+        loaded: Callable[[], Mapping[str, Sequence[Mapping[str, Any]]]] = dict,
+    ) -> None:
+        self.registry.register(_EngineCollector(engines, up, loaded))
 
     def watch_certificates(self, patterns: str) -> None:
         from ark.monitor.certificates import CertificateCollector

@@ -263,10 +263,27 @@ def alertmanager_yml(settings: Settings) -> str:
     return _yaml(config)
 
 
+def debian_defaults(settings: Settings) -> str:
+    """``/etc/default/prometheus`` for Debian's prometheus.service (``ExecStart=/usr/bin/prometheus $ARGS``):
+    the retention, the loopback address, and the config this bundle puts in /etc/prometheus."""
+    m = settings.monitor
+    args = (
+        "--config.file=/etc/prometheus/prometheus.yml "
+        f"--storage.tsdb.retention.time={m.retention} "
+        f"--web.listen-address={scrape_target(m.prometheus_listen)}"
+    )
+    return (
+        "# Rendered by ARK (`ark render`): copy to /etc/default/prometheus, with prometheus.yml and rules/ in\n"
+        "# /etc/prometheus/, then `systemctl restart prometheus`.\n"
+        f'ARGS="{args}"\n'
+    )
+
+
 def render(settings: Settings, *, gpu: bool = True) -> dict[str, str]:
     """The monitoring part of the bundle: relative path -> text."""
     return {
         "prometheus/prometheus.yml": prometheus_yml(settings, gpu=gpu),
+        "prometheus/etc-default-prometheus": debian_defaults(settings),
         f"prometheus/{RULES_FILE}": rules_yml(settings),
         "alertmanager/alertmanager.yml": alertmanager_yml(settings),
     }
