@@ -16,15 +16,14 @@ simulation is deterministic, so a rerun gives the same table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from ark.arbiter.scheduler import Arbiter, Driver
-from ark.arbiter.simulate import POLICIES, Result, Scheduler, simulate
-from ark.arbiter.virtual_loop import LoopClock
-from ark.arbiter.workload import Box, Knobs, Request, Workload, parse_workload, read_workload
+from ark.arbiter.simulate import POLICIES, Result, ark_scheduler, simulate
+from ark.arbiter.workload import Knobs, Request, Workload, parse_workload, read_workload
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -110,19 +109,8 @@ def swap_floor(workload: Workload) -> int:
 def _ark_with(swap_delay: float) -> str:
     """Register the arbiter with another swap_delay as a simulator policy; return its name."""
 
-    def build(box: Box, driver: Driver) -> Scheduler:
-        return Arbiter(
-            box.catalog,
-            driver,
-            capacity=box.capacity,
-            max_wait=box.max_wait_s,
-            queue_size=box.queue_size,
-            clock=LoopClock(),
-            swap_delay=swap_delay,
-        )
-
     name = f"ark-swap-delay-{swap_delay:g}"
-    POLICIES[name] = build
+    POLICIES[name] = functools.partial(ark_scheduler, swap_delay=swap_delay)
     return name
 
 

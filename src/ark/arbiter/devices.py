@@ -92,19 +92,25 @@ class RamDevice:
         pass
 
 
+def init_nvml(nvml: Any = None) -> Any:
+    """NVML, initialised: ``nvml`` (a stand-in) or the ``pynvml`` module; DeviceError when there is none.
+    The caller shuts it down (``nvmlShutdown``) when done."""
+    try:
+        module = nvml or importlib.import_module("pynvml")
+    except ImportError as exc:
+        raise DeviceError("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from exc
+    try:
+        module.nvmlInit()
+    except module.NVMLError as exc:
+        raise DeviceError(f"NVML: {exc} (no NVIDIA driver?)") from exc
+    return module
+
+
 class NvmlDevice:
     kind = "nvml"
 
     def __init__(self, index: int = 0, nvml: Any = None) -> None:
-        try:
-            self._nvml = nvml or importlib.import_module("pynvml")
-        except ImportError as exc:
-            raise DeviceError("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from exc
-        n = self._nvml
-        try:
-            n.nvmlInit()
-        except n.NVMLError as exc:
-            raise DeviceError(f"NVML: {exc} (no NVIDIA driver?)") from exc
+        self._nvml = n = init_nvml(nvml)
         try:
             count = n.nvmlDeviceGetCount()
             if index >= count:

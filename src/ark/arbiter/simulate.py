@@ -60,7 +60,8 @@ class Scheduler(Protocol):
     async def hold(self, holder: str, memory: int, priority: Priority = ..., seconds: float = ...) -> Releasable: ...
 
 
-def _ark(box: Box, driver: Driver) -> Scheduler:
+def ark_scheduler(box: Box, driver: Driver, **options: Any) -> Scheduler:
+    """The gateway's arbiter on the simulated box; ``options`` override its defaults (``swap_delay``)."""
     return Arbiter(
         box.catalog,
         driver,
@@ -68,6 +69,7 @@ def _ark(box: Box, driver: Driver) -> Scheduler:
         max_wait=box.max_wait_s,
         queue_size=box.queue_size,
         clock=LoopClock(),
+        **options,
     )
 
 
@@ -75,7 +77,7 @@ def _fifo(box: Box, driver: Driver) -> Scheduler:
     return FifoScheduler(box.catalog, driver, capacity=box.capacity, queue_size=box.queue_size, clock=LoopClock())
 
 
-POLICIES: dict[str, Callable[[Box, Driver], Scheduler]] = {"ark": _ark, "fifo": _fifo}
+POLICIES: dict[str, Callable[[Box, Driver], Scheduler]] = {"ark": ark_scheduler, "fifo": _fifo}
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ out rather than reported as 0. Labels stay bounded: one series per GPU, per cloc
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ark.arbiter.devices import DeviceError, GpuStats, nvml_stats
+from ark.arbiter.devices import DeviceError, GpuStats, init_nvml, nvml_stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -47,15 +46,7 @@ class GpuExporter(Collector):
     """The GPUs NVML sees, collected at every scrape. ``nvml``: the ``pynvml`` module or a stand-in."""
 
     def __init__(self, nvml: Any = None) -> None:
-        try:
-            self._nvml = nvml or importlib.import_module("pynvml")
-        except ImportError as exc:
-            raise DeviceError("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from exc
-        n = self._nvml
-        try:
-            n.nvmlInit()
-        except n.NVMLError as exc:
-            raise DeviceError(f"NVML: {exc} (no NVIDIA driver?)") from exc
+        self._nvml = n = init_nvml(nvml)
         try:
             self.driver = _text(n.nvmlSystemGetDriverVersion())
             self._gpus = [
