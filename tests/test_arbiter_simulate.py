@@ -136,8 +136,12 @@ def test_ark_keeps_a_busy_model_batching_where_fifo_swaps_back_and_forth() -> No
     # fifo: b@11 is at the head: a is set to expire; a@12 queues behind b though a is loaded.
     #      20: a idle -> unload 20-21, b loads 21-31 (b waits 20), runs 31-41; then a@12 needs a back:
     #      b expires, 41-42 unload, a loads 42-52 (a@12 waits 40): two swaps; ends at 62.
-    r = run_both(workload(req(0, "a"), req(11, "b"), req(12, "a")))
+    r = run_both(workload(req(0, "a"), req(11, "b"), req(12, "a"), box={**BOX, "swap_delay_s": 15}))
     assert (r["ark"].swaps, r["ark"].wait_max_s, r["ark"].wait_p50_s, r["ark"].makespan_s) == (1, 26.0, 10.0, 47.0)
+    # with the default (no swap delay) b goes as soon as a is idle: 22 unload, b loads 23-33, waits 22
+    w = workload(req(0, "a"), req(11, "b"), req(12, "a"))
+    plain = simulate(w, w.box, "ark")
+    assert (plain.swaps, plain.wait_max_s, plain.makespan_s) == (1, 22.0, 43.0)
     assert (r["fifo"].swaps, r["fifo"].wait_max_s, r["fifo"].wait_p50_s, r["fifo"].makespan_s) == (2, 40.0, 20.0, 62.0)
 
 

@@ -25,6 +25,7 @@ CATALOG: dict[str, Any] = {
     "gpu_memory_gb": 32,
     "reserve_gb": 1,
     "max_wait_s": 30,
+    "swap_delay_s": 15,  # a box many people share: batch more per swap (docs/arbiter.md, "The swap delay")
     "queue_size": 256,
     "large_fraction": 0.5,
     "unload_seconds": 0.5,

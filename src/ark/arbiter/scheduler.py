@@ -241,7 +241,7 @@ class Arbiter:
         external: Callable[[], int] = lambda: 0,
         clock: Clock | None = None,
         require_full_gpu: bool = False,
-        swap_delay: float = 15.0,
+        swap_delay: float = 0.0,
     ) -> None:
         self.catalog = catalog
         self.driver = driver

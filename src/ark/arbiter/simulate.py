@@ -61,7 +61,7 @@ class Scheduler(Protocol):
 
 
 def ark_scheduler(box: Box, driver: Driver, **options: Any) -> Scheduler:
-    """The gateway's arbiter on the simulated box; ``options`` override its defaults (``swap_delay``)."""
+    """The gateway's arbiter on the simulated box; ``options`` override the box's settings (``swap_delay``)."""
     return Arbiter(
         box.catalog,
         driver,
@@ -69,7 +69,7 @@ def ark_scheduler(box: Box, driver: Driver, **options: Any) -> Scheduler:
         max_wait=box.max_wait_s,
         queue_size=box.queue_size,
         clock=LoopClock(),
-        **options,
+        **{"swap_delay": box.swap_delay_s, **options},
     )
 
 

@@ -103,6 +103,7 @@ class Box:
     engines: Mapping[str, Engine]
     unload_seconds: float = UNLOAD_SECONDS
     unsized: frozenset[str] = field(default_factory=frozenset)  # configured models with no memory_gb
+    swap_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,16 @@ class Knobs:
     max_wait_s: float
     queue_size: int
     large_fraction: float
+    swap_delay_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None) -> Knobs:
         if settings is None:
             defaults = {s.key: s.default for s in schema.GPU}
-            keys = ("memory_gb", "reserve_gb", "max_wait_s", "queue_size", "large_fraction")
+            keys = ("memory_gb", "reserve_gb", "max_wait_s", "queue_size", "large_fraction", "swap_delay_s")
             return cls(*(defaults[k] for k in keys))
         gpu = settings.gpu
-        return cls(gpu.memory_gb, gpu.reserve_gb, gpu.max_wait_s, gpu.queue_size, gpu.large_fraction)
+        return cls(gpu.memory_gb, gpu.reserve_gb, gpu.max_wait_s, gpu.queue_size, gpu.large_fraction, gpu.swap_delay_s)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -279,7 +281,17 @@ def _box(
     if capacity <= 0:
         raise WorkloadError(f"{where}: reserve_gb {knobs.reserve_gb} leaves nothing of a {knobs.memory_gb} GB GPU")
     catalog = build(models, {}, device_total=total, large_fraction=knobs.large_fraction)
-    return Box(total, capacity, knobs.max_wait_s, knobs.queue_size, catalog, engines, unload_seconds, unsized)
+    return Box(
+        total,
+        capacity,
+        knobs.max_wait_s,
+        knobs.queue_size,
+        catalog,
+        engines,
+        unload_seconds,
+        unsized,
+        knobs.swap_delay_s,
+    )
 
 
 def box_from_settings(settings: Settings) -> Box:
@@ -302,6 +314,7 @@ def _catalog(fields: Fields, number: int, knobs: Knobs) -> Box:
         fields.number("max_wait_s", lo=0.0, hi=MAX_SECONDS, open_lo=True, default=knobs.max_wait_s),
         fields.whole("queue_size", lo=1, hi=MAX_JOBS, default=knobs.queue_size),
         fields.number("large_fraction", lo=0.0, hi=1.0, open_lo=True, default=knobs.large_fraction),
+        fields.number("swap_delay_s", lo=0.0, hi=MAX_SECONDS, default=knobs.swap_delay_s),
     )
     unload = fields.number("unload_seconds", lo=0.0, hi=MAX_SECONDS, default=UNLOAD_SECONDS)
     tables = fields.mapping("models")

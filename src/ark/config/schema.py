@@ -195,10 +195,11 @@ GPU: tuple[Setting, ...] = (
     Setting(
         "swap_delay_s",
         Float(0.0),
-        15.0,
+        0.0,
         "How long a request for another model waits while the model in its way is idle but in demand (two "
         "requests served in the last max_wait_s, the latest less than this ago), so more requests for it are "
-        "served without a swap. Never past max_wait_s; 0: swap at once.",
+        "served without a swap. Never past max_wait_s; 0 (the default): swap at once. 15 suits a box many "
+        "people share (docs/benchmarks.md).",
     ),
     Setting("queue_size", Int(1, 100_000), 256, "Requests that may wait for the GPU; more get 429 with Retry-After."),
     Setting(
