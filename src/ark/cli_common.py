@@ -48,3 +48,19 @@ def settings_or_exit(config_path: Path | None, data_dir: Path | None) -> Setting
         return load_settings(config_path=config_path, data_dir=data_dir)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
+
+
+def qr_text(text: str, *, level: str = "L") -> str:
+    """``text`` as a QR code of block characters (dark on light, as scanners expect), for a phone to scan:
+    a WireGuard peer file, an authenticator's otpauth:// URI. ``level``: error correction (L, M, Q, H)."""
+    import io
+
+    import qrcode  # imported here: only the commands that draw one pay for it
+
+    correction = getattr(qrcode.constants, f"ERROR_CORRECT_{level}")
+    code = qrcode.QRCode(border=2, error_correction=correction)
+    code.add_data(text)
+    code.make(fit=True)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue()

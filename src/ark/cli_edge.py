@@ -16,11 +16,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from ark.cli import main
-from ark.cli_common import ConfigProblem, config_options, settings_or_exit
+from ark.cli_common import ConfigProblem, config_options, qr_text, settings_or_exit
 from ark.config import Settings
 from ark.edge.files import WriteResult
 from ark.edge.render import RENDERERS, default_out, make_context, render_bundle
-from ark.edge.wireguard import PeerStore, endpoint, qr_text
+from ark.edge.wireguard import PeerStore, endpoint
 from ark.errors import ConfigError, EdgeError
 
 console = Console(highlight=False)

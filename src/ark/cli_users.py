@@ -8,7 +8,6 @@ never from the command line, where other users and the shell history would see t
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from rich.table import Table
 
 from ark.auth import passwords, totp
 from ark.auth.users import ROLES, User, UserStore
-from ark.cli_common import config_options, settings_or_exit
+from ark.cli_common import config_options, qr_text, settings_or_exit
 from ark.config import Settings
 from ark.errors import ArkError
 from ark.store import Store
@@ -205,19 +204,7 @@ def users_totp(config_path: Path | None, data_dir: Path | None, name: str, disab
         console.print("[yellow]The previous secret is replaced: remove the old entry from the authenticator.[/]")
     issuer = f"ARK {settings.edge.domain}" if settings.edge.domain else "ARK"
     uri = totp.otpauth_uri(secret, user.name, issuer)
-    click.echo(_qr(uri))
+    click.echo(qr_text(uri, level="M"))
     click.echo(uri)
     click.echo(f"Secret (to type in instead): {secret}")
     console.print(f"Second factor on for {_describe(user)}: scan the code, then sign in with the app's code.")
-
-
-def _qr(text: str) -> str:
-    """``text`` as a QR code drawn with block characters (dark on light, as scanners expect)."""
-    import qrcode  # imported here: only this command draws
-
-    code = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    code.add_data(text)
-    code.make(fit=True)
-    out = io.StringIO()
-    code.print_ascii(out=out, invert=True)
-    return out.getvalue()

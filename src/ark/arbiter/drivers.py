@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -155,6 +155,13 @@ class _JsonService:
             await self._session.close()
             self._session = None
 
+    async def _until(self, done: Callable[[], Awaitable[bool]]) -> None:
+        """Poll ``done`` every ``poll`` seconds until it is true (the caller bounds the time)."""
+        while True:  # the engine has no event for it: polling is the only way to know
+            if await done():
+                return
+            await asyncio.sleep(self.poll)
+
     async def _get(self, path: str) -> dict[str, Any]:
         session = await self._client()
         try:
@@ -226,10 +233,7 @@ class OllamaDriver(_JsonService):
                 if process.returncode != 0:
                     tail = err.decode(errors="replace").strip()[-300:]
                     raise DriverError(f"the restart command of {self.name} exited with {process.returncode}: {tail}")
-                while True:  # up again: Ollama has no event for it
-                    if await self.alive():
-                        break
-                    await asyncio.sleep(self.poll)
+                await self._until(self.alive)  # up again: Ollama has no event for it
         except TimeoutError:
             raise DriverError(
                 f"engine {self.name} did not answer {self.restart_timeout:g} s after its restart"
@@ -270,13 +274,14 @@ class OllamaDriver(_JsonService):
                 status, data = await self._post("/api/generate", {"model": model, "keep_alive": 0})
                 if status != 200:
                     raise DriverError(f"Ollama could not unload {model}: HTTP {status}: {data.get('error', data)}")
-                while True:  # the answer comes before the runner is gone: poll, Ollama has no event for it
-                    if model not in await self.ps():
-                        break
-                    await asyncio.sleep(self.poll)
+                # the answer comes before the runner is gone: poll, Ollama has no event for it
+                await self._until(lambda: self._gone(model))
         except TimeoutError:
             raise DriverError(f"Ollama still lists {model} {self.deadline:g} s after unloading it") from None
         self.splits.pop(model, None)
+
+    async def _gone(self, model: str) -> bool:
+        return model not in await self.ps()
 
     def offloaded(self, model: str) -> tuple[int, int] | None:
         """(size, bytes on the GPU) when Ollama put part of the loaded model on the CPU."""
@@ -339,6 +344,9 @@ class ComfyDriver(_JsonService):
             raise DriverError(f"ComfyUI /system_stats: torch_vram_total is {reserved!r}")
         return self.idle + int(reserved)
 
+    async def _back_to_idle(self) -> bool:
+        return await self.used() <= self.idle + self.slack
+
     async def busy(self) -> bool:
         info = (await self._get("/prompt")).get("exec_info") or {}
         return int(info.get("queue_remaining") or 0) > 0
@@ -349,9 +357,6 @@ class ComfyDriver(_JsonService):
                 status, _ = await self._post("/free", {"unload_models": True, "free_memory": True})
                 if status != 200:
                     raise DriverError(f"ComfyUI /free: HTTP {status}")
-                while True:  # it frees between jobs, later: poll, ComfyUI has no event for it
-                    if await self.used() <= self.idle + self.slack:
-                        break
-                    await asyncio.sleep(self.poll)
+                await self._until(self._back_to_idle)  # it frees between jobs, later: ComfyUI has no event
         except TimeoutError:
             raise DriverError(f"ComfyUI still holds its models {self.deadline:g} s after /free") from None

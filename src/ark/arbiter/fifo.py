@@ -322,10 +322,7 @@ class FifoScheduler:
         self._grant(item, FifoLease(self, runner))
 
     def _grant(self, item: _Pending, lease: FifoLease | FifoHold) -> None:
-        waited = self.clock.now() - item.since
-        self.stats.waits.append(waited)
-        self.stats.wait_count += 1
-        self.stats.wait_seconds += waited
+        self.stats.record_wait(self.clock.now() - item.since)
         item.future.set_result(lease)
 
     def _keep_alive(self, model: str) -> float:

@@ -214,7 +214,6 @@ class Stats:
     swaps: int = 0
     loads: int = 0
     unloads: int = 0
-    comfy_frees: int = 0
     load_seconds: float = 0.0
     rejected: int = 0
     offloaded: dict[str, int] = field(default_factory=dict)  # loads that landed partly on the CPU
@@ -226,6 +225,13 @@ class Stats:
     restarts: int = 0  # engines restarted because they stopped answering
     holds: int = 0  # external leases granted
     reclaimed: int = 0  # external leases taken back when they outlived their time
+
+    def record_wait(self, seconds: float) -> None:
+        """A lease granted after ``seconds`` in the queue (both schedulers count waits the same way)."""
+        self.waits.append(seconds)
+        self.wait_count += 1
+        self.wait_seconds += seconds
+        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
 
 
 class Arbiter:
@@ -323,14 +329,8 @@ class Arbiter:
 
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
-        self._record_wait(since, now)
+        self.stats.record_wait(now - since)
         return Lease(self, state.entry.info.name)
-
-    def _record_wait(self, since: float, now: float) -> None:
-        self.stats.waits.append(now - since)
-        self.stats.wait_count += 1
-        self.stats.wait_seconds += now - since
-        self.stats.wait_buckets[bisect_left(WAIT_BUCKETS, now - since)] += 1
 
     def _release(self, model: str) -> None:
         state = self.resident.get(model)
@@ -556,7 +556,6 @@ class Arbiter:
             if isinstance(action, FreeComfy):
                 log.info("arbiter: freeing ComfyUI (%d bytes) for %s", action.frees, waiter.model)
                 await self.driver.free_comfy()
-                self.stats.comfy_frees += 1
             elif isinstance(action, Unload):
                 log.info("arbiter: unloading %s: %s", action.model, action.reason)
                 await self._unload(action.model)
@@ -569,7 +568,7 @@ class Arbiter:
                 if waiter.future.done():  # its caller is gone
                     self.holds.pop(hold.id)
                 else:
-                    self._record_wait(waiter.since, hold.granted)
+                    self.stats.record_wait(hold.granted - waiter.since)
                     waiter.future.set_result(hold)
                 log.info("arbiter: %s holds %.1f GB for at most %.0f s", hold.name, hold.memory / GB, hold.seconds)
             elif isinstance(action, Load):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ark.auth import passwords, totp
-from ark.auth.identity import Identity, mint
+from ark.auth.identity import Identity, identity_key, mint
 from ark.auth.signing import derive, mac, sign, unsign
 from ark.auth.throttle import Throttle
 from ark.auth.users import Session, User, UserStore
@@ -62,6 +62,7 @@ class AuthService:
         self._secret = secret
         self._session_key = derive(secret, "session")
         self._csrf_key = derive(secret, "csrf")
+        self._identity_key = identity_key(secret)  # /auth/verify mints a token per request: derived once
         self.lifetime = timedelta(hours=settings.session_hours)
         self.identity_ttl_s = settings.identity_ttl_s
         self._clock = clock
@@ -159,7 +160,7 @@ class AuthService:
     # -- identity ---------------------------------------------------------------------------------
     def identity_token(self, user: User) -> str:
         expires = int(self._clock()) + self.identity_ttl_s
-        return mint(self._secret, Identity(user.id, user.name, user.email, expires))
+        return mint(self._secret, Identity(user.id, user.name, user.email, expires), self._identity_key)
 
     def expires_in(self, expires: datetime) -> int:
         return max(0, int(expires.timestamp() - self._clock()))

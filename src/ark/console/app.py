@@ -13,6 +13,7 @@ Every page carries no-store, no-framing and a script-free CSP; every form post n
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import math
@@ -41,7 +42,15 @@ _CSRF_MAX_AGE = 3600 * 12
 _HTML = [("content-type", "text/html; charset=utf-8"), *web.SECURITY_HEADERS]
 _TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
 _JSON = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
-_OVERVIEW_JS = Path(__file__).with_name("static") / "overview.js"
+_SCRIPTED = web.security_headers(script=True)  # the overview page: ARK's own scripts may run
+
+
+@functools.cache
+def _overview_js() -> bytes:
+    """The overview's script, read once (it ships with the package)."""
+    return (Path(__file__).with_name("static") / "overview.js").read_bytes()
+
+
 Overview = Callable[[], dict[str, Any]]
 _LOGIN_FIELDS = {"username": 256, "password": MAX_PASSWORD, "totp": 16, "csrf": 256, "rd": 2048}
 _WRONG = "Wrong user name, password or code."
@@ -193,7 +202,7 @@ class Console:
         html = pages.home(
             session.user, csrf=self.auth.session_csrf(token), domain=self.domain, overview=self._overview is not None
         )
-        headers = [("content-type", "text/html; charset=utf-8"), *web.security_headers(script=True)]
+        headers = [("content-type", "text/html; charset=utf-8"), *_SCRIPTED]
         await responder.send(200, html.encode(), headers)
 
     async def overview(self, request: Request, responder: Responder) -> None:
@@ -208,10 +217,7 @@ class Console:
         await responder.send(204, b"", [("cache-control", "max-age=86400")])  # browsers ask; there is none
 
     async def overview_script(self, request: Request, responder: Responder) -> None:
-        script = _OVERVIEW_JS.read_bytes()
-        await responder.send(
-            200, script, [("content-type", "text/javascript; charset=utf-8"), *web.security_headers(script=True)]
-        )
+        await responder.send(200, _overview_js(), [("content-type", "text/javascript; charset=utf-8"), *_SCRIPTED])
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', [("content-type", "application/json")])

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ark.edge.files import PRIVATE, write_atomic
 from ark.errors import EdgeError
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
@@ -90,7 +91,7 @@ class FirewallGuard:
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             self.pending_path.unlink()
             raise EdgeError(f"cannot start the rollback watcher, nothing was applied: {exc}") from None
-        _write_private(self.dir / "watcher.pid", f"{pid}\n")
+        write_atomic(self.dir / "watcher.pid", f"{pid}\n".encode(), PRIVATE)
         for step in steps:
             result = self.run(step)
             if result.returncode != 0:
@@ -106,7 +107,7 @@ class FirewallGuard:
         restore = self.dir / f"rollback-{token}.nft"
         # nothing saved: the rollback just removes ARK's table
         text = "table inet ark {}\ndelete table inet ark\n" + (saved.stdout if saved.returncode == 0 else "")
-        _write_private(restore, text)
+        write_atomic(restore, text.encode(), PRIVATE)
         check = [*prefix, "nft", "-c", "-f", str(ruleset)]
         result = self.run(check)
         if result.returncode != 0:
@@ -121,16 +122,17 @@ class FirewallGuard:
         sets = _ark_sets_refill(self.run([*prefix, "ipset", "save"]).stdout)
         if sets:
             sets_file = self.dir / f"rollback-{token}.ipset"
-            _write_private(sets_file, sets)
+            write_atomic(sets_file, sets.encode(), PRIVATE)
             rollback.append([*prefix, "ipset", "restore", "-exist", "-file", str(sets_file)])
         for tool, suffix in (("iptables", "v4"), ("ip6tables", "v6")):
             saved = self.run([*prefix, f"{tool}-save", "-t", "filter"]).stdout
             path = self.dir / f"rollback-{token}.{suffix}"
             if "*filter" in saved:
-                _write_private(path, saved)  # the whole filter table as it was, Docker's chains included
+                # the whole filter table as it was, Docker's chains included
+                write_atomic(path, saved.encode(), PRIVATE)
                 rollback.append([*prefix, f"{tool}-restore", str(path)])
             else:
-                _write_private(path, "*filter\n:INPUT ACCEPT [0:0]\n-F INPUT\nCOMMIT\n")
+                write_atomic(path, b"*filter\n:INPUT ACCEPT [0:0]\n-F INPUT\nCOMMIT\n", PRIVATE)
                 rollback.append([*prefix, f"{tool}-restore", "--noflush", str(path)])
         steps = [
             [*prefix, "ipset", "restore", "-exist", "-file", str(files["ipsets"])],
@@ -187,9 +189,7 @@ class FirewallGuard:
 
     # -- state --------------------------------------------------------------------------------------
     def _write_pending(self, pending: Pending) -> None:
-        tmp = self.dir / f".pending.{pending.token}.tmp"
-        _write_private(tmp, json.dumps(asdict(pending)))
-        os.replace(tmp, self.pending_path)
+        write_atomic(self.pending_path, json.dumps(asdict(pending)).encode(), PRIVATE)
 
     def _log(self, event: str, pending: Pending, detail: str) -> None:
         entry = {"time": time.time(), "event": event, "backend": pending.backend, "netns": pending.netns}
@@ -231,12 +231,6 @@ def _require_tools(backend: str, netns: str | None) -> None:
 def _must_exist(path: Path) -> None:
     if not path.exists():
         raise EdgeError(f"{path} is missing: run `ark render` first")
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _ark_sets_refill(saved: str) -> str:

@@ -10,7 +10,6 @@ again (as wg-easy does), and never appears anywhere else.
 from __future__ import annotations
 
 import base64
-import io
 import ipaddress
 import json
 import re
@@ -19,7 +18,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import qrcode
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -229,13 +227,3 @@ def render_wireguard(settings: Settings, data_dir: Path) -> Files:
     for peer in peers:
         files[f"wireguard/peers/{peer.name}.conf"] = FileSpec.text(render_peer(settings, server_public, peer), PRIVATE)
     return files
-
-
-def qr_text(text: str) -> str:
-    """The peer file as a QR code of text blocks, for the WireGuard app's "scan from QR code"."""
-    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_L, border=2)
-    code.add_data(text)
-    code.make(fit=True)
-    buffer = io.StringIO()
-    code.print_ascii(out=buffer, invert=True)
-    return buffer.getvalue()

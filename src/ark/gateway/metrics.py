@@ -24,7 +24,7 @@ from ark.arbiter.scheduler import WAIT_BUCKETS
 from ark.engines.base import Engine
 from ark.gateway.budgets import Budgets
 
-LATENCY_BUCKETS = _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _EngineCollector(Collector):
@@ -92,19 +92,24 @@ class _Histogram:
     __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1  # le is inclusive: the first bound >= value
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1  # le is inclusive: the first bound >= value
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
-        for bound, count in zip((*(f"{b:g}" for b in _LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, float(running)))
-        return out
+        return cumulative(LATENCY_BUCKETS, self.counts)
+
+
+def cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus' histogram buckets (``le``, count at or under it) from one count per bucket, +Inf last."""
+    out, running = [], 0
+    for bound, count in zip((*(f"{b:g}" for b in bounds), "+Inf"), counts, strict=True):
+        running += count
+        out.append((bound, float(running)))
+    return out
 
 
 class _ModelSeries:
@@ -155,11 +160,7 @@ class _GpuCollector(Collector):
         waits = HistogramMetricFamily(
             "ark_queue_wait_seconds", "Time from a request's arrival to its lease on the model (or the GPU)."
         )
-        cumulative, buckets = 0, []
-        for bound, count in zip([*WAIT_BUCKETS, float("inf")], stats["wait_buckets"], strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
-        waits.add_metric([], buckets, stats["wait_seconds"])
+        waits.add_metric([], cumulative(WAIT_BUCKETS, stats["wait_buckets"]), stats["wait_seconds"])
         yield waits
         restarts = CounterMetricFamily(
             "ark_engine_restarts", "Engines restarted because they stopped answering.", labels=["engine"]
@@ -249,7 +250,7 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        series = self.models.get(model) or self.series(model)
+        series = self.series(model)
         series.statuses[status] = series.statuses.get(status, 0) + 1
         series.duration.observe(seconds)
         if ttft is not None:
@@ -274,7 +275,7 @@ class Metrics:
     def totals(self) -> tuple[int, int, int, tuple[int, ...]]:
         """(requests, 5xx answers, tokens, requests per latency bucket) over every model, for the console."""
         requests = errors = tokens = 0
-        latency = [0] * (len(_LATENCY_BUCKETS) + 1)
+        latency = [0] * (len(LATENCY_BUCKETS) + 1)
         for series in list(self.models.values()):
             for status, count in series.statuses.items():
                 requests += count
