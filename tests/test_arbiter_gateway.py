@@ -87,7 +87,7 @@ def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama:
 
     streamer = threading.Thread(target=stream_coder)
     streamer.start()
-    time.sleep(0.3)  # the stream is under way
+    assert wait_until(lambda: bool(seen_during_stream), 10)  # the stream is under way
     thinker = chat(ark, "thinker:20b")
     done["thinker"] = time.monotonic()
     streamer.join()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -111,8 +110,8 @@ def test_an_external_lease_holds_memory_until_it_is_given_back(
     answers: list[httpx.Response] = []
     waiting = threading.Thread(target=lambda: answers.append(chat(ark, "thinker:20b")))
     waiting.start()  # 11.4 GB does not fit beside 0.75 + 6: the thinker waits for the render
-    time.sleep(1.0)
-    assert not answers and status(ark)["queue"] == 1 and fake_ollama.loaded == {}
+    assert wait_until(lambda: status(ark)["queue"] == 1, 10)
+    assert not answers and fake_ollama.loaded == {}
     released = httpx.delete(ark.url + f"/admin/gpu/leases/{lease['id']}", headers=MASTER, timeout=5)
     assert released.status_code == 200 and released.json() == {"id": lease["id"], "released": True}
     waiting.join(30)

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from ark.cli import main
 from ark.monitor.recent import Recent, Sample, overview, p95
-from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
 
 PASSWORD = "a long enough password 42"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -96,7 +97,6 @@ def test_the_overview_json_is_for_signed_in_users(ark: ArkProcess) -> None:
     page = httpx.get(ark.console + "/", timeout=5)
     assert page.status_code == 303  # to the sign-in page
     chat(ark, 2)
-    time.sleep(1.2)
     # cookies by hand: httpx sends no Secure cookie over plain http (a browser on 127.0.0.1 does)
     form = httpx.get(ark.console + "/auth/login?rd=/", timeout=5)
     csrf = form.text.split('name=csrf value="')[1].split('"')[0]
@@ -108,7 +108,14 @@ def test_the_overview_json_is_for_signed_in_users(ark: ArkProcess) -> None:
     )
     assert signed.status_code == 303, signed.text
     session = signed.headers["set-cookie"].split("ark_session=")[1].split(";")[0]
-    data = httpx.get(ark.console + "/api/overview", cookies={"ark_session": session}, timeout=5).json()
+
+    def overview() -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(ark.console + "/api/overview", cookies={"ark_session": session}).json()
+        return answer
+
+    # the next samples (every 0.5 s) see the two requests
+    assert wait_until(lambda: any(p["requests_per_s"] > 0 for p in overview()["series"]), 10)
+    data = overview()
     assert data["totals"]["requests"] == 2 and data["totals"]["spend_today"] > 0
     assert data["gpu"]["models"].keys() == {"tiny"} and data["gpu"]["capacity_bytes"] == 1024**3
     assert {"name": "gateway", "state": "running", "why": ""} in data["health"]

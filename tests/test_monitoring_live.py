@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +154,6 @@ def test_every_dashboard_panel_rule_and_alert_returns_series(
             return count == 4  # ark, node, gpu, prometheus
 
         assert wait_until(scraped, 30), httpx.get(base + "/api/v1/targets").text
-        time.sleep(4)  # a few scrapes: rate() needs two samples; rules are evaluated every second
         expressions = [
             (f"dashboard {d.title} / {p.title}", expr)
             for d in grafana.DASHBOARDS
@@ -164,12 +162,17 @@ def test_every_dashboard_panel_rule_and_alert_returns_series(
         ]
         expressions += [(f"recording rule {record}", expr) for record, expr in prometheus.RECORDING_RULES]
         expressions += [(f"alert {a.name}", a.measure) for a in prometheus.alerts(settings)]
-        failures = []
-        for where, expr in expressions:
-            status, count = query(base, expr)
-            if status != "ok" or count == 0:
-                failures.append(f"{where}: {expr} -> {status}, {count} series")
-        assert not failures, "\n".join(failures)
+        failures: list[str] = []
+
+        def every_expression_has_series() -> bool:  # rate() needs two scrapes; rules are evaluated every second
+            failures.clear()
+            for where, expr in expressions:
+                status, count = query(base, expr)
+                if status != "ok" or count == 0:
+                    failures.append(f"{where}: {expr} -> {status}, {count} series")
+            return not failures
+
+        assert wait_until(every_expression_has_series, 30, interval=1.0), "\n".join(failures)
         days = httpx.get(base + "/api/v1/query", params={"query": prometheus.alerts(settings)[-2].measure}).json()
         assert 4.9 < float(days["data"]["result"][0]["value"][1]) < 5.0  # the certificate's 5 days, read by ARK
     finally:

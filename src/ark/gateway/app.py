@@ -579,20 +579,21 @@ class Gateway:
 
     def overview(self) -> dict[str, Any]:
         """The console's live overview: the last hour, and whether each part of ARK is up."""
-        live = {s["name"]: s for s in self.supervisor.status()} if self.supervisor is not None else {}
         health = [{"name": "gateway", "state": "running" if self.router.ready.is_set() else "starting", "why": ""}]
         health += [
             {"name": f"engine {name}", "state": "running" if s.up else "down", "why": s.error or ""}
             for name, s in self.router.state.items()
         ]
-        health += [{**entry, **live.get(entry["name"], {})} for entry in self.services]
-        return {**self.recent.overview(), "health": health}
+        return {**self.recent.overview(), "health": [*health, *self._services()]}
 
     async def services_status(self, request: Request, responder: Responder) -> None:
         """The third-party services `ark up` runs: running (with pid, restarts), failed, or absent and why."""
+        await responder.send(200, orjson.dumps({"services": self._services()}), JSON_HEADERS)
+
+    def _services(self) -> list[dict[str, Any]]:
+        """What `ark up` said of each service at start (absent and why), with the supervisor's live state."""
         live = {s["name"]: s for s in self.supervisor.status()} if self.supervisor is not None else {}
-        listed = [{**entry, **live.get(entry["name"], {})} for entry in self.services]
-        await responder.send(200, orjson.dumps({"services": listed}), JSON_HEADERS)
+        return [{**entry, **live.get(entry["name"], {})} for entry in self.services]
 
     async def gpu_status(self, request: Request, responder: Responder) -> None:
         """The arbiter's view (master key): resident models, leases, queue, counters."""

@@ -39,9 +39,9 @@ DASHBOARDS: tuple[Dashboard, ...] = (
         "ark-gpu",
         "GPU health",
         (
-            Panel("Temperature", (("ark_gpu_temperature_celsius", "GPU {{gpu}}"),), "celsius"),
-            Panel("Power", (("ark_gpu_power_watts", "GPU {{gpu}}"),), "watt"),
-            Panel("Utilisation", (("ark_gpu_utilization_ratio", "GPU {{gpu}}"),), "percentunit"),
+            Panel("Temperature", (('ark_gpu_temperature_celsius{job="gpu"}', "GPU {{gpu}}"),), "celsius"),
+            Panel("Power", (('ark_gpu_power_watts{job="gpu"}', "GPU {{gpu}}"),), "watt"),
+            Panel("Utilisation", (('ark_gpu_utilization_ratio{job="gpu"}', "GPU {{gpu}}"),), "percentunit"),
             Panel(
                 "Memory by model",
                 (("ark_model_memory_bytes * on (instance, model) group_left ark_model_resident", "{{model}}"),),

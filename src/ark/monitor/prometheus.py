@@ -46,7 +46,7 @@ def alerts(settings: Settings) -> list[Alert]:
     return [
         Alert(
             "GpuTemperatureHigh",
-            "max by (instance, gpu) (ark_gpu_temperature_celsius)",
+            'max by (instance, gpu) (ark_gpu_temperature_celsius{job="gpu"})',  # the exporter: one per GPU
             ">",
             m.gpu_temperature_c,
             "5m",
@@ -57,8 +57,8 @@ def alerts(settings: Settings) -> list[Alert]:
         ),
         Alert(
             "GpuMemoryNearlyFull",
-            'max by (instance, gpu) (ark_gpu_memory_bytes{kind="used"} / ignoring(kind) '
-            'ark_gpu_memory_bytes{kind="total"})',
+            'max by (instance, gpu) (ark_gpu_memory_bytes{job="gpu",kind="used"} / ignoring(kind) '
+            'ark_gpu_memory_bytes{job="gpu",kind="total"})',
             ">",
             m.vram_full_ratio,
             "5m",

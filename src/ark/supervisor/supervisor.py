@@ -24,6 +24,7 @@ log = logging.getLogger("ark.supervisor")
 MAX_BACKOFF_S = 60.0  # the longest pause between two restarts of a crashing child
 STABLE_S = 60.0  # a child that ran this long before it died starts again from the shortest pause
 _POLL_S = 0.1  # how often a starting child's health check is tried
+_PAUSES_KEPT = 16
 _LOG_TAIL = 2000  # bytes of a failed child's log quoted in the error
 
 
@@ -85,7 +86,7 @@ class Supervised:
     restarts: int = 0
     last_exit: int | None = None
     backoff: float = 0.0
-    pauses: list[float] = field(default_factory=list)  # the pauses taken before restarts, latest last
+    pauses: list[float] = field(default_factory=list)  # the latest pauses before restarts (at most _PAUSES_KEPT)
     stopping: bool = False
     watcher: asyncio.Task[None] | None = None
 
@@ -210,7 +211,7 @@ class Supervisor:
                 service.backoff = self.backoff_s
             pause = service.backoff
             service.backoff = min(service.backoff * 2, self.max_backoff_s)
-            service.pauses.append(pause)
+            service.pauses = [*service.pauses[-(_PAUSES_KEPT - 1) :], pause]
             log.warning("supervisor: %s exited with %s; starting it again in %.1f s", service.spec.name, code, pause)
             await asyncio.sleep(pause)
             try:
