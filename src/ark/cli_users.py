@@ -9,10 +9,9 @@ never from the command line, where other users and the shell history would see t
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 import orjson
@@ -26,7 +25,6 @@ from ark.config import Settings
 from ark.errors import ArkError
 from ark.store import Store
 
-F = TypeVar("F", bound=Callable[..., Any])
 console = Console(highlight=False)
 
 

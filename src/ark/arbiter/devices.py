@@ -127,7 +127,7 @@ class NvmlDevice:
         self.name = name.decode() if isinstance(name, bytes) else str(name)
 
     def read(self) -> Reading:
-        stats = nvml_stats(self._nvml, self._handle, self.index, self.name)
+        stats = nvml_stats(self._nvml, self._handle, self.index, self.name, full=False)  # every second
         return Reading(
             "nvml",
             self.index,
@@ -171,9 +171,10 @@ class GpuStats:
     processes: tuple[GpuProcess, ...]
 
 
-def nvml_stats(nvml: Any, handle: Any, index: int, name: str) -> GpuStats:
+def nvml_stats(nvml: Any, handle: Any, index: int, name: str, *, full: bool = True) -> GpuStats:
     """Read one GPU through NVML (the ``pynvml`` module or a stand-in with its names and units:
-    milliwatts, percentages, MHz)."""
+    milliwatts, percentages, MHz). ``full=False``: only what the arbiter reads every second (memory,
+    temperature, power, utilisation, compute processes), not the exporter's clocks, fans, ECC..."""
 
     def optional(call: Any) -> Any:
         try:
@@ -181,14 +182,18 @@ def nvml_stats(nvml: Any, handle: Any, index: int, name: str) -> GpuStats:
         except nvml.NVMLError:
             return None
 
+    def extra(call: Any) -> Any:  # what only the exporter needs
+        return optional(call) if full else None
+
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)
     rates = optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
     power = optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
-    limit = optional(lambda: nvml.nvmlDeviceGetPowerManagementLimit(handle))
-    fan = optional(lambda: nvml.nvmlDeviceGetFanSpeed(handle))
-    uuid = optional(lambda: nvml.nvmlDeviceGetUUID(handle))
+    temperature = optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    limit = extra(lambda: nvml.nvmlDeviceGetPowerManagementLimit(handle))
+    fan = extra(lambda: nvml.nvmlDeviceGetFanSpeed(handle))
+    uuid = extra(lambda: nvml.nvmlDeviceGetUUID(handle))
     clocks = {
-        label: optional(lambda clock=clock: nvml.nvmlDeviceGetClockInfo(handle, clock))
+        label: extra(lambda clock=clock: nvml.nvmlDeviceGetClockInfo(handle, clock))
         for label, clock in (
             ("graphics", nvml.NVML_CLOCK_GRAPHICS),
             ("sm", nvml.NVML_CLOCK_SM),
@@ -196,21 +201,20 @@ def nvml_stats(nvml: Any, handle: Any, index: int, name: str) -> GpuStats:
         )
     }
     ecc = {
-        label: optional(lambda kind=kind: nvml.nvmlDeviceGetTotalEccErrors(handle, kind, nvml.NVML_VOLATILE_ECC))
+        label: extra(lambda kind=kind: nvml.nvmlDeviceGetTotalEccErrors(handle, kind, nvml.NVML_VOLATILE_ECC))
         for label, kind in (
             ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
             ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         )
     }
     processes: list[GpuProcess] = []
-    for kind, call in (
-        ("compute", nvml.nvmlDeviceGetComputeRunningProcesses),
-        ("graphics", nvml.nvmlDeviceGetGraphicsRunningProcesses),
+    for kind, call, wanted in (
+        ("compute", nvml.nvmlDeviceGetComputeRunningProcesses, True),
+        ("graphics", nvml.nvmlDeviceGetGraphicsRunningProcesses, full),
     ):
         # usedGpuMemory is None where the driver cannot tell (Windows WDDM, some containers)
-        found = optional(lambda call=call: call(handle)) or []
+        found = (optional(lambda call=call: call(handle)) if wanted else None) or []
         processes += [GpuProcess(int(p.pid), int(p.usedGpuMemory), kind) for p in found if p.usedGpuMemory is not None]
-    temperature = optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
     return GpuStats(
         index=index,
         name=name,

@@ -142,6 +142,12 @@ class AuthService:
     async def logout(self, token: str) -> None:
         await asyncio.to_thread(self.users.close_session, token)
 
+    async def logout_all(self, cookies: Iterable[str]) -> None:
+        """End the session of every genuine ``ark_session`` cookie (no lookup: ending one that is gone is a no-op)."""
+        tokens = [t for c in list(cookies)[:_MAX_COOKIES] if (t := self._token(c)) is not None]
+        for token in tokens:
+            await self.logout(token)
+
     async def prune(self) -> int:
         return await asyncio.to_thread(self.users.prune_sessions)
 

@@ -154,8 +154,7 @@ class Console:
         await responder.send(303, b"", [("location", rd), cookie, forget_csrf, *web.SECURITY_HEADERS])
 
     async def _end_old_sessions(self, request: Request) -> None:
-        while (found := await self.auth.check(web.cookies(request, SESSION_COOKIE))) is not None:
-            await self.auth.logout(found[1])
+        await self.auth.logout_all(web.cookies(request, SESSION_COOKIE))
 
     # -- signed in --------------------------------------------------------------------------------
     async def _session(self, request: Request) -> tuple[Session, str] | None:

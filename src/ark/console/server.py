@@ -50,8 +50,11 @@ class ConsoleServer:
         store: Store,
         registry: CollectorRegistry | None = None,
         overview: Overview | None = None,
+        secret: bytes | None = None,
     ) -> ConsoleServer:
-        secret = await asyncio.to_thread(load_secret, settings.data_dir)
+        """``secret``: DATA/auth.key when the caller has read it already (the gateway has)."""
+        if secret is None:
+            secret = await asyncio.to_thread(load_secret, settings.data_dir)
         auth = AuthService(UserStore(store.engine), secret, settings.auth)
         await auth.start()
         console = cls(settings, auth, overview)

@@ -116,6 +116,7 @@ class Gateway:
         self.metrics.watch_gpu(lambda: self.gpu)
         self.metrics.watch_certificates(settings.monitor.certificates)
         self.identity: IdentityVerifier | None = None  # X-Ark-Identity tokens: who a UI's request is for
+        self.secret: bytes | None = None  # DATA/auth.key, read at start
         self.metrics.registry.register(IdentityCollector(lambda: self.identity))
         self.rates = RateLimits(self.metrics.count_rate_limited, shared=self._shared)
         self._master = settings.master_key.value.encode()
@@ -144,7 +145,8 @@ class Gateway:
         if self.store is None:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
-        self.identity = IdentityVerifier(await asyncio.to_thread(load_secret, self.settings.data_dir))
+        self.secret = await asyncio.to_thread(load_secret, self.settings.data_dir)  # the console signs with it too
+        self.identity = IdentityVerifier(self.secret)
         self.ledger = Ledger(
             self.store.engine, self.settings.data_dir / "ledger", shared=self._shared, on_ingested=self.budgets.ingested
         )

@@ -37,7 +37,9 @@ async def serve(
         await server.start(listen.host, listen.port)
         assert gateway.store is not None
         # the console shares the gateway's database pool and /metrics
-        console = await ConsoleServer.open(settings, gateway.store, gateway.metrics.registry, gateway.overview)
+        console = await ConsoleServer.open(
+            settings, gateway.store, gateway.metrics.registry, gateway.overview, gateway.secret
+        )
         # third-party services start beside serving: Prometheus takes seconds to get ready
         monitoring = asyncio.create_task(_monitoring(settings, supervisor, gateway), name="ark-monitoring")
         if on_started is not None:
