@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny real GGUF, the Ollama stand-in on a real port, and `ark up` as a real process."""
+"""Shared fixtures: a CliRunner, a tiny real GGUF, the Ollama stand-in on a real port, `ark up` as a real process."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from tests.fakes.ollama import FakeOllama
 from tests.gguf_factory import make_tiny_gguf
@@ -40,6 +41,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return True
         time.sleep(interval)
     return predicate()
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CliRunner for `ark` commands that sees none of the caller's ARK_* variables."""
+    for var in [v for v in os.environ if v.startswith("ARK_")]:
+        monkeypatch.delenv(var)
+    return CliRunner()
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,8 @@ def test_add_list_and_change_users(tmp_path: Path) -> None:
     assert users["bob@example.org"]["email"] == "bob@example.org" and users["bob@example.org"]["totp"] is False
 
     assert run(tmp_path, "role", "alice", "user").exit_code == 0
-    assert run(tmp_path, "disable", "bob@example.org").exit_code == 0
+    disabled = run(tmp_path, "disable", "bob@example.org")
+    assert disabled.exit_code == 0 and "Disabled bob@example.org" in disabled.output
     users = listed(tmp_path)
     assert users["alice"]["role"] == "user" and users["bob@example.org"]["disabled"] is True
     assert run(tmp_path, "enable", "bob@example.org").exit_code == 0
@@ -80,7 +81,8 @@ def test_totp_prints_a_uri_and_a_qr_code(tmp_path: Path) -> None:
     assert listed(tmp_path)["carol"]["totp"] is True
     again = run(tmp_path, "totp", "carol")
     assert "previous secret is replaced" in again.output and uri.group(1) not in again.output
-    assert run(tmp_path, "totp", "carol", "--disable").exit_code == 0
+    removed = run(tmp_path, "totp", "carol", "--disable")
+    assert removed.exit_code == 0 and "Second factor removed: carol" in removed.output
     assert listed(tmp_path)["carol"]["totp"] is False
 
 

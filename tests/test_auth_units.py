@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from ark.auth.identity import Identity, IdentityVerifier, mint
 from ark.auth.service import AuthService, client_subject
 from ark.auth.signing import SecretFileError, derive, load_secret, sign, unb64, unsign
 from ark.auth.throttle import Throttle
-from ark.auth.users import UserError, UserStore, check_display_name, check_email, check_name
+from ark.auth.users import User, UserError, UserStore, check_display_name, check_email, check_name
 from ark.config import load_settings
-from ark.console import web
+from ark.console import pages, web
+from ark.edge.ports import port_map
+from ark.edge.sites import edge_sites
 from ark.store import Store
 from ark.wire import Request
 
@@ -384,3 +387,13 @@ def test_journal_rows_written_before_0003_still_reach_the_database(tmp_path: Pat
         assert rows[0]["request_id"] == "r1" and rows[0]["end_user"] is None
     finally:
         store.close()
+
+
+def test_the_home_page_links_every_site_nginx_serves_but_the_console(tmp_path: Path) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_EDGE_DOMAIN": "example.org"})
+    served = {site.host for site in edge_sites(settings, port_map(settings)) if site.access != "console"}
+    now = datetime.now(UTC)
+    user = User("id", "alice", "alice@example.org", "Alice", "user", "hash", None, None, False, now, now)
+    page = pages.home(user, csrf="token", domain="example.org")
+    assert set(re.findall(r'href="https://([^/"]+)/"', page)) == served
+    assert '<a href="https://chat.example.org/">Chat (Open WebUI)</a>' in page

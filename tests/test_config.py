@@ -8,10 +8,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ark.config import Address, env_name, generate_master_key, load_settings, render_config, schema
+from ark.config import Address, env_name, generate_master_key, load_settings, network, render_config, schema
+from ark.config.types import HostPort, Type
 from ark.errors import ConfigError
 
 KEY = "sk-ark-" + "k" * 40
@@ -243,3 +245,45 @@ def test_a_postgresql_store_is_shared_by_default_whatever_its_scheme_is_called(t
     for url, shared in (("postgres://u@h/db", True), ("postgresql+psycopg://u@h/db", True), ("", False)):
         settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_STORE_URL": url})
         assert settings.store.is_shared is shared, url
+
+
+NETWORK_VALUES = [
+    (network.CidrList(), "10.8.0.1/24, fd00::/64", ("10.8.0.0/24", "fd00::/64")),
+    (network.CidrList(), ["10.0.0.0/8", " 192.168.1.0/24"], ("10.0.0.0/8", "192.168.1.0/24")),
+    (network.IpList(), "10.8.0.1, 1.1.1.1,", ("10.8.0.1", "1.1.1.1")),
+    (network.IpList(), "", ()),
+    (network.PortList(), "9000, 8443, 9000", (8443, 9000)),
+    (network.PortList(), [443, "80"], (80, 443)),
+    (network.NamedPorts(), "chat=3000, grafana=3001", {"chat": 3000, "grafana": 3001}),
+    (network.Endpoint(), "[2001:DB8::1]:51820", "[2001:db8::1]:51820"),
+    (network.Endpoint(), "VPN.example.org:51820", "vpn.example.org:51820"),
+    (HostPort(), "[::1]:4000", Address("::1", 4000)),
+]
+BAD_NETWORK_VALUES = [
+    (network.CidrList(), "10.8.0.0/33"),
+    (network.CidrList(), "10.8.0.0/24; allow all"),
+    (network.IpList(), "10.8.0.0/24"),
+    (network.PortList(), "65536"),
+    (network.PortList(), [True]),
+    (network.PortList(), 443),
+    (network.NamedPorts(), {"chat": 0}),
+    (network.NamedPorts(), {"Chat": 3000}),
+    (network.NamedPorts(), "chat 3000"),
+    (network.Endpoint(), "vpn.example.org:0"),
+    (network.Endpoint(), "vpn.example.org"),
+    (network.Endpoint(), "vpn;example.org:51820"),
+    (HostPort(), "127.0.0.1:65536"),
+    (HostPort(), ":4000"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "parsed"), NETWORK_VALUES)
+def test_network_values_are_normalised(kind: Type[Any], value: Any, parsed: Any) -> None:
+    assert kind.parse(value) == parsed
+
+
+@pytest.mark.parametrize(("kind", "value"), BAD_NETWORK_VALUES)
+def test_bad_network_values_are_refused_with_the_expectation(kind: Type[Any], value: Any) -> None:
+    with pytest.raises(ValueError) as refused:
+        kind.parse(value)
+    assert str(refused.value) == kind.expected

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 from pathlib import Path
 
 import orjson
-import pytest
 from click.testing import CliRunner
 
 from ark.cli import main
 from ark.config import Settings, load_settings
 from ark.edge.audit import (
     FirewallState,
+    Report,
     check_certificates,
     check_firewall,
     check_sockets,
@@ -114,15 +113,9 @@ def test_certificate_checks() -> None:
         "b.pem": now + dt.timedelta(days=5),
         "c.pem": now - dt.timedelta(days=1),
     }
-    found = {(p.check, p.subject) for p in check_certificates(expiry, now, 14)}
-    assert found == {("cert-expiring", "b.pem"), ("cert-expired", "c.pem")}
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in [v for v in os.environ if v.startswith("ARK_")]:
-        monkeypatch.delenv(var)
-    return CliRunner()
+    found = {(p.check, p.severity, p.subject) for p in check_certificates(expiry, now, 14)}
+    assert found == {("cert-expiring", "warning", "b.pem"), ("cert-expired", "error", "c.pem")}
+    assert Report(check_certificates({"b.pem": expiry["b.pem"]}, now, 14)).ok  # expiring alone: not a failure
 
 
 def test_audit_reports_a_public_socket_that_must_be_loopback(runner: CliRunner, tmp_path: Path) -> None:
@@ -144,8 +137,8 @@ def test_audit_reports_a_public_socket_that_must_be_loopback(runner: CliRunner, 
     assert result.exit_code == 1, result.output
     report = orjson.loads(result.output)
     assert report["ok"] is False
-    problems = {(p["check"], p["subject"]) for p in report["problems"]}
-    assert ("public-bind", f"0.0.0.0:{port}/tcp") in problems
-    assert ("cert-expiring", str(bundle / "certs" / "chat.ark.test" / "fullchain.pem")) in problems
+    problems = {(p["check"], p["severity"], p["subject"]) for p in report["problems"]}
+    assert ("public-bind", "error", f"0.0.0.0:{port}/tcp") in problems
+    assert ("cert-expiring", "warning", str(bundle / "certs" / "chat.ark.test" / "fullchain.pem")) in problems
     assert {"proto": "tcp", "address": "0.0.0.0", "port": port} in report["sockets"]
     assert table.exit_code == 1 and "public-bind" in table.output

@@ -10,7 +10,6 @@ probes run in parallel.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -67,13 +66,6 @@ def _config(path: Path, backend: str, allow_tcp: str = "") -> Path:
         f'[firewall]\nconfirm_s = 5\nbackend = "{backend}"\nallow_tcp = "{allow_tcp}"\n'
     )
     return path
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in [v for v in os.environ if v.startswith("ARK_")]:
-        monkeypatch.delenv(var)
-    return CliRunner()
 
 
 @contextmanager

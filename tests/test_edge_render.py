@@ -34,13 +34,6 @@ upload_max_bytes = "50MiB"
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in [v for v in os.environ if v.startswith("ARK_")]:
-        monkeypatch.delenv(var)
-    return CliRunner()
-
-
-@pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "ark.toml"
     path.write_text(CONFIG)

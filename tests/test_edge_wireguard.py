@@ -33,13 +33,6 @@ needs_wg = pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tool
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in [v for v in os.environ if v.startswith("ARK_")]:
-        monkeypatch.delenv(var)
-    return CliRunner()
-
-
-@pytest.fixture
 def config(tmp_path: Path) -> list[str]:
     path = tmp_path / "ark.toml"
     path.write_text(

@@ -6,6 +6,8 @@ Registered on the main group by one import at the end of ark/cli.py.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -31,6 +33,17 @@ out_option = click.option(
 )
 
 
+@contextmanager
+def edge_errors() -> Iterator[None]:
+    """The edge's errors become CLI errors (exit 1); configuration errors, bad-configuration ones (exit 2)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except EdgeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def bundle_dir(settings: Settings, out: Path | None) -> Path:
     return (out or default_out(settings)).absolute()
 
@@ -39,16 +52,11 @@ def render_with_progress(
     settings: Settings, out: Path, tls: str | None = None, only: list[str] | None = None
 ) -> WriteResult:
     """Run the renderers with a spinner per step (certificates and hashes take a moment)."""
-    try:
+    with edge_errors():
         ctx = make_context(settings, out, tls)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
             task = progress.add_task("rendering", total=None)
-            result = render_bundle(ctx, only, lambda name: progress.update(task, description=f"rendering {name}"))
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
-    return result
+            return render_bundle(ctx, only, lambda name: progress.update(task, description=f"rendering {name}"))
 
 
 def print_result(result: WriteResult, out: Path) -> None:
@@ -138,11 +146,9 @@ def peers_add(
     """Add a peer: new keys, an address, its file (and QR code), and the server's file updated."""
     settings = settings_or_exit(config_path, data_dir)
     target = bundle_dir(settings, out)
-    try:
+    with edge_errors():
         endpoint(settings)  # before the peer is stored: its file needs somewhere to connect to
         peer = _store(settings).add(name, address)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     render_with_progress(settings, target, only=["wireguard"])
     console.print(f"[green]OK[/] peer [bold]{peer.name}[/] at {peer.address}, public key {peer.public_key}")
     _show_peer(settings, target, name, qr)
@@ -177,10 +183,8 @@ def peers_show(config_path: Path | None, data_dir: Path | None, out: Path | None
     """The peer's file and its QR code (scan it with the WireGuard app)."""
     settings = settings_or_exit(config_path, data_dir)
     target = bundle_dir(settings, out)
-    try:
+    with edge_errors():
         _store(settings).get(name)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     render_with_progress(settings, target, only=["wireguard"])
     _show_peer(settings, target, name, qr)
 
@@ -193,10 +197,8 @@ def peers_remove(config_path: Path | None, data_dir: Path | None, out: Path | No
     """Remove a peer: its keys are deleted and the server's file no longer lists it."""
     settings = settings_or_exit(config_path, data_dir)
     target = bundle_dir(settings, out)
-    try:
+    with edge_errors():
         peer = _store(settings).remove(name)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     (target / "wireguard" / "peers" / f"{name}.conf").unlink(missing_ok=True)
     render_with_progress(settings, target, only=["wireguard"])
     console.print(f"[green]OK[/] removed {peer.name} ({peer.address})")
@@ -224,10 +226,8 @@ def audit(config_path: Path | None, data_dir: Path | None, out: Path | None, as_
     from ark.edge.audit import Auditor
 
     settings = settings_or_exit(config_path, data_dir)
-    try:
+    with edge_errors():
         report = Auditor(settings, bundle_dir(settings, out)).run()
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
     if as_json:
         click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -12,10 +12,9 @@ from rich.table import Table
 
 from ark.cli import main
 from ark.cli_common import config_options, settings_or_exit
-from ark.cli_edge import bundle_dir, out_option, render_with_progress
+from ark.cli_edge import bundle_dir, edge_errors, out_option, render_with_progress
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
-from ark.errors import EdgeError
 
 console = Console(highlight=False)
 
@@ -42,10 +41,8 @@ def firewall_apply(
     target = bundle_dir(settings, out)
     render_with_progress(settings, target, only=["firewall"])
     chosen = backend or settings.firewall.backend
-    try:
+    with edge_errors():
         pending = FirewallGuard(settings.data_dir).apply(target, chosen, settings.firewall.confirm_s, netns)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     where = f" in netns {netns}" if netns else ""
     console.print(f"[green]Applied[/] ({chosen}{where}): {', '.join(pending.applied)}")
     console.print(
@@ -59,10 +56,8 @@ def firewall_apply(
 def firewall_confirm(config_path: Path | None, data_dir: Path | None) -> None:
     """Keep the rules of the last apply (stops the rollback)."""
     settings = settings_or_exit(config_path, data_dir)
-    try:
+    with edge_errors():
         pending = FirewallGuard(settings.data_dir).confirm()
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print(f"[green]Confirmed[/] ({pending.backend}): the rules stay.")
 
 
@@ -72,10 +67,8 @@ def firewall_rollback(config_path: Path | None, data_dir: Path | None) -> None:
     """Restore the rules from before the last unconfirmed apply, now."""
     settings = settings_or_exit(config_path, data_dir)
     guard = FirewallGuard(settings.data_dir)
-    try:
+    with edge_errors():
         guard.rollback_now()
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print(f"[green]Rolled back.[/] {escape(guard.last_event())}")
 
 
@@ -106,12 +99,10 @@ def geoblock_add(config_path: Path | None, data_dir: Path | None, files: tuple[P
     """Copy zone files (one CIDR per line, e.g. ipdeny's cn.zone) under DATA/firewall/geoblock/."""
     settings = settings_or_exit(config_path, data_dir)
     store = BlocklistStore(settings.data_dir)
-    try:
+    with edge_errors():
         for path in files:
             name, count = store.add_zone(path)
             console.print(f"[green]OK[/] zone {name}: {count} networks")
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print("Load them with: ark firewall apply")
 
 
@@ -134,10 +125,8 @@ def geoblock_list(config_path: Path | None, data_dir: Path | None) -> None:
 def geoblock_remove(config_path: Path | None, data_dir: Path | None, name: str) -> None:
     """Forget a zone (apply again to unload it)."""
     settings = settings_or_exit(config_path, data_dir)
-    try:
+    with edge_errors():
         BlocklistStore(settings.data_dir).remove_zone(name)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print(f"[green]OK[/] removed zone {name}")
 
 
@@ -147,10 +136,8 @@ def geoblock_remove(config_path: Path | None, data_dir: Path | None, name: str) 
 def firewall_block(config_path: Path | None, data_dir: Path | None, networks: tuple[str, ...]) -> None:
     """Add addresses or networks to the scanner blocklist (dropped on every port)."""
     settings = settings_or_exit(config_path, data_dir)
-    try:
+    with edge_errors():
         count = BlocklistStore(settings.data_dir).block(list(networks))
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print(f"[green]OK[/] the blocklist holds {count} networks; load it with: ark firewall apply")
 
 
@@ -160,8 +147,6 @@ def firewall_block(config_path: Path | None, data_dir: Path | None, networks: tu
 def firewall_unblock(config_path: Path | None, data_dir: Path | None, networks: tuple[str, ...]) -> None:
     """Remove addresses or networks from the scanner blocklist."""
     settings = settings_or_exit(config_path, data_dir)
-    try:
+    with edge_errors():
         count = BlocklistStore(settings.data_dir).unblock(list(networks))
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     console.print(f"[green]OK[/] the blocklist holds {count} networks; load it with: ark firewall apply")

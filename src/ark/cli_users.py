@@ -9,7 +9,7 @@ never from the command line, where other users and the shell history would see t
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +43,13 @@ def _users(config_path: Path | None, data_dir: Path | None) -> Iterator[tuple[Us
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
+
+
+def _change(config_path: Path | None, data_dir: Path | None, change: Callable[[UserStore], User], done: str) -> None:
+    """Make one change to a user and say so: ``done`` with ``{user}`` standing for the changed user."""
+    with _users(config_path, data_dir) as (store, _):
+        user = change(store)
+    console.print(done.format(user=_describe(user)))
 
 
 def _terminal() -> bool:
@@ -143,11 +150,12 @@ def users_list(config_path: Path | None, data_dir: Path | None, as_json: bool) -
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
 def users_passwd(config_path: Path | None, data_dir: Path | None, name: str, password_stdin: bool) -> None:
     """Set a new password; every session of the user ends at once."""
-    with _users(config_path, data_dir) as (store, _):
-        store.require(name)
-        password = read_password(password_stdin)
-        user = store.set_password(name, passwords.hash_password(password))
-    console.print(f"New password for {_describe(user)}; its sessions are signed out")
+
+    def change(store: UserStore) -> User:
+        store.require(name)  # an unknown name fails before the password is asked for
+        return store.set_password(name, passwords.hash_password(read_password(password_stdin)))
+
+    _change(config_path, data_dir, change, "New password for {user}; its sessions are signed out")
 
 
 @users.command("disable")
@@ -155,9 +163,12 @@ def users_passwd(config_path: Path | None, data_dir: Path | None, name: str, pas
 @click.argument("name")
 def users_disable(config_path: Path | None, data_dir: Path | None, name: str) -> None:
     """Stop a user from signing in; every session of theirs ends at once."""
-    with _users(config_path, data_dir) as (store, _):
-        user = store.set_disabled(name, True)
-    console.print(f"Disabled {_describe(user)}; its sessions are signed out")
+    _change(
+        config_path,
+        data_dir,
+        lambda store: store.set_disabled(name, True),
+        "Disabled {user}; its sessions are signed out",
+    )
 
 
 @users.command("enable")
@@ -165,9 +176,7 @@ def users_disable(config_path: Path | None, data_dir: Path | None, name: str) ->
 @click.argument("name")
 def users_enable(config_path: Path | None, data_dir: Path | None, name: str) -> None:
     """Let a disabled user sign in again."""
-    with _users(config_path, data_dir) as (store, _):
-        user = store.set_disabled(name, False)
-    console.print(f"Enabled {_describe(user)}")
+    _change(config_path, data_dir, lambda store: store.set_disabled(name, False), "Enabled {user}")
 
 
 @users.command("role")
@@ -176,9 +185,7 @@ def users_enable(config_path: Path | None, data_dir: Path | None, name: str) -> 
 @click.argument("role", type=click.Choice(ROLES))
 def users_role(config_path: Path | None, data_dir: Path | None, name: str, role: str) -> None:
     """Make a user an admin or a plain user (seen by the next request)."""
-    with _users(config_path, data_dir) as (store, _):
-        user = store.set_role(name, role)
-    console.print(f"{_describe(user)}")
+    _change(config_path, data_dir, lambda store: store.set_role(name, role), "{user}")
 
 
 @users.command("totp")
@@ -190,11 +197,10 @@ def users_totp(config_path: Path | None, data_dir: Path | None, name: str, disab
 
     Running it again replaces the secret: the old authenticator entry stops working.
     """
+    if disable:
+        _change(config_path, data_dir, lambda store: store.set_totp(name, None), "Second factor removed: {user}")
+        return
     with _users(config_path, data_dir) as (store, settings):
-        if disable:
-            user = store.set_totp(name, None)
-            console.print(f"Second factor removed: {_describe(user)}")
-            return
         before = store.require(name)
         secret = totp.new_secret()
         user = store.set_totp(name, secret)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, TypeVar
 
-from ark.config.types import Type
+from ark.config.types import PORT, Type
+
+T = TypeVar("T")
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -38,6 +40,28 @@ class Hostname(Type[str]):
         return name
 
 
+def _network(text: str) -> str:
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def _address(text: str) -> str:
+    return str(ipaddress.ip_address(text))
+
+
+class _ItemList(Type[tuple[T, ...]]):
+    """Comma-separated text or a TOML array; each non-empty item goes through ``item`` (ValueError: bad)."""
+
+    def item(self, text: str) -> T:
+        raise NotImplementedError
+
+    def parse(self, value: Any) -> tuple[T, ...]:
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise self.fail()
+        return tuple(self.within(self.item, p.strip()) for p in value.split(",") if p.strip())
+
+
 class Cidr(Type[str]):
     """An IPv4 or IPv6 network in CIDR notation, normalised (``10.8.0.0/24``)."""
 
@@ -46,46 +70,37 @@ class Cidr(Type[str]):
     def parse(self, value: Any) -> str:
         if not isinstance(value, str):
             raise self.fail()
-        try:
-            return str(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise self.fail() from None
+        return self.within(_network, value.strip())
 
 
-class CidrList(Type[tuple[str, ...]]):
+class CidrList(_ItemList[str]):
     """Comma-separated CIDR networks (``"10.8.0.0/24, 192.168.1.0/24"``), or empty."""
 
     expected = 'comma-separated networks in CIDR notation such as "10.8.0.0/24, fd00::/64", or empty'
 
-    def parse(self, value: Any) -> tuple[str, ...]:
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if not isinstance(value, str):
-            raise self.fail()
-        try:
-            return tuple(str(ipaddress.ip_network(p.strip(), strict=False)) for p in value.split(",") if p.strip())
-        except ValueError:
-            raise self.fail() from None
+    def item(self, text: str) -> str:
+        return _network(text)
 
 
-class PortList(Type[tuple[int, ...]]):
+class IpList(_ItemList[str]):
+    """Comma-separated IP addresses (``"10.8.0.1, 1.1.1.1"``), or empty."""
+
+    expected = 'comma-separated IP addresses such as "10.8.0.1, 1.1.1.1", or empty'
+
+    def item(self, text: str) -> str:
+        return _address(text)
+
+
+class PortList(_ItemList[int]):
     """Ports as a TOML array of integers or comma-separated text (``"8443, 9000"``), sorted, unique."""
 
     expected = 'ports between 1 and 65535: an array [8443, 9000] or text "8443, 9000", or empty'
 
+    def item(self, text: str) -> int:
+        return PORT.parse(text)
+
     def parse(self, value: Any) -> tuple[int, ...]:
-        items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else None
-        if items is None:
-            raise self.fail()
-        ports: set[int] = set()
-        for item in items:
-            text = str(item).strip() if not isinstance(item, bool) else "x"
-            if not text:
-                continue
-            if not text.isdigit() or not 1 <= int(text) <= 65535:
-                raise self.fail()
-            ports.add(int(text))
-        return tuple(sorted(ports))
+        return tuple(sorted(set(super().parse(value))))
 
 
 class NamedPorts(Type[dict[str, int]]):
@@ -101,13 +116,9 @@ class NamedPorts(Type[dict[str, int]]):
             value = {k.strip(): v.strip() for k, _, v in pairs}
         if not isinstance(value, dict):
             raise self.fail()
-        result: dict[str, int] = {}
-        for name, port in value.items():
-            text = str(port).strip() if not isinstance(port, bool) else "x"
-            if not _NAME.match(str(name)) or not text.isdigit() or not 1 <= int(text) <= 65535:
-                raise self.fail()
-            result[str(name)] = int(text)
-        return result
+        if not all(_NAME.match(str(name)) for name in value):
+            raise self.fail()
+        return {str(name): self.within(PORT.parse, port) for name, port in value.items()}
 
 
 class Word(Type[str]):
@@ -144,34 +155,19 @@ class Endpoint(Type[str]):
         text = value.strip()
         if not text:
             return ""
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
             raise self.fail()
+        port = self.within(PORT.parse, port_text)
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         try:
             address = ipaddress.ip_address(bare)
         except ValueError:
             if not is_hostname(bare.lower()):
                 raise self.fail() from None
-            return f"{bare.lower()}:{int(port)}"
+            return f"{bare.lower()}:{port}"
         shown = f"[{address}]" if address.version == 6 else str(address)
-        return f"{shown}:{int(port)}"
-
-
-class IpList(Type[tuple[str, ...]]):
-    """Comma-separated IP addresses (``"10.8.0.1, 1.1.1.1"``), or empty."""
-
-    expected = 'comma-separated IP addresses such as "10.8.0.1, 1.1.1.1", or empty'
-
-    def parse(self, value: Any) -> tuple[str, ...]:
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        if not isinstance(value, str):
-            raise self.fail()
-        try:
-            return tuple(str(ipaddress.ip_address(p.strip())) for p in value.split(",") if p.strip())
-        except ValueError:
-            raise self.fail() from None
+        return f"{shown}:{port}"
 
 
 class IpAddress(Type[str]):
@@ -185,7 +181,4 @@ class IpAddress(Type[str]):
         text = value.strip().strip("[]")
         if not text:
             return ""
-        try:
-            return str(ipaddress.ip_address(text))
-        except ValueError:
-            raise self.fail() from None
+        return self.within(_address, text)

@@ -8,12 +8,14 @@ Environment values are always strings, so every type also accepts its text form.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,13 @@ class Type(Generic[T]):
 
     def fail(self) -> ValueError:
         return ValueError(self.expected)
+
+    def within(self, parse: Callable[[Any], U], part: Any) -> U:
+        """``parse(part)`` for a part of this type's value (a port, an address), failing as this type."""
+        try:
+            return parse(part)
+        except ValueError:
+            raise self.fail() from None
 
 
 class Str(Type[str]):
@@ -109,6 +118,9 @@ class Int(Type[int]):
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise self.fail()
         return value
+
+
+PORT = Int(1, 65535)  # every port: the ones that are a setting and the ones inside one (host:port, lists)
 
 
 class Float(Type[float]):
@@ -179,12 +191,9 @@ class HostPort(Type[Address]):
             raise self.fail()
         host, sep, port_text = value.strip().rpartition(":")
         host = host.strip("[]")  # [::1]:4000
-        if not sep or not host or not port_text.isdigit():
+        if not sep or not host:
             raise self.fail()
-        port = int(port_text)
-        if not 1 <= port <= 65535:
-            raise self.fail()
-        return Address(host, port)
+        return Address(host, self.within(PORT.parse, port_text))
 
 
 class Url(Type[str]):

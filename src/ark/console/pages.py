@@ -9,17 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from ark.auth.users import User
-
-# Sites behind Nginx under the configured domain D (docs/security.md); the console itself is D.
-SITES = (
-    ("chat", "Chat (Open WebUI)"),
-    ("llm", "API (OpenAI-compatible)"),
-    ("art", "Images (ComfyUI)"),
-    ("grafana", "Dashboards (Grafana)"),
-    ("n8n", "Workflows (n8n)"),
-    ("prometheus", "Metrics (Prometheus)"),
-    ("chromadb", "Vector store (ChromaDB)"),
-)
+from ark.edge.sites import LINKED
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem;color:#222}"
@@ -102,7 +92,7 @@ def home(user: User, *, csrf: str, domain: str, overview: bool = False) -> str:
     if domain:
         items = "".join(
             f'<li><a href="https://{escape(name)}.{escape(domain)}/">{escape(label)}</a></li>\n'
-            for name, label in SITES
+            for name, label in LINKED  # the sites behind Nginx, docs/security.md
         )
         sites = f"<ul>\n{items}</ul>\n"
     else:

@@ -144,7 +144,8 @@ def check_certificates(expiry: dict[str, dt.datetime], now: dt.datetime, warn_da
         if left <= dt.timedelta(0):
             problems.append(Problem("cert-expired", "error", path, f"expired on {end:%Y-%m-%d}"))
         elif left <= dt.timedelta(days=warn_days):
-            problems.append(Problem("cert-expiring", "error", path, f"expires on {end:%Y-%m-%d} ({left.days} days)"))
+            detail = f"expires on {end:%Y-%m-%d} ({left.days} days)"
+            problems.append(Problem("cert-expiring", "warning", path, detail))
     return problems
 
 

@@ -19,17 +19,23 @@ from ark.errors import ConfigError
 Access = Literal["session", "key", "basic", "console"]
 SMALL_BODY = 10 * 1024 * 1024
 
-# subdomain ("" = the domain itself), upstream service, access, websocket, body ("upload", "api", "small")
-_TABLE: tuple[tuple[str, str, Access, bool, str], ...] = (
-    ("", "console", "console", False, "small"),
-    ("axl", "console", "console", False, "small"),
-    ("chat", "chat", "session", True, "upload"),
-    ("llm", "llm", "key", False, "api"),
-    ("art", "art", "session", True, "upload"),
-    ("grafana", "grafana", "session", True, "small"),
-    ("n8n", "n8n", "session", True, "upload"),
-    ("prometheus", "prometheus", "basic", False, "small"),
-    ("chromadb", "chromadb", "session", False, "upload"),
+# subdomain ("" = the domain itself), upstream service, access, websocket, body ("upload", "api", "small"),
+# and the title the console's home page links to it with
+_TABLE: tuple[tuple[str, str, Access, bool, str, str], ...] = (
+    ("", "console", "console", False, "small", "Console"),
+    ("axl", "console", "console", False, "small", "Console"),
+    ("chat", "chat", "session", True, "upload", "Chat (Open WebUI)"),
+    ("llm", "llm", "key", False, "api", "API (OpenAI-compatible)"),
+    ("art", "art", "session", True, "upload", "Images (ComfyUI)"),
+    ("grafana", "grafana", "session", True, "small", "Dashboards (Grafana)"),
+    ("n8n", "n8n", "session", True, "upload", "Workflows (n8n)"),
+    ("prometheus", "prometheus", "basic", False, "small", "Metrics (Prometheus)"),
+    ("chromadb", "chromadb", "session", False, "upload", "Vector store (ChromaDB)"),
+)
+
+# (subdomain, title) of the sites the console links to: all but the console's own names
+LINKED: tuple[tuple[str, str], ...] = tuple(
+    (sub, title) for sub, _, access, _, _, title in _TABLE if access != "console"
 )
 
 # Headers that carry who the user is. Nginx sets them on every proxied request: from the auth
@@ -69,7 +75,7 @@ def edge_sites(settings: Settings, ports: PortMap) -> tuple[Site, ...]:
     bodies = {"upload": settings.edge.upload_max_bytes, "api": settings.gateway.max_body_bytes, "small": SMALL_BODY}
     longest = max((e.total_timeout for e in settings.engines), default=900.0)
     sites = []
-    for sub, upstream, access, websocket, body in _TABLE:
+    for sub, upstream, access, websocket, body, _ in _TABLE:
         streaming = upstream == "llm"
         # streams and websockets stay open far longer than a page load
         timeout = int(longest) + 60 if streaming else 3600 if websocket else 300
