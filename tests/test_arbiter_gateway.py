@@ -106,6 +106,8 @@ def test_gpu_status_for_the_master_key_and_the_cli(ark: ArkProcess, fake_ollama:
     assert status["enabled"] and status["capacity_bytes"] == 16 * GIB and status["queue"] == 0
     coder = next(m for m in status["models"] if m["model"] == "coder:12b")
     assert coder["resident"] and coder["leases"] == 0 and coder["memory_source"] == "estimate"
+    assert 0 < coder["expected_lease_s"] < 30  # the request's lease: what the drain lead is estimated from
+    assert all(m["expected_lease_s"] is None for m in status["models"] if not m["resident"])
     assert status["used_bytes"] == coder["memory_bytes"] and status["stats"]["loads"] == 1
     assert httpx.get(ark.url + "/admin/gpu").status_code == 401
     shown = subprocess.run(

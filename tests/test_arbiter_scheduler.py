@@ -584,3 +584,46 @@ def test_models_draining_for_the_first_in_line_take_no_lease_while_another_model
         ]
 
     run(test)
+
+
+@pytest.mark.parametrize(("held", "lead"), [(4.0, 4.0), (20.0, 15.0)])
+def test_the_models_in_the_way_drain_early_by_how_long_their_leases_last(held: float, lead: float) -> None:
+    # the coder's leases have lasted `held` seconds: a drain for the thinker starts that long before the
+    # thinker request has waited max_wait (30 s), at most half of it (15 s) early, so that the swap can
+    # start by then
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        for _ in range(3):
+            with await arbiter.acquire("coder"):
+                clock.advance(held)
+        running = await arbiter.acquire("coder")
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
+        await settle()
+        clock.advance(30 - lead - 0.5)  # just before the drain
+        await settle()
+        (await arbiter.acquire("coder")).release()
+        assert "coder" not in arbiter.draining
+        clock.advance(1.0)  # just after
+        await settle()
+        late = asyncio.ensure_future(arbiter.acquire("coder"))
+        await settle()
+        assert "coder" in arbiter.draining and not late.done() and not thinker.done()
+        running.release()
+        (await thinker).release()
+        late.cancel()
+
+    run(test)
+
+
+def test_a_model_expects_its_leases_to_last_as_long_as_nine_in_ten_of_its_latest() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        with await arbiter.acquire("coder"):
+            pass
+        state = arbiter.resident["coder"]
+        state.held.clear()
+        assert state.expected_hold() == 0.0  # nothing seen: no lead, the drain starts at max_wait
+        for seconds in range(1, 41):  # only the latest 32 count: 9 .. 40
+            with await arbiter.acquire("coder"):
+                clock.advance(seconds)
+        assert len(state.held) == 32 and state.expected_hold() == 37.0
+
+    run(test)

@@ -145,16 +145,18 @@ def test_ark_keeps_a_busy_model_batching_where_fifo_swaps_back_and_forth() -> No
     assert (r["fifo"].swaps, r["fifo"].wait_max_s, r["fifo"].wait_p50_s, r["fifo"].makespan_s) == (2, 40.0, 20.0, 62.0)
 
 
-def test_ark_drains_after_max_wait_so_a_request_waits_max_wait_plus_drain_plus_one_swap() -> None:
-    # a@0 (load 0-10, runs 10-20), b@5, then a@12, a@21, a@30 are served by the resident a while b waits.
-    # 35: b has waited max_wait (30 s): a drains (a@36 now queues); a@30 ends at 40; unload 40-41,
-    # b loads 41-51: b waits 46 = 30 (max_wait) + 5 (a@30's rest) + 1 + 10 (the swap).
-    # a@36 then waits for b (51-61), unload 61-62, a loads 62-72: 36 s.
+def test_ark_drains_early_by_the_expected_lease_so_every_wait_stays_within_max_wait_plus_one_swap() -> None:
+    # a@0 (load 0-10, runs 10-20), b@5, then a@12 and a@21 are served by the resident a while b waits.
+    # a's leases last 10 s (seen from a@0 on), so the drain lead is min(10, 30 / 2) = 10 s: from 25 s
+    # (b's 30 s less 10) a takes no new lease, so a@30 queues; a@21 ends at 31; unload 31-32, b loads
+    # 32-42: b waits 37, within max_wait plus one swap (41 s) where a drain begun at 35 would have
+    # made it 46. a@30 then waits for b's request (42-52), unload 52-53, a loads 53-63: 33 s; a@36: 27 s.
     w = workload(req(0, "a"), req(5, "b"), req(12, "a"), req(21, "a"), req(30, "a"), req(36, "a"))
     r = simulate(w, w.box, "ark")
     assert r.swaps == 2
-    assert (r.models["a"].wait_max_s, r.models["b"].wait_max_s) == (36.0, 46.0)
-    assert r.wait_bound_s == 30 + 1 + 10  # what the docs call "max_wait plus one swap": the drain comes on top
+    assert (r.models["a"].wait_max_s, r.models["b"].wait_max_s) == (33.0, 37.0)
+    assert r.wait_bound_s == 30 + 1 + 10  # what the docs call "max_wait plus one swap"
+    assert r.wait_max_s <= r.wait_bound_s
     # fifo, same workload: b@5 (arrived while a loaded) is requeued at 10.25 behind nothing, makes room
     # at once (a expires); every later request for a waits behind it: a@12 40 s, a@21 31, a@30 22, a@36 16.
     f = simulate(w, w.box, "fifo")

@@ -24,7 +24,9 @@ DURATION = 1800.0  # seconds of traffic per workload
 CATALOG: dict[str, Any] = {
     "gpu_memory_gb": 32,
     "reserve_gb": 1,
-    "max_wait_s": 30,
+    # long enough for a turn: an answer runs up to 22 s and a swap takes 12 s, so a request that comes as its
+    # own model drains can be served within max_wait plus one swap (docs/arbiter.md, "How long a request waits")
+    "max_wait_s": 45,
     "swap_delay_s": 15,  # a box many people share: batch more per swap (docs/arbiter.md, "The swap delay")
     "queue_size": 256,
     "large_fraction": 0.5,

@@ -8,21 +8,24 @@ out what :func:`ark.arbiter.policy.plan` says through the :class:`Driver`.
 
 The rules (docs/arbiter.md, "The scheduler"):
 
-* Order: a waiter that has waited ``max_wait`` goes before every one that has
-  not, the oldest first; the others by priority, then the oldest.
+* Order: a waiter that is due (it has waited ``max_wait`` less the drain lead,
+  below) goes before every one that is not, the oldest first; the others by
+  priority, then the oldest.
 * Batching with a bound: while the head's swap must wait for models that are
   serving requests, those models keep taking new ones until the head has waited
-  ``max_wait``; then they take no new lease (they drain) and the swap follows.
+  ``max_wait`` less the drain lead (how long their leases are expected to last,
+  at most half of ``max_wait``); then they take no new lease (they drain)
+  and the swap follows, by ``max_wait`` when the leases last as expected.
   They do not drain while the head waits for memory they would not give back
   (an external lease, other processes, a ComfyUI job).
 * The swap delay: a swap that would unload an idle model in demand (two requests
   served in the last ``max_wait``, the latest less than ``swap_delay`` ago) waits
-  until the head has waited ``swap_delay`` (at most ``max_wait``); meanwhile that
-  model serves what comes.
+  until the head has waited ``swap_delay`` (at most until it is due); meanwhile
+  that model serves what comes.
 * Backfill: while the head waits, a waiter whose model fits without unloading
   anything is brought in; one that would keep the head out only before the head
-  has waited ``max_wait`` (or while the head waits for memory no model holds),
-  and never an external lease.
+  is due (or while the head waits for memory no model holds), and never an
+  external lease.
 
 Idle models unload after their ``idle_timeout``. The queue is bounded: a full
 queue refuses at once with a ``Retry-After``.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from bisect import bisect_left
@@ -152,18 +156,26 @@ class _Model:
     last_used: float = 0.0
     memory: int = 0  # what it takes: the catalog's figure, or what the engine reported
     served: deque[float] = field(default_factory=lambda: deque(maxlen=2))  # when its latest two leases ended
+    held: deque[float] = field(default_factory=lambda: deque(maxlen=HELD_SEEN))  # its latest leases' lengths (s)
+
+    def expected_hold(self) -> float:
+        """How long a lease on this model lasts, by what its latest leases took: the 90th percentile."""
+        if not self.held:
+            return 0.0
+        ordered = sorted(self.held)
+        return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
 class Lease:
     """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
 
-    def __init__(self, arbiter: Arbiter, model: str) -> None:
-        self._arbiter, self.model, self._released = arbiter, model, False
+    def __init__(self, arbiter: Arbiter, model: str, granted: float) -> None:
+        self._arbiter, self.model, self.granted, self._released = arbiter, model, granted, False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._arbiter._release(self.model)
+            self._arbiter._release(self.model, self.granted)
 
     def __enter__(self) -> Lease:
         return self
@@ -206,6 +218,8 @@ class Hold:
         }
 
 
+LEAD_SHARE = 0.5  # a drain starts at most this share of max_wait early: the model in the way keeps half its turn
+HELD_SEEN = 32  # lease lengths remembered per model: what the drain lead is estimated from
 WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120, 300, 600)  # seconds: ark_queue_wait_seconds
 
 
@@ -258,6 +272,7 @@ class Arbiter:
         self.require_full_gpu = require_full_gpu
         self.swap_delay = swap_delay
         self._wakeups: list[float] = []  # when the last round's decisions change (a swap held back may go)
+        self._lead = 0.0  # the drain lead (_drain_lead), as of the current round
         self._comfy, self._external = comfy, external
         self.resident: dict[str, _Model] = {}
         self.queue: list[_Waiter] = []
@@ -330,14 +345,15 @@ class Arbiter:
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
         self.stats.record_wait(now - since)
-        return Lease(self, state.entry.info.name)
+        return Lease(self, state.entry.info.name, now)
 
-    def _release(self, model: str) -> None:
+    def _release(self, model: str, granted: float) -> None:
         state = self.resident.get(model)
         if state is not None:
             state.leases -= 1
             state.last_used = self.clock.now()
             state.served.append(state.last_used)
+            state.held.append(state.last_used - granted)
         self._wake.set()
 
     def hold_status(self) -> list[dict[str, Any]]:
@@ -435,6 +451,7 @@ class Arbiter:
                 if not waiter.future.done():
                     waiter.future.set_result(self._grant(state, waiter.since, now))
         self._wakeups = []
+        self._lead = self._drain_lead()
         if self.queue:
             await self._schedule(now)
         else:
@@ -445,10 +462,21 @@ class Arbiter:
         # a request that has waited max_wait goes before every one that has not (the oldest first among them):
         # the bound holds for every priority; the others by priority, then the oldest
         def key(w: _Waiter) -> tuple[bool, int, float]:
-            overdue = now - w.since >= self.max_wait
+            overdue = now >= self._due(w)
             return (not overdue, 0 if overdue else -w.priority, w.since)
 
         return sorted(self.queue, key=key)
+
+    def _due(self, waiter: _Waiter) -> float:
+        """When the models in the way of ``waiter`` stop taking leases, so that the leases already given end by
+        the time it has waited max_wait: max_wait after it came, less the drain lead."""
+        return waiter.since + self.max_wait - self._lead
+
+    def _drain_lead(self) -> float:
+        """How long a drain is expected to take: the longest expected lease on a resident model, at most
+        LEAD_SHARE of max_wait (the model in the way keeps most of its turn even when its answers are long)."""
+        holds = (s.expected_hold() for s in self.resident.values() if not s.entry.info.pinned)
+        return min(LEAD_SHARE * self.max_wait, max(holds, default=0.0))
 
     def _info(self, waiter: _Waiter) -> ModelInfo:
         if waiter.hold is not None:
@@ -469,7 +497,7 @@ class Arbiter:
         if isinstance(actions[0], Reject):
             self._reject(head, actions[0])
             return
-        overdue = now - head.since >= self.max_wait
+        overdue = now >= self._due(head)
         if isinstance(actions[0], Wait):
             # batching with a bound: the models in the way keep taking requests until the head has waited
             # max_wait, then drain; not while the head waits for memory that is not theirs to give back
@@ -491,13 +519,13 @@ class Arbiter:
     def _hold_back(self, head: _Waiter, actions: list[Action], now: float) -> bool:
         """The swap delay: a swap that would unload an idle model in demand (it served two requests in the last
         max_wait, the latest less than swap_delay ago) waits until the head has waited swap_delay (at most
-        max_wait), or until that model is no longer in demand; meanwhile it serves what comes."""
+        until it is due), or until that model is no longer in demand; meanwhile it serves what comes."""
         ends = [
             min(s.served[-1] + self.swap_delay, s.served[0] + self.max_wait)
             for s in (self.resident[a.model] for a in actions if isinstance(a, Unload))
             if len(s.served) == 2
         ]
-        until = min(head.since + min(self.swap_delay, self.max_wait), max(ends, default=now))
+        until = min(min(head.since + self.swap_delay, self._due(head)), max(ends, default=now))
         if now >= until:
             return False
         self._wakeups.append(until)
@@ -680,7 +708,7 @@ class Arbiter:
         return state.memory if state is not None else entry.info.memory
 
     def _next_deadline(self) -> float | None:
-        deadlines = [w.since + self.max_wait for w in self.queue] + self._wakeups
+        deadlines = [self._due(w) for w in self.queue] + self._wakeups
         deadlines += [h.expires for h in self.holds.values() if h.expires is not None]
         deadlines += [
             s.last_used + s.entry.idle_timeout

@@ -246,6 +246,7 @@ class GpuService:
                     "leases": state.leases if state is not None else 0,
                     "queued": len(arbiter.queue_for(name)),
                     "draining": name in arbiter.draining,
+                    "expected_lease_s": round(state.expected_hold(), 3) if state is not None else None,
                     "priority": entry.info.priority.name.lower(),
                     "pinned": entry.info.pinned,
                     "large": entry.info.large,

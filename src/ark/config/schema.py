@@ -189,8 +189,10 @@ GPU: tuple[Setting, ...] = (
         "max_wait_s",
         Float(0.0, exclusive=True),
         30.0,
-        "How long a request for another model may wait before the models in its way stop taking new requests "
-        "and drain for it; a request that has waited this long goes first.",
+        "How long a request for another model may wait before the swap it needs starts: the models in its way "
+        "stop taking new requests a little earlier (by how long their requests usually take, at most half "
+        "of this) and drain for it; a request that has waited this long goes first. Choose at least the longest "
+        "usual answer plus the slowest model load plus a turn for the model in the way (docs/arbiter.md).",
     ),
     Setting(
         "swap_delay_s",
