@@ -12,8 +12,9 @@ import pytest
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import DriverError
+from ark.arbiter.leases import EngineDown, Lease, ModelWontFit
 from ark.arbiter.policy import GB, ModelInfo, Priority
-from ark.arbiter.scheduler import Arbiter, EngineDown, Lease, ModelWontFit
+from ark.arbiter.scheduler import Arbiter
 from ark.errors import QueueFull
 
 
@@ -264,7 +265,7 @@ def test_a_lease_is_released_once() -> None:
 
 
 def test_operator_unloads_wait_for_no_one_and_spare_pinned_and_busy_models() -> None:
-    from ark.arbiter.scheduler import ModelBusy
+    from ark.arbiter.leases import ModelBusy
 
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         (await arbiter.acquire("embed")).release()

@@ -37,6 +37,27 @@ class DriverError(Exception):
     pass
 
 
+class Driver(Protocol):
+    """Carries actions out against the engines and returns once they are confirmed."""
+
+    async def load(self, model: str) -> int | None:
+        """Load ``model``; return the memory the engine reports it took, when it says."""
+        ...
+
+    async def unload(self, model: str) -> None: ...
+
+    async def free_comfy(self) -> None: ...
+
+    def offloaded(self, model: str) -> tuple[int, int] | None:
+        """(size, bytes on the GPU) when the engine put part of the loaded model on the CPU."""
+        ...
+
+    async def heal(self, model: str) -> set[str] | None:
+        """None when the engine serving ``model`` answers; else restart it and return the models it had
+        (gone with it). Raises DriverError when it cannot be restarted."""
+        ...
+
+
 class EngineDriver(Protocol):
     """What the arbiter needs of one engine: carry out, confirm, probe, restart."""
 

@@ -50,7 +50,6 @@ Where it simplifies:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import deque
 from collections.abc import Coroutine, Mapping
@@ -58,8 +57,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ark.arbiter.catalog import Entry
+from ark.arbiter.drivers import Driver
+from ark.arbiter.leases import Clock, ModelWontFit, MonotonicClock, OwnerTask, Stats
 from ark.arbiter.policy import GB, Priority
-from ark.arbiter.scheduler import Clock, Driver, ModelWontFit, MonotonicClock, Stats
 from ark.errors import QueueFull
 
 MAX_RUNNERS = 3  # sched.go's defaultModelsPerGPU, times one GPU
@@ -117,8 +117,10 @@ class FifoHold:
             self._scheduler._give_back(self.memory)
 
 
-class FifoScheduler:
+class FifoScheduler(OwnerTask):
     """Ollama's scheduling on the arbiter's interface (see the module docstring for what it models)."""
+
+    task_name = "ark-fifo"
 
     def __init__(
         self,
@@ -142,7 +144,6 @@ class FifoScheduler:
         self._unloading = 0  # bytes of runners being unloaded
         self._freed = 0  # unload (or lease end) events not yet seen by the owner: sched.go's unloadedCh
         self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._work: set[asyncio.Task[None]] = set()  # loads and unloads under way (sched.go's goroutines)
 
     # -- the request side -------------------------------------------------------------------------
@@ -170,13 +171,8 @@ class FifoScheduler:
             raise QueueFull(f"{len(self.pending)} requests are pending; retry shortly.", retry_after=5.0)
         self.pending.append(pending)
         self._kick.set()
-        try:
-            return await pending.future
-        except asyncio.CancelledError:  # sched.go skips a pending request whose context is done
-            future = pending.future
-            if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().release()
-            raise
+        # a cancelled request stays in the queue: sched.go skips a pending request whose context is done
+        return await self.granted(pending.future, lambda: None)
 
     def _finished(self, runner: _Runner) -> None:
         """processCompleted's finishedReqCh: the last request out starts the runner's expiry."""
@@ -201,15 +197,6 @@ class FifoScheduler:
         self._kick.set()
 
     # -- the owner task (processPending) ----------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="ark-fifo")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
     async def run(self) -> None:
         while True:
             if self.pending:

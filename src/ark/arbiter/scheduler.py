@@ -39,19 +39,27 @@ reclaimed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import time
-import uuid
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from ark.arbiter.catalog import Entry
-from ark.arbiter.drivers import DriverError
+from ark.arbiter.drivers import Driver, DriverError
+from ark.arbiter.leases import (
+    Clock,
+    EngineDown,
+    Hold,
+    Lease,
+    ModelBusy,
+    ModelOffloaded,
+    ModelWontFit,
+    MonotonicClock,
+    OwnerTask,
+    Stats,
+)
 from ark.arbiter.policy import (
     GB,
     Action,
@@ -72,72 +80,6 @@ from ark.arbiter.policy import (
 from ark.errors import ApiError, QueueFull
 
 log = logging.getLogger("ark.arbiter")
-
-
-class ModelWontFit(ApiError):
-    status = 400
-    type = "invalid_request_error"
-    code = "model_too_large"
-
-
-class ModelOffloaded(ApiError):
-    status = 503
-    type = "server_error"
-    code = "model_offloaded"
-
-
-class EngineDown(ApiError):
-    status = 503
-    type = "server_error"
-    code = "engine_unavailable"
-
-
-class ModelBusy(ApiError):
-    status = 409
-    type = "invalid_request_error"
-    code = "model_busy"
-
-
-class Driver(Protocol):
-    """Carries actions out against the engines and returns once they are confirmed."""
-
-    async def load(self, model: str) -> int | None:
-        """Load ``model``; return the memory the engine reports it took, when it says."""
-        ...
-
-    async def unload(self, model: str) -> None: ...
-
-    async def free_comfy(self) -> None: ...
-
-    def offloaded(self, model: str) -> tuple[int, int] | None:
-        """(size, bytes on the GPU) when the engine put part of the loaded model on the CPU."""
-        ...
-
-    async def heal(self, model: str) -> set[str] | None:
-        """None when the engine serving ``model`` answers; else restart it and return the models it had
-        (gone with it). Raises DriverError when it cannot be restarted."""
-        ...
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
-        """Return when ``event`` is set or the clock reaches ``deadline``."""
-        ...
-
-
-class MonotonicClock:
-    def now(self) -> float:
-        return time.monotonic()
-
-    async def wait(self, event: asyncio.Event, deadline: float | None) -> None:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives in the same
-        # loop iteration as the event, and the owner task would never stop
-        timeout = None if deadline is None else max(0.0, deadline - self.now())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
 
 
 @dataclass(eq=False)
@@ -166,89 +108,13 @@ class _Model:
         return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
-class Lease:
-    """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
-
-    def __init__(self, arbiter: Arbiter, model: str, granted: float) -> None:
-        self._arbiter, self.model, self.granted, self._released = arbiter, model, granted, False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._arbiter._release(self.model, self.granted)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-class Hold:
-    """Memory set aside for a GPU user that is not a model; ``release`` gives it back."""
-
-    def __init__(self, arbiter: Arbiter, holder: str, memory: int, priority: Priority, seconds: float) -> None:
-        self._arbiter = arbiter
-        self.id = uuid.uuid4().hex[:12]
-        self.holder, self.memory, self.priority, self.seconds = holder, memory, priority, seconds
-        self.name = f"lease {self.id} ({holder})"  # its name in plans and queues: never a model's
-        self.granted: float | None = None
-        self.expires: float | None = None
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._arbiter._release_hold(self)
-
-    def __enter__(self) -> Hold:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def describe(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "holder": self.holder,
-            "memory_bytes": self.memory,
-            "priority": self.priority.name.lower(),
-            "granted": self.granted is not None,
-            "expires_in_s": round(self.expires - now, 3) if self.expires is not None else None,
-        }
-
-
 LEAD_SHARE = 0.5  # a drain starts at most this share of max_wait early: the model in the way keeps half its turn
 HELD_SEEN = 32  # lease lengths remembered per model: what the drain lead is estimated from
-WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120, 300, 600)  # seconds: ark_queue_wait_seconds
 
 
-@dataclass
-class Stats:
-    swaps: int = 0
-    loads: int = 0
-    unloads: int = 0
-    load_seconds: float = 0.0
-    rejected: int = 0
-    offloaded: dict[str, int] = field(default_factory=dict)  # loads that landed partly on the CPU
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
-    wait_count: int = 0
-    wait_seconds: float = 0.0
-    # how many waits fell at or under each of WAIT_BUCKETS (one count per wait; cumulated at scrape), +Inf last
-    wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
-    restarts: int = 0  # engines restarted because they stopped answering
-    holds: int = 0  # external leases granted
-    reclaimed: int = 0  # external leases taken back when they outlived their time
+class Arbiter(OwnerTask):
+    task_name = "ark-arbiter"
 
-    def record_wait(self, seconds: float) -> None:
-        """A lease granted after ``seconds`` in the queue (both schedulers count waits the same way)."""
-        self.waits.append(seconds)
-        self.wait_count += 1
-        self.wait_seconds += seconds
-        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
-
-
-class Arbiter:
     def __init__(
         self,
         catalog: Mapping[str, Entry],
@@ -280,7 +146,6 @@ class Arbiter:
         self.holds: dict[str, Hold] = {}  # external leases granted, by id
         self.stats = Stats()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._unloads: list[tuple[str, asyncio.Future[bool]]] = []  # asked by an operator
         self._suspects: set[str] = set()  # models whose engine timed out on a request
         self._restarted_for: set[str] = set()  # models whose failed load already cost one restart
@@ -306,7 +171,7 @@ class Arbiter:
         queue, and with the numbers for memory the device can never give."""
         if memory <= 0 or seconds <= 0:
             raise ValueError("a lease needs a positive memory and time")
-        hold = Hold(self, holder, memory, priority, seconds)
+        hold = Hold(holder, memory, priority, seconds, self._release_hold)
         waiter = _Waiter(hold.name, self.clock.now(), int(priority), self._future(), hold)
         return await self._enqueue(waiter)  # type: ignore[no-any-return]
 
@@ -318,14 +183,11 @@ class Arbiter:
             raise QueueFull(f"{len(self.queue)} requests are waiting for the GPU; retry shortly.", retry_after=5.0)
         self.queue.append(waiter)
         self._wake.set()
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            if waiter in self.queue:
-                self.queue.remove(waiter)
-            elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                waiter.future.result().release()  # granted as we were cancelled: give it back
-            raise
+        return await self.granted(waiter.future, lambda: self._withdraw(waiter))
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        if waiter in self.queue:  # else the owner task already answered it
+            self.queue.remove(waiter)
 
     async def unload(self, model: str) -> bool:
         """An operator's unload: done by the owner task between its decisions. False: it was not loaded."""
@@ -345,15 +207,15 @@ class Arbiter:
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
         self.stats.record_wait(now - since)
-        return Lease(self, state.entry.info.name, now)
+        return Lease(state.entry.info.name, now, self._release)
 
-    def _release(self, model: str, granted: float) -> None:
-        state = self.resident.get(model)
+    def _release(self, lease: Lease) -> None:
+        state = self.resident.get(lease.model)
         if state is not None:
             state.leases -= 1
             state.last_used = self.clock.now()
             state.served.append(state.last_used)
-            state.held.append(state.last_used - granted)
+            state.held.append(state.last_used - lease.granted)
         self._wake.set()
 
     def hold_status(self) -> list[dict[str, Any]]:
@@ -387,15 +249,6 @@ class Arbiter:
         return True
 
     # -- the owner task ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="ark-arbiter")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
     async def run(self) -> None:
         while True:
             self._wake.clear()

@@ -25,8 +25,9 @@ from typing import Any
 from ark.arbiter.catalog import Entry, Facts, build, describe
 from ark.arbiter.devices import Device, DeviceError, Reading, open_device
 from ark.arbiter.drivers import ComfyDriver, DriverError, EmbeddedDriver, EngineDriver, OllamaDriver
+from ark.arbiter.leases import Lease
 from ark.arbiter.policy import GB, Comfy
-from ark.arbiter.scheduler import Arbiter, Lease
+from ark.arbiter.scheduler import Arbiter
 from ark.config import Settings
 from ark.engines.base import Engine
 from ark.periodic import every
@@ -360,7 +361,7 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
             log.warning("GPU arbiter: engine %s did not answer (%s); its models are not arbitrated", engine.name, exc)
             await driver.close()
             continue
-        engine.managed = True  # type: ignore[attr-defined]
+        engine.managed = True
         answered.append(driver)
         facts.update(found)
         by_model.update(dict.fromkeys(found, driver))

@@ -77,6 +77,7 @@ class Engine(Protocol):
     kind: str
     settings: EngineSettings
     limiter: Limiter
+    managed: bool  # the GPU arbiter decides what this engine has loaded (set when it takes the engine on)
 
     async def start(self) -> None: ...
 

@@ -27,6 +27,7 @@ class OpenAIEngine:
         self.name = settings.name
         self.settings = settings
         self.limiter = Limiter(settings.max_parallel, settings.max_queue, name=settings.name)
+        self.managed = False  # a remote API: its GPU, if any, is not this box's
         headers = {"authorization": f"Bearer {settings.api_key.value}"} if settings.api_key else {}
         self.http = JsonUpstream(settings, headers, upstream)
 

@@ -481,7 +481,7 @@ class Gateway:
     ) -> None:
         """Answer a chat or text completion: relayed as SSE, or whole under the engine's deadline."""
         if self.gpu is not None:  # the model is resident and held until the response ends
-            ex.lease = await self.gpu.lease(route.model, getattr(route.engine, "managed", False))
+            ex.lease = await self.gpu.lease(route.model, route.engine.managed)
         if common.stream:
             await relay(responder, ex, route, stream(), common.include_usage, chat=chat, keep_text=self._log_prompts)
             return
@@ -505,7 +505,7 @@ class Gateway:
         engine_body.pop("encoding_format", None)  # engines answer floats; base64 is encoded here
         engine = route.engine
         if self.gpu is not None:
-            ex.lease = await self.gpu.lease(route.model, getattr(route.engine, "managed", False))
+            ex.lease = await self.gpu.lease(route.model, route.engine.managed)
         async with engine.limiter, _deadline(engine):
             result = await engine.embed(EmbeddingRequest(route.model, inputs, engine_body, keep_alive))
         result["model"] = route.requested

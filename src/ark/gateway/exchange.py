@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ark.arbiter.scheduler import Lease
+from ark.arbiter.leases import Lease
 from ark.errors import ApiError
 from ark.gateway.budgets import FREE, Price, Reservation
 from ark.gateway.ratelimits import Admission

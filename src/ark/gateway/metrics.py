@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ark.arbiter.scheduler import WAIT_BUCKETS
+from ark.arbiter.leases import WAIT_BUCKETS
 from ark.engines.base import Engine
 from ark.gateway.budgets import Budgets
 
