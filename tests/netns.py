@@ -32,6 +32,15 @@ def netns_unavailable() -> str | None:
     return None
 
 
+def own_rules() -> str:
+    """This machine's own firewall, as text without counters (read only): tests compare it before and after."""
+    parts = []
+    for argv in (["nft", "list", "ruleset"], ["iptables", "-S"], ["ip6tables", "-S"], ["ipset", "list", "-n"]):
+        if shutil.which(argv[0]):
+            parts.append(subprocess.run(argv, capture_output=True, text=True).stdout)
+    return "\n".join(parts)
+
+
 def sh(*argv: str, check: bool = True, timeout: float = 30, input: str | None = None) -> str:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
     if check and result.returncode != 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
 from pathlib import Path
 
@@ -9,13 +11,17 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from ark.auth import passwords
-from ark.auth.users import UserStore
+from ark.auth import passwords, totp
+from ark.auth.service import AuthService
+from ark.auth.users import User, UserStore
 from ark.cli import main
 from ark.config import load_settings
 from ark.store import Store
 
 PASSWORD = "correct-horse-1"
+NOW = 1_700_000_000.0  # the enrolment's frozen clock: the codes typed in are computed for it
+FIRST = base64.b32encode(b"first-secret-20bytes").decode()
+SECOND = base64.b32encode(b"second-secret-20byte").decode()
 
 
 def run(data: Path, *args: str, input: str | None = None) -> Result:
@@ -28,10 +34,46 @@ def listed(data: Path) -> dict[str, dict[str, object]]:
     return {u["name"]: u for u in orjson.loads(result.output)}
 
 
-def stored_hash(data: Path, name: str) -> str:
+def stored_user(data: Path, name: str) -> User:
     store = Store.open(load_settings(env={"ARK_DATA_DIR": str(data)}))
     try:
-        return UserStore(store.engine).require(name).password_hash
+        return UserStore(store.engine).require(name)
+    finally:
+        store.close()
+
+
+def stored_hash(data: Path, name: str) -> str:
+    return stored_user(data, name).password_hash
+
+
+def words(output: str) -> str:
+    """The output with Rich's line wrapping undone, for matching sentences."""
+    return " ".join(output.split())
+
+
+def freeze(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    """The next `ark users totp` draws ``secret`` and checks codes at NOW."""
+    monkeypatch.setattr(totp, "new_secret", lambda: secret)
+    monkeypatch.setattr("ark.cli_users._clock", lambda: NOW)
+
+
+def code(secret: str, steps_later: int = 0) -> str:
+    return totp.code_at(secret, NOW + steps_later * totp.STEP_S)
+
+
+def wrong(secret: str) -> str:
+    """A well-formed code that none of the steps around NOW shows."""
+    shown = {code(secret, steps) for steps in (-1, 0, 1)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in shown)
+
+
+def sign_in(data: Path, name: str, code: str, now: float) -> str:
+    """The outcome of a console sign-in with ``code`` at ``now``, through the real service."""
+    settings = load_settings(env={"ARK_DATA_DIR": str(data)})
+    store = Store.open(settings)
+    try:
+        service = AuthService(UserStore(store.engine), b"k" * 32, settings.auth, clock=lambda: now)
+        return asyncio.run(service.login(name, PASSWORD, code, "10.0.0.1", "test")).outcome
     finally:
         store.close()
 
@@ -72,18 +114,84 @@ def test_add_list_and_change_users(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "alice" in table.output
 
 
-def test_totp_prints_a_uri_and_a_qr_code(tmp_path: Path) -> None:
+def test_totp_shows_the_secret_and_stores_it_once_a_code_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert run(tmp_path, "add", "carol", "--password-stdin", input=PASSWORD).exit_code == 0
-    first = run(tmp_path, "totp", "carol")
+    freeze(monkeypatch, FIRST)
+    first = run(tmp_path, "totp", "carol", input=code(FIRST) + "\n")
     assert first.exit_code == 0, first.output
     uri = re.search(r"otpauth://totp/ARK%3Acarol\?secret=([A-Z2-7]{32})&issuer=ARK\S*", first.output)
-    assert uri and "█" in first.output and f"Secret (to type in instead): {uri.group(1)}" in first.output
-    assert listed(tmp_path)["carol"]["totp"] is True
-    again = run(tmp_path, "totp", "carol")
-    assert "previous secret is replaced" in again.output and uri.group(1) not in again.output
+    assert uri and uri.group(1) == FIRST and "█" in first.output
+    assert f"Secret (to type in instead): {FIRST}" in first.output and "Code shown by the app: " in first.output
+    assert "Second factor on for carol <carol@localhost> (user, TOTP)" in words(first.output)
+    carol = stored_user(tmp_path, "carol")
+    assert carol.totp_secret == FIRST and carol.totp_last_step == totp.step_at(NOW)
+
+    # The code that proved the secret is used up; the app's next one signs in, once.
+    assert sign_in(tmp_path, "carol", code(FIRST), NOW) == "failed"
+    assert sign_in(tmp_path, "carol", code(FIRST, 1), NOW + 30) == "ok"
+    assert sign_in(tmp_path, "carol", code(FIRST, 1), NOW + 30) == "failed"
+
     removed = run(tmp_path, "totp", "carol", "--disable")
     assert removed.exit_code == 0 and "Second factor removed: carol" in removed.output
     assert listed(tmp_path)["carol"]["totp"] is False
+    assert stored_user(tmp_path, "carol").totp_last_step is None
+
+
+def test_wrong_codes_store_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(tmp_path, "add", "dora", "--password-stdin", input=PASSWORD).exit_code == 0
+    freeze(monkeypatch, FIRST)
+    typos = f"{wrong(FIRST)}\n12345\nnot-a-code\n{code(FIRST)}\n"  # the right code comes too late
+    refused = run(tmp_path, "totp", "dora", input=typos)
+    assert refused.exit_code == 1, refused.output
+    assert "Tries left: 2" in refused.output and "Tries left: 1" in refused.output
+    assert "no code from the app matched the new secret: nothing was stored" in refused.output
+    assert listed(tmp_path)["dora"]["totp"] is False
+
+    ended = run(tmp_path, "totp", "dora", input="")  # the input ends before a code: the same
+    assert ended.exit_code == 1 and "nothing was stored" in ended.output
+    assert listed(tmp_path)["dora"]["totp"] is False
+    assert sign_in(tmp_path, "dora", "", NOW) == "ok"  # still no second factor to give
+
+
+def test_the_old_secret_stays_until_the_new_one_is_proven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(tmp_path, "add", "eve", "--password-stdin", input=PASSWORD).exit_code == 0
+    freeze(monkeypatch, FIRST)
+    assert run(tmp_path, "totp", "eve", "--code", code(FIRST)).exit_code == 0
+    before = stored_user(tmp_path, "eve")
+
+    freeze(monkeypatch, SECOND)
+    refused = run(tmp_path, "totp", "eve", input=f"{wrong(SECOND)}\n" * 3)
+    assert refused.exit_code == 1
+    assert "the old secret stays in force until a code of this new one is entered" in words(refused.output)
+    assert "nothing was stored; the previous secret stays in force" in refused.output
+    kept = stored_user(tmp_path, "eve")
+    assert (kept.totp_secret, kept.totp_last_step) == (FIRST, before.totp_last_step) == (FIRST, totp.step_at(NOW))
+    assert sign_in(tmp_path, "eve", code(FIRST, 1), NOW + 30) == "ok"
+
+    replaced = run(tmp_path, "totp", "eve", input=f"{wrong(SECOND)}\n{code(SECOND, 1)}\n")  # one typo, then right
+    assert replaced.exit_code == 0, replaced.output
+    assert "Tries left: 2" in replaced.output and "previous secret is replaced" in words(replaced.output)
+    assert stored_user(tmp_path, "eve").totp_secret == SECOND
+    assert sign_in(tmp_path, "eve", code(FIRST, 2), NOW + 60) == "failed"  # the old app entry is dead
+    assert sign_in(tmp_path, "eve", code(SECOND, 1), NOW + 30) == "failed"  # used up by the enrolment
+    assert sign_in(tmp_path, "eve", code(SECOND, 2), NOW + 60) == "ok"
+
+
+def test_code_option_gives_one_try_and_asks_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(tmp_path, "add", "finn", "--password-stdin", input=PASSWORD).exit_code == 0
+    freeze(monkeypatch, FIRST)
+    refused = run(tmp_path, "totp", "finn", "--code", wrong(FIRST), input=f"{code(FIRST)}\n")
+    assert refused.exit_code == 1 and "nothing was stored" in refused.output
+    assert "Code shown by the app" not in refused.output and "Tries left" not in refused.output
+    assert listed(tmp_path)["finn"]["totp"] is False
+
+    drifted = run(tmp_path, "totp", "finn", "--code", code(FIRST, -1))  # the phone is one step behind: fine
+    assert drifted.exit_code == 0, drifted.output
+    assert "Code shown by the app" not in drifted.output
+    assert stored_user(tmp_path, "finn").totp_last_step == totp.step_at(NOW) - 1
+    assert sign_in(tmp_path, "finn", code(FIRST), NOW) == "ok"  # a later step than the one used up
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ark.auth.identity import Identity, mint
 from ark.auth.signing import load_secret
-from ark.auth.totp import code_at
+from ark.auth.totp import STEP_S, code_at, new_secret
 from ark.cli import main
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
 from tests.fakes.ollama import FakeOllama
@@ -268,19 +268,24 @@ def test_sign_out_ends_the_session(ark: ArkProcess) -> None:
     assert replay.verify().status_code == 401
 
 
-def test_totp_second_factor_right_wrong_and_replayed(ark: ArkProcess) -> None:
+def test_totp_second_factor_right_wrong_and_replayed(ark: ArkProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = new_secret()
+    monkeypatch.setattr("ark.auth.totp.new_secret", lambda: secret)  # known before the enrolment asks for a code
     users(ark, "add", "grace", password=PASSWORD)
-    output = users(ark, "totp", "grace")
+    enrolled = code_at(secret, time.time())
+    output = users(ark, "totp", "grace", "--code", enrolled)
     uri = re.search(r"otpauth://totp/\S+", output)
     assert uri and "issuer=ARK%20example.test" in uri.group(0) and "█" in output  # the QR code
-    secret = re.search(r"secret=([A-Z2-7]+)", uri.group(0)).group(1)  # type: ignore[union-attr]
+    assert f"secret={secret}&" in uri.group(0)
     browser = Browser(ark, "192.0.2.7")
     assert browser.login("grace").status_code == 401  # the code is missing
     now_code = code_at(secret, time.time())
     wrong = f"{(int(now_code) + 1) % 1_000_000:06d}"
     assert browser.login("grace", totp=wrong).status_code == 401
     assert browser.login("grace", "wrong-password", totp=code_at(secret, time.time())).status_code == 401
-    code = code_at(secret, time.time())
+    # Used up by the enrolment (from another address: this one's failures are near the throttle's limit).
+    assert Browser(ark, "192.0.2.17").login("grace", totp=enrolled).status_code == 401
+    code = code_at(secret, time.time() + STEP_S)  # the app's next code: one step of drift is allowed
     assert browser.login("grace", totp=code).status_code == 303
     assert Browser(ark, "192.0.2.7").login("grace", totp=code).status_code == 401  # the same code again
     assert "(user)" in users(ark, "totp", "grace", "--disable")  # no ", TOTP" any more

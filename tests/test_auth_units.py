@@ -323,7 +323,8 @@ def _store_roundtrip(store: Store) -> None:
     assert users.session("u" * 43) is None  # expired
     assert users.list_users()[0][1] == 1
     assert users.prune_sessions() == 1
-    users.set_totp("bob", totp.new_secret())
+    assert users.set_totp("bob", totp.new_secret(), 99).totp_last_step == 99  # the enrolment's code is used up
+    assert not users.use_totp_step(user.id, 99)
     assert users.use_totp_step(user.id, 100) and not users.use_totp_step(user.id, 100)
     assert not users.use_totp_step(user.id, 99) and users.use_totp_step(user.id, 101)
     users.set_disabled("bob", True)

@@ -27,7 +27,7 @@ from ark.edge.blocklists import BlocklistStore
 from ark.edge.firewall import firewall_plan, render_nft
 from ark.edge.ports import port_map
 from tests.conftest import MASTER_KEY, wait_until
-from tests.netns import Pair, netns_pair, sh
+from tests.netns import Pair, netns_pair, own_rules, sh
 
 SUBNET = "10.231.7"
 FAKES = Path(__file__).parent / "fakes"
@@ -43,20 +43,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _own_rules() -> str:
-    """This machine's own firewall, as text without counters (read only)."""
-    parts = []
-    for argv in (["nft", "list", "ruleset"], ["iptables", "-S"], ["ip6tables", "-S"], ["ipset", "list", "-n"]):
-        if shutil.which(argv[0]):
-            parts.append(subprocess.run(argv, capture_output=True, text=True).stdout)
-    return "\n".join(parts)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def own_namespace_untouched() -> Iterator[None]:
-    before = _own_rules()
+    before = own_rules()
     yield
-    assert _own_rules() == before, "the machine's own firewall changed: a rule was loaded outside the test namespace"
+    assert own_rules() == before, "the machine's own firewall changed: a rule was loaded outside the test namespace"
+
+
+def persist_settings(etc: Path) -> str:
+    """[firewall] lines that make confirm persist under ``etc`` (a test must never write the real /etc)."""
+    return (
+        f'persist_nft_path = "{etc}/nftables.conf"\npersist_rules_v4_path = "{etc}/iptables/rules.v4"\n'
+        f'persist_rules_v6_path = "{etc}/iptables/rules.v6"\npersist_ipsets_path = "{etc}/iptables/ipsets"\n'
+    )
 
 
 def _config(path: Path, backend: str, allow_tcp: str = "") -> Path:
@@ -64,6 +63,7 @@ def _config(path: Path, backend: str, allow_tcp: str = "") -> Path:
         f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:4000"\n'
         f'[wireguard]\ninterface = "eth0"\nsubnet = "{SUBNET}.128/26"\n'
         f'[firewall]\nconfirm_s = 5\nbackend = "{backend}"\nallow_tcp = "{allow_tcp}"\n'
+        + persist_settings(path.parent / "etc")
     )
     return path
 
@@ -155,6 +155,8 @@ def test_ruleset_is_enforced_rolled_back_unless_confirmed_and_kept_when_confirme
             assert wait_until(lambda: not _alive(watcher), timeout=5)
             assert _reachable(pair, {(2, 4000): True, (2, 5555): False}) == {(2, 4000): True, (2, 5555): False}
             assert _events(data) == ["armed", "applied", "confirmed"]
+            persisted = {p: p.read_bytes() for p in (tmp_path / "etc").rglob("*") if p.is_file()}
+            assert persisted, "confirm persists the rules"
 
             # a new apply opens 5555 ... and, unconfirmed, the strict rules come back by themselves
             _apply(runner, opened, data, out, pair.a)
@@ -162,6 +164,8 @@ def test_ruleset_is_enforced_rolled_back_unless_confirmed_and_kept_when_confirme
             assert wait_until(lambda: "rolled_back" in _events(data), timeout=15), _events(data)
             after = _reachable(pair, {(2, 4000): True, (2, 5555): False, (66, 4000): False})
             assert after == {(2, 4000): True, (2, 5555): False, (66, 4000): False}
+            # what rolled back was never persisted: the files still hold the confirmed rules
+            assert {p: p.read_bytes() for p in (tmp_path / "etc").rglob("*") if p.is_file()} == persisted
         finally:
             FirewallGuard(data).pending_path.unlink(missing_ok=True)  # a watcher left behind exits
 

@@ -15,6 +15,8 @@ from ark.cli_common import config_options, settings_or_exit
 from ark.cli_edge import bundle_dir, edge_errors, out_option, render_with_progress
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
+from ark.edge.persist import Persister, describe
+from ark.errors import EdgeError
 
 console = Console(highlight=False)
 
@@ -54,11 +56,33 @@ def firewall_apply(
 @firewall.command("confirm")
 @config_options
 def firewall_confirm(config_path: Path | None, data_dir: Path | None) -> None:
-    """Keep the rules of the last apply (stops the rollback)."""
+    """Keep the rules of the last apply (stops the rollback) and persist them for the next boot.
+
+    With [firewall] persist (the default) the confirmed ruleset is written where Debian loads it at
+    boot: /etc/nftables.conf (nftables.service), or /etc/iptables/ipsets, rules.v4 and rules.v6
+    (netfilter-persistent); a file found there is kept once as PATH.ark-previous.
+    """
     settings = settings_or_exit(config_path, data_dir)
+    guard = FirewallGuard(settings.data_dir)
     with edge_errors():
-        pending = FirewallGuard(settings.data_dir).confirm()
+        pending = guard.confirm()
     console.print(f"[green]Confirmed[/] ({pending.backend}): the rules stay.")
+    if not settings.firewall.persist:
+        console.print("[yellow]Not persisted[/] ([firewall] persist = false): a reboot loses these rules.")
+        return
+    try:
+        written = Persister(guard, settings.firewall).persist(pending)
+    except EdgeError as exc:
+        raise click.ClickException(f"confirmed, but not persisted (a reboot loses these rules): {exc}") from None
+    for path, previous in written:
+        kept = f" (the file that was there: {escape(str(previous))})" if previous else ""
+        console.print(f"[green]Persisted[/] {escape(str(path))}{kept}")
+    if pending.backend == "nft":
+        console.print("Loaded at boot by nftables.service once enabled: systemctl enable nftables")
+    else:
+        console.print(
+            "Loaded at boot by netfilter-persistent.service: apt-get install iptables-persistent ipset-persistent"
+        )
 
 
 @firewall.command("rollback")
@@ -75,7 +99,7 @@ def firewall_rollback(config_path: Path | None, data_dir: Path | None) -> None:
 @firewall.command("status")
 @config_options
 def firewall_status(config_path: Path | None, data_dir: Path | None) -> None:
-    """Whether an apply waits for confirmation, and what happened last."""
+    """Whether an apply waits for confirmation, what happened last, whether the persisted rules match."""
     settings = settings_or_exit(config_path, data_dir)
     guard = FirewallGuard(settings.data_dir)
     pending = guard.pending()
@@ -85,6 +109,8 @@ def firewall_status(config_path: Path | None, data_dir: Path | None) -> None:
     else:
         console.print("Nothing waiting for confirmation.")
     console.print(escape(guard.last_event()))
+    for line in describe(Persister(guard, settings.firewall).status()):
+        console.print(escape(line))
 
 
 @firewall.group("geoblock")

@@ -9,6 +9,7 @@ never from the command line, where other users and the shell history would see t
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from ark.errors import ArkError
 from ark.store import Store
 
 console = Console(highlight=False)
+TOTP_TRIES = 3  # codes asked for at enrolment: room for a typo, not for guessing
 
 
 @contextmanager
@@ -191,24 +193,73 @@ def users_role(config_path: Path | None, data_dir: Path | None, name: str, role:
 @users.command("totp")
 @config_options
 @click.argument("name")
+@click.option("--code", help="A code shown by the app, for scripts (default: asked for).")
 @click.option("--disable", is_flag=True, help="Remove the second factor instead.")
-def users_totp(config_path: Path | None, data_dir: Path | None, name: str, disable: bool) -> None:
-    """Turn on a TOTP second factor: prints the otpauth:// URI and a QR code to scan.
+def users_totp(config_path: Path | None, data_dir: Path | None, name: str, code: str | None, disable: bool) -> None:
+    """Turn on a TOTP second factor: scan its QR code, then enter a code from the app.
 
-    Running it again replaces the secret: the old authenticator entry stops working.
+    The secret is stored only when that code matches it (--code: one try; at the prompt: up to 3), so
+    a failed scan locks nobody out: until then a previous secret stays in force. The code entered is
+    used up by this: sign in with a later one.
     """
     if disable:
-        _change(config_path, data_dir, lambda store: store.set_totp(name, None), "Second factor removed: {user}")
+        _change(config_path, data_dir, lambda store: store.remove_totp(name), "Second factor removed: {user}")
         return
+    # The database is closed while the user scans and types: a person may take minutes over it.
     with _users(config_path, data_dir) as (store, settings):
         before = store.require(name)
-        secret = totp.new_secret()
-        user = store.set_totp(name, secret)
+    secret = totp.new_secret()
+    _show_secret(secret, before.name, f"ARK {settings.edge.domain}" if settings.edge.domain else "ARK")
+    if before.totp_secret:
+        console.print(
+            f"[yellow]{before.name} has a second factor already: the old secret stays in force until a code"
+            " of this new one is entered.[/]"
+        )
+    step = _prove(secret, code)
+    if step is None:
+        kept = "; the previous secret stays in force" if before.totp_secret else ""
+        raise click.ClickException(f"no code from the app matched the new secret: nothing was stored{kept}")
+    _change(
+        config_path,
+        data_dir,
+        lambda store: store.set_totp(name, secret, step),
+        "Second factor on for {user}: sign in with a later code",
+    )
     if before.totp_secret:
         console.print("[yellow]The previous secret is replaced: remove the old entry from the authenticator.[/]")
-    issuer = f"ARK {settings.edge.domain}" if settings.edge.domain else "ARK"
-    uri = totp.otpauth_uri(secret, user.name, issuer)
+
+
+def _show_secret(secret: str, account: str, issuer: str) -> None:
+    """The new secret as the app takes it: a QR code of the otpauth:// URI, the URI, the secret to type in."""
+    uri = totp.otpauth_uri(secret, account, issuer)
     click.echo(qr_text(uri, level="M"))
     click.echo(uri)
     click.echo(f"Secret (to type in instead): {secret}")
-    console.print(f"Second factor on for {_describe(user)}: scan the code, then sign in with the app's code.")
+
+
+def _clock() -> float:
+    return time.time()
+
+
+def _prove(secret: str, given: str | None) -> int | None:
+    """The TOTP step of a code that matches the new ``secret``, or None when none did.
+
+    ``given`` (--code) has one try; otherwise the code is asked for, up to ``TOTP_TRIES`` times. The
+    rules are sign-in's: one step of clock drift either way.
+    """
+    if given is not None:
+        return totp.match(secret, given, _clock(), None)
+    for attempt in range(1, TOTP_TRIES + 1):
+        try:
+            code = str(click.prompt("Code shown by the app", show_default=False))
+        except click.Abort:  # Ctrl-C or the end of the input: give up, storing nothing
+            click.echo()
+            return None
+        step = totp.match(secret, code, _clock(), None)
+        if step is not None:
+            return step
+        if attempt < TOTP_TRIES:
+            console.print(
+                f"[yellow]That code does not match (is the phone's clock right?). Tries left: {TOTP_TRIES - attempt}[/]"
+            )
+    return None

@@ -181,8 +181,16 @@ class UserStore:
     def set_role(self, name: str, role: str) -> User:
         return self._update(name, revoke=False, role=check_role(role))
 
-    def set_totp(self, name: str, secret: str | None) -> User:
-        return self._update(name, revoke=False, totp_secret=secret, totp_last_step=None)
+    def set_totp(self, name: str, secret: str, proven_step: int) -> User:
+        """Switch to a new TOTP secret, once a code of it was entered for ``proven_step``.
+
+        The secret and the step go in together (one UPDATE): the code that proved the secret is then a
+        used code, so it cannot sign anyone in afterwards (someone watching the enrolment, say).
+        """
+        return self._update(name, revoke=False, totp_secret=secret, totp_last_step=proven_step)
+
+    def remove_totp(self, name: str) -> User:
+        return self._update(name, revoke=False, totp_secret=None, totp_last_step=None)
 
     def rehash(self, user_id: str, old_hash: str, new_hash: str) -> None:
         """Replace a hash made with older parameters, unless it changed meanwhile."""

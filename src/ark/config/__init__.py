@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ark.config.loader import (
     EngineSettings,
+    FirewallSettings,
     GatewaySettings,
     ModelSettings,
     Settings,
@@ -23,6 +24,7 @@ from ark.config.types import Address, Secret
 __all__ = [
     "Address",
     "EngineSettings",
+    "FirewallSettings",
     "GatewaySettings",
     "ModelSettings",
     "Secret",

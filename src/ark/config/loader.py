@@ -116,6 +116,11 @@ class FirewallSettings:
     allow_tcp: tuple[int, ...]
     allow_udp: tuple[int, ...]
     geoblock_scope: str  # "gateway", "public"
+    persist: bool
+    persist_nft_path: Path
+    persist_rules_v4_path: Path
+    persist_rules_v6_path: Path
+    persist_ipsets_path: Path
 
 
 @dataclass(frozen=True)

@@ -527,6 +527,40 @@ FIREWALL: tuple[Setting, ...] = (
         "Where addresses in the geo-block sets are dropped: gateway (the API port) or public (every open "
         "port but SSH and WireGuard).",
     ),
+    Setting(
+        "persist",
+        Bool(),
+        True,
+        "Whether `ark firewall confirm` writes the confirmed ruleset where the system loads it at boot "
+        "(the persist_*_path files; a file found there is kept once as PATH.ark-previous). "
+        "false: the rules last until the next reboot.",
+    ),
+    Setting(
+        "persist_nft_path",
+        PathType(),
+        "/etc/nftables.conf",
+        "Where the nft backend's confirmed ruleset is written (nftables.service loads it at boot); it "
+        "replaces table inet ark only. Point it at e.g. /etc/nftables.d/ark.nft to include it from your own "
+        "nftables.conf.",
+    ),
+    Setting(
+        "persist_rules_v4_path",
+        PathType(),
+        "/etc/iptables/rules.v4",
+        "Where the iptables backend's confirmed IPv4 rules are written (netfilter-persistent loads them at boot).",
+    ),
+    Setting(
+        "persist_rules_v6_path",
+        PathType(),
+        "/etc/iptables/rules.v6",
+        "Where the iptables backend's confirmed IPv6 rules are written (netfilter-persistent).",
+    ),
+    Setting(
+        "persist_ipsets_path",
+        PathType(),
+        "/etc/iptables/ipsets",
+        "Where the iptables backend's confirmed ipsets are written (ipset-persistent loads them before the rules).",
+    ),
 )
 
 MONITOR: tuple[Setting, ...] = (

@@ -6,6 +6,7 @@
 - :mod:`ark.edge.wireguard` keys, peers and their config files
 - :mod:`ark.edge.firewall`  the default-DROP ruleset (nftables, iptables + ipset)
 - :mod:`ark.edge.apply`     loading it with an automatic rollback
+- :mod:`ark.edge.persist`   the confirmed ruleset, written where the system loads it at boot
 - :mod:`ark.edge.audit`     what the machine actually exposes, against the port map
 - :mod:`ark.edge.files`     the one place that writes (atomic, unchanged files untouched)
 """

@@ -3,13 +3,15 @@
 apply: save what is loaded now, write the commands that restore it, start a
 *watcher*, then load the new rules (``nft -f``, or ``ipset restore`` +
 ``iptables-restore --noflush``). Unless `ark firewall confirm` arrives within
-``[firewall] confirm_s``, the watcher restores the saved rules by itself.
+``[firewall] confirm_s``, the watcher restores the saved rules by itself. What is
+checked and loaded is a copy of the bundle's files taken at apply
+(``applied-TOKEN-NAME``): confirm persists exactly that (:mod:`ark.edge.persist`).
 
 The watcher is a detached child process (its own session, started through a
 short-lived intermediate so it is nobody's child): it survives the CLI exiting
 and the SSH session that ran it dropping, which is exactly when it is needed.
-It does not survive a reboot, and neither do the rules: until persisted (see
-docs/security.md) a reboot is the last way back.
+It does not survive a reboot, and neither do unconfirmed rules (only confirm
+persists them), so a reboot is the last way back.
 
 Confirm and the watcher race for one file: each *renames* ``pending.json`` to
 claim it, and a rename succeeds once, so a rollback and a confirm can never both
@@ -35,6 +37,8 @@ from ark.errors import EdgeError
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 POLL_S = 0.2
+NFT_FILES = ("ruleset.nft",)
+IPTABLES_FILES = ("ipsets", "rules.v4", "rules.v6")  # in load order: sets before the rules naming them
 
 
 def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -79,11 +83,18 @@ class FirewallGuard:
         _require_tools(backend, netns)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = secrets.token_hex(6)
+        self._forget_snapshots()
+        names = NFT_FILES if backend == "nft" else IPTABLES_FILES
+        sources = [bundle / "firewall" / name for name in names]
+        for path in sources:
+            _must_exist(path)
+        for path in sources:  # what is checked and loaded, and what confirm persists, even if the bundle changes
+            write_atomic(self.snapshot(token, path.name), path.read_bytes(), PRIVATE)
         if backend == "nft":
-            rollback, steps = self._nft(bundle, prefix, token)
+            rollback, steps = self._nft(sources[0], prefix, token)
         else:
-            rollback, steps = self._iptables(bundle, prefix, token)
-        pending = Pending(token, backend, netns, time.time() + confirm_s, rollback, [str(s[-1]) for s in steps])
+            rollback, steps = self._iptables(prefix, token)
+        pending = Pending(token, backend, netns, time.time() + confirm_s, rollback, [str(p) for p in sources])
         self._write_pending(pending)
         self._log("armed", pending, f"rollback in {confirm_s} s unless confirmed")
         try:
@@ -100,24 +111,21 @@ class FirewallGuard:
         self._log("applied", pending, ", ".join(pending.applied))
         return pending
 
-    def _nft(self, bundle: Path, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
-        ruleset = bundle / "firewall" / "ruleset.nft"
-        _must_exist(ruleset)
+    def _nft(self, ruleset: Path, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
+        loaded = self.snapshot(token, ruleset.name)
         saved = self.run([*prefix, "nft", "list", "table", "inet", "ark"])
         restore = self.dir / f"rollback-{token}.nft"
         # nothing saved: the rollback just removes ARK's table
         text = "table inet ark {}\ndelete table inet ark\n" + (saved.stdout if saved.returncode == 0 else "")
         write_atomic(restore, text.encode(), PRIVATE)
-        check = [*prefix, "nft", "-c", "-f", str(ruleset)]
+        check = [*prefix, "nft", "-c", "-f", str(loaded)]
         result = self.run(check)
         if result.returncode != 0:
             raise EdgeError(f"{ruleset} does not load, nothing was applied:\n{result.stderr.strip()}")
-        return [[*prefix, "nft", "-f", str(restore)]], [[*prefix, "nft", "-f", str(ruleset)]]
+        return [[*prefix, "nft", "-f", str(restore)]], [[*prefix, "nft", "-f", str(loaded)]]
 
-    def _iptables(self, bundle: Path, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
-        files = {name: bundle / "firewall" / name for name in ("ipsets", "rules.v4", "rules.v6")}
-        for path in files.values():
-            _must_exist(path)
+    def _iptables(self, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
+        files = {name: self.snapshot(token, name) for name in IPTABLES_FILES}
         rollback: list[list[str]] = []
         sets = _ark_sets_refill(self.run([*prefix, "ipset", "save"]).stdout)
         if sets:
@@ -142,6 +150,15 @@ class FirewallGuard:
             [*prefix, "ip6tables-restore", "--noflush", str(files["rules.v6"])],
         ]
         return rollback, steps
+
+    def snapshot(self, token: str, name: str) -> Path:
+        """The copy of a bundle file (``ruleset.nft``, ``rules.v4``...) that the apply ``token`` loaded."""
+        return self.dir / f"applied-{token}-{name}"
+
+    def _forget_snapshots(self) -> None:
+        """Earlier applies' copies: confirmed ones are persisted by now, the others were rolled back."""
+        for path in self.dir.glob("applied-*"):
+            path.unlink(missing_ok=True)
 
     # -- confirm / rollback -----------------------------------------------------------------------
     def confirm(self) -> Pending:

@@ -6,6 +6,8 @@ HTTP answers, certificates), so tests feed them plain data:
 - public-bind        a service that must be loopback-only listens on a public address
 - unexpected-port    something listens publicly that the port map does not know
 - no-firewall        neither ARK's nft table nor a DROP policy on iptables' INPUT is loaded
+- not-persisted      ARK's rules are loaded but no confirm wrote them where the boot loads them
+                     (``[firewall] persist``), or the written files / the loaded rules changed since
 - open-without-auth  Ollama, ComfyUI or Prometheus answers 200 without credentials from a
                      public address, or a guarded site answers 200 through Nginx without a login
 - cert-expiring      a certificate (rendered bundle, /etc/letsencrypt) expires within
@@ -27,7 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 from ark.config import Settings
+from ark.edge.apply import FirewallGuard
 from ark.edge.certs import LETSENCRYPT, not_after
+from ark.edge.persist import Persister, PersistStatus
 from ark.edge.ports import PortMap, port_map
 from ark.edge.sites import edge_sites
 from ark.edge.sockets import ListeningSocket, listening_sockets
@@ -104,6 +108,26 @@ def check_firewall(state: FirewallState) -> list[Problem]:
     if state.nft_table or state.iptables_drop:
         return []
     return [Problem("no-firewall", "error", "firewall", "no default-DROP ruleset is loaded: `ark firewall apply`")]
+
+
+def check_persisted(status: PersistStatus, state: FirewallState) -> list[Problem]:
+    """Would a reboot bring back the rules loaded now? (Only asked when ``[firewall] persist`` is on.)"""
+    if not status.enabled:
+        return []
+    if status.record is None:
+        if not (state.nft_table or state.iptables_drop):
+            return []  # nothing loaded: no-firewall says so
+        detail = "the loaded rules were never persisted: a reboot drops them (`ark firewall apply`, then `confirm`)"
+        return [Problem("not-persisted", "warning", "firewall", detail)]
+    problems = [
+        Problem("not-persisted", "warning", path, f"{file_state} since `ark firewall confirm` wrote it")
+        for path, file_state in status.files.items()
+        if file_state != "same"
+    ]
+    if status.loaded == "differs":
+        detail = "the loaded rules differ from the persisted ones: a reboot loads the persisted ones"
+        problems.append(Problem("not-persisted", "warning", "firewall", detail))
+    return problems
 
 
 def check_unauthenticated(
@@ -226,6 +250,7 @@ class Auditor:
     proc: Path = Path("/proc")
     probe: HttpProbe = http_status
     firewall: Callable[[], FirewallState] = firewall_state
+    persisted: Callable[[], PersistStatus] | None = None  # None: what the last `ark firewall confirm` wrote
     letsencrypt: Path = LETSENCRYPT
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
@@ -237,7 +262,10 @@ class Auditor:
         expiry = certificate_expiry(certificate_files(self.bundle, self.letsencrypt))
         report = Report(sockets=sockets, certificates={p: e.isoformat() for p, e in expiry.items()})
         report.problems += check_sockets(sockets, ports, vpn_address, allow)
-        report.problems += check_firewall(self.firewall())
+        state = self.firewall()
+        report.problems += check_firewall(state)
+        persisted = self.persisted or Persister(FirewallGuard(self.settings.data_dir), self.settings.firewall).status
+        report.problems += check_persisted(persisted(), state)
         report.problems += check_unauthenticated(sockets, ports, vpn_address, self.probe)
         if self.settings.edge.domain and any(s.port == self.settings.edge.https_port for s in sockets):
             report.problems += check_sites(self.settings, ports, self.probe)
