@@ -17,7 +17,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from ark.arbiter.policy import Priority
 from ark.errors import ApiError
@@ -47,48 +47,44 @@ class ModelBusy(ApiError):
     code = "model_busy"
 
 
-class Lease:
-    """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
+class _Ended:
+    """Ends once: by ``release``, or by leaving the ``with`` block; ``ended`` is then told."""
 
-    def __init__(self, model: str, granted: float, ended: Callable[[Lease], None]) -> None:
-        self.model, self.granted, self._ended, self._released = model, granted, ended, False
+    def __init__(self, ended: Callable[[Any], None]) -> None:
+        self._ended, self._released = ended, False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._ended(self)
 
-    def __enter__(self) -> Lease:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-class Hold:
+class Lease(_Ended):
+    """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
+
+    def __init__(self, model: str, granted: float, ended: Callable[[Lease], None]) -> None:
+        super().__init__(ended)
+        self.model, self.granted = model, granted
+
+
+class Hold(_Ended):
     """Memory set aside for a GPU user that is not a model; ``release`` gives it back."""
 
     def __init__(
         self, holder: str, memory: int, priority: Priority, seconds: float, ended: Callable[[Hold], None]
     ) -> None:
-        self._ended = ended
+        super().__init__(ended)
         self.id = uuid.uuid4().hex[:12]
         self.holder, self.memory, self.priority, self.seconds = holder, memory, priority, seconds
         self.name = f"lease {self.id} ({holder})"  # its name in plans and queues: never a model's
         self.granted: float | None = None
         self.expires: float | None = None
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._ended(self)
-
-    def __enter__(self) -> Hold:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
