@@ -60,6 +60,19 @@ class Pair:
     def run_b(self, *argv: str) -> str:
         return sh("ip", "netns", "exec", self.b, *argv)
 
+    def add_ipv6(self, prefix: str, b_hosts: tuple[str, ...] = ()) -> None:
+        """IPv6 on both ends: A is PREFIX::1, B PREFIX::2 plus ``b_hosts`` (PREFIX::HOST), all /64.
+
+        IPv6 may be off in a new namespace (it inherits the host's defaults), so it is switched on
+        for the interface; ``nodad`` makes each address usable at once instead of after duplicate
+        address detection (about 2 s, during which a bind to it fails).
+        """
+        for ns, hosts in ((self.a, ("1",)), (self.b, ("2", *b_hosts))):
+            for key in ("all", "default", "eth0", "lo"):
+                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+            for host in hosts:
+                sh("ip", "-n", ns, "addr", "add", f"{prefix}::{host}/64", "dev", "eth0", "nodad")
+
 
 @contextmanager
 def netns_pair(tag: str, subnet: str) -> Iterator[Pair]:

@@ -4,8 +4,9 @@ Namespace A is the ARK box (ports 4000, 8099, 5555 answer 200 when allowed), B a
 source addresses: an ordinary one (.2), one in a geo-blocked zone (.66), one on the scanner blocklist
 (.70) and one in the "WireGuard" subnet (.130; the test's wireguard interface is A's eth0). Every rule
 is loaded with `ark firewall apply --netns A`, never in this machine's own namespace; a module fixture
-checks that the machine's own rules are the same afterwards. A dropped probe costs its 1.5 s timeout;
-probes run in parallel.
+checks that the machine's own rules are the same afterwards. The IPv6 test gives both ends SUBNET6
+addresses (::1 for A; ::2, ::66, ::70 for B) and probes the same way over IPv6. A dropped probe costs
+its 1.5 s timeout; probes run in parallel.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.conftest import MASTER_KEY, wait_until
 from tests.netns import Pair, netns_pair, own_rules, sh
 
 SUBNET = "10.231.7"
+SUBNET6 = "fd07:231:7"  # the same layout over IPv6: A ::1, B ::2, geo-blocked ::66, blocklisted ::70
 FAKES = Path(__file__).parent / "fakes"
 TOOLS = ("nft", "iptables-restore", "ipset", "curl")
 
@@ -89,17 +91,62 @@ def serving(pair: Pair, ports: tuple[int, ...]) -> Iterator[None]:
         proc.stdout.close()
 
 
-def _reach(pair: Pair, source: int, port: int) -> bool:
-    curl = ["curl", "-s", "-o", "/dev/null", "-m", "1.5", "-w", "%{http_code}", "--interface", f"{SUBNET}.{source}"]
-    argv = ["ip", "netns", "exec", pair.b, *curl, f"http://{SUBNET}.1:{port}/"]
+def _reach(pair: Pair, source: int | str, port: int) -> bool:
+    """From B's address ``source`` (an int: SUBNET.N over IPv4; a str: SUBNET6::H over IPv6) to A's port."""
+    if isinstance(source, int):
+        address, url = f"{SUBNET}.{source}", f"http://{SUBNET}.1:{port}/"
+    else:
+        address, url = f"{SUBNET6}::{source}", f"http://[{SUBNET6}::1]:{port}/"
+    curl = ["curl", "-g", "-s", "-o", "/dev/null", "-m", "1.5", "-w", "%{http_code}", "--interface", address]
+    argv = ["ip", "netns", "exec", pair.b, *curl, url]
     return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout == "200"
 
 
-def _reachable(pair: Pair, probes: dict[tuple[int, int], bool]) -> dict[tuple[int, int], bool]:
+Probe = tuple[int | str, int]
+
+
+def _reachable(pair: Pair, probes: dict[Probe, bool]) -> dict[Probe, bool]:
     """All probes at once: each drop costs its timeout, in parallel they cost one."""
     with ThreadPoolExecutor(len(probes)) as pool:
         results = {key: pool.submit(_reach, pair, *key) for key in probes}
         return {key: future.result() for key, future in results.items()}
+
+
+@contextmanager
+def serving_dual_stack(pair: Pair, ports: tuple[int, ...], root: Path) -> Iterator[None]:
+    """The ports answer 200 inside A over IPv6 and IPv4 (http.server on ``::`` is dual-stack)."""
+    root.mkdir(exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.a,
+                sys.executable,
+                "-m",
+                "http.server",
+                "-b",
+                "::",
+                "-d",
+                str(root),
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            assert wait_until(lambda p=port: _reach(pair, "2", p), timeout=10), (
+                f"baseline: [{SUBNET6}::1]:{port} unreachable"
+            )
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
 
 
 def _apply(runner: CliRunner, config: Path, data: Path, out: Path, netns: str) -> None:
@@ -168,6 +215,44 @@ def test_ruleset_is_enforced_rolled_back_unless_confirmed_and_kept_when_confirme
             assert {p: p.read_bytes() for p in (tmp_path / "etc").rglob("*") if p.is_file()} == persisted
         finally:
             FirewallGuard(data).pending_path.unlink(missing_ok=True)  # a watcher left behind exits
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_ipv6_is_enforced_like_ipv4(backend: str, runner: CliRunner, tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "bundle"
+    config = _config(tmp_path / "ark.toml", backend)
+    base = ["--config", str(config), "--data-dir", str(data)]
+    zone = tmp_path / "xx.zone"
+    zone.write_text(f"{SUBNET}.64/26\n{SUBNET6}::60/124\n")  # ::60 to ::6f, one zone for both families
+    added = runner.invoke(main, ["firewall", "geoblock", "add", str(zone), *base])
+    assert added.exit_code == 0, added.output
+    assert runner.invoke(main, ["firewall", "block", f"{SUBNET6}::70", *base]).exit_code == 0
+
+    with netns_pair("6" + backend[:2], SUBNET) as pair:
+        pair.add_ipv6(SUBNET6, ("66", "70"))
+        with serving_dual_stack(pair, (4000, 8099, 5555), tmp_path / "www"):
+            try:
+                _apply(runner, config, data, out, pair.a)
+                confirmed = runner.invoke(main, ["firewall", "confirm", *base])
+                assert confirmed.exit_code == 0, confirmed.output  # no rollback half-way through the probes
+                # forget the neighbours learnt before the rules: the allowed port now answers only when
+                # neighbour discovery (ICMPv6 133-136) gets through the default-drop input chain
+                for ns in (pair.a, pair.b):
+                    sh("ip", "-n", ns, "neigh", "flush", "dev", "eth0")
+                expected: dict[Probe, bool] = {
+                    ("2", 4000): True,  # the gateway, open to all
+                    ("2", 5555): False,  # not in the port map: dropped
+                    ("2", 8099): False,  # the receiver: the VPN subnet only (an IPv4 one here)
+                    ("66", 4000): False,  # geo-blocked
+                    ("70", 4000): False,  # on the scanner blocklist
+                    (2, 4000): True,  # IPv4 beside it still works
+                }
+                assert _reachable(pair, expected) == expected
+                neighbours = pair.run_b("ip", "-6", "neigh", "show", "dev", "eth0")
+                learnt = [line for line in neighbours.splitlines() if line.startswith(f"{SUBNET6}::1 ")]
+                assert learnt and "lladdr" in learnt[0], neighbours  # learnt again, through the firewall
+            finally:
+                FirewallGuard(data).pending_path.unlink(missing_ok=True)
 
 
 def test_a_ruleset_that_does_not_load_changes_nothing(runner: CliRunner, tmp_path: Path) -> None:

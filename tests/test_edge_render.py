@@ -11,16 +11,18 @@ import subprocess
 from pathlib import Path
 
 import bcrypt
+import orjson
 import pytest
 from click.testing import CliRunner
 
 from ark.cli import main
 from ark.config import Settings, load_settings
 from ark.edge.certs import self_signed_files
-from ark.edge.files import FileSpec, write_atomic, write_files
+from ark.edge.files import MANIFEST, Entry, FileSpec, digest, track, write_atomic, write_files, write_tracked
 from ark.edge.htpasswd import htpasswd
-from ark.edge.render import make_context, render_files
+from ark.edge.render import make_context, render_bundle, render_files
 from ark.edge.sites import IDENTITY_HEADERS
+from ark.edge.wireguard import PeerStore
 from ark.errors import ConfigError, EdgeError
 from tests.conftest import MASTER_KEY
 
@@ -227,3 +229,179 @@ def test_certs_self_signed_command(runner: CliRunner, config: Path, tmp_path: Pa
     names = {p.name for p in (out / "certs").iterdir() if p.is_dir()}
     assert names == {D, *(f"{sub}.{D}" for sub in subs)}
     assert not (out / "nginx").exists()  # only the certificates
+
+
+# -- pruning: what an earlier render wrote and this one no longer produces --------------------------
+
+
+def _manifest(out: Path) -> dict[str, object]:
+    files = orjson.loads((out / MANIFEST).read_bytes())["files"]
+    assert isinstance(files, dict)
+    return files
+
+
+def test_render_removes_what_it_no_longer_renders_and_nothing_else(
+    runner: CliRunner, config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bundle"
+    _render(runner, config, out, "--tls", "self-signed")
+    assert "nginx/sites/chat_ark_test.conf" in _manifest(out)
+    assert stat.S_IMODE((out / MANIFEST).stat().st_mode) == 0o600
+    (out / "nginx" / "sites" / "zz-mine.conf").write_text("# the operator's own site\n")
+    (out / "notes.txt").write_text("mine\n")
+    edited = out / "nginx" / "sites" / "grafana_ark_test.conf"
+    edited.write_text(edited.read_text() + "# tuned by hand\n")
+
+    config.write_text(CONFIG.replace(f'domain = "{D}"', 'domain = "other.test"'))
+    output = _render(runner, config, out, "--tls", "self-signed")
+    sites = out / "nginx" / "sites"
+    assert not (sites / "chat_ark_test.conf").exists() and (sites / "chat_other_test.conf").is_file()
+    assert "removed nginx/sites/chat_ark_test.conf (no longer rendered)" in output
+    assert not (out / "certs" / f"chat.{D}").exists()  # its key and certificate went, then the emptied folder
+    assert (out / "certs" / "chat.other.test" / "privkey.pem").is_file()
+    # never written by ARK: never touched
+    assert (sites / "zz-mine.conf").read_text() == "# the operator's own site\n"
+    assert (out / "notes.txt").read_text() == "mine\n"
+    # written by ARK, edited since: set aside under a name nginx's sites/*.conf does not load, and said so
+    assert not edited.exists()
+    assert (sites / "grafana_ark_test.conf.ark-stale").read_text().endswith("# tuned by hand\n")
+    assert (
+        "kept nginx/sites/grafana_ark_test.conf as nginx/sites/grafana_ark_test.conf.ark-stale: "
+        "no longer rendered, but edited since ARK wrote it"
+    ) in output
+    manifest = _manifest(out)
+    assert "nginx/sites/chat_other_test.conf" in manifest
+    assert not any(D in path or "ark-stale" in path or "mine" in path for path in manifest)
+
+    before = _snapshot(out)
+    again = _render(runner, config, out, "--tls", "self-signed")
+    assert "0 changed" in again and "removed" not in again and "kept" not in again
+    assert _snapshot(out) == before  # the manifest too is left alone when nothing changed
+
+
+def test_a_partial_render_prunes_only_its_own_part(runner: CliRunner, config: Path, tmp_path: Path) -> None:
+    out, data = tmp_path / "bundle", tmp_path / "data"
+    store = PeerStore(data, "10.8.0.0/24")
+    store.add("phone", None)
+    store.add("laptop", None)
+    _render(runner, config, out)
+    peers = out / "wireguard" / "peers"
+    assert {p.name for p in peers.iterdir()} == {"phone.conf", "laptop.conf"}
+
+    store.remove("laptop")
+    config.write_text(CONFIG.replace(f'domain = "{D}"', 'domain = "other.test"'))
+    output = _render(runner, config, out, "--only", "wireguard")
+    assert "removed wireguard/peers/laptop.conf" in output and "1 removed" in output
+    assert {p.name for p in peers.iterdir()} == {"phone.conf"}
+    # nginx did not run: its files from the old domain are still on record and on disk
+    assert (out / "nginx" / "sites" / "chat_ark_test.conf").is_file()
+    assert "nginx/sites/chat_ark_test.conf" in _manifest(out)
+
+    output = _render(runner, config, out, "--only", "nginx")
+    assert "removed nginx/sites/chat_ark_test.conf" in output and "wireguard" not in output
+    assert not (out / "nginx" / "sites" / "chat_ark_test.conf").exists()
+    assert (peers / "phone.conf").is_file() and (out / "certs" / "certbot.sh").is_file()
+
+
+def test_peers_remove_says_what_went(runner: CliRunner, config: Path, tmp_path: Path) -> None:
+    base = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "bundle")]
+    assert runner.invoke(main, ["peers", "add", "phone", "--no-qr", *base]).exit_code == 0
+    peer = tmp_path / "bundle" / "wireguard" / "peers" / "phone.conf"
+    assert peer.is_file()
+    result = runner.invoke(main, ["peers", "remove", "phone", *base])
+    assert result.exit_code == 0, result.output
+    assert not peer.exists() and "removed phone" in result.output
+
+
+def test_an_interrupted_render_loses_track_of_nothing(
+    runner: CliRunner, config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "bundle"
+    _render(runner, config, out)
+    first = (out / MANIFEST).read_bytes()
+    config.write_text(CONFIG.replace(f'domain = "{D}"', 'domain = "other.test"'))
+
+    # the manifest's own write is cut short: the old manifest stays whole, no temporary file is left
+    real_replace = os.replace
+
+    def cut(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == MANIFEST:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr("ark.edge.files.os.replace", cut)
+    with pytest.raises(KeyboardInterrupt):
+        render_bundle(make_context(load_settings(config_path=config, data_dir=tmp_path / "data", env={}), out))
+    monkeypatch.undo()
+    assert (out / MANIFEST).read_bytes() == first
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    # a crash after the files were written, before the pruning: both renders' files are on record
+    def crash(*_: object) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr("ark.edge.files._prune", crash)
+    args = ["render", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert runner.invoke(main, args).exit_code != 0
+    monkeypatch.undo()
+    manifest = _manifest(out)
+    assert {"nginx/sites/chat_ark_test.conf", "nginx/sites/chat_other_test.conf"} <= set(manifest)
+
+    output = _render(runner, config, out)
+    assert "removed nginx/sites/chat_ark_test.conf" in output
+    assert "nginx/sites/chat_ark_test.conf" not in _manifest(out)
+
+
+def test_a_first_tracked_render_says_older_files_stay(runner: CliRunner, config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    (out / "nginx" / "sites").mkdir(parents=True)
+    (out / "nginx" / "sites" / "old_site.conf").write_text("server {}\n")
+    output = _render(runner, config, out, "--only", "nginx")
+    assert f"no {MANIFEST} here yet" in output
+    assert (out / "nginx" / "sites" / "old_site.conf").is_file()
+    assert f"no {MANIFEST}" not in _render(runner, config, out, "--only", "nginx")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b'{"version": 2, "files": {}}',
+        b'{"version": 1, "files": {"../../etc/passwd": {"part": "nginx", "sha256": []}}}',
+        b'{"version": 1, "files": {"/etc/passwd": {"part": "nginx", "sha256": []}}}',
+    ],
+)
+def test_a_manifest_ark_did_not_write_stops_the_render(
+    runner: CliRunner, config: Path, tmp_path: Path, content: bytes
+) -> None:
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / MANIFEST).write_bytes(content)
+    args = ["render", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "not a manifest ARK wrote" in " ".join(result.output.split())
+    assert [p.name for p in out.iterdir()] == [MANIFEST] and (out / MANIFEST).read_bytes() == content
+
+
+def test_pruning_leaves_what_is_no_longer_a_plain_file(tmp_path: Path) -> None:
+    write_tracked(tmp_path, {"a": {"x/link": FileSpec(b"1"), "x/dir": FileSpec(b"2"), "keep": FileSpec(b"3")}})
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"1")  # same content as ARK wrote: still not to be deleted through a link
+    (tmp_path / "x" / "link").unlink()
+    (tmp_path / "x" / "link").symlink_to(target)
+    (tmp_path / "x" / "dir").unlink()
+    (tmp_path / "x" / "dir").mkdir()
+    result = write_tracked(tmp_path, {"a": {"keep": FileSpec(b"3")}})
+    assert result.removed == [] and result.stale == [] and len(result.notes) == 2
+    assert (tmp_path / "x" / "link").is_symlink() and target.read_bytes() == b"1"
+    assert (tmp_path / "x" / "dir").is_dir()
+
+
+def test_track_scopes_pruning_to_the_renderers_that_ran() -> None:
+    previous = {"n/a": Entry("nginx", ("h1",)), "n/b": Entry("nginx", ("h2",)), "w/p": Entry("wireguard", ("h3",))}
+    parts = {"nginx": {"n/a": FileSpec(b"new")}}
+    final, stale = track(previous, parts, {"nginx"})
+    assert set(stale) == {"n/b"} and final["w/p"] == previous["w/p"]
+    assert final["n/a"] == Entry("nginx", (digest(b"new"),))
+    _, everything = track(previous, parts, None)
+    assert set(everything) == {"n/b", "w/p"}

@@ -60,11 +60,27 @@ def render_with_progress(
 
 
 def print_result(result: WriteResult, out: Path) -> None:
-    console.print(f"[green]OK[/] {escape(str(out))}: {len(result.changed)} changed, {len(result.unchanged)} unchanged")
+    counts = f"{len(result.changed)} changed, {len(result.unchanged)} unchanged"
+    if result.removed:
+        counts += f", {len(result.removed)} removed"
+    if result.stale:
+        counts += f", {len(result.stale)} kept as .ark-stale"
+    console.print(f"[green]OK[/] {escape(str(out))}: {counts}")
     for path in result.changed:
         console.print(f"  [bold]wrote[/] {escape(path)}")
+    print_pruned(result)
     for note in result.notes:
         console.print(f"  [yellow]note[/] {escape(note)}")
+
+
+def print_pruned(result: WriteResult) -> None:
+    """What the render took away: files it no longer produces, and edited ones it set aside."""
+    for path in result.removed:
+        console.print(f"  [bold]removed[/] {escape(path)} (no longer rendered)")
+    for path, kept in result.stale:
+        console.print(
+            f"  [yellow]kept[/] {escape(path)} as {escape(kept)}: no longer rendered, but edited since ARK wrote it"
+        )
 
 
 @main.command()
@@ -86,8 +102,11 @@ def render(
 ) -> None:
     """Write the edge bundle (nginx/, wireguard/, firewall/, certs/) from the config.
 
-    Files whose content would not change are left untouched. Check the result with
-    `nginx -t -c OUT/nginx/nginx.conf` and `nft -c -f OUT/firewall/ruleset.nft`.
+    Files whose content would not change are left untouched. Files an earlier render wrote
+    and this one no longer produces are removed (OUT/.ark-manifest.json lists what ARK
+    wrote; with --only, within those parts); one edited since is kept as FILE.ark-stale.
+    Check the result with `nginx -t -c OUT/nginx/nginx.conf` and
+    `nft -c -f OUT/firewall/ruleset.nft`.
     """
     settings = settings_or_exit(config_path, data_dir)
     target = bundle_dir(settings, out)
@@ -199,9 +218,11 @@ def peers_remove(config_path: Path | None, data_dir: Path | None, out: Path | No
     target = bundle_dir(settings, out)
     with edge_errors():
         peer = _store(settings).remove(name)
+    # the file holds the peer's private key: it goes even when edited (pruning would keep that as .ark-stale)
     (target / "wireguard" / "peers" / f"{name}.conf").unlink(missing_ok=True)
-    render_with_progress(settings, target, only=["wireguard"])
+    result = render_with_progress(settings, target, only=["wireguard"])
     console.print(f"[green]OK[/] removed {peer.name} ({peer.address})")
+    print_pruned(result)
     _reload_hint(settings, target)
 
 

@@ -3,8 +3,9 @@
 A renderer takes a :class:`RenderContext` and returns :data:`~ark.edge.files.Files`; it
 never writes (the store of WireGuard keys is the one exception: a server key is made
 once, on first use). Later subsystems (monitoring, deploy) add themselves to
-:data:`RENDERERS`. Writing goes through :func:`~ark.edge.files.write_files`, which leaves
-unchanged files untouched.
+:data:`RENDERERS`. Writing goes through :func:`~ark.edge.files.write_tracked`, which leaves
+unchanged files untouched and removes the files an earlier render of the same renderers
+wrote that this one no longer produces (a site turned off, a peer removed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from ark.config import Settings
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.certs import certbot_commands, self_signed_files
-from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_files
+from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_tracked
 from ark.edge.firewall import firewall_plan, render_firewall
 from ark.edge.nginx import render_nginx
 from ark.edge.ports import PortMap, port_map
@@ -87,28 +88,40 @@ def make_context(settings: Settings, out: Path, tls: str | None = None) -> Rende
     return RenderContext(settings, out.absolute(), tls or settings.edge.tls, port_map(settings))
 
 
-def render_files(
+def render_parts(
     ctx: RenderContext, only: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
-) -> Files:
-    """Run the renderers (all, or those named) and collect their files."""
+) -> dict[str, Files]:
+    """Run the renderers (all, or those named): each one's files, by renderer name."""
     wanted = set(only) if only is not None else None
     unknown = (wanted or set()) - {name for name, _ in RENDERERS}
     if unknown:
         raise EdgeError(
             f"unknown renderer(s): {', '.join(sorted(unknown))}; known: {', '.join(n for n, _ in RENDERERS)}"
         )
-    files: Files = {}
+    parts: dict[str, Files] = {}
     for name, renderer in RENDERERS:
         if wanted is not None and name not in wanted:
             continue
         if progress:
             progress(name)
-        files.update(renderer(ctx))
-    return files
+        parts[name] = renderer(ctx)
+    return parts
+
+
+def render_files(
+    ctx: RenderContext, only: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
+) -> Files:
+    """Run the renderers (all, or those named) and collect their files."""
+    return {path: spec for files in render_parts(ctx, only, progress).values() for path, spec in files.items()}
 
 
 def render_bundle(
     ctx: RenderContext, only: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
 ) -> WriteResult:
-    """Render and write; files whose content is unchanged keep their mtime."""
-    return write_files(ctx.out, render_files(ctx, only, progress))
+    """Render and write; files whose content is unchanged keep their mtime.
+
+    Only after every renderer succeeded is anything written; then the files the last render of
+    these renderers wrote and this one did not are removed (see :func:`~ark.edge.files.write_tracked`).
+    """
+    parts = render_parts(ctx, only, progress)
+    return write_tracked(ctx.out, parts, None if only is None else set(parts))
