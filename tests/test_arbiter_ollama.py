@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
+import httpx
 import pytest
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import DriverError, OllamaDriver
 from ark.arbiter.policy import ModelInfo, Priority
 from ark.arbiter.scheduler import Arbiter
+from ark.config import load_settings
+from ark.engines.ollama import OllamaEngine
 from tests.fakes.ollama import FakeOllama
 
 GIB = 1024**3
@@ -121,3 +125,29 @@ def test_facts_from_ollama_feed_the_catalog_and_loaded_models_are_adopted(fake_o
         assert arbiter.stats.loads == 0
 
     asyncio.run(main())
+
+
+def test_the_driver_talks_through_the_engines_own_client_and_a_hung_load_is_a_driver_error(
+    fake_ollama: FakeOllama,
+) -> None:
+    async def main() -> None:
+        engine = OllamaEngine(replace(load_settings(env={}).engines[0], url=fake_ollama.url))
+        driver = OllamaDriver(engine.http, poll=0.05, deadline=1)
+        try:
+            assert driver.http is engine.http  # one client (one connection pool) per engine
+            await driver.load("llama3.2:1b")
+            assert (await engine.running())["llama3.2:1b"] == (await driver.ps())["llama3.2:1b"]
+            await driver.close()  # the engine's client is not the driver's to close
+            await driver.unload("llama3.2:1b")
+            assert await engine.running() == {}
+            fake_ollama.mode = "hang_after_load"  # the load never answers: the deadline turns it into an error
+            with pytest.raises(DriverError, match=r"did not load llama3\.2:1b within 1 s"):
+                await driver.load("llama3.2:1b")
+            assert not await driver.alive()
+        finally:
+            await engine.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        httpx.post(fake_ollama.url + "/_fake/restart", timeout=5)  # a hung fake stays hung: bring it back

@@ -10,7 +10,7 @@ import pytest
 
 from ark.config import load_settings
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Sampling
-from ark.engines.ollama import OllamaEngine
+from ark.engines.ollama import Loaded, OllamaEngine, parse_ps
 from ark.errors import InvalidRequest, ModelNotFound, UpstreamError
 from tests.fakes.ollama import FakeOllama
 
@@ -62,7 +62,8 @@ def test_engine_keep_alive_default_and_client_override() -> None:
         assert fake.requests[-1][1]["keep_alive"] == "10m"
         await engine.chat(replace(chat(), keep_alive="-1"))
         assert fake.requests[-1][1]["keep_alive"] == -1  # a bare number is seconds for Ollama
-        assert any(m["name"] == "llama3.2:1b" for m in await engine.running())  # /api/ps
+        loaded = (await engine.running())["llama3.2:1b"]  # /api/ps
+        assert loaded.size > 0 and loaded.size_vram == loaded.size
 
     run(scenario, keep_alive="10m")
 
@@ -128,3 +129,9 @@ def test_errors() -> None:
             _ = [c async for c in engine.chat_stream(chat(stream=True))]
 
     run(scenario)
+
+
+def test_ps_is_read_in_one_place() -> None:
+    models = [{"name": "a:1b", "size": 10, "size_vram": 4}, {"size": 1}, "junk", {"name": "b:1b", "size": True}]
+    assert parse_ps({"models": models}) == {"a:1b": Loaded("a:1b", 10, 4), "b:1b": Loaded("b:1b", 0, 0)}
+    assert parse_ps({"models": None}) == {} == parse_ps([])

@@ -14,21 +14,25 @@ Ollama (``OllamaDriver``), as its API and ``server/sched.go`` behave:
 The embedded llama.cpp engine (``EmbeddedDriver``) runs in ARK's own process: a load or an unload runs
 on the engine's worker thread, and is confirmed by what the engine then holds.
 
-Every call has a deadline; a driver that misses one raises :class:`DriverError`.
+Every call has a deadline; a driver that misses one raises :class:`DriverError`. The Ollama driver talks
+through its engine's own client (``JsonUpstream``: one connection pool per engine) and reads ``/api/ps``
+with the engine's parser (``parse_ps``); given a URL alone (tests, ComfyUI), a driver makes its own client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
+import orjson
 
 from ark.arbiter.catalog import Architecture, Facts, gguf_metadata
+from ark.engines._http import Endpoint, JsonUpstream
+from ark.engines.ollama import Loaded, parse_ps
+from ark.errors import ApiError
 
 log = logging.getLogger("ark.arbiter")
 
@@ -156,25 +160,21 @@ class EmbeddedDriver:
 
 
 class _JsonService:
-    """An engine's HTTP API as a driver talks to it: JSON in and out, every failure a DriverError."""
+    """An engine's HTTP API as a driver talks to it: JSON in and out, a deadline on every call, every failure
+    a DriverError. The client is the engine's own (one connection pool per upstream) or, given a URL, the
+    driver's."""
 
     service = "engine"
 
-    def __init__(self, url: str, *, deadline: float, poll: float, session: aiohttp.ClientSession | None = None) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, http: JsonUpstream | str, *, deadline: float, poll: float) -> None:
+        self._owned = isinstance(http, str)  # a client the driver made is the driver's to close
+        self.http = JsonUpstream(Endpoint(self.service, http.rstrip("/"))) if isinstance(http, str) else http
         self.deadline = deadline
         self.poll = poll
-        self._session = session
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.deadline))
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._owned:
+            self.http.close()
 
     async def _until(self, done: Callable[[], Awaitable[bool]]) -> None:
         """Poll ``done`` every ``poll`` seconds until it is true (the caller bounds the time)."""
@@ -183,29 +183,39 @@ class _JsonService:
                 return
             await asyncio.sleep(self.poll)
 
-    async def _get(self, path: str) -> dict[str, Any]:
-        session = await self._client()
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """One request, bounded by ``deadline`` (a load, an unload or a probe bounds its whole action too)."""
         try:
-            async with session.get(self.url + path) as response:
-                data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DriverError(f"{self.service} {path}: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(self.deadline):
+                return await self.http.call(method, path, body)
+        except TimeoutError:
+            raise DriverError(f"{self.service} {path}: no answer within {self.deadline:g} s") from None
+        except ApiError as exc:  # the transport's failure, in the client's words (engine and URL)
+            raise DriverError(exc.message) from exc
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        status, raw = await self._call("GET", path)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise DriverError(f"{self.service} {path}: HTTP {status}, not JSON") from None
+        if status != 200:
+            raise DriverError(f"{self.service} {path}: HTTP {status}: {_error(data)}")
         if not isinstance(data, dict):
             raise DriverError(f"{self.service} {path}: not a JSON object")
         return data
 
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        session = await self._client()
+        status, raw = await self._call("POST", path, body)
         try:
-            async with session.post(self.url + path, json=body) as response:
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DriverError(f"{self.service} {path}: {type(exc).__name__}: {exc}") from exc
-        try:
-            data = json.loads(text) if text else {}
-        except ValueError:
-            data = {"error": text[:200]}
-        return response.status, data if isinstance(data, dict) else {}
+            data = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            data = {"error": raw[:200].decode(errors="replace")}
+        return status, data if isinstance(data, dict) else {}
+
+
+def _error(data: Any) -> Any:
+    return data.get("error", data) if isinstance(data, dict) else data
 
 
 class OllamaDriver(_JsonService):
@@ -213,17 +223,16 @@ class OllamaDriver(_JsonService):
 
     def __init__(
         self,
-        url: str,
+        http: JsonUpstream | str,
         *,
         deadline: float = 300.0,
         poll: float = 0.1,
-        session: aiohttp.ClientSession | None = None,
         name: str = "ollama",
         restart_command: str = "",
         restart_timeout: float = 120.0,
         probe_timeout: float = 5.0,
     ) -> None:
-        super().__init__(url, deadline=deadline, poll=poll, session=session)
+        super().__init__(http, deadline=deadline, poll=poll)
         self.splits: dict[str, tuple[int, int]] = {}  # model -> (size, size_vram) when partly on the CPU
         self.name, self.restart_command, self.restart_timeout = name, restart_command, restart_timeout
         self.probe_timeout = probe_timeout
@@ -242,7 +251,7 @@ class OllamaDriver(_JsonService):
         """Run the configured restart command, then wait until Ollama answers again."""
         if not self.restart_command:
             raise DriverError(f"engine {self.name} has no restart_command: it cannot be restarted")
-        await self.close()  # connections to the hung server are no use any more
+        self.http.close()  # idle connections to the hung server are no use any more
         started = asyncio.get_running_loop().time()
         log.warning("arbiter: restarting engine %s: %s", self.name, self.restart_command)
         try:
@@ -266,22 +275,24 @@ class OllamaDriver(_JsonService):
             asyncio.get_running_loop().time() - started,
         )
 
-    async def ps(self) -> dict[str, dict[str, Any]]:
+    async def ps(self) -> dict[str, Loaded]:
         """The models Ollama has in memory, by name."""
-        data = await self._get("/api/ps")
-        return {m["name"]: m for m in data.get("models") or [] if isinstance(m, dict) and "name" in m}
+        return parse_ps(await self._get("/api/ps"))
 
     async def load(self, model: str) -> int | None:
-        async with asyncio.timeout(self.deadline):
-            status, data = await self._post("/api/generate", {"model": model, "keep_alive": -1})
-            if status == 400 and "does not support generate" in str(data.get("error", "")):
-                status, data = await self._post("/api/embed", {"model": model, "input": [], "keep_alive": -1})
-            if status != 200:
-                raise DriverError(f"Ollama could not load {model}: HTTP {status}: {data.get('error', data)}")
-            loaded = (await self.ps()).get(model)
+        try:
+            async with asyncio.timeout(self.deadline):
+                status, data = await self._post("/api/generate", {"model": model, "keep_alive": -1})
+                if status == 400 and "does not support generate" in str(data.get("error", "")):
+                    status, data = await self._post("/api/embed", {"model": model, "input": [], "keep_alive": -1})
+                if status != 200:
+                    raise DriverError(f"Ollama could not load {model}: HTTP {status}: {data.get('error', data)}")
+                loaded = (await self.ps()).get(model)
+        except TimeoutError:
+            raise DriverError(f"Ollama did not load {model} within {self.deadline:g} s") from None
         if loaded is None:
             raise DriverError(f"Ollama said it loaded {model}, but /api/ps does not list it")
-        size, vram = int(loaded.get("size") or 0), int(loaded.get("size_vram") or 0)
+        size, vram = loaded.size, loaded.size_vram
         if vram < size:
             self.splits[model] = (size, vram)
             log.warning("arbiter: Ollama put %s partly on the CPU (%d of %d bytes on the GPU)", model, vram, size)
@@ -325,7 +336,7 @@ class OllamaDriver(_JsonService):
                 status, shown = await self._post("/api/show", {"model": name})
                 arch = Architecture.from_metadata(shown.get("model_info") or {}) if status == 200 else None
             running = loaded.get(name)
-            reported = int(running.get("size_vram") or running.get("size") or 0) if running else None
+            reported = (running.size_vram or running.size) if running else None
             out[name] = Facts(int(model.get("size") or 0), arch, n_ctx, reported or None)
         return out
 
@@ -350,9 +361,8 @@ class ComfyDriver(_JsonService):
         deadline: float = 120.0,
         poll: float = 0.1,
         slack: int = 256 * 1024**2,
-        session: aiohttp.ClientSession | None = None,
     ) -> None:
-        super().__init__(url, deadline=deadline, poll=poll, session=session)
+        super().__init__(url, deadline=deadline, poll=poll)
         self.idle, self.slack = idle, slack
 
     async def used(self) -> int:

@@ -30,6 +30,7 @@ from ark.arbiter.policy import GB, Comfy
 from ark.arbiter.scheduler import Arbiter
 from ark.config import Settings
 from ark.engines.base import Engine
+from ark.engines.ollama import OllamaEngine
 from ark.periodic import every
 
 PROBE_S = 1.0  # how often the device and ComfyUI are read
@@ -340,7 +341,7 @@ def _driver(engine: Engine) -> EngineDriver:
     if settings.kind == "embedded":
         return EmbeddedDriver(engine, n_ctx=settings.n_ctx, deadline=settings.first_token_timeout)  # type: ignore[arg-type]
     return OllamaDriver(
-        settings.url,
+        engine.http if isinstance(engine, OllamaEngine) else settings.url,  # the engine's own client
         deadline=settings.first_token_timeout,
         name=engine.name,
         restart_command=settings.restart_command,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -13,7 +14,17 @@ from ark.errors import ApiError, InvalidRequest, ModelNotFound, QueueFull, Upstr
 from ark.wire import ConnectError, ConnectionClosed, ProtocolError, Upstream
 
 
-def make_upstream(settings: EngineSettings, headers: Mapping[str, str] | None = None) -> Upstream:
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a client connects when no engine settings say: ComfyUI, or a driver given a URL alone."""
+
+    name: str
+    url: str
+    connect_timeout: float = 5.0  # the engines' default
+    max_parallel: int = 8
+
+
+def make_upstream(settings: EngineSettings | Endpoint, headers: Mapping[str, str] | None = None) -> Upstream:
     # Only the connect phase is bounded here; first-token and total deadlines are the
     # gateway's, so that they apply to every engine alike.
     return Upstream(
@@ -68,10 +79,16 @@ def _error_message(body: bytes) -> str:
 
 
 class JsonUpstream:
-    """JSON over HTTP to one engine: requests, answers and errors in ARK's terms."""
+    """JSON over HTTP to one engine: requests, answers and errors in ARK's terms.
+
+    The one client of its engine: the GPU arbiter's driver of an Ollama engine talks through it too
+    (``call``, which leaves the status to the caller)."""
 
     def __init__(
-        self, settings: EngineSettings, headers: Mapping[str, str] | None = None, upstream: Upstream | None = None
+        self,
+        settings: EngineSettings | Endpoint,
+        headers: Mapping[str, str] | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.engine = settings.name
         self.base_url = settings.url
@@ -89,20 +106,24 @@ class JsonUpstream:
         if self._upstream is not None:
             self._upstream.close()
 
-    async def get(self, path: str) -> Any:
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """One request and its whole answer, whatever the status."""
         async with upstream_errors(self.engine, self.base_url + path):
-            response = await self.upstream.request("GET", path)
-            body = await response.read()
-            if response.status != 200:
-                raise upstream_status_error(self.engine, response.status, body)
-            return orjson.loads(body)
+            response = await self.upstream.request(method, path, None if body is None else orjson.dumps(body))
+            async with response:  # a read cut short (cancelled) closes the connection instead of pooling it
+                return response.status, await response.read()
+
+    async def get(self, path: str) -> Any:
+        return await self._json("GET", path, None, None)
 
     async def post(self, path: str, body: Any, model: str) -> Any:
+        return await self._json("POST", path, body, model)
+
+    async def _json(self, method: str, path: str, body: Any, model: str | None) -> Any:
+        status, raw = await self.call(method, path, body)
+        if status != 200:
+            raise upstream_status_error(self.engine, status, raw, model)
         async with upstream_errors(self.engine, self.base_url + path):
-            response = await self.upstream.request("POST", path, orjson.dumps(body))
-            raw = await response.read()
-            if response.status != 200:
-                raise upstream_status_error(self.engine, response.status, raw, model)
             return orjson.loads(raw)
 
     async def post_lines(self, path: str, body: Any, model: str) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ are translated to and from OpenAI's shapes here; see Ollama's docs/api.md.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,6 +34,30 @@ from ark.wire import Upstream
 
 # OpenAI fields with a direct Ollama option.
 _PASSTHROUGH_OPTIONS = ("frequency_penalty", "presence_penalty")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A model Ollama holds in memory, as ``/api/ps`` reports it: ``size`` bytes in all, ``size_vram`` of
+    them on the GPU (fewer when Ollama put part of the model on the CPU)."""
+
+    name: str
+    size: int
+    size_vram: int
+
+
+def parse_ps(data: Any) -> dict[str, Loaded]:
+    """An ``/api/ps`` answer: the models in memory, by name (read by the engine and the GPU arbiter alike)."""
+    models = data.get("models") if isinstance(data, dict) else None
+    return {
+        m["name"]: Loaded(m["name"], _bytes(m.get("size")), _bytes(m.get("size_vram")))
+        for m in models or []
+        if isinstance(m, dict) and isinstance(m.get("name"), str)
+    }
+
+
+def _bytes(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 class OllamaEngine:
@@ -92,10 +117,9 @@ class OllamaEngine:
             if isinstance(m, dict) and isinstance(m.get("name"), str)
         ]
 
-    async def running(self) -> list[Json]:
-        """Models Ollama holds in memory now (``/api/ps``), with size and size_vram."""
-        models: list[Json] = (await self._get("/api/ps")).get("models") or []
-        return models
+    async def running(self) -> dict[str, Loaded]:
+        """Models Ollama holds in memory now (``/api/ps``), by name."""
+        return parse_ps(await self.http.get("/api/ps"))
 
     def _chat_body(self, request: ChatRequest, stream: bool) -> Json:
         body: Json = {

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from ark.auth.signing import load_secret
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
+from ark.engines.ollama import OllamaEngine
 from ark.errors import (
     AdminOnly,
     ApiError,
@@ -548,14 +550,15 @@ class Gateway:
     async def _poll_loaded(self) -> None:
         """What each Ollama engine holds in memory (``/api/ps``), for ark_engine_model_memory_bytes."""
         for engine in self.engines:
-            running = getattr(engine, "running", None)
-            if running is None:
+            if not isinstance(engine, OllamaEngine):
                 continue
             try:
                 async with asyncio.timeout(5):
-                    self.engine_models[engine.name] = await running()
+                    loaded = await engine.running()
             except (ApiError, OSError, TimeoutError):
                 self.engine_models.pop(engine.name, None)  # down: it holds nothing we can see
+            else:
+                self.engine_models[engine.name] = [asdict(m) for m in loaded.values()]
 
     def sample(self) -> Sample:
         """Now, for the console's last hour: counters, and what holds the GPU."""
