@@ -12,10 +12,10 @@ import pytest
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import DriverError
-from ark.arbiter.leases import EngineDown, Lease, ModelWontFit
+from ark.arbiter.leases import Lease
 from ark.arbiter.policy import GB, ModelInfo, Priority
 from ark.arbiter.scheduler import Arbiter
-from ark.errors import QueueFull
+from ark.errors import EngineDown, ModelWontFit, QueueFull
 
 
 class FakeClock:
@@ -265,7 +265,7 @@ def test_a_lease_is_released_once() -> None:
 
 
 def test_operator_unloads_wait_for_no_one_and_spare_pinned_and_busy_models() -> None:
-    from ark.arbiter.leases import ModelBusy
+    from ark.errors import ModelBusy
 
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         (await arbiter.acquire("embed")).release()

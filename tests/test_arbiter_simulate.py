@@ -14,13 +14,12 @@ from click.testing import CliRunner
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.fifo import FifoLease, FifoScheduler
-from ark.arbiter.leases import ModelWontFit
 from ark.arbiter.policy import GB, ModelInfo, Priority
 from ark.arbiter.simulate import Result, percentile, simulate
 from ark.arbiter.virtual_loop import LoopClock, SimulationStuck, VirtualEventLoop
 from ark.arbiter.workload import Knobs, Workload, parse_workload
 from ark.cli import main
-from ark.errors import QueueFull
+from ark.errors import ModelWontFit, QueueFull
 
 T = TypeVar("T")
 

@@ -141,3 +141,28 @@ class UpstreamTimeout(ApiError):
     status = 504
     type = "api_error"
     code = "upstream_timeout"
+
+
+# the GPU arbiter's answers (ark.arbiter)
+class ModelWontFit(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "model_too_large"
+
+
+class ModelOffloaded(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_offloaded"
+
+
+class EngineDown(ApiError):
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+
+class ModelBusy(ApiError):
+    status = 409
+    type = "invalid_request_error"
+    code = "model_busy"

@@ -58,9 +58,9 @@ from typing import Any
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import Driver
-from ark.arbiter.leases import Clock, ModelWontFit, MonotonicClock, OwnerTask, Stats
+from ark.arbiter.leases import Clock, MonotonicClock, OwnerTask, Stats
 from ark.arbiter.policy import GB, Priority
-from ark.errors import QueueFull
+from ark.errors import ModelWontFit, QueueFull
 
 MAX_RUNNERS = 3  # sched.go's defaultModelsPerGPU, times one GPU
 RESCHED_DELAY = 0.25  # sched.go's reschedDelay

@@ -1,4 +1,4 @@
-"""What both schedulers hand out and count, and the owner task they run on.
+"""What both schedulers hand out and count, and the owner task they run on (their errors: ark.errors).
 
 A :class:`Lease` is a request's hold on its model; a :class:`Hold` is memory set
 aside for a GPU user that is not a model. :class:`Stats` counts swaps, loads and
@@ -20,31 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, TypeVar
 
 from ark.arbiter.policy import Priority
-from ark.errors import ApiError
-
-
-class ModelWontFit(ApiError):
-    status = 400
-    type = "invalid_request_error"
-    code = "model_too_large"
-
-
-class ModelOffloaded(ApiError):
-    status = 503
-    type = "server_error"
-    code = "model_offloaded"
-
-
-class EngineDown(ApiError):
-    status = 503
-    type = "server_error"
-    code = "engine_unavailable"
-
-
-class ModelBusy(ApiError):
-    status = 409
-    type = "invalid_request_error"
-    code = "model_busy"
 
 
 class _Ended:

@@ -48,18 +48,7 @@ from typing import Any
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import Driver, DriverError
-from ark.arbiter.leases import (
-    Clock,
-    EngineDown,
-    Hold,
-    Lease,
-    ModelBusy,
-    ModelOffloaded,
-    ModelWontFit,
-    MonotonicClock,
-    OwnerTask,
-    Stats,
-)
+from ark.arbiter.leases import Clock, Hold, Lease, MonotonicClock, OwnerTask, Stats
 from ark.arbiter.policy import (
     GB,
     Action,
@@ -77,7 +66,7 @@ from ark.arbiter.policy import (
     lets_in,
     plan,
 )
-from ark.errors import ApiError, QueueFull
+from ark.errors import ApiError, EngineDown, ModelBusy, ModelOffloaded, ModelWontFit, QueueFull
 
 log = logging.getLogger("ark.arbiter")
 

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 
 from ark.arbiter.drivers import Driver
 from ark.arbiter.fifo import FifoScheduler
-from ark.arbiter.leases import ModelWontFit, Releasable, Stats
+from ark.arbiter.leases import Releasable, Stats
 from ark.arbiter.policy import GB, Priority
 from ark.arbiter.scheduler import Arbiter
 from ark.arbiter.virtual_loop import LoopClock, VirtualEventLoop
 from ark.arbiter.workload import Box, LeaseJob, Request, Workload
-from ark.errors import QueueFull
+from ark.errors import ModelWontFit, QueueFull
 
 LEASE_SLACK = 1.0  # a lease's cap is its seconds plus this: the simulator's release ends it, not a reclaim
 
