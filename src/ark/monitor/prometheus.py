@@ -9,6 +9,7 @@ each alert fires, and stays quiet, where it should.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,21 @@ def alertmanager_yml(settings: Settings) -> str:
     }
     if m.alert_email:
         config["global"] = {"smtp_smarthost": m.smtp_smarthost, "smtp_from": m.smtp_from or m.alert_email}
+        if _loopback(m.smtp_smarthost):
+            # Alertmanager requires STARTTLS by default and verifies the certificate: a local relay (exim
+            # offers no TLS, postfix a snakeoil certificate) would get no mail, and on loopback TLS protects nothing
+            config["global"]["smtp_require_tls"] = False
     return _yaml(config)
+
+
+def _loopback(host_port: str) -> bool:
+    host = host_port.rpartition(":")[0].strip("[]") or host_port
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def debian_defaults(settings: Settings) -> str:
