@@ -298,9 +298,10 @@ def test_the_identity_token_attributes_gateway_usage_to_the_user(ark: ArkProcess
     assert browser.login("heidi").status_code == 303
     token = browser.verify().headers["x-ark-identity"]
     secret = load_secret(ark.data_dir)
-    expired = mint(secret, Identity("x", "heidi", "heidi@example.test", int(time.time()) - 1))
+    expired = mint(secret, Identity("x", "heidi", "heidi@example.test", "0" * 64, int(time.time()) - 1))
     _, _, signature = token.partition(".")
-    forged_payload = mint(b"not-the-secret" * 3, Identity("x", "mallory", "m@example.test", 2**40)).split(".")[0]
+    forged = Identity("x", "mallory", "m@example.test", "0" * 64, 2**40)
+    forged_payload = mint(b"not-the-secret" * 3, forged).split(".")[0]
     tampered = forged_payload + "." + signature
 
     def chat(identity: str) -> str:
@@ -336,6 +337,56 @@ def test_the_identity_token_attributes_gateway_usage_to_the_user(ark: ArkProcess
     assert ark.metric("ark_identity_tokens_total", outcome="bad_signature") >= 1
     assert ark.metric("ark_identity_tokens_total", outcome="malformed") >= 1
     assert ark.metric("ark_auth_events_total", event="login_ok") >= 1
+
+
+def person_of(ark: ArkProcess, identity: str) -> object:
+    """Who the gateway attributes a chat sent with ``identity`` to (its access log's ``person``), or None."""
+    reply = httpx.post(
+        ark.api + "/chat/completions",
+        headers={"authorization": f"Bearer {MASTER_KEY}", "x-ark-identity": identity},
+        json={"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text  # the token grants nothing: the key alone decides
+    request_id, access_log = reply.headers["x-request-id"], ark.data_dir / "logs" / "access.jsonl"
+
+    def record() -> dict[str, object] | None:
+        lines = access_log.read_bytes().splitlines() if access_log.exists() else []
+        return next((r for r in map(orjson.loads, lines) if r["request_id"] == request_id), None)
+
+    assert wait_until(lambda: record() is not None, timeout=15)
+    found = record()
+    assert found is not None
+    return found.get("person")
+
+
+def test_an_identity_token_ends_with_its_session(ark: ArkProcess) -> None:
+    """Signed out, disabled or given a new password: the token Nginx handed the site counts no more."""
+    users(ark, "add", "kevin", password=PASSWORD)
+    browser = Browser(ark, "192.0.2.11")
+    assert browser.login("kevin").status_code == 303
+    token = browser.verify().headers["x-ark-identity"]
+    assert person_of(ark, token) == "kevin"
+    home = browser.send("GET", "/")
+    csrf = re.search(r'action="/auth/logout"><input type=hidden name=csrf value="([^"]+)"', home.text)
+    assert csrf and browser.send("POST", "/auth/logout", data={"csrf": csrf.group(1)}).status_code == 303
+    assert person_of(ark, token) is None  # the console and the gateway share one process: refused at once
+
+    assert browser.login("kevin").status_code == 303
+    token = browser.verify().headers["x-ark-identity"]
+    assert person_of(ark, token) == "kevin"
+    users(ark, "disable", "kevin")  # another process, writing the database
+    assert browser.verify().status_code == 401  # the console sees it at once, and tells the gateway
+    assert person_of(ark, token) is None
+
+    users(ark, "enable", "kevin")
+    assert browser.login("kevin").status_code == 303
+    token = browser.verify().headers["x-ark-identity"]
+    assert person_of(ark, token) == "kevin"
+    users(ark, "passwd", "kevin", password="another-pass-3")
+    # No browser request meanwhile: the gateway finds out by itself, once its cached answer is stale.
+    assert wait_until(lambda: person_of(ark, token) is None, timeout=20, interval=0.5)
+    assert ark.metric("ark_identity_tokens_total", outcome="revoked") >= 3
 
 
 def test_sign_in_never_redirects_off_the_domain(ark: ArkProcess) -> None:

@@ -8,16 +8,19 @@ import asyncio
 import os
 import re
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from argon2 import PasswordHasher, Type
 
 from ark.auth import passwords, totp
-from ark.auth.identity import Identity, IdentityVerifier, mint
+from ark.auth.identity import Identity, IdentityVerifier, identity_key, mint
+from ark.auth.revocation import LIVE_S, LiveSessions
 from ark.auth.service import AuthService, client_subject
-from ark.auth.signing import SecretFileError, derive, load_secret, sign, unb64, unsign
+from ark.auth.signing import SecretFileError, b64, derive, load_secret, sign, unb64, unsign
 from ark.auth.throttle import Throttle
 from ark.auth.users import User, UserError, UserStore, check_display_name, check_email, check_name
 from ark.config import load_settings
@@ -187,21 +190,165 @@ def test_signatures_are_per_purpose_and_tamper_evident() -> None:
         unb64("a")
 
 
+SID = "5e" * 32  # a session id: the SHA-256 (hex) of a cookie's token
+
+
+class Sessions:
+    """A stand-in for the database's ``user_sessions``: the ids that are live, and how often it was asked."""
+
+    def __init__(self, *live: str) -> None:
+        self.live, self.asked = set(live), 0
+
+    def __call__(self, sid: str) -> bool:
+        self.asked += 1
+        return sid in self.live
+
+
 def test_identity_tokens_verify_expire_and_refuse_tampering() -> None:
     clock = Clock()
     secret = b"i" * 32
-    verifier = IdentityVerifier(secret, clock=clock)
-    token = mint(secret, Identity("u1", "alice", "alice@example.com", int(clock.now) + 300))
-    assert verifier.verify(token) == Identity("u1", "alice", "alice@example.com", 1300)
+    verifier = IdentityVerifier(secret, LiveSessions(Sessions(SID)), clock=clock)
+    token = mint(secret, Identity("u1", "alice", "alice@example.com", SID, int(clock.now) + 300))
+
+    def verify(token: str) -> Identity | None:
+        return asyncio.run(verifier.verify(token))
+
+    assert verify(token) == Identity("u1", "alice", "alice@example.com", SID, 1300)
     payload, signature = token.split(".")
-    forged = mint(b"x" * 32, Identity("u1", "mallory", "m@example.com", 9999999999))
-    assert verifier.verify(forged) is None
-    assert verifier.verify(payload[:-2] + "AA." + signature) is None
-    assert verifier.verify("garbage") is None
-    assert verifier.verify("a" * 5000 + "." + signature) is None
+    forged = mint(b"x" * 32, Identity("u1", "mallory", "m@example.com", SID, 9999999999))
+    assert verify(forged) is None
+    assert verify(payload[:-2] + "AA." + signature) is None
+    assert verify("garbage") is None
+    assert verify("a" * 5000 + "." + signature) is None
+    # signed by us, but from before session ids, or naming something that is not one: refused
+    old_format = b64(orjson.dumps({"u": "u1", "n": "alice", "e": "alice@example.com", "x": 9999999999}))
+    assert verify(sign(identity_key(secret), old_format)) is None
+    assert verify(mint(secret, Identity("u1", "alice", "a@example.com", "token-itself", 9999999999))) is None
+    # another session of the same user that is not live: refused although signed and unexpired
+    assert verify(mint(secret, Identity("u1", "alice", "a@example.com", "ab" * 32, 9999999999))) is None
     clock.now += 300
-    assert verifier.verify(token) is None
-    assert verifier.counts == {"accepted": 1, "malformed": 2, "bad_signature": 2, "expired": 1}
+    assert verify(token) is None
+    assert verifier.counts == {"accepted": 1, "malformed": 4, "bad_signature": 2, "expired": 1, "revoked": 1}
+
+
+def test_live_sessions_trust_live_briefly_and_ended_for_good() -> None:
+    clock = Clock()
+    sessions = Sessions("a" * 64, "b" * 64)
+    live = LiveSessions(sessions, live_s=2.0, clock=clock)
+
+    async def steps() -> None:
+        assert await live.is_live("a" * 64) and sessions.asked == 1
+        assert await live.is_live("a" * 64) and sessions.asked == 1  # answered from the cache
+        sessions.live.discard("a" * 64)  # ended by another process (`ark users disable`)
+        clock.now += 2.0
+        assert not await live.is_live("a" * 64) and sessions.asked == 2  # asked again: gone
+        sessions.live.add("a" * 64)
+        clock.now += 3600
+        assert not await live.is_live("a" * 64) and sessions.asked == 2  # ended is final, never asked again
+        live.seen("b" * 64)  # the console just read it: no lookup needed
+        assert await live.is_live("b" * 64) and sessions.asked == 2
+        live.ended("b" * 64)  # signed out at the console of this process: refused at once
+        assert not await live.is_live("b" * 64)
+        live.seen("b" * 64)  # a check that read it before the sign-out does not bring it back
+        assert not await live.is_live("b" * 64) and sessions.asked == 2
+
+    asyncio.run(steps())
+
+
+def test_live_sessions_share_one_lookup_and_let_a_sign_out_win() -> None:
+    release, started = threading.Event(), threading.Event()
+
+    def slow(sid: str) -> bool:
+        started.set()
+        release.wait(10)
+        return True
+
+    async def steps() -> None:
+        live = LiveSessions(slow)
+        waiting = [asyncio.create_task(live.is_live(SID)) for _ in range(5)]
+        await asyncio.to_thread(started.wait, 10)
+        assert live.lookups == 1  # five requests, one query
+        live.ended(SID)  # a sign-out while the lookup (which read "live") is under way
+        release.set()
+        assert await asyncio.gather(*waiting) == [False] * 5
+        assert not await live.is_live(SID) and live.lookups == 1
+
+    asyncio.run(steps())
+
+
+def test_live_sessions_fail_closed_uncached_and_stay_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    calls: list[str] = []
+
+    def broken(sid: str) -> bool:
+        calls.append(sid)
+        raise OSError("database is down")
+
+    async def steps() -> None:
+        down = LiveSessions(broken, clock=clock)
+        assert not await down.is_live(SID) and not await down.is_live(SID)
+        assert calls == [SID, SID]  # a failure is not remembered: asked again next time
+
+        sessions = Sessions(*(c * 64 for c in "abc"))
+        live = LiveSessions(sessions, max_entries=2, clock=clock)
+        for c in "abc":
+            assert await live.is_live(c * 64)
+        assert await live.is_live("c" * 64) and sessions.asked == 3
+        assert await live.is_live("a" * 64) and sessions.asked == 4  # the oldest was forgotten
+
+    with caplog.at_level("WARNING", logger="ark.auth"):
+        asyncio.run(steps())
+    assert sum("cannot check a session" in r.message for r in caplog.records) == 1  # not once per request
+
+
+def test_a_token_ends_with_its_session(tmp_path: Path) -> None:
+    """Through the real service and database: sign-out refuses at once; disable and passwd within live_s."""
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path)})
+    store = Store.open(settings)
+    clock = Clock()
+    try:
+        users = UserStore(store.engine)
+        users.add("ivan", "ivan@example.com", "Ivan", "user", passwords.hash_password("pw-12345678"))
+        shared = LiveSessions(users.is_live, clock=clock)  # `ark up`: the console and the gateway share it
+        service = AuthService(users, b"k" * 32, settings.auth, sessions=shared)
+        here = IdentityVerifier(b"k" * 32, shared)
+        elsewhere = IdentityVerifier(b"k" * 32, LiveSessions(users.is_live, clock=clock))  # another process
+
+        async def signed_in() -> tuple[str, str]:
+            result = await service.login("ivan", "pw-12345678", "", "10.0.0.1", "test")
+            found = await service.check([service.cookie_value(result.token)])
+            assert found is not None
+            return service.identity_token(found[0]), result.token
+
+        async def steps() -> None:
+            token, cookie_token = await signed_in()
+            assert cookie_token not in token and unb64(token.split(".")[0]).count(b'"s":"') == 1
+            for verifier in (here, elsewhere):
+                identity = await verifier.verify(token)
+                assert identity is not None and identity.name == "ivan"
+            await service.logout(cookie_token)
+            assert await here.verify(token) is None  # this process's console said so: no wait
+            clock.now += LIVE_S
+            assert await elsewhere.verify(token) is None  # the other process reads it within live_s
+
+            def disable() -> User:
+                return users.set_disabled("ivan", True)
+
+            def new_password() -> User:
+                return users.set_password("ivan", "h2")
+
+            for change in (disable, new_password):  # what `ark users disable` / `passwd` do, from another process
+                users.set_disabled("ivan", False)
+                token, _ = await signed_in()
+                assert await here.verify(token) is not None and await elsewhere.verify(token) is not None
+                change()
+                clock.now += LIVE_S
+                assert await here.verify(token) is None and await elsewhere.verify(token) is None
+
+        asyncio.run(steps())
+        assert here.counts["revoked"] == 3 and elsewhere.counts["revoked"] == 3
+    finally:
+        store.close()
 
 
 # -- HTTP pieces ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ HTTP lives in :mod:`ark.console`; this package holds the rules and the storage (
 from __future__ import annotations
 
 from ark.auth.identity import Identity, IdentityCollector, IdentityVerifier, mint
+from ark.auth.revocation import LiveSessions
 from ark.auth.service import AuthService, LoginResult
 from ark.auth.signing import SecretFileError, load_secret
 from ark.auth.throttle import Throttle
@@ -17,6 +18,7 @@ __all__ = [
     "Identity",
     "IdentityCollector",
     "IdentityVerifier",
+    "LiveSessions",
     "LoginResult",
     "SecretFileError",
     "Session",

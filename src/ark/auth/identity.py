@@ -1,4 +1,4 @@
-"""X-Ark-Identity: a short-lived, signed statement "this request is on behalf of user N".
+"""X-Ark-Identity: a short-lived, signed statement "this request is on behalf of user N, signed in as session S".
 
 ``/auth/verify`` mints one for every request Nginx lets through; Nginx hands it to the application
 behind it (Open WebUI...), which calls the gateway with its own API key. When such a call carries
@@ -6,13 +6,18 @@ the header, the gateway records the person in the ledger and the access log, so 
 per person although the application uses one key.
 
 Format: ``base64url(JSON payload) "." base64url(HMAC-SHA256(identity key, payload part))`` with the
-payload ``{"u": user id, "n": name, "e": email, "x": expiry (Unix seconds)}``. The token grants
-nothing: the API key still decides what the request may do. A bad token (malformed, tampered,
-expired) is only counted, by reason, and the request goes on unattributed.
+payload ``{"u": user id, "n": name, "e": email, "s": session id, "x": expiry (Unix seconds)}``. The
+session id is the ``user_sessions`` row's id (the SHA-256 of the cookie's token, never the token): a
+token counts only while that session is live, so sign-out, `ark users disable` and `ark users passwd`
+end it too (:mod:`ark.auth.revocation`). A token without one (minted before session ids) is refused.
+
+The token grants nothing: the API key still decides what the request may do. A bad token (malformed,
+tampered, expired, of an ended session) is only counted, by reason, and the request goes on unattributed.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,10 +26,12 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ark.auth.revocation import LiveSessions
 from ark.auth.signing import b64, derive, sign, unb64, unsign
 
 MAX_TOKEN_CHARS = 2048
-OUTCOMES = ("accepted", "malformed", "bad_signature", "expired")
+OUTCOMES = ("accepted", "malformed", "bad_signature", "expired", "revoked")
+_SESSION_ID = re.compile(r"^[0-9a-f]{64}$")  # ark.auth.users.session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,7 @@ class Identity:
     user_id: str
     name: str
     email: str
+    session: str  # the user_sessions id it was minted for
     expires: int  # Unix seconds
 
 
@@ -41,20 +49,28 @@ def identity_key(secret: bytes) -> bytes:
 
 def mint(secret: bytes, identity: Identity, key: bytes | None = None) -> str:
     """The token for ``identity``; ``key`` (``identity_key(secret)``) saves deriving it on every call."""
-    payload = b64(orjson.dumps({"u": identity.user_id, "n": identity.name, "e": identity.email, "x": identity.expires}))
+    fields = {"u": identity.user_id, "n": identity.name, "e": identity.email, "s": identity.session}
+    payload = b64(orjson.dumps({**fields, "x": identity.expires}))
     return sign(key or identity_key(secret), payload)
 
 
 class IdentityVerifier:
-    """Checks X-Ark-Identity tokens and counts the outcomes (for /metrics)."""
+    """Checks X-Ark-Identity tokens, and that their session is still live; counts the outcomes (for /metrics).
 
-    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
+    ``sessions`` is shared with the console when both run in one process, so a sign-out there counts here
+    at once; otherwise it asks the database, at most every couple of seconds per session.
+    """
+
+    def __init__(self, secret: bytes, sessions: LiveSessions, clock: Callable[[], float] = time.time) -> None:
         self._key = identity_key(secret)
+        self.sessions = sessions
         self._clock = clock
         self.counts = dict.fromkeys(OUTCOMES, 0)
 
-    def verify(self, token: str) -> Identity | None:
+    async def verify(self, token: str) -> Identity | None:
         identity, outcome = self._check(token)
+        if identity is not None and not await self.sessions.is_live(identity.session):
+            identity, outcome = None, "revoked"  # signed out, disabled, password changed, or expired
         self.counts[outcome] += 1
         return identity
 
@@ -67,9 +83,14 @@ class IdentityVerifier:
             return None, "bad_signature"
         try:
             fields = orjson.loads(unb64(payload))
-            identity = Identity(str(fields["u"]), str(fields["n"]), str(fields["e"]), int(fields["x"]))
+            identity = Identity(
+                str(fields["u"]), str(fields["n"]), str(fields["e"]), str(fields["s"]), int(fields["x"])
+            )
         except (ValueError, KeyError, TypeError):
-            return None, "malformed"  # signed by us but unreadable: a bug, never trusted
+            # signed by us but unreadable (a bug), or from before session ids ("s"): never trusted
+            return None, "malformed"
+        if not _SESSION_ID.match(identity.session):
+            return None, "malformed"
         if identity.expires <= self._clock():
             return None, "expired"
         return identity, "accepted"

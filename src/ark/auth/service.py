@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 
 from ark.auth import passwords, totp
 from ark.auth.identity import Identity, identity_key, mint
+from ark.auth.revocation import LiveSessions
 from ark.auth.signing import derive, mac, sign, unsign
 from ark.auth.throttle import Throttle
-from ark.auth.users import Session, User, UserStore
+from ark.auth.users import Session, User, UserStore, session_id
 from ark.config.loader import AuthSettings
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
@@ -57,8 +58,11 @@ class AuthService:
         clock: Callable[[], float] = time.time,
         throttle: Throttle | None = None,
         hash_slots: int = 2,
+        sessions: LiveSessions | None = None,
     ) -> None:
         self.users = users
+        # the gateway's view of live sessions, when it runs in this process: told of every sign-out at once
+        self.sessions = sessions
         self._secret = secret
         self._session_key = derive(secret, "session")
         self._csrf_key = derive(secret, "csrf")
@@ -135,11 +139,18 @@ class AuthService:
             if token is None:
                 continue  # forged or damaged: no database lookup for it
             session = await asyncio.to_thread(self.users.session, token)
+            if self.sessions is not None:  # what we just read is news for the gateway's identity check
+                if session is None:
+                    self.sessions.ended(session_id(token))  # ended elsewhere (`ark users`), or expired
+                else:
+                    self.sessions.seen(session.id)
             if session is not None:
                 return session, token
         return None
 
     async def logout(self, token: str) -> None:
+        if self.sessions is not None:
+            self.sessions.ended(session_id(token))  # before the delete: no moment where the gateway still counts it
         await asyncio.to_thread(self.users.close_session, token)
 
     async def logout_all(self, cookies: Iterable[str]) -> None:
@@ -164,9 +175,10 @@ class AuthService:
         return mac(self._csrf_key, "session:" + token)
 
     # -- identity ---------------------------------------------------------------------------------
-    def identity_token(self, user: User) -> str:
-        expires = int(self._clock()) + self.identity_ttl_s
-        return mint(self._secret, Identity(user.id, user.name, user.email, expires), self._identity_key)
+    def identity_token(self, session: Session) -> str:
+        """The X-Ark-Identity token of ``session``'s user, bound to the session: it ends when the session does."""
+        user, expires = session.user, int(self._clock()) + self.identity_ttl_s
+        return mint(self._secret, Identity(user.id, user.name, user.email, session.id, expires), self._identity_key)
 
     def expires_in(self, expires: datetime) -> int:
         return max(0, int(expires.timestamp() - self._clock()))

@@ -232,10 +232,18 @@ class UserStore:
 
     def session(self, token: str) -> Session | None:
         """The live session of ``token`` and its user; None if unknown, expired, or the user is disabled."""
+        return self.session_by_id(session_id(token))
+
+    def is_live(self, sid: str) -> bool:
+        """Whether session ``sid`` (an id, not a token) is live: what an identity token is checked against."""
+        return self.session_by_id(sid) is not None
+
+    def session_by_id(self, sid: str) -> Session | None:
+        """:meth:`session` by the row's id (the SHA-256 of the token), as identity tokens carry it."""
         query = (
             select(user_sessions.c.id.label("session_id"), user_sessions.c.expires_at.label("session_expires"), users)
             .select_from(user_sessions.join(users, users.c.id == user_sessions.c.user_id))
-            .where(user_sessions.c.id == session_id(token))
+            .where(user_sessions.c.id == sid)
         )
         with self.engine.connect() as connection:
             row = connection.execute(query).mappings().first()

@@ -181,14 +181,15 @@ class Console:
             await responder.send(401, b"not signed in\n", _TEXT)
             return
         self.auth.count("verify_ok")
-        user = found[0].user
+        session = found[0]
+        user = session.user
         headers = [
             ("x-trusted-email", web.header_value(user.email)),
             ("x-trusted-name", web.header_value(user.display_name)),
             ("x-webauth-user", user.name),
             ("x-ark-user", user.name),
             ("x-ark-role", user.role),
-            ("x-ark-identity", self.auth.identity_token(user)),
+            ("x-ark-identity", self.auth.identity_token(session)),
         ]
         await responder.send(200, b"", [*_TEXT, *headers])
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ark.auth.revocation import LiveSessions
 from ark.auth.service import AuthService
 from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
@@ -51,11 +52,16 @@ class ConsoleServer:
         registry: CollectorRegistry | None = None,
         overview: Overview | None = None,
         secret: bytes | None = None,
+        sessions: LiveSessions | None = None,
     ) -> ConsoleServer:
-        """``secret``: DATA/auth.key when the caller has read it already (the gateway has)."""
+        """``secret``: DATA/auth.key when the caller has read it already (the gateway has).
+
+        ``sessions``: the gateway's view of live sessions when it runs in this process; every sign-out
+        and every session found gone is reported to it, so its identity check refuses them at once.
+        """
         if secret is None:
             secret = await asyncio.to_thread(load_secret, settings.data_dir)
-        auth = AuthService(UserStore(store.engine), secret, settings.auth)
+        auth = AuthService(UserStore(store.engine), secret, settings.auth, sessions=sessions)
         await auth.start()
         console = cls(settings, auth, overview)
         listen = settings.console.listen

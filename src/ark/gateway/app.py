@@ -26,7 +26,9 @@ from ark.arbiter.drivers import DriverError
 from ark.arbiter.policy import GB
 from ark.arbiter.service import GpuService
 from ark.auth.identity import IdentityCollector, IdentityVerifier
+from ark.auth.revocation import LiveSessions
 from ark.auth.signing import load_secret
+from ark.auth.users import UserStore
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
@@ -148,7 +150,8 @@ class Gateway:
             self.store = await asyncio.to_thread(Store.open, self.settings)
         await self.reload_keys()
         self.secret = await asyncio.to_thread(load_secret, self.settings.data_dir)  # the console signs with it too
-        self.identity = IdentityVerifier(self.secret)
+        # tokens count while their session lives: the console in this process reports sign-outs to the same view
+        self.identity = IdentityVerifier(self.secret, LiveSessions(UserStore(self.store.engine).is_live))
         self.ledger = Ledger(
             self.store.engine, self.settings.data_dir / "ledger", shared=self._shared, on_ingested=self.budgets.ingested
         )
@@ -355,7 +358,7 @@ class Gateway:
                 ex.authenticated = True
                 token = request.headers.get("x-ark-identity")
                 if token is not None and self.identity is not None:  # attribution only: it grants nothing
-                    identity = self.identity.verify(token)
+                    identity = await self.identity.verify(token)
                     ex.person = identity.name if identity is not None else None
                 if self.leases is not None:
                     ex.admission = await self.leases.admit(ex.key)

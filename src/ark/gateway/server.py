@@ -35,10 +35,15 @@ async def serve(
     try:
         listen = settings.gateway.listen
         await server.start(listen.host, listen.port)
-        assert gateway.store is not None
-        # the console shares the gateway's database pool and /metrics
+        assert gateway.store is not None and gateway.identity is not None
+        # the console shares the gateway's database pool, /metrics and view of live sessions (X-Ark-Identity)
         console = await ConsoleServer.open(
-            settings, gateway.store, gateway.metrics.registry, gateway.overview, gateway.secret
+            settings,
+            gateway.store,
+            gateway.metrics.registry,
+            gateway.overview,
+            gateway.secret,
+            gateway.identity.sessions,
         )
         # third-party services start beside serving: Prometheus takes seconds to get ready
         monitoring = asyncio.create_task(_monitoring(settings, supervisor, gateway), name="ark-monitoring")
