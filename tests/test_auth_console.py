@@ -92,8 +92,9 @@ class Browser:
         form = {"username": name, "password": password, "totp": totp, "csrf": self.csrf(), "rd": rd}
         return self.send("POST", "/auth/login", data=form)
 
-    def verify(self) -> httpx.Response:
-        return self.send("GET", "/auth/verify")
+    def verify(self, site: str = "chat") -> httpx.Response:
+        """Nginx's auth subrequest for ``site`` (chat: any signed-in user)."""
+        return self.send("GET", "/auth/verify", params={"site": site})
 
     @property
     def session(self) -> str:
@@ -250,6 +251,37 @@ def test_disabling_a_user_or_changing_the_password_signs_them_out_at_once(ark: A
     assert browser.login("erin", "another-pass-2").status_code == 303
     users(ark, "role", "erin", "admin")
     assert browser.verify().headers["x-ark-role"] == "admin"  # roles are read at every check
+
+
+def test_verify_lets_each_role_into_its_sites_only(ark: ArkProcess) -> None:
+    users(ark, "add", "victor", password=PASSWORD)
+    users(ark, "add", "wendy", "--role", "admin", password=PASSWORD)
+    plain, admin, stranger = Browser(ark, "192.0.2.21"), Browser(ark, "192.0.2.22"), Browser(ark, "192.0.2.23")
+    assert plain.login("victor").status_code == 303 and admin.login("wendy").status_code == 303
+    for site in ("chat", "art", "grafana"):  # the defaults: any signed-in user
+        assert plain.verify(site).status_code == 200, site
+        assert admin.verify(site).status_code == 200, site
+    for site in ("n8n", "chromadb"):  # admins only
+        refused = plain.verify(site)
+        assert refused.status_code == 403, site
+        assert not any(h.startswith(("x-trusted", "x-webauth", "x-ark")) for h in refused.headers), site
+        allowed = admin.verify(site)
+        assert allowed.status_code == 200 and allowed.headers["x-webauth-user"] == "wendy", site
+        assert stranger.verify(site).status_code == 401, site  # not signed in: the login, as before
+    # no site, a site not behind the sign-in, one named twice: nobody's, not even an admin's
+    for query in ("", "?site=", "?site=prometheus", "?site=llm", "?site=axl", "?site=nope", "?site=chat&site=n8n"):
+        assert admin.send("GET", "/auth/verify" + query).status_code == 403, query
+        assert stranger.send("GET", "/auth/verify" + query).status_code == 403, query
+    # the home page links only the sites the role opens
+    assert f"https://n8n.{DOMAIN}/" not in plain.send("GET", "/").text
+    assert f"https://chat.{DOMAIN}/" in plain.send("GET", "/").text
+    assert f"https://n8n.{DOMAIN}/" in admin.send("GET", "/").text
+    users(ark, "role", "victor", "admin")  # read at every check, like the session
+    assert plain.verify("n8n").status_code == 200
+    users(ark, "role", "victor", "user")
+    assert plain.verify("n8n").status_code == 403
+    assert ark.metric("ark_auth_events_total", event="verify_forbidden") >= 1
+    assert ark.metric("ark_auth_events_total", event="verify_unknown_site") >= 1
 
 
 def test_sign_out_ends_the_session(ark: ArkProcess) -> None:
@@ -416,5 +448,6 @@ def test_hostile_requests_get_clear_refusals(ark: ArkProcess) -> None:
     script = {"username": "<script>alert(1)</script>", "password": "x", "csrf": csrf, "rd": '"><b>'}
     xss = browser.send("POST", "/auth/login", data=script)
     assert xss.status_code == 401 and "<script>" not in xss.text and "&lt;script&gt;" in xss.text
-    assert browser.send("GET", "/auth/verify", headers={"cookie": "ark_session=" + "%" * 10_000}).status_code == 401
+    bad_cookie = {"cookie": "ark_session=" + "%" * 10_000}
+    assert browser.send("GET", "/auth/verify?site=chat", headers=bad_cookie).status_code == 401
     assert httpx.get(ark.console + "/health/live", timeout=5).status_code == 200

@@ -17,16 +17,19 @@ import pytest
 from argon2 import PasswordHasher, Type
 
 from ark.auth import passwords, totp
+from ark.auth.access import rank, site_access, visible_sites
 from ark.auth.identity import Identity, IdentityVerifier, identity_key, mint
 from ark.auth.revocation import LIVE_S, LiveSessions
 from ark.auth.service import AuthService, client_subject
 from ark.auth.signing import SecretFileError, b64, derive, load_secret, sign, unb64, unsign
 from ark.auth.throttle import Throttle
-from ark.auth.users import User, UserError, UserStore, check_display_name, check_email, check_name
-from ark.config import load_settings
+from ark.auth.users import ROLES, User, UserError, UserStore, check_display_name, check_email, check_name
+from ark.config import load_settings, schema
 from ark.console import pages, web
 from ark.edge.ports import port_map
-from ark.edge.sites import edge_sites
+from ark.edge.render import make_context, render_files
+from ark.edge.sites import LINKED, SESSION_SITES, edge_sites
+from ark.errors import ConfigError
 from ark.store import Store
 from ark.wire import Request
 
@@ -545,3 +548,92 @@ def test_the_home_page_links_every_site_nginx_serves_but_the_console(tmp_path: P
     page = pages.home(user, csrf="token", domain="example.org")
     assert set(re.findall(r'href="https://([^/"]+)/"', page)) == served
     assert '<a href="https://chat.example.org/">Chat (Open WebUI)</a>' in page
+
+
+def test_site_access_needs_at_least_the_sites_role() -> None:
+    roles = {"chat": "user", "n8n": "admin"}
+    assert site_access("user", "chat", roles) == "allowed"
+    assert site_access("admin", "chat", roles) == "allowed"  # a higher role passes too
+    assert site_access("admin", "n8n", roles) == "allowed"
+    assert site_access("user", "n8n", roles) == "role_too_low"
+    assert site_access("root", "chat", roles) == "role_too_low"  # a role ARK does not know passes nothing
+    assert site_access("", "chat", roles) == "role_too_low"
+    for site in ("", "prometheus", "llm", "CHAT", "chat "):
+        assert site_access("admin", site, roles) == "unknown_site", site
+    assert rank("user") < rank("admin") and rank("nobody") == -1
+    links = [("chat", "Chat"), ("llm", "API"), ("n8n", "Workflows")]
+    assert visible_sites("user", links, roles) == [("chat", "Chat"), ("llm", "API")]  # llm: keys, not roles
+    assert visible_sites("admin", links, roles) == links
+
+
+def test_the_role_tables_match_their_owners() -> None:
+    """schema keeps copies so that ark.config imports neither ark.auth nor ark.edge."""
+    assert set(schema.ROLE_ORDER) == set(ROLES)
+    assert tuple(schema.SITE_ROLES) == SESSION_SITES  # every site behind the sign-in, no other
+    assert all(role in schema.ROLE_ORDER for role in schema.SITE_ROLES.values())
+    default = next(s for s in schema.EDGE if s.key == "site_roles")
+    assert default.type.parse(default.default) == schema.SITE_ROLES
+
+
+def _site_roles(tmp_path: Path, text: str | None = None, env: str | None = None) -> dict[str, str]:
+    path = tmp_path / "ark.toml"
+    path.write_text("[edge]\n" + (f"site_roles = {text}\n" if text is not None else ""))
+    environ = {"ARK_DATA_DIR": str(tmp_path)} | ({"ARK_EDGE_SITE_ROLES": env} if env is not None else {})
+    return dict(load_settings(config_path=path, env=environ).edge.site_roles)
+
+
+def test_site_roles_lay_over_the_defaults(tmp_path: Path) -> None:
+    defaults = {"chat": "user", "art": "user", "grafana": "user", "n8n": "admin", "chromadb": "admin"}
+    assert _site_roles(tmp_path) == defaults
+    # naming one site leaves the others at their default: restricting grafana does not open n8n
+    assert _site_roles(tmp_path, '"grafana=admin"') == defaults | {"grafana": "admin"}
+    assert _site_roles(tmp_path, '{ n8n = "user", chat = "admin" }') == defaults | {"n8n": "user", "chat": "admin"}
+    assert _site_roles(tmp_path, '""') == defaults
+    assert _site_roles(tmp_path, '"art=admin"', env=" n8n = user ,") == defaults | {"n8n": "user"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"prometheus=admin"',  # basic auth: no user, no role
+        '"llm=admin"',  # API keys
+        '"axl=admin"',  # the console itself
+        '"wiki=admin"',
+        '"n8n=root"',
+        '"n8n=Admin"',
+        '"n8n"',
+        '"n8n=admin, n8n=user"',
+        "{ n8n = 1 }",
+        '["n8n=admin"]',
+    ],
+)
+def test_site_roles_refuse_unknown_sites_and_roles(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _site_roles(tmp_path, value)
+    message = str(caught.value)
+    assert "[edge] site_roles" in message and "sites: chat, art, grafana, n8n, chromadb; roles: user, admin" in message
+
+
+def test_the_home_page_links_only_the_sites_the_role_opens(tmp_path: Path) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_EDGE_DOMAIN": "example.org"})
+    now = datetime.now(UTC)
+    user = User("id", "bob", "bob@example.org", "Bob", "user", "hash", None, None, False, now, now)
+    page = pages.home(
+        user, csrf="t", domain="example.org", sites=visible_sites("user", LINKED, settings.edge.site_roles)
+    )
+    linked = set(re.findall(r'href="https://([^./"]+)\.example\.org/"', page))
+    assert linked == {"chat", "art", "grafana", "llm", "prometheus"}
+
+
+def test_each_auth_subrequest_names_its_own_site_and_nothing_else_does(tmp_path: Path) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_EDGE_DOMAIN": "example.org"})
+    files = render_files(make_context(settings, tmp_path / "out", "letsencrypt"), ["nginx"])
+    for site in edge_sites(settings, port_map(settings)):
+        text = files[f"nginx/sites/{site.file_name}.conf"].content.decode()
+        asked = re.findall(r"proxy_pass (\S+/auth/verify\S*);", text)
+        if site.access == "session":  # one fixed question, in the internal location only
+            assert asked == [f"http://127.0.0.1:8080/auth/verify?site={site.name}"], site.host
+            assert re.search(r"location = /_ark_auth \{\n        internal;\n        proxy_pass [^\n]*verify", text)
+            assert "$arg" not in text and "$args" not in text and "$query_string" not in text, site.host
+        else:
+            assert asked == [], site.host

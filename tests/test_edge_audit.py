@@ -142,3 +142,23 @@ def test_audit_reports_a_public_socket_that_must_be_loopback(runner: CliRunner, 
     assert ("cert-expiring", "warning", str(bundle / "certs" / "chat.ark.test" / "fullchain.pem")) in problems
     assert {"proto": "tcp", "address": "0.0.0.0", "port": port} in report["sockets"]
     assert table.exit_code == 1 and "public-bind" in table.output
+
+
+def test_the_iptables_firewall_counts_as_loaded_when_input_jumps_to_arks_chain() -> None:
+    import subprocess
+    from collections.abc import Sequence
+
+    from ark.edge import audit
+
+    def saved(text: str) -> audit.FirewallState:
+        def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+            out = text if argv[0] == "iptables-save" else ""
+            return subprocess.CompletedProcess(list(argv), 0 if argv[0] == "iptables-save" else 1, out, "")
+
+        return audit.firewall_state(run)
+
+    ark = "*filter\n:INPUT ACCEPT [0:0]\n:ARK-INPUT - [0:0]\n-A INPUT -j ARK-INPUT\n-A ARK-INPUT -j DROP\nCOMMIT\n"
+    assert saved(ark).iptables_chain
+    # someone else's default-DROP policy is not ARK's firewall, nor is ARK's chain without the jump to it
+    assert not saved("*filter\n:INPUT DROP [0:0]\nCOMMIT\n").iptables_chain
+    assert not saved("*filter\n:INPUT ACCEPT [0:0]\n:ARK-INPUT - [0:0]\n-A ARK-INPUT -j DROP\nCOMMIT\n").iptables_chain

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from ark.cli import main
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
-from ark.edge.firewall import firewall_plan, render_nft
+from ark.edge.firewall import ArkChains, ark_chains, firewall_plan, render_nft, restore_chains
 from ark.edge.ports import port_map
 from tests.conftest import MASTER_KEY, wait_until
 from tests.netns import Pair, netns_pair, own_rules, sh
@@ -253,6 +253,119 @@ def test_ipv6_is_enforced_like_ipv4(backend: str, runner: CliRunner, tmp_path: P
                 assert learnt and "lladdr" in learnt[0], neighbours  # learnt again, through the firewall
             finally:
                 FirewallGuard(data).pending_path.unlink(missing_ok=True)
+
+
+def _others(pair: Pair) -> dict[str, list[str]]:
+    """A's filter tables and sets without ARK's objects (``-S``: no counters)."""
+    listed = {tool: pair.run_a(tool, "-S").splitlines() for tool in ("iptables", "ip6tables")}
+    others = {tool: [line for line in lines if "ARK-" not in line] for tool, lines in listed.items()}
+    return others | {"sets": sorted(n for n in pair.run_a("ipset", "list", "-n").split() if not n.startswith("ark_"))}
+
+
+def _arks(pair: Pair) -> dict[str, list[str]]:
+    """ARK's chains, jumps and sets (with their members) in A."""
+    listed = {tool: pair.run_a(tool, "-S").splitlines() for tool in ("iptables", "ip6tables")}
+    arks = {tool: [line for line in lines if "ARK-" in line] for tool, lines in listed.items()}
+    rows = [line.split() for line in pair.run_a("ipset", "save").splitlines()]
+    return arks | {"sets": sorted(" ".join(w[:3]) for w in rows if len(w) >= 3 and w[1].startswith("ark_"))}
+
+
+def test_iptables_touches_arks_chains_and_sets_only(runner: CliRunner, tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "bundle"
+    strict = _config(tmp_path / "strict.toml", "iptables")
+    opened = _config(tmp_path / "opened.toml", "iptables", allow_tcp="5555")
+    base = ["--config", str(strict), "--data-dir", str(data)]
+    assert runner.invoke(main, ["firewall", "block", f"{SUBNET}.70", *base]).exit_code == 0
+    with netns_pair("fo", SUBNET) as pair, serving(pair, (4000, 5555)):
+        # other software's objects: a chain jumped from INPUT, Docker's DOCKER-USER off FORWARD, a set
+        pair.run_a("ipset", "create", "f2b-test", "hash:ip")
+        for tool in ("iptables", "ip6tables"):
+            pair.run_a(tool, "-N", "FOREIGN")
+            pair.run_a(tool, "-A", "FOREIGN", "-p", "tcp", "--dport", "6000", "-j", "RETURN")
+            pair.run_a(tool, "-A", "INPUT", "-j", "FOREIGN")
+            pair.run_a(tool, "-N", "DOCKER-USER")
+            pair.run_a(tool, "-A", "DOCKER-USER", "-j", "RETURN")
+            pair.run_a(tool, "-I", "FORWARD", "-j", "DOCKER-USER")
+        pair.run_a("iptables", "-A", "FOREIGN", "-m", "set", "--match-set", "f2b-test", "src", "-j", "DROP")
+        others = _others(pair)
+        try:
+            # nothing of ARK's yet: its chain ends in the default DROP, INPUT jumps to it first, policy untouched
+            _apply(runner, strict, data, out, pair.a)
+            assert _others(pair) == others
+            for tool in ("iptables", "ip6tables"):
+                assert pair.run_a(tool, "-S", "INPUT").splitlines()[:3] == [
+                    "-P INPUT ACCEPT",
+                    "-A INPUT -j ARK-INPUT",
+                    "-A INPUT -j FOREIGN",
+                ]
+                assert pair.run_a(tool, "-S", "ARK-INPUT").splitlines()[-1] == "-A ARK-INPUT -j DROP"
+            assert _reachable(pair, {(2, 4000): True, (2, 5555): False}) == {(2, 4000): True, (2, 5555): False}
+
+            # others add rules meanwhile (fail2ban's jump at the top, Docker's rules): a rollback keeps
+            # them and removes ARK's chains, jump and sets, since there were none
+            pair.run_a("iptables", "-N", "f2b-sshd")
+            pair.run_a("iptables", "-A", "f2b-sshd", "-j", "RETURN")
+            pair.run_a("iptables", "-I", "INPUT", "1", "-j", "f2b-sshd")
+            pair.run_a("ip6tables", "-I", "DOCKER-USER", "1", "-s", "fd00:99::/64", "-j", "RETURN")
+            others = _others(pair)
+            assert runner.invoke(main, ["firewall", "rollback", *base]).exit_code == 0
+            assert _events(data)[-1] == "rolled_back", FirewallGuard(data).history()[-1]
+            assert _others(pair) == others
+            assert _arks(pair) == {"iptables": [], "ip6tables": [], "sets": []}
+            assert _reach(pair, 2, 5555)
+
+            # confirmed ARK rules; fail2ban's jump moves above ARK's, and a new apply leaves INPUT's order alone
+            _apply(runner, strict, data, out, pair.a)
+            assert runner.invoke(main, ["firewall", "confirm", *base]).exit_code == 0
+            assert _others(pair) == others
+            pair.run_a("iptables", "-D", "INPUT", "-j", "f2b-sshd")
+            pair.run_a("iptables", "-I", "INPUT", "1", "-j", "f2b-sshd")
+            hooked, confirmed = pair.run_a("iptables", "-S", "INPUT"), _arks(pair)
+            assert hooked.splitlines()[1:3] == ["-A INPUT -j f2b-sshd", "-A INPUT -j ARK-INPUT"]
+            assert runner.invoke(main, ["firewall", "block", f"{SUBNET}.71", *base]).exit_code == 0
+            _apply(runner, opened, data, out, pair.a)
+            assert pair.run_a("iptables", "-S", "INPUT") == hooked  # one jump, where it was
+            assert _reach(pair, 2, 5555) and _arks(pair) != confirmed
+
+            # a rollback brings ARK's confirmed chains and set members back, and keeps what others added
+            pair.run_a("iptables", "-A", "DOCKER-USER", "-s", "10.98.0.0/16", "-j", "RETURN")
+            others = _others(pair)
+            assert runner.invoke(main, ["firewall", "rollback", *base]).exit_code == 0
+            assert _events(data)[-1] == "rolled_back", FirewallGuard(data).history()[-1]
+            assert _arks(pair) == confirmed and _others(pair) == others
+            assert pair.run_a("iptables", "-S", "INPUT") == hooked
+            assert _reachable(pair, {(2, 4000): True, (2, 5555): False}) == {(2, 4000): True, (2, 5555): False}
+        finally:
+            FirewallGuard(data).pending_path.unlink(missing_ok=True)
+
+
+def test_restore_chains_puts_back_arks_part_only() -> None:
+    hook = "-A INPUT -j ARK-INPUT"
+    applied = ark_chains(
+        "*filter\n:INPUT ACCEPT [5:300]\n:ARK-INPUT - [0:0]\n:FOREIGN - [0:0]\n"
+        f"{hook}\n-A INPUT -j FOREIGN\n{hook}\n-A ARK-INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+        "-A ARK-INPUT -j DROP\n-A FOREIGN -j RETURN\nCOMMIT\n"
+    )
+    assert applied.chains == {"ARK-INPUT": ("-A ARK-INPUT -p tcp -m tcp --dport 22 -j ACCEPT", "-A ARK-INPUT -j DROP")}
+    assert applied.jumps == (hook, hook) and ark_chains(applied.text()) == applied
+    # nothing before: ARK's chain emptied, both jumps deleted, the chain removed; FOREIGN never named
+    assert restore_chains(ArkChains(), applied).splitlines() == [
+        "*filter",
+        ":ARK-INPUT - [0:0]",
+        "-D INPUT -j ARK-INPUT",
+        "-D INPUT -j ARK-INPUT",
+        "-X ARK-INPUT",
+        "COMMIT",
+    ]
+    # ARK's rules before, its jump removed by hand since: refilled and hooked again at the top
+    before = ArkChains({"ARK-INPUT": ("-A ARK-INPUT -j DROP",)}, (hook,))
+    assert restore_chains(before, ArkChains({"ARK-INPUT": ()}, ())).splitlines() == [
+        "*filter",
+        ":ARK-INPUT - [0:0]",
+        "-A ARK-INPUT -j DROP",
+        "-I INPUT 1 -j ARK-INPUT",
+        "COMMIT",
+    ]
 
 
 def test_a_ruleset_that_does_not_load_changes_nothing(runner: CliRunner, tmp_path: Path) -> None:

@@ -184,9 +184,12 @@ def test_iptables_confirm_persists_files_netfilter_persistent_loads(runner: CliR
         for tool, name in (("iptables-restore", "rules.v4"), ("ip6tables-restore", "rules.v6")):
             pair.run_b(tool, "--test", str(files[name]))
             pair.run_b(tool, str(files[name]))
-        for argv in (["iptables", "-S", "INPUT"], ["ip6tables", "-S", "INPUT"]):
-            assert pair.run_b(*argv) == pair.run_a(*argv)
-        assert "-P INPUT DROP" in pair.run_b("iptables", "-S", "INPUT")
+        for tool in ("iptables", "ip6tables"):
+            for chain in ("INPUT", "ARK-INPUT"):
+                assert pair.run_b(tool, "-S", chain) == pair.run_a(tool, "-S", chain)
+            # INPUT's policy is not ARK's: INPUT jumps to ARK's chain, which ends in the default DROP
+            assert pair.run_b(tool, "-S", "INPUT") == "-P INPUT ACCEPT\n-A INPUT -j ARK-INPUT\n"
+            assert pair.run_b(tool, "-S", "ARK-INPUT").splitlines()[-1] == "-A ARK-INPUT -j DROP"
         members = {ns: _set_members(run("ipset", "save")) for ns, run in (("a", pair.run_a), ("b", pair.run_b))}
         assert members["b"] == members["a"]
         assert {f"add ark_geo4 {SUBNET}.64/26", "add ark_geo6 2001:db8::/32"} <= set(members["b"])

@@ -38,7 +38,8 @@ pytestmark = pytest.mark.skipif(
 D = "ark.test"
 STAND_INS = ("chat", "art", "grafana", "n8n", "prometheus", "chromadb")
 PROM_PASSWORD = "prom-secret-123"
-USER, PASSWORD = "alice", "correct horse battery"
+USER, PASSWORD = "alice", "correct horse battery"  # an admin: every site behind the sign-in
+PLAIN_USER = "bob"  # role user: n8n and chromadb are admin-only by default ([edge] site_roles)
 
 
 @dataclass
@@ -78,13 +79,13 @@ class Edge:
         assert out.returncode == 0, out.stderr.decode()
         return _parse(out.stdout.decode("utf-8", "replace"))
 
-    def login(self, jar: Path, rd: str) -> Reply:
+    def login(self, jar: Path, rd: str, user: str = USER) -> Reply:
         """Through Nginx to ARK's console: the form, its CSRF value, the post; returns the 303."""
         form = self.curl(self.url(D, f"/auth/login?rd={rd}"), jar=jar)
         assert form.status == 200, form
         csrf = re.search(r'name=csrf value="([^"]+)"', form.body)
         assert csrf, form.body
-        fields = {"username": USER, "password": PASSWORD, "csrf": csrf.group(1), "rd": rd}
+        fields = {"username": user, "password": PASSWORD, "csrf": csrf.group(1), "rd": rd}
         data = [arg for k, v in fields.items() for arg in ("--data-urlencode", f"{k}={v}")]
         return self.curl(self.url(D, "/auth/login"), *data, "-H", f"Origin: https://{D}:{self.https}", jar=jar)
 
@@ -127,8 +128,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory, loop_thread: LoopThread) -> I
     try:
         cli = ["--config", str(ark.config), "--data-dir", str(ark.data_dir)]
         runner = CliRunner()
-        added = runner.invoke(main, ["users", "add", USER, "--password-stdin", *cli], input=PASSWORD + "\n")
-        assert added.exit_code == 0, added.output
+        for name, role in ((USER, "admin"), (PLAIN_USER, "user")):
+            add = ["users", "add", name, "--role", role, "--password-stdin", *cli]
+            added = runner.invoke(main, add, input=PASSWORD + "\n")
+            assert added.exit_code == 0, added.output
         rendered = runner.invoke(main, ["render", *cli, "--out", str(base / "bundle"), "--tls", "self-signed"])
         assert rendered.exit_code == 0, rendered.output
         error_log = str(base / "run" / "error.log")
@@ -223,6 +226,39 @@ def test_login_through_ark_then_the_sites_see_who_it_is_and_never_a_forged_heade
         assert seen["x-ark-identity"] not in ("", "forged"), site
         assert "mallory" not in str(seen).lower() and "underscore" not in str(seen), site
         assert "x_trusted_email" not in seen, site
+
+
+def test_a_plain_user_is_refused_the_admin_sites_whatever_the_request_claims(edge: Edge, tmp_path: Path) -> None:
+    jar = tmp_path / "cookies.txt"
+    assert edge.login(jar, edge.url(f"chat.{D}", "/"), user=PLAIN_USER).status == 303
+    for site in ("chat", "art", "grafana"):
+        reply = edge.curl(edge.url(f"{site}.{D}", "/x"), jar=jar)
+        assert reply.status == 200 and reply.echoed()["x-webauth-user"] == PLAIN_USER, site
+    # What a client might try to name another site with: the query, headers Nginx passes to the console,
+    # the internal location itself. The site comes from the rendered location only.
+    tries = [
+        ("/x", []),
+        ("/x?site=chat", []),
+        ("/x?a=1&site=chat&site=chat", []),
+        ("/x", ["-H", "X-Ark-Site: chat", "-H", "X-Original-URI: /?site=chat", "-H", "X-Forwarded-Host: chat." + D]),
+        ("/_ark_auth?site=chat", []),
+        ("/auth/verify?site=chat", []),
+    ]
+    for site in ("n8n", "chromadb"):
+        for path, headers in tries:
+            reply = edge.curl(edge.url(f"{site}.{D}", path), *headers, jar=jar)
+            assert reply.status in (403, 404), (site, path, reply)  # 404: /_ark_auth is internal
+            assert reply.status == 403 or path.startswith("/_ark_auth"), (site, path, reply)
+            assert '"headers"' not in reply.body, (site, path)  # the stand-in was never asked
+            assert "location" not in reply.headers, (site, path)  # a 403, not a trip to the login
+    # SNI n8n.D with Host chat.D: one server block answers, with its own check and its own upstream, so
+    # chat's check can never open n8n (Nginx picks the block by Host, or refuses the mismatch)
+    host = edge.curl(edge.url(f"n8n.{D}", "/x"), "-H", f"Host: chat.{D}:{edge.https}", jar=jar)
+    assert host.status == 421 or (host.status == 200 and orjson.loads(host.body)["service"] == "chat"), host
+    admin = tmp_path / "admin.txt"
+    assert edge.login(admin, edge.url(f"n8n.{D}", "/"), user=USER).status == 303
+    opened = edge.curl(edge.url(f"n8n.{D}", "/x?site=chat"), jar=admin)
+    assert opened.status == 200 and orjson.loads(opened.body)["service"] == "n8n"
 
 
 def test_sites_without_auth_request_clear_identity_headers(edge: Edge) -> None:

@@ -109,7 +109,7 @@ def test_every_proxied_location_sets_every_identity_header(tmp_path: Path) -> No
                 continue
             for header, _ in IDENTITY_HEADERS:
                 assert f"proxy_set_header {header} " in block, (name, header)
-        assert "/etc/letsencrypt/live/" in text
+        assert f'ssl_certificate "{tmp_path}/data/certbot/config/live/' in text  # `ark certs letsencrypt`
     chat = sites["nginx/sites/chat_ark_test.conf"]
     assert "auth_request /_ark_auth;" in chat and "error_page 401 = @login;" in chat
     assert "client_max_body_size 52428800;" in chat and "proxy_set_header Upgrade $http_upgrade;" in chat

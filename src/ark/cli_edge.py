@@ -20,6 +20,8 @@ from rich.table import Table
 from ark.cli import main
 from ark.cli_common import ConfigProblem, config_options, qr_text, settings_or_exit
 from ark.config import Settings
+from ark.edge.acme import Acme, AcmeResult, Reporter
+from ark.edge.certs import certbot_live
 from ark.edge.files import WriteResult
 from ark.edge.render import RENDERERS, default_out, make_context, render_bundle
 from ark.edge.wireguard import PeerStore, endpoint
@@ -132,6 +134,91 @@ def certs_self_signed(config_path: Path | None, data_dir: Path | None, out: Path
     result = render_with_progress(settings, target, "self-signed", ["certs"])
     print_result(result, target)
     console.print(f"CA certificate: {target / 'certs' / 'ca.pem'}")
+
+
+class RichReporter(Reporter):
+    """A spinner for the step under way; a line for each step that ended."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def step(self, text: str) -> None:
+        self.progress.update(self.task, description=escape(text))
+
+    def outcome(self, text: str, ok: bool = True) -> None:
+        mark = "[green]ok[/]" if ok else "[red]failed[/]"
+        self.progress.console.print(f"  {mark} {escape(text)}", soft_wrap=True)
+
+
+@contextmanager
+def reporter() -> Iterator[Reporter]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
+        yield RichReporter(progress)
+
+
+def print_acme(result: AcmeResult) -> None:
+    if result.render is not None:
+        for path in result.render.changed:
+            console.print(f"  [bold]wrote[/] {escape(path)}")
+        print_pruned(result.render)
+    for note in result.notes:
+        console.print(f"  [yellow]note[/] {escape(note)}")
+
+
+reload_option = click.option(
+    "--reload/--no-reload",
+    default=True,
+    show_default=True,
+    help="Reload Nginx once `nginx -t` passes (skipped when it is not running).",
+)
+
+
+@certs.command("letsencrypt")
+@config_options
+@out_option
+@reload_option
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="First check that the running Nginx serves the webroot for every name.",
+)
+def certs_letsencrypt(
+    config_path: Path | None, data_dir: Path | None, out: Path | None, reload: bool, check: bool
+) -> None:
+    """Obtain a Let's Encrypt certificate for every site name (certbot, HTTP-01 webroot OUT/acme).
+
+    certbot keeps its state in DATA/certbot ([edge] acme_directory, contact [edge] email);
+    certificates that are not due are kept. Nginx must already serve the webroot on port 80:
+    the first time, `ark render --tls self-signed` and start it. Then renders the sites for
+    these certificates, runs `nginx -t` and, only if it passes, reloads Nginx.
+    """
+    settings = settings_or_exit(config_path, data_dir)
+    target = bundle_dir(settings, out)
+    with edge_errors(), reporter() as report:
+        result = Acme(settings, target).obtain(check=check, reload=reload, report=report)
+    console.print(f"[green]OK[/] {len(result.names)} certificates in {escape(str(settings.data_dir / 'certbot'))}")
+    print_acme(result)
+
+
+@certs.command("renew")
+@config_options
+@out_option
+@reload_option
+@click.option("--force", is_flag=True, help="Renew every certificate now, not only those due (30 days left).")
+def certs_renew(config_path: Path | None, data_dir: Path | None, out: Path | None, reload: bool, force: bool) -> None:
+    """Renew the certificates `ark certs letsencrypt` obtained that are due; reload Nginx if any was.
+
+    Run it from a timer or cron twice a day (docs/security.md): certbot renews 30 days before expiry.
+    """
+    settings = settings_or_exit(config_path, data_dir)
+    target = bundle_dir(settings, out)
+    with edge_errors(), reporter() as report:
+        result = Acme(settings, target).renew(force=force, reload=reload, report=report)
+    renewed = ", ".join(result.names) if result.names else "none due"
+    console.print(f"[green]OK[/] renewed: {escape(renewed)}")
+    print_acme(result)
 
 
 # -- peers ----------------------------------------------------------------------------------------
@@ -248,7 +335,7 @@ def audit(config_path: Path | None, data_dir: Path | None, out: Path | None, as_
 
     settings = settings_or_exit(config_path, data_dir)
     with edge_errors():
-        report = Auditor(settings, bundle_dir(settings, out)).run()
+        report = Auditor(settings, bundle_dir(settings, out), letsencrypt=certbot_live(settings.data_dir)).run()
     if as_json:
         click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

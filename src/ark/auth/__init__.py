@@ -1,10 +1,12 @@
-"""ARK's own users: argon2id passwords, TOTP, sessions, sign-in throttling, identity tokens.
+"""ARK's own users: argon2id passwords, TOTP, sessions, sign-in throttling, identity tokens, and
+which role may open which site.
 
 HTTP lives in :mod:`ark.console`; this package holds the rules and the storage (docs/security.md).
 """
 
 from __future__ import annotations
 
+from ark.auth.access import rank, site_access, visible_sites
 from ark.auth.identity import Identity, IdentityCollector, IdentityVerifier, mint
 from ark.auth.revocation import LiveSessions
 from ark.auth.service import AuthService, LoginResult
@@ -28,4 +30,7 @@ __all__ = [
     "UserStore",
     "load_secret",
     "mint",
+    "rank",
+    "site_access",
+    "visible_sites",
 ]

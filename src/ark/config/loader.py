@@ -82,12 +82,14 @@ class EdgeSettings:
     domain: str
     email: str
     tls: str  # "letsencrypt", "self-signed"
+    acme_directory: str
     http_port: int
     https_port: int
     listen_address: str  # "" = every address
     ipv6: bool
     hsts_max_age: int
     upload_max_bytes: int
+    site_roles: Mapping[str, str]  # every site behind the sign-in -> the least role it needs
     prometheus_user: str
     prometheus_password: Secret
     upstreams: Mapping[str, int]

@@ -22,6 +22,7 @@ Sections:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,36 @@ from ark.config.types import (
 )
 
 ENGINE_KINDS = ("ollama", "openai", "embedded")
+# Console roles, lowest first (ark/auth/users.py keeps the users), and the sites behind the console's
+# sign-in (access "session" in ark/edge/sites.py) with the least role each needs by default. Kept here
+# so that the config package imports neither; tests/test_auth_units.py checks both against their owners.
+ROLE_ORDER = ("user", "admin")
+SITE_ROLES = {"chat": "user", "art": "user", "grafana": "user", "n8n": "admin", "chromadb": "admin"}
+
+
+class SiteRoles(Type[dict[str, str]]):
+    """``site=role`` pairs (``"grafana=admin, n8n=user"``) or a table, laid over ``base``: a site the value
+    does not name keeps its role there, so restricting one site never opens another."""
+
+    def __init__(self, base: Mapping[str, str], roles: tuple[str, ...]) -> None:
+        self.base, self.roles = dict(base), roles
+        self.expected = (
+            'site=role pairs such as "grafana=admin, n8n=user" (or a table), each site once; '
+            f"sites: {', '.join(base)}; roles: {', '.join(roles)}"
+        )
+
+    def parse(self, value: Any) -> dict[str, str]:
+        if isinstance(value, str):
+            pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+            names = [site.strip() for site, _, _ in pairs]
+            if any(not sep for _, sep, _ in pairs) or len(set(names)) != len(names):
+                raise self.fail()  # a site named twice is a typo, not "the last one wins"
+            value = {site.strip(): role.strip() for site, _, role in pairs}
+        if not isinstance(value, dict):
+            raise self.fail()
+        if not all(site in self.base and role in self.roles for site, role in value.items()):
+            raise self.fail()
+        return {**self.base, **value}
 
 
 @dataclass(frozen=True)
@@ -410,7 +441,15 @@ EDGE: tuple[Setting, ...] = (
         "tls",
         Choice("letsencrypt", "self-signed"),
         "letsencrypt",
-        "Where the certificates come from: certbot's paths, or a local CA (`ark certs self-signed`).",
+        "Where the certificates come from: Let's Encrypt (`ark certs letsencrypt`), or a local CA "
+        "(`ark certs self-signed`).",
+    ),
+    Setting(
+        "acme_directory",
+        Url(),
+        "https://acme-v02.api.letsencrypt.org/directory",
+        "ACME directory `ark certs letsencrypt` asks for certificates (Let's Encrypt production; "
+        "staging: https://acme-staging-v02.api.letsencrypt.org/directory).",
     ),
     Setting("http_port", Int(1, 65535), 80, "Port Nginx answers plain HTTP on (only to redirect to HTTPS)."),
     Setting("https_port", Int(1, 65535), 443, "Port Nginx serves the sites on (TLS)."),
@@ -434,6 +473,14 @@ EDGE: tuple[Setting, ...] = (
         "100MiB",
         "Largest request body Nginx accepts on chat, art, n8n and chromadb (uploads); llm uses [gateway] "
         "max_body_bytes, the console and Grafana 10 MiB.",
+    ),
+    Setting(
+        "site_roles",
+        SiteRoles(SITE_ROLES, ROLE_ORDER),
+        "n8n=admin, chromadb=admin",
+        "The least role a signed-in user needs per site behind the sign-in (below it: 403). A site not named "
+        "keeps its default: n8n (runs code) and chromadb (every collection, no auth of its own) admin; chat, "
+        "art and grafana any user. prometheus has its own password, llm API keys (docs/security.md).",
     ),
     Setting("prometheus_user", Word(), "admin", "User name of Prometheus's basic auth (prometheus.D)."),
     Setting(
@@ -596,9 +643,10 @@ MONITOR: tuple[Setting, ...] = (
     Setting(
         "certificates",
         Str(),
-        "/etc/letsencrypt/live/*/cert.pem",
+        "",
         "Certificate files (comma-separated globs) whose expiry the gateway exports as "
-        "ark_certificate_expiry_timestamp_seconds.",
+        "ark_certificate_expiry_timestamp_seconds; empty: those `ark certs letsencrypt` keeps "
+        "(DATA/certbot/config/live/*/cert.pem).",
     ),
 )
 

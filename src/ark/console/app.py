@@ -5,7 +5,8 @@ The contract Nginx relies on (docs/security.md):
     GET  /auth/login?rd=URL   the sign-in form (sets the ark_csrf cookie it is checked against)
     POST /auth/login          username, password, totp (optional), csrf, rd -> 303 to rd + ark_session
     POST /auth/logout         csrf -> 303 to /auth/login, session deleted, cookie cleared
-    GET  /auth/verify         200 + identity headers for a live session, 401 otherwise
+    GET  /auth/verify?site=S  200 + identity headers for a live session whose role may open site S,
+                              401 without one, 403 when the role is too low or S is no site of the sign-in
     GET  /                    who is signed in and links to the sites (303 to sign in otherwise)
 
 Every page carries no-store, no-framing and a script-free CSP; every form post needs its CSRF value.
@@ -26,12 +27,14 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ark.auth.access import site_access, visible_sites
 from ark.auth.passwords import MAX_LENGTH as MAX_PASSWORD
 from ark.auth.service import AuthService
 from ark.auth.users import Session
 from ark.config import Settings
 from ark.console import pages, web
 from ark.console.web import BadInput
+from ark.edge.sites import LINKED
 from ark.wire import Request, Responder
 
 log = logging.getLogger("ark.console")
@@ -63,6 +66,8 @@ class Console:
     def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
         self.auth = auth
         self.domain = settings.edge.domain.strip().strip(".").lower()
+        self.site_roles = settings.edge.site_roles
+        self._warned_site = False
         self._overview = overview
         self._routes: dict[str, dict[str, Route]] = {
             "/": {"GET": self.home},
@@ -174,15 +179,40 @@ class Console:
         await responder.send(303, b"", [("location", "/auth/login"), *clear, *web.SECURITY_HEADERS])
 
     async def verify(self, request: Request, responder: Responder) -> None:
-        """Nginx ``auth_request``: the session is checked now, every time (a disabled user is out at once)."""
+        """Nginx ``auth_request`` for one site: the session and the user's role are checked now, every time
+        (a disabled user is out at once, a changed role counts at the next request).
+
+        The site comes from ``?site=``, which only the rendered Nginx location sets (a client's own query
+        never reaches this subrequest). No site, or one that is not behind the sign-in, is 403 before any
+        lookup: a bundle rendered before site roles existed must fail closed, not open every site.
+        """
+        site = web.query(request, "site", 64)
+        if site not in self.site_roles:
+            self.auth.count("verify_unknown_site")
+            if not self._warned_site:
+                self._warned_site = True  # once: Nginx asks like this on every request
+                log.warning(
+                    "console: /auth/verify asked about site %r, not one of %s: run `ark render` and reload Nginx",
+                    site,
+                    ", ".join(self.site_roles),
+                )
+            await responder.send(403, b"unknown site\n", _TEXT)
+            return
         found = await self._session(request)
         if found is None:
             self.auth.count("verify_denied")
             await responder.send(401, b"not signed in\n", _TEXT)
             return
-        self.auth.count("verify_ok")
         session = found[0]
         user = session.user
+        if site_access(user.role, site, self.site_roles) != "allowed":
+            self.auth.count("verify_forbidden")
+            log.info(
+                "console: %s (role %s) refused on %s, which needs %s", user.name, user.role, site, self.site_roles[site]
+            )
+            await responder.send(403, b"your role may not open this site\n", _TEXT)
+            return
+        self.auth.count("verify_ok")
         headers = [
             ("x-trusted-email", web.header_value(user.email)),
             ("x-trusted-name", web.header_value(user.display_name)),
@@ -200,7 +230,11 @@ class Console:
             return
         session, token = found
         html = pages.home(
-            session.user, csrf=self.auth.session_csrf(token), domain=self.domain, overview=self._overview is not None
+            session.user,
+            csrf=self.auth.session_csrf(token),
+            domain=self.domain,
+            overview=self._overview is not None,
+            sites=visible_sites(session.user.role, LINKED, self.site_roles),
         )
         headers = [("content-type", "text/html; charset=utf-8"), *_SCRIPTED]
         await responder.send(200, html.encode(), headers)
@@ -224,7 +258,8 @@ class Console:
 
 
 class ConsoleCollector(Collector):
-    """``ark_auth_events_total{event}``: sign-ins (ok, failed, throttled), CSRF refusals, verify answers."""
+    """``ark_auth_events_total{event}``: sign-ins (ok, failed, throttled), CSRF refusals, verify answers
+    (ok, denied: not signed in, forbidden: role too low, unknown_site)."""
 
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth

@@ -6,6 +6,7 @@ its real pages, and a login page should work in any browser, including a text on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 
 from ark.auth.users import User
@@ -87,22 +88,25 @@ _OVERVIEW_STYLE = (
 )
 
 
-def home(user: User, *, csrf: str, domain: str, overview: bool = False) -> str:
-    """Who is signed in, links to the sites, the sign-out button, and (``overview``) the live overview."""
+def home(
+    user: User, *, csrf: str, domain: str, overview: bool = False, sites: Sequence[tuple[str, str]] = LINKED
+) -> str:
+    """Who is signed in, links to ``sites`` (subdomain, title: those the user may open), the sign-out
+    button, and (``overview``) the live overview."""
     if domain:
         items = "".join(
             f'<li><a href="https://{escape(name)}.{escape(domain)}/">{escape(label)}</a></li>\n'
-            for name, label in LINKED  # the sites behind Nginx, docs/security.md
+            for name, label in sites  # the sites behind Nginx, docs/security.md
         )
-        sites = f"<ul>\n{items}</ul>\n"
+        links = f"<ul>\n{items}</ul>\n"
     else:
-        sites = "<p class=muted>No domain is configured ([edge] domain): the sites are not published.</p>\n"
+        links = "<p class=muted>No domain is configured ([edge] domain): the sites are not published.</p>\n"
     return _page(
         "ARK",
         "<h1>ARK</h1>\n"
         f"<p>Signed in as <strong>{escape(user.display_name)}</strong> "
         f"({escape(user.name)}, {escape(user.role)}).</p>\n"
-        f"{sites}"
+        f"{links}"
         '<form method=post action="/auth/logout">'
         f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit>Sign out</button></form>'
         + (_OVERVIEW_STYLE + _OVERVIEW.replace("{charts}", _CHARTS) if overview else ""),

@@ -3,7 +3,11 @@
 apply: save what is loaded now, write the commands that restore it, start a
 *watcher*, then load the new rules (``nft -f``, or ``ipset restore`` +
 ``iptables-restore --noflush``). Unless `ark firewall confirm` arrives within
-``[firewall] confirm_s``, the watcher restores the saved rules by itself. What is
+``[firewall] confirm_s``, the watcher restores the saved rules by itself. Both
+backends save and restore ARK's objects only: ``table inet ark``, or the ``ARK-*``
+chains, the jumps to them and the ``ark_*`` sets (a rollback computes its
+iptables-restore file from ARK's part then and now, so rules others added in between
+stay, and ARK's chains, jump and sets go when there were none). What is
 checked and loaded is a copy of the bundle's files taken at apply
 (``applied-TOKEN-NAME``): confirm persists exactly that (:mod:`ark.edge.persist`).
 
@@ -33,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ark.edge.files import PRIVATE, write_atomic
+from ark.edge.firewall import CHAIN, HOOK, ArkChains, ark_chains, restore_chains, without_jump
 from ark.errors import EdgeError
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
@@ -126,30 +131,57 @@ class FirewallGuard:
 
     def _iptables(self, prefix: list[str], token: str) -> tuple[list[list[str]], list[list[str]]]:
         files = {name: self.snapshot(token, name) for name in IPTABLES_FILES}
+        saved_sets = self.run([*prefix, "ipset", "save"]).stdout
         rollback: list[list[str]] = []
-        sets = _ark_sets_refill(self.run([*prefix, "ipset", "save"]).stdout)
-        if sets:
+        refill = _ark_sets_refill(saved_sets)
+        if refill:
             sets_file = self.dir / f"rollback-{token}.ipset"
-            write_atomic(sets_file, sets.encode(), PRIVATE)
+            write_atomic(sets_file, refill.encode(), PRIVATE)
             rollback.append([*prefix, "ipset", "restore", "-exist", "-file", str(sets_file)])
+        tests, loads = [], []
         for tool, suffix in (("iptables", "v4"), ("ip6tables", "v6")):
-            saved = self.run([*prefix, f"{tool}-save", "-t", "filter"]).stdout
-            path = self.dir / f"rollback-{token}.{suffix}"
-            if "*filter" in saved:
-                # the whole filter table as it was, Docker's chains included
-                write_atomic(path, saved.encode(), PRIVATE)
-                rollback.append([*prefix, f"{tool}-restore", str(path)])
-            else:
-                write_atomic(path, b"*filter\n:INPUT ACCEPT [0:0]\n-F INPUT\nCOMMIT\n", PRIVATE)
-                rollback.append([*prefix, f"{tool}-restore", "--noflush", str(path)])
-        steps = [
-            [*prefix, "ipset", "restore", "-exist", "-file", str(files["ipsets"])],
-            [*prefix, "iptables-restore", "--test", "--noflush", str(files["rules.v4"])],
-            [*prefix, "ip6tables-restore", "--test", "--noflush", str(files["rules.v6"])],
-            [*prefix, "iptables-restore", "--noflush", str(files["rules.v4"])],
-            [*prefix, "ip6tables-restore", "--noflush", str(files["rules.v6"])],
-        ]
+            saved = self.run([*prefix, f"{tool}-save", "-t", "filter"])
+            if saved.returncode != 0:  # unknown before: a rollback could not put ARK's chains back
+                raise EdgeError(f"{tool}-save failed, nothing was applied:\n{saved.stderr.strip()}")
+            before = ark_chains(saved.stdout)
+            write_atomic(self._before(token, suffix), before.text().encode(), PRIVATE)
+            # what the rollback loads if it cannot read the rules then (it rewrites this from what is loaded)
+            restore = restore_chains(before, _after_apply(before))
+            write_atomic(self._rollback_file(token, suffix), restore.encode(), PRIVATE)
+            rollback.append([*prefix, f"{tool}-restore", "--noflush", str(self._rollback_file(token, suffix))])
+            rules = files[f"rules.{suffix}"]
+            if HOOK in before.jumps:  # INPUT jumps to ARK's chain already: another jump would double it
+                hooked = self.dir / f"applied-{token}-hooked-rules.{suffix}"
+                write_atomic(hooked, without_jump(rules.read_text()).encode(), PRIVATE)
+                rules = hooked
+            tests.append([*prefix, f"{tool}-restore", "--test", "--noflush", str(rules)])
+            loads.append([*prefix, f"{tool}-restore", "--noflush", str(rules)])
+        new_sets = _set_names(files["ipsets"].read_text()) - _set_names(saved_sets)
+        if new_sets:  # sets this apply creates go after the rules naming them
+            destroy = self.dir / f"rollback-{token}.ipset-new"
+            write_atomic(destroy, "".join(f"destroy {name}\n" for name in sorted(new_sets)).encode(), PRIVATE)
+            rollback.append([*prefix, "ipset", "restore", "-file", str(destroy)])
+        steps = [[*prefix, "ipset", "restore", "-exist", "-file", str(files["ipsets"])], *tests, *loads]
         return rollback, steps
+
+    def _before(self, token: str, suffix: str) -> Path:
+        return self.dir / f"before-{token}.{suffix}"
+
+    def _rollback_file(self, token: str, suffix: str) -> Path:
+        return self.dir / f"rollback-{token}.{suffix}"
+
+    def _refresh_iptables_rollback(self, pending: Pending) -> None:
+        """Rewrite the restore files from ARK's part as loaded now, so that rules others added stay."""
+        prefix = ["ip", "netns", "exec", pending.netns] if pending.netns else []
+        for tool, suffix in (("iptables", "v4"), ("ip6tables", "v6")):
+            try:
+                before = ark_chains(self._before(pending.token, suffix).read_text())
+                saved = self.run([*prefix, f"{tool}-save", "-t", "filter"])
+            except (OSError, subprocess.SubprocessError):
+                continue  # the file written at apply is the way back
+            if saved.returncode == 0:
+                restore = restore_chains(before, ark_chains(saved.stdout))
+                write_atomic(self._rollback_file(pending.token, suffix), restore.encode(), PRIVATE)
 
     def snapshot(self, token: str, name: str) -> Path:
         """The copy of a bundle file (``ruleset.nft``, ``rules.v4``...) that the apply ``token`` loaded."""
@@ -198,6 +230,8 @@ class FirewallGuard:
 
     def _restore(self, pending: Pending, reason: str) -> None:
         problems = []
+        if pending.backend == "iptables":
+            self._refresh_iptables_rollback(pending)
         for step in pending.rollback:
             result = self.run(step)
             if result.returncode != 0:
@@ -261,6 +295,17 @@ def _ark_sets_refill(saved: str) -> str:
             elif words[0] == "add":
                 lines.append(line)
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _set_names(text: str) -> set[str]:
+    """ARK's set names created in ``ipset save`` or ``ipset restore`` text."""
+    rows = (line.split() for line in text.splitlines())
+    return {words[1] for words in rows if len(words) >= 2 and words[0] == "create" and words[1].startswith("ark_")}
+
+
+def _after_apply(before: ArkChains) -> ArkChains:
+    """ARK's part as an apply leaves it: its chain there, and INPUT jumping to it."""
+    return ArkChains({CHAIN: (), **before.chains}, before.jumps if HOOK in before.jumps else (*before.jumps, HOOK))
 
 
 def spawn_watcher(pending_path: Path, token: str) -> int:

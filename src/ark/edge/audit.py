@@ -5,12 +5,12 @@ HTTP answers, certificates), so tests feed them plain data:
 
 - public-bind        a service that must be loopback-only listens on a public address
 - unexpected-port    something listens publicly that the port map does not know
-- no-firewall        neither ARK's nft table nor a DROP policy on iptables' INPUT is loaded
+- no-firewall        neither ARK's nft table nor its iptables chain (INPUT jumping to ARK-INPUT) is loaded
 - not-persisted      ARK's rules are loaded but no confirm wrote them where the boot loads them
                      (``[firewall] persist``), or the written files / the loaded rules changed since
 - open-without-auth  Ollama, ComfyUI or Prometheus answers 200 without credentials from a
                      public address, or a guarded site answers 200 through Nginx without a login
-- cert-expiring      a certificate (rendered bundle, /etc/letsencrypt) expires within
+- cert-expiring      a certificate (rendered bundle, DATA/certbot's live ones) expires within
                      ``[edge] cert_warn_days`` (expired: error)
 """
 
@@ -31,6 +31,7 @@ from typing import Literal
 from ark.config import Settings
 from ark.edge.apply import FirewallGuard
 from ark.edge.certs import LETSENCRYPT, not_after
+from ark.edge.firewall import HOOK
 from ark.edge.persist import Persister, PersistStatus
 from ark.edge.ports import PortMap, port_map
 from ark.edge.sites import edge_sites
@@ -55,7 +56,7 @@ class Problem:
 class FirewallState:
     readable: bool  # False: not root, or no tool to ask
     nft_table: bool  # table inet ark is loaded
-    iptables_drop: bool  # INPUT's policy is DROP
+    iptables_chain: bool  # INPUT jumps to ARK-INPUT (which ends in the default DROP)
 
 
 @dataclass
@@ -105,7 +106,7 @@ def check_sockets(
 def check_firewall(state: FirewallState) -> list[Problem]:
     if not state.readable:
         return [Problem("no-firewall", "warning", "firewall", "cannot read the rules (run as root with nft/iptables)")]
-    if state.nft_table or state.iptables_drop:
+    if state.nft_table or state.iptables_chain:
         return []
     return [Problem("no-firewall", "error", "firewall", "no default-DROP ruleset is loaded: `ark firewall apply`")]
 
@@ -115,7 +116,7 @@ def check_persisted(status: PersistStatus, state: FirewallState) -> list[Problem
     if not status.enabled:
         return []
     if status.record is None:
-        if not (state.nft_table or state.iptables_drop):
+        if not (state.nft_table or state.iptables_chain):
             return []  # nothing loaded: no-firewall says so
         detail = "the loaded rules were never persisted: a reboot drops them (`ark firewall apply`, then `confirm`)"
         return [Problem("not-persisted", "warning", "firewall", detail)]
@@ -188,7 +189,7 @@ def firewall_state(run: Callable[[Sequence[str]], subprocess.CompletedProcess[st
     if shutil.which("iptables-save"):
         result = run(["iptables-save", "-t", "filter"])
         readable |= result.returncode == 0
-        iptables = result.returncode == 0 and ":INPUT DROP" in result.stdout
+        iptables = result.returncode == 0 and HOOK in result.stdout.splitlines()
     return FirewallState(readable, nft, iptables)
 
 

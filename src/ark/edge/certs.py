@@ -1,4 +1,8 @@
-"""Certificates: Let's Encrypt's paths for production, or a local CA for tests and LANs.
+"""Certificates: Let's Encrypt's, obtained by certbot into the data dir, or a local CA for tests and LANs.
+
+Let's Encrypt: ``ark certs letsencrypt`` (:mod:`ark.edge.acme`) runs certbot with its own
+directories under ``DATA/certbot``, one certificate per site name, and Nginx reads them from
+certbot's live directory there (``DATA/certbot/config/live/NAME/``): a renewal only needs a reload.
 
 The local CA signs one certificate per site name (SAN = that name). Its name
 constraints limit it to the domain, so trusting it on a laptop cannot make it
@@ -22,7 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ark.edge.files import PRIVATE, PUBLIC, Files, FileSpec
 
-LETSENCRYPT = Path("/etc/letsencrypt/live")
+LETSENCRYPT = Path("/etc/letsencrypt/live")  # the system certbot's, which ARK does not use
+CERTBOT_DIR = "certbot"  # inside the data dir: certbot's config/, work/ and logs/
 CERTS_DIR = "certs"  # inside the rendered bundle
 CA_DAYS = 3650
 LEAF_DAYS = 397  # what browsers accept from public CAs; a private CA keeps to it too
@@ -37,9 +42,14 @@ class CertPaths:
     privkey: Path
 
 
-def cert_paths(tls: str, out: Path, name: str) -> CertPaths:
-    """Where Nginx finds the certificate of ``name``: certbot's live directory, or the bundle's."""
-    base = LETSENCRYPT / name if tls == "letsencrypt" else out / CERTS_DIR / name
+def certbot_live(data_dir: Path) -> Path:
+    """certbot's live directory under ARK's data dir: ``NAME/fullchain.pem`` and ``NAME/privkey.pem``."""
+    return data_dir.absolute() / CERTBOT_DIR / "config" / "live"
+
+
+def cert_paths(tls: str, out: Path, name: str, live: Path = LETSENCRYPT) -> CertPaths:
+    """Where Nginx finds the certificate of ``name``: certbot's live directory (``live``), or the bundle's."""
+    base = live / name if tls == "letsencrypt" else out / CERTS_DIR / name
     return CertPaths(base / "fullchain.pem", base / "privkey.pem")
 
 
@@ -70,24 +80,19 @@ def not_after(pem: bytes) -> dt.datetime:
 
 
 def certbot_commands(names: Iterable[str], email: str, webroot: Path) -> str:
-    """The certbot calls that obtain (standalone, before Nginx runs) and renew (webroot) each name."""
-    contact = f"--email {email} --agree-tos" if email else "--register-unsafely-without-email --agree-tos"
+    """``certs/certbot.sh``: what obtains the certificates, which ARK now does itself (``ark certs letsencrypt``)."""
+    out = webroot.parent
     lines = [
         "#!/bin/sh",
-        "# Rendered by `ark render`: obtain one Let's Encrypt certificate per site name.",
-        "# First issue (Nginx stopped, port 80 free): sh certbot.sh standalone",
-        "# Later, with Nginx serving /.well-known/acme-challenge/ from the webroot: sh certbot.sh",
-        "set -eu",
-        'mode="${1:-webroot}"',
+        "# Rendered by `ark render`. ARK runs certbot itself, with its own directories (DATA/certbot):",
+        "#   ark certs letsencrypt   a certificate for each name below, then nginx -t and an Nginx reload",
+        "#   ark certs renew         renews those due (run it from a timer or cron: docs/security.md)",
+        f"# Names: {' '.join(names)}",
+        f"# HTTP-01 webroot: {webroot} (Nginx serves it on port 80 at /.well-known/acme-challenge/)",
+        f"# Contact: {email or '(none: [edge] email is empty)'}",
+        "# Pass --config / --data-dir as to any ark command.",
+        f'exec ark certs letsencrypt --out "{out}" "$@"',
     ]
-    for name in names:
-        lines += [
-            'if [ "$mode" = standalone ]; then',
-            f"  certbot certonly --standalone --non-interactive {contact} -d {name}",
-            "else",
-            f"  certbot certonly --webroot -w {webroot} --non-interactive {contact} -d {name}",
-            "fi",
-        ]
     return "\n".join(lines) + "\n"
 
 

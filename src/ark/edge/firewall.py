@@ -9,18 +9,21 @@ Both say the same thing, derived from the port map:
 - allow the receiver and Ollama only from the WireGuard subnet, on the WireGuard interface;
 - allow the metrics exporters only from the Docker bridge.
 
-Only ARK's own objects are touched, so Docker's rules survive: the nft file replaces
-``table inet ark`` (create, delete and define again in one transaction, which ``nft -f``
-applies atomically); the iptables file flushes and refills the INPUT chain only and is
-loaded with ``iptables-restore --noflush``. Forwarding is left alone (Docker and WireGuard
-routing live there).
+Only ARK's own objects are touched, so Docker's, fail2ban's and libvirt's rules survive: the nft
+file replaces ``table inet ark`` (create, delete and define again in one transaction, which
+``nft -f`` applies atomically); the iptables file flushes and refills ARK's chain ``ARK-INPUT``
+only, hooked from the top of INPUT by one jump, and is loaded with ``iptables-restore --noflush``.
+INPUT's policy is not ARK's: the default DROP is the last rule of ``ARK-INPUT``, so every packet
+that reaches the jump is decided there (rules others put in INPUT *above* the jump still run first,
+those below it never see a packet). Forwarding is left alone (Docker and WireGuard routing live there).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 from ark.config import Settings
 from ark.edge.blocklists import Blocklists, split_families
@@ -30,6 +33,10 @@ from ark.edge.ports import PortMap
 HEADER = "# Rendered by `ark render` from ark.toml; loaded by `ark firewall apply`."
 TABLE = "ark"
 SET_GEO, SET_SCAN = "ark_geo", "ark_scan"
+CHAIN = "ARK-INPUT"  # iptables: ARK's input rules; other ARK-* chains count as ARK's too
+CHAIN_PREFIX = "ARK-"
+JUMP = f"-I INPUT 1 -j {CHAIN}"  # the hook, as the rendered file inserts it
+HOOK = f"-A INPUT -j {CHAIN}"  # the hook, as iptables-save lists it
 ICMP4 = ("echo-request", "destination-unreachable", "time-exceeded", "parameter-problem")
 
 
@@ -159,36 +166,45 @@ def _nft_rules(plan: FirewallPlan) -> list[str]:
 
 
 def render_iptables(plan: FirewallPlan, version: int) -> str:
-    """For ``iptables-restore --noflush`` (4) or ``ip6tables-restore --noflush`` (6): INPUT only."""
+    """For ``iptables-restore --noflush`` (4) or ``ip6tables-restore --noflush`` (6): ARK's chain only.
+
+    Declaring ``ARK-INPUT`` creates it or, with ``--noflush``, empties it; the jump from INPUT is in the
+    file for a boot (netfilter-persistent loads it without ``--noflush``, on an empty table), and apply
+    leaves that line out when INPUT has the jump already (:func:`without_jump`), so it is never doubled.
+    """
     suffix = str(version)
     icmp = (
-        [f"-A INPUT -p icmp -m icmp --icmp-type {kind} -j ACCEPT" for kind in ICMP4]
+        [f"-A {CHAIN} -p icmp -m icmp --icmp-type {kind} -j ACCEPT" for kind in ICMP4]
         if version == 4
-        else ["-A INPUT -p ipv6-icmp -j ACCEPT"]
+        else [f"-A {CHAIN} -p ipv6-icmp -j ACCEPT"]
     )
     geo = f"-m set --match-set {SET_GEO}{suffix} src -j DROP"
+    gateway_geo = (
+        f"-A {CHAIN} {geo}" if plan.geoblock_everywhere else f"-A {CHAIN} -p tcp --dport {plan.gateway_port} {geo}"
+    )
     lines = [
         HEADER,
-        "# Load with --noflush: only INPUT is flushed and refilled; Docker's chains stay.",
+        f"# Load with --noflush: only {CHAIN} is emptied and refilled; INPUT's policy and other chains stay.",
+        f"# The default DROP is {CHAIN}'s last rule; INPUT jumps to it first.",
         "*filter",
-        ":INPUT DROP [0:0]",
-        "-F INPUT",
-        "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        "-A INPUT -m conntrack --ctstate INVALID -j DROP",
-        f"-A INPUT -m set --match-set {SET_SCAN}{suffix} src -j DROP",
+        f":{CHAIN} - [0:0]",
+        JUMP,
+        f"-A {CHAIN} -i lo -j ACCEPT",
+        f"-A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A {CHAIN} -m conntrack --ctstate INVALID -j DROP",
+        f"-A {CHAIN} -m set --match-set {SET_SCAN}{suffix} src -j DROP",
         *icmp,
-        f"-A INPUT -p tcp --dport {plan.ssh_port} -j ACCEPT",
+        f"-A {CHAIN} -p tcp --dport {plan.ssh_port} -j ACCEPT",
         *_multiport("udp", plan.public_udp, "-j ACCEPT"),
-        f"-A INPUT {geo}" if plan.geoblock_everywhere else f"-A INPUT -p tcp --dport {plan.gateway_port} {geo}",
+        gateway_geo,
         *_multiport("tcp", plan.public_tcp, "-j ACCEPT"),
-        f"-A INPUT -p tcp --dport {plan.gateway_port} -j ACCEPT",
+        f"-A {CHAIN} -p tcp --dport {plan.gateway_port} -j ACCEPT",
     ]
     if _family(plan.vpn_subnet) == version and plan.vpn_tcp:
         lines += _multiport("tcp", plan.vpn_tcp, "-j ACCEPT", f"-i {plan.vpn_interface} -s {plan.vpn_subnet} ")
     for net in (n for n in plan.bridge_nets if _family(n) == version):
         lines += _multiport("tcp", plan.bridge_tcp, "-j ACCEPT", f"-s {net} ")
-    return "\n".join([*lines, "COMMIT", ""])
+    return "\n".join([*lines, f"-A {CHAIN} -j DROP", "COMMIT", ""])
 
 
 def _multiport(proto: str, ports: tuple[int, ...], target: str, match: str = "") -> list[str]:
@@ -197,8 +213,62 @@ def _multiport(proto: str, ports: tuple[int, ...], target: str, match: str = "")
     for start in range(0, len(ports), 15):
         chunk = ports[start : start + 15]
         spec = f"--dport {chunk[0]}" if len(chunk) == 1 else f"-m multiport --dports {','.join(map(str, chunk))}"
-        rules.append(f"-A INPUT {match}-p {proto} {spec} {target}")
+        rules.append(f"-A {CHAIN} {match}-p {proto} {spec} {target}")
     return rules
+
+
+def without_jump(rules: str) -> str:
+    """The rendered file without its jump line: what apply loads when INPUT jumps to ARK's chain already."""
+    return "".join(line for line in rules.splitlines(keepends=True) if line.strip() != JUMP)
+
+
+@dataclass(frozen=True)
+class ArkChains:
+    """ARK's part of ``iptables-save -t filter``: its chains with their rules, and the rules that jump to them."""
+
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> its "-A NAME ..." rules
+    jumps: tuple[str, ...] = ()  # rules in other chains that jump to ARK's, e.g. HOOK (twice if doubled)
+
+    def text(self) -> str:
+        """In iptables-save's words, without counters (:func:`ark_chains` reads it back)."""
+        lines = [f":{name} - [0:0]" for name in self.chains]
+        for rules in self.chains.values():
+            lines += rules
+        return "".join(f"{line}\n" for line in [*lines, *self.jumps])
+
+
+def ark_chains(saved: str) -> ArkChains:
+    chains: dict[str, list[str]] = {}
+    jumps = []
+    for line in saved.splitlines():
+        words = line.split()
+        if words and words[0].startswith(":" + CHAIN_PREFIX):
+            chains.setdefault(words[0][1:], [])
+        elif len(words) >= 2 and words[0] == "-A":
+            if words[1].startswith(CHAIN_PREFIX):
+                chains.setdefault(words[1], []).append(line.strip())
+            elif any(a in ("-j", "-g") and b.startswith(CHAIN_PREFIX) for a, b in pairwise(words)):
+                jumps.append(line.strip())
+    return ArkChains({name: tuple(rules) for name, rules in chains.items()}, tuple(jumps))
+
+
+def restore_chains(before: ArkChains, now: ArkChains) -> str:
+    """For ``iptables-restore --noflush``: from ARK's objects ``now`` back to ``before``, naming nothing else.
+
+    Each of ARK's chains is declared (which empties it) and refilled as it was; jumps to them are deleted
+    or put back (at the top of their chain) until there are as many as before; chains that were not
+    there are removed. One restore is one transaction: all of it happens, or none.
+    """
+    names = [*before.chains, *(name for name in now.chains if name not in before.chains)]
+    lines = ["*filter", *(f":{name} - [0:0]" for name in names)]
+    for rules in before.chains.values():
+        lines += rules
+    for jump in dict.fromkeys([*before.jumps, *now.jumps]):
+        chain, spec = jump.split(maxsplit=2)[1:]
+        extra = now.jumps.count(jump) - before.jumps.count(jump)
+        lines += [f"-D {chain} {spec}"] * extra + [f"-I {chain} 1 {spec}"] * -extra
+    lines += [f"-X {name}" for name in names if name not in before.chains]
+    return "\n".join([*lines, "COMMIT", ""])
 
 
 def render_ipsets(plan: FirewallPlan) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ark.config import Settings
-from ark.edge.certs import Existing, cert_paths
+from ark.edge.certs import Existing, cert_paths, certbot_live
 from ark.edge.files import Files, FileSpec
 from ark.edge.htpasswd import htpasswd
 from ark.edge.sites import IDENTITY_HEADERS, Site, login_url
@@ -174,7 +174,7 @@ def render_defaults(settings: Settings, sites: Iterable[Site], out: Path) -> str
 
 def render_site(settings: Settings, site: Site, out: Path, tls: str) -> str:
     """One TLS server block: certificates, headers, then the guard its access kind asks for."""
-    paths = cert_paths(tls, out, site.host)
+    paths = cert_paths(tls, out, site.host, certbot_live(settings.data_dir))
     lines = [
         "server {",
         *_listens(settings, settings.edge.https_port, tls=True),
@@ -261,10 +261,12 @@ def _session_locations(settings: Settings, site: Site) -> list[str]:
     captured = [
         f"        auth_request_set ${var} $upstream_http_{h.lower().replace('-', '_')};" for h, var in IDENTITY_HEADERS
     ]
+    # The site is named in proxy_pass itself: auth_request's subrequest carries no query of the client's
+    # (and proxy_pass sends this fixed one), so no request can ask about another site than its own.
     return [
         "    location = /_ark_auth {",
         "        internal;",
-        f"        proxy_pass http://{_host(console.host)}:{console.port}/auth/verify;",
+        f"        proxy_pass http://{_host(console.host)}:{console.port}/auth/verify?site={site.name};",
         "        proxy_pass_request_body off;",
         '        proxy_set_header Content-Length "";',
         "        proxy_set_header X-Original-URI $request_uri;",
@@ -282,7 +284,7 @@ def _session_locations(settings: Settings, site: Site) -> list[str]:
         "    location / {",
         "        auth_request /_ark_auth;",
         *captured,
-        "        error_page 401 = @login;",
+        "        error_page 401 = @login;  # a 403 (role too low, docs/security.md) stays a 403",
         *_proxy(site, identity=True),
         "    }",
     ]

@@ -9,7 +9,8 @@ and it writes the copies of the files that apply loaded, not the bundle as it is
   Docker's and libvirt's tables.
 - iptables: ``persist_ipsets_path``, ``persist_rules_v4_path``, ``persist_rules_v6_path``
   (/etc/iptables/: netfilter-persistent loads the sets with ``ipset restore -exist``, then the rules
-  with ``iptables-restore``), mode 0640 as ``netfilter-persistent save`` leaves them.
+  with ``iptables-restore``), mode 0640 as ``netfilter-persistent save`` leaves them. The rules file
+  holds ARK's chain and INPUT's jump to it: on the empty table of a boot it gives what apply loaded.
 
 A file found there that ARK did not write is kept once as ``PATH.ark-previous``. ``persisted.json``
 (beside the guard's state) records a SHA-256 of each file written and of the ruleset as loaded at
@@ -32,7 +33,7 @@ from typing import Literal
 from ark.config import FirewallSettings
 from ark.edge.apply import IPTABLES_FILES, NFT_FILES, FirewallGuard, Pending, Runner, run_command
 from ark.edge.files import PRIVATE, write_atomic
-from ark.edge.firewall import TABLE
+from ark.edge.firewall import TABLE, ark_chains
 from ark.errors import EdgeError
 
 NFT_MODE = 0o755  # Debian's /etc/nftables.conf: an executable `#!/usr/sbin/nft -f` script
@@ -83,8 +84,8 @@ def persisted_files(backend: str, fw: FirewallSettings, applied: Mapping[str, by
     boot = "netfilter-persistent loads it at boot"
     rules = [
         f"{MARK}: the rules it confirmed; {boot} (iptables-restore).",
-        "# ARK's INPUT chain only: with Docker, IPTABLES_RESTORE_NOFLUSH=yes in /etc/default/netfilter-persistent",
-        "# keeps Docker's chains on a reload.",
+        "# ARK's chain ARK-INPUT and INPUT's jump to it only: with Docker, IPTABLES_RESTORE_NOFLUSH=yes in",
+        "# /etc/default/netfilter-persistent keeps Docker's chains on a reload (which adds one more, idle, jump).",
     ]
     sets = [f"{MARK}: the sets it confirmed; {boot} (ipset restore -exist) before the rules."]
     return [
@@ -203,11 +204,11 @@ def loaded_ruleset(backend: str, netns: str | None, run: Runner) -> str | None:
         if table is None:  # no such table, or no permission to ask
             return "" if out("nft", "list", "tables") is not None else None
         return table
-    parts = [out("iptables", "-S", "INPUT"), out("ip6tables", "-S", "INPUT"), out("ipset", "save")]
+    parts = [out("iptables-save", "-t", "filter"), out("ip6tables-save", "-t", "filter"), out("ipset", "save")]
     if any(part is None for part in parts):
         return None
     v4, v6, sets = (part or "" for part in parts)
-    return "\n".join([v4, v6, *_ark_sets(sets)])
+    return "\n".join([ark_chains(v4).text(), ark_chains(v6).text(), *_ark_sets(sets)])  # others' rules left out
 
 
 def _ark_sets(saved: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The sites Nginx serves: one per name under ``[edge] domain``, each with how it is guarded.
 
 access:
-  session  auth_request to ARK's console (/auth/verify); identity headers from it only
+  session  auth_request to ARK's console (/auth/verify?site=NAME): a signed-in user whose role is at
+           least the site's ([edge] site_roles); identity headers from it only
   key      the ARK gateway checks its own API keys; no auth_request (API clients have no cookie)
   basic    HTTP basic auth against the rendered htpasswd (Prometheus)
   console  ARK's console itself: the landing page and the login, which it guards on its own
@@ -38,6 +39,9 @@ LINKED: tuple[tuple[str, str], ...] = tuple(
     (sub, title) for sub, _, access, _, _, title in _TABLE if access != "console"
 )
 
+# The sites behind the console's sign-in: the names /auth/verify is asked about and site_roles sets
+SESSION_SITES: tuple[str, ...] = tuple(sub for sub, _, access, _, _, _ in _TABLE if access == "session")
+
 # Headers that carry who the user is. Nginx sets them on every proxied request: from the auth
 # subrequest's answer on session sites, empty (= not sent) everywhere else, so a client can never
 # send its own. (nginx header, variable auth_request_set fills, header /auth/verify answers with)
@@ -53,6 +57,7 @@ IDENTITY_HEADERS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Site:
+    name: str  # the subdomain ("" = the domain itself); the site /auth/verify is asked about
     host: str  # server_name: chat.example.org
     upstream: str  # service name in the port map; also the upstream block's suffix
     port: int
@@ -81,6 +86,7 @@ def edge_sites(settings: Settings, ports: PortMap) -> tuple[Site, ...]:
         timeout = int(longest) + 60 if streaming else 3600 if websocket else 300
         sites.append(
             Site(
+                name=sub,
                 host=f"{sub}.{domain}" if sub else domain,
                 upstream=upstream,
                 port=ports.port(upstream),

@@ -30,6 +30,7 @@ from ark.auth.revocation import LiveSessions
 from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
 from ark.config import Settings
+from ark.edge.certs import certbot_live
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
 from ark.engines.ollama import OllamaEngine
@@ -118,7 +119,9 @@ class Gateway:
         self.metrics.watch_engines(lambda: self.engines, self._engine_up, lambda: self.engine_models)
         self.metrics.watch_budgets(self.budgets)
         self.metrics.watch_gpu(lambda: self.gpu)
-        self.metrics.watch_certificates(settings.monitor.certificates)
+        self.metrics.watch_certificates(
+            settings.monitor.certificates or str(certbot_live(settings.data_dir) / "*" / "cert.pem")
+        )
         self.identity: IdentityVerifier | None = None  # X-Ark-Identity tokens: who a UI's request is for
         self.secret: bytes | None = None  # DATA/auth.key, read at start
         self.metrics.registry.register(IdentityCollector(lambda: self.identity))

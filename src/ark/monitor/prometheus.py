@@ -157,7 +157,8 @@ def alerts(settings: Settings) -> list[Alert]:
             "1h",
             "warning",
             'The certificate for {{ $labels.name }} expires in {{ $value | printf "%.0f" }} days',
-            "certbot renews at 30 days: `certbot renew --dry-run` shows why it did not; then `systemctl reload nginx`.",
+            "`ark certs renew` (twice a day, docs/security.md) renews at 30 days and reloads nginx; "
+            "run it by hand to see certbot's reason when it did not.",
         ),
         Alert(
             "ScrapeTargetDown",
