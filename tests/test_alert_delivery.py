@@ -36,7 +36,30 @@ needs_binaries = pytest.mark.skipif(
 ALERT = "ScrapeTargetDown"  # ARK's alert on `up`: the one a test can trigger without breaking anything real
 
 
-class Stub(ThreadingHTTPServer):
+def _serve(server: socketserver.BaseServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+class _Background:
+    """A server on a free loopback port, served from a daemon thread."""
+
+    thread: threading.Thread
+
+    @property
+    def address(self) -> str:
+        assert isinstance(self, socketserver.TCPServer)
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        assert isinstance(self, socketserver.BaseServer)
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5)
+
+
+class Stub(_Background, ThreadingHTTPServer):
     """A scrape target (``GET /metrics``: empty, or 503 while ``down``) and a webhook (records each
     POSTed JSON body)."""
 
@@ -46,17 +69,7 @@ class Stub(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _StubHandler)
         self.down = down
         self.posts: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.thread.join(5)
+        self.thread = _serve(self)
 
 
 class _StubHandler(BaseHTTPRequestHandler):
@@ -80,7 +93,7 @@ class _StubHandler(BaseHTTPRequestHandler):
         pass
 
 
-class SmtpSink(socketserver.ThreadingTCPServer):
+class SmtpSink(_Background, socketserver.ThreadingTCPServer):
     """Just enough SMTP (no STARTTLS, no AUTH) to take Alertmanager's mail: each message, parsed, with
     its envelope recipients."""
 
@@ -90,17 +103,7 @@ class SmtpSink(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _SmtpSession)
         self.messages: list[tuple[list[str], EmailMessage]] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.thread.join(5)
+        self.thread = _serve(self)
 
 
 class _SmtpSession(socketserver.StreamRequestHandler):
