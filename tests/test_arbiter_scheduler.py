@@ -628,3 +628,20 @@ def test_a_model_expects_its_leases_to_last_as_long_as_nine_in_ten_of_its_latest
         assert len(state.held) == 32 and state.expected_hold() == 37.0
 
     run(test)
+
+
+def test_a_lease_from_before_an_engine_restart_does_not_count_against_the_model_loaded_since() -> None:
+    async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
+        old = await arbiter.acquire("coder")
+        driver.hung = True  # the engine stops answering under that request
+        arbiter.suspect("coder")
+        await settle()
+        assert driver.calls[-1] == "restart" and "coder" not in arbiter.resident
+        new = await arbiter.acquire("coder")  # loaded again on the fresh engine
+        old.release()  # the request from before the restart ends only now
+        assert arbiter.resident["coder"].leases == 1  # the new request's, not 0
+        new.release()
+        assert arbiter.resident["coder"].leases == 0
+        assert await arbiter.unload("coder")
+
+    run(test)

@@ -43,9 +43,10 @@ class _Ended:
 class Lease(_Ended):
     """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
 
-    def __init__(self, model: str, granted: float, ended: Callable[[Lease], None]) -> None:
+    def __init__(self, model: str, granted: float, ended: Callable[[Lease], None], on: object = None) -> None:
         super().__init__(ended)
         self.model, self.granted = model, granted
+        self.on = on  # what the scheduler granted it on (its loaded model): a reload is another one
 
 
 class Hold(_Ended):

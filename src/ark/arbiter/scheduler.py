@@ -196,11 +196,11 @@ class Arbiter(OwnerTask):
     def _grant(self, state: _Model, since: float, now: float) -> Lease:
         state.leases += 1
         self.stats.record_wait(now - since)
-        return Lease(state.entry.info.name, now, self._release)
+        return Lease(state.entry.info.name, now, self._release, on=state)
 
     def _release(self, lease: Lease) -> None:
         state = self.resident.get(lease.model)
-        if state is not None:
+        if state is not None and state is lease.on:  # not a lease on a load an engine restart took away
             state.leases -= 1
             state.last_used = self.clock.now()
             state.served.append(state.last_used)
@@ -280,6 +280,7 @@ class Arbiter(OwnerTask):
                     done.set_exception(EngineDown(f"Unloading {model} failed: {exc}", retry_after=30.0))
                 else:
                     done.set_result(True)
+        now = self.clock.now()  # a recovery or an unload above may have taken a while
         for hold in [h for h in self.holds.values() if h.expires is not None and h.expires <= now]:
             log.warning(
                 "arbiter: %s outlived its %.0f s: its %.1f GB are taken back", hold.name, hold.seconds, hold.memory / GB
@@ -311,12 +312,16 @@ class Arbiter(OwnerTask):
 
     def _due(self, waiter: _Waiter) -> float:
         """When the models in the way of ``waiter`` stop taking leases, so that the leases already given end by
-        the time it has waited max_wait: max_wait after it came, less the drain lead."""
+        the time it has waited max_wait: max_wait after it came, less the drain lead (the same for every waiter)."""
         return waiter.since + self.max_wait - self._lead
 
     def _drain_lead(self) -> float:
-        """How long a drain is expected to take: the longest expected lease on a resident model, at most
-        LEAD_SHARE of max_wait (the model in the way keeps most of its turn even when its answers are long)."""
+        """How long a drain is expected to take: the longest expected lease among the resident models, at most
+        LEAD_SHARE of max_wait (the model in the way keeps half its turn even when its answers are long).
+
+        All resident models, not only those in the way of a waiter: measured both ways (docs/arbiter.md), this
+        one kept more waits within max_wait plus one swap; a long-serving model beside the one in the way costs
+        some batching."""
         holds = (s.expected_hold() for s in self.resident.values() if not s.entry.info.pinned)
         return min(LEAD_SHARE * self.max_wait, max(holds, default=0.0))
 
@@ -377,9 +382,9 @@ class Arbiter(OwnerTask):
         self, order: list[_Waiter], head: _Waiter, info: ModelInfo, snapshot: Snapshot, overdue: bool
     ) -> None:
         """While the head waits, bring in a waiter that fits without unloading anything. One that would keep the
-        head out (it takes memory the head needs once what holds it now is back) goes only before the head has
-        waited max_wait or while the head waits for memory no model holds (it drains with the others once that
-        is back), and never as an external lease, which cannot drain."""
+        head out (it takes memory the head needs once what holds it now is back) goes only before the head is
+        due or while the head waits for memory no model holds (it drains with the others once that is back),
+        and never as an external lease, which cannot drain."""
         outside = not lets_in(snapshot, info, set(self.resident))  # it waits for memory no model holds
         tried = {head.model, *self.draining}
         for waiter in order:
