@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import io
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -20,8 +22,7 @@ from ark.store import Store
 
 PASSWORD = "correct-horse-1"
 NOW = 1_700_000_000.0  # the enrolment's frozen clock: the codes typed in are computed for it
-FIRST = base64.b32encode(b"first-secret-20bytes").decode()
-SECOND = base64.b32encode(b"second-secret-20byte").decode()
+SECRET_LINE = re.compile(r"^Secret \(to type in instead\): ([A-Z2-7]+)$", re.MULTILINE)
 
 
 def run(data: Path, *args: str, input: str | None = None) -> Result:
@@ -51,10 +52,43 @@ def words(output: str) -> str:
     return " ".join(output.split())
 
 
-def freeze(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
-    """The next `ark users totp` draws ``secret`` and checks codes at NOW."""
-    monkeypatch.setattr(totp, "new_secret", lambda: secret)
+def freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ark users totp` checks codes at NOW."""
     monkeypatch.setattr("ark.cli_users._clock", lambda: NOW)
+
+
+class Typist(io.RawIOBase):
+    """Standard input for `ark users totp`, typed as a script would: once the command asks for a code, it
+    reads the secret from the line the command printed and types ``answer(secret)``."""
+
+    def __init__(self, answer: Callable[[str], str]) -> None:
+        self._answer, self._typed, self.secret = answer, b"", ""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not buffer:
+            return 0
+        if not self.secret:  # the first read: the command is at its prompt, the secret printed above
+            sys.stdout.flush()
+            captured = sys.stdout.buffer  # CliRunner's capture of the output
+            assert isinstance(captured, io.BytesIO)
+            printed = captured.getvalue().decode()
+            found = SECRET_LINE.search(printed)
+            assert found, printed
+            self.secret = found.group(1)
+            self._typed = self._answer(self.secret).encode()
+        n = min(len(buffer), len(self._typed))
+        buffer[:n], self._typed = self._typed[:n], self._typed[n:]
+        return n
+
+
+def enrol(data: Path, name: str, answer: Callable[[str], str]) -> tuple[Result, str]:
+    """`ark users totp NAME`, answering its prompt with ``answer(the secret it printed)``; and that secret."""
+    typist = Typist(answer)
+    result = CliRunner().invoke(main, ["users", "totp", name, "--data-dir", str(data)], input=io.BufferedReader(typist))
+    return result, typist.secret
 
 
 def code(secret: str, steps_later: int = 0) -> str:
@@ -118,20 +152,20 @@ def test_totp_shows_the_secret_and_stores_it_once_a_code_matches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert run(tmp_path, "add", "carol", "--password-stdin", input=PASSWORD).exit_code == 0
-    freeze(monkeypatch, FIRST)
-    first = run(tmp_path, "totp", "carol", input=code(FIRST) + "\n")
+    freeze(monkeypatch)
+    first, secret = enrol(tmp_path, "carol", lambda secret: code(secret) + "\n")
     assert first.exit_code == 0, first.output
     uri = re.search(r"otpauth://totp/ARK%3Acarol\?secret=([A-Z2-7]{32})&issuer=ARK\S*", first.output)
-    assert uri and uri.group(1) == FIRST and "█" in first.output
-    assert f"Secret (to type in instead): {FIRST}" in first.output and "Code shown by the app: " in first.output
+    assert uri and uri.group(1) == secret and "█" in first.output
+    assert "Code shown by the app: " in first.output
     assert "Second factor on for carol <carol@localhost> (user, TOTP)" in words(first.output)
     carol = stored_user(tmp_path, "carol")
-    assert carol.totp_secret == FIRST and carol.totp_last_step == totp.step_at(NOW)
+    assert carol.totp_secret == secret and carol.totp_last_step == totp.step_at(NOW)
 
     # The code that proved the secret is used up; the app's next one signs in, once.
-    assert sign_in(tmp_path, "carol", code(FIRST), NOW) == "failed"
-    assert sign_in(tmp_path, "carol", code(FIRST, 1), NOW + 30) == "ok"
-    assert sign_in(tmp_path, "carol", code(FIRST, 1), NOW + 30) == "failed"
+    assert sign_in(tmp_path, "carol", code(secret), NOW) == "failed"
+    assert sign_in(tmp_path, "carol", code(secret, 1), NOW + 30) == "ok"
+    assert sign_in(tmp_path, "carol", code(secret, 1), NOW + 30) == "failed"
 
     removed = run(tmp_path, "totp", "carol", "--disable")
     assert removed.exit_code == 0 and "Second factor removed: carol" in removed.output
@@ -141,9 +175,10 @@ def test_totp_shows_the_secret_and_stores_it_once_a_code_matches(
 
 def test_wrong_codes_store_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(tmp_path, "add", "dora", "--password-stdin", input=PASSWORD).exit_code == 0
-    freeze(monkeypatch, FIRST)
-    typos = f"{wrong(FIRST)}\n12345\nnot-a-code\n{code(FIRST)}\n"  # the right code comes too late
-    refused = run(tmp_path, "totp", "dora", input=typos)
+    freeze(monkeypatch)
+    refused, _ = enrol(  # the right code comes too late
+        tmp_path, "dora", lambda secret: f"{wrong(secret)}\n12345\nnot-a-code\n{code(secret)}\n"
+    )
     assert refused.exit_code == 1, refused.output
     assert "Tries left: 2" in refused.output and "Tries left: 1" in refused.output
     assert "no code from the app matched the new secret: nothing was stored" in refused.output
@@ -157,41 +192,44 @@ def test_wrong_codes_store_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_the_old_secret_stays_until_the_new_one_is_proven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(tmp_path, "add", "eve", "--password-stdin", input=PASSWORD).exit_code == 0
-    freeze(monkeypatch, FIRST)
-    assert run(tmp_path, "totp", "eve", "--code", code(FIRST)).exit_code == 0
+    freeze(monkeypatch)
+    enrolled, first = enrol(tmp_path, "eve", lambda secret: code(secret) + "\n")
+    assert enrolled.exit_code == 0, enrolled.output
     before = stored_user(tmp_path, "eve")
 
-    freeze(monkeypatch, SECOND)
-    refused = run(tmp_path, "totp", "eve", input=f"{wrong(SECOND)}\n" * 3)
+    refused, _ = enrol(tmp_path, "eve", lambda secret: f"{wrong(secret)}\n" * 3)
     assert refused.exit_code == 1
     assert "the old secret stays in force until a code of this new one is entered" in words(refused.output)
     assert "nothing was stored; the previous secret stays in force" in refused.output
     kept = stored_user(tmp_path, "eve")
-    assert (kept.totp_secret, kept.totp_last_step) == (FIRST, before.totp_last_step) == (FIRST, totp.step_at(NOW))
-    assert sign_in(tmp_path, "eve", code(FIRST, 1), NOW + 30) == "ok"
+    assert (kept.totp_secret, kept.totp_last_step) == (first, before.totp_last_step) == (first, totp.step_at(NOW))
+    assert sign_in(tmp_path, "eve", code(first, 1), NOW + 30) == "ok"
 
-    replaced = run(tmp_path, "totp", "eve", input=f"{wrong(SECOND)}\n{code(SECOND, 1)}\n")  # one typo, then right
+    replaced, second = enrol(tmp_path, "eve", lambda secret: f"{wrong(secret)}\n{code(secret, 1)}\n")  # a typo first
     assert replaced.exit_code == 0, replaced.output
     assert "Tries left: 2" in replaced.output and "previous secret is replaced" in words(replaced.output)
-    assert stored_user(tmp_path, "eve").totp_secret == SECOND
-    assert sign_in(tmp_path, "eve", code(FIRST, 2), NOW + 60) == "failed"  # the old app entry is dead
-    assert sign_in(tmp_path, "eve", code(SECOND, 1), NOW + 30) == "failed"  # used up by the enrolment
-    assert sign_in(tmp_path, "eve", code(SECOND, 2), NOW + 60) == "ok"
+    assert second != first and stored_user(tmp_path, "eve").totp_secret == second
+    assert sign_in(tmp_path, "eve", code(first, 2), NOW + 60) == "failed"  # the old app entry is dead
+    assert sign_in(tmp_path, "eve", code(second, 1), NOW + 30) == "failed"  # used up by the enrolment
+    assert sign_in(tmp_path, "eve", code(second, 2), NOW + 60) == "ok"
 
 
-def test_code_option_gives_one_try_and_asks_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_code_one_step_behind_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(tmp_path, "add", "finn", "--password-stdin", input=PASSWORD).exit_code == 0
-    freeze(monkeypatch, FIRST)
-    refused = run(tmp_path, "totp", "finn", "--code", wrong(FIRST), input=f"{code(FIRST)}\n")
-    assert refused.exit_code == 1 and "nothing was stored" in refused.output
-    assert "Code shown by the app" not in refused.output and "Tries left" not in refused.output
-    assert listed(tmp_path)["finn"]["totp"] is False
-
-    drifted = run(tmp_path, "totp", "finn", "--code", code(FIRST, -1))  # the phone is one step behind: fine
+    freeze(monkeypatch)
+    drifted, secret = enrol(tmp_path, "finn", lambda secret: code(secret, -1) + "\n")  # the phone's clock is behind
     assert drifted.exit_code == 0, drifted.output
-    assert "Code shown by the app" not in drifted.output
+    assert "Tries left" not in drifted.output
     assert stored_user(tmp_path, "finn").totp_last_step == totp.step_at(NOW) - 1
-    assert sign_in(tmp_path, "finn", code(FIRST), NOW) == "ok"  # a later step than the one used up
+    assert sign_in(tmp_path, "finn", code(secret), NOW) == "ok"  # a later step than the one used up
+
+
+def test_totp_has_no_code_option(tmp_path: Path) -> None:
+    """A code cannot be known before the command draws the secret: a script answers the prompt instead."""
+    assert run(tmp_path, "add", "gina", "--password-stdin", input=PASSWORD).exit_code == 0
+    given = run(tmp_path, "totp", "gina", "--code", "123456")
+    assert given.exit_code == 2 and "No such option" in given.output
+    assert listed(tmp_path)["gina"]["totp"] is False
 
 
 @pytest.mark.parametrize(

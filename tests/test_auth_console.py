@@ -5,9 +5,12 @@ loopback as from Nginx), so the sign-in throttle of one test never meets another
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -18,7 +21,7 @@ from click.testing import CliRunner
 
 from ark.auth.identity import Identity, mint
 from ark.auth.signing import load_secret
-from ark.auth.totp import STEP_S, code_at, new_secret
+from ark.auth.totp import STEP_S, code_at
 from ark.cli import main
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
 from tests.fakes.ollama import FakeOllama
@@ -300,12 +303,33 @@ def test_sign_out_ends_the_session(ark: ArkProcess) -> None:
     assert replay.verify().status_code == 401
 
 
-def test_totp_second_factor_right_wrong_and_replayed(ark: ArkProcess, monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = new_secret()
-    monkeypatch.setattr("ark.auth.totp.new_secret", lambda: secret)  # known before the enrolment asks for a code
+def enrol_totp(ark: ArkProcess, name: str) -> tuple[str, str, str]:
+    """`ark users totp NAME` driven as a script would: read the secret it prints, type the app's code.
+
+    Returns the output, the secret and the code that proved it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARK_")} | {"PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ark", "users", "totp", name, "--config", str(ark.config)]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        shown = []
+        for line in child.stdout:  # until the secret is printed; the prompt for the code follows it
+            shown.append(line)
+            if found := re.match(r"Secret \(to type in instead\): ([A-Z2-7]+)$", line.strip()):
+                break
+        assert found, "".join(shown)
+        secret = found.group(1)
+        code = code_at(secret, time.time())
+        rest, _ = child.communicate(code + "\n", timeout=60)
+    output = "".join(shown) + rest
+    assert child.returncode == 0, output
+    return output, secret, code
+
+
+def test_totp_second_factor_right_wrong_and_replayed(ark: ArkProcess) -> None:
     users(ark, "add", "grace", password=PASSWORD)
-    enrolled = code_at(secret, time.time())
-    output = users(ark, "totp", "grace", "--code", enrolled)
+    output, secret, enrolled = enrol_totp(ark, "grace")
     uri = re.search(r"otpauth://totp/\S+", output)
     assert uri and "issuer=ARK%20example.test" in uri.group(0) and "█" in output  # the QR code
     assert f"secret={secret}&" in uri.group(0)

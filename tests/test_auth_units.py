@@ -231,7 +231,14 @@ def test_identity_tokens_verify_expire_and_refuse_tampering() -> None:
     assert verify(mint(secret, Identity("u1", "alice", "a@example.com", "ab" * 32, 9999999999))) is None
     clock.now += 300
     assert verify(token) is None
-    assert verifier.counts == {"accepted": 1, "malformed": 4, "bad_signature": 2, "expired": 1, "revoked": 1}
+    assert verifier.counts == {
+        "accepted": 1,
+        "malformed": 4,
+        "bad_signature": 2,
+        "expired": 1,
+        "revoked": 1,
+        "unchecked": 0,
+    }
 
 
 def test_live_sessions_trust_live_briefly_and_ended_for_good() -> None:
@@ -267,7 +274,7 @@ def test_live_sessions_share_one_lookup_and_let_a_sign_out_win() -> None:
         return True
 
     async def steps() -> None:
-        live = LiveSessions(slow)
+        live = LiveSessions(slow, wait_s=30)
         waiting = [asyncio.create_task(live.is_live(SID)) for _ in range(5)]
         await asyncio.to_thread(started.wait, 10)
         assert live.lookups == 1  # five requests, one query
@@ -289,7 +296,7 @@ def test_live_sessions_fail_closed_uncached_and_stay_bounded(caplog: pytest.LogC
 
     async def steps() -> None:
         down = LiveSessions(broken, clock=clock)
-        assert not await down.is_live(SID) and not await down.is_live(SID)
+        assert await down.is_live(SID) is None and await down.is_live(SID) is None  # unknown, not "ended"
         assert calls == [SID, SID]  # a failure is not remembered: asked again next time
 
         sessions = Sessions(*(c * 64 for c in "abc"))
@@ -304,6 +311,52 @@ def test_live_sessions_fail_closed_uncached_and_stay_bounded(caplog: pytest.LogC
     assert sum("cannot check a session" in r.message for r in caplog.records) == 1  # not once per request
 
 
+def test_a_slow_lookup_is_not_waited_for_and_fills_the_cache_when_it_ends() -> None:
+    """An exhausted database pool must not hold API requests back for a header that only attributes usage."""
+    release, finished = threading.Event(), threading.Event()
+
+    def slow(sid: str) -> bool:
+        release.wait(30)
+        finished.set()
+        return True
+
+    async def steps() -> None:
+        live = LiveSessions(slow, wait_s=0.01)
+        verifier = IdentityVerifier(b"k" * 32, live)
+        token = mint(b"k" * 32, Identity("u1", "alice", "alice@example.com", SID, 9999999999))
+        assert await live.is_live(SID) is None  # stopped waiting...
+        assert await verifier.verify(token) is None  # ...and so does the verifier: unattributed
+        assert not finished.is_set() and live.lookups == 1  # while the one lookup is still under way
+        assert verifier.counts["unchecked"] == 1 and verifier.counts["revoked"] == 0
+        pending = list(live._pending.values())  # the lookup left running in the background
+        release.set()
+        assert await asyncio.gather(*pending) == [True]
+        assert await verifier.verify(token) is not None and live.lookups == 1  # its answer was cached
+        assert verifier.counts["accepted"] == 1
+
+    asyncio.run(steps())
+
+
+def test_a_failed_lookup_counts_as_unchecked_and_is_not_remembered() -> None:
+    answers: list[bool | Exception] = [OSError("pool exhausted"), True]
+
+    def flaky(sid: str) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def steps() -> None:
+        verifier = IdentityVerifier(b"k" * 32, LiveSessions(flaky, wait_s=30))
+        token = mint(b"k" * 32, Identity("u1", "alice", "alice@example.com", SID, 9999999999))
+        assert await verifier.verify(token) is None
+        assert (verifier.counts["unchecked"], verifier.counts["revoked"]) == (1, 0)
+        assert await verifier.verify(token) is not None  # asked again: the failure was not cached as "ended"
+        assert verifier.counts["accepted"] == 1 and not answers
+
+    asyncio.run(steps())
+
+
 def test_a_token_ends_with_its_session(tmp_path: Path) -> None:
     """Through the real service and database: sign-out refuses at once; disable and passwd within live_s."""
     settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path)})
@@ -312,10 +365,10 @@ def test_a_token_ends_with_its_session(tmp_path: Path) -> None:
     try:
         users = UserStore(store.engine)
         users.add("ivan", "ivan@example.com", "Ivan", "user", passwords.hash_password("pw-12345678"))
-        shared = LiveSessions(users.is_live, clock=clock)  # `ark up`: the console and the gateway share it
+        shared = LiveSessions(users.is_live, wait_s=30, clock=clock)  # `ark up`: the console and the gateway share it
         service = AuthService(users, b"k" * 32, settings.auth, sessions=shared)
         here = IdentityVerifier(b"k" * 32, shared)
-        elsewhere = IdentityVerifier(b"k" * 32, LiveSessions(users.is_live, clock=clock))  # another process
+        elsewhere = IdentityVerifier(b"k" * 32, LiveSessions(users.is_live, wait_s=30, clock=clock))  # another process
 
         async def signed_in() -> tuple[str, str]:
             result = await service.login("ivan", "pw-12345678", "", "10.0.0.1", "test")

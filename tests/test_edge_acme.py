@@ -235,6 +235,37 @@ def test_renew_reloads_only_when_a_certificate_changed(tmp_path: Path, tools: No
     assert runner.calls[1][:2] == ["nginx", "-t"]
 
 
+def test_renew_that_fails_for_some_still_reloads_the_ones_renewed(tmp_path: Path, tools: None) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "nginx.pid").write_text(f"{os.getpid()}\n")  # a live process
+    settings = _settings(tmp_path, f'nginx_run_dir = "{tmp_path / "run"}"\n')
+    live = tmp_path / "data" / "certbot" / "config" / "live"
+    for name in (f"chat.{D}", f"llm.{D}"):
+        (live / name).mkdir(parents=True)
+        (live / name / "cert.pem").write_text("old")
+    runner = Recorder()
+
+    def partly(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        if argv[:2] != ["certbot", "renew"]:
+            return runner(argv)
+        runner.calls.append(list(argv))
+        (live / f"chat.{D}" / "cert.pem").write_text("new")
+        failure = f"The following certificates could not be renewed:\n  {live}/llm.{D}/fullchain.pem (failure)\n"
+        return subprocess.CompletedProcess(list(argv), 1, "", failure)
+
+    with pytest.raises(EdgeError) as caught:
+        Acme(settings, tmp_path / "out", runner=partly).renew()
+    message = str(caught.value)
+    assert [c[:2] for c in runner.calls] == [["certbot", "renew"], ["nginx", "-t"], ["nginx", "-e"]]
+    assert runner.calls[-1][-2:] == ["-s", "reload"]  # the renewed certificate is served now
+    assert message.startswith(f"renewed chat.{D} (Nginx reloaded), but certbot renew failed for llm.{D};"), message
+    # nothing renewed: nothing to reload, only certbot's failure
+    runner.calls.clear()
+    with pytest.raises(EdgeError, match=f"^certbot renew failed for llm.{D}"):
+        Acme(settings, tmp_path / "out", runner=partly).renew()
+    assert [c[:2] for c in runner.calls] == [["certbot", "renew"]]
+
+
 def test_renew_without_certificates_says_what_to_run(tmp_path: Path, tools: None) -> None:
     with pytest.raises(EdgeError, match="run `ark certs letsencrypt` first"):
         Acme(_settings(tmp_path), tmp_path / "out", runner=Recorder()).renew()

@@ -195,7 +195,9 @@ def test_ruleset_is_enforced_rolled_back_unless_confirmed_and_kept_when_confirme
             assert "Waiting for confirmation" in status.output
             watcher = FirewallGuard(data).watcher_pid()
             assert watcher is not None and _alive(watcher)
-            confirmed = runner.invoke(main, ["firewall", "confirm", "--config", str(strict), "--data-dir", str(data)])
+            # --persist-netns: this test's persist paths are its own files, not the host's boot files
+            confirm = ["firewall", "confirm", "--persist-netns", "--config", str(strict), "--data-dir", str(data)]
+            confirmed = runner.invoke(main, confirm)
             assert confirmed.exit_code == 0, confirmed.output
 
             # confirmed: the watcher is gone (nothing is left that could roll back) and the rules stay

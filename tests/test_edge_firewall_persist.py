@@ -2,7 +2,9 @@
 
 Every rule is loaded inside network namespaces made here (A: where ARK applies, B: a fresh one that
 loads only the persisted files, as a boot would); the persistence paths point under tmp_path, never
-at /etc. A module fixture checks that the machine's own rules are the same afterwards.
+at /etc. An apply in a namespace is not persisted (the boot files are the host's) unless confirm
+gets the hidden --persist-netns, which these tests pass to check the files a confirm writes. A
+module fixture checks that the machine's own rules are the same afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from ark.cli import main
 from ark.config import load_settings
-from ark.edge.apply import FirewallGuard
+from ark.edge.apply import FirewallGuard, Pending
 from ark.edge.audit import FirewallState, check_persisted
 from ark.edge.persist import (
     MARK,
@@ -27,6 +29,7 @@ from ark.edge.persist import (
     keep_previous,
     persisted_files,
 )
+from ark.errors import EdgeError
 from tests.conftest import MASTER_KEY
 from tests.netns import netns_pair, own_rules
 from tests.test_edge_firewall import persist_settings
@@ -116,7 +119,7 @@ def test_nft_confirm_persists_a_table_scoped_file_that_reproduces_the_ruleset(
             ns("nft", "add", "chain", "ip", "other", "forward", "{ type filter hook forward priority 0; }")
         _apply(runner, strict, tmp_path, pair.a)
         assert conf.read_text() == DEBIAN_NFTABLES_CONF, "apply alone persists nothing"
-        confirmed = _text(_ark(runner, strict, tmp_path, "firewall", "confirm"))
+        confirmed = _text(_ark(runner, strict, tmp_path, "firewall", "confirm", "--persist-netns"))
         assert "Persisted" in confirmed and ".ark-previous" in confirmed
 
         text = conf.read_text()
@@ -151,7 +154,7 @@ def test_nft_confirm_persists_a_table_scoped_file_that_reproduces_the_ruleset(
 
         # a second confirm rewrites the file but keeps the first .ark-previous (the distribution's file)
         _apply(runner, opened, tmp_path, pair.a)
-        _ark(runner, opened, tmp_path, "firewall", "confirm")
+        _ark(runner, opened, tmp_path, "firewall", "confirm", "--persist-netns")
         assert "tcp dport { 80, 443, 5555 } accept" in conf.read_text()
         assert previous.read_text() == DEBIAN_NFTABLES_CONF
 
@@ -173,7 +176,7 @@ def test_iptables_confirm_persists_files_netfilter_persistent_loads(runner: CliR
     with netns_pair("pi", SUBNET) as pair:
         _apply(runner, config, tmp_path, pair.a)
         assert not iptables.exists(), "apply alone persists nothing"
-        _ark(runner, config, tmp_path, "firewall", "confirm")
+        _ark(runner, config, tmp_path, "firewall", "confirm", "--persist-netns")
         files = {name: iptables / name for name in ("ipsets", "rules.v4", "rules.v6")}
         for path in files.values():
             assert path.read_text().startswith(MARK)
@@ -203,10 +206,29 @@ def test_persist_off_writes_nothing_and_says_so(runner: CliRunner, tmp_path: Pat
     config = _config(tmp_path, "nft", persist=False)
     with netns_pair("po", SUBNET) as pair:
         _apply(runner, config, tmp_path, pair.a)
-        confirmed = _text(_ark(runner, config, tmp_path, "firewall", "confirm"))
+        confirmed = _text(_ark(runner, config, tmp_path, "firewall", "confirm", "--persist-netns"))
     assert "Not persisted" in confirmed and "reboot" in confirmed
     assert not (tmp_path / "etc").exists()
     assert "persist = false" in _text(_ark(runner, config, tmp_path, "firewall", "status"))
+
+
+@needs_tools
+def test_an_apply_in_a_namespace_is_not_persisted_into_the_hosts_boot_files(runner: CliRunner, tmp_path: Path) -> None:
+    config = _config(tmp_path, "nft")
+    with netns_pair("pd", SUBNET) as pair:
+        _apply(runner, config, tmp_path, pair.a)
+        confirmed = _text(_ark(runner, config, tmp_path, "firewall", "confirm"))
+    assert f"applied in namespace {pair.a}: not persisted (boot files are the host's)" in confirmed
+    assert "Persisted" not in confirmed and not (tmp_path / "etc").exists()
+    assert not _persister(tmp_path, config).record_path.exists()
+
+
+def test_persister_refuses_an_apply_made_in_a_namespace(tmp_path: Path) -> None:
+    persister = _persister(tmp_path, _config(tmp_path, "nft"))
+    pending = Pending(token="t", backend="nft", netns="ark-test", deadline=0.0, rollback=[], applied=[])
+    with pytest.raises(EdgeError, match=r"applied in namespace ark-test: not persisted \(boot files are the host's\)"):
+        persister.persist(pending)
+    assert not (tmp_path / "etc").exists() and not persister.record_path.exists()
 
 
 def test_persisted_files_and_the_previous_copy(tmp_path: Path) -> None:

@@ -397,6 +397,38 @@ def test_pruning_leaves_what_is_no_longer_a_plain_file(tmp_path: Path) -> None:
     assert (tmp_path / "x" / "dir").is_dir()
 
 
+def test_pruning_does_not_follow_a_directory_that_became_a_symlink(tmp_path: Path) -> None:
+    root, outside = tmp_path / "bundle", tmp_path / "outside"
+    write_tracked(root, {"a": {"x/same": FileSpec(b"1"), "x/edited": FileSpec(b"2"), "keep": FileSpec(b"3")}})
+    shutil.rmtree(root / "x")
+    outside.mkdir()
+    (outside / "same").write_bytes(b"1")  # what ARK wrote there: still not to be deleted through the link
+    (outside / "edited").write_bytes(b"other")  # and not renamed to .ark-stale either
+    (root / "x").symlink_to(outside, target_is_directory=True)
+    result = write_tracked(root, {"a": {"keep": FileSpec(b"3")}})
+    assert result.removed == [] and result.stale == []
+    assert sorted(result.notes) == [
+        f"x/{name}: no longer rendered, but its directory leads outside the bundle; left alone"
+        for name in ("edited", "same")
+    ]
+    assert sorted(p.name for p in outside.iterdir()) == ["edited", "same"]
+    assert (outside / "same").read_bytes() == b"1" and (root / "x").is_symlink()
+
+
+def test_a_manifest_this_user_cannot_read_says_who_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tracked(tmp_path, {"a": {"f": FileSpec(b"1")}})
+    real = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path.name == MANIFEST:
+            raise PermissionError(13, "Permission denied", str(path))  # as for `ark peers add` after a root render
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(EdgeError, match=r"cannot read .*: permission denied\. Another user \(root\?\) rendered"):
+        write_tracked(tmp_path, {"a": {"f": FileSpec(b"2")}})
+
+
 def test_track_scopes_pruning_to_the_renderers_that_ran() -> None:
     previous = {"n/a": Entry("nginx", ("h1",)), "n/b": Entry("nginx", ("h2",)), "w/p": Entry("wireguard", ("h3",))}
     parts = {"nginx": {"n/a": FileSpec(b"new")}}

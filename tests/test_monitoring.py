@@ -270,3 +270,41 @@ def test_ark_render_writes_the_monitoring_bundle(tmp_path: Path, monkeypatch: py
     defaults = (out / "prometheus/etc-default-prometheus").read_text()
     assert 'ARGS="--config.file=/etc/prometheus/prometheus.yml --storage.tsdb.retention.time=30d ' in defaults
     assert "--web.listen-address=127.0.0.1:9090" in defaults
+
+
+def test_certificate_expiry_and_folders_this_user_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ark.monitor.certificates import CertificateCollector
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chat.example.org")])
+    until = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    cert = (
+        x509.CertificateBuilder(name, name, key.public_key(), 1, dt.datetime(2025, 1, 1, tzinfo=dt.UTC), until)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("chat.example.org")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    live = tmp_path / "live"
+    (live / "chat").mkdir(parents=True)
+    (live / "chat" / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    collector = CertificateCollector(f"{live}/*/cert.pem")
+
+    def values() -> dict[str, float]:
+        return {f"{m.name}{sorted(s.labels.items())}": s.value for m in collector.collect() for s in m.samples}
+
+    got = values()
+    labels = [("name", "chat.example.org"), ("path", str(live / "chat" / "cert.pem"))]
+    assert got[f"ark_certificate_expiry_timestamp_seconds{labels}"] == until.timestamp()
+    assert got["ark_certificate_errors[]"] == 0
+    # certbot makes live/ 0700 root; a gateway under another user would glob nothing and say nothing
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != live and real_access(path, mode))
+    monkeypatch.setattr("glob.glob", lambda pattern: [])
+    assert values()["ark_certificate_errors[]"] == 1

@@ -55,12 +55,19 @@ def firewall_apply(
 
 @firewall.command("confirm")
 @config_options
-def firewall_confirm(config_path: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--persist-netns",
+    is_flag=True,
+    hidden=True,
+    help="Persist an apply made with --netns too (for tests: the persist paths then point at test files).",
+)
+def firewall_confirm(config_path: Path | None, data_dir: Path | None, persist_netns: bool) -> None:
     """Keep the rules of the last apply (stops the rollback) and persist them for the next boot.
 
     With [firewall] persist (the default) the confirmed ruleset is written where Debian loads it at
     boot: /etc/nftables.conf (nftables.service), or /etc/iptables/ipsets, rules.v4 and rules.v6
-    (netfilter-persistent); a file found there is kept once as PATH.ark-previous.
+    (netfilter-persistent); a file found there is kept once as PATH.ark-previous. An apply made
+    with --netns is not persisted: the boot files are the host's.
     """
     settings = settings_or_exit(config_path, data_dir)
     guard = FirewallGuard(settings.data_dir)
@@ -70,8 +77,13 @@ def firewall_confirm(config_path: Path | None, data_dir: Path | None) -> None:
     if not settings.firewall.persist:
         console.print("[yellow]Not persisted[/] ([firewall] persist = false): a reboot loses these rules.")
         return
+    if pending.netns and not persist_netns:
+        console.print(
+            f"[yellow]applied in namespace {escape(pending.netns)}: not persisted[/] (boot files are the host's)."
+        )
+        return
     try:
-        written = Persister(guard, settings.firewall).persist(pending)
+        written = Persister(guard, settings.firewall).persist(pending, netns_ok=persist_netns)
     except EdgeError as exc:
         raise click.ClickException(f"confirmed, but not persisted (a reboot loses these rules): {exc}") from None
     for path, previous in written:

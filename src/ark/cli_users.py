@@ -193,14 +193,14 @@ def users_role(config_path: Path | None, data_dir: Path | None, name: str, role:
 @users.command("totp")
 @config_options
 @click.argument("name")
-@click.option("--code", help="A code shown by the app, for scripts (default: asked for).")
 @click.option("--disable", is_flag=True, help="Remove the second factor instead.")
-def users_totp(config_path: Path | None, data_dir: Path | None, name: str, code: str | None, disable: bool) -> None:
+def users_totp(config_path: Path | None, data_dir: Path | None, name: str, disable: bool) -> None:
     """Turn on a TOTP second factor: scan its QR code, then enter a code from the app.
 
-    The secret is stored only when that code matches it (--code: one try; at the prompt: up to 3), so
-    a failed scan locks nobody out: until then a previous secret stays in force. The code entered is
-    used up by this: sign in with a later one.
+    The secret is stored only when a code entered matches it (up to 3 tries), so a failed scan locks
+    nobody out: until then a previous secret stays in force. The code entered is used up by this: sign
+    in with a later one. A script can drive it: read the secret from the line "Secret (to type in
+    instead): ..." and write a code of it to standard input.
     """
     if disable:
         _change(config_path, data_dir, lambda store: store.remove_totp(name), "Second factor removed: {user}")
@@ -215,7 +215,7 @@ def users_totp(config_path: Path | None, data_dir: Path | None, name: str, code:
             f"[yellow]{before.name} has a second factor already: the old secret stays in force until a code"
             " of this new one is entered.[/]"
         )
-    step = _prove(secret, code)
+    step = _prove(secret)
     if step is None:
         kept = "; the previous secret stays in force" if before.totp_secret else ""
         raise click.ClickException(f"no code from the app matched the new secret: nothing was stored{kept}")
@@ -241,14 +241,12 @@ def _clock() -> float:
     return time.time()
 
 
-def _prove(secret: str, given: str | None) -> int | None:
+def _prove(secret: str) -> int | None:
     """The TOTP step of a code that matches the new ``secret``, or None when none did.
 
-    ``given`` (--code) has one try; otherwise the code is asked for, up to ``TOTP_TRIES`` times. The
-    rules are sign-in's: one step of clock drift either way.
+    The code is asked for, up to ``TOTP_TRIES`` times. The rules are sign-in's: one step of clock
+    drift either way.
     """
-    if given is not None:
-        return totp.match(secret, given, _clock(), None)
     for attempt in range(1, TOTP_TRIES + 1):
         try:
             code = str(click.prompt("Code shown by the app", show_default=False))

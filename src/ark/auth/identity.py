@@ -12,7 +12,8 @@ token counts only while that session is live, so sign-out, `ark users disable` a
 end it too (:mod:`ark.auth.revocation`). A token without one (minted before session ids) is refused.
 
 The token grants nothing: the API key still decides what the request may do. A bad token (malformed,
-tampered, expired, of an ended session) is only counted, by reason, and the request goes on unattributed.
+tampered, expired, of an ended session) is only counted, by reason, and the request goes on unattributed;
+so does a good one whose session could not be checked in time (``unchecked``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ark.auth.revocation import LiveSessions
 from ark.auth.signing import b64, derive, sign, unb64, unsign
 
 MAX_TOKEN_CHARS = 2048
-OUTCOMES = ("accepted", "malformed", "bad_signature", "expired", "revoked")
+# unchecked: the session could not be checked in time (database slow or down): unattributed, not refused
+OUTCOMES = ("accepted", "malformed", "bad_signature", "expired", "revoked", "unchecked")
 _SESSION_ID = re.compile(r"^[0-9a-f]{64}$")  # ark.auth.users.session_id
 
 
@@ -69,8 +71,12 @@ class IdentityVerifier:
 
     async def verify(self, token: str) -> Identity | None:
         identity, outcome = self._check(token)
-        if identity is not None and not await self.sessions.is_live(identity.session):
-            identity, outcome = None, "revoked"  # signed out, disabled, password changed, or expired
+        if identity is not None:
+            live = await self.sessions.is_live(identity.session)
+            if live is None:
+                identity, outcome = None, "unchecked"  # the lookup failed or is still running
+            elif not live:
+                identity, outcome = None, "revoked"  # signed out, disabled, password changed, or expired
         self.counts[outcome] += 1
         return identity
 

@@ -114,6 +114,17 @@ def certbot_message(result: subprocess.CompletedProcess[str], limit: int = 40) -
 _CHATTER = ("Saving debug log to ", "Ask for help or search for solutions at ")
 
 
+def renew_failures(result: subprocess.CompletedProcess[str], live: Path) -> list[str]:
+    """The lineages `certbot renew` lists as not renewed ("  LIVE/NAME/fullchain.pem (failure)")."""
+    prefix = f"{live}/"
+    failed = set()
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1] == "(failure)" and words[0].startswith(prefix):
+            failed.add(words[0][len(prefix) :].split("/")[0])
+    return sorted(failed)
+
+
 class Reporter:
     """What a run tells its user: the step under way, and how each one ended. This one says nothing."""
 
@@ -240,14 +251,27 @@ class Acme:
         answer = self.run(renew_argv(self.dirs, force=force))
         after = self._fingerprints()
         result = AcmeResult(names=sorted(n for n, cert in after.items() if before.get(n) != cert))
-        if answer.returncode != 0:
-            got = f" ({', '.join(result.names)} renewed)" if result.names else ""
-            raise EdgeError(f"certbot renew failed{got}; its logs are in {self.dirs.logs}\n{certbot_message(answer)}")
-        report.outcome(f"certbot renew: {len(result.names)} of {len(before)} renewed")
-        if result.names:
+        if answer.returncode == 0:
+            report.outcome(f"certbot renew: {len(result.names)} of {len(before)} renewed")
+            if result.names:
+                _require("nginx")
+                self._check_and_reload(result, reload, report)
+            return result
+        report.outcome(f"certbot renew failed ({len(result.names)} of {len(before)} renewed)", ok=False)
+        failed = renew_failures(answer, self.dirs.live)
+        what = f" for {', '.join(failed)}" if failed else ""
+        problem = f"certbot renew failed{what}; its logs are in {self.dirs.logs}\n{certbot_message(answer)}"
+        if not result.names:
+            raise EdgeError(problem)
+        # Renewed files must reach Nginx now: the next run's "before" already has them, so it would
+        # find nothing renewed and owe no reload, and Nginx would serve the old certificates until they expire.
+        try:
             _require("nginx")
             self._check_and_reload(result, reload, report)
-        return result
+        except EdgeError as exc:
+            raise EdgeError(f"renewed {', '.join(result.names)}, but {exc}\n\n{problem}") from None
+        done = "Nginx reloaded" if result.reloaded else "; ".join(["nginx -t passed", *result.notes])
+        raise EdgeError(f"renewed {', '.join(result.names)} ({done}), but {problem}")
 
     def _fingerprints(self) -> dict[str, bytes]:
         found = {}

@@ -223,6 +223,11 @@ def read_manifest(root: Path) -> Manifest | None:
         raw = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise EdgeError(
+            f"cannot read {path}: permission denied. Another user (root?) rendered this bundle: run this command "
+            "as that user (e.g. with sudo), or render the bundle as this one"
+        ) from None
     except orjson.JSONDecodeError as exc:
         raise _bad_manifest(path, f"not JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("version") != 1 or not isinstance(raw.get("files"), dict):
@@ -283,12 +288,21 @@ def _union(old: Entry | None, new: Entry) -> Entry:
 
 def _prune(root: Path, stale: Mapping[str, Entry], result: WriteResult) -> None:
     """Delete each stale file still holding what ARK wrote; rename an edited one; leave anything else."""
+    real_root = root.resolve()
     for relative, entry in sorted(stale.items()):
         path = root / safe_relative(relative)
         try:
             st = path.lstat()
         except (FileNotFoundError, NotADirectoryError):
             continue  # already gone
+        # lstat checks the last component only: a directory on the way that is now a symlink would
+        # lead the unlink or rename outside the bundle
+        parent = path.parent.resolve()
+        if parent != real_root and real_root not in parent.parents:
+            result.notes.append(
+                f"{relative}: no longer rendered, but its directory leads outside the bundle; left alone"
+            )
+            continue
         try:
             if not stat.S_ISREG(st.st_mode):
                 result.notes.append(f"{relative}: no longer rendered, but no longer a plain file either; left alone")

@@ -121,8 +121,14 @@ class Persister:
     def record_path(self) -> Path:
         return self.guard.dir / "persisted.json"
 
-    def persist(self, pending: Pending) -> list[tuple[Path, Path | None]]:
-        """Write what ``pending`` loaded; returns each path written with its ``.ark-previous`` copy, if made now."""
+    def persist(self, pending: Pending, *, netns_ok: bool = False) -> list[tuple[Path, Path | None]]:
+        """Write what ``pending`` loaded; returns each path written with its ``.ark-previous`` copy, if made now.
+
+        An apply in a network namespace is not persisted: the boot files are the host's. ``netns_ok``
+        persists it anyway, for tests whose persist paths point at test files.
+        """
+        if pending.netns and not netns_ok:
+            raise EdgeError(f"applied in namespace {pending.netns}: not persisted (boot files are the host's)")
         names = NFT_FILES if pending.backend == "nft" else IPTABLES_FILES
         try:
             applied = {name: self.guard.snapshot(pending.token, name).read_bytes() for name in names}

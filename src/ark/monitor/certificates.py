@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +40,21 @@ class CertificateCollector(Collector):
     def __init__(self, patterns: str) -> None:
         self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
         self._cache: dict[Path, tuple[float, tuple[str, float] | None]] = {}  # path -> (mtime, parsed)
+        self._said: set[Path] = set()  # unreadable folders already logged
+
+    def unreadable(self) -> list[Path]:
+        """The patterns' fixed folders that exist but this process may not list (certbot makes live/ 0700
+        root): a glob there finds nothing and says nothing, so they are counted as errors and logged once."""
+        out = []
+        for pattern in self.patterns:
+            fixed = Path(pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0])
+            folder = fixed if pattern.endswith(("/", "*")) or fixed.is_dir() else fixed.parent
+            if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+                out.append(folder)
+                if folder not in self._said:
+                    self._said.add(folder)
+                    log.warning("certificates: cannot read %s (not this user's): their expiry is not exported", folder)
+        return out
 
     def read(self) -> list[tuple[Path, tuple[str, float] | None]]:
         found = sorted({Path(p) for pattern in self.patterns for p in glob.glob(pattern)})
@@ -65,8 +81,11 @@ class CertificateCollector(Collector):
             "When the certificate stops being valid (Unix time).",
             labels=["name", "path"],
         )
-        errors = GaugeMetricFamily("ark_certificate_errors", "Certificate files that cannot be parsed.")
-        bad = 0
+        errors = GaugeMetricFamily(
+            "ark_certificate_errors",
+            "Certificate files that cannot be parsed, and their folders that cannot be read.",
+        )
+        bad = len(self.unreadable())
         for path, parsed in self.read():
             if parsed is None:
                 bad += 1
