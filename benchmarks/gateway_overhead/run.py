@@ -61,7 +61,10 @@ except ImportError:  # pragma: no cover
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 from mock_upstream import COMPLETION_TEXT, MODEL_ID, stream_tokens  # noqa: E402
+
+from docs_section import write_docs  # noqa: E402
 
 MASTER_KEY = "sk-bench-0123456789abcdefghijklmnopqrstuv"
 PROMPT = "Say hello in one short sentence."
@@ -727,18 +730,6 @@ def keys_section(result: dict[str, Any]) -> str:
         lines += ["", "Notes on this run (numbers may be noisy):", ""] + [f"* {n}" for n in keys["notes"]]
     lines += ["", KEYS_END]
     return "\n".join(lines)
-
-
-def write_docs(path: Path, section: str, begin: str, end: str) -> None:
-    """Replace the text between the markers begin and end, or append the section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main

@@ -58,7 +58,7 @@ from typing import Any
 
 from ark.arbiter.catalog import Entry
 from ark.arbiter.drivers import Driver
-from ark.arbiter.leases import Clock, MonotonicClock, OwnerTask, Stats
+from ark.arbiter.leases import Clock, MonotonicClock, OwnerTask, Releasing, Stats
 from ark.arbiter.policy import GB, Priority
 from ark.errors import ModelWontFit, QueueFull
 
@@ -90,31 +90,26 @@ class _Pending:
     evicted: bool = False  # a runner was unloaded to make room for it: its load is a swap
 
 
-class FifoLease:
+class FifoLease(Releasing):
     """A request's reference on its runner (sched.go's refCount); ``release`` ends the request."""
 
     def __init__(self, scheduler: FifoScheduler, runner: _Runner) -> None:
-        self._scheduler, self._runner, self.model, self._released = scheduler, runner, runner.name, False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._scheduler._finished(self._runner)
+        super().__init__(lambda _: scheduler._finished(runner))
+        self.model = runner.name
 
 
-class FifoHold:
+class FifoHold(Releasing):
     """Memory set aside for a job that is not a model; given back by ``release`` or after its seconds."""
 
     def __init__(self, scheduler: FifoScheduler, holder: str, memory: int) -> None:
-        self._scheduler, self.holder, self.memory, self._released = scheduler, holder, memory, False
+        super().__init__(lambda _: self._give_back(scheduler))
+        self.holder, self.memory = holder, memory
         self.timer: asyncio.TimerHandle | None = None
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            if self.timer is not None:
-                self.timer.cancel()
-            self._scheduler._give_back(self.memory)
+    def _give_back(self, scheduler: FifoScheduler) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        scheduler._give_back(self.memory)
 
 
 class FifoScheduler(OwnerTask):

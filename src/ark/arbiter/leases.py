@@ -22,7 +22,7 @@ from typing import Any, Protocol, Self, TypeVar
 from ark.arbiter.policy import Priority
 
 
-class _Ended:
+class Releasing:
     """Ends once: by ``release``, or by leaving the ``with`` block; ``ended`` is then told."""
 
     def __init__(self, ended: Callable[[Any], None]) -> None:
@@ -40,7 +40,7 @@ class _Ended:
         self.release()
 
 
-class Lease(_Ended):
+class Lease(Releasing):
     """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
 
     def __init__(self, model: str, granted: float, ended: Callable[[Lease], None], on: object = None) -> None:
@@ -49,7 +49,7 @@ class Lease(_Ended):
         self.on = on  # what the scheduler granted it on (its loaded model): a reload is another one
 
 
-class Hold(_Ended):
+class Hold(Releasing):
     """Memory set aside for a GPU user that is not a model; ``release`` gives it back."""
 
     def __init__(
