@@ -41,7 +41,8 @@ def test_promtool_accepts_the_config_and_the_rules(tmp_path: Path) -> None:
     write(prometheus.render(settings(tmp_path)), tmp_path / "out")
     checked = run("promtool", "check", "config", str(tmp_path / "out/prometheus/prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 16 rules found" in checked.stdout + checked.stderr
+    rules = len(prometheus.RECORDING_RULES) + len(prometheus.alerts(settings(tmp_path)))
+    assert f"SUCCESS: {rules} rules found" in checked.stdout + checked.stderr
     rules = run("promtool", "check", "rules", str(tmp_path / "out/prometheus/rules/ark.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
 
@@ -108,6 +109,13 @@ CASES: dict[str, dict[str, Any]] = {
             (f'ark_engine_restarts_total{{{ARK},engine="embedded"}}', "0 1 1 1 1 1 1 1 1 1 1"),
         ],
         "fires": [{"instance": "box:4000", "engine": "ollama"}],
+    },
+    "EngineWorkerCrashing": {
+        "series": [
+            (f'ark_engine_crashes_total{{{ARK},engine="embedded"}}', "0 1 2 3 3 3 3 3 3 3 3"),
+            (f'ark_engine_crashes_total{{{ARK},engine="other"}}', "0 0 1 1 2 2 2 2 2 2 2"),
+        ],
+        "fires": [{"instance": "box:4000", "engine": "embedded"}],
     },
     "GpuQueueWaitHigh": {
         "series": [  # every wait above 30 s: p95 is in the 60-120 bucket

@@ -19,6 +19,7 @@ reach an API client carry the HTTP status and the OpenAI error ``type`` and
         ├── QueueFull               429 queue_full (Retry-After)
         ├── InsufficientQuota       429 insufficient_quota (a budget is spent)
         ├── UpstreamError           502 upstream_error (engine answered badly or not at all)
+        ├── EngineCrashed           503 engine_crashed (an engine worker died under the request; Retry-After)
         └── UpstreamTimeout         504 upstream_timeout
 """
 
@@ -135,6 +136,14 @@ class UpstreamError(ApiError):
     status = 502
     type = "api_error"
     code = "upstream_error"
+
+
+class EngineCrashed(ApiError):
+    """The process running the model died under the request (a fault, an abort, out of memory, killed)."""
+
+    status = 503
+    type = "server_error"
+    code = "engine_crashed"
 
 
 class UpstreamTimeout(ApiError):

@@ -11,8 +11,10 @@ Ollama (``OllamaDriver``), as its API and ``server/sched.go`` behave:
   part of the model on the CPU (it does that silently when VRAM is short). The driver reports the
   VRAM part to the arbiter and remembers the split (``offloaded(model)``).
 
-The embedded llama.cpp engine (``EmbeddedDriver``) runs in ARK's own process: a load or an unload runs
-on the engine's worker thread, and is confirmed by what the engine then holds.
+The embedded llama.cpp engine (``EmbeddedDriver``) runs each model in a worker process: a load starts
+the worker and loads the model in it, an unload ends the process (its memory comes back for certain),
+both confirmed by what the engine then holds. A worker that dies by itself is reported through
+``watch``: the arbiter forgets the model and its memory at once.
 
 Every call has a deadline; a driver that misses one raises :class:`DriverError`. The Ollama driver talks
 through its engine's own client (``JsonUpstream``: one connection pool per engine) and reads ``/api/ps``
@@ -80,11 +82,16 @@ class EngineDriver(Protocol):
 
     async def restart(self) -> None: ...
 
+    def watch(self, lost: Callable[[str], None]) -> None:
+        """Have ``lost(model)`` called when the engine loses a model by itself (a worker that died)."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class EmbeddedEngine(Protocol):
     name: str
+    on_lost: Callable[[str], None] | None
 
     async def catalog(self) -> dict[str, Path]: ...
 
@@ -96,11 +103,11 @@ class EmbeddedEngine(Protocol):
 
 
 class EmbeddedDriver:
-    """llama.cpp inside ARK: loads and unloads on the engine's worker thread, confirmed by what it holds.
+    """llama.cpp in worker processes: a load starts one, an unload ends it, confirmed by what the engine holds.
 
-    A load that outlives the deadline is reported (the worker thread cannot be interrupted: llama.cpp
-    finishes the load in the background). It answers whenever ARK does, so it is never "restarted";
-    a load that fails is the model's fault (a corrupt file, too little memory) and its requests get 503.
+    The engine answers whenever ARK does (a dead worker is replaced at the next load), so it is never
+    "restarted"; a load that fails is the model's fault (a corrupt file, too little memory) or its worker
+    died, and its requests get 503.
     """
 
     probe_timeout = 0.0
@@ -154,6 +161,9 @@ class EmbeddedDriver:
 
     async def restart(self) -> None:
         raise DriverError(f"engine {self.name} runs inside ARK: restart ARK to restart it")
+
+    def watch(self, lost: Callable[[str], None]) -> None:
+        self.engine.on_lost = lost
 
     async def close(self) -> None:
         pass
@@ -246,6 +256,9 @@ class OllamaDriver(_JsonService):
         except (DriverError, TimeoutError):
             return False
         return True
+
+    def watch(self, lost: Callable[[str], None]) -> None:
+        """Ollama loses models only by hanging or being restarted, which ``heal`` finds and reports."""
 
     async def restart(self) -> None:
         """Run the configured restart command, then wait until Ollama answers again."""

@@ -66,7 +66,7 @@ from ark.arbiter.policy import (
     lets_in,
     plan,
 )
-from ark.errors import ApiError, EngineDown, ModelBusy, ModelOffloaded, ModelWontFit, QueueFull
+from ark.errors import ApiError, EngineCrashed, EngineDown, ModelBusy, ModelOffloaded, ModelWontFit, QueueFull
 
 log = logging.getLogger("ark.arbiter")
 
@@ -236,6 +236,16 @@ class Arbiter(OwnerTask):
         self.resident[model] = _Model(entry, 0, self.clock.now(), memory or entry.info.memory)
         self._wake.set()
         return True
+
+    def forget(self, model: str) -> None:
+        """The engine lost ``model`` by itself (its worker process died): it and its memory are gone.
+
+        Leases granted on it end against the load they were granted on, never a later one."""
+        state = self.resident.pop(model, None)
+        self.draining.discard(model)
+        if state is not None:
+            log.warning("arbiter: %s is gone with its engine worker (%d request(s) on it)", model, state.leases)
+        self._wake.set()
 
     # -- the owner task ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -481,6 +491,9 @@ class Arbiter(OwnerTask):
                 )
                 return
         self._restarted_for.discard(model)
+        if isinstance(error.__cause__, EngineCrashed):  # its worker died: said as such, and the next try is soon
+            self._fail(model, error.__cause__)
+            return
         self._fail(model, EngineDown(f"The engine could not load {model}: {error}", retry_after=30.0))
 
     async def _recover(self, model: str) -> bool:

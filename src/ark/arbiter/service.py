@@ -385,6 +385,8 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
         swap_delay=settings.gpu.swap_delay_s,
     )
     probe.arbiter = arbiter
+    for driver in answered:
+        driver.watch(arbiter.forget)
     await probe.tick()  # ComfyUI's footprint before the first plan
     for name, fact in facts.items():
         if fact.reported is not None:

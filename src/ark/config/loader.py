@@ -167,7 +167,9 @@ class EngineSettings:
     bundled_model: bool
     n_ctx: int
     n_threads: int
+    cpu_variant: str
     n_gpu_layers: int
+    worker_prefix: str
 
     @property
     def is_gpu_managed(self) -> bool:

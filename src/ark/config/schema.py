@@ -340,10 +340,26 @@ ENGINE: tuple[Setting, ...] = (
         kinds=("embedded",),
     ),
     Setting(
+        "cpu_variant",
+        Str(non_empty=True),
+        "auto",
+        'Which llama.cpp CPU variant the embedded engine\'s worker loads: "auto" picks the best the kernel '
+        'says this CPU supports; a name such as "haswell" forces one.',
+        kinds=("embedded",),
+    ),
+    Setting(
         "n_gpu_layers",
         Int(-1, 100_000),
         -1,
         "Layers offloaded to the GPU when llama.cpp was built with one (-1: all).",
+        kinds=("embedded",),
+    ),
+    Setting(
+        "worker_prefix",
+        Str(),
+        "",
+        "Command the embedded engine's worker processes run under, split like a shell would "
+        '(e.g. "nice -n 5", "taskset -c 2-15", "numactl --cpunodebind=0"); empty: none.',
         kinds=("embedded",),
     ),
 )

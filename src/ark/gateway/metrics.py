@@ -48,6 +48,11 @@ class _EngineCollector(Collector):
         loads = CounterMetricFamily(
             "ark_engine_model_loads", "Models loaded by an in-process engine.", labels=["engine"]
         )
+        crashes = CounterMetricFamily(
+            "ark_engine_crashes",
+            "Engine worker processes that died under ARK (a fault, an abort, out of memory, killed).",
+            labels=["engine"],
+        )
         for engine in self._engines():
             up.add_metric([engine.name], 1.0 if self._up(engine.name) else 0.0)
             stats = engine.stats()
@@ -55,6 +60,8 @@ class _EngineCollector(Collector):
                 tokens.add_metric([engine.name], stats["generated_tokens"])
             if "loads" in stats:
                 loads.add_metric([engine.name], stats["loads"])
+            if "crashes" in stats:
+                crashes.add_metric([engine.name], stats["crashes"])
         memory = GaugeMetricFamily(
             "ark_engine_model_memory_bytes",
             "Memory a model loaded in an engine takes, as the engine reports it (Ollama's /api/ps): "
@@ -66,7 +73,7 @@ class _EngineCollector(Collector):
                 size, vram = int(model.get("size") or 0), int(model.get("size_vram") or 0)
                 memory.add_metric([engine_name, str(model.get("name", "")), "total"], size)
                 memory.add_metric([engine_name, str(model.get("name", "")), "gpu"], vram)
-        yield from (up, tokens, loads, memory)
+        yield from (up, tokens, loads, crashes, memory)
 
 
 class _BudgetCollector(Collector):

@@ -103,6 +103,20 @@ def alerts(settings: Settings) -> list[Alert]:
             "the engine's own log; reserve more memory ([gpu] reserve_gb).",
         ),
         Alert(
+            "EngineWorkerCrashing",
+            "max by (instance, engine) (increase(ark_engine_crashes_total[1h]))",
+            ">",
+            2,
+            "0m",
+            "critical",
+            'The workers of engine {{ $labels.engine }} crashed {{ $value | printf "%.0f" }} times in an hour',
+            "Each crash cost the requests that worker served; ARK restarts workers with a growing pause. The "
+            "gateway's log says how each died (`llama.cpp worker ... died of SIGSEGV`) and its last words. "
+            "A fault before any answer is often a llama.cpp build this CPU cannot run: set the engine's "
+            "cpu_variant to an older one (`haswell`, `x64`); repeated SIGKILLs are usually the OOM killer "
+            "(`journalctl -k | grep -i oom`): give the model less context or the box more memory.",
+        ),
+        Alert(
             "GpuQueueWaitHigh",
             "histogram_quantile(0.95, sum by (instance, le) (rate(ark_queue_wait_seconds_bucket[10m])))",
             ">",

@@ -1,0 +1,251 @@
+"""The embedded engine's worker processes: the frame protocol, a worker that breaks it or dies, and the real
+llama.cpp worker (cancellation reaching the sampler, crashes, restarts with back-off, two models at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import struct
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ark.config import EngineSettings, load_settings
+from ark.engines import frames
+from ark.engines.base import ChatRequest, EmbeddingRequest, Sampling
+from ark.engines.embedded import EmbeddedEngine
+from ark.errors import EngineCrashed, InvalidRequest, UpstreamError
+
+FAKE = [sys.executable, str(Path(__file__).parent / "fakes" / "worker.py")]
+HI = [{"role": "user", "content": "hi"}]
+
+
+def engine_settings(
+    tmp_path: Path, models: tuple[str, ...] = (), tiny: Path | None = None, n_ctx: int = 2048
+) -> EngineSettings:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir(exist_ok=True)
+    for name in models:
+        target = models_dir / f"{name}.gguf"
+        if tiny is not None:
+            target.write_bytes(tiny.read_bytes())
+        else:
+            target.write_bytes(b"GGUF")  # the fake worker never reads it
+    config = tmp_path / "ark.toml"
+    config.write_text(
+        f'[engines.embedded]\nkind = "embedded"\nn_threads = 1\nn_ctx = {n_ctx}\nbundled_model = false\n'
+        f'models_dir = "{models_dir}"\n'
+    )
+    return load_settings(config_path=config, env={"ARK_DATA_DIR": str(tmp_path)}).engines[0]
+
+
+def chat(model: str, max_tokens: int | None = 4, **body: Any) -> ChatRequest:
+    return ChatRequest(model, HI, Sampling(max_tokens=max_tokens, temperature=0.0, seed=1), False, dict(body))
+
+
+# -- frames ------------------------------------------------------------------------------------------
+
+
+def test_a_frame_round_trips_and_garbage_is_refused() -> None:
+    frame = {"id": 3, "type": "chunk", "data": {"text": "é"}}
+    encoded = frames.encode(frame)
+    assert struct.unpack(">I", encoded[:4])[0] == len(encoded) - 4
+    assert frames.check_from_worker(frames.decode(encoded[4:])) == frame
+    for payload, why in [
+        (b"not json", "not JSON"),
+        (b"[1]", "integer id"),
+        (b'{"id": "3", "type": "done", "data": {}}', "integer id"),
+        (b'{"id": 3, "type": "surprise"}', "unknown frame type"),
+        (b'{"id": 3, "type": "chunk", "data": [1]}', "without an object"),
+        (b'{"id": 3, "type": "error"}', "without a message"),
+    ]:
+        with pytest.raises(frames.FrameError, match=why):
+            frames.check_from_worker(frames.decode(payload))
+
+
+async def _read_all(data: bytes) -> list[Any]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    got: list[Any] = []
+    while True:
+        try:
+            frame = await frames.read(reader)
+        except frames.FrameError as exc:
+            got.append(str(exc))
+            return got
+        if frame is None:
+            return got
+        got.append(frame)
+
+
+def test_reading_stops_cleanly_between_frames_and_fails_inside_one() -> None:
+    one = frames.encode({"id": 1, "type": "loaded"})
+    assert asyncio.run(_read_all(one)) == [{"id": 1, "type": "loaded"}]
+    assert asyncio.run(_read_all(one + one[:2]))[-1] == "the stream ended inside a frame header"
+    assert asyncio.run(_read_all(one + one[:-1]))[-1] == "the stream ended inside a frame"
+    huge = struct.pack(">I", frames.MAX_FRAME + 1)
+    assert "at most" in asyncio.run(_read_all(huge))[-1]
+
+
+# -- a worker that breaks the protocol or dies: the engine answers, and goes on ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["garbage", "not-an-object", "oversized", "stranger", "bad-type"])
+def test_a_malformed_frame_is_an_engine_error_and_the_next_worker_serves(tmp_path: Path, mode: str) -> None:
+    async def scenario() -> None:
+        settings = engine_settings(tmp_path, ("m",))
+        broken = EmbeddedEngine(settings, worker=[*FAKE, mode])
+        lost: list[str] = []
+        broken.on_lost = lost.append
+        with pytest.raises(UpstreamError, match="malformed frame"):
+            await broken.chat(chat("m"))
+        assert broken.crashes == 1 and lost == ["m"] and broken.loaded_models() == set()
+        await broken.close()
+        healthy = EmbeddedEngine(settings, worker=[*FAKE, "ok"])  # the same engine code, a well-behaved worker
+        assert (await healthy.chat(chat("m")))["choices"][0]["delta"]["content"] == "x"
+        await healthy.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_dies_fails_its_request_and_the_variant_it_ran_is_not_used_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv"
+    monkeypatch.setenv("ARK_FAKE_WORKER_ARGV", str(argv_log))
+
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "segv"])
+        with pytest.raises(EngineCrashed, match="died of SIGSEGV") as caught:
+            await engine.chat(chat("m"))
+        assert caught.value.status == 503 and caught.value.code == "engine_crashed"
+        with pytest.raises(EngineCrashed):
+            await engine.chat(chat("m"))  # a second worker: started at once (one crash is no streak)
+        assert engine.crashes == 2
+        await engine.close()
+
+    asyncio.run(scenario())
+    starts = argv_log.read_text().split("---\n")[:-1]
+    assert len(starts) == 2
+    # the first ran the variant it chose ("zen4" in the stand-in); it faulted before any answer: excluded
+    assert starts[0].split("\n")[starts[0].split("\n").index("--exclude") + 1] == ""
+    assert starts[1].split("\n")[starts[1].split("\n").index("--exclude") + 1] == "zen4"
+
+
+def test_crashes_in_a_row_back_off_on_the_engines_clock(tmp_path: Path) -> None:
+    now = [1000.0]
+
+    async def scenario() -> None:
+        engine = EmbeddedEngine(
+            engine_settings(tmp_path, ("m",)), worker=[*FAKE, "segv-at-start"], clock=lambda: now[0]
+        )
+        for _ in range(2):  # the first restart is at once
+            with pytest.raises(EngineCrashed, match="died of SIGSEGV"):
+                await engine.chat(chat("m"))
+        with pytest.raises(EngineCrashed, match="2 times in a row") as caught:
+            await engine.chat(chat("m"))
+        assert caught.value.retry_after == pytest.approx(1.0)
+        now[0] += 1.0
+        with pytest.raises(EngineCrashed, match="died of SIGSEGV"):  # tried again: a third crash
+            await engine.chat(chat("m"))
+        with pytest.raises(EngineCrashed, match="3 times in a row") as caught:
+            await engine.chat(chat("m"))
+        assert caught.value.retry_after == pytest.approx(2.0)  # doubled
+        assert engine.crashes == 3
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+# -- the real llama.cpp worker ---------------------------------------------------------------------------
+
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed: run scripts/install"
+)
+
+
+async def _first(stream: AsyncIterator[Any], n: int) -> list[Any]:
+    got = []
+    async for chunk in stream:
+        got.append(chunk)
+        if len(got) == n:
+            break
+    return got
+
+
+@needs_llama
+def test_the_worker_generates_streams_embeds_and_refuses_bad_input(tmp_path: Path, tiny_gguf: Path) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("tiny",), tiny_gguf))
+        await engine.load("tiny")
+        assert engine.loaded_models() == {"tiny"} and engine.loads == 1
+        whole = await engine.chat(chat("tiny", max_tokens=5))
+        assert whole["usage"]["completion_tokens"] == 5 and whole["model"] == "tiny"
+        streamed = [c async for c in engine.chat_stream(chat("tiny", max_tokens=5))]
+        assert [c["usage"]["completion_tokens"] for c in streamed if "usage" in c] == [5]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c["choices"])
+        assert text == whole["choices"][0]["message"]["content"]  # same seed, same tokens, either way
+        embedded = await engine.embed(EmbeddingRequest("tiny", ["a", "b"], {}))
+        assert len(embedded["data"]) == 2 and len(embedded["data"][0]["embedding"]) > 0
+        with pytest.raises(InvalidRequest, match="outside the vocabulary"):
+            await engine.chat(chat("tiny", logit_bias={"99999999": 1}))
+        assert engine.stats()["generated_tokens"] >= 10 and engine.crashes == 0
+        pid = engine.workers()["tiny"]
+        await engine.unload("tiny")
+        assert engine.loaded_models() == set()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the process is gone, and its memory with it
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+@needs_llama
+def test_cancelling_a_stream_stops_the_sampler_in_the_worker(tmp_path: Path, tiny_gguf: Path) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("tiny",), tiny_gguf, n_ctx=65536))
+        stream = engine.chat_stream(chat("tiny", max_tokens=60000))  # longer than any test would wait for
+        assert len(await _first(stream, 3)) == 3
+        await stream.aclose()  # what the gateway does when the client leaves
+        # the worker runs one job at a time: this answers only once the cancelled one has stopped
+        await engine.chat(chat("tiny", max_tokens=2))
+        after = (await engine.worker_stats("tiny"))["sampled"]
+        # three tokens read, at most what the pipe and the inbox held on top, and the two of the second request
+        assert after < 3 + 4096 + 2
+        assert (await engine.worker_stats("tiny"))["sampled"] == after  # nothing runs on in the background
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+@needs_llama
+@pytest.mark.parametrize("how", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_worker_killed_mid_stream_costs_only_its_request(tmp_path: Path, tiny_gguf: Path, how: int) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("a", "b"), tiny_gguf, n_ctx=65536))
+        lost: list[str] = []
+        engine.on_lost = lost.append
+        stream = engine.chat_stream(chat("a", max_tokens=60000))
+        await _first(stream, 2)
+        other = engine.chat_stream(chat("b", max_tokens=60000))  # a second model, generating at the same time
+        await _first(other, 2)
+        workers = engine.workers()
+        assert workers["a"] != workers["b"]
+        os.kill(workers["a"], how)
+        with pytest.raises(EngineCrashed, match=f"died of {signal.Signals(how).name}"):
+            async for _ in stream:
+                pass
+        assert lost == ["a"] and engine.crashes == 1 and "a" not in engine.loaded_models()
+        assert len(await _first(other, 5)) == 5  # the other model's worker never noticed
+        await other.aclose()
+        again = await engine.chat(chat("a", max_tokens=3))  # a new worker for the next request
+        assert again["usage"]["completion_tokens"] == 3 and engine.workers()["a"] != workers["a"]
+        await engine.close()
+
+    asyncio.run(scenario())
