@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ark.cli import main as cli
+from ark.cli_common import Context
 from ark.config.reference import configuration_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +30,10 @@ def _commands(group: click.Group, prefix: list[str]) -> list[tuple[list[str], cl
 
 def cli_markdown() -> str:
     lines = ["# CLI reference", "", "<!-- Generated from `ark --help` by scripts/gen_docs.py. -->", ""]
-    root = click.Context(cli, info_name="ark", terminal_width=100, max_content_width=100)
+    root = Context(cli, info_name="ark")  # ARK's help formatter: 100 columns, `quoted` spans whole
     lines += ["```", cli.get_help(root).rstrip(), "```", ""]
     for path, command in _commands(cli, []):
-        ctx = click.Context(command, info_name="ark " + " ".join(path), terminal_width=100, max_content_width=100)
+        ctx = Context(command, info_name="ark " + " ".join(path))
         lines += [f"## `ark {' '.join(path)}`", "", "```", command.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
 

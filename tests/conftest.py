@@ -43,6 +43,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
     return predicate()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_ark_settings_from_the_shell() -> Iterator[None]:
+    """No test, and no process a test starts, reads the ARK_* variables of the shell that runs the suite
+    (a developer's ARK_DATA_DIR or ARK_MASTER_KEY would point tests at their own ARK)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for var in [v for v in os.environ if v.startswith("ARK_")]:
+            patch.delenv(var)
+        yield
+
+
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A CliRunner for `ark` commands that sees none of the caller's ARK_* variables."""

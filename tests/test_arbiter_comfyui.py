@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from ark.arbiter.drivers import ComfyDriver, DriverError
+from tests.conftest import free_port
 from tests.fakes.comfyui import GIB, FakeComfyUI
 
 
@@ -55,7 +56,7 @@ def test_a_busy_comfyui_frees_after_its_job_or_the_driver_gives_up() -> None:
 
 def test_an_absent_comfyui_is_a_driver_error() -> None:
     async def main() -> None:
-        driver = ComfyDriver("http://127.0.0.1:9", idle=0, deadline=1)
+        driver = ComfyDriver(f"http://127.0.0.1:{free_port()}", idle=0, deadline=1)  # nothing listens there
         try:
             with pytest.raises(DriverError, match="ComfyUI"):
                 await driver.used()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -79,7 +80,11 @@ def test_config_check_ok_and_bad(runner: CliRunner, tmp_path: Path) -> None:
     assert str(bad) in result.output and "listen" in result.output and '"nowhere"' in result.output
 
 
-def test_models_list_and_status_show_the_embedded_models(runner: CliRunner, tmp_path: Path) -> None:
+def test_models_list_and_status_show_the_embedded_models(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ark status` looks for a gateway: not at the default 4000, where this machine may run a real ARK
+    monkeypatch.setenv("ARK_GATEWAY_LISTEN", f"127.0.0.1:{free_port()}")
     data = tmp_path / "d"
     make_tiny_gguf((data / "models").mkdir(parents=True) or data / "models" / "tiny.gguf")
     listed = runner.invoke(main, ["models", "list", "--data-dir", str(data)])
@@ -130,8 +135,9 @@ def test_models_pull_downloads_into_the_models_dir(
 
 
 def test_up_without_any_config_starts_and_prints_the_key_once(tmp_path: Path) -> None:
-    data = tmp_path / "fresh"
+    data = tmp_path / ("a-data-directory-with-a-name-longer-than-the-terminal-is-wide" * 2)
     port = free_port()
+    ollama = f"http://127.0.0.1:{free_port()}"
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -139,8 +145,9 @@ def test_up_without_any_config_starts_and_prints_the_key_once(tmp_path: Path) ->
         "ARK_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "ARK_CONSOLE_LISTEN": f"127.0.0.1:{free_port()}",
         "ARK_MONITOR_EMBEDDED": "no",
-        "ARK_ENGINES_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
+        "ARK_ENGINES_OLLAMA_URL": ollama,
         "ARK_ENGINES_EMBEDDED_BUNDLED_MODEL": "false",
+        "COLUMNS": "40",  # what ARK prints is never wrapped to the terminal's width
     }
 
     def start() -> tuple[subprocess.Popen[str], str]:
@@ -156,10 +163,26 @@ def test_up_without_any_config_starts_and_prints_the_key_once(tmp_path: Path) ->
     proc, first = start()
     assert proc.returncode == 0, first
     key = tomllib.loads((data / "ark.toml").read_text())["master_key"]
-    assert key in first and "First start" in first
+    lines = first.splitlines()
+    assert any(line.endswith(f": {key}") for line in lines) and f"First start: wrote {data / 'ark.toml'}" in lines
     assert (data / "models").is_dir() and (data / "logs").is_dir()
+    # What matters, in ARK's words: no third-party INFO lines (alembic's, on the first start), one line per engine.
+    logged = [match.groups() for line in lines if (match := LOG_LINE.match(line))]
+    assert not [line for line in lines if "alembic" in line], first
+    assert not [(level, name) for level, name, _ in logged if level == "INFO" and not name.startswith("ark")], first
+    engines = [message for _, _, message in logged if message.startswith("engine ")]
+    assert len(engines) == 2, first
+    ollama_line, embedded_line = engines
+    assert ollama_line.startswith(f"engine ollama ({ollama}): not answering (") and ollama_line.endswith(
+        "); its models are not served"
+    )
+    assert embedded_line == f"engine embedded: no models in {data / 'models'}"
+    assert any(line.endswith(f"data: {data}") for line in lines), first  # the banner: the path whole on its line
     proc, second = start()
     assert key not in second and key[:11] in second  # later starts show only the prefix
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
 
 
 def _ready(port: int) -> bool:

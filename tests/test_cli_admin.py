@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ark.cli import main
-from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, free_port, stop_ark, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,6 @@ def ark_cli(ark: ArkProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRun
     for var in [v for v in os.environ if v.startswith("ARK_")]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("ARK_CONFIG", str(ark.config))
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables: wide enough not to truncate
     yield CliRunner()
 
 
@@ -98,7 +97,7 @@ def test_bad_input_and_no_gateway(ark_cli: CliRunner, tmp_path: Path, monkeypatc
     bad = ark_cli.invoke(main, ["keys", "create", "--budget-duration", "forever"])
     assert bad.exit_code == 1 and "budget_duration" in bad.output and "HTTP 400" in bad.output
     config = tmp_path / "ark.toml"
-    config.write_text(f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:9"\n')
+    config.write_text(f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n')  # closed
     monkeypatch.setenv("ARK_CONFIG", str(config))
     down = ark_cli.invoke(main, ["keys", "list"])
     assert down.exit_code == 1 and "not running" in down.output and "ark up" in down.output

@@ -63,23 +63,25 @@ def ark(tmp_path: Path, tiny_gguf: Path) -> Iterator[ArkProcess]:
         "[console]\noverview_sample_s = 0.5\n"
     )
     process = embedded_ark(tmp_path, tiny_gguf, extra=extra)
-    result = CliRunner().invoke(
-        main,
-        [
-            "users",
-            "add",
-            "alice",
-            "--config",
-            str(process.config),
-            "--data-dir",
-            str(process.data_dir),
-            "--password-stdin",
-        ],
-        input=PASSWORD,
-    )
-    assert result.exit_code == 0, result.output
-    yield process
-    stop_ark(process)
+    try:
+        result = CliRunner().invoke(
+            main,
+            [
+                "users",
+                "add",
+                "alice",
+                "--config",
+                str(process.config),
+                "--data-dir",
+                str(process.data_dir),
+                "--password-stdin",
+            ],
+            input=PASSWORD,
+        )
+        assert result.exit_code == 0, result.output
+        yield process
+    finally:  # also when adding the user failed: no `ark up` outlives its test
+        stop_ark(process)
 
 
 def chat(ark: ArkProcess, n: int = 1) -> None:

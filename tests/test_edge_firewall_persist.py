@@ -85,7 +85,7 @@ def _apply(runner: CliRunner, config: Path, tmp_path: Path, netns: str) -> Resul
 
 
 def _text(result: Result) -> str:
-    return " ".join(result.output.split())  # rich wraps long lines
+    return result.output
 
 
 def _persister(tmp_path: Path, config: Path) -> Persister:

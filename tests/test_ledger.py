@@ -150,12 +150,16 @@ def test_sigkill_loses_no_completed_request(tmp_path: Path, tiny_gguf: Path) -> 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for thread in threads:
         thread.start()
-    assert wait_until(lambda: completed >= 40, timeout=60)
-    os.kill(ark.proc.pid, signal.SIGKILL)
-    ark.proc.wait(10)
-    stop.set()
-    for thread in threads:
-        thread.join(10)
+    try:
+        assert wait_until(lambda: completed >= 40, timeout=60)
+        os.kill(ark.proc.pid, signal.SIGKILL)
+        ark.proc.wait(10)
+    finally:  # when the load never got going too: no thread or process outlives the test
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        if ark.proc.poll() is None:
+            stop_ark(ark)
     assert list((data / "ledger").glob("*.jsonl")), "the dead process left its journal"
 
     restarted = embedded_ark(tmp_path, tiny_gguf, extra=ALIAS)

@@ -220,7 +220,7 @@ def test_ark_up_runs_prometheus_and_node_exporter_and_stops_them(tmp_path: Path,
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "ARK_DATA_DIR": str(data), "COLUMNS": "200"},
+            env={**os.environ, "ARK_DATA_DIR": str(data)},
         )
         assert "prometheus" in status.stdout and "absent" in status.stdout and "no NVIDIA GPU" in status.stdout, (
             status.stdout

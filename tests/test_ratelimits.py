@@ -11,6 +11,7 @@ import pytest
 
 from ark.gateway.ratelimits import RateLimited, RateLimits
 from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
+from tests.fakes.ollama import FakeOllama
 from tests.test_budgets import key
 
 
@@ -66,10 +67,12 @@ def test_limits_survive_a_reload_but_follow_new_values() -> None:
 
 
 @pytest.fixture(scope="module")
-def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ArkProcess]:
-    process = embedded_ark(
-        tmp_path_factory.mktemp("rates"), tiny_gguf, n_ctx=2048, extra="[models.tiny]\noutput_cost_per_token = 0.5\n"
-    )
+def ark(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, fake_ollama_server: FakeOllama
+) -> Iterator[ArkProcess]:
+    extra = "[models.tiny]\noutput_cost_per_token = 0.5\n"
+    extra += f'[engines.ollama]\nkind = "ollama"\nurl = "{fake_ollama_server.url}"\n'  # answers when a test says so
+    process = embedded_ark(tmp_path_factory.mktemp("rates"), tiny_gguf, n_ctx=2048, extra=extra)
     yield process
     stop_ark(process)
 
@@ -105,18 +108,23 @@ def test_rpm_429_with_openai_headers_and_metrics(ark: ArkProcess) -> None:
     assert ark.metric("ark_budget_remaining", key_alias="rpm-three") == 97.0
 
 
-def test_parallel_limit(ark: ArkProcess) -> None:
+def test_parallel_limit(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
     k = new_key(ark, key_alias="one-at-a-time", max_parallel_requests=1)
     results: list[int] = []
-    worker = threading.Thread(target=lambda: results.append(chat(ark, k, max_tokens=1500).status_code))
+    # The first request stays in flight until the second has been answered, however fast this machine is
+    # (a long generation by a fast engine could end first): the stand-in holds it.
+    fake_ollama.mode = "hold"
+    worker = threading.Thread(target=lambda: results.append(chat(ark, k, model="llama3.2:1b").status_code))
     worker.start()
-    # the long request is in flight (and alone: nothing else is sent meanwhile)
-    assert wait_until(lambda: ark.metric("ark_inflight_requests") >= 1, timeout=10)
-    refused = chat(ark, k)
-    worker.join(60)
+    try:
+        assert wait_until(lambda: fake_ollama.holding >= 1, timeout=10)
+        refused = chat(ark, k)
+    finally:
+        fake_ollama.mode = "normal"
+        worker.join(60)
     assert refused.status_code == 429 and "1 requests at once" in refused.json()["error"]["message"]
     assert results == [200]
-    assert chat(ark, k).status_code == 200  # the slot is free again
+    assert chat(ark, k, model="llama3.2:1b").status_code == 200  # the slot is free again
 
 
 def test_master_key_has_no_limits_or_headers(ark: ArkProcess) -> None:

@@ -206,18 +206,25 @@ def new_key(pair: tuple[ArkProcess, ArkProcess], **body: Any) -> str:
     return key
 
 
-def storm(pair: tuple[ArkProcess, ArkProcess], key: str, count: int) -> list[httpx.Response]:
-    async def run() -> list[httpx.Response]:
+def storm(
+    pair: tuple[ArkProcess, ArkProcess], key: str, count: int, answered: list[httpx.Response] | None = None
+) -> list[httpx.Response]:
+    """``count`` chats at once, alternating between the gateways; the answers in the order they came, each
+    appended to ``answered`` as it arrives (for a test that watches from another thread)."""
+    out = [] if answered is None else answered
+
+    async def run() -> None:
         limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
-            return list(
-                await asyncio.gather(
-                    *(client.post(pair[i % 2].api + "/chat/completions", json=CHAT) for i in range(count))
-                )
-            )
 
-    return asyncio.run(run())
+            async def one(i: int) -> None:
+                out.append(await client.post(pair[i % 2].api + "/chat/completions", json=CHAT))
+
+            await asyncio.gather(*(one(i) for i in range(count)))
+
+    asyncio.run(run())
+    return out
 
 
 def chat_logs(ark: ArkProcess, key: str) -> list[dict[str, Any]]:
@@ -265,10 +272,19 @@ def test_two_gateways_share_one_rate_limit(pair: tuple[ArkProcess, ArkProcess]) 
 
 def test_two_gateways_share_one_parallel_limit(pair: tuple[ArkProcess, ArkProcess], fake_ollama: FakeOllama) -> None:
     key = new_key(pair, max_parallel_requests=2)
-    fake_ollama.token_delay = 0.15  # each answer takes over a second: all six overlap
-    statuses = [r.status_code for r in storm(pair, key, 6)]
+    # The stand-in holds what reaches it until four answers are in: the two admitted requests cannot end
+    # before the others are refused, however long this machine takes to send all six.
+    fake_ollama.mode = "hold"
+    answered: list[httpx.Response] = []
+    stormer = threading.Thread(target=storm, args=(pair, key, 6, answered))
+    stormer.start()
+    try:
+        assert wait_until(lambda: len(answered) >= 4, timeout=30)
+    finally:
+        fake_ollama.mode = "normal"
+        stormer.join(60)
+    statuses = [r.status_code for r in answered]
     assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
-    fake_ollama.token_delay = 0.0
     # once they are done, the slots are free again, on either gateway
     assert wait_until(lambda: storm(pair, key, 2)[0].status_code == 200, timeout=5)
 

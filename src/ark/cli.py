@@ -11,20 +11,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 import ark
 import ark.cli_simulate  # registers `ark gpu simulate`
 from ark.cli_admin import gpu, keys, teams, usage
-from ark.cli_common import ConfigProblem, config_options, settings_or_exit
+from ark.cli_common import (
+    ConfigProblem,
+    Table,
+    config_options,
+    make_console,
+    settings_or_exit,
+    use_ark_context,
+)
 from ark.cli_users import users
 from ark.config import Settings, generate_master_key, render_config
 from ark.errors import ArkError
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,10 +64,10 @@ def init(data_dir: Path | None, force: bool) -> None:
         raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
     key = generate_master_key()
     write_config(path, render_config(key, target_dir if data_dir is not None else None))
-    console.print(f"Wrote [bold]{path}[/]")
+    console.print(f"Wrote [bold]{escape(str(path))}[/]")
     console.print(f"Master key (shown once, also in that file): [bold]{key}[/]")
     hint = f" --data-dir {target_dir}" if data_dir is not None else ""
-    console.print(f"Start ARK with: ark up{hint}")
+    console.print(f"Start ARK with: ark up{escape(hint)}")
 
 
 def write_config(path: Path, text: str) -> None:
@@ -87,8 +93,8 @@ def config_check(config_path: Path | None, data_dir: Path | None) -> None:
     """Validate ark.toml and the ARK_* environment without starting anything."""
     settings = settings_or_exit(config_path, data_dir)
     source = str(settings.config_path) if settings.config_path else "no file (defaults)"
-    console.print(f"[green]OK[/] {source}")
-    console.print(f"  data dir  {settings.data_dir}")
+    console.print(f"[green]OK[/] {escape(source)}")
+    console.print(f"  data dir  {escape(str(settings.data_dir))}")
     console.print(f"  gateway   {settings.gateway.listen}")
     console.print(f"  engines   {', '.join(f'{e.name} ({e.kind})' for e in settings.engines)}")
     console.print(f"  models    {len(settings.models)} configured, {len(settings.aliases)} aliases")
@@ -108,9 +114,22 @@ def prepare_data_dir(settings: Settings) -> Settings:
     path = settings.data_dir / "ark.toml"
     key = generate_master_key()
     write_config(path, render_config(key))
-    err_console.print(f"First start: wrote {path}")
+    err_console.print(f"First start: wrote {escape(str(path))}")
     err_console.print(f"Master key (shown once; it is also in that file): [bold]{key}[/]")
     return settings_or_exit(path, settings.data_dir)
+
+
+def configure_logging(level: str) -> None:
+    """``log_level`` sets the verbosity of ARK's own log; other libraries log from WARNING up (or from
+    ``level``, when it is higher). Their INFO lines are not news to whoever runs ARK: alembic's per plugin and
+    migration step on a first start, httpx's per request to an engine."""
+    ours = logging.getLevelName(level.upper())
+    logging.basicConfig(
+        level=max(ours, logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("ark").setLevel(ours)
 
 
 @main.command()
@@ -120,18 +139,13 @@ def up(config_path: Path | None, data_dir: Path | None) -> None:
     from ark.gateway.server import run, serve
 
     settings = prepare_data_dir(settings_or_exit(config_path, data_dir))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
 
-    def started(_: object) -> None:
+    def started(_: object) -> None:  # what each engine serves is logged by the gateway's first look at it
         listen = settings.gateway.listen
-        engines = ", ".join(f"{e.name} ({e.kind})" for e in settings.engines)
         err_console.print(
             f"ARK {ark.__version__} gateway on http://{listen}/v1  console on http://{settings.console.listen}/  "
-            f"engines: {engines}  key: {settings.master_key.prefix()}  data: {settings.data_dir}"
+            f"key: {settings.master_key.prefix()}  data: {escape(str(settings.data_dir))}"
         )
 
     try:
@@ -200,7 +214,7 @@ def models_pull(
         result = pull_with_progress(url, target, sha256=sha256, name=name, console=console)
     except PullError as exc:
         raise click.ClickException(str(exc)) from None
-    console.print(f"[green]OK[/] {result.path} ({result.size} bytes, sha256 {result.sha256})")
+    console.print(f"[green]OK[/] {escape(str(result.path))} ({result.size} bytes, sha256 {result.sha256})")
     console.print(f"Served as model [bold]{result.path.stem}[/] by the embedded engine.")
 
 
@@ -210,3 +224,5 @@ main.add_command(usage)
 main.add_command(gpu)
 main.add_command(users)
 import ark.cli_edge  # noqa: E402 - registers render, certs, peers, firewall, audit
+
+use_ark_context(main)  # last: every command is registered by now

@@ -12,16 +12,15 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from ark.admin_client import AdminError, call
-from ark.cli_common import config_options, settings_or_exit
+from ark.cli_common import Table, config_options, make_console, settings_or_exit
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(highlight=False)
+console = make_console()
 
 
 def _api(config_path: Path | None, data_dir: Path | None, method: str, path: str, **kwargs: Any) -> Any:

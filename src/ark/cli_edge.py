@@ -12,13 +12,11 @@ from pathlib import Path
 
 import click
 import orjson
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
-from rich.table import Table
 
 from ark.cli import main
-from ark.cli_common import ConfigProblem, config_options, qr_text, settings_or_exit
+from ark.cli_common import ConfigProblem, Table, config_options, make_console, qr_text, settings_or_exit
 from ark.config import Settings
 from ark.edge.acme import Acme, AcmeResult, Reporter
 from ark.edge.certs import certbot_live
@@ -27,7 +25,7 @@ from ark.edge.render import RENDERERS, default_out, make_context, render_bundle
 from ark.edge.wireguard import PeerStore, endpoint
 from ark.errors import ConfigError, EdgeError
 
-console = Console(highlight=False)
+console = make_console()
 out_option = click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -133,7 +131,7 @@ def certs_self_signed(config_path: Path | None, data_dir: Path | None, out: Path
     target = bundle_dir(settings, out)
     result = render_with_progress(settings, target, "self-signed", ["certs"])
     print_result(result, target)
-    console.print(f"CA certificate: {target / 'certs' / 'ca.pem'}")
+    console.print(f"CA certificate: {escape(str(target / 'certs' / 'ca.pem'))}")
 
 
 class RichReporter(Reporter):
@@ -237,7 +235,7 @@ def _show_peer(settings: Settings, out: Path, name: str, qr: bool) -> None:
     path = out / "wireguard" / "peers" / f"{name}.conf"
     if qr:
         console.print(qr_text(path.read_text()), markup=False, highlight=False)
-    console.print(f"Peer file (secret, 0600): [bold]{path}[/]")
+    console.print(f"Peer file (secret, 0600): [bold]{escape(str(path))}[/]")
 
 
 @peers.command("add")
@@ -315,7 +313,8 @@ def peers_remove(config_path: Path | None, data_dir: Path | None, out: Path | No
 
 def _reload_hint(settings: Settings, out: Path) -> None:
     iface = settings.wireguard.interface
-    console.print(f"Apply on the server: wg syncconf {iface} <(wg-quick strip {out / 'wireguard' / f'{iface}.conf'})")
+    command = f"wg syncconf {iface} <(wg-quick strip {out / 'wireguard' / f'{iface}.conf'})"
+    console.print(f"Apply on the server: {escape(command)}")
 
 
 # -- audit ----------------------------------------------------------------------------------------

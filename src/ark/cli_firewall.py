@@ -6,19 +6,17 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from ark.cli import main
-from ark.cli_common import config_options, settings_or_exit
+from ark.cli_common import Table, config_options, make_console, settings_or_exit
 from ark.cli_edge import bundle_dir, edge_errors, out_option, render_with_progress
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.persist import Persister, describe
 from ark.errors import EdgeError
 
-console = Console(highlight=False)
+console = make_console()
 
 
 @main.group()

@@ -7,18 +7,17 @@ from pathlib import Path
 
 import click
 import orjson
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from ark.arbiter.simulate import POLICIES, Result, Span, simulate
 from ark.arbiter.virtual_loop import SimulationStuck
 from ark.arbiter.workload import Box, Knobs, Workload, WorkloadError, box_from_settings, read_workload
 from ark.cli_admin import gpu
-from ark.cli_common import config_options, settings_or_exit
+from ark.cli_common import Table, config_options, make_console, settings_or_exit
 
-console = Console(highlight=False)
+console = make_console()
 CHART_WIDTH = 60
 
 

@@ -16,17 +16,15 @@ from pathlib import Path
 
 import click
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from ark.auth import passwords, totp
 from ark.auth.users import ROLES, User, UserStore
-from ark.cli_common import config_options, qr_text, settings_or_exit
+from ark.cli_common import Table, config_options, make_console, qr_text, settings_or_exit
 from ark.config import Settings
 from ark.errors import ArkError
 from ark.store import Store
 
-console = Console(highlight=False)
+console = make_console()
 TOTP_TRIES = 3  # codes asked for at enrolment: room for a typo, not for guessing
 
 

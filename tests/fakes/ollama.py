@@ -37,8 +37,12 @@ model, the prompt and ``options.seed``, one token per streamed chunk, honouring
 Embeddings are hash-seeded Gaussian vectors of ``embed_dim`` floats.
 
 Test controls (see :class:`FakeOllama`): ``mode`` makes POST requests misbehave
-("hang", "hang_after_first", "drop", "error_mid_stream", "error500"); counters
-record every POST and every stream started, completed or abandoned by its client.
+("hang", "hang_after_first", "drop", "error_mid_stream", "error500") or wait until the test
+sets another mode, however long that takes ("hold": before answering; "hold_after_first": a
+stream, after its first chunk; ``holding`` counts those waiting);
+counters record every POST and every stream started, completed or abandoned by its client.
+``clock`` (``time.monotonic`` unless given) is what keep-alive and unload deadlines are read
+against, so a test can move time on instead of sleeping through it.
 "hang_after_load" is Ollama's known hang under VRAM pressure: the next model load
 never finishes and from then on the scheduler answers nothing (every POST,
 ``/api/ps``, ``/api/tags``; ``/`` and ``/api/version`` still answer, as Go's HTTP
@@ -517,7 +521,7 @@ class LoadedModel:
     context_length: int
     refcount: int = 0
     expires_at_ns: int | None = None  # wall clock shown by /api/ps; None until first idle
-    unload_at: float | None = None  # time.monotonic() deadline; None while in use or kept forever
+    unload_at: float | None = None  # FakeOllama.clock deadline; None while in use or kept forever
     size_vram: int | None = None  # on the GPU; the rest is on the CPU (None: all of it on the GPU)
 
     @property
@@ -697,7 +701,9 @@ class FakeOllama:
         token_delay: float = 0.0,
         embed_dim: int = 16,
         unload_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.reply_tokens = reply_tokens
         self.token_delay = token_delay
         self.embed_dim = embed_dim
@@ -716,6 +722,8 @@ class FakeOllama:
         self.error_message = DEFAULT_ERROR_MESSAGE
         self.hung = False  # "hang_after_load" struck: nothing answers until restart()
         self.restarts = 0
+        self.holding = 0  # POSTs waiting in "hold" mode
+        self.unloads_in_use = 0  # unload requests for a model while a request was using it
         self._revived = asyncio.Event()
 
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -785,6 +793,7 @@ class FakeOllama:
         self.error_message = DEFAULT_ERROR_MESSAGE
         self.hung = False
         self.restarts = 0
+        self.unloads_in_use = 0
         self.requests.clear()
         self.streams_started = self.streams_completed = self.streams_cancelled = self.requests_cancelled = 0
         self.cancelled_event.clear()
@@ -872,7 +881,7 @@ class FakeOllama:
         return spec
 
     def _prune(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for key, entry in list(self._loaded.items()):
             if entry.is_gone(now):
                 self._loaded.pop(key, None)
@@ -925,14 +934,14 @@ class FakeOllama:
             return
         entry.expires_at_ns = time.time_ns() + entry.session_ns
         forever = entry.session_ns >= MAX_DURATION_NS
-        entry.unload_at = None if forever else time.monotonic() + entry.session_ns / NS_PER_SECOND
+        entry.unload_at = None if forever else self.clock() + entry.session_ns / NS_PER_SECOND
 
     def _schedule_unload(self, entry: LoadedModel) -> None:
         if self.unload_delay <= 0:
             if self._loaded.get(entry.spec.key) is entry:
                 del self._loaded[entry.spec.key]
         else:
-            entry.unload_at = time.monotonic() + self.unload_delay
+            entry.unload_at = self.clock() + self.unload_delay
 
     def _expire(self, spec: ModelSpec) -> None:
         """``Scheduler.expireRunner``: unload now if idle, else when its requests finish."""
@@ -942,6 +951,8 @@ class FakeOllama:
         entry.session_ns = 0
         if entry.refcount <= 0:
             self._schedule_unload(entry)
+        else:  # Ollama unloads it once its requests end; a client that asks has unloaded it under a request
+            self.unloads_in_use += 1
 
     @contextlib.asynccontextmanager
     async def _use_model(
@@ -1064,6 +1075,8 @@ class FakeOllama:
     async def _misbehave(self, request: web.Request, body: Any, state: _RequestState) -> web.StreamResponse | None:
         """Apply the modes that act before any byte of the answer; None means carry on."""
         streaming = request.path in STREAMING_PATHS and isinstance(body, dict) and body.get("stream") is not False
+        if self.mode == "hold":
+            await self._hold("hold")
         if self.mode == "hang" or (self.mode == "hang_after_first" and not streaming):
             return await self._hang(request, state)
         if self.mode == "error500" or (self.mode == "error_mid_stream" and not streaming):
@@ -1073,6 +1086,16 @@ class FakeOllama:
             _abort_connection(request)
             return web.Response()
         return None
+
+    async def _hold(self, mode: str) -> None:
+        """Wait while the mode is ``mode``. Polled: the test that ends the hold sets ``mode`` from its own
+        thread, where an asyncio.Event of this loop cannot be set safely."""
+        self.holding += 1
+        try:
+            while self.mode == mode:  # noqa: ASYNC110 - set from the test's thread, see above
+                await asyncio.sleep(0.01)
+        finally:
+            self.holding -= 1
 
     async def _hang(self, request: web.Request, state: _RequestState) -> web.StreamResponse:
         """Stall until the client leaves (cancellation) or the fake stops (connection aborted)."""
@@ -1130,6 +1153,8 @@ class FakeOllama:
         if self.mode == "hang_after_first" and sent >= 1:
             await self._hang(request, state)
             return True
+        if self.mode == "hold_after_first" and sent == 1:
+            await self._hold("hold_after_first")
         if self.mode == "drop" and sent >= self.drop_after:
             state.dropped = True
             _abort_connection(request)

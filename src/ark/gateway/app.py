@@ -113,7 +113,7 @@ class Gateway:
         self.prices = prices(settings.models)
         self._fixed_options = {m.id: m.fixed_options for m in settings.models if m.fixed_options}
         self.engines: list[Engine] = list(engines) if engines is not None else build_engines(settings)
-        self.router = ModelRouter(self.engines, settings)
+        self.router = ModelRouter(self.engines, settings, announce=True)
         self.metrics = Metrics()
         self.engine_models: dict[str, list[Json]] = {}  # engine -> what it has loaded (Ollama's /api/ps)
         self.metrics.watch_engines(lambda: self.engines, self._engine_up, lambda: self.engine_models)

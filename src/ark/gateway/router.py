@@ -21,6 +21,7 @@ log = logging.getLogger("ark.gateway")
 
 _MISS_REFRESH_INTERVAL_S = 1.0  # a flood of unknown names must not become a flood of engine probes
 _LIST_TIMEOUT_S = 10.0
+_NAMES_SHOWN = 5  # model names in an engine's start-up line; an Ollama with forty models says "and 35 more"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +39,9 @@ class EngineState:
 
 
 class ModelRouter:
-    def __init__(self, engines: Sequence[Engine], settings: Settings) -> None:
+    def __init__(self, engines: Sequence[Engine], settings: Settings, *, announce: bool = False) -> None:
         self.engines = list(engines)
+        self._announce = announce  # log what the first look at each engine found (`ark up`; `ark status` prints it)
         self._by_name = {e.name: e for e in self.engines}
         self._configured = {m.id: m.engine for m in settings.models}
         self._aliases = dict(settings.aliases)
@@ -58,6 +60,9 @@ class ModelRouter:
 
     async def _refresh(self) -> None:
         results = await asyncio.gather(*(self._list(e) for e in self.engines))
+        if self._announce and not self.ready.is_set():  # one line per engine, before /health/ready says 200
+            for listed, lister in zip(results, self.engines, strict=True):
+                log.log(*first_look(lister, self.state[lister.name], [m.id for m in listed]))
         found: dict[str, ModelInfo] = {}
         for models in results:
             for info in models:
@@ -83,7 +88,8 @@ class ModelRouter:
                 models = await engine.list_models()
         except (ApiError, TimeoutError, OSError) as exc:
             message = getattr(exc, "message", None) or f"no answer in {_LIST_TIMEOUT_S:g}s"
-            if self.state.get(engine.name, EngineState(True, 0)).up:
+            before = self.state.get(engine.name)
+            if before is not None and before.up:  # a change; at the first look, first_look() says it
                 log.warning("engine %s is not available: %s", engine.name, message)
             self.state[engine.name] = EngineState(False, 0, message)
             return []
@@ -110,3 +116,19 @@ class ModelRouter:
         ]
         out += [(alias, None, target) for alias, target in self._aliases.items() if alias in self._routes]
         return out
+
+
+def first_look(engine: Engine, state: EngineState, models: Sequence[str]) -> tuple[int, str]:
+    """The log level and line that say what the first look at ``engine`` found: where it is (its URL, or
+    the folder it serves files from), and the models it serves, or why none."""
+    settings = engine.settings
+    where = f"engine {engine.name} ({settings.url})" if settings.url else f"engine {engine.name}"
+    if not state.up:
+        return logging.WARNING, f"{where}: not answering ({state.error}); its models are not served"
+    source = "" if settings.url else f" in {settings.models_dir}"
+    if not models:
+        return logging.WARNING, f"{where}: no models{source}"
+    names = ", ".join(models[:_NAMES_SHOWN]) + (
+        f" and {len(models) - _NAMES_SHOWN} more" if len(models) > _NAMES_SHOWN else ""
+    )
+    return logging.INFO, f"{where}: {len(models)} model{'s' if len(models) > 1 else ''} ({names}){source}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from ark.errors import ArkError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+log = logging.getLogger("ark.store")
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions (a test checks it against Alembic's head). A database
 # already there is opened without importing Alembic, which keeps `ark up` quick to start.
@@ -103,6 +105,8 @@ def migrate(engine: Engine) -> str:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    if revision is not None:  # said in ARK's words (alembic's own lines are below `ark up`'s log level)
+        log.info("database %s: schema upgraded from %s to %s", safe_url(engine), revision, head())
     return head()
 
 
