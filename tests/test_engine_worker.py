@@ -68,29 +68,30 @@ def test_a_frame_round_trips_and_garbage_is_refused() -> None:
             frames.check_from_worker(frames.decode(payload))
 
 
-async def _read_all(data: bytes) -> list[Any]:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
+def _read_all(*reads: bytes) -> list[Any]:
+    """Frames as the parser cuts them from these reads, then the end of the stream (or the error)."""
+    parser = frames.Parser()
     got: list[Any] = []
-    while True:
-        try:
-            frame = await frames.read(reader)
-        except frames.FrameError as exc:
-            got.append(str(exc))
-            return got
-        if frame is None:
-            return got
-        got.append(frame)
+    try:
+        for data in reads:
+            got.extend(parser.feed(data))
+        parser.end()
+    except frames.FrameError as exc:
+        got.append(str(exc))
+    return got
 
 
-def test_reading_stops_cleanly_between_frames_and_fails_inside_one() -> None:
-    one = frames.encode({"id": 1, "type": "loaded"})
-    assert asyncio.run(_read_all(one)) == [{"id": 1, "type": "loaded"}]
-    assert asyncio.run(_read_all(one + one[:2]))[-1] == "the stream ended inside a frame header"
-    assert asyncio.run(_read_all(one + one[:-1]))[-1] == "the stream ended inside a frame"
-    huge = struct.pack(">I", frames.MAX_FRAME + 1)
-    assert "at most" in asyncio.run(_read_all(huge))[-1]
+def test_frames_are_cut_however_the_reads_split_them_and_a_stream_ends_only_between_frames() -> None:
+    one, two = frames.encode({"id": 1, "type": "loaded"}), frames.encode({"id": 2, "type": "stats", "data": {}})
+    both = one + two
+    assert _read_all(both) == [{"id": 1, "type": "loaded"}, {"id": 2, "type": "stats", "data": {}}]
+    for cut in range(1, len(both)):  # every split point, in the header and in the payload
+        assert _read_all(both[:cut], both[cut:]) == _read_all(both)
+    assert _read_all(*(bytes([b]) for b in both)) == _read_all(both)  # a byte at a time
+    assert _read_all(one + two[:2])[-1] == "the stream ended inside a header"
+    assert _read_all(one + two[:-1])[-1] == "the stream ended inside a frame"
+    assert "at most" in _read_all(struct.pack(">I", frames.MAX_FRAME + 1))[-1]
+    assert "not JSON" in _read_all(struct.pack(">I", 3) + b"{x}" + one)[-1]
 
 
 # -- a worker that breaks the protocol or dies: the engine answers, and goes on ---------------------------

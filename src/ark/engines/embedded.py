@@ -28,10 +28,10 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ark.config import EngineSettings
 from ark.engines import frames
@@ -51,7 +51,7 @@ log = logging.getLogger("ark.engines")
 
 BUNDLED_ID = "smollm2-135m-instruct"
 WORKER = [sys.executable, "-m", "ark.engines.llama_worker"]
-INBOX = 64  # frames a stream may have waiting; beyond that the worker pauses (its socket fills)
+INBOX = 64  # frames a stream may have waiting; beyond that its socket is not read (the worker pauses)
 STOP_GRACE_S = 5.0  # a worker told to stop that is still there after this is killed
 BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
 # A worker that dies of these before it ever answered may have met code its CPU variant cannot run here
@@ -74,36 +74,36 @@ def bundled_model_path() -> Path | None:
 
 
 class _Inbox:
-    """Frames for one request, in order; a full inbox pauses the reader (and so the worker)."""
+    """Frames for one request, in order, for the one coroutine that waits on them."""
+
+    __slots__ = ("abandoned", "items", "waiter")
 
     def __init__(self) -> None:
         self.items: deque[Frame | ApiError] = deque()
-        self.ready = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
+        self.waiter: asyncio.Future[None] | None = None
         self.abandoned = False  # the request is gone: frames still coming are dropped
 
-    def put(self, item: Frame | ApiError) -> None:
+    def put(self, item: Frame | ApiError) -> int:
+        """Queue ``item``; returns how many are waiting."""
         if self.abandoned:
-            return
+            return 0
         self.items.append(item)
-        self.ready.set()
-        if len(self.items) >= INBOX:
-            self.room.clear()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        return len(self.items)
 
     async def get(self) -> Frame | ApiError:
         while not self.items:
-            self.ready.clear()
-            await self.ready.wait()
-        item = self.items.popleft()
-        if len(self.items) < INBOX:
-            self.room.set()
-        return item
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
     def abandon(self) -> None:
         self.abandoned = True
         self.items.clear()
-        self.room.set()
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,13 @@ class Death:
         return -self.returncode if self.returncode is not None and self.returncode < 0 else None
 
 
-class Worker:
-    """One worker process and what is waiting on it. Its own reader task is the only one that reads."""
+class Worker(asyncio.Protocol):
+    """One worker process and the requests waiting on it.
+
+    Its socket is read by this protocol's callbacks only: each read is cut into frames and each frame
+    goes to the request it answers, so a token costs one callback and no task switch until the
+    request's own coroutine takes it. A stream whose reader falls behind pauses the socket.
+    """
 
     def __init__(self, engine: str, model: str, argv: list[str], on_exit: Callable[[Worker, Death], None]) -> None:
         self.engine, self.model, self.argv = engine, model, argv
@@ -133,10 +138,13 @@ class Worker:
         self.alive = False
         self._jobs: dict[int, _Inbox] = {0: _Inbox()}  # 0: the greeting
         self._next_id = 1
-        self._writer: asyncio.StreamWriter | None = None
+        self._parser = frames.Parser()
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._broken: str | None = None
         self._stopping = False
         self._stderr: deque[str] = deque(maxlen=20)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ended = asyncio.Event()
 
     async def start(self, deadline: float) -> None:
@@ -158,11 +166,8 @@ class Worker:
         finally:
             theirs.close()
         self.alive = True
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
-        self._tasks = [
-            asyncio.create_task(self._read(reader), name=f"ark-worker-{self.model}"),
-            asyncio.create_task(self._log_stderr(), name=f"ark-worker-{self.model}-stderr"),
-        ]
+        self._spawn(self._log_stderr(), "stderr")
+        await asyncio.get_running_loop().create_unix_connection(lambda: self, sock=ours)
         try:
             async with asyncio.timeout(deadline):
                 hello = await self._jobs[0].get()
@@ -183,6 +188,11 @@ class Worker:
     def pid(self) -> int:
         return self.process.pid if self.process is not None else 0
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(coro, name=f"ark-worker-{self.model}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- requests -----------------------------------------------------------------------------------
     async def call(self, op: Frame) -> Frame:
         """Send ``op`` and return the frame that ends it (``loaded``, ``done`` or ``stats``)."""
@@ -193,16 +203,18 @@ class Worker:
 
     async def frames(self, op: Frame) -> AsyncIterator[Frame]:
         """Every frame answering ``op`` until the one that ends it; leaving early cancels it in the worker."""
-        if not self.alive:
+        if not self.alive or self._transport is None:
             raise EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} is gone.", retry_after=1.0)
         job, inbox = self._next_id, _Inbox()
         self._next_id += 1
         self._jobs[job] = inbox
         ended = False
         try:
-            await self._send({**op, "id": job})
+            self._transport.write(frames.encode({**op, "id": job}))
             while True:
                 item = await inbox.get()
+                if self._paused and len(inbox.items) < INBOX:
+                    self._resume()
                 if isinstance(item, ApiError):
                     ended = True
                     raise item
@@ -217,20 +229,11 @@ class Worker:
                 if ended:
                     return
         finally:
-            if not ended and self._jobs.pop(job, None) is not None:  # cancelled, or the caller stopped reading
-                inbox.abandon()
-                self._jobs[job] = inbox  # its last frames still come: dropped as they arrive
-                with contextlib.suppress(OSError, RuntimeError):
-                    if self._writer is not None and not self._writer.is_closing():
-                        self._writer.write(frames.encode({"id": job, "op": "cancel"}))
-
-    async def _send(self, frame: Frame) -> None:
-        assert self._writer is not None
-        try:
-            self._writer.write(frames.encode(frame))
-            await self._writer.drain()
-        except (OSError, RuntimeError):
-            pass  # the reader sees the worker's end and answers every request with it
+            if not ended and self._jobs.get(job) is inbox:  # cancelled, or the caller stopped reading
+                inbox.abandon()  # its last frames still come: dropped as they arrive
+                self._resume()
+                if not self._transport.is_closing():
+                    self._transport.write(frames.encode({"id": job, "op": "cancel"}))
 
     def _answer_error(self, frame: Frame) -> ApiError:
         message = str(frame.get("message"))
@@ -239,31 +242,50 @@ class Worker:
             return InvalidRequest(message, param=param if isinstance(param, str) else None)
         return UpstreamError(f"Engine '{self.engine}' ({self.model}): {message}")
 
-    # -- the reader: the only place that learns what the worker says and when it is gone -------------
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        broken: str | None = None
+    # -- the socket: the only place that learns what the worker says and when it is gone --------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken is not None:
+            return
         try:
-            while (frame := await frames.read(reader)) is not None:
+            found = self._parser.feed(data)
+            for frame in found:
                 inbox = self._jobs.get(frame["id"])
                 if inbox is None:
                     raise frames.FrameError(f"a frame for request {frame['id']}, which is not waiting")
-                inbox.put(frame)
-                if frame["type"] == "chunk":
-                    await inbox.room.wait()  # a slow client pauses its worker, not ARK's memory
-                else:
-                    self._jobs.pop(frame["id"], None)
+                waiting = inbox.put(frame)
+                if frame["type"] != "chunk":
+                    del self._jobs[frame["id"]]
+                elif waiting >= INBOX and not self._paused:  # a slow client pauses its worker, not ARK's memory
+                    self._paused = True
+                    assert self._transport is not None
+                    self._transport.pause_reading()
         except frames.FrameError as exc:
-            broken = str(exc)
-        except OSError:  # a reset socket: the worker is gone, and its exit status says how
-            pass
-        await self._end(None if self._stopping else broken)  # a frame we cut off by stopping is no fault
+            self._broken = str(exc)
+            self._kill()  # it spoke garbage: nothing it says can be trusted any more
+            assert self._transport is not None
+            self._transport.close()
+
+    def _resume(self) -> None:
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._paused = False
+            self._transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._broken is None:
+            try:
+                self._parser.end()
+            except frames.FrameError as error:
+                self._broken = str(error)
+        self._spawn(self._end(None if self._stopping else self._broken), "end")
 
     async def _end(self, broken: str | None) -> None:
         self.alive = False
-        if broken is not None:
-            self._kill()  # it spoke garbage: nothing it says can be trusted any more
-        if self._writer is not None:
-            self._writer.close()
         returncode = await self._wait()
         death = Death(
             returncode,
@@ -316,12 +338,14 @@ class Worker:
     async def stop(self) -> None:
         """End the worker: its socket closes, it exits (killed if it has not after a grace period)."""
         self._stopping = True
-        if self._writer is not None:
-            self._writer.close()  # EOF: the worker finishes the frame it is writing and exits
-        if self.process is None:
+        if self._transport is not None:
+            self._transport.close()  # EOF: the worker finishes the frame it is writing and exits
+        elif self.process is not None:
+            self._kill()
+            await self.process.wait()
             return
         await self.ended.wait()
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -12,7 +12,6 @@ is native code ARK does not own, and a frame it garbles must cost that worker, n
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 from typing import Any
@@ -58,22 +57,35 @@ def check_from_worker(frame: Frame) -> Frame:
     return frame
 
 
-async def read(reader: asyncio.StreamReader) -> Frame | None:
-    """The next frame from a worker; None at a clean end of stream (between frames)."""
-    try:
-        head = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise FrameError("the stream ended inside a frame header") from None
-    (length,) = HEADER.unpack(head)
-    if length > MAX_FRAME:
-        raise FrameError(f"a frame of {length} bytes (at most {MAX_FRAME})")
-    try:
-        payload = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise FrameError("the stream ended inside a frame") from None
-    return check_from_worker(decode(payload))
+class Parser:
+    """ARK's side: frames cut from the bytes of a socket as they arrive, however the reads split them."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The whole frames ``data`` completes, checked; raises FrameError at the first bad one."""
+        buffer = self._buffer
+        buffer += data
+        found: list[Frame] = []
+        at = 0
+        while len(buffer) - at >= HEADER.size:
+            (length,) = HEADER.unpack_from(buffer, at)
+            if length > MAX_FRAME:
+                raise FrameError(f"a frame of {length} bytes (at most {MAX_FRAME})")
+            end = at + HEADER.size + length
+            if len(buffer) < end:
+                break
+            found.append(check_from_worker(decode(bytes(buffer[at + HEADER.size : end]))))
+            at = end
+        del buffer[:at]
+        return found
+
+    def end(self) -> None:
+        """The stream ended: fine between frames, a FrameError inside one."""
+        if self._buffer:
+            where = "header" if len(self._buffer) < HEADER.size else "frame"
+            raise FrameError(f"the stream ended inside a {where}")
 
 
 def read_blocking(sock: socket.socket) -> Frame | None:
