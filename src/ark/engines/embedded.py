@@ -129,9 +129,16 @@ class Worker(asyncio.Protocol):
     request's own coroutine takes it. A stream whose reader falls behind pauses the socket.
     """
 
-    def __init__(self, engine: str, model: str, argv: list[str], on_exit: Callable[[Worker, Death], None]) -> None:
+    def __init__(
+        self,
+        engine: str,
+        model: str,
+        argv: list[str],
+        on_exit: Callable[[Worker, Death], None],
+        sampled: Callable[[int], None],
+    ) -> None:
         self.engine, self.model, self.argv = engine, model, argv
-        self._on_exit = on_exit
+        self._on_exit, self._sampled = on_exit, sampled
         self.process: asyncio.subprocess.Process | None = None
         self.variant = ""
         self.answered = 0
@@ -258,6 +265,8 @@ class Worker(asyncio.Protocol):
                 waiting = inbox.put(frame)
                 if frame["type"] != "chunk":
                     del self._jobs[frame["id"]]
+                    if isinstance(frame.get("sampled"), int):  # cancelled work included: it took the CPU
+                        self._sampled(frame["sampled"])
                 elif waiting >= INBOX and not self._paused:  # a slow client pauses its worker, not ARK's memory
                     self._paused = True
                     assert self._transport is not None
@@ -483,7 +492,7 @@ class EmbeddedEngine:
                 *("--n-gpu-layers", str(s.n_gpu_layers), "--cpu-variant", s.cpu_variant),
                 *("--exclude", ",".join(self._excluded)),
             ]
-            worker = Worker(self.name, model, argv, self._ended)
+            worker = Worker(self.name, model, argv, self._ended, self._count_tokens)
             self._workers[model] = worker
             await worker.start(s.first_token_timeout)
             return worker
@@ -567,7 +576,7 @@ class EmbeddedEngine:
         async with self._limit(model):
             worker = await self._worker(model)
             done = await worker.call(op)
-        self._count(model, done)
+        self._answered(model)
         result: Json = done["data"]
         result["model"] = model
         return result
@@ -578,17 +587,14 @@ class EmbeddedEngine:
             async for frame in worker.frames({**op, "stream": True}):
                 chunk: Json = frame["data"]
                 if frame["type"] == "done":
-                    self._count(model, frame)
+                    self._answered(model)
                     if not chunk:
                         return
                 chunk["model"] = model
                 yield chunk
 
-    def _count(self, model: str, done: Frame) -> None:
-        sampled = done.get("sampled")
-        if isinstance(sampled, int):
-            self.generated_tokens += sampled
-        self._answered(model)
+    def _count_tokens(self, sampled: int) -> None:
+        self.generated_tokens += sampled
 
     async def chat(self, request: ChatRequest) -> Json:
         return await self._call(request.model, _generation("chat", request.sampling, request.body, request.messages))
