@@ -184,3 +184,12 @@ def test_a_worker_killed_while_it_starts_fails_only_that_request(
         assert_recovered(ark, headers)
     finally:
         stop_ark(ark)
+
+
+def test_no_worker_outlives_a_killed_ark(ark: ArkProcess) -> None:
+    answer = httpx.post(ark.api + "/chat/completions", headers=MASTER, json=body(2), timeout=60)
+    assert answer.status_code == 200
+    (worker,) = workers(ark)
+    ark.proc.kill()  # no clean-up code runs: the kernel ends the worker (PR_SET_PDEATHSIG), or its socket does
+    ark.proc.wait(10)
+    assert wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE)
