@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import signal
 import struct
@@ -137,6 +138,22 @@ def test_a_worker_that_dies_fails_its_request_and_the_variant_it_ran_is_not_used
     # the first ran the variant it chose ("zen4" in the stand-in); it faulted before any answer: excluded
     assert starts[0].split("\n")[starts[0].split("\n").index("--exclude") + 1] == ""
     assert starts[1].split("\n")[starts[1].split("\n").index("--exclude") + 1] == "zen4"
+
+
+def test_a_crash_is_reported_with_its_signal_and_the_workers_last_words(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "shout"])
+        with pytest.raises(EngineCrashed, match="died of SIGABRT"):
+            await engine.chat(chat("m"))
+        await engine.close()
+
+    with caplog.at_level(logging.ERROR, logger="ark.engines"):
+        asyncio.run(scenario())
+    (report,) = [r.getMessage() for r in caplog.records if "died of SIGABRT" in r.getMessage()]
+    assert "its last words:" in report and report.endswith("GGML_ASSERT(boom) failed")
+    assert len(report) < 3000  # a megabyte of noise on stderr does not land in the log line
 
 
 def test_crashes_in_a_row_back_off_on_the_engines_clock(tmp_path: Path) -> None:

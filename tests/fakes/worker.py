@@ -9,7 +9,9 @@
 * ``stranger``: answers a request ARK never sent (an unknown id);
 * ``bad-type``: answers with a frame of an unknown type;
 * ``segv``: greets, then dies of SIGSEGV at the first operation;
-* ``segv-at-start``: dies of SIGSEGV before it greets.
+* ``segv-at-start``: dies of SIGSEGV before it greets;
+* ``shout``: greets, then at the first operation writes 1 MiB to stderr with no line end, a last line
+  ``GGML_ASSERT(boom) failed`` and aborts (SIGABRT), as llama.cpp does on a failed assertion.
 
 It writes its argv, one argument per line, to ``$ARK_FAKE_WORKER_ARGV`` when that is set.
 """
@@ -63,6 +65,10 @@ def main() -> None:
             sock.sendall(frames.encode({"id": job, "type": "surprise", "data": {}}))
         elif args.mode == "segv":
             os.kill(os.getpid(), signal.SIGSEGV)
+        elif args.mode == "shout":
+            sys.stderr.write("x" * (1 << 20) + "\nGGML_ASSERT(boom) failed\n")
+            sys.stderr.flush()
+            os.abort()
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ class Worker(asyncio.Protocol):
 
     async def frames(self, op: Frame) -> AsyncIterator[Frame]:
         """Every frame answering ``op`` until the one that ends it; leaving early cancels it in the worker."""
-        if not self.alive or self._transport is None:
+        if not self.alive or self._transport is None or self._transport.is_closing():
             raise EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} is gone.", retry_after=1.0)
         job, inbox = self._next_id, _Inbox()
         self._next_id += 1
@@ -286,6 +286,7 @@ class Worker(asyncio.Protocol):
         return None  # close our end too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False  # no new request is sent to it from here on
         if self._broken is None:
             try:
                 self._parser.end()
@@ -329,11 +330,18 @@ class Worker(asyncio.Protocol):
             return await self.process.wait()
 
     async def _log_stderr(self) -> None:
+        """What llama.cpp says on stderr, for the debug log and, the last lines, for a crash's report."""
         assert self.process is not None and self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            text = line.decode(errors="replace").rstrip()
-            self._stderr.append(text)
-            log.debug("engine %s: worker %s: %s", self.engine, self.model, text)
+        partial = b""
+        while data := await self.process.stderr.read(1 << 16):
+            *lines, partial = (partial + data).split(b"\n")
+            partial = partial[-4096:]  # a line without an end is kept short, whatever the worker writes
+            for line in lines:
+                text = line[:4096].decode(errors="replace").rstrip()
+                self._stderr.append(text)
+                log.debug("engine %s: worker %s: %s", self.engine, self.model, text)
+        if partial:
+            self._stderr.append(partial.decode(errors="replace").rstrip())
 
     def stderr_tail(self) -> list[str]:
         return list(self._stderr)
@@ -520,7 +528,7 @@ class EmbeddedEngine:
         crashes = self._crashes.setdefault(worker.model, _Crashes())
         crashes.in_a_row = 1 if death.answered else crashes.in_a_row + 1
         crashes.last = self._clock()
-        tail = " | ".join(worker.stderr_tail()[-5:])
+        tail = " | ".join(line[-300:] for line in worker.stderr_tail()[-5:])
         log.error(
             "engine %s: the llama.cpp worker for %s (pid %d, CPU variant %s) %s after %d answer(s); "
             "its requests failed with engine_crashed%s",
@@ -545,7 +553,7 @@ class EmbeddedEngine:
                 self.name,
                 worker.variant,
             )
-        if self.on_lost is not None:
+        if self.on_lost is not None and worker.model not in self.loaded_models():  # not already replaced
             self.on_lost(worker.model)
 
     def _answered(self, model: str) -> None:
