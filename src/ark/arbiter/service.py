@@ -248,7 +248,8 @@ class GpuService:
                     "leases": state.leases if state is not None else 0,
                     "queued": len(arbiter.queue_for(name)),
                     "draining": name in arbiter.draining,
-                    "expected_lease_s": state.expected_hold() if state is not None else None,  # unrounded: 0.4 ms is not 0
+                    # unrounded: a lease of 0.4 ms is not "no lease seen"
+                    "expected_lease_s": state.expected_hold() if state is not None else None,
                     "priority": entry.info.priority.name.lower(),
                     "pinned": entry.info.pinned,
                     "large": entry.info.large,
@@ -358,7 +359,7 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
         driver = _driver(engine)
         try:
             found = await driver.facts()
-        except DriverError as exc:
+        except DriverError:
             log.info("GPU arbiter: engine %s did not answer; its models are not arbitrated until it does", engine.name)
             await driver.close()
             continue
