@@ -503,6 +503,7 @@ class EmbeddedEngine:
             worker = Worker(self.name, model, argv, self._ended, self._count_tokens)
             self._workers[model] = worker
             await worker.start(s.first_token_timeout)
+            self.loads += 1  # a worker holds one model: each start is a load (the weights come with the first op)
             return worker
 
     def _wait_out_crashes(self, model: str) -> None:
@@ -571,7 +572,6 @@ class EmbeddedEngine:
         """Start ``model``'s worker and load the model in it (after any request running there)."""
         worker = await self._worker(model)
         await worker.call({"op": "load"})
-        self.loads += 1
 
     async def unload(self, model: str) -> None:
         """End ``model``'s worker; returns once the process is gone (and its memory with it)."""
