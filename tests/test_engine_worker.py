@@ -27,7 +27,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def engine_settings(
-    tmp_path: Path, models: tuple[str, ...] = (), tiny: Path | None = None, n_ctx: int = 2048
+    tmp_path: Path, models: tuple[str, ...] = (), tiny: Path | None = None, n_ctx: int = 2048, extra: str = ""
 ) -> EngineSettings:
     models_dir = tmp_path / "models"
     models_dir.mkdir(exist_ok=True)
@@ -40,7 +40,7 @@ def engine_settings(
     config = tmp_path / "ark.toml"
     config.write_text(
         f'[engines.embedded]\nkind = "embedded"\nn_threads = 1\nn_ctx = {n_ctx}\nbundled_model = false\n'
-        f'models_dir = "{models_dir}"\n'
+        f'models_dir = "{models_dir}"\n{extra}'
     )
     return load_settings(config_path=config, env={"ARK_DATA_DIR": str(tmp_path)}).engines[0]
 
@@ -154,6 +154,18 @@ def test_a_crash_is_reported_with_its_signal_and_the_workers_last_words(
     (report,) = [r.getMessage() for r in caplog.records if "died of SIGABRT" in r.getMessage()]
     assert "its last words:" in report and report.endswith("GGML_ASSERT(boom) failed")
     assert len(report) < 3000  # a megabyte of noise on stderr does not land in the log line
+
+
+def test_a_worker_that_cannot_be_started_is_an_engine_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        settings = engine_settings(tmp_path, ("m",), extra='worker_prefix = "/nonexistent/numactl -N 0"\n')
+        engine = EmbeddedEngine(settings, worker=[*FAKE, "ok"])
+        with pytest.raises(UpstreamError, match=r"cannot start a worker .*/nonexistent/numactl"):
+            await engine.chat(chat("m"))
+        assert engine.stats()["loaded_models"] == 0 and engine.crashes == 0
+        await engine.close()
+
+    asyncio.run(scenario())
 
 
 def test_crashes_in_a_row_back_off_on_the_engines_clock(tmp_path: Path) -> None:

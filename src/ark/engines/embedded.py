@@ -167,6 +167,11 @@ class Worker(asyncio.Protocol):
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
             )
+        except OSError as exc:  # worker_prefix names a program that is not there, or no process can start
+            ours.close()
+            raise UpstreamError(
+                f"Engine '{self.engine}' cannot start a worker ({shlex.join(self.argv)}): {exc}"
+            ) from exc
         except BaseException:
             ours.close()
             raise
@@ -414,7 +419,6 @@ class EmbeddedEngine:
         self._limits: dict[str, Limiter] = {}
         self._crashes: dict[str, _Crashes] = {}
         self._excluded: list[str] = []  # CPU variants that crashed here before answering anything
-        self._known: dict[str, Path] = {}  # model id -> file, from the last look at the models dir
         self.generated_tokens = 0
         self.loads = 0
         self.crashes = 0
@@ -431,7 +435,7 @@ class EmbeddedEngine:
     def stats(self) -> dict[str, float]:
         return {
             "generated_tokens": self.generated_tokens,
-            "loaded_models": len(self._workers),
+            "loaded_models": len(self.loaded_models()),
             "loads": self.loads,
             "crashes": self.crashes,
         }
@@ -479,7 +483,6 @@ class EmbeddedEngine:
         path = self._catalog().get(model)
         if path is None:
             raise ModelNotFound(model)
-        self._known[model] = path
         return path
 
     # -- workers ------------------------------------------------------------------------------------
@@ -502,7 +505,12 @@ class EmbeddedEngine:
             ]
             worker = Worker(self.name, model, argv, self._ended, self._count_tokens)
             self._workers[model] = worker
-            await worker.start(s.first_token_timeout)
+            try:
+                await worker.start(s.first_token_timeout)
+            except BaseException:
+                if worker.process is None and self._workers.get(model) is worker:  # no process: no end to wait for
+                    del self._workers[model]
+                raise
             self.loads += 1  # a worker holds one model: each start is a load (the weights come with the first op)
             return worker
 
@@ -516,7 +524,7 @@ class EmbeddedEngine:
         if left > 0:
             raise EngineCrashed(
                 f"Engine '{self.name}': the worker for {model} crashed {crashes.in_a_row} times in a row; "
-                f"the next start is in {left:.0f} s.",
+                f"the next start is in {left:.1f} s.",
                 retry_after=left,
             )
 
