@@ -8,6 +8,7 @@ the reservation on the key's budget is given back, and the next request starts a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -186,10 +187,21 @@ def test_a_worker_killed_while_it_starts_fails_only_that_request(
         stop_ark(ark)
 
 
-def test_no_worker_outlives_a_killed_ark(ark: ArkProcess) -> None:
+def test_no_worker_outlives_a_killed_ark_even_in_the_middle_of_an_answer(ark: ArkProcess) -> None:
     answer = httpx.post(ark.api + "/chat/completions", headers=MASTER, json=body(2), timeout=60)
     assert answer.status_code == 200
     (worker,) = workers(ark)
-    ark.proc.kill()  # no clean-up code runs: the kernel ends the worker (PR_SET_PDEATHSIG), or its socket does
+    idle = sum(worker.cpu_times()[:2])
+    # a whole answer of 60000 tokens: the worker samples without touching its socket until the end, so
+    # only the kernel (PR_SET_PDEATHSIG) can tell it that ARK is gone
+    def ask() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # ARK goes away under it
+            httpx.post(ark.api + "/chat/completions", headers=MASTER, json=body(60000), timeout=120)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    assert wait_until(lambda: sum(worker.cpu_times()[:2]) > idle + 1.0, timeout=60)  # it is generating
+    ark.proc.kill()  # no clean-up code runs
     ark.proc.wait(10)
-    assert wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE)
+    assert wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, timeout=10)
+    asking.join(30)

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from ark.arbiter.drivers import DriverError, EmbeddedDriver
 from ark.config import EngineSettings, load_settings
 from ark.engines import frames
 from ark.engines.base import ChatRequest, EmbeddingRequest, Sampling
 from ark.engines.embedded import EmbeddedEngine
 from ark.errors import EngineCrashed, InvalidRequest, UpstreamError
+from tests.conftest import wait_until
 
 FAKE = [sys.executable, str(Path(__file__).parent / "fakes" / "worker.py")]
 HI = [{"role": "user", "content": "hi"}]
@@ -47,6 +49,15 @@ def engine_settings(
 
 def chat(model: str, max_tokens: int | None = 4, **body: Any) -> ChatRequest:
     return ChatRequest(model, HI, Sampling(max_tokens=max_tokens, temperature=0.0, seed=1), False, dict(body))
+
+
+async def _first(stream: AsyncIterator[Any], n: int) -> list[Any]:
+    got = []
+    async for chunk in stream:
+        got.append(chunk)
+        if len(got) == n:
+            break
+    return got
 
 
 # -- frames ------------------------------------------------------------------------------------------
@@ -98,7 +109,9 @@ def test_frames_are_cut_however_the_reads_split_them_and_a_stream_ends_only_betw
 # -- a worker that breaks the protocol or dies: the engine answers, and goes on ---------------------------
 
 
-@pytest.mark.parametrize("mode", ["garbage", "not-an-object", "oversized", "stranger", "bad-type"])
+@pytest.mark.parametrize(
+    "mode", ["garbage", "not-an-object", "oversized", "stranger", "bad-type", "wrong-end", "bad-hello"]
+)
 def test_a_malformed_frame_is_an_engine_error_and_the_next_worker_serves(tmp_path: Path, mode: str) -> None:
     async def scenario() -> None:
         settings = engine_settings(tmp_path, ("m",))
@@ -116,28 +129,51 @@ def test_a_malformed_frame_is_an_engine_error_and_the_next_worker_serves(tmp_pat
     asyncio.run(scenario())
 
 
-def test_a_worker_that_dies_fails_its_request_and_the_variant_it_ran_is_not_used_again(
+def starts(argv_log: Path) -> list[str]:
+    """The --exclude argument of every worker started, in order."""
+    runs = [run.split("\n") for run in argv_log.read_text().split("---\n")[:-1]]
+    return [run[run.index("--exclude") + 1] for run in runs]
+
+
+def test_a_variant_that_faults_before_any_answer_is_excluded_once_the_next_one_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv_log = tmp_path / "argv"
     monkeypatch.setenv("ARK_FAKE_WORKER_ARGV", str(argv_log))
 
     async def scenario() -> None:
-        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "segv"])
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "segv-on-zen4"])
         with pytest.raises(EngineCrashed, match="died of SIGSEGV") as caught:
             await engine.chat(chat("m"))
         assert caught.value.status == 503 and caught.value.code == "engine_crashed"
-        with pytest.raises(EngineCrashed):
-            await engine.chat(chat("m"))  # a second worker: started at once (one crash is no streak)
-        assert engine.crashes == 2
+        assert (await engine.chat(chat("m")))["choices"]  # the next variant (icelake in the stand-in) answers
+        await engine.unload("m")
+        assert (await engine.chat(chat("m")))["choices"]
+        assert engine.crashes == 1
         await engine.close()
 
     asyncio.run(scenario())
-    starts = argv_log.read_text().split("---\n")[:-1]
-    assert len(starts) == 2
-    # the first ran the variant it chose ("zen4" in the stand-in); it faulted before any answer: excluded
-    assert starts[0].split("\n")[starts[0].split("\n").index("--exclude") + 1] == ""
-    assert starts[1].split("\n")[starts[1].split("\n").index("--exclude") + 1] == "zen4"
+    assert starts(argv_log) == ["", "zen4", "zen4"]  # on trial, then excluded for good
+
+
+def test_a_model_that_faults_whatever_the_variant_excludes_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv"
+    monkeypatch.setenv("ARK_FAKE_WORKER_ARGV", str(argv_log))
+    now = [0.0]
+
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "segv"], clock=lambda: now[0])
+        for _ in range(4):
+            with pytest.raises(EngineCrashed, match="died of SIGSEGV"):
+                await engine.chat(chat("m"))
+            now[0] += 100.0  # past any back-off
+        await engine.close()
+
+    asyncio.run(scenario())
+    # zen4 on trial, icelake faults too: the variant is not the cause, nothing is excluded; and so on
+    assert starts(argv_log) == ["", "zen4", "", "zen4"]
 
 
 def test_a_crash_is_reported_with_its_signal_and_the_workers_last_words(
@@ -193,20 +229,86 @@ def test_crashes_in_a_row_back_off_on_the_engines_clock(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_stream_left_while_its_socket_is_paused_does_not_stall_the_next_request(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "burst"])
+        stream = engine.chat_stream(ChatRequest("m", HI, Sampling(max_tokens=4), True, {}))
+        await _first(stream, 1)  # 100 chunks and the done came in one read: the socket paused at 64 waiting
+        await stream.aclose()
+        async with asyncio.timeout(30):  # a hang fails here instead of stalling the suite
+            assert (await engine.chat(chat("m")))["choices"]
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 5, 20])
+def test_closing_the_engine_while_a_worker_starts_ends_it(tmp_path: Path, yields: int) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "ok"])
+        asking = asyncio.create_task(engine.chat(chat("m")))
+        for _ in range(yields):  # close at different points of the start: before, during, after the spawn
+            await asyncio.sleep(0)
+        async with asyncio.timeout(30):
+            await engine.close()
+            result = await asyncio.gather(asking, return_exceptions=True)
+        assert engine.workers() == {}  # none left behind, whenever the close came
+        assert isinstance(result[0], (EngineCrashed, UpstreamError)) or result[0]["choices"]
+
+    asyncio.run(scenario())
+
+
+def test_requests_queued_on_a_worker_that_dies_fail_and_start_no_worker_the_arbiter_does_not_know(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "hold"])
+        engine.on_lost = lambda model: None  # as when the arbiter manages the engine
+        await engine.load("m")
+        stream = engine.chat_stream(ChatRequest("m", HI, Sampling(), True, {}))
+        await _first(stream, 1)  # the worker holds this one
+        queued = asyncio.create_task(engine.chat(chat("m")))
+        await asyncio.sleep(0)
+        os.kill(engine.workers()["m"], signal.SIGKILL)
+        with pytest.raises(EngineCrashed, match="died of SIGKILL"):
+            await anext(stream)
+        with pytest.raises(EngineCrashed, match="died while this request waited"):
+            await queued
+        assert engine.workers() == {}  # nothing started behind the arbiter's back
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_killed_while_it_loads_fails_the_load_and_one_that_never_loads_is_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark = tmp_path / "loading"
+    monkeypatch.setenv("ARK_FAKE_WORKER_MARK", str(mark))
+
+    async def scenario() -> None:
+        engine = EmbeddedEngine(engine_settings(tmp_path, ("m",)), worker=[*FAKE, "hang-load"])
+        loading = asyncio.create_task(engine.load("m"))
+        assert await asyncio.to_thread(wait_until, mark.exists, 30)  # the worker has the load in hand
+        os.kill(engine.workers()["m"], signal.SIGSEGV)
+        with pytest.raises(EngineCrashed, match="died of SIGSEGV"):
+            await loading
+        mark.unlink()
+        # the arbiter's driver gives a load its deadline, then ends the worker: no memory it does not count
+        driver = EmbeddedDriver(engine, n_ctx=512, deadline=0.5)
+        with pytest.raises(DriverError, match="did not load m within"):
+            await driver.load("m")
+        assert mark.exists() and engine.workers() == {} and engine.loaded_models() == set()
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
 # -- the real llama.cpp worker ---------------------------------------------------------------------------
 
 needs_llama = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed: run scripts/install"
 )
-
-
-async def _first(stream: AsyncIterator[Any], n: int) -> list[Any]:
-    got = []
-    async for chunk in stream:
-        got.append(chunk)
-        if len(got) == n:
-            break
-    return got
 
 
 @needs_llama
@@ -256,7 +358,9 @@ def test_cancelling_a_stream_stops_the_sampler_in_the_worker(tmp_path: Path, tin
 
 @needs_llama
 @pytest.mark.parametrize("how", [signal.SIGSEGV, signal.SIGKILL])
-def test_a_worker_killed_mid_stream_costs_only_its_request(tmp_path: Path, tiny_gguf: Path, how: int) -> None:
+def test_a_worker_killed_mid_stream_costs_only_its_request(
+    tmp_path: Path, tiny_gguf: Path, how: int, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         engine = EmbeddedEngine(engine_settings(tmp_path, ("a", "b"), tiny_gguf, n_ctx=65536))
         lost: list[str] = []
@@ -274,7 +378,12 @@ def test_a_worker_killed_mid_stream_costs_only_its_request(tmp_path: Path, tiny_
         assert lost == ["a"] and engine.crashes == 1 and "a" not in engine.loaded_models()
         assert len(await _first(other, 5)) == 5  # the other model's worker never noticed
         await other.aclose()
-        again = await engine.chat(chat("a", max_tokens=3))  # a new worker for the next request
+        with pytest.raises(EngineCrashed, match="died while this request waited"):
+            await engine.chat(chat("a"))  # the arbiter was told it is gone: no worker it does not know of
+        await engine.load("a")  # as the arbiter does for the next request
+        again = await engine.chat(chat("a", max_tokens=3))  # a new worker
+        # it had answered before it died: its CPU variant is not suspected
+        assert not [r for r in caplog.records if "next variant" in r.getMessage()]
         assert again["usage"]["completion_tokens"] == 3 and engine.workers()["a"] != workers["a"]
         await engine.close()
 

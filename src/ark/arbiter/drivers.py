@@ -137,6 +137,7 @@ class EmbeddedDriver:
             async with asyncio.timeout(self.deadline):
                 await self.engine.load(model)
         except TimeoutError:
+            await self.engine.unload(model)  # its worker goes: no memory held that the arbiter does not count
             raise DriverError(f"llama.cpp did not load {model} within {self.deadline:g} s") from None
         except Exception as exc:  # llama.cpp's ValueError/RuntimeError, wrapped by the engine
             raise DriverError(f"llama.cpp could not load {model}: {exc}") from exc

@@ -54,9 +54,10 @@ WORKER = [sys.executable, "-m", "ark.engines.llama_worker"]
 INBOX = 64  # frames a stream may have waiting; beyond that its socket is not read (the worker pauses)
 STOP_GRACE_S = 5.0  # a worker told to stop that is still there after this is killed
 BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
-# A worker that dies of these before it ever answered may have met code its CPU variant cannot run here
+# A worker that dies of these before it answered anything may have met code its CPU variant cannot run here
 FAULTS = (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS)
 BODY_KEYS = ("logit_bias", "presence_penalty", "frequency_penalty", "response_format")
+ENDS = {"load": "loaded", "stats": "stats"}  # the frame that ends each op; "done" for the others
 
 
 def bundled_model_path() -> Path | None:
@@ -112,7 +113,7 @@ class Death:
 
     returncode: int | None
     expected: bool  # ARK asked it to stop
-    answered: int  # requests it had answered
+    produced: bool  # it had answered something before it ended
     variant: str
     reason: str  # in words, for the log and the error
 
@@ -141,7 +142,7 @@ class Worker(asyncio.Protocol):
         self._on_exit, self._sampled = on_exit, sampled
         self.process: asyncio.subprocess.Process | None = None
         self.variant = ""
-        self.answered = 0
+        self.produced = False  # it answered something (a chunk, a result): its CPU variant runs here
         self.alive = False
         self._jobs: dict[int, _Inbox] = {0: _Inbox()}  # 0: the greeting
         self._next_id = 1
@@ -149,6 +150,7 @@ class Worker(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self._broken: str | None = None
+        self._death_reason = ""
         self._stopping = False
         self._stderr: deque[str] = deque(maxlen=20)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,6 +182,8 @@ class Worker(asyncio.Protocol):
         self.alive = True
         self._spawn(self._log_stderr(), "stderr")
         await asyncio.get_running_loop().create_unix_connection(lambda: self, sock=ours)
+        if self._stopping and self._transport is not None:  # stopped while it was being started
+            self._transport.close()  # its end answers the greeting below with "stopped"
         try:
             async with asyncio.timeout(deadline):
                 hello = await self._jobs[0].get()
@@ -193,7 +197,7 @@ class Worker(asyncio.Protocol):
         if hello["type"] != "hello":
             self._kill()
             raise self._answer_error(hello)
-        self.variant = str(hello.get("data", {}).get("variant", ""))
+        self.variant = str(hello["data"].get("variant", ""))
         log.debug("engine %s: worker for %s started (pid %d, CPU %s)", self.engine, self.model, self.pid, self.variant)
 
     @property
@@ -217,6 +221,7 @@ class Worker(asyncio.Protocol):
         """Every frame answering ``op`` until the one that ends it; leaving early cancels it in the worker."""
         if not self.alive or self._transport is None or self._transport.is_closing():
             raise EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} is gone.", retry_after=1.0)
+        ends = ENDS.get(op["op"], "done")
         job, inbox = self._next_id, _Inbox()
         self._next_id += 1
         self._jobs[job] = inbox
@@ -234,16 +239,21 @@ class Worker(asyncio.Protocol):
                 if kind == "error":
                     ended = True
                     raise self._answer_error(item)
-                ended = kind != "chunk"
-                if kind == "done":
-                    self.answered += 1
+                if kind not in ("chunk", ends):
+                    ended = True
+                    self._break(f"a {kind} frame in answer to {op['op']}")
+                    await self.ended.wait()  # its end is counted before its caller hears of it
+                    raise UpstreamError(f"Engine '{self.engine}': the worker for {self.model} {self._death_reason}.")
+                if kind in ("chunk", "done"):
+                    self.produced = True  # it ran the model and lived: its CPU variant works here
+                ended = kind == ends
                 yield item
                 if ended:
                     return
         finally:
+            self._resume()  # whatever paused the socket, nobody waits on it now
             if not ended and self._jobs.get(job) is inbox:  # cancelled, or the caller stopped reading
                 inbox.abandon()  # its last frames still come: dropped as they arrive
-                self._resume()
                 if not self._transport.is_closing():
                     self._transport.write(frames.encode({"id": job, "op": "cancel"}))
 
@@ -277,10 +287,15 @@ class Worker(asyncio.Protocol):
                     assert self._transport is not None
                     self._transport.pause_reading()
         except frames.FrameError as exc:
-            self._broken = str(exc)
-            self._kill()  # it spoke garbage: nothing it says can be trusted any more
-            assert self._transport is not None
-            self._transport.close()
+            self._break(str(exc))
+
+    def _break(self, why: str) -> None:
+        """The worker spoke garbage: nothing it says can be trusted any more."""
+        if self._broken is None:
+            self._broken = why
+            self._kill()
+            if self._transport is not None:
+                self._transport.close()
 
     def _resume(self) -> None:
         if self._paused and self._transport is not None and not self._transport.is_closing():
@@ -305,10 +320,11 @@ class Worker(asyncio.Protocol):
         death = Death(
             returncode,
             expected=self._stopping and broken is None,
-            answered=self.answered,
+            produced=self.produced,
             variant=self.variant,
             reason=f"sent a malformed frame ({broken})" if broken else _exit_words(returncode),
         )
+        self._death_reason = death.reason
         if death.expected:
             error: ApiError = EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} was stopped.")
         elif broken is not None:
@@ -362,11 +378,11 @@ class Worker(asyncio.Protocol):
         self._stopping = True
         if self._transport is not None:
             self._transport.close()  # EOF: the worker finishes the frame it is writing and exits
-        elif self.process is not None:
+            await self.ended.wait()
+        elif self.process is not None:  # started, not yet connected: start() closes it when it is
             self._kill()
             await self.process.wait()
-            return
-        await self.ended.wait()
+        # else start() has not made the process yet: it sees _stopping once it has
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -418,7 +434,10 @@ class EmbeddedEngine:
         self._starting: dict[str, asyncio.Lock] = {}
         self._limits: dict[str, Limiter] = {}
         self._crashes: dict[str, _Crashes] = {}
-        self._excluded: list[str] = []  # CPU variants that crashed here before answering anything
+        self._excluded: list[str] = []  # CPU variants that faulted here while the next one works
+        self._suspect: str | None = None  # one that faulted before answering anything: on trial
+        self._lost: set[str] = set()  # models the arbiter was told are gone, until it loads them again
+        self._closed = False
         self.generated_tokens = 0
         self.loads = 0
         self.crashes = 0
@@ -429,6 +448,7 @@ class EmbeddedEngine:
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
+        self._closed = True  # no worker starts from here on
         await asyncio.gather(*(w.stop() for w in list(self._workers.values())))
         self._workers.clear()
 
@@ -486,7 +506,7 @@ class EmbeddedEngine:
         return path
 
     # -- workers ------------------------------------------------------------------------------------
-    async def _worker(self, model: str) -> Worker:
+    async def _worker(self, model: str, *, load: bool = False) -> Worker:
         """The live worker of ``model``, started (once, whoever asks at the same time) when there is none."""
         worker = self._workers.get(model)
         if worker is not None and worker.alive:
@@ -495,13 +515,23 @@ class EmbeddedEngine:
             worker = self._workers.get(model)
             if worker is not None and worker.alive:
                 return worker
+            if self._closed:
+                raise UpstreamError(f"Engine '{self.name}' is shutting down.")
+            if model in self._lost and not load:
+                # queued on a worker that died: its lease was on that load, which the arbiter has forgotten;
+                # a worker started now would hold memory the arbiter does not know of
+                raise EngineCrashed(
+                    f"Engine '{self.name}': the worker running {model} died while this request waited for it. "
+                    "Retry: the next request loads it again.",
+                    retry_after=1.0,
+                )
             self._wait_out_crashes(model)
             s = self.settings
             argv = [
                 *self._command,
                 *("--model", str(self._path(model)), "--n-ctx", str(s.n_ctx), "--n-threads", str(s.n_threads)),
                 *("--n-gpu-layers", str(s.n_gpu_layers), "--cpu-variant", s.cpu_variant),
-                *("--exclude", ",".join(self._excluded)),
+                *("--exclude", ",".join([*self._excluded, *([self._suspect] if self._suspect else [])])),
             ]
             worker = Worker(self.name, model, argv, self._ended, self._count_tokens)
             self._workers[model] = worker
@@ -535,40 +565,65 @@ class EmbeddedEngine:
             return
         self.crashes += 1
         crashes = self._crashes.setdefault(worker.model, _Crashes())
-        crashes.in_a_row = 1 if death.answered else crashes.in_a_row + 1
+        crashes.in_a_row = 1 if death.produced else crashes.in_a_row + 1
         crashes.last = self._clock()
         tail = " | ".join(line[-300:] for line in worker.stderr_tail()[-5:])
         log.error(
-            "engine %s: the llama.cpp worker for %s (pid %d, CPU variant %s) %s after %d answer(s); "
-            "its requests failed with engine_crashed%s",
+            "engine %s: the llama.cpp worker for %s (pid %d, CPU variant %s) %s%s; its requests failed with "
+            "engine_crashed%s",
             self.name,
             worker.model,
             worker.pid,
             worker.variant or "?",
             death.reason,
-            death.answered,
+            "" if death.produced else " before answering anything",
             f"; its last words: {tail}" if tail else "",
         )
-        if (
-            death.signal in FAULTS
-            and not death.answered
-            and worker.variant not in ("", "builtin", *self._excluded)
-            and self.settings.cpu_variant == "auto"
-        ):
-            self._excluded.append(worker.variant)
-            log.error(
-                "engine %s: llama.cpp's %s build faulted before answering anything; the next worker uses "
-                "the next variant this CPU supports (set cpu_variant to choose one)",
-                self.name,
-                worker.variant,
-            )
+        if death.signal in FAULTS and not death.produced:
+            self._suspect_variant(worker.variant)
         if self.on_lost is not None and worker.model not in self.loaded_models():  # not already replaced
+            self._lost.add(worker.model)
             self.on_lost(worker.model)
 
-    def _answered(self, model: str) -> None:
-        crashes = self._crashes.get(model)
+    def _suspect_variant(self, variant: str) -> None:
+        """A fault before any answer may be llama.cpp's CPU code meeting an instruction this machine does not
+        run (a hypervisor that advertises more than it enables). Try the next variant; exclude this one only
+        once the next has answered, and give up the idea if the next faults as well (then the model file or
+        the input is the cause, and excluding more would only slow every model down)."""
+        if self.settings.cpu_variant != "auto" or variant in ("", "builtin", *self._excluded):
+            return
+        if self._suspect is None:
+            self._suspect = variant
+            log.error(
+                "engine %s: llama.cpp's %s CPU code faulted before answering anything; the next worker tries "
+                "the next variant this CPU supports (cpu_variant chooses one)",
+                self.name,
+                variant,
+            )
+        elif variant != self._suspect:
+            log.error(
+                "engine %s: the %s variant faulted too: the CPU variant is not the cause; %s is used again",
+                self.name,
+                variant,
+                self._suspect,
+            )
+            self._suspect = None
+
+    def _answered(self, worker: Worker) -> None:
+        crashes = self._crashes.get(worker.model)
         if crashes is not None:
             crashes.in_a_row = 0
+        if self._suspect is not None and worker.variant:
+            if worker.variant != self._suspect:
+                log.error(
+                    "engine %s: the %s variant answers where %s faulted: %s is not used again until ARK restarts",
+                    self.name,
+                    worker.variant,
+                    self._suspect,
+                    self._suspect,
+                )
+                self._excluded.append(self._suspect)
+            self._suspect = None  # settled: excluded, or it answered after all
 
     def _limit(self, model: str) -> Limiter:
         limit = self._limits.get(model)
@@ -578,7 +633,8 @@ class EmbeddedEngine:
 
     async def load(self, model: str) -> None:
         """Start ``model``'s worker and load the model in it (after any request running there)."""
-        worker = await self._worker(model)
+        self._lost.discard(model)  # the arbiter counts this load: a worker may start again
+        worker = await self._worker(model, load=True)
         await worker.call({"op": "load"})
 
     async def unload(self, model: str) -> None:
@@ -592,7 +648,7 @@ class EmbeddedEngine:
         async with self._limit(model):
             worker = await self._worker(model)
             done = await worker.call(op)
-        self._answered(model)
+        self._answered(worker)
         result: Json = done["data"]
         result["model"] = model
         return result
@@ -603,7 +659,7 @@ class EmbeddedEngine:
             async for frame in worker.frames({**op, "stream": True}):
                 chunk: Json = frame["data"]
                 if frame["type"] == "done":
-                    self._answered(model)
+                    self._answered(worker)
                     if not chunk:
                         return
                 chunk["model"] = model

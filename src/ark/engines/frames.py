@@ -2,9 +2,10 @@
 
 A frame is a 4-byte big-endian length followed by that many bytes of one JSON object. Every frame
 carries an ``id`` (the request it belongs to; 0 for the worker's greeting) and, from ARK, an ``op``
-or, from the worker, a ``type``. Both ends run the same few lines: the worker with a blocking socket,
-ARK with an asyncio stream. What ARK reads is checked here, before anything else looks at it: a worker
-is native code ARK does not own, and a frame it garbles must cost that worker, never the gateway.
+or, from the worker, a ``type``. The worker reads with a blocking socket; ARK cuts frames from whatever
+each read brings (:class:`Parser`, fed by an asyncio.Protocol). What ARK reads is checked here, before
+anything else looks at it: a worker is native code ARK does not own, and a frame it garbles must cost
+that worker, never the gateway.
 
     ARK -> worker   {"id", "op": "load" | "chat" | "complete" | "embed" | "cancel" | "stats", ...}
     worker -> ARK   {"id", "type": "hello" | "loaded" | "chunk" | "done" | "error" | "stats", "data"?, ...}
@@ -50,7 +51,7 @@ def check_from_worker(frame: Frame) -> Frame:
     kind = frame.get("type")
     if kind not in FROM_WORKER:
         raise FrameError(f"unknown frame type {kind!r}")
-    if kind in ("chunk", "done", "stats") and not isinstance(frame.get("data"), dict):
+    if kind in ("hello", "chunk", "done", "stats") and not isinstance(frame.get("data"), dict):
         raise FrameError(f"a {kind} frame without an object as data")
     if kind == "error" and not isinstance(frame.get("message"), str):
         raise FrameError("an error frame without a message")

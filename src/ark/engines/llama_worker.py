@@ -60,6 +60,7 @@ class Runner:
         self.sampled = 0  # every token sampled by this worker, for ``stats``
         self.started = 0  # the id of the last job begun
         self.dropped: set[int] = set()  # jobs cancelled while still queued
+        self._lock = threading.Lock()  # jobs, started, dropped: the socket thread and the main thread
 
     def llama(self, embedding: bool) -> Any:
         if embedding not in self._contexts:
@@ -73,21 +74,24 @@ class Runner:
 
     def cancel(self, job_id: int) -> None:
         """Called on the socket thread: stop the running job, or drop one still queued (ids only grow)."""
-        job = self.jobs.get(job_id)
-        if job is not None:
-            job.cancelled.set()
-        elif job_id > self.started:
-            self.dropped.add(job_id)
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.cancelled.set()
+            elif job_id > self.started:
+                self.dropped.add(job_id)
 
     def serve(self, op: Frame, send: Send) -> None:
         """Carry out one operation and answer it; every failure is an ``error`` frame, never an exit."""
         job = Job(op["id"], threading.Event())
-        self.jobs[job.id] = job
-        self.started = job.id
+        with self._lock:  # a cancel sees the job either queued (dropped) or running (its flag), never neither
+            self.jobs[job.id] = job
+            self.started = job.id
+            dropped = job.id in self.dropped
+            self.dropped.discard(job.id)
         try:
             kind = op.get("op")
-            if job.id in self.dropped:  # cancelled before it started
-                self.dropped.discard(job.id)
+            if dropped:  # cancelled before it started
                 send({"id": job.id, "type": "done", "data": {}, "sampled": 0, "cancelled": True})
             elif kind == "load":
                 self.llama(bool(op.get("embedding")))
@@ -103,7 +107,8 @@ class Runner:
         except Exception as exc:  # llama.cpp's ValueError/RuntimeError: the engine's failure, said to ARK
             send({"id": job.id, "type": "error", "kind": "engine", "message": f"{type(exc).__name__}: {exc}"})
         finally:
-            del self.jobs[job.id]
+            with self._lock:
+                del self.jobs[job.id]
 
     # -- generation ---------------------------------------------------------------------------------
     def _generate(self, op: Frame, job: Job, send: Send) -> None:
