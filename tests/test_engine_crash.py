@@ -192,6 +192,7 @@ def test_no_worker_outlives_a_killed_ark_even_in_the_middle_of_an_answer(ark: Ar
     assert answer.status_code == 200
     (worker,) = workers(ark)
     idle = sum(worker.cpu_times()[:2])
+
     # a whole answer of 60000 tokens: the worker samples without touching its socket until the end, so
     # only the kernel (PR_SET_PDEATHSIG) can tell it that ARK is gone
     def ask() -> None:
