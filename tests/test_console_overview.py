@@ -115,8 +115,10 @@ def test_the_overview_json_is_for_signed_in_users(ark: ArkProcess) -> None:
         answer: dict[str, Any] = httpx.get(ark.console + "/api/overview", cookies={"ark_session": session}).json()
         return answer
 
-    # the next samples (every 0.5 s) see the two requests
+    # the next samples (every 0.5 s) see the two requests, and the totals count both once both are recorded
+    # (the ledger is fed off the request path)
     assert wait_until(lambda: any(p["requests_per_s"] > 0 for p in overview()["series"]), 10)
+    assert wait_until(lambda: overview()["totals"]["requests"] == 2, 10)
     data = overview()
     assert data["totals"]["requests"] == 2 and data["totals"]["spend_today"] > 0
     assert data["gpu"]["models"].keys() == {"tiny"} and data["gpu"]["capacity_bytes"] == 1024**3
