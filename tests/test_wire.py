@@ -123,7 +123,7 @@ def test_malformed_requests_get_400_and_close(garbage: bytes) -> None:
 def test_oversized_headers_are_refused() -> None:
     async def scenario(server: Server, seen: list[Request]) -> None:
         out = await raw(server.port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 400 ")
+        assert out.startswith(b"HTTP/1.1 431 ")
 
     run(scenario)
 
@@ -269,3 +269,123 @@ def test_a_client_that_never_finishes_its_request_is_cut_off() -> None:
         await server.close(grace=0.1)
 
     asyncio.run(main())
+
+
+# -- the limits a library holds (issue 14): each of these failed on the server before it held them ----------
+
+
+async def _send_until_closed(port: int, head: bytes, piece: bytes, most: int) -> bytes:
+    """Send ``head`` then ``piece`` after ``piece`` (up to ``most`` bytes) until the server answers or closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    sent = 0
+    try:
+        while sent < most:
+            writer.write(piece)
+            await writer.drain()
+            sent += len(piece)
+            try:
+                answer = await asyncio.wait_for(reader.read(65536), 0.001)
+            except TimeoutError:
+                continue
+            return answer + await reader.read()
+        return await reader.read()
+    except ConnectionError:
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+def test_an_unterminated_header_is_refused_431_as_it_grows() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        # a header value that never ends: refused once the head passes its limit, not buffered for ever
+        out = await _send_until_closed(server.port, b"GET / HTTP/1.1\r\nX-Endless: ", b"a" * 16384, 1 << 20)
+        assert out.startswith(b"HTTP/1.1 431 ") and b"request_header_fields_too_large" in out
+        assert seen == []
+
+    run(scenario)
+
+
+def test_a_head_that_comes_too_slowly_is_refused_408() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(head_timeout=0.2, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")  # and then nothing
+        out = await asyncio.wait_for(reader.read(), 10)  # well before the 30 s idle timeout
+        assert out.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in out
+        writer.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off_and_its_handler_released() -> None:
+    released: list[str] = []
+
+    async def endless(request: Request, responder: Responder) -> None:
+        await responder.start(200, [("content-type", "text/plain")])
+        try:
+            while True:
+                await responder.write(b"x" * 65536)
+                await asyncio.sleep(0)  # as an engine's next token would: the loop turns, the write goes out
+        except ConnectionResetError:
+            released.append("released")  # where the gateway gives back its lease and reservation
+            raise
+
+    async def main() -> None:
+        server = Server(endless, Limits(write_timeout=0.3))
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1024)
+        writer.write(b"GET /forever HTTP/1.1\r\nHost: h\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")  # the head, then this client reads nothing more
+        async with asyncio.timeout(10):  # far beyond the 0.3 s write timeout; without one, never
+            while not released:  # noqa: ASYNC110 (the handler's own list: no event to wait on)
+                await asyncio.sleep(0.05)
+        writer.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "value", ["a\r\nx-injected: 1", "a\nx-injected: 1", "/\u20ac"], ids=["crlf", "lf", "not-latin-1"]
+)
+def test_a_header_that_cannot_go_out_is_a_500_sent_at_once(value: str) -> None:
+    async def handler(request: Request, responder: Responder) -> None:
+        await responder.send(303, b"", [("location", value)])
+
+    async def main() -> None:
+        server = Server(handler, Limits(idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        out = await asyncio.wait_for(raw(server.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 10)
+        assert out.startswith(b"HTTP/1.1 500 ") and b"x-injected" not in out
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+def test_a_request_before_garbage_is_answered_before_the_400() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(server.port, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 ") and b"GET /a? 0" in out
+        assert b"HTTP/1.1 400 " in out and out.index(b"HTTP/1.1 400 ") > out.index(b"GET /a? 0")
+
+    run(scenario)
+
+
+def test_100_continue_never_overtakes_an_earlier_response() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /trickle HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        first = await reader.readuntil(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 ")  # the streamed answer to the first request, not 100 Continue
+        writer.write(b"abc")  # a client that got no 100 sends its body after a short wait
+        rest = await reader.read()
+        assert b"100 Continue" not in first + rest and b"POST /x? 3" in rest
+        writer.close()
+
+    run(scenario)

@@ -27,6 +27,8 @@ from ark.errors import ConfigError
 class GatewaySettings:
     listen: Address
     max_body_bytes: int
+    head_timeout_s: float
+    write_timeout_s: float
     max_inflight: int
     log_prompts: bool
     access_log: str

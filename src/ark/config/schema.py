@@ -126,6 +126,20 @@ GATEWAY: tuple[Setting, ...] = (
         "Largest request body accepted; bigger ones get 413.",
     ),
     Setting(
+        "head_timeout_s",
+        Float(0.0, exclusive=True),
+        30.0,
+        "Seconds a client has to send a whole request head; a slower one gets 408 and is disconnected "
+        "(nginx: client_header_timeout).",
+    ),
+    Setting(
+        "write_timeout_s",
+        Float(0.0, exclusive=True),
+        60.0,
+        "Seconds a response may wait for the client to read more of it; then the connection is cut and what "
+        "the request held (engine slot, GPU lease, budget reservation) is released (nginx: send_timeout).",
+    ),
+    Setting(
         "max_inflight",
         Int(1, 100_000),
         256,

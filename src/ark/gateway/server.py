@@ -23,7 +23,12 @@ async def serve(
     settings: Settings, *, on_started: Callable[[Gateway], None] | None = None, stop: asyncio.Event | None = None
 ) -> None:
     gateway = Gateway(settings)
-    server = Server(gateway, Limits(max_body=settings.gateway.max_body_bytes), on_refused=gateway.refused)
+    limits = Limits(
+        max_body=settings.gateway.max_body_bytes,
+        head_timeout=settings.gateway.head_timeout_s,
+        write_timeout=settings.gateway.write_timeout_s,
+    )
+    server = Server(gateway, limits, on_refused=gateway.refused)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,12 @@ a hard size limit (Content-Length or chunked), ``Expect: 100-continue``,
 complete and chunked-streamed responses with write flow control, an idle
 timeout, and cancellation of the handler when the client goes away.
 
+It holds its limits as a library would (see docs/security.md): the request head in raw bytes while it
+is read (431), however the parser buffers it; a head that takes too long (408); a response the client
+does not read (the connection is cut after ``write_timeout``, so what the request held is released);
+header values with CR or LF never go out; a request after garbage is refused only once every request
+before it is answered; ``100 Continue`` only for the request next in line.
+
 One task per request; requests on one connection are answered in order.
 """
 
@@ -48,6 +54,10 @@ class BodyTooLargeError(Exception):
     pass
 
 
+class HeadTooLargeError(Exception):
+    pass
+
+
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
 
@@ -55,6 +65,9 @@ Handler = Callable[[Request, "Responder"], Awaitable[None]]
 class Limits:
     max_body: int = 8 * 1024 * 1024
     idle_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
+    head_timeout: float = 30.0  # seconds a client has to send a whole request head (nginx client_header_timeout)
+    write_timeout: float = 60.0  # seconds a response may wait for the client to read (nginx send_timeout)
+    max_head: int = _MAX_HEADER_BYTES  # bytes of a request head, counted as they arrive
 
 
 class _Date:
@@ -91,6 +104,8 @@ class Responder:
     def _head(self, status: int, headers: list[tuple[str, str]], extra: bytes) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), b"date: ", _Date.get(), b"\r\n"]
         for name, value in headers:
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"header {name!r}: CR or LF in a response header")  # never a split response
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(self.extra_head)
         lines.append(extra)
@@ -100,16 +115,17 @@ class Responder:
     async def send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         if self.started:
             raise RuntimeError("response already started")
+        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))  # may fail: nothing sent yet
         self.started, self.status = True, status
         self._finish()
-        self._conn.write(self._head(status, headers, b"content-length: %d\r\n" % len(body)) + body)
+        self._conn.write(head + body)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Begin a chunked response; the head leaves with the first chunk (one packet, first token sooner)."""
         if self.started:
             raise RuntimeError("response already started")
-        self.started, self.status = True, status
         self._head_pending = self._head(status, headers, b"transfer-encoding: chunked\r\n")
+        self.started, self.status = True, status
 
     async def write(self, data: bytes) -> None:
         """One chunk of a streamed response; raises ConnectionResetError once the client is gone."""
@@ -149,6 +165,11 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # between requests and while a head arrives: raw bytes count against max_head
+        self._head_raw = 0
+        self._completed = 0  # requests parsed on this connection
+        self._refusal: int | None = None  # garbage came: refused once the requests before it are answered
         self._out: list[bytes] = []
         self._burst = False  # a write went out in this turn of the event loop
         self.closed = False
@@ -173,24 +194,39 @@ class _Connection(asyncio.Protocol):
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         self._connections.add(self)
         self._arm_idle()
+        self._arm_head()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # the answer (400/413) is on its way and the connection closes after it
+            return  # the answer (400/413/431) is on its way and the connection closes after it
+        in_head, completed = self._in_head, self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400)
+            return
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised (HttpParserCallbackError): look underneath
-            too_large = isinstance(exc, BodyTooLargeError) or isinstance(exc.__context__, BodyTooLargeError)
-            self._refuse(413 if too_large else 400)
+            cause = exc if isinstance(exc, BodyTooLargeError | HeadTooLargeError) else exc.__context__
+            self._refuse(
+                413 if isinstance(cause, BodyTooLargeError) else 431 if isinstance(cause, HeadTooLargeError) else 400
+            )
+            return
+        # A head still incomplete after all of this read is all head: count it raw, whatever the parser holds
+        # (llhttp keeps an unterminated header value for as long as it grows). A read that also ended a
+        # request is not counted: its bytes are partly that request's (the limit allows one read more).
+        if in_head and self._in_head and completed == self._completed:
+            self._head_raw += len(data)
+            if self._head_raw > self._limits.max_head:
+                self._refuse(431)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: stop working for it
         if self._writable is not None and not self._writable.done():
@@ -207,8 +243,10 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         # The idle timer keeps running until the request is complete: it also bounds how long a
-        # client may take to send one (a slow-loris client is cut off after idle_timeout).
+        # client may take to send one (a slow-loris client is cut off after idle_timeout); the head
+        # alone has head_timeout.
         self._reset_message()
+        self._arm_head()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -222,15 +260,27 @@ class _Connection(asyncio.Protocol):
 
     def _count_header_bytes(self, n: int) -> None:
         self._header_bytes += n
-        if self._header_bytes > _MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("request headers too large")
+        if self._header_bytes > self._limits.max_head:
+            raise HeadTooLargeError
 
     def on_headers_complete(self) -> None:
+        self._in_head, self._head_raw = False, 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         for name, value in self._headers:
             lower = name.lower()
             if lower == b"content-length" and value.strip().isdigit() and int(value) > self._limits.max_body:
                 raise BodyTooLargeError
-            if lower == b"expect" and value.lower() == b"100-continue" and self._transport is not None:
+            # 100 Continue only for the request next in line: an interim answer must not overtake an earlier
+            # request's response (a client that gets none sends its body after its own short wait)
+            if (
+                lower == b"expect"
+                and value.lower() == b"100-continue"
+                and self._transport is not None
+                and self._task is None
+                and not self._pending
+            ):
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -250,6 +300,7 @@ class _Connection(asyncio.Protocol):
             client=self._client,
         )
         self._pending.append((request, self._parser.should_keep_alive()))
+        self._in_head, self._completed = True, self._completed + 1
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -262,7 +313,9 @@ class _Connection(asyncio.Protocol):
     def _next(self) -> None:
         if not self._pending or self.closed:
             self._task = None
-            if not self.closed:
+            if self._refusal is not None and not self.closed:  # every request before the garbage is answered
+                self._send_refusal(self._refusal)
+            elif not self.closed:
                 self._arm_idle()
             return
         request, keep_alive = self._pending.popleft()
@@ -313,15 +366,35 @@ class _Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self._writable is not None and not self._writable.done():
-            await self._writable
+            try:
+                async with asyncio.timeout(self._limits.write_timeout):
+                    await asyncio.shield(self._writable)
+            except TimeoutError:
+                # the client stopped reading: cut it off, so that what its request holds (an engine slot,
+                # a GPU lease, a budget reservation) is released now, not when its socket gives up
+                log.warning("client %s read nothing for %g s: connection cut", self._client, self._limits.write_timeout)
+                if self._transport is not None:
+                    self._transport.abort()
+                raise ConnectionResetError("client stopped reading") from None
         elif self.closed:
             raise ConnectionResetError("client disconnected")
 
     def _refuse(self, status: int) -> None:
-        """Answer a request that cannot be parsed or accepted, then close."""
+        """Answer a request that cannot be parsed or accepted, then close: at once, or once the requests
+        read before it are answered (their answers go first)."""
         self._refused = True
         self._on_refused(status)
-        if self._task is None and self._transport is not None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._task is not None or self._pending:
+            self._refusal = status  # _next sends it when the queue is empty
+            return
+        self._send_refusal(status)
+
+    def _send_refusal(self, status: int) -> None:
+        self._refusal = None
+        if self._transport is not None and not self._transport.is_closing():
             body = _REFUSALS[status]
             head = (
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
@@ -333,6 +406,16 @@ class _Connection(asyncio.Protocol):
             self._loop.call_later(_LINGER_S, self.close)
         else:
             self.close()
+
+    def _arm_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self._loop.call_later(self._limits.head_timeout, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._refused and not self.closed:
+            self._refuse(408)
 
     def _arm_idle(self) -> None:
         if self._idle is not None:
@@ -350,6 +433,10 @@ _REFUSALS = {
     b'"param":null,"code":"request_too_large"}}',
     400: b'{"error":{"message":"Malformed HTTP request.","type":"invalid_request_error","param":null,'
     b'"code":"invalid_request"}}',
+    408: b'{"error":{"message":"The request head did not arrive in time.","type":"invalid_request_error",'
+    b'"param":null,"code":"request_timeout"}}',
+    431: b'{"error":{"message":"The request head exceeds the size limit.","type":"invalid_request_error",'
+    b'"param":null,"code":"request_header_fields_too_large"}}',
 }
 
 
