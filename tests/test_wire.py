@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from ark.wire import ConnectError, ConnectionClosed, Limits, ProtocolError, Request, Responder, Server, Upstream
+from ark.wire import (
+    ConnectError,
+    ConnectionClosed,
+    Limits,
+    ProtocolError,
+    Request,
+    Responder,
+    ResponseTooLarge,
+    Server,
+    Upstream,
+)
 
 Scenario = Callable[[Server, list[Request]], Awaitable[None]]
 CANCELLED: list[str] = []
@@ -389,3 +399,36 @@ def test_100_continue_never_overtakes_an_earlier_response() -> None:
         writer.close()
 
     run(scenario)
+
+
+def test_the_client_reads_a_body_far_larger_than_its_read_ahead_and_refuses_one_past_its_limit() -> None:
+    big = bytes(range(256)) * (20 * 4096)  # 20 MiB, every byte value, so a lost or reordered piece shows
+
+    async def handler(request: Request, responder: Responder) -> None:
+        if request.path == "/big":
+            await responder.send(200, big, [("content-type", "application/octet-stream")])
+        else:  # one line that never ends, streamed
+            await responder.start(200, [("content-type", "text/plain")])
+            for _ in range(64):
+                await responder.write(b"y" * 65536)
+            await responder.end()
+
+    async def main() -> None:
+        server = Server(handler)
+        await server.start("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
+        async with asyncio.timeout(60):  # a client that stops reading at its buffer would hang here
+            upstream = Upstream(url, connect_timeout=5)
+            async with await upstream.request("GET", "/big") as response:
+                assert await response.read() == big
+            upstream.close()
+            small = Upstream(url, connect_timeout=5, max_response=1 << 20)
+            with pytest.raises(ResponseTooLarge, match="longer than 1048576 bytes"):
+                await (await small.request("GET", "/big")).read()
+            with pytest.raises(ResponseTooLarge):
+                async for _ in (await small.request("GET", "/line")).lines():
+                    pass
+            small.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())

@@ -157,6 +157,7 @@ class EngineSettings:
     url: str
     api_key: Secret
     connect_timeout: float
+    max_response_bytes: int
     first_token_timeout: float
     total_timeout: float
     max_parallel: int

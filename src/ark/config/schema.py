@@ -276,6 +276,14 @@ ENGINE: tuple[Setting, ...] = (
     ),
     Setting("connect_timeout", Float(0.0, exclusive=True), 5.0, "Seconds to open a connection to the engine."),
     Setting(
+        "max_response_bytes",
+        ByteSize(),
+        "256MiB",
+        "Largest answer read whole from the engine (an embedding batch of 2048 inputs x 4096 floats is ~170 MB), "
+        "and longest line of a stream; beyond it the request fails with 502.",
+        kinds=("ollama", "openai"),
+    ),
+    Setting(
         "first_token_timeout",
         Float(0.0, exclusive=True),
         300.0,

@@ -11,7 +11,8 @@ import orjson
 
 from ark.config import EngineSettings
 from ark.errors import ApiError, InvalidRequest, ModelNotFound, QueueFull, UpstreamError, UpstreamTimeout
-from ark.wire import ConnectError, ConnectionClosed, ProtocolError, Upstream
+from ark.wire import ConnectError, ConnectionClosed, ProtocolError, ResponseTooLarge, Upstream
+from ark.wire.client import MAX_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +23,18 @@ class Endpoint:
     url: str
     connect_timeout: float = 5.0  # the engines' default
     max_parallel: int = 8
+    max_response_bytes: int = MAX_RESPONSE
 
 
 def make_upstream(settings: EngineSettings | Endpoint, headers: Mapping[str, str] | None = None) -> Upstream:
     # Only the connect phase is bounded here; first-token and total deadlines are the
     # gateway's, so that they apply to every engine alike.
     return Upstream(
-        settings.url, connect_timeout=settings.connect_timeout, headers=headers, max_idle=settings.max_parallel
+        settings.url,
+        connect_timeout=settings.connect_timeout,
+        headers=headers,
+        max_idle=settings.max_parallel,
+        max_response=settings.max_response_bytes,
     )
 
 
@@ -45,6 +51,8 @@ async def upstream_errors(engine: str, url: str) -> AsyncIterator[None]:
         raise UpstreamError(f"Engine '{engine}' is unreachable at {url}: {exc}") from exc
     except ConnectionClosed as exc:
         raise UpstreamError(f"Engine '{engine}' closed the connection before the response was complete") from exc
+    except ResponseTooLarge as exc:
+        raise UpstreamError(f"Engine '{engine}': {exc} ([engines.{engine}] max_response_bytes)") from exc
     except ProtocolError as exc:
         raise UpstreamError(f"Engine '{engine}' sent an invalid response: {exc}") from exc
     except OSError as exc:

@@ -5,7 +5,7 @@ Model downloads (ark.engines.pull) use aiohttp instead: they need redirects and 
 
 from __future__ import annotations
 
-from ark.wire.client import ConnectError, ConnectionClosed, ProtocolError, Response, Upstream
+from ark.wire.client import ConnectError, ConnectionClosed, ProtocolError, Response, ResponseTooLarge, Upstream
 from ark.wire.server import Limits, Request, Responder, Server
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Request",
     "Responder",
     "Response",
+    "ResponseTooLarge",
     "Server",
     "Upstream",
 ]

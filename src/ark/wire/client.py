@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import httptools
 
 _MAX_RESPONSE_BUFFER = 1 << 20  # pause reading beyond this much unread body
+# The largest body read whole: an embedding batch of 2048 inputs x 4096 floats is ~170 MB of JSON.
+MAX_RESPONSE = 256 * 2**20
 
 
 class ConnectError(OSError):
@@ -35,6 +37,10 @@ class ConnectionClosed(ConnectionError):
 
 class ProtocolError(Exception):
     """The upstream's answer is not valid HTTP/1.1."""
+
+
+class ResponseTooLarge(ProtocolError):
+    """The upstream's body, or one line of it, is longer than the client reads."""
 
 
 class _Conn(asyncio.Protocol):
@@ -151,12 +157,28 @@ class Response:
         self._released = False
 
     async def read(self) -> bytes:
+        """The whole body. What has arrived is taken as it comes, so a body larger than the read-ahead buffer
+        keeps flowing (reading pauses only while nobody takes); past ``max_response`` bytes it fails."""
         conn = self._conn
-        while not conn.complete:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if conn.body:
+                part = conn.take()
+                parts.append(part)
+                size += len(part)
+                if size > self._upstream.max_response:
+                    self._too_large()
+            if conn.complete:
+                break
             await conn.wait()
-        data = conn.take()
         self.release()
-        return data
+        return b"".join(parts)
+
+    def _too_large(self) -> None:
+        self._released = True
+        self._conn.close()  # the rest is not read: the connection cannot be used again
+        raise ResponseTooLarge(f"the response is longer than {self._upstream.max_response} bytes")
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body split at newlines (the newline removed), as it arrives."""
@@ -168,6 +190,8 @@ class Response:
                 continue
             data = tail + conn.take()
             *full, tail = data.split(b"\n")
+            if len(tail) > self._upstream.max_response:  # one line that never ends
+                self._too_large()
             for line in full:
                 yield line
             if conn.complete and not conn.body:
@@ -199,7 +223,13 @@ class Upstream:
     """A keep-alive pool to one base URL (``http://host:port/prefix`` or https)."""
 
     def __init__(
-        self, base_url: str, *, connect_timeout: float, headers: Mapping[str, str] | None = None, max_idle: int = 64
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        headers: Mapping[str, str] | None = None,
+        max_idle: int = 64,
+        max_response: int = MAX_RESPONSE,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -210,6 +240,7 @@ class Upstream:
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_response = max_response
         host_header = self.host if parts.port is None else f"{self.host}:{parts.port}"
         fixed = {"host": host_header, "user-agent": "ark", "accept-encoding": "identity", **(headers or {})}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
