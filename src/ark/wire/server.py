@@ -231,6 +231,7 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()  # the client left: stop working for it
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("client disconnected"))
+            self._writable.exception()  # seen: a drain still waiting raises it; none waiting (timed out) is fine
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
