@@ -114,7 +114,6 @@ class Death:
     returncode: int | None
     expected: bool  # ARK asked it to stop
     produced: bool  # it had answered something before it ended
-    variant: str
     reason: str  # in words, for the log and the error
 
     @property
@@ -150,7 +149,7 @@ class Worker(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self._broken: str | None = None
-        self._death_reason = ""
+        self.death: Death | None = None  # how it ended, once it has
         self._stopping = False
         self._stderr: deque[str] = deque(maxlen=20)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -243,7 +242,8 @@ class Worker(asyncio.Protocol):
                     ended = True
                     self._break(f"a {kind} frame in answer to {op['op']}")
                     await self.ended.wait()  # its end is counted before its caller hears of it
-                    raise UpstreamError(f"Engine '{self.engine}': the worker for {self.model} {self._death_reason}.")
+                    assert self.death is not None
+                    raise UpstreamError(f"Engine '{self.engine}': the worker for {self.model} {self.death.reason}.")
                 if kind in ("chunk", "done"):
                     self.produced = True  # it ran the model and lived: its CPU variant works here
                 ended = kind == ends
@@ -321,10 +321,9 @@ class Worker(asyncio.Protocol):
             returncode,
             expected=self._stopping and broken is None,
             produced=self.produced,
-            variant=self.variant,
             reason=f"sent a malformed frame ({broken})" if broken else _exit_words(returncode),
         )
-        self._death_reason = death.reason
+        self.death = death
         if death.expected:
             error: ApiError = EngineCrashed(f"Engine '{self.engine}': the worker for {self.model} was stopped.")
         elif broken is not None:
@@ -677,12 +676,17 @@ class EmbeddedEngine:
     async def embed(self, request: EmbeddingRequest) -> Json:
         return await self._call(request.model, {"op": "embed", "inputs": request.inputs})
 
+    def _known(self, model: str) -> None:
+        """An unknown model fails before its stream starts (the folder is read only for a model no worker serves)."""
+        if model not in self.loaded_models():
+            self._path(model)
+
     def chat_stream(self, request: ChatRequest) -> AsyncIterator[Json]:
-        self._path(request.model)  # an unknown model fails here, before the stream starts
+        self._known(request.model)
         return self._stream(request.model, _generation("chat", request.sampling, request.body, request.messages))
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[Json]:
-        self._path(request.model)
+        self._known(request.model)
         return self._stream(request.model, _generation("complete", request.sampling, request.body, request.prompt))
 
     async def worker_stats(self, model: str) -> Json:
