@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from urllib.parse import unquote, urljoin
 
 import httpx
 import orjson
@@ -112,6 +113,18 @@ def raw_status(ark: ArkProcess, head: bytes) -> int:
         return int(sock.recv(64).split(b" ")[1])
 
 
+def raw_get(ark: ArkProcess, target: bytes) -> tuple[int, str]:
+    """GET ``target`` byte for byte (as Nginx passes ``rd=$scheme://$host$request_uri``: not encoded)."""
+    host, port = ark.console.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode()
+
+
 def error_of(response: httpx.Response) -> str:
     match = re.search(r"<p class=error role=alert>(.*?)</p>", response.text)
     return match.group(1) if match else ""
@@ -125,8 +138,10 @@ def test_sign_in_sets_a_session_that_verify_turns_into_identity_headers(ark: Ark
     assert f'name=rd value="https://chat.{DOMAIN}/c/1"' in page.text
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
-    csrf_cookie = next(c for c in page.headers.get_list("set-cookie") if c.startswith("ark_csrf="))
-    assert all(flag in csrf_cookie for flag in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/auth"))
+    # with a domain the console is served over https: __Host-, host-only, which no site under D can set
+    csrf_cookie = next(c for c in page.headers.get_list("set-cookie") if c.startswith("__Host-ark_csrf="))
+    assert all(flag in csrf_cookie.split("; ") for flag in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/"))
+    assert "Domain=" not in csrf_cookie
 
     signed_in = browser.login("Alice", rd=f"https://chat.{DOMAIN}/c/1")
     assert signed_in.status_code == 303 and signed_in.headers["location"] == f"https://chat.{DOMAIN}/c/1"
@@ -475,3 +490,96 @@ def test_hostile_requests_get_clear_refusals(ark: ArkProcess) -> None:
     bad_cookie = {"cookie": "ark_session=" + "%" * 10_000}
     assert browser.send("GET", "/auth/verify?site=chat", headers=bad_cookie).status_code == 401
     assert httpx.get(ark.console + "/health/live", timeout=5).status_code == 200
+
+
+def test_return_addresses_outside_latin1_are_percent_encoded(ark: ArkProcess) -> None:
+    # A Location header carries Latin-1 at most: "/€" used to hang the sign-in (the header could not be encoded)
+    users(ark, "add", "euro", password=PASSWORD)
+    browser = Browser(ark, "192.0.2.40")
+    chat = f"https://chat.{DOMAIN}"
+    page = browser.send("GET", "/auth/login", params={"rd": "/€"})  # sent as rd=/%E2%82%AC
+    assert page.status_code == 200 and 'name=rd value="/%E2%82%AC"' in page.text
+    rendered = f'name=rd value="{chat}/%E2%82%AC/x?a=1&amp;b=%C3%BC"'
+    page = browser.send("GET", "/auth/login", params={"rd": f"{chat}/€/x?a=1&b=ü"})  # encoded whole
+    assert page.status_code == 200 and rendered in page.text
+    # as Nginx sends it: rd=$scheme://$host$request_uri, not encoded (the browser escaped the path's €)
+    status, body = raw_get(ark, f"/auth/login?rd={chat}/%E2%82%AC/x?a=1&b=%C3%BC".encode())
+    assert status == 200 and rendered in body
+    here = f"https://{DOMAIN}/auth/login"
+    for rd, location in (
+        ("/€", "/%E2%82%AC"),
+        ("/%E2%82%AC", "/%E2%82%AC"),  # escapes already made stay as they are
+        (f"{chat}/€/ü?q=€&a=1#€", f"{chat}/%E2%82%AC/%C3%BC?q=%E2%82%AC&a=1#%E2%82%AC"),
+        (f"{chat}/%E2%82%AC", f"{chat}/%E2%82%AC"),
+    ):
+        signed = browser.login("euro", rd=rd)
+        assert signed.status_code == 303, (rd, signed.status_code, signed.text)
+        assert signed.headers["location"] == location and location.isascii()
+        # where a browser goes: the place rd named, once the escapes are read
+        assert unquote(urljoin(here, location)) == unquote(urljoin(here, rd))
+        assert any(c.startswith("ark_session=") for c in signed.headers.get_list("set-cookie"))
+        assert browser.verify().status_code == 200
+
+
+def test_the_sign_in_csrf_value_is_bound_to_its_browser_and_a_tossed_cookie_pairs_with_nothing(
+    ark: ArkProcess,
+) -> None:
+    users(ark, "add", "tosca", password=PASSWORD)  # the attacker's own account
+    users(ark, "add", "vera", password=PASSWORD)
+    as_tosca = {"username": "tosca", "password": PASSWORD, "rd": "/"}
+    victim, attacker = Browser(ark, "192.0.2.41"), Browser(ark, "192.0.2.42")
+    victim_csrf, attacker_csrf = victim.csrf(), attacker.csrf()
+    (name, victim_nonce), (_, attacker_nonce) = (
+        next((k, v) for k, v in b.cookies.items() if "csrf" in k) for b in (victim, attacker)
+    )
+    # Login CSRF by cookie tossing: an application on chat.D sets the attacker's own CSRF cookie for
+    # Domain=.D (it reaches the console under the plain name, beside the victim's own or alone) and posts
+    # the attacker's own form value from the victim's browser, to sign the victim into the attacker's
+    # account. Only the console's __Host- cookie counts, which no site under D can set.
+    for cookie in (f"ark_csrf={attacker_nonce}", f"ark_csrf={attacker_nonce}; {name}={victim_nonce}"):
+        tossed = victim.send(
+            "POST", "/auth/login", data={**as_tosca, "csrf": attacker_csrf}, headers={"cookie": cookie}
+        )
+        assert tossed.status_code == 403, cookie
+    assert victim.verify().status_code == 401
+    victim.cookies[name] = victim_nonce  # (the refusals without it set a new one)
+    assert victim_csrf != victim_nonce  # the form's value is no cookie's: reading a cookie gives no value
+    for csrf in (victim_nonce, attacker_csrf):  # the cookie's own value; a value minted for another state
+        refused = victim.send("POST", "/auth/login", data={**as_tosca, "csrf": csrf})
+        assert refused.status_code == 403 and "not sent by ARK" in error_of(refused)
+    assert victim.verify().status_code == 401 and attacker.verify().status_code == 401
+    as_vera = {"username": "vera", "password": PASSWORD, "rd": "/"}
+    assert victim.send("POST", "/auth/login", data={**as_vera, "csrf": victim_csrf}).status_code == 303
+    assert victim.verify().headers["x-ark-user"] == "vera"
+
+
+def test_posts_are_accepted_from_the_consoles_own_origin_only(ark: ArkProcess) -> None:
+    users(ark, "add", "oscar", password=PASSWORD)
+    browser = Browser(ark, "192.0.2.43")
+    base = {"username": "oscar", "password": PASSWORD, "rd": "/"}
+    others = [
+        {"origin": f"https://chat.{DOMAIN}"},  # another site under D: another origin, maybe anyone's code
+        {"origin": f"https://evil.{DOMAIN}"},
+        {"origin": "null"},
+        {"origin": f"http://{DOMAIN}"},
+        {"origin": f"https://{DOMAIN}:8443"},
+        {"referer": f"https://chat.{DOMAIN}/c/1"},  # no Origin: Referer's origin decides
+    ]
+    for headers in others:
+        refused = browser.send("POST", "/auth/login", data={**base, "csrf": browser.csrf()}, headers=headers)
+        assert refused.status_code == 403 and "not sent by ARK" in error_of(refused), headers
+    assert browser.verify().status_code == 401  # none of these signed in
+    for headers in (
+        {"origin": f"https://{DOMAIN}"},
+        {"origin": f"https://axl.{DOMAIN}"},
+        {"referer": f"https://{DOMAIN}/auth/login"},
+    ):
+        signed = browser.send("POST", "/auth/login", data={**base, "csrf": browser.csrf()}, headers=headers)
+        assert signed.status_code == 303, headers
+    home = browser.send("GET", "/")
+    csrf = re.search(r'action="/auth/logout"><input type=hidden name=csrf value="([^"]+)"', home.text)
+    assert csrf
+    refused = browser.send("POST", "/auth/logout", data={"csrf": csrf.group(1)}, headers=others[0])
+    assert refused.status_code == 403 and browser.verify().status_code == 200  # still signed in
+    out = browser.send("POST", "/auth/logout", data={"csrf": csrf.group(1)}, headers={"origin": f"https://{DOMAIN}"})
+    assert out.status_code == 303 and browser.verify().status_code == 401

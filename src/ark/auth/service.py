@@ -163,12 +163,16 @@ class AuthService:
         return await asyncio.to_thread(self.users.prune_sessions)
 
     # -- CSRF -------------------------------------------------------------------------------------
-    def new_csrf(self) -> str:
-        """A signed random value for the sign-in form: the same in a cookie and a hidden field."""
-        return sign(self._csrf_key, secrets.token_urlsafe(24))
+    @staticmethod
+    def new_login_nonce() -> str:
+        """The pre-sign-in state of one browser: a random value kept in its (host-only) CSRF cookie."""
+        return secrets.token_urlsafe(32)
 
-    def csrf_cookie_ok(self, cookie: str) -> bool:
-        return unsign(self._csrf_key, cookie, max_length=256) is not None
+    def login_csrf(self, nonce: str) -> str | None:
+        """The sign-in form's CSRF value for the browser whose cookie holds ``nonce`` (None: not a nonce of
+        ours). An HMAC of the nonce, never the nonce itself: knowing a cookie, or planting one, gives no
+        value that pairs with another browser's, and only the console can compute it."""
+        return mac(self._csrf_key, "login:" + nonce) if _TOKEN.match(nonce) else None
 
     def session_csrf(self, token: str) -> str:
         """The CSRF value of forms shown to a signed-in user: bound to the session, so only its pages know it."""

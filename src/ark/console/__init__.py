@@ -5,7 +5,7 @@ Served by :class:`ark.wire.Server` in the gateway's process (``ark up``); see do
 
 from __future__ import annotations
 
-from ark.console.app import CSRF_COOKIE, SESSION_COOKIE, Console
+from ark.console.app import CSRF_COOKIE, HOST_CSRF_COOKIE, SESSION_COOKIE, Console
 from ark.console.server import ConsoleError, ConsoleServer
 
-__all__ = ["CSRF_COOKIE", "SESSION_COOKIE", "Console", "ConsoleError", "ConsoleServer"]
+__all__ = ["CSRF_COOKIE", "HOST_CSRF_COOKIE", "SESSION_COOKIE", "Console", "ConsoleError", "ConsoleServer"]

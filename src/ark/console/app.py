@@ -2,14 +2,16 @@
 
 The contract Nginx relies on (docs/security.md):
 
-    GET  /auth/login?rd=URL   the sign-in form (sets the ark_csrf cookie it is checked against)
+    GET  /auth/login?rd=URL   the sign-in form (sets the CSRF cookie its value is bound to:
+                              __Host-ark_csrf with a domain, ark_csrf without)
     POST /auth/login          username, password, totp (optional), csrf, rd -> 303 to rd + ark_session
     POST /auth/logout         csrf -> 303 to /auth/login, session deleted, cookie cleared
     GET  /auth/verify?site=S  200 + identity headers for a live session whose role may open site S,
                               401 without one, 403 when the role is too low or S is no site of the sign-in
     GET  /                    who is signed in and links to the sites (303 to sign in otherwise)
 
-Every page carries no-store, no-framing and a script-free CSP; every form post needs its CSRF value.
+Every page carries no-store, no-framing and a script-free CSP; every form post needs its CSRF value
+and, when the browser says where it comes from, the console's own origin.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ from ark.wire import Request, Responder
 log = logging.getLogger("ark.console")
 
 SESSION_COOKIE = "ark_session"
+# The sign-in's CSRF cookie. Over https at D: __Host-, which a browser only takes host-only, Secure and
+# for Path=/, so no other site under D can set or replace it (Domain=.D cookie tossing). Without a
+# domain (http://127.0.0.1:8080, no sibling sites) the plain name, as before.
 CSRF_COOKIE = "ark_csrf"
+HOST_CSRF_COOKIE = "__Host-ark_csrf"
 _CSRF_MAX_AGE = 3600 * 12
 _HTML = [("content-type", "text/html; charset=utf-8"), *web.SECURITY_HEADERS]
 _TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
@@ -66,6 +72,8 @@ class Console:
     def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
         self.auth = auth
         self.domain = settings.edge.domain.strip().strip(".").lower()
+        self.origins = web.console_origins(self.domain, settings.edge.https_port)
+        self._csrf_cookie, self._csrf_path = (HOST_CSRF_COOKIE, "/") if self.domain else (CSRF_COOKIE, "/auth")
         self.site_roles = settings.edge.site_roles
         self._warned_site = False
         self._overview = overview
@@ -103,17 +111,23 @@ class Console:
 
     # -- signing in -------------------------------------------------------------------------------
     def _csrf(self, request: Request) -> tuple[str, list[tuple[str, str]]]:
-        """The sign-in form's CSRF value: the browser's cookie when it is ours, else a new one to set."""
-        for value in web.cookies(request, CSRF_COOKIE)[:4]:
-            if self.auth.csrf_cookie_ok(value):
+        """The sign-in form's CSRF value, bound to the nonce in the browser's cookie; a new nonce (and
+        the cookie to set) when it has none of ours."""
+        for nonce in web.cookies(request, self._csrf_cookie)[:4]:
+            if (value := self.auth.login_csrf(nonce)) is not None:
                 return value, []
-        value = self.auth.new_csrf()
-        return value, [web.set_cookie(CSRF_COOKIE, value, max_age=_CSRF_MAX_AGE, path="/auth")]
+        nonce = self.auth.new_login_nonce()
+        cookie = web.set_cookie(self._csrf_cookie, nonce, max_age=_CSRF_MAX_AGE, path=self._csrf_path)
+        return self.auth.login_csrf(nonce) or "", [cookie]
 
     def _csrf_matches(self, request: Request, sent: str) -> bool:
-        if not sent or not self.auth.csrf_cookie_ok(sent) or not web.origin_allowed(request, self.domain):
+        if not sent or not web.origin_allowed(request, self.origins):
             return False
-        return any(hmac.compare_digest(v.encode(), sent.encode()) for v in web.cookies(request, CSRF_COOKIE)[:4])
+        for nonce in web.cookies(request, self._csrf_cookie)[:4]:
+            expected = self.auth.login_csrf(nonce)
+            if expected is not None and hmac.compare_digest(expected.encode(), sent.encode()):
+                return True
+        return False
 
     def _rd(self, request: Request, target: str) -> str:
         return web.safe_redirect(target, self.domain, request.headers.get("host", ""))
@@ -155,7 +169,7 @@ class Console:
             max_age=self.auth.expires_in(result.expires),
             domain=self.domain,
         )
-        forget_csrf = web.set_cookie(CSRF_COOKIE, "", max_age=0, path="/auth")
+        forget_csrf = web.set_cookie(self._csrf_cookie, "", max_age=0, path=self._csrf_path)
         await responder.send(303, b"", [("location", rd), cookie, forget_csrf, *web.SECURITY_HEADERS])
 
     async def _end_old_sessions(self, request: Request) -> None:
@@ -167,6 +181,9 @@ class Console:
 
     async def logout(self, request: Request, responder: Responder) -> None:
         fields = web.form(request, {"csrf": 256})
+        if not web.origin_allowed(request, self.origins):
+            self.auth.count("csrf_refused")
+            raise BadInput("This form was not sent by ARK's page. Go back, reload it and sign out again.", 403)
         found = await self._session(request)
         if found is not None:
             expected = self.auth.session_csrf(found[1])

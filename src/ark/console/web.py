@@ -7,12 +7,22 @@ Every input here is hostile until checked. Each function either returns clean da
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import parse_qsl, urlsplit
+import re
+from collections.abc import Collection
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from ark.wire import Request
 
 _MAX_FIELDS = 16
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
+_MAX_TARGET = 2048  # a return address, as it goes out: it must fit back into the form's rd field
+# What a return address keeps as it is: RFC 3986's reserved characters (its structure) and "%" (escapes
+# already made). Everything else, non-ASCII above all, is percent-encoded (as UTF-8) before it goes
+# into a Location header, which carries Latin-1 at most and should carry ASCII.
+_URL_KEEP = ":/?#[]@!$&'()*+,;=%"
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# The names Nginx serves the console at (ark.edge.sites, access "console"): D itself and axl.D
+CONSOLE_NAMES = ("", "axl")
 
 
 # Every page: no caching of anything personal, no framing (clickjacking), no sniffing, no scripts.
@@ -115,14 +125,26 @@ def set_cookie(name: str, value: str, *, max_age: int, path: str = "/", domain: 
     return ("set-cookie", "; ".join(parts))
 
 
+def encode_url(target: str) -> str:
+    """``target`` with everything outside ASCII's URL characters percent-encoded (UTF-8), its structure
+    (``/ ? # & = :``...) and its existing ``%XX`` escapes kept, a stray ``%`` made ``%25``. A browser
+    resolves the result to the same place; encoding it again changes nothing."""
+    return quote(_STRAY_PERCENT.sub("%25", target), safe=_URL_KEEP)
+
+
 def safe_redirect(target: str, domain: str, host: str) -> str:
-    """``target`` when it stays on ARK's sites, else "/": never an open redirect.
+    """``target``, percent-encoded (:func:`encode_url`), when it stays on ARK's sites, else "/": never an
+    open redirect, and always ASCII, fit for a Location header.
 
     Accepted: a path on this site ("/x", not "//x" nor "/\\x"), or an http(s) URL whose host is the
     configured domain or one of its subdomains (with no domain: the host this page was asked on).
-    Nothing with control characters, backslashes or credentials ("https://D@evil").
+    Nothing with control characters, spaces, backslashes, credentials ("https://D@evil") or escapes in
+    the host. The checks judge the encoded address: what they approve is exactly what goes out.
     """
-    if not target or len(target) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in target) or "\\" in target:
+    if not target or any(ord(c) < 33 or ord(c) == 127 for c in target) or "\\" in target:
+        return "/"
+    target = encode_url(target)
+    if len(target) > _MAX_TARGET:
         return "/"
     if target.startswith("/"):
         return target if not target.startswith("//") else "/"
@@ -132,7 +154,7 @@ def safe_redirect(target: str, domain: str, host: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return "/"
-    if parts.scheme not in ("http", "https") or "@" in parts.netloc or not hostname:
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc or "%" in parts.netloc or not hostname:
         return "/"
     return target if _allowed_host(hostname, domain, host) else "/"
 
@@ -145,14 +167,46 @@ def _allowed_host(hostname: str, domain: str, host: str) -> bool:
     return bool(request_host) and hostname == request_host
 
 
-def origin_allowed(request: Request, domain: str) -> bool:
-    """Whether a form post's Origin (when the browser sends one) is one of ARK's sites."""
+def console_origins(domain: str, https_port: int) -> frozenset[str]:
+    """The origins the console is served at behind Nginx: ``https://D`` and ``https://axl.D`` (with the
+    port when it is not 443); none without a domain."""
+    domain = domain.strip().strip(".").lower()
+    if not domain:
+        return frozenset()
+    port = "" if https_port == 443 else f":{https_port}"
+    return frozenset(f"https://{sub}{'.' if sub else ''}{domain}{port}" for sub in CONSOLE_NAMES)
+
+
+def origin_allowed(request: Request, origins: Collection[str]) -> bool:
+    """Whether a state-changing post comes from the console's own pages.
+
+    ``origins``: the console's own origins (:func:`console_origins`); when there are none (no domain),
+    the origin the request was sent to: its ``Host``, over http or https. Not any other site under D:
+    an application on a subdomain is another origin. ``Origin`` decides when the browser sends it
+    ("null", from a sandbox or after a cross-site redirect, never passes); without it, the origin of
+    ``Referer`` does; with neither (older browsers, some privacy settings) the CSRF value alone decides.
+    """
     origin = request.headers.get("origin")
     if origin is None:
-        return True  # older browsers and privacy settings send none: the CSRF token still decides
-    if origin == "null":
-        return False
-    return safe_redirect(origin, domain, request.headers.get("host", "")) != "/"
+        referer = request.headers.get("referer")
+        if referer is None:
+            return True
+        origin = _origin_of(referer)
+    if not origins:
+        host = request.headers.get("host", "").lower()
+        origins = (f"http://{host}", f"https://{host}") if host else ()
+    return origin.lower() in origins
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of an absolute http(s) URL; "" for anything else."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def client_address(request: Request) -> str:
