@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -47,6 +48,7 @@ class Reply:
     status: int
     headers: dict[str, str]  # lower-cased names; the last value of each
     body: str
+    protocol: str = ""  # HTTP/1.1, HTTP/2
 
     def echoed(self) -> dict[str, str]:
         """The headers an echo stand-in received, names lower-cased."""
@@ -97,7 +99,8 @@ def _parse(raw: str) -> Reply:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return Reply(int(lines[0].split()[1]), headers, body)
+    protocol, status = lines[0].split()[:2]
+    return Reply(int(status), headers, body, protocol)
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +297,66 @@ def test_llm_site_passes_the_api_key_and_streams_without_buffering(edge: Edge) -
     assert chunks >= 8
     # eight tokens 0.25 s apart: buffered, nothing would arrive before the stream ended
     assert open_at_first is True
+
+
+def test_gateway_metrics_through_the_llm_site_need_the_master_key(edge: Edge) -> None:
+    # Behind Nginx every request comes from 127.0.0.1: the scrape's loopback exception must not open it
+    metrics = edge.url(f"llm.{D}", "/metrics")
+    for headers in ([], ["-H", "X-Real-IP: 127.0.0.1"], ["-H", "X-Forwarded-For: 127.0.0.1"]):
+        refused = edge.curl(metrics, *headers)
+        assert refused.status == 401, (headers, refused)
+        assert orjson.loads(refused.body)["error"]["code"] == "invalid_api_key"
+        assert "ark_" not in refused.body
+    generated = httpx.post(
+        edge.ark.url + "/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"}, json={}, timeout=10
+    )
+    virtual = edge.curl(metrics, "-H", f"Authorization: Bearer {generated.json()['key']}")
+    assert virtual.status == 403 and orjson.loads(virtual.body)["error"]["code"] == "admin_only", virtual
+    opened = edge.curl(metrics, "-H", f"Authorization: Bearer {MASTER_KEY}")
+    assert opened.status == 200 and "ark_inflight_requests" in opened.body
+    assert httpx.get(edge.ark.url + "/metrics", timeout=5).status_code == 200  # Prometheus's own scrape
+
+
+def _session_cookie(jar: Path) -> str:
+    for line in jar.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 7 and fields[5] == "ark_session":
+            return fields[6]
+    raise AssertionError("no ark_session in the jar")
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_the_applications_never_see_arks_cookies_and_keep_their_own(edge: Edge, tmp_path: Path, http2: bool) -> None:
+    jar = tmp_path / "cookies.txt"
+    assert edge.login(jar, edge.url(f"art.{D}", "/")).status == 303
+    session = _session_cookie(jar)
+    mine = f"ark_session={session}"
+    # (Cookie headers sent, what the application must get). Over HTTP/2, curl sends two headers as two
+    # `cookie` fields (crumbs), which Nginx joins into $http_cookie before the maps take ARK's out.
+    cases = [
+        ([f"{mine}; other=1"], "other=1"),
+        ([f"a=0; {mine}; other=1"], "a=0; other=1"),
+        ([f"other=1; {mine}"], "other=1"),
+        ([f"ark_session=planted; other=1; {mine}"], "other=1"),
+        ([f"ark_csrf=c; a=0; {mine}; other=1"], "a=0; other=1"),
+        (["other=1", mine], "other=1"),  # two Cookie headers
+        ([f"ark_session=x; ark_session=y; other=1; {mine}"], None),  # three: the header is dropped whole
+        ([mine], None),
+        ([f"{'a=1;' * 1000} {mine}; other=1"], "a=1;" * 999 + "a=1; other=1"),  # long: no regex gives up
+    ]
+    version = ["--http2"] if http2 else ["--http1.1"]
+    for site in ("chat", "art", "grafana", "n8n", "chromadb", "prometheus"):
+        auth = ["-u", f"admin:{PROM_PASSWORD}"] if site == "prometheus" else []
+        for sent, expected in cases:
+            headers = [arg for cookie in sent for arg in ("-H", f"Cookie: {cookie}")]
+            reply = edge.curl(edge.url(f"{site}.{D}", "/x"), *version, *auth, *headers)
+            assert reply.status == 200, (site, sent, reply)  # the sign-in check still read the session
+            assert reply.protocol == ("HTTP/2" if http2 else "HTTP/1.1")
+            seen = reply.echoed()
+            assert seen.get("cookie") == expected, (site, sent, seen)
+            assert session not in reply.body and "ark_csrf" not in reply.body, (site, sent)
+            if site != "prometheus":
+                assert seen["x-webauth-user"] == USER, (site, sent)
 
 
 def test_websocket_upgrade_reaches_comfyui(edge: Edge, tmp_path: Path) -> None:

@@ -120,6 +120,22 @@ def test_every_proxied_location_sets_every_identity_header(tmp_path: Path) -> No
     assert "auth_request" not in prometheus and "auth_basic_user_file" in prometheus
 
 
+def test_only_the_console_gets_arks_cookies(tmp_path: Path) -> None:
+    from ark.console import CSRF_COOKIE, SESSION_COOKIE
+    from ark.edge.nginx import ARK_COOKIES
+
+    assert set(ARK_COOKIES) == {SESSION_COOKIE, CSRF_COOKIE}  # the names the maps take out are the console's
+    files = render_files(make_context(_settings(tmp_path), tmp_path / "out", "letsencrypt"), ["nginx"])
+    assert "map $ark_cookie_2 $ark_app_cookie {" in files["nginx/ark-http.conf"].content.decode()
+    for path, spec in files.items():
+        if not path.startswith("nginx/sites/") or "default" in path:
+            continue
+        console = path in ("nginx/sites/ark_test.conf", "nginx/sites/axl_ark_test.conf")
+        for block in re.findall(r"location [^{]*\{(.*?)\n    \}", spec.content.decode(), re.S):
+            if "proxy_pass http://ark_" in block:  # every application's location; not /_ark_auth
+                assert ("proxy_set_header Cookie $ark_app_cookie;" in block) != console, path
+
+
 def test_login_redirect_names_the_public_port(tmp_path: Path) -> None:
     settings = _settings(tmp_path, "https_port = 8443\n")
     files = render_files(make_context(settings, tmp_path / "out", "letsencrypt"), ["nginx"])

@@ -120,6 +120,7 @@ def render_http(settings: Settings, sites: Iterable[Site], out: Path) -> str:
         "# logins: 10 a minute per client address, bursts of 20",
         "limit_req_zone $binary_remote_addr zone=ark_login:10m rate=10r/m;",
         "",
+        *_app_cookie_maps(),
     ]
     seen: set[str] = set()
     for site in sites:
@@ -133,6 +134,39 @@ def render_http(settings: Settings, sites: Iterable[Site], out: Path) -> str:
             ]
     lines += ["", f"include {q(out / 'nginx' / 'sites' / '*.conf')};", ""]
     return "\n".join(lines)
+
+
+# ARK's cookies: the console and the auth subrequest read them; no application behind Nginx ever sees them
+ARK_COOKIES = ("ark_session", "ark_csrf")
+
+
+def _app_cookie_maps() -> list[str]:
+    """$ark_app_cookie: the client's Cookie header without ARK's cookies, for the applications.
+
+    A map takes out one cookie (at the start, or after a ``;``); two in a row take out two, a name
+    sent twice (another path, or a copy an application set for ``.D``). A header that still names one
+    after that is dropped whole: the application then gets no cookie at all, never ARK's."""
+    names = "|".join(ARK_COOKIES)
+    # linear in the header's length (a ; or the start, then a fixed name): no backtracking blow-up that
+    # would end in a PCRE error, on which Nginx would fall back to the default, the header unchanged
+    first, middle = rf"^\s*(?:{names})=[^;]*;?\s*(.*)$", rf"^(.*?);\s*(?:{names})=[^;]*(.*)$"
+    lines = ["# the Cookie header an application receives: ARK's session and CSRF cookies taken out"]
+    for source, target in (("$http_cookie", "$ark_cookie_1"), ("$ark_cookie_1", "$ark_cookie_2")):
+        lines += [
+            f"map {source} {target} {{",
+            f'    "~{first}" "$1";',
+            f'    "~{middle}" "$1$2";',
+            f"    default {source};",
+            "}",
+        ]
+    lines += [
+        "map $ark_cookie_2 $ark_app_cookie {",
+        f'    "~(?:^|;)\\s*(?:{names})\\s*=" "";',
+        "    default $ark_cookie_2;",
+        "}",
+        "",
+    ]
+    return lines
 
 
 def render_defaults(settings: Settings, sites: Iterable[Site], out: Path) -> str:
@@ -305,6 +339,8 @@ def _proxy(site: Site, *, identity: bool, clear_authorization: bool = False) -> 
         lines.append(f"        proxy_set_header {header} {value};")
     if clear_authorization:
         lines.append('        proxy_set_header Authorization "";')
+    if site.access != "console":  # an app that runs users' code (ComfyUI nodes) must not collect sessions
+        lines.append("        proxy_set_header Cookie $ark_app_cookie;")
     if site.websocket:
         lines += [
             "        proxy_set_header Upgrade $http_upgrade;",
