@@ -62,6 +62,28 @@ def test_models_are_swapped_by_the_arbiter_not_by_ollama(ark: ArkProcess, fake_o
     assert ark.metric("ark_queue_wait_seconds_count") == 2.0 and ark.metric("ark_queue_depth", model="coder:12b") == 0
 
 
+def test_a_clients_keep_alive_neither_unloads_nor_pins_a_managed_model(
+    ark: ArkProcess, fake_ollama: FakeOllama
+) -> None:
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    for asked in (0, "0", -1, "-5m", "1h", 1e300):
+        for path, body in [
+            ("/chat/completions", {"model": "coder:12b", "messages": [{"role": "user", "content": "hi"}]}),
+            ("/completions", {"model": "coder:12b", "prompt": "hi", "max_tokens": 2}),
+            ("/embeddings", {"model": "nomic-embed-text:latest", "input": "hi"}),
+        ]:
+            reply = httpx.post(ark.api + path, headers=master, json={**body, "keep_alive": asked}, timeout=30)
+            assert reply.status_code == 200, (asked, path, reply.text)
+            assert fake_ollama.requests[-1][1]["keep_alive"] == -1, (asked, path)  # the arbiter's, as a number
+    assert {"coder:12b", "nomic-embed-text:latest"} <= set(fake_ollama.loaded)  # keep_alive 0 unloaded nothing
+    bad = httpx.post(
+        ark.api + "/chat/completions",
+        headers=master,
+        json={"model": "coder:12b", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "soon"},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"  # checked all the same
+
+
 def test_a_model_is_never_unloaded_under_a_request(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
     assert chat(ark, "coder:12b").status_code == 200
     # The coder's answer stops after its first chunk until the test lets it go: the thinker's request is

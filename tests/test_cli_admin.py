@@ -101,3 +101,19 @@ def test_bad_input_and_no_gateway(ark_cli: CliRunner, tmp_path: Path, monkeypatc
     monkeypatch.setenv("ARK_CONFIG", str(config))
     down = ark_cli.invoke(main, ["keys", "list"])
     assert down.exit_code == 1 and "not running" in down.output and "ark up" in down.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "create", "--duration", "99999999999999d"],
+        ["keys", "create", "--budget-duration", "99999999999999d"],
+        ["keys", "create", "--budget-duration", "36501d"],
+        ["teams", "create", "--budget-duration", "99999999999999d"],
+    ],
+)
+def test_a_duration_past_100_years_is_a_clear_error(ark_cli: CliRunner, args: list[str]) -> None:
+    result = ark_cli.invoke(main, args)
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "longer than 100 years" in result.output and "HTTP 400" in result.output  # not a 500, no traceback
+    assert "Traceback" not in result.output

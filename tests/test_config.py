@@ -106,6 +106,12 @@ def test_declared_engines_replace_the_defaults(tmp_path: Path) -> None:
     assert "sk-up" not in repr(settings)  # secrets never print
 
 
+def test_max_keep_alive_s_defaults_to_an_hour_and_is_set_per_engine(tmp_path: Path) -> None:
+    text = '[engines.a]\nkind = "ollama"\nurl = "http://h:1"\n[engines.b]\nkind = "ollama"\nurl = "http://h:2"\n'
+    a, b = load(tmp_path, text, {"ARK_ENGINES_B_MAX_KEEP_ALIVE_S": "600"}).engines
+    assert (a.max_keep_alive_s, b.max_keep_alive_s) == (3600, 600)
+
+
 BAD_CONFIGS = [
     # (name, file text, env, words the message must contain)
     ("unknown top key", 'mastr_key = "x"', {}, ["unknown key", "mastr_key", 'did you mean "master_key"']),
@@ -132,6 +138,18 @@ BAD_CONFIGS = [
         ["n_threads", "not a setting of a openai engine"],
     ),
     ("timeout not positive", '[engines.x]\nkind = "embedded"\ntotal_timeout = 0', {}, ["total_timeout", "> 0"]),
+    (
+        "keep-alive bound out of range",
+        '[engines.x]\nkind = "ollama"\nurl = "http://h:1"\nmax_keep_alive_s = 0',
+        {},
+        ["max_keep_alive_s = 0", "between 1 and 1000000000"],
+    ),
+    (
+        "keep-alive bound on an engine without keep_alive",
+        '[engines.x]\nkind = "openai"\nurl = "http://h:1"\nmax_keep_alive_s = 60',
+        {},
+        ["max_keep_alive_s", "not a setting of a openai engine"],
+    ),
     ("model with unknown engine", '[models."m"]\nengine = "nope"', {}, ['[models."m"] engine', '"nope"', "engines"]),
     ("model bad priority", '[models."m"]\npriority = "urgent"', {}, ["priority", '"urgent"', '"high"']),
     ("model bad memory", '[models."m"]\nmemory_gb = -3', {}, ["memory_gb = -3", "> 0"]),

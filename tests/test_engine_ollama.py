@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -17,11 +19,11 @@ from tests.fakes.ollama import FakeOllama
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-def run(scenario: Callable[[OllamaEngine, FakeOllama], Awaitable[None]], keep_alive: str = "") -> None:
+def run(scenario: Callable[[OllamaEngine, FakeOllama], Awaitable[None]], keep_alive: str = "", **settings: Any) -> None:
     async def main() -> None:
         async with FakeOllama(reply_tokens=5) as fake:
             defaults = load_settings(env={}).engines[0]
-            engine = OllamaEngine(replace(defaults, url=fake.url, keep_alive=keep_alive))
+            engine = OllamaEngine(replace(defaults, url=fake.url, keep_alive=keep_alive, **settings))
             await engine.start()
             try:
                 await scenario(engine, fake)
@@ -60,8 +62,8 @@ def test_engine_keep_alive_default_and_client_override() -> None:
     async def scenario(engine: OllamaEngine, fake: FakeOllama) -> None:
         await engine.chat(chat())
         assert fake.requests[-1][1]["keep_alive"] == "10m"
-        await engine.chat(replace(chat(), keep_alive="-1"))
-        assert fake.requests[-1][1]["keep_alive"] == -1  # a bare number is seconds for Ollama
+        await engine.chat(replace(chat(), keep_alive=120.0))
+        assert fake.requests[-1][1]["keep_alive"] == 120  # a bare number is seconds for Ollama
         loaded = (await engine.running())["llama3.2:1b"]  # /api/ps
         assert loaded.size > 0 and loaded.size_vram == loaded.size
 
@@ -135,3 +137,44 @@ def test_ps_is_read_in_one_place() -> None:
     models = [{"name": "a:1b", "size": 10, "size_vram": 4}, {"size": 1}, "junk", {"name": "b:1b", "size": True}]
     assert parse_ps({"models": models}) == {"a:1b": Loaded("a:1b", 10, 4), "b:1b": Loaded("b:1b", 0, 0)}
     assert parse_ps({"models": None}) == {} == parse_ps([])
+
+
+def _sent_keep_alive(fake: FakeOllama) -> Any:
+    path, body = fake.requests[-1]
+    assert path in ("/api/chat", "/api/generate", "/api/embed")
+    return body.get("keep_alive", "absent")
+
+
+async def _each_endpoint(engine: OllamaEngine, fake: FakeOllama, keep_alive: float | None) -> list[Any]:
+    """What Ollama received as keep_alive from a chat, a completion and an embedding asking ``keep_alive``."""
+    sent = []
+    await engine.chat(replace(chat(), keep_alive=keep_alive))
+    sent.append(_sent_keep_alive(fake))
+    await engine.complete(CompletionRequest("llama3.2:1b", "x", Sampling(max_tokens=1), False, {}, keep_alive))
+    sent.append(_sent_keep_alive(fake))
+    await engine.embed(EmbeddingRequest("nomic-embed-text:latest", ["a"], {}, keep_alive))
+    sent.append(_sent_keep_alive(fake))
+    return sent
+
+
+def test_a_clients_keep_alive_is_lowered_to_max_keep_alive_s() -> None:
+    async def scenario(engine: OllamaEngine, fake: FakeOllama) -> None:
+        assert await _each_endpoint(engine, fake, 90.0) == [90, 90, 90]  # within the bound: as asked
+        assert await _each_endpoint(engine, fake, math.inf) == [600] * 3  # Ollama's "forever" (-1, "-5m")
+        assert await _each_endpoint(engine, fake, 1e300) == [600] * 3
+        assert await _each_endpoint(engine, fake, 0.0) == [0] * 3  # unload after the request: allowed
+        assert await _each_endpoint(engine, fake, 1.5) == ["1500ms"] * 3  # a Go duration Ollama reads exactly
+        assert await _each_endpoint(engine, fake, None) == [-1] * 3  # the engine's own, not the client's
+        assert fake.loaded["llama3.2:1b"].session_ns == 2**63 - 1  # only the engine's setting pins a model
+
+    run(scenario, keep_alive="-1", max_keep_alive_s=600)
+
+
+def test_under_the_arbiter_the_client_keep_alive_is_replaced_by_the_arbiters() -> None:
+    async def scenario(engine: OllamaEngine, fake: FakeOllama) -> None:
+        engine.managed = True  # what the GPU arbiter sets when it takes the engine on
+        for asked in (None, 0.0, 30.0, math.inf):  # a client can neither unload nor pin a model
+            assert await _each_endpoint(engine, fake, asked) == [-1, -1, -1]  # a number: Ollama parses it
+        assert {"llama3.2:1b", "nomic-embed-text:latest"} <= set(fake.loaded)  # keep_alive 0 unloaded nothing
+
+    run(scenario, keep_alive="10m", max_keep_alive_s=600)

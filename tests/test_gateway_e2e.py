@@ -44,6 +44,7 @@ total_timeout = 2.5
 max_parallel = 1
 max_queue = 0
 keep_alive = "7m"
+max_keep_alive_s = 600
 gpu_managed = "no"  # keep_alive passes through; tests/test_arbiter_gateway.py covers the managed engine
 
 [engines.dead]
@@ -226,6 +227,48 @@ def test_client_keep_alive_passes_through(client: openai.OpenAI, fake_ollama: Fa
     assert fake_ollama.requests[-1][1]["keep_alive"] == 0
 
 
+@pytest.mark.parametrize(
+    ("asked", "sent"),
+    [
+        ("90s", 90),
+        ("1h30m", 600),  # over [engines.ollama] max_keep_alive_s
+        (-1, 600),  # Ollama's "forever", lowered like any other long one
+        ("-1", 600),
+        ("-5m", 600),
+        (1e300, 600),
+        (2.5, 2),  # a number is whole seconds to Ollama
+        ("1500ms", "1500ms"),
+    ],
+)
+def test_client_keep_alive_is_bounded(ark: ArkProcess, fake_ollama: FakeOllama, asked: object, sent: object) -> None:
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    bodies = [
+        ("/chat/completions", {"model": "fast", "messages": HELLO, "max_tokens": 1}),
+        ("/completions", {"model": "fast", "prompt": "x", "max_tokens": 1}),
+        ("/embeddings", {"model": "nomic-embed-text:latest", "input": "x"}),
+    ]
+    for path, body in bodies:
+        reply = httpx.post(ark.api + path, headers=master, json={**body, "keep_alive": asked}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        assert fake_ollama.requests[-1][1]["keep_alive"] == sent, path
+
+
+@pytest.mark.parametrize("asked", ["5 minutes", "1e300", "", "5mm", "m", True, [5], {"m": 5}])
+def test_malformed_keep_alive_is_400(ark: ArkProcess, fake_ollama: FakeOllama, asked: object) -> None:
+    before = len(fake_ollama.requests)
+    for path, body in [
+        ("/chat/completions", {"model": "fast", "messages": HELLO}),
+        ("/completions", {"model": "fast", "prompt": "x"}),
+        ("/embeddings", {"model": "nomic-embed-text:latest", "input": "x"}),
+    ]:
+        headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+        reply = httpx.post(ark.api + path, headers=headers, json={**body, "keep_alive": asked}, timeout=30)
+        assert reply.status_code == 400, reply.text
+        error = error_body(reply)
+        assert error["type"] == "invalid_request_error" and error["param"] == "keep_alive"
+    assert len(fake_ollama.requests) == before  # refused at the edge: nothing reached Ollama
+
+
 def test_health_and_metrics(ark: ArkProcess, client: openai.OpenAI) -> None:
     assert httpx.get(ark.url + "/health/live").json() == {"status": "ok"}
     ready = httpx.get(ark.url + "/health/ready").json()
@@ -244,6 +287,32 @@ def test_health_and_metrics(ark: ArkProcess, client: openai.OpenAI) -> None:
         "ark_engine_up",
     ):
         assert name in text
+
+
+PROXIED = [
+    ("X-Real-IP", "203.0.113.9"),
+    ("X-Real-IP", ""),
+    ("X-Forwarded-For", "203.0.113.9"),
+    ("Forwarded", "for=203.0.113.9"),
+    ("X-Forwarded-Host", "llm.example.org"),
+    ("X-Forwarded-Proto", "https"),
+]
+
+
+@pytest.mark.parametrize(("header", "value"), PROXIED)
+def test_metrics_through_a_proxy_need_the_master_key(ark: ArkProcess, header: str, value: str) -> None:
+    """Nginx on this machine connects from 127.0.0.1 too: a forwarding header says the request is not
+    Prometheus's local scrape but someone's on the internet, who needs the master key."""
+    url = ark.url + "/metrics"
+    assert httpx.get(url).status_code == 200  # the scrape: from 127.0.0.1, no proxy in between
+    refused = httpx.get(url, headers={header: value})
+    assert refused.status_code == 401 and error_body(refused)["code"] == "invalid_api_key"
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    key = httpx.post(ark.url + "/key/generate", headers=master, json={}).json()["key"]
+    virtual = httpx.get(url, headers={header: value, "Authorization": f"Bearer {key}"})
+    assert virtual.status_code == 403 and error_body(virtual)["code"] == "admin_only"
+    opened = httpx.get(url, headers={header: value, **master})
+    assert opened.status_code == 200 and "ark_inflight_requests" in opened.text
 
 
 # -- every error status, in OpenAI's shape ------------------------------------------------------

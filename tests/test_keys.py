@@ -198,6 +198,63 @@ def test_bad_management_bodies_are_400(ark: ArkProcess, body: dict[str, Any], pa
     assert response.json()["error"]["param"] == param
 
 
+def test_durations_past_100_years_are_400_naming_the_field(ark: ArkProcess) -> None:
+    key = generate(ark)["token"]
+    team = admin(ark, "POST", "/team/new", json={}).json()["team_id"]
+    for too_long in ("99999999999999d", "36501d", "5215w", "1" * 5000 + "d"):
+        for path, body in [
+            ("/key/generate", {"duration": too_long}),
+            ("/key/generate", {"budget_duration": too_long}),
+            ("/key/update", {"key": key, "duration": too_long}),
+            ("/key/update", {"key": key, "budget_duration": too_long}),
+            ("/team/new", {"budget_duration": too_long}),
+            ("/team/update", {"team_id": team, "budget_duration": too_long}),
+        ]:
+            response = admin(ark, "POST", path, json=body)
+            assert response.status_code == 400, (path, body, response.text)
+            error = response.json()["error"]
+            field = "duration" if "duration" in body else "budget_duration"
+            assert error["type"] == "invalid_request_error" and error["param"] == field, error
+    longest = generate(ark, duration="36500d", budget_duration="36500d")  # the bound itself: 100 years
+    assert longest["budget_duration"] == "36500d" and longest["expires"] > "2120"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"rpm_limit": 2**31}, "rpm_limit"),  # an INTEGER column: PostgreSQL refuses it, SQLite stores it
+        ({"tpm_limit": 2**40}, "tpm_limit"),
+        ({"max_parallel_requests": 2**31}, "max_parallel_requests"),
+        ({"max_tokens_budget": 2**64 - 1}, "max_tokens_budget"),  # past BIGINT: both databases refuse it
+    ],
+)
+def test_counts_past_their_column_are_400(ark: ArkProcess, body: dict[str, Any], param: str) -> None:
+    for path in ("/key/generate", "/team/new"):
+        response = admin(ark, "POST", path, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+    assert admin(ark, "POST", "/key/generate", json={param: 2**31 - 1}).status_code == 200  # the largest
+
+
+@pytest.mark.parametrize("limit", ["-1", "-0", "abc", "1.5", "1e3", "+5", " 5", "0x10", "\u0665"])
+def test_spend_logs_limit_must_be_a_whole_number(ark: ArkProcess, limit: str) -> None:
+    response = admin(ark, "GET", "/spend/logs", params={"limit": limit})
+    assert response.status_code == 400, response.text  # -1 was SQLite's LIMIT -1: every row
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "limit"
+
+
+def test_spend_logs_limit_is_lowered_to_its_maximum_and_end_dates_have_no_overflow(ark: ArkProcess) -> None:
+    key = generate(ark)["key"]
+    client(ark, key).chat.completions.create(model="gpt-4", messages=HELLO, max_tokens=1)
+    assert admin(ark, "GET", "/spend/logs", params={"limit": "0"}).json() == []
+    for huge in ("100001", "1" + "0" * 40, "0" * 50 + "1"):
+        assert admin(ark, "GET", "/spend/logs", params={"limit": huge}).status_code == 200
+    for path in ("/spend/logs", "/usage/daily"):  # the day after 9999-12-31 is past datetime's range
+        response = admin(ark, "GET", path, params={"start_date": "0001-01-01", "end_date": "9999-12-31"})
+        assert response.status_code == 200, response.text
+
+
 def test_unknown_team_is_404(ark: ArkProcess) -> None:
     response = admin(ark, "POST", "/key/generate", json={"team_id": "team-nope"})
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"

@@ -165,7 +165,7 @@ def test_client_disconnect_cancels_the_handler() -> None:
                 break
             await asyncio.sleep(0.01)
         assert CANCELLED == ["/slow"]  # the handler was cancelled, not left sleeping
-        assert not server._connections
+        assert not server.connections
 
     run(scenario)
 
@@ -182,7 +182,7 @@ def test_client_reuses_one_connection() -> None:
             assert response.status == 200 and response.headers["x-seen"] == "k"
             assert await response.read() == f"POST /base/p{i}? 2".encode()
         for _ in seen:
-            peers.add(len(server._connections))
+            peers.add(len(server.connections))
         assert peers == {1} and len(upstream._idle) == 1
         upstream.close()
 
@@ -432,3 +432,84 @@ def test_the_client_reads_a_body_far_larger_than_its_read_ahead_and_refuses_one_
         await server.close(grace=0.1)
 
     asyncio.run(main())
+
+
+async def _open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+def test_connections_per_client_are_capped_and_another_address_is_still_served() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(max_per_client=3, max_connections=100, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        idle = [await _open(server.port, "127.0.0.2") for _ in range(3)]
+        reader, writer = await _open(server.port, "127.0.0.2")  # the fourth from one address
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        out = await asyncio.wait_for(reader.read(), 10)
+        assert out.startswith(b"HTTP/1.1 429 ") and b"too_many_connections" in out and b"retry-after: 1" in out
+        writer.close()
+        # another address is served while the first holds its three
+        reader, writer = await _open(server.port, "127.0.0.3")
+        writer.write(b"GET /other HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        # one of the three leaves: its address may open one again
+        idle.pop()[1].close()
+        async with asyncio.timeout(10):
+            while server.per_client.get("127.0.0.2") != 2:  # noqa: ASYNC110 (the server's count: no event)
+                await asyncio.sleep(0.01)
+        reader, writer = await _open(server.port, "127.0.0.2")
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        for _, w in [*idle, (reader, writer)]:
+            w.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+def test_nginx_on_this_machine_is_not_capped_per_client_but_counts_toward_the_total() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(max_per_client=2, max_connections=5, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        local = [await _open(server.port, "127.0.0.1") for _ in range(5)]  # over the per-client cap: fine
+        async with asyncio.timeout(10):
+            while len(server.connections) < 5:  # noqa: ASYNC110 (the server's count: no event)
+                await asyncio.sleep(0.01)
+        reader, writer = await _open(server.port, "127.0.0.4")
+        out = await asyncio.wait_for(reader.read(), 10)  # refused at once, before it sends anything
+        assert out.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in out
+        writer.close()
+        reader, writer = local[0]
+        writer.write(b"GET /still HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 ")
+        for _, w in local:
+            w.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [("192.0.2.7", "192.0.2.7"), ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"), ("fe80::1%eth0", "fe80::/64")],
+)
+def test_a_client_is_counted_by_its_address_or_its_ipv6_64(address: str, key: str) -> None:
+    from ark.wire.server import client_key
+
+    assert client_key(address) == key
+
+
+def test_head_is_answered_with_the_head_alone_and_the_next_request_still_parses() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(
+            server.port,
+            b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\nHEAD /stream HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        first, second, third = out.split(b"HTTP/1.1 200 OK")[1:]
+        assert first.endswith(b"\r\n\r\n") and b"content-length: 10\r\n" in first  # what GET would say: "HEAD /a? 0"
+        assert second.endswith(b"\r\n\r\n") and b"transfer-encoding: chunked" in second and b"line" not in second
+        assert third.endswith(b"GET /b? 0")
+
+    run(scenario)

@@ -29,6 +29,8 @@ class GatewaySettings:
     max_body_bytes: int
     head_timeout_s: float
     write_timeout_s: float
+    max_connections: int
+    max_connections_per_client: int
     max_inflight: int
     log_prompts: bool
     access_log: str
@@ -163,6 +165,7 @@ class EngineSettings:
     max_parallel: int
     max_queue: int
     keep_alive: str
+    max_keep_alive_s: int
     gpu_managed: str  # "auto", "yes", "no"
     restart_command: str
     restart_timeout_s: float

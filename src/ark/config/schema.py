@@ -140,6 +140,20 @@ GATEWAY: tuple[Setting, ...] = (
         "the request held (engine slot, GPU lease, budget reservation) is released (nginx: send_timeout).",
     ),
     Setting(
+        "max_connections",
+        Int(1, 1_000_000),
+        4096,
+        "Client connections open at once, in all; one more is answered 503 too_many_connections and closed "
+        "(uvicorn: limit_concurrency; nginx: worker_connections).",
+    ),
+    Setting(
+        "max_connections_per_client",
+        Int(1, 1_000_000),
+        256,
+        "Client connections open at once from one address (an IPv6 /64); one more is answered 429 "
+        "too_many_connections and closed. Nginx on this machine (127.0.0.1, ::1) is not limited by it.",
+    ),
+    Setting(
         "max_inflight",
         Int(1, 100_000),
         256,
@@ -308,6 +322,15 @@ ENGINE: tuple[Setting, ...] = (
         KeepAlive(),
         "",
         "keep_alive sent to Ollama when the client sends none (empty: Ollama's own default).",
+        kinds=("ollama",),
+    ),
+    Setting(
+        "max_keep_alive_s",
+        Int(1, 1_000_000_000),
+        3600,
+        "Longest keep_alive a client may ask of this Ollama when the GPU arbiter does not manage it: a longer "
+        "one, or a negative one (Ollama's forever), is lowered to this; the engine's own keep_alive is not. "
+        "Under the arbiter a client's keep_alive is ignored (docs/arbiter.md).",
         kinds=("ollama",),
     ),
     Setting(

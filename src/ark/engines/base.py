@@ -40,7 +40,7 @@ class ChatRequest:
     sampling: Sampling
     stream: bool
     body: Json  # the client's body (model replaced), for engines that pass it through
-    keep_alive: str | None = None  # Ollama's keep_alive, passed through when given
+    keep_alive: float | None = None  # the client's keep_alive in seconds (math.inf: forever); Ollama's call
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class CompletionRequest:
     sampling: Sampling
     stream: bool
     body: Json
-    keep_alive: str | None = None
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class EmbeddingRequest:
     model: str
     inputs: list[str]
     body: Json
-    keep_alive: str | None = None
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,10 +103,15 @@ class OllamaEngine:
             yield data
             done = bool(data.get("done"))
 
-    def _keep_alive(self, requested: str | None) -> str | None:
+    def _keep_alive(self, requested: float | None) -> int | str | None:
+        """What Ollama gets: under the arbiter its own -1, whatever the client asked (a client neither pins nor
+        unloads a model there); else the client's value lowered to max_keep_alive_s, or the engine's default."""
         if self.managed:  # the GPU arbiter decides when a model goes: Ollama's own timer never fires
-            return "-1"
-        return requested or self.settings.keep_alive or None
+            return -1
+        if requested is None:
+            return _keep_alive_value(self.settings.keep_alive) if self.settings.keep_alive else None
+        seconds = min(requested, self.settings.max_keep_alive_s)
+        return int(seconds) if seconds == int(seconds) else f"{seconds * 1000:.0f}ms"
 
     # -- the interface ------------------------------------------------------------------------------
     async def list_models(self) -> list[ModelInfo]:
@@ -270,9 +275,9 @@ def _options(sampling: Sampling, body: Json) -> Json:
     return options
 
 
-def _copy_common(source: Json, body: Json, keep_alive: str | None) -> None:
+def _copy_common(source: Json, body: Json, keep_alive: int | str | None) -> None:
     if keep_alive is not None:
-        body["keep_alive"] = _keep_alive_value(keep_alive)
+        body["keep_alive"] = keep_alive
     fmt = source.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_object":
@@ -281,8 +286,8 @@ def _copy_common(source: Json, body: Json, keep_alive: str | None) -> None:
             body["format"] = fmt["json_schema"].get("schema") or "json"
 
 
-def _keep_alive_value(value: str) -> Any:
-    # Ollama reads a bare number as seconds, a string as a Go duration ("5m").
+def _keep_alive_value(value: str) -> int | str:
+    # Ollama reads a bare number as seconds, a string as a Go duration ("5m"); the setting allows "-1".
     try:
         return int(value)
     except ValueError:

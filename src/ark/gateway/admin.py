@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -26,6 +26,7 @@ from ark.store.ledger import daily_usage, spend_logs
 from ark.wire import Request, Responder
 
 _HEX = frozenset("0123456789abcdef")
+SPEND_LOGS_LIMIT, SPEND_LOGS_MAX = 1000, 100_000  # /spend/logs rows by default, and at most (docs/keys.md)
 
 
 def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
@@ -53,20 +54,29 @@ def _money(value: Any, name: str) -> float:
     return float(value)
 
 
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequest(f"'{name}' must be an integer >= 0 (or null for no limit).", param=name)
-    return value
+def _count(maximum: int) -> Callable[[Any, str], int]:
+    """An integer from 0 to ``maximum``: the range of its column (beyond it the database refuses the row)."""
+
+    def check(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+            raise InvalidRequest(f"'{name}' must be an integer from 0 to {maximum} (or null for no limit).", param=name)
+        return value
+
+    return check
+
+
+_INTEGER, _BIG_INTEGER = 2**31 - 1, 2**63 - 1  # INTEGER and BIGINT columns (PostgreSQL's ranges; SQLite's is BIGINT's)
 
 
 def _duration(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"'{name}' must be a duration such as \"30d\".", param=name)
+    """A LiteLLM duration of at most 100 years, stripped (it is stored in 16 characters)."""
+    if not isinstance(value, str) or len(value.strip()) > 16:
+        raise InvalidRequest(f'\'{name}\' must be a duration such as "30d" (at most "36500d").', param=name)
     try:
         parse_duration(value)
     except ValueError as exc:
         raise InvalidRequest(f"'{name}': {exc}.", param=name) from None
-    return value
+    return value.strip()
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
@@ -86,10 +96,10 @@ _LIMITS: dict[str, Callable[[Any, str], Any]] = {
     "models": _models,
     "max_budget": _optional(_money),
     "budget_duration": _optional(_duration),
-    "max_tokens_budget": _optional(_count),
-    "tpm_limit": _optional(_count),
-    "rpm_limit": _optional(_count),
-    "max_parallel_requests": _optional(_count),
+    "max_tokens_budget": _optional(_count(_BIG_INTEGER)),
+    "tpm_limit": _optional(_count(_INTEGER)),
+    "rpm_limit": _optional(_count(_INTEGER)),
+    "max_parallel_requests": _optional(_count(_INTEGER)),
     "metadata": _object,
     "blocked": _flag,
 }
@@ -126,6 +136,26 @@ def _date(query: dict[str, str], name: str) -> datetime | None:
         return datetime.strptime(query[name], "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise InvalidRequest(f"'{name}' must be a date, YYYY-MM-DD.", param=name) from None
+
+
+def _dates(query: dict[str, str]) -> tuple[datetime | None, datetime | None]:
+    """``start_date`` and the day after ``end_date`` (inclusive, as in LiteLLM; 9999-12-31: no end)."""
+    start, end = _date(query, "start_date"), _date(query, "end_date")
+    if end is not None:
+        end = None if end.date() == date.max else end + timedelta(days=1)
+    return start, end
+
+
+def _number(query: dict[str, str], name: str, default: int, maximum: int) -> int:
+    """Every numeric query parameter: digits only (no sign, no exponent), else 400 naming it; a number
+    over ``maximum`` is lowered to it, so that a client asking for "everything" gets the most there is."""
+    text = query.get(name)
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidRequest(f"'{name}' must be a whole number from 0 to {maximum}.", param=name)
+    digits = text.lstrip("0") or "0"
+    return maximum if len(digits) > len(str(maximum)) else min(int(digits), maximum)
 
 
 def key_ident(value: Any) -> str:
@@ -236,22 +266,15 @@ class Admin:
 
     async def spend_logs(self, query: dict[str, str]) -> list[Json]:
         key = key_ident(query["api_key"]) if query.get("api_key") else None
-        start, end = _date(query, "start_date"), _date(query, "end_date")
-        if end is not None:
-            end += timedelta(days=1)  # end_date is inclusive, as in LiteLLM
-        try:
-            limit = min(int(query.get("limit", "1000")), 100_000)
-        except ValueError:
-            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+        start, end = _dates(query)
+        limit = _number(query, "limit", SPEND_LOGS_LIMIT, SPEND_LOGS_MAX)
         rows: list[Json] = await self._run(
             lambda: spend_logs(self.store.engine, key_id=key, start=start, end=end, limit=limit)
         )
         return rows
 
     async def usage_daily(self, query: dict[str, str]) -> list[Json]:
-        start, end = _date(query, "start_date"), _date(query, "end_date")
-        if end is not None:
-            end += timedelta(days=1)
+        start, end = _dates(query)
         rows: list[Json] = await self._run(lambda: daily_usage(self.store.engine, start=start, end=end))
         return rows
 

@@ -31,6 +31,7 @@ from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
 from ark.config import Settings
 from ark.edge.certs import certbot_live
+from ark.edge.forwarded import direct_local
 from ark.engines import build_engines
 from ark.engines.base import ChatRequest, CompletionRequest, EmbeddingRequest, Engine, Json
 from ark.engines.ollama import OllamaEngine
@@ -71,7 +72,6 @@ from ark.wire import Request, Responder
 log = logging.getLogger("ark.gateway")
 _PS_POLL_S = 15.0  # how often (at most) Ollama engines are asked what they hold in memory
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _KEYS_RELOAD_S = 5.0
 _KEY_LOOKUPS_PER_S = 10.0  # unknown keys looked up in the database (a key made on another gateway)
 _PRUNE_EVERY_S = 6 * 3600.0
@@ -666,10 +666,11 @@ class Gateway:
         await responder.send(200 if ready else 503, body, JSON_HEADERS)
 
     async def prometheus(self, request: Request, responder: Responder) -> None:
-        if request.client not in _LOOPBACK:  # Prometheus scrapes locally; anyone else needs the master key
+        # Prometheus scrapes locally; anyone else, and anything through Nginx (llm.D), needs the master key
+        if not direct_local(request):
             try:
                 if self._authenticate(request) is not None:
-                    raise AdminOnly("Only the master key may read /metrics from another host.")
+                    raise AdminOnly("Only the master key may read /metrics from another host or through a proxy.")
             except ApiError as exc:
                 await send_error(responder, exc)
                 return

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 
 from ark.config import ModelSettings
 from ark.errors import InsufficientQuota
-from ark.store import Key, Team, parse_duration
+from ark.store import Key, Team, budget_period
 from ark.store.keys import Limits
 
 
@@ -145,7 +145,7 @@ class Budgets:
             if limits.max_budget is None and limits.max_tokens_budget is None:
                 continue
             seen.add(ident)
-            period = parse_duration(limits.budget_duration) if limits.budget_duration else None
+            period = budget_period(limits.budget_duration) if limits.budget_duration else None
             account = self.accounts.get(ident)
             if account is None:
                 self.accounts[ident] = Account(

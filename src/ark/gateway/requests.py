@@ -6,6 +6,8 @@ as OpenAI's API does; nothing downstream sees an unchecked body.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,7 @@ class Common:
     sampling: Sampling
     stream: bool
     include_usage: bool
-    keep_alive: str | None
+    keep_alive: float | None  # seconds; math.inf: forever
 
 
 def parse_body(raw: bytes) -> Json:
@@ -113,13 +115,33 @@ def _stop(body: Json) -> tuple[str, ...]:
     raise _bad("stop", "a string or an array of up to 16 strings", stop)
 
 
-def keep_alive(body: Json) -> str | None:
+_KEEP_ALIVE = 'a duration such as "5m", "1h30m" or "0", or a number of seconds (negative: forever)'
+# Go's time.ParseDuration, which Ollama applies to a keep_alive string (api/types.go, Duration.UnmarshalJSON)
+_GO_DURATION = re.compile(r"(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+")
+_GO_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_SECONDS = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?")  # "-1", "300": ARK reads them as the number they spell
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive(body: Json) -> float | None:
+    """Ollama's ``keep_alive`` in seconds, read as Ollama reads it: a number is whole seconds, a string a Go
+    duration (ARK also reads a string that is a bare number, "-1", as that number); any negative value is
+    forever (``math.inf``). What reaches the engine is the engine's call (engines/ollama.py)."""
     value = body.get("keep_alive")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _bad("keep_alive", 'a duration such as "5m" or a number of seconds', value)
-    return str(value)
+        raise _bad("keep_alive", _KEEP_ALIVE, value)
+    if not isinstance(value, str) or _SECONDS.fullmatch(value):
+        number = float(value)  # a string of 400 digits is inf here
+        return math.inf if number < 0 or math.isinf(number) else float(math.floor(number))
+    sign, text = value[:1], value[1:] if value[:1] in ("-", "+") else value
+    if text == "0":
+        return 0.0
+    if not _GO_DURATION.fullmatch(text):
+        raise InvalidRequest(f"Invalid value for 'keep_alive': expected {_KEEP_ALIVE}.", param="keep_alive")
+    seconds = sum(float(number) * _GO_UNITS[unit] for number, unit in _GO_PART.findall(text))
+    return math.inf if sign == "-" and seconds > 0 else seconds
 
 
 def common(body: Json) -> Common:

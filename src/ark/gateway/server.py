@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,8 +28,12 @@ async def serve(
         max_body=settings.gateway.max_body_bytes,
         head_timeout=settings.gateway.head_timeout_s,
         write_timeout=settings.gateway.write_timeout_s,
+        max_connections=settings.gateway.max_connections,
+        max_per_client=settings.gateway.max_connections_per_client,
     )
     server = Server(gateway, limits, on_refused=gateway.refused)
+    # every connection is a file: a client's, and an engine's for each request in flight
+    _open_files(settings.gateway.max_connections + settings.gateway.max_inflight + 1024)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,6 +81,21 @@ async def _monitoring(settings: Settings, supervisor: Supervisor, gateway: Gatew
     except Exception as exc:  # [monitor] embedded = yes and something is missing: say so, serve on
         log.error("monitoring: %s", exc)
         gateway.services = [{"name": "monitoring", "state": "failed", "why": str(exc).splitlines()[0]}]
+
+
+def _open_files(wanted: int) -> None:
+    """Raise the soft limit on open files toward ``wanted`` (as far as the hard limit allows; nginx:
+    worker_rlimit_nofile): Debian's soft default of 1024 would refuse connections long before the caps."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files are limited to %d, fewer than [gateway] max_connections needs (%d): raise LimitNOFILE",
+            target,
+            wanted,
+        )
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -34,6 +34,8 @@ async def relay(
     (engine down, first-token timeout, unknown model upstream) keep their HTTP status.
     After that an error arrives as a last ``data: {"error": ...}`` event, as OpenAI sends it.
     A client that leaves cancels this coroutine; closing ``chunks`` then stops the engine.
+    A stream that ends before the engine's usage (the client left or was cut off, the engine failed) is
+    charged for the tokens that went out: one per event, as Ollama, llama.cpp and vLLM stream them.
     """
     ex.stream = True
     engine = route.engine
@@ -42,6 +44,7 @@ async def relay(
     deadline = asyncio.get_running_loop().time() + total_timeout - (time.perf_counter() - ex.started)
     requested = route.requested
     output: list[str] = []
+    events = 0  # token events that went out
     async with engine.limiter, aclosing(chunks):  # type: ignore[type-var]
         try:
             async with asyncio.timeout(first_timeout):
@@ -57,6 +60,7 @@ async def relay(
                         if usage:
                             ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                             ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+                            events = -1  # counted by the engine
                         if not include_usage:
                             del chunk["usage"]
                     choices = chunk.get("choices")
@@ -69,6 +73,8 @@ async def relay(
                                 output.append(text)
                         chunk["model"] = requested
                         await responder.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                        if choices and events >= 0:
+                            events += 1
                     chunk = await anext(chunks, None)
             await responder.write(b"data: [DONE]\n\n")
         except TimeoutError:
@@ -81,6 +87,8 @@ async def relay(
         finally:
             if keep_text:
                 ex.output = "".join(output)
+            if events > 0:
+                ex.completion_tokens = events
     await responder.end()
 
 

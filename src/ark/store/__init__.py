@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from ark.config import Settings
-from ark.store.keys import Key, KeyStore, Team, key_id, parse_duration
+from ark.store.keys import Key, KeyStore, Team, budget_period, key_id, parse_duration
 from ark.store.migrate import StoreError, database_url, migrate, open_engine, safe_url
 
 
@@ -38,4 +38,4 @@ class Store:
         self.engine.dispose()
 
 
-__all__ = ["Key", "KeyStore", "Store", "StoreError", "Team", "key_id", "parse_duration"]
+__all__ = ["Key", "KeyStore", "Store", "StoreError", "Team", "budget_period", "key_id", "parse_duration"]

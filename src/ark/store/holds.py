@@ -31,7 +31,7 @@ from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
-from ark.store.keys import aware, parse_duration
+from ark.store.keys import aware, budget_period
 from ark.store.tables import api_keys, gateways, holds, rate_buckets, teams
 
 
@@ -118,7 +118,7 @@ def _current_period(connection: Any, table: Table, row: RowMapping, now: float) 
     reset_at = aware(row["budget_reset_at"])
     if row["budget_duration"] is None or reset_at is None or reset_at.timestamp() > now:
         return float(row["spend"]), int(row["tokens_used"])
-    period = parse_duration(row["budget_duration"])
+    period = budget_period(row["budget_duration"])
     moment = datetime.fromtimestamp(now, UTC)
     while reset_at <= moment:
         reset_at += period

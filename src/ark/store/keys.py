@@ -21,16 +21,33 @@ from sqlalchemy.engine import RowMapping
 
 from ark.store.tables import api_keys, teams
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^0*([0-9]+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# The longest key lifetime or budget period. now() + it stays far inside datetime's year 9999 (past it,
+# Python raises OverflowError), and its text fits the 16 characters of api_keys.budget_duration.
+MAX_DURATION = timedelta(days=36_500)  # 100 years
+
+
+def _seconds(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match or match.group(1) == "0":
+        raise ValueError(f'"{text}" is not a duration such as "30m", "12h", "7d" or "4w"')
+    digits = match.group(1)[:13]  # 13 digits are past any bound already; int() of thousands is refused
+    return int(digits) * _UNITS[match.group(2)]
 
 
 def parse_duration(text: str) -> timedelta:
-    """LiteLLM's durations: "30s", "15m", "12h", "7d", "2w"."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise ValueError(f'"{text}" is not a duration such as "30m", "12h", "7d" or "4w"')
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    """LiteLLM's durations: "30s", "15m", "12h", "7d", "2w"; at most :data:`MAX_DURATION` (100 years)."""
+    seconds = _seconds(text)
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f'"{text}" is longer than 100 years (at most "36500d")')
+    return timedelta(seconds=seconds)
+
+
+def budget_period(text: str) -> timedelta:
+    """A stored ``budget_duration``. One written before durations were bounded reads as the bound, so that
+    a row an older ARK accepted never fails a request."""
+    return timedelta(seconds=min(_seconds(text), int(MAX_DURATION.total_seconds())))
 
 
 def new_key() -> str:

@@ -414,6 +414,8 @@ def spend_logs(
     engine: Engine, *, key_id: str | None, start: datetime | None, end: datetime | None, limit: int
 ) -> list[dict[str, Any]]:
     """Ledger rows, newest first, in LiteLLM's /spend/logs shape."""
+    if limit < 0:  # SQLite reads a negative LIMIT as none: every row
+        raise ValueError(f"limit must be >= 0, not {limit}")
     query = select(usage).order_by(usage.c.time.desc()).limit(limit)
     if key_id is not None:
         query = query.where(usage.c.key_id == key_id)

@@ -8,8 +8,9 @@ a hard size limit (Content-Length or chunked), ``Expect: 100-continue``,
 complete and chunked-streamed responses with write flow control, an idle
 timeout, and cancellation of the handler when the client goes away.
 
-It holds its limits as a library would (see docs/security.md): the request head in raw bytes while it
-is read (431), however the parser buffers it; a head that takes too long (408); a response the client
+It holds its limits as a library would (see docs/security.md): open connections in all and per client
+address (503 and 429, answered at once); the request head in raw bytes while it is read (431), however
+the parser buffers it; a head that takes too long (408); a response the client
 does not read (the connection is cut after ``write_timeout``, so what the request held is released);
 header values with CR or LF never go out; a request after garbage is refused only once every request
 before it is answered; ``100 Continue`` only for the request next in line.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -38,6 +40,9 @@ _MAX_HEADER_BYTES = 64 * 1024
 _MAX_HEADERS = 100
 _LINGER_S = 1.0
 _MAX_PIPELINED = 16  # requests read ahead of the one being answered
+# Where Nginx connects from: behind it every client arrives from here, so these are not limited per address
+# (Nginx's own limits apply in front); they still count toward the total.
+LOCAL_PROXY = frozenset({"127.0.0.1", "::1"})
 
 
 @dataclass(slots=True)
@@ -68,6 +73,8 @@ class Limits:
     head_timeout: float = 30.0  # seconds a client has to send a whole request head (nginx client_header_timeout)
     write_timeout: float = 60.0  # seconds a response may wait for the client to read (nginx send_timeout)
     max_head: int = _MAX_HEADER_BYTES  # bytes of a request head, counted as they arrive
+    max_connections: int = 4096  # open at once, in all (uvicorn: limit_concurrency; nginx: worker_connections)
+    max_per_client: int = 256  # open at once from one address (an IPv6 /64), LOCAL_PROXY excepted (nginx: limit_conn)
 
 
 class _Date:
@@ -88,10 +95,11 @@ class _Date:
 class Responder:
     """How a handler answers: ``send`` a complete response, or ``start`` / ``write`` / ``end`` a stream."""
 
-    __slots__ = ("_conn", "_head_pending", "extra_head", "keep_alive", "on_finish", "started", "status")
+    __slots__ = ("_bodiless", "_conn", "_head_pending", "extra_head", "keep_alive", "on_finish", "started", "status")
 
-    def __init__(self, conn: _Connection, keep_alive: bool) -> None:
+    def __init__(self, conn: _Connection, keep_alive: bool, bodiless: bool = False) -> None:
         self._conn = conn
+        self._bodiless = bodiless  # the answer to HEAD: the head as GET would have it, never a body
         self._head_pending = b""
         # Called once, just before the last bytes of the response are written: whatever it
         # records is recorded before the client can see the response complete.
@@ -118,7 +126,7 @@ class Responder:
         head = self._head(status, headers, b"content-length: %d\r\n" % len(body))  # may fail: nothing sent yet
         self.started, self.status = True, status
         self._finish()
-        self._conn.write(head + body)
+        self._conn.write(head if self._bodiless else head + body)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Begin a chunked response; the head leaves with the first chunk (one packet, first token sooner)."""
@@ -129,13 +137,13 @@ class Responder:
 
     async def write(self, data: bytes) -> None:
         """One chunk of a streamed response; raises ConnectionResetError once the client is gone."""
-        if data:
+        if data and not self._bodiless:
             self._conn.write(self._take_head() + b"%x\r\n%b\r\n" % (len(data), data))
             await self._conn.drain()
 
     async def end(self) -> None:
         self._finish()
-        self._conn.write(self._take_head() + b"0\r\n\r\n")
+        self._conn.write(self._take_head() + (b"" if self._bodiless else b"0\r\n\r\n"))
 
     def _finish(self) -> None:
         if self.on_finish is not None:
@@ -150,13 +158,13 @@ class Responder:
 class _Connection(asyncio.Protocol):
     """One client connection: parse requests, run the handler, write its answers in order."""
 
-    def __init__(
-        self, handler: Handler, limits: Limits, connections: set[_Connection], on_refused: Callable[[int], None]
-    ) -> None:
-        self._handler = handler
-        self._on_refused = on_refused
-        self._limits = limits
-        self._connections = connections
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._handler = server.handler
+        self._on_refused = server.on_refused
+        self._limits = server.limits
+        self._connections = server.connections
+        self._counted = ""  # the key this connection counts under in server.per_client
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -192,9 +200,30 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
-        self._connections.add(self)
+        over = self._admit()
+        if over:
+            self._refuse(over)  # answered at once: a client that reads before it writes sees why, too
+            return
         self._arm_idle()
         self._arm_head()
+
+    def _admit(self) -> int:
+        """0 when this connection may stay open, else the status that refuses it."""
+        limits = self._limits
+        if len(self._connections) >= limits.max_connections:
+            self._server.over_limit("open connections", limits.max_connections, self._client)
+            return 503
+        if self._client not in LOCAL_PROXY:
+            key = client_key(self._client)
+            per_client = self._server.per_client
+            count = per_client.get(key, 0)
+            if count >= limits.max_per_client:
+                self._server.over_limit("connections per client", limits.max_per_client, self._client)
+                return 429
+            per_client[key] = count + 1
+            self._counted = key
+        self._connections.add(self)
+        return 0
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -223,6 +252,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._connections.discard(self)
+        if self._counted:
+            per_client = self._server.per_client
+            left = per_client[self._counted] - 1
+            if left:
+                per_client[self._counted] = left
+            else:
+                del per_client[self._counted]
         if self._idle is not None:
             self._idle.cancel()
         if self._head_timer is not None:
@@ -322,13 +358,14 @@ class _Connection(asyncio.Protocol):
         request, keep_alive = self._pending.popleft()
         if len(self._pending) == _MAX_PIPELINED - 1 and self._transport is not None:
             self._transport.resume_reading()
-        self._task = self._loop.create_task(self._run(request, Responder(self, keep_alive)))
+        responder = Responder(self, keep_alive, request.method == "HEAD")
+        self._task = self._loop.create_task(self._run(request, responder))
 
     async def _run(self, request: Request, responder: Responder) -> None:
         try:
             await self._handler(request, responder)
             if not responder.started:
-                await responder.send(500, b"handler sent no response", [("content-type", "text/plain")])
+                await responder.send(500, _INTERNAL, _JSON)
         except asyncio.CancelledError:
             return  # the client disconnected; connection_lost did the rest
         except (ConnectionResetError, BrokenPipeError):
@@ -337,7 +374,7 @@ class _Connection(asyncio.Protocol):
             log.exception("handler failed for %s %s", request.method, request.path)
             if not responder.started:
                 responder.keep_alive = False
-                await responder.send(500, b"internal error", [("content-type", "text/plain")])
+                await responder.send(500, _INTERNAL, _JSON)
             else:
                 self.close()  # a stream cut in the middle: make the client see it
                 return
@@ -398,12 +435,13 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             body = _REFUSALS[status]
             head = (
-                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n"
             )
-            self._transport.write(head % (status, _REASONS[status], len(body)) + body)
-        if status == 413:
+            retry = b"retry-after: 1\r\n" if status in (429, 503) else b""
+            self._transport.write(head % (status, _REASONS[status], len(body), retry) + body)
+        if status in (413, 429, 503):
             # Linger a moment, discarding what the client still sends, so that it reads the answer
-            # instead of a connection reset (a client writes its whole body before it reads).
+            # instead of a connection reset (a client writes its whole request before it reads).
             self._loop.call_later(_LINGER_S, self.close)
         else:
             self.close()
@@ -429,6 +467,10 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+_JSON = [("content-type", "application/json")]
+_INTERNAL = (  # what a handler that failed, or sent nothing, answers: OpenAI's error shape, as every refusal
+    b'{"error":{"message":"Internal error.","type":"server_error","param":null,"code":"internal_error"}}'
+)
 _REFUSALS = {
     413: b'{"error":{"message":"The request body exceeds the size limit.","type":"invalid_request_error",'
     b'"param":null,"code":"request_too_large"}}',
@@ -438,7 +480,21 @@ _REFUSALS = {
     b'"param":null,"code":"request_timeout"}}',
     431: b'{"error":{"message":"The request head exceeds the size limit.","type":"invalid_request_error",'
     b'"param":null,"code":"request_header_fields_too_large"}}',
+    429: b'{"error":{"message":"Too many open connections from your address; close some or try again shortly.",'
+    b'"type":"rate_limit_error","param":null,"code":"too_many_connections"}}',
+    503: b'{"error":{"message":"The server has too many open connections; try again shortly.",'
+    b'"type":"server_error","param":null,"code":"too_many_connections"}}',
 }
+
+
+def client_key(address: str) -> str:
+    """Whom a connection counts against: the IPv4 address, or the IPv6 /64 (one host's usual share)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return address
 
 
 class Server:
@@ -447,16 +503,24 @@ class Server:
     def __init__(
         self, handler: Handler, limits: Limits | None = None, *, on_refused: Callable[[int], None] | None = None
     ) -> None:
-        self._handler = handler
-        self._on_refused = on_refused or (lambda status: None)
-        self._limits = limits or Limits()
-        self._connections: set[_Connection] = set()
+        self.handler = handler
+        self.on_refused = on_refused or (lambda status: None)
+        self.limits = limits or Limits()
+        self.connections: set[_Connection] = set()
+        self.per_client: dict[str, int] = {}  # open connections by client_key, LOCAL_PROXY not counted
+        self._warned = -1e9
         self._server: asyncio.Server | None = None
+
+    def over_limit(self, what: str, limit: int, client: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= 60.0:  # once a minute at most: a flood must not flood the log too
+            self._warned = now
+            log.warning("refusing connections: %s at the limit (%d; the latest from %s)", what, limit, client)
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self._handler, self._limits, self._connections, self._on_refused),
+            lambda: _Connection(self),
             host,
             port,
             backlog=backlog,
@@ -476,8 +540,8 @@ class Server:
         self._server.close()
         deadline = time.monotonic() + grace
         # polled, not signalled: shutdown is rare and bounded by the grace period
-        while any(c.busy for c in self._connections) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while any(c.busy for c in self.connections) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        for conn in list(self._connections):
+        for conn in list(self.connections):
             conn.close()
         await self._server.wait_closed()
