@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from ark.config import Address, env_name, generate_master_key, load_settings, network, render_config, schema
-from ark.config.types import HostPort, Type
+from ark.config import Address, Settings, env_name, generate_master_key, load_settings, network, render_config
+from ark.config.declare import every_setting, section, setting, table, tables
+from ark.config.reference import configuration_markdown
+from ark.config.types import Choice, HostPort, Int, Str, Type
 from ark.errors import ConfigError
 
 KEY = "sk-ark-" + "k" * 40
@@ -78,8 +80,8 @@ def test_every_declared_setting_has_an_env_override(tmp_path: Path) -> None:
 
 
 def test_env_names_cover_the_schema() -> None:
-    names = {env_name(s.key) for s in schema.TOP} | {env_name("gateway", s.key) for s in schema.GATEWAY}
-    assert {"ARK_DATA_DIR", "ARK_MASTER_KEY", "ARK_GATEWAY_LISTEN"} <= names
+    names = {env_name(*path, s.key) for path, s in every_setting(Settings)}
+    assert {"ARK_DATA_DIR", "ARK_MASTER_KEY", "ARK_GATEWAY_LISTEN", "ARK_MONITOR_RETENTION"} <= names
     assert env_name("engines", "my-cloud", "api_key") == "ARK_ENGINES_MY_CLOUD_API_KEY"
 
 
@@ -164,7 +166,30 @@ BAD_CONFIGS = [
     ),
     ("env bad port", "", {"ARK_GATEWAY_LISTEN": ":0"}, ["ARK_GATEWAY_LISTEN", "port between 1 and 65535"]),
     ("env unknown variable", "", {"ARK_GATEWAY_LISTN": "x"}, ["ARK_GATEWAY_LISTN", "not an ARK setting"]),
-    ("env unknown engine", "", {"ARK_ENGINES_NOPE_URL": "http://h:1"}, ["ARK_ENGINES_NOPE_URL", "not an ARK"]),
+    (
+        "env unknown engine",
+        "",
+        {"ARK_ENGINES_NOPE_URL": "http://h:1"},
+        ["ARK_ENGINES_NOPE_URL", "not an ARK", "ARK_ENGINES_<NAME>_<KEY>", "engines in use: ollama, embedded"],
+    ),
+    (
+        "env engine variable in the doubled form",
+        "",
+        {"ARK_ENGINES__OLLAMA__URL": "http://h:1"},
+        ["ARK_ENGINES__OLLAMA__URL", "not an ARK setting", "ARK_ENGINES_<NAME>_<KEY>"],
+    ),
+    (
+        "env key of another kind of engine",
+        "",
+        {"ARK_ENGINES_OLLAMA_N_THREADS": "2"},
+        ["environment variable ARK_ENGINES_OLLAMA_N_THREADS", "not a setting of a ollama engine"],
+    ),
+    (
+        "too many engines",
+        "".join(f'[engines.e{i}]\nkind = "embedded"\n' for i in range(33)),
+        {},
+        ["[engines] declares 33 engines", "at most 32"],
+    ),
 ]
 
 
@@ -238,8 +263,8 @@ def test_init_file_parses_and_documents_every_setting(tmp_path: Path) -> None:
     assert key.startswith("sk-ark-") and len(key) >= 7 + 32
     text = render_config(key, tmp_path)
     assert tomllib.loads(text)["master_key"] == key
-    for setting in (*schema.TOP, *schema.GATEWAY, *schema.STORE, *schema.GPU, *schema.ENGINE, *schema.MODEL):
-        assert setting.key in text, setting.key
+    for _, declared in every_setting(Settings):
+        assert declared.key in text and declared.help[:40] in " ".join(text.replace("#", " ").split()), declared.key
     for model in ("qwen3.5:35b", "devstral-small-2", "dolphin-mistral-24b", "nomic-embed-text", '"gpt-4"'):
         assert model in text
     (tmp_path / "ark.toml").write_text(text)
@@ -305,3 +330,102 @@ def test_bad_network_values_are_refused_with_the_expectation(kind: Type[Any], va
     with pytest.raises(ValueError) as refused:
         kind.parse(value)
     assert str(refused.value) == kind.expected
+
+
+def test_the_settings_classes_hold_the_defaults_the_loader_gives(tmp_path: Path) -> None:
+    """One declaration: a section built with no arguments is what the loader gives for an empty file."""
+    settings = load(tmp_path, "")
+    for name in ("gateway", "store", "gpu", "console", "auth", "edge", "wireguard", "firewall", "monitor"):
+        section_settings = getattr(settings, name)
+        assert section_settings == type(section_settings)(), name
+
+
+def _env_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def test_every_variable_the_reference_names_is_the_one_the_loader_reads(tmp_path: Path) -> None:
+    """The environment column of docs/configuration.md, read back: each variable it names is accepted."""
+    declared = {(path, s.key): s for path, s in every_setting(Settings)}
+    engines = "".join(f'[engines.{k}]\nkind = "{k}"\nurl = "http://h:1"\n' for k in ("ollama", "openai"))
+    engines += '[engines.embedded]\nkind = "embedded"\n'
+    path: tuple[str, ...] = ()
+    checked = 0
+    for line in configuration_markdown().splitlines():
+        if line.startswith("## `["):
+            path = (line.split("`[")[1].split(".")[0].split("]")[0],)
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip().strip("`") for cell in line.split(" | ")]
+        key, env, found = cells[0].removeprefix("| `"), cells[-2], declared[path, cells[0].removeprefix("| `")]
+        if env == "—" or found.default is None:
+            continue
+        name = (found.kinds or ("embedded",))[0]  # an engine of each kind, named for it
+        var = env.replace("<NAME>", name.upper())
+        assert var == env_name(*path, *([name] if path == ("engines",) else []), key)
+        load(tmp_path, engines, {var: _env_text(found.default)})  # raises when the loader does not know it
+        checked += 1
+    assert checked > 90
+    assert "ARK_ENGINES__" not in configuration_markdown()
+
+
+@section
+class HelloSettings:
+    """A section declared only in this test."""
+
+    greeting: str = setting(Str(non_empty=True), "hello", "What the hello component says.")
+    times: int = setting(Int(1, 10), 1, "How often it says it.")
+
+
+@section(kind="kind", noun="voice")
+class VoiceSettings:
+    """One table per voice."""
+
+    name: str
+    kind: str = setting(Choice("loud", "soft"), None, "How the voice speaks.", required=True)
+    volume: int = setting(Int(0, 11), 5, "How loud it is.", kinds=("loud",))
+
+
+@section
+class HelloRoot(Settings):
+    hello: HelloSettings = table(HelloSettings)
+    voices: tuple[VoiceSettings, ...] = tables(VoiceSettings)
+
+
+def test_a_section_declared_once_is_loaded_checked_templated_and_documented(tmp_path: Path) -> None:
+    """Adding a section is its class and one field on the root: nothing else in ark.config changes."""
+    path = tmp_path / "ark.toml"
+    path.write_text('[hello]\ngreeting = "hi"\n[voices.a]\nkind = "loud"\n[voices.b]\nkind = "soft"\n')
+    env = {"ARK_HELLO_TIMES": "3", "ARK_VOICES_A_VOLUME": "11"}
+    settings = load_settings(config_path=path, env=env, schema=HelloRoot)
+    assert (settings.hello.greeting, settings.hello.times) == ("hi", 3)  # file, environment
+    assert [(v.name, v.kind, v.volume) for v in settings.voices] == [("a", "loud", 11), ("b", "soft", 5)]
+    assert settings.gateway.listen.port == 4000  # the rest is still there
+    assert load_settings(env={}, schema=HelloRoot).hello == HelloSettings()  # defaults
+
+    for text, extra, words in [
+        ("[hello]\ntimes = 11\n", {}, ["[hello] times = 11", "between 1 and 10"]),
+        ("[hello]\ngreting = 1\n", {}, ["unknown key [hello] greting", 'did you mean "greeting"']),
+        ("[voices.c]\nvolume = 1\n", {}, ["[voices.c] kind is missing"]),
+        ('[voices.c]\nkind = "soft"\nvolume = 1\n', {}, ["[voices.c] volume: not a setting of a soft voice"]),
+        ("", {"ARK_HELLO_GRETING": "x"}, ["ARK_HELLO_GRETING", "not an ARK setting", "ARK_VOICES_<NAME>_<KEY>"]),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config_path=path, env=extra, schema=HelloRoot)
+        assert all(word in str(caught.value) for word in words), (words, str(caught.value))
+    path.write_text("[hello]\n")
+    with pytest.raises(ConfigError, match="unknown key hello"):
+        load_settings(config_path=path, env={})  # the real root does not know it
+
+    template = render_config(KEY, schema=HelloRoot)
+    assert "# A section declared only in this test.\n[hello]\n# What the hello component says." in template
+    assert "# --- [voices.NAME]" in template and "ARK_VOICES_<NAME>_<KEY>" in template
+    path.write_text(template)
+    assert load_settings(config_path=path, env={}, schema=HelloRoot).hello == HelloSettings()
+
+    reference = configuration_markdown(HelloRoot)
+    assert "## `[hello]`\n\nA section declared only in this test." in reference
+    assert "| `times` | an integer between 1 and 10 | `1` | `ARK_HELLO_TIMES` | How often it says it. |" in reference
+    assert "| `volume` | an integer between 0 and 11 | `5` | loud | `ARK_VOICES_<NAME>_VOLUME` |" in reference
+    assert "`ARK_VOICES_<NAME>_<KEY>` for a setting of `[voices.NAME]`" in " ".join(reference.split())

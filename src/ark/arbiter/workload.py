@@ -37,7 +37,7 @@ from ark.arbiter._fields import Fields, clip, is_name, show
 from ark.arbiter._fields import WorkloadError as WorkloadError  # part of this module's interface
 from ark.arbiter.catalog import Entry, build
 from ark.arbiter.policy import GB, Priority
-from ark.config import ModelSettings, Settings, schema
+from ark.config import GpuSettings, ModelSettings, Settings
 
 LOAD_GB_PER_SECOND = 2.0  # weights from the page cache or a fast NVMe into VRAM
 TOKENS_PER_SECOND = 40.0  # generation, one request
@@ -125,11 +125,7 @@ class Knobs:
 
     @classmethod
     def from_settings(cls, settings: Settings | None) -> Knobs:
-        if settings is None:
-            defaults = {s.key: s.default for s in schema.GPU}
-            keys = ("memory_gb", "reserve_gb", "max_wait_s", "queue_size", "large_fraction", "swap_delay_s")
-            return cls(*(defaults[k] for k in keys))
-        gpu = settings.gpu
+        gpu = GpuSettings() if settings is None else settings.gpu  # GpuSettings(): ARK's defaults
         return cls(gpu.memory_gb, gpu.reserve_gb, gpu.max_wait_s, gpu.queue_size, gpu.large_fraction, gpu.swap_delay_s)
 
 
@@ -257,12 +253,12 @@ def check_models(jobs: Iterable[Job], box: Box) -> None:
 # -- the machine -----------------------------------------------------------------------------------
 
 
-_MODEL_DEFAULTS = {s.key: s.default for s in schema.MODEL}
+_MODEL_DEFAULTS = ModelSettings(id="")  # ARK's defaults for a model's table
 
 
 def _model_settings(name: str, **values: Any) -> ModelSettings:
     """A model's settings as the config would give them: ARK's defaults, then ``values``."""
-    return ModelSettings(id=name, **(_MODEL_DEFAULTS | values))
+    return ModelSettings(id=name, **values)
 
 
 def _box(
@@ -345,9 +341,7 @@ def _catalog_model(name: str, fields: Fields) -> tuple[ModelSettings, Engine]:
         priority=fields.choice("priority", ("low", "medium", "high"), "medium"),
         pinned=fields.flag("pinned", False),
         large=large,
-        idle_timeout_s=fields.number(
-            "idle_timeout_s", lo=0.0, hi=MAX_SECONDS, default=_MODEL_DEFAULTS["idle_timeout_s"]
-        ),
+        idle_timeout_s=fields.number("idle_timeout_s", lo=0.0, hi=MAX_SECONDS, default=_MODEL_DEFAULTS.idle_timeout_s),
     )
     engine = Engine(
         fields.number("load_seconds", lo=0.0, hi=MAX_SECONDS, default=_default_load(memory_gb)),

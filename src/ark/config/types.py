@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-T = TypeVar("T")
+T = TypeVar("T", covariant=True)  # a Type[dict[str, str]] declares a Mapping[str, str] setting
 U = TypeVar("U")
 
 

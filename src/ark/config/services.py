@@ -1,0 +1,202 @@
+"""The sections of the services ARK runs itself: the gateway, its database, the console and monitoring."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ark.config.declare import section, setting
+from ark.config.types import Address, Bool, ByteSize, Choice, DatabaseUrl, Float, HostPort, Int, Str
+
+
+@section
+class GatewaySettings:
+    """The OpenAI-compatible API (docs/api.md): where it listens and the limits of its front door."""
+
+    listen: Address = setting(
+        HostPort(),
+        "127.0.0.1:4000",
+        "Address of the OpenAI-compatible API. Use 0.0.0.0:4000 to serve other machines (keys are always required).",
+    )
+    max_body_bytes: int = setting(ByteSize(), "8MiB", "Largest request body accepted; bigger ones get 413.")
+    head_timeout_s: float = setting(
+        Float(0.0, exclusive=True),
+        30.0,
+        "Seconds a client has to send a whole request head; a slower one gets 408 and is disconnected "
+        "(nginx: client_header_timeout).",
+    )
+    write_timeout_s: float = setting(
+        Float(0.0, exclusive=True),
+        60.0,
+        "Seconds a response may wait for the client to read more of it; then the connection is cut and what "
+        "the request held (engine slot, GPU lease, budget reservation) is released (nginx: send_timeout).",
+    )
+    max_connections: int = setting(
+        Int(1, 1_000_000),
+        4096,
+        "Client connections open at once, in all; one more is answered 503 too_many_connections and closed "
+        "(uvicorn: limit_concurrency; nginx: worker_connections).",
+    )
+    max_connections_per_client: int = setting(
+        Int(1, 1_000_000),
+        256,
+        "Client connections open at once from one address (an IPv6 /64); one more is answered 429 "
+        "too_many_connections and closed. Nginx on this machine (127.0.0.1, ::1) is not limited by it.",
+    )
+    max_inflight: int = setting(
+        Int(1, 100_000),
+        256,
+        "Requests served at once across all engines; more get 429 with Retry-After.",
+    )
+    log_prompts: bool = setting(
+        Bool(),
+        False,
+        "Write prompt and completion text into the access log (off: only sizes and tokens).",
+    )
+    access_log: str = setting(
+        Str(),
+        "",
+        'One JSON line per request. Empty: DATA/logs/access.jsonl; "-": standard output; "off": none.',
+    )
+    access_log_max_bytes: int = setting(
+        ByteSize(),
+        "100MiB",
+        "The access log file is rotated when it reaches this size (access.jsonl -> access.jsonl.1 ...); 0: never.",
+    )
+    access_log_keep: int = setting(
+        Int(0, 1000),
+        5,
+        "Rotated access log files kept (access.jsonl.1 is the newest); older ones are deleted.",
+    )
+    model_refresh_s: float = setting(
+        Float(1.0),
+        30.0,
+        "How often the model list of each engine is refreshed (seconds); an unknown model also triggers a refresh.",
+    )
+
+
+@section
+class StoreSettings:
+    """The database of API keys, teams, budgets and the usage ledger (docs/keys.md)."""
+
+    url: str = setting(
+        DatabaseUrl(),
+        "",
+        "Where keys, teams and the usage ledger live. Empty: SQLite (WAL) at DATA/ark.db; "
+        "postgresql://... to share them between gateway processes.",
+    )
+    retention_days: int = setting(
+        Int(1, 100_000),
+        90,
+        "Days the ledger keeps one row per request; daily rollups are kept forever.",
+    )
+    shared: str = setting(
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether several gateway processes share this database and must enforce budgets and rate limits "
+        "together (leases in the database). auto: yes for PostgreSQL, no for SQLite.",
+    )
+
+    @property
+    def is_shared(self) -> bool:
+        """Several gateways enforce one budget together: leases in the database."""
+        scheme = urlsplit(self.url).scheme  # "postgresql", "postgres", "postgresql+psycopg"
+        return self.shared == "yes" or (self.shared == "auto" and scheme.startswith("postgres"))
+
+
+@section
+class ConsoleSettings:
+    """ARK's web console: the landing page, admin pages and the login that Nginx asks (docs/security.md)."""
+
+    listen: Address = setting(
+        HostPort(),
+        "127.0.0.1:8080",
+        "Address of ARK's web console and auth (login, /auth/verify); Nginx is in front of it.",
+    )
+    overview_sample_s: float = setting(
+        Float(0.1, hi=300.0),
+        5.0,
+        "Seconds between two samples of the console's live overview (it keeps the last hour in memory).",
+    )
+
+
+@section
+class AuthSettings:
+    """Users, sessions and the identity Nginx passes on (docs/security.md)."""
+
+    session_hours: float = setting(Float(0.0, exclusive=True), 12.0, "Hours a login session lasts.")
+    max_failures: int = setting(
+        Int(1, 1000),
+        5,
+        "Failed sign-ins allowed per user name and per client address before each further attempt must wait.",
+    )
+    lockout_s: float = setting(
+        Float(0.0, exclusive=True),
+        30.0,
+        "Seconds to wait after max_failures failed sign-ins; doubled at each further failure, at most an hour.",
+    )
+    identity_ttl_s: int = setting(
+        Int(10, 3600),
+        300,
+        "Lifetime of the signed X-Ark-Identity token that /auth/verify gives the sites behind Nginx "
+        "(the gateway attributes usage to that user while it is valid).",
+    )
+
+
+@section
+class MonitorSettings:
+    """Prometheus, Alertmanager, the exporters and the alert thresholds (docs/monitoring.md)."""
+
+    embedded: str = setting(
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether `ark up` starts Prometheus and node_exporter itself (on loopback, with the rendered configs). "
+        "auto: when their Debian packages are installed; yes: fail when they are not.",
+    )
+    prometheus_listen: Address = setting(HostPort(), "127.0.0.1:9090", "Prometheus' address.")
+    node_exporter_listen: Address = setting(HostPort(), "127.0.0.1:9100", "node_exporter's address.")
+    gpu_exporter_listen: Address = setting(
+        HostPort(),
+        "127.0.0.1:9835",
+        "The GPU exporter's address (`ark gpu exporter`).",
+    )
+    alertmanager_listen: Address = setting(HostPort(), "127.0.0.1:9093", "Alertmanager's address.")
+    retention: str = setting(Str(), "30d", "How long Prometheus keeps samples (its --storage.tsdb.retention.time).")
+    scrape_interval_s: int = setting(Int(1, 3600), 15, "Seconds between two scrapes of every target.")
+    alert_webhook_url: str = setting(
+        Str(),
+        "",
+        "Where Alertmanager posts alerts (e.g. an n8n webhook); empty: no webhook receiver.",
+    )
+    alert_email: str = setting(Str(), "", "Address alerts are mailed to; empty: no mail.")
+    smtp_smarthost: str = setting(Str(), "", "SMTP server for alert mail, HOST:PORT.")
+    smtp_from: str = setting(Str(), "", "Sender address of alert mail.")
+    gpu_temperature_c: float = setting(Float(0.0), 85.0, "Alert when a GPU is hotter than this for 5 minutes.")
+    vram_full_ratio: float = setting(
+        Float(0.0, hi=1.0),
+        0.95,
+        "Alert when GPU memory is fuller than this for 5 minutes.",
+    )
+    queue_wait_p95_s: float = setting(
+        Float(0.0),
+        30.0,
+        "Alert when the 95th percentile of GPU queue waits exceeds this.",
+    )
+    error_ratio: float = setting(
+        Float(0.0, hi=1.0),
+        0.05,
+        "Alert when more than this share of API requests fail (5xx).",
+    )
+    budget_ratio: float = setting(
+        Float(0.0, hi=1.0),
+        0.9,
+        "Alert when a key has spent more than this share of its budget.",
+    )
+    disk_ratio: float = setting(Float(0.0, hi=1.0), 0.85, "Alert when the data volume is fuller than this.")
+    certificate_days: int = setting(Int(1, 365), 14, "Alert when a certificate expires within this many days.")
+    certificates: str = setting(
+        Str(),
+        "",
+        "Certificate files (comma-separated globs) whose expiry the gateway exports as "
+        "ark_certificate_expiry_timestamp_seconds; empty: those `ark certs letsencrypt` keeps "
+        "(DATA/certbot/config/live/*/cert.pem).",
+    )
