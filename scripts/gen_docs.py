@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from ark.cli import main as cli
-from ark.cli_common import Context
+from ark.cli.common import Context
+from ark.cli.main import main as cli
 from ark.config.reference import configuration_markdown
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from ark.arbiter.policy import GB, ModelInfo, Priority
 from ark.arbiter.simulate import Result, percentile, simulate
 from ark.arbiter.virtual_loop import LoopClock, SimulationStuck, VirtualEventLoop
 from ark.arbiter.workload import Knobs, Workload, parse_workload
-from ark.cli import main
+from ark.cli.main import main
 from ark.errors import ModelWontFit, QueueFull
 
 T = TypeVar("T")

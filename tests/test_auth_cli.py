@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from ark.auth import passwords, totp
 from ark.auth.service import AuthService
 from ark.auth.users import User, UserStore
-from ark.cli import main
+from ark.cli.main import main
 from ark.config import load_settings
 from ark.store import Store
 
@@ -49,7 +49,7 @@ def stored_hash(data: Path, name: str) -> str:
 
 def freeze(monkeypatch: pytest.MonkeyPatch) -> None:
     """`ark users totp` checks codes at NOW."""
-    monkeypatch.setattr("ark.cli_users._clock", lambda: NOW)
+    monkeypatch.setattr("ark.cli.users._clock", lambda: NOW)
 
 
 class Typist(io.RawIOBase):
@@ -253,7 +253,7 @@ def test_a_name_is_added_once(tmp_path: Path) -> None:
 
 
 def test_the_terminal_asks_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ark.cli_users._terminal", lambda: True)
+    monkeypatch.setattr("ark.cli.users._terminal", lambda: True)
     differ = run(tmp_path, "add", "frank", input=f"{PASSWORD}\nsomething-else\n")
     assert differ.exit_code == 1 and "the two passwords differ" in differ.output
     same = run(tmp_path, "add", "frank", input=f"{PASSWORD}\n{PASSWORD}\n")

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from ark.auth.identity import Identity, mint
 from ark.auth.signing import load_secret
 from ark.auth.totp import STEP_S, code_at
-from ark.cli import main
+from ark.cli.main import main
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
 from tests.fakes.ollama import FakeOllama
 

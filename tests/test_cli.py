@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from tests.conftest import LoopThread, free_port, wait_until
 from tests.fakes.fileserver import FileServer
 from tests.gguf_factory import make_tiny_gguf
@@ -237,3 +238,38 @@ def test_status_sees_a_running_gateway_and_up_refuses_a_taken_port(
         assert taken.returncode == 1 and "cannot listen on 127.0.0.1:" in taken.stderr
     finally:
         stop_ark(ark)
+
+
+def test_every_command_is_registered_in_ark_cli_main_and_nothing_imports_it_back() -> None:
+    """One list of commands (ark.cli.main.COMMANDS), no registration on import, no import cycle."""
+    from ark.cli import main as registry
+
+    assert sorted(main.commands) == sorted(c.name for c in registry.COMMANDS if c.name)
+    package = Path(registry.__file__).parent
+    registering = ("main.command", "main.group", "main.add_command")
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "main.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                imported = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            else:
+                imported = []
+            if any(name == "ark.cli.main" or name.startswith("ark.cli.main.") for name in imported):
+                offenders.append(f"{path.name}:{node.lineno} imports the registry")
+            if isinstance(node, ast.Attribute) and ast.unparse(node) in registering:
+                offenders.append(f"{path.name}:{node.lineno} registers on the root group itself")
+    assert not offenders, offenders
+
+
+def test_arks_errors_end_at_the_root_group_as_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
+    """Commands let ARK's errors through; ark.cli.main prints the message: exit 1, a ConfigError exit 2."""
+    pulled = runner.invoke(main, ["models", "pull", "ftp://example.org/m.gguf", "--data-dir", str(tmp_path)])
+    assert pulled.exit_code == 1 and isinstance(pulled.exception, SystemExit), pulled.output
+    assert "Error: only http:// and https:// URLs can be pulled" in pulled.output
+    rendered = runner.invoke(main, ["render", "--data-dir", str(tmp_path)])  # no [edge] domain
+    assert rendered.exit_code == 2 and isinstance(rendered.exception, SystemExit), rendered.output
+    assert "Error: bad configuration: [edge] domain is empty" in rendered.output

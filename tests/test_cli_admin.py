@@ -11,7 +11,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, free_port, stop_ark, wait_until
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.monitor.recent import Recent, Sample, overview, p95
 from tests.conftest import MASTER_KEY, ArkProcess, embedded_ark, stop_ark, wait_until
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.config import Settings, load_settings
 from ark.edge.acme import Acme, CertbotDirs, Probe, Reporter, certonly_argv, lineage_server, renew_argv
 from ark.edge.certs import certbot_commands

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.config import Settings, load_settings
 from ark.edge.audit import (
     FirewallState,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.firewall import ArkChains, ark_chains, firewall_plan, render_nft, restore_chains

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.config import load_settings
 from ark.edge.apply import FirewallGuard, Pending
 from ark.edge.audit import FirewallState, check_persisted

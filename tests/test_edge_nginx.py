@@ -24,7 +24,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.edge.audit import check_sites, http_status
 from ark.edge.ports import port_map
 from tests.conftest import MASTER_KEY, ArkProcess, LoopThread, free_port, start_ark, stop_ark, wait_until

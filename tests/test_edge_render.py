@@ -15,7 +15,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.config import Settings, load_settings
 from ark.edge.certs import self_signed_files
 from ark.edge.files import MANIFEST, Entry, FileSpec, digest, track, write_atomic, write_files, write_tracked
@@ -118,6 +118,9 @@ def test_every_proxied_location_sets_every_identity_header(tmp_path: Path) -> No
     assert "client_max_body_size 8388608;" in llm  # [gateway] max_body_bytes
     prometheus = sites["nginx/sites/prometheus_ark_test.conf"]
     assert "auth_request" not in prometheus and "auth_basic_user_file" in prometheus
+    # the gateway's per-client connection cap, held by Nginx for the clients behind it (all 127.0.0.1 to ARK)
+    assert "limit_conn_zone $binary_remote_addr zone=ark_conn:10m;" in files["nginx/ark-http.conf"].content.decode()
+    assert all("limit_conn ark_conn 256;" in text and "limit_conn_status 429;" in text for text in sites.values())
 
 
 def test_only_the_console_gets_arks_cookies(tmp_path: Path) -> None:

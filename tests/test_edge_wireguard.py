@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ark.cli import main
+from ark.cli.main import main
 from ark.edge.wireguard import generate_private_key, public_key
 from tests.conftest import MASTER_KEY, wait_until
 from tests.netns import Pair, netns_pair, sh

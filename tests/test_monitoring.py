@@ -255,7 +255,7 @@ def test_ark_render_writes_the_monitoring_bundle(tmp_path: Path, monkeypatch: py
 
     from click.testing import CliRunner
 
-    from ark.cli import main
+    from ark.cli.main import main
 
     for var in [v for v in os.environ if v.startswith("ARK_")]:
         monkeypatch.delenv(var)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -513,3 +515,66 @@ def test_head_is_answered_with_the_head_alone_and_the_next_request_still_parses(
         assert third.endswith(b"GET /b? 0")
 
     run(scenario)
+
+
+def test_a_pipelining_client_that_reads_nothing_is_cut_off_not_buffered_for() -> None:
+    answered: list[int] = []
+
+    async def big(request: Request, responder: Responder) -> None:
+        answered.append(1)
+        await responder.send(200, b"x" * 65536, [("content-type", "text/plain")])
+
+    async def main() -> None:
+        server = Server(big, Limits(write_timeout=0.3, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        many = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 2000  # 128 MiB of answers, were they all made
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, many), 10)
+        async with asyncio.timeout(10):  # cut off after the write timeout; without one, never
+            while server.connections:  # noqa: ASYNC110 (the server's set: no event to wait on)
+                await asyncio.sleep(0.05)
+        assert len(answered) < 100  # reading stopped while answers waited: a bounded buffer
+        sock.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+def test_a_refusal_never_lands_inside_the_stream_before_it() -> None:
+    async def scenario(server: Server, seen: list[Request]) -> None:
+        out = await raw(server.port, b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+        assert out.index(b"HTTP/1.1 400 ") > out.index(b"line 2\n\r\n0\r\n\r\n")  # after the stream's last chunk
+
+    run(scenario)
+
+
+def test_refused_connections_linger_only_a_bounded_few_at_once() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(max_connections=50, max_per_client=10, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        held = [await _open(server.port, "127.0.0.2") for _ in range(200)]  # 190 refused, none reading
+        async with asyncio.timeout(10):
+            while len(server.connections) < 10:  # noqa: ASYNC110 (the server's set: no event to wait on)
+                await asyncio.sleep(0.01)
+        assert server.max_lingering == 16 and server.lingering <= 16
+        for _, writer in held:
+            writer.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed_without_an_answer() -> None:
+    async def main() -> None:
+        server = Server(echo, Limits(head_timeout=0.2, idle_timeout=30))
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after the head timeout, no 408
+        writer.close()
+        await server.close(grace=0.1)
+
+    asyncio.run(main())

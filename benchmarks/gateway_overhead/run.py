@@ -119,7 +119,7 @@ VIRTUAL_KEY = {
     "max_budget": 1_000_000_000,
     "budget_duration": "30d",
     "rpm_limit": 100_000_000,
-    "tpm_limit": 10_000_000_000,
+    "tpm_limit": 2_000_000_000,  # the column holds 2^31 - 1 at most
     "max_parallel_requests": 100_000,
 }
 TARGET_KEY_CPU_RATIO = 1.10  # virtual / master gateway CPU per request, at most

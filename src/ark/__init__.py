@@ -2,7 +2,7 @@
 
 The public surface is small: :func:`ark.config.load_settings` builds the
 settings, :func:`ark.gateway.create_app` builds the OpenAI-compatible gateway
-from them, and ``ark`` (``ark.cli``) is the command line.
+from them, and ``ark`` (``ark.cli.main``) is the command line.
 """
 
 from __future__ import annotations

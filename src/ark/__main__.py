@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from ark.cli import main
+from ark.cli.main import main
 
 main()

@@ -3,24 +3,53 @@
 Every error ARK raises on purpose derives from :class:`ArkError`. Errors that
 reach an API client carry the HTTP status and the OpenAI error ``type`` and
 ``code`` they are answered with; one handler in the gateway turns them into
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``. The command line prints
+the message of any other and exits 1 (a ConfigError: 2), in one place
+(``ark.cli.main``). Classes defined elsewhere are listed with their module.
 
     ArkError
     ├── ConfigError                 bad ark.toml / environment (CLI exit 2)
-    ├── EdgeError                   render, certificates, WireGuard peers, firewall (CLI exit 1)
-    ├── AuthError                   console users, DATA/auth.key, the console's port (CLI exit 1)
+    ├── ListenError                 an address to listen on is taken, or not this machine's
+    │   └── ConsoleError            [console] listen
+    ├── AuthError                   ARK's own users and sessions
+    │   ├── UserError               ark.auth.users: no such user; a name, e-mail or role refused
+    │   ├── PasswordProblem         ark.auth.passwords: a new password refused (too short, too long)
+    │   └── SecretFileError         ark.auth.signing: DATA/auth.key unreadable, malformed or not private
+    ├── EdgeError                   render, certificates, WireGuard peers, firewall
+    ├── StoreError                  ark.store.migrate: the database cannot be opened or is not ARK's
+    ├── AdminError                  ark.admin_client: the gateway's management API is down or refused a call
+    ├── PullError                   ark.engines.pull: a model download failed
+    ├── CpuBackendError             ark.engines.cpu_backend: no llama.cpp CPU variant can be registered
+    ├── Refused                     ark.engines.llama_worker: a request the worker refuses (answered 400)
+    ├── DeviceError                 ark.arbiter.devices: no GPU (or memory size) the arbiter can manage
+    ├── DriverError                 ark.arbiter.drivers: an engine did not load, unload or free in time
+    ├── WorkloadError               ark.arbiter._fields: a bad `ark gpu simulate` workload (CLI exit 2)
+    ├── StartFailed                 ark.supervisor.supervisor: a supervised service did not come up
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
+        ├── ModelWontFit            400 model_too_large (more than the GPU can ever hold)
         ├── AuthenticationError     401 invalid_api_key
-        ├── PermissionDenied        403 model_not_allowed / admin_only
-        ├── NotFound                404 not_found (a key or team), unknown_url
+        │   └── UnknownKey          ark.gateway.front: not among the keys in memory
+        ├── PermissionDenied        403 model_not_allowed
+        │   └── AdminOnly           403 admin_only
+        ├── NotFound                404 not_found (a key or team)
+        │   └── UnknownUrl          404 unknown_url
         ├── ModelNotFound           404 model_not_found
+        ├── ModelBusy               409 model_busy (an unload refused while it serves)
         ├── BodyTooLarge            413 request_too_large
         ├── QueueFull               429 queue_full (Retry-After)
+        ├── RateLimited             ark.gateway.ratelimits: 429 rate_limit_exceeded (Retry-After)
         ├── InsufficientQuota       429 insufficient_quota (a budget is spent)
         ├── UpstreamError           502 upstream_error (engine answered badly or not at all)
         ├── EngineCrashed           503 engine_crashed (an engine worker died under the request; Retry-After)
+        ├── ModelOffloaded          503 model_offloaded
+        ├── EngineDown              503 engine_unavailable
         └── UpstreamTimeout         504 upstream_timeout
+
+Not in the tree, on purpose: the transport's own exceptions (``ark.wire``: ConnectError, ConnectTimeout,
+ConnectionClosed, ProtocolError...), which ``ark.engines._http`` and ``ark.admin_client`` translate, and
+the CLI's ``click.ClickException`` subclasses, which are the translation (tests/test_errors.py keeps the
+short list of the rest).
 """
 
 from __future__ import annotations
@@ -38,9 +67,17 @@ class ConfigError(ArkError):
     """
 
 
+class ListenError(ArkError):
+    """A listener cannot bind its address: the port is taken, or the address is not this machine's."""
+
+
+class ConsoleError(ListenError):
+    """The console cannot listen on ``[console] listen``."""
+
+
 class AuthError(ArkError):
-    """ARK's own users and sessions: a user that does not exist or a bad field, an unusable auth
-    secret file, a console that cannot listen. The message says what to do; the CLI prints it as is."""
+    """ARK's own users and sessions: a user that does not exist or a bad field, a refused password, an
+    unusable auth secret file. The message says what to do; the CLI prints it as is."""
 
 
 class EdgeError(ArkError):

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from ark.cli_common import Table
+from ark.cli.common import Table
 from ark.config import Settings
 from ark.engines import build_engines
 from ark.gateway.router import ModelRouter

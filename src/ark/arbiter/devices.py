@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ark.arbiter.policy import GB
 from ark.config.loader import GpuSettings
+from ark.errors import ArkError
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Device(Protocol):
     def close(self) -> None: ...
 
 
-class DeviceError(Exception):
+class DeviceError(ArkError):
     """The device cannot be used (no driver, no such GPU, nothing configured)."""
 
 

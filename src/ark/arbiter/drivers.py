@@ -34,13 +34,13 @@ import orjson
 from ark.arbiter.catalog import Architecture, Facts, gguf_metadata
 from ark.engines._http import Endpoint, JsonUpstream
 from ark.engines.ollama import Loaded, parse_ps
-from ark.errors import ApiError
+from ark.errors import ApiError, ArkError
 
 log = logging.getLogger("ark.arbiter")
 
 
-class DriverError(Exception):
-    pass
+class DriverError(ArkError):
+    """An engine did not carry an action out (load, unload, free, restart), or not within its deadline."""
 
 
 class Driver(Protocol):

@@ -12,11 +12,13 @@ import functools
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from ark.errors import AuthError
+
 MIN_LENGTH = 8
 MAX_LENGTH = 1024  # longer inputs are refused before hashing: nobody types more, an attacker would
 
 
-class PasswordProblem(ValueError):
+class PasswordProblem(AuthError):
     """A new password that ARK refuses (too short, too long)."""
 
 

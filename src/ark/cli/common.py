@@ -1,8 +1,9 @@
-"""What every command shares: --config/--data-dir, one way to fail on bad settings, and how output is printed.
+"""What every command shares: --config/--data-dir, the settings, how output is printed.
 
 Output never wraps or cuts a line to the terminal's width: a path, a key or a command a person copies stays
 whole on one line, whatever COLUMNS says and whether or not a terminal is attached. Commands print through
 :func:`make_console`, and tables are this module's :class:`Table` (a test checks that nothing else builds either).
+ARK's errors need no handling here: the root group (:mod:`ark.cli.main`) turns every one into a CLI error.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import orjson
 import rich.table
 from rich.console import Console, ConsoleOptions, RenderResult
 
+from ark.admin_client import call
 from ark.config import Settings, load_settings
-from ark.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _UNBOUNDED = 1 << 16  # a width no table reaches: measured against it, a table takes its natural width
@@ -28,6 +30,8 @@ _NBSP = "\u00a0"  # not whitespace to textwrap: a line is never broken at it
 
 
 class ConfigProblem(click.ClickException):
+    """A ConfigError as the CLI reports it: exit 2, "bad configuration: ..." (``ark.cli.main`` raises it)."""
+
     exit_code = 2
 
     def format_message(self) -> str:
@@ -56,10 +60,17 @@ def config_options(fn: F) -> F:
 
 
 def settings_or_exit(config_path: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return load_settings(config_path=config_path, data_dir=data_dir)
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
+    """The settings; invalid ones raise ConfigError, which exits 2 (bad configuration)."""
+    return load_settings(config_path=config_path, data_dir=data_dir)
+
+
+def call_gateway(config_path: Path | None, data_dir: Path | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One call to the running gateway's management API (:func:`ark.admin_client.call`)."""
+    return call(settings_or_exit(config_path, data_dir), method, path, **kwargs)
+
+
+def print_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def qr_text(text: str, *, level: str = "L") -> str:

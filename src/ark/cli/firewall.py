@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ark.cli import main
-from ark.cli_common import Table, config_options, make_console, settings_or_exit
-from ark.cli_edge import bundle_dir, edge_errors, out_option, render_with_progress
+from ark.cli.common import Table, config_options, make_console, settings_or_exit
+from ark.cli.edge import bundle_dir, out_option, render_with_progress
 from ark.edge.apply import FirewallGuard
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.persist import Persister, describe
@@ -19,7 +18,7 @@ from ark.errors import EdgeError
 console = make_console()
 
 
-@main.group()
+@click.group()
 def firewall() -> None:
     """The default-DROP firewall: apply (with automatic rollback), confirm, geo-blocking."""
 
@@ -41,8 +40,7 @@ def firewall_apply(
     target = bundle_dir(settings, out)
     render_with_progress(settings, target, only=["firewall"])
     chosen = backend or settings.firewall.backend
-    with edge_errors():
-        pending = FirewallGuard(settings.data_dir).apply(target, chosen, settings.firewall.confirm_s, netns)
+    pending = FirewallGuard(settings.data_dir).apply(target, chosen, settings.firewall.confirm_s, netns)
     where = f" in netns {netns}" if netns else ""
     console.print(f"[green]Applied[/] ({chosen}{where}): {', '.join(pending.applied)}")
     console.print(
@@ -69,8 +67,7 @@ def firewall_confirm(config_path: Path | None, data_dir: Path | None, persist_ne
     """
     settings = settings_or_exit(config_path, data_dir)
     guard = FirewallGuard(settings.data_dir)
-    with edge_errors():
-        pending = guard.confirm()
+    pending = guard.confirm()
     console.print(f"[green]Confirmed[/] ({pending.backend}): the rules stay.")
     if not settings.firewall.persist:
         console.print("[yellow]Not persisted[/] ([firewall] persist = false): a reboot loses these rules.")
@@ -101,8 +98,7 @@ def firewall_rollback(config_path: Path | None, data_dir: Path | None) -> None:
     """Restore the rules from before the last unconfirmed apply, now."""
     settings = settings_or_exit(config_path, data_dir)
     guard = FirewallGuard(settings.data_dir)
-    with edge_errors():
-        guard.rollback_now()
+    guard.rollback_now()
     console.print(f"[green]Rolled back.[/] {escape(guard.last_event())}")
 
 
@@ -135,10 +131,9 @@ def geoblock_add(config_path: Path | None, data_dir: Path | None, files: tuple[P
     """Copy zone files (one CIDR per line, e.g. ipdeny's cn.zone) under DATA/firewall/geoblock/."""
     settings = settings_or_exit(config_path, data_dir)
     store = BlocklistStore(settings.data_dir)
-    with edge_errors():
-        for path in files:
-            name, count = store.add_zone(path)
-            console.print(f"[green]OK[/] zone {name}: {count} networks")
+    for path in files:
+        name, count = store.add_zone(path)
+        console.print(f"[green]OK[/] zone {name}: {count} networks")
     console.print("Load them with: ark firewall apply")
 
 
@@ -161,8 +156,7 @@ def geoblock_list(config_path: Path | None, data_dir: Path | None) -> None:
 def geoblock_remove(config_path: Path | None, data_dir: Path | None, name: str) -> None:
     """Forget a zone (apply again to unload it)."""
     settings = settings_or_exit(config_path, data_dir)
-    with edge_errors():
-        BlocklistStore(settings.data_dir).remove_zone(name)
+    BlocklistStore(settings.data_dir).remove_zone(name)
     console.print(f"[green]OK[/] removed zone {name}")
 
 
@@ -172,8 +166,7 @@ def geoblock_remove(config_path: Path | None, data_dir: Path | None, name: str) 
 def firewall_block(config_path: Path | None, data_dir: Path | None, networks: tuple[str, ...]) -> None:
     """Add addresses or networks to the scanner blocklist (dropped on every port)."""
     settings = settings_or_exit(config_path, data_dir)
-    with edge_errors():
-        count = BlocklistStore(settings.data_dir).block(list(networks))
+    count = BlocklistStore(settings.data_dir).block(list(networks))
     console.print(f"[green]OK[/] the blocklist holds {count} networks; load it with: ark firewall apply")
 
 
@@ -183,6 +176,5 @@ def firewall_block(config_path: Path | None, data_dir: Path | None, networks: tu
 def firewall_unblock(config_path: Path | None, data_dir: Path | None, networks: tuple[str, ...]) -> None:
     """Remove addresses or networks from the scanner blocklist."""
     settings = settings_or_exit(config_path, data_dir)
-    with edge_errors():
-        count = BlocklistStore(settings.data_dir).unblock(list(networks))
+    count = BlocklistStore(settings.data_dir).unblock(list(networks))
     console.print(f"[green]OK[/] the blocklist holds {count} networks; load it with: ark firewall apply")

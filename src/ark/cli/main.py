@@ -1,39 +1,38 @@
-"""The ``ark`` command line: thin commands that parse, build and call one thing each."""
+"""The ``ark`` command: the root group, the list of every command under it, and where ARK's errors end.
+
+Each command group lives in its own module and imports nothing of this one; a new group is a module plus
+one entry in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.markup import escape
 
 import ark
-import ark.cli_simulate  # registers `ark gpu simulate`
-from ark.cli_admin import gpu, keys, teams, usage
-from ark.cli_common import (
-    ConfigProblem,
-    Table,
-    config_options,
-    make_console,
-    settings_or_exit,
-    use_ark_context,
-)
-from ark.cli_users import users
-from ark.config import Settings, generate_master_key, render_config
-from ark.errors import ArkError
+from ark.cli import admin, certs, edge, firewall, gpu, models, peers, up, users
+from ark.cli.common import ConfigProblem, make_console, use_ark_context
+from ark.errors import ArkError, ConfigError
 
-F = TypeVar("F", bound=Callable[..., Any])
 console = make_console()
-err_console = make_console(stderr=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ArkGroup(click.Group):
+    """The root group; every command runs inside its :meth:`invoke`, so ARK's errors become CLI errors here
+    and nowhere else: a ConfigError exits 2 ("bad configuration: ..."), any other ArkError exits 1 with
+    its message. A command catches one itself only to add to what it says."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+        except ArkError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=ArkGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(ark.__version__, prog_name="ark")
 def main() -> None:
     """ARK: run a sovereign AI platform on one machine.
@@ -43,186 +42,31 @@ def main() -> None:
     """
 
 
-@main.command()
+@click.command()
 def version() -> None:
     """Print ARK's version."""
     console.print(f"ark {ark.__version__}")
 
 
-@main.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where to create ark.toml and ARK's data (default: $ARK_DATA_DIR or ~/.local/share/ark).",
+COMMANDS: tuple[click.Command, ...] = (
+    version,
+    up.init,
+    up.config,
+    up.up,
+    models.status,
+    models.models,
+    admin.keys,
+    admin.teams,
+    admin.usage,
+    gpu.gpu,
+    users.users,
+    edge.render,
+    edge.audit,
+    certs.certs,
+    peers.peers,
+    firewall.firewall,
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing ark.toml (its master key is lost).")
-def init(data_dir: Path | None, force: bool) -> None:
-    """Write DATA/ark.toml, commented, with a freshly generated master key."""
-    target_dir = (data_dir or settings_or_exit(None, None).data_dir).absolute()
-    path = target_dir / "ark.toml"
-    if path.exists() and not force:
-        raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
-    key = generate_master_key()
-    write_config(path, render_config(key, target_dir if data_dir is not None else None))
-    console.print(f"Wrote [bold]{escape(str(path))}[/]")
-    console.print(f"Master key (shown once, also in that file): [bold]{key}[/]")
-    hint = f" --data-dir {target_dir}" if data_dir is not None else ""
-    console.print(f"Start ARK with: ark up{escape(hint)}")
 
-
-def write_config(path: Path, text: str) -> None:
-    """Create the file 0600 (it holds the master key), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-@main.group()
-def config() -> None:
-    """Inspect the configuration."""
-
-
-@config.command("check")
-@config_options
-def config_check(config_path: Path | None, data_dir: Path | None) -> None:
-    """Validate ark.toml and the ARK_* environment without starting anything."""
-    settings = settings_or_exit(config_path, data_dir)
-    source = str(settings.config_path) if settings.config_path else "no file (defaults)"
-    console.print(f"[green]OK[/] {escape(source)}")
-    console.print(f"  data dir  {escape(str(settings.data_dir))}")
-    console.print(f"  gateway   {settings.gateway.listen}")
-    console.print(f"  engines   {', '.join(f'{e.name} ({e.kind})' for e in settings.engines)}")
-    console.print(f"  models    {len(settings.models)} configured, {len(settings.aliases)} aliases")
-    if not settings.master_key:
-        console.print("  [yellow]no master key yet[/]: `ark up` or `ark init` generates one")
-
-
-def prepare_data_dir(settings: Settings) -> Settings:
-    """Create the data directory; on a first start with no config at all, write one with a new key."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    settings.models_dir.mkdir(exist_ok=True)
-    settings.logs_dir.mkdir(exist_ok=True)
-    if settings.master_key:
-        return settings
-    if settings.config_path is not None:
-        raise ConfigProblem(f"{settings.config_path}: master_key is missing: set it there or in ARK_MASTER_KEY")
-    path = settings.data_dir / "ark.toml"
-    key = generate_master_key()
-    write_config(path, render_config(key))
-    err_console.print(f"First start: wrote {escape(str(path))}")
-    err_console.print(f"Master key (shown once; it is also in that file): [bold]{key}[/]")
-    return settings_or_exit(path, settings.data_dir)
-
-
-def configure_logging(level: str) -> None:
-    """``log_level`` sets the verbosity of ARK's own log; other libraries log from WARNING up (or from
-    ``level``, when it is higher). Their INFO lines are not news to whoever runs ARK: alembic's per plugin and
-    migration step on a first start, httpx's per request to an engine."""
-    ours = logging.getLevelName(level.upper())
-    logging.basicConfig(
-        level=max(ours, logging.WARNING),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("ark").setLevel(ours)
-
-
-@main.command()
-@config_options
-def up(config_path: Path | None, data_dir: Path | None) -> None:
-    """Start ARK in the foreground: the gateway and the console on their ports, with every engine configured."""
-    from ark.gateway.server import run, serve
-
-    settings = prepare_data_dir(settings_or_exit(config_path, data_dir))
-    configure_logging(settings.log_level)
-
-    def started(_: object) -> None:  # what each engine serves is logged by the gateway's first look at it
-        listen = settings.gateway.listen
-        err_console.print(
-            f"ARK {ark.__version__} gateway on http://{listen}/v1  console on http://{settings.console.listen}/  "
-            f"key: {settings.master_key.prefix()}  data: {escape(str(settings.data_dir))}"
-        )
-
-    try:
-        run(serve(settings, on_started=started))
-    except ArkError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.gateway.listen}: {exc.strerror}") from None
-    except KeyboardInterrupt:
-        pass
-
-
-@main.command()
-@config_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def status(config_path: Path | None, data_dir: Path | None, as_json: bool) -> None:
-    """What runs: the gateway, each engine and the models it serves."""
-    from ark.status import collect_status, print_status
-
-    settings = settings_or_exit(config_path, data_dir)
-    report = asyncio.run(collect_status(settings))
-    if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print_status(report, console)
-
-
-@main.group()
-def models() -> None:
-    """List and download models."""
-
-
-@models.command("list")
-@config_options
-def models_list(config_path: Path | None, data_dir: Path | None) -> None:
-    """Every model each engine serves, and the aliases."""
-    from ark.status import collect_status
-
-    settings = settings_or_exit(config_path, data_dir)
-    report = asyncio.run(collect_status(settings))
-    table = Table("model", "engine", "details")
-    for model in report["models"]:
-        table.add_row(model["id"], model["engine"], model.get("details", ""))
-    for alias, target in settings.aliases.items():
-        table.add_row(alias, "alias", f"-> {target}")
-    console.print(table)
-
-
-@models.command("pull")
-@config_options
-@click.argument("url")
-@click.option("--sha256", help="Expected SHA-256 of the file; the download is refused when it differs.")
-@click.option("--name", help="File name in the models directory (default: the URL's last segment).")
-def models_pull(
-    config_path: Path | None, data_dir: Path | None, url: str, sha256: str | None, name: str | None
-) -> None:
-    """Download a GGUF into DATA/models/ (resumable, with a progress bar)."""
-    from ark.engines.pull import PullError, pull_with_progress
-
-    settings = settings_or_exit(config_path, data_dir)
-    embedded = next((e for e in settings.engines if e.kind == "embedded"), None)
-    target = embedded.models_dir if embedded else settings.models_dir
-    try:
-        result = pull_with_progress(url, target, sha256=sha256, name=name, console=console)
-    except PullError as exc:
-        raise click.ClickException(str(exc)) from None
-    console.print(f"[green]OK[/] {escape(str(result.path))} ({result.size} bytes, sha256 {result.sha256})")
-    console.print(f"Served as model [bold]{result.path.stem}[/] by the embedded engine.")
-
-
-main.add_command(keys)
-main.add_command(teams)
-main.add_command(usage)
-main.add_command(gpu)
-main.add_command(users)
-import ark.cli_edge  # noqa: E402 - registers render, certs, peers, firewall, audit
-
+for command in COMMANDS:
+    main.add_command(command)
 use_ark_context(main)  # last: every command is registered by now

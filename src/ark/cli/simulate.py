@@ -1,4 +1,4 @@
-"""`ark gpu simulate`: replay a workload file on a virtual GPU with the real scheduler."""
+"""`ark gpu simulate`: replay a workload file on a virtual GPU with the real scheduler (part of :mod:`ark.cli.gpu`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from rich.text import Text
 from ark.arbiter.simulate import POLICIES, Result, Span, simulate
 from ark.arbiter.virtual_loop import SimulationStuck
 from ark.arbiter.workload import Box, Knobs, Workload, WorkloadError, box_from_settings, read_workload
-from ark.cli_admin import gpu
-from ark.cli_common import Table, config_options, make_console, settings_or_exit
+from ark.cli.common import Table, config_options, make_console, settings_or_exit
 
 console = make_console()
 CHART_WIDTH = 60
@@ -28,7 +27,7 @@ class WorkloadProblem(click.ClickException):
         return f"bad workload: {self.message}"
 
 
-@gpu.command("simulate")
+@click.command("simulate")
 @click.argument("workload", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @config_options
 @click.option(

@@ -15,13 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import orjson
 
 from ark.auth import passwords, totp
 from ark.auth.users import ROLES, User, UserStore
-from ark.cli_common import Table, config_options, make_console, qr_text, settings_or_exit
+from ark.cli.common import Table, config_options, make_console, print_json, qr_text, settings_or_exit
 from ark.config import Settings
-from ark.errors import ArkError
 from ark.store import Store
 
 console = make_console()
@@ -30,17 +28,15 @@ TOTP_TRIES = 3  # codes asked for at enrolment: room for a typo, not for guessin
 
 @contextmanager
 def _users(config_path: Path | None, data_dir: Path | None) -> Iterator[tuple[UserStore, Settings]]:
-    """The user store of the configured database (migrated on the way in); ARK's errors become CLI errors."""
+    """The user store of the configured database (migrated on the way in)."""
     settings = settings_or_exit(config_path, data_dir)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = Store.open(settings)
-    except (ArkError, OSError) as exc:
+    except OSError as exc:
         raise click.ClickException(str(exc)) from None
     try:
         yield UserStore(store.engine), settings
-    except ArkError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         store.close()
 
@@ -132,7 +128,7 @@ def users_list(config_path: Path | None, data_dir: Path | None, as_json: bool) -
             }
             for u, sessions in rows
         ]
-        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        print_json(out)
         return
     table = Table("name", "e-mail", "display name", "role", "totp", "state", "sessions", "created")
     for u, sessions in rows:

@@ -19,7 +19,7 @@ from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
 from ark.config import Settings
 from ark.console.app import Console, ConsoleCollector, Overview
-from ark.errors import AuthError
+from ark.errors import ConsoleError
 from ark.periodic import every
 from ark.store import Store
 from ark.wire import Limits, Server
@@ -27,11 +27,8 @@ from ark.wire import Limits, Server
 log = logging.getLogger("ark.console")
 
 MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 512  # browsers through Nginx, a few at a time each: a small share of the open files
 _PRUNE_EVERY_S = 3600.0
-
-
-class ConsoleError(AuthError):
-    """The console cannot start (its port is taken...)."""
 
 
 class ConsoleServer:
@@ -41,7 +38,9 @@ class ConsoleServer:
         self.settings = settings
         self.auth = auth
         self.console = Console(settings, auth, overview)
-        self.server = Server(self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0))
+        self.server = Server(
+            self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0, max_connections=MAX_CONNECTIONS)
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod

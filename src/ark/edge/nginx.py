@@ -119,6 +119,9 @@ def render_http(settings: Settings, sites: Iterable[Site], out: Path) -> str:
         "",
         "# logins: 10 a minute per client address, bursts of 20",
         "limit_req_zone $binary_remote_addr zone=ark_login:10m rate=10r/m;",
+        "# open connections per client address: behind Nginx the gateway sees one address (127.0.0.1), so its",
+        "# own per-client cap ([gateway] max_connections_per_client) is held here, for every client",
+        "limit_conn_zone $binary_remote_addr zone=ark_conn:10m;",
         "",
         *_app_cookie_maps(),
     ]
@@ -226,6 +229,8 @@ def render_site(settings: Settings, site: Site, out: Path, tls: str) -> str:
         *_security_headers(settings),
         "",
         f"    client_max_body_size {site.max_body};",
+        f"    limit_conn ark_conn {settings.gateway.max_connections_per_client};",
+        "    limit_conn_status 429;",
         "    ignore_invalid_headers on;",
         "    underscores_in_headers off;  # X_Trusted_Email never reaches an upstream that folds _ into -",
         '    set $ark_user "";',

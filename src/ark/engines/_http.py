@@ -11,7 +11,7 @@ import orjson
 
 from ark.config import EngineSettings
 from ark.errors import ApiError, InvalidRequest, ModelNotFound, QueueFull, UpstreamError, UpstreamTimeout
-from ark.wire import ConnectError, ConnectionClosed, ProtocolError, ResponseTooLarge, Upstream
+from ark.wire import ConnectError, ConnectionClosed, ConnectTimeout, ProtocolError, ResponseTooLarge, Upstream
 from ark.wire.client import MAX_RESPONSE
 
 
@@ -45,9 +45,9 @@ async def upstream_errors(engine: str, url: str) -> AsyncIterator[None]:
         yield
     except ApiError:
         raise
+    except ConnectTimeout as exc:
+        raise UpstreamTimeout(f"Engine '{engine}' at {url}: {exc}") from exc
     except ConnectError as exc:
-        if "within" in str(exc):
-            raise UpstreamTimeout(f"Engine '{engine}' at {url}: {exc}") from exc
         raise UpstreamError(f"Engine '{engine}' is unreachable at {url}: {exc}") from exc
     except ConnectionClosed as exc:
         raise UpstreamError(f"Engine '{engine}' closed the connection before the response was complete") from exc

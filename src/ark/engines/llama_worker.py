@@ -28,12 +28,13 @@ from typing import Any
 
 from ark.engines import frames
 from ark.engines.frames import Frame
+from ark.errors import ArkError
 
 Send = Callable[[Frame], None]
 PR_SET_PDEATHSIG = 1
 
 
-class Refused(Exception):
+class Refused(ArkError):
     """The request is at fault (a bad logit_bias, an input longer than the context): answered 400."""
 
     def __init__(self, message: str, param: str | None = None) -> None:

@@ -32,6 +32,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ark.errors import ArkError
+
 __all__ = ["ProgressCallback", "PullError", "PullResult", "pull", "pull_with_progress", "target_name"]
 
 ProgressCallback: TypeAlias = Callable[[int, int | None], None]
@@ -59,7 +61,7 @@ class PullResult:
     resumed_from: int
 
 
-class PullError(Exception):
+class PullError(ArkError):
     """A pull failed; the message is meant for the operator."""
 
 

@@ -20,6 +20,7 @@ from ark.engines.base import Json
 from ark.errors import InvalidRequest, NotFound
 from ark.gateway.exchange import JSON_HEADERS
 from ark.gateway.requests import parse_body
+from ark.runtime import Component, Runtime
 from ark.store import Key, Store, key_id, parse_duration
 from ark.store.keys import now
 from ark.store.ledger import daily_usage, spend_logs
@@ -307,3 +308,14 @@ class Admin:
             ("GET", "/spend/logs"): get(self.spend_logs),
             ("GET", "/usage/daily"): get(self.usage_daily),
         }
+
+
+class AdminApi(Component):
+    """The management API as a component: LiteLLM's key, team and spend routes, master key only."""
+
+    name = "admin-api"
+
+    async def start(self, rt: Runtime) -> None:
+        assert rt.store is not None
+        for (method, path), handler in Admin(rt.store, rt.front.reload_keys).routes().items():
+            rt.http.add(method, path, rt.front.admin(handler))

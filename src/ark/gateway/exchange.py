@@ -17,9 +17,18 @@ from ark.gateway.budgets import FREE, Price, Reservation
 from ark.gateway.ratelimits import Admission
 from ark.store.keys import Key
 from ark.store.ledger import UsageRow
+from ark.wire import Responder
 
 UNKNOWN_MODEL = "unknown"  # the metrics label of requests that named no servable model
 JSON_HEADERS = [("content-type", "application/json")]
+
+
+async def send_error(responder: Responder, exc: ApiError) -> None:
+    """An error answered in OpenAI's shape, with its Retry-After and extra headers."""
+    headers = [*JSON_HEADERS, *exc.headers]
+    if exc.retry_after is not None:
+        headers.append(("retry-after", str(max(1, round(exc.retry_after)))))
+    await responder.send(exc.status, error_body(exc), headers)
 
 
 def error_body(exc: ApiError) -> bytes:
@@ -65,6 +74,7 @@ class Exchange:
     stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_estimate: int = 0  # tokens charged for the prompt when the engine never says (a stream cut short)
     ttft: float | None = None
     error: str | None = None
     prompt: Any = None

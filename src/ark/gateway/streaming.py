@@ -35,7 +35,8 @@ async def relay(
     After that an error arrives as a last ``data: {"error": ...}`` event, as OpenAI sends it.
     A client that leaves cancels this coroutine; closing ``chunks`` then stops the engine.
     A stream that ends before the engine's usage (the client left or was cut off, the engine failed) is
-    charged for the tokens that went out: one per event, as Ollama, llama.cpp and vLLM stream them.
+    charged for the tokens that went out (one per event, as Ollama, llama.cpp and vLLM stream them) and
+    for its prompt as estimated from its size (the engine read all of it).
     """
     ex.stream = True
     engine = route.engine
@@ -89,6 +90,7 @@ async def relay(
                 ex.output = "".join(output)
             if events > 0:
                 ex.completion_tokens = events
+                ex.prompt_tokens = ex.prompt_estimate
     await responder.end()
 
 

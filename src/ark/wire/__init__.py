@@ -5,11 +5,21 @@ Model downloads (ark.engines.pull) use aiohttp instead: they need redirects and 
 
 from __future__ import annotations
 
-from ark.wire.client import ConnectError, ConnectionClosed, ProtocolError, Response, ResponseTooLarge, Upstream
+from ark.wire.client import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    ProtocolError,
+    Response,
+    ResponseTooLarge,
+    Upstream,
+)
+from ark.wire.router import RouteError, Router
 from ark.wire.server import Limits, Request, Responder, Server
 
 __all__ = [
     "ConnectError",
+    "ConnectTimeout",
     "ConnectionClosed",
     "Limits",
     "ProtocolError",
@@ -17,6 +27,8 @@ __all__ = [
     "Responder",
     "Response",
     "ResponseTooLarge",
+    "RouteError",
+    "Router",
     "Server",
     "Upstream",
 ]

@@ -6,7 +6,8 @@ and returns once the response head is parsed; the body is then read whole
 (``read``) or line by line as it arrives (``lines``, for SSE and NDJSON). A
 response that is not read to its end, or that is cancelled, closes its
 connection instead of returning it, so a cancelled generation really stops
-upstream. Errors are :class:`ConnectError` (nothing was sent) and
+upstream. Errors are :class:`ConnectError` (nothing was sent; :class:`ConnectTimeout`
+when the reason is ``connect_timeout``) and
 :class:`ConnectionClosed` / :class:`ProtocolError` (the upstream broke off or
 spoke nonsense); :mod:`ark.engines._http` turns them into ARK's API errors.
 """
@@ -29,6 +30,10 @@ MAX_RESPONSE = 256 * 2**20
 
 class ConnectError(OSError):
     """The connection could not be opened; the request was not sent."""
+
+
+class ConnectTimeout(ConnectError):
+    """No connection within ``connect_timeout``; the request was not sent."""
 
 
 class ConnectionClosed(ConnectionError):
@@ -258,7 +263,9 @@ class Upstream:
                     _Conn, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
                 )
         except TimeoutError:
-            raise ConnectError(f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s") from None
+            raise ConnectTimeout(
+                f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s"
+            ) from None
         except OSError as exc:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
         return conn

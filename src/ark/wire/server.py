@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -53,6 +53,7 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     client: str  # the peer's address
+    params: dict[str, str] = field(default_factory=dict)  # the route's {name} segments (ark.wire.router)
 
 
 class BodyTooLargeError(Exception):
@@ -161,10 +162,13 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         self._handler = server.handler
+        self._find: Callable[[Request], Handler] | None = getattr(server.handler, "find", None)
         self._on_refused = server.on_refused
         self._limits = server.limits
         self._connections = server.connections
         self._counted = ""  # the key this connection counts under in server.per_client
+        self._lingers = False  # refused, and discarding what the client still sends until it closes
+        self._head_started = False  # a byte of the current request head has arrived
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -252,6 +256,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._connections.discard(self)
+        if self._lingers:
+            self._lingers = False
+            self._server.lingering -= 1
         if self._counted:
             per_client = self._server.per_client
             left = per_client[self._counted] - 1
@@ -283,6 +290,7 @@ class _Connection(asyncio.Protocol):
         # client may take to send one (a slow-loris client is cut off after idle_timeout); the head
         # alone has head_timeout.
         self._reset_message()
+        self._head_started = True
         self._arm_head()
 
     def on_url(self, url: bytes) -> None:
@@ -301,7 +309,7 @@ class _Connection(asyncio.Protocol):
             raise HeadTooLargeError
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_raw = False, 0
+        self._in_head, self._head_raw, self._head_started = False, 0, False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -318,6 +326,7 @@ class _Connection(asyncio.Protocol):
                 and self._task is None
                 and not self._pending
             ):
+                self._flush()  # the tail of the answer before, if it ended in this turn, goes first
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -363,9 +372,14 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self, request: Request, responder: Responder) -> None:
         try:
-            await self._handler(request, responder)
+            find = self._find  # a Router: its handler is called here, one coroutine frame fewer per request
+            await (find(request) if find is not None else self._handler)(request, responder)
             if not responder.started:
                 await responder.send(500, _INTERNAL, _JSON)
+            # a whole answer the client does not read holds the next request back, and is cut off after
+            # write_timeout like a stream: no pipelining client grows the write buffer without bound
+            if self._writable is not None and not self._writable.done():
+                await self.drain()
         except asyncio.CancelledError:
             return  # the client disconnected; connection_lost did the rest
         except (ConnectionResetError, BrokenPipeError):
@@ -432,6 +446,7 @@ class _Connection(asyncio.Protocol):
 
     def _send_refusal(self, status: int) -> None:
         self._refusal = None
+        self._flush()  # what the last answer left for the end of this turn goes first
         if self._transport is not None and not self._transport.is_closing():
             body = _REFUSALS[status]
             head = (
@@ -439,9 +454,16 @@ class _Connection(asyncio.Protocol):
             )
             retry = b"retry-after: 1\r\n" if status in (429, 503) else b""
             self._transport.write(head % (status, _REASONS[status], len(body), retry) + body)
-        if status in (413, 429, 503):
+        server = self._server
+        if server.lingering < server.max_lingering:
             # Linger a moment, discarding what the client still sends, so that it reads the answer
-            # instead of a connection reset (a client writes its whole request before it reads).
+            # instead of a connection reset (a client writes its whole request before it reads). How many
+            # linger at once is bounded: a flood of refused connections must not use up the open files.
+            server.lingering += 1
+            self._lingers = True
+            transport = self._transport
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()  # the answer, then end of file: a client that has read it closes at once
             self._loop.call_later(_LINGER_S, self.close)
         else:
             self.close()
@@ -453,8 +475,12 @@ class _Connection(asyncio.Protocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self._in_head and not self._refused and not self.closed:
+        if not self._in_head or self._refused or self.closed:
+            return
+        if self._head_started or self._head_raw:
             self._refuse(408)
+        else:
+            self.close()  # a connection that never sent a byte: closed, as nginx does, without an answer
 
     def _arm_idle(self) -> None:
         if self._idle is not None:
@@ -463,8 +489,15 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._flush()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # after what is buffered has gone out: bounded by the write timeout
+            if transport.get_write_buffer_size():
+                self._loop.call_later(self._limits.write_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if not self.closed and self._transport is not None:
+            self._transport.abort()
 
 
 _JSON = [("content-type", "application/json")]
@@ -491,6 +524,8 @@ def client_key(address: str) -> str:
     """Whom a connection counts against: the IPv4 address, or the IPv6 /64 (one host's usual share)."""
     if ":" not in address:
         return address
+    if address.startswith("::ffff:") and "." in address:  # an IPv4 client on a dual-stack socket
+        return address[7:]
     try:
         return str(ipaddress.IPv6Network((address.split("%", 1)[0], 64), strict=False))
     except ValueError:
@@ -508,6 +543,8 @@ class Server:
         self.limits = limits or Limits()
         self.connections: set[_Connection] = set()
         self.per_client: dict[str, int] = {}  # open connections by client_key, LOCAL_PROXY not counted
+        self.lingering = 0  # refused connections still open for a moment (_LINGER_S)
+        self.max_lingering = max(16, self.limits.max_connections // 16)
         self._warned = -1e9
         self._server: asyncio.Server | None = None
 

@@ -1,0 +1,231 @@
+"""The request wrapper every component that serves the API uses: who is asking, may they, and the record.
+
+``front.api(handler)`` wraps an API handler: the key (or the master key) from ``Authorization``, rate
+limits and the in-flight cap (admission), then the handler with an :class:`Exchange` it fills in
+(model, tokens, budget reservation, GPU lease), the one error handler (OpenAI's error shape), and when
+the response ends the record: the budget settled, the lease released, metrics, the access log and the
+ledger. ``front.admin(handler)``: the master key only. ``front.resolve`` routes a model for a key and
+reserves what the request can cost on its budgets. Keys and teams live in memory (auth is a dict
+lookup), reloaded from the store every few seconds and on a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ark.engines.base import Json
+from ark.errors import AdminOnly, ApiError, AuthenticationError, PermissionDenied, QueueFull
+from ark.gateway.budgets import FREE, Shortfall, prices
+from ark.gateway.exchange import Exchange, request_id, send_error
+from ark.gateway.ratelimits import RateLimits
+from ark.gateway.ratelimits import Shortfall as RateShortfall
+from ark.gateway.ratelimits import headers as rate_headers
+from ark.gateway.requests import model_name
+from ark.gateway.router import Route
+from ark.store import Key, Team, key_id
+from ark.wire import Request, Responder
+
+if TYPE_CHECKING:
+    from ark.runtime import Runtime
+
+log = logging.getLogger("ark.gateway")
+_KEY_LOOKUPS_PER_S = 10.0  # unknown keys looked up in the database (a key made on another gateway)
+_BYTES_PER_TOKEN = 4  # English text in BPE vocabularies, for a prompt no engine counted
+ApiHandler = Callable[[Request, Responder, Exchange], Awaitable[None]]
+Handler = Callable[[Request, Responder], Awaitable[None]]
+
+
+class UnknownKey(AuthenticationError):
+    """Not among the keys in memory; perhaps made a moment ago on another gateway."""
+
+    def __init__(self, ident: str) -> None:
+        super().__init__("Incorrect API key provided.")
+        self.ident = ident
+
+
+class Front:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        settings = rt.settings
+        self.keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
+        self.teams: dict[str, Team] = {}
+        self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
+        self.prices = prices(settings.models)
+        self._master = settings.master_key.value.encode()
+        self._max_inflight = settings.gateway.max_inflight
+        self.log_prompts = settings.gateway.log_prompts
+
+    # -- keys -------------------------------------------------------------------------------------
+    async def reload_keys(self) -> None:
+        """Read every key and team (a few thousand rows at most) into memory: auth is a dict lookup."""
+        rt = self.rt
+        assert rt.store is not None
+        store = rt.store.keys
+        rt.budgets.roll_all(datetime.now(UTC))
+        if rt.budgets.rolled:
+            rolled, rt.budgets.rolled = rt.budgets.rolled, {}
+            await asyncio.to_thread(store.reset_periods, rolled)
+        keys, teams = await asyncio.to_thread(lambda: (store.list_keys(), store.list_teams()))
+        self.keys = {k.id: k for k in keys}
+        self.teams = {t.id: t for t in teams}
+        rt.budgets.sync(keys, teams)
+        rt.rates.sync(keys, teams, time.monotonic())
+
+    def authenticate(self, request: Request) -> Key | None:
+        """The caller's virtual key, or None for the master key; 401 for anything else."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+        # compare_digest takes time independent of where the strings differ
+        if self._master and hmac.compare_digest(token.encode(), self._master):
+            return None
+        ident = key_id(token)
+        key = self.keys.get(ident)  # a dict lookup by SHA-256: no timing signal about the key
+        if key is None:
+            raise UnknownKey(ident)
+        if key.blocked:
+            raise AuthenticationError(f"The key {key.key_prefix}… is blocked.")
+        if key.expires_at is not None and key.expired(datetime.now(UTC)):
+            raise AuthenticationError(f"The key {key.key_prefix}… expired at {key.expires_at:%Y-%m-%d %H:%M} UTC.")
+        team = self.teams.get(key.team_id) if key.team_id else None
+        if team is not None and team.blocked:
+            raise AuthenticationError(f"The team of key {key.key_prefix}… is blocked.")
+        return key
+
+    async def authenticate_new(self, request: Request, miss: UnknownKey) -> Key | None:
+        """Look an unknown key up in the database, a few times a second at most: if it is there, reload."""
+        now = time.monotonic()
+        self._lookups = min(_KEY_LOOKUPS_PER_S, self._lookups + (now - self._lookups_at) * _KEY_LOOKUPS_PER_S)
+        self._lookups_at = now
+        store = self.rt.store
+        if self._lookups < 1 or store is None:
+            raise miss
+        self._lookups -= 1
+        if await asyncio.to_thread(store.keys.get_key, miss.ident) is None:
+            raise miss
+        await self.reload_keys()
+        return self.authenticate(request)
+
+    def may_use(self, key: Key | None, requested: str, served: str) -> bool:
+        if key is None:
+            return True
+        team = self.teams.get(key.team_id) if key.team_id else None
+        return key.allows(requested, served) and (team is None or team.allows(requested, served))
+
+    # -- wrappers ---------------------------------------------------------------------------------
+    def admin(self, handler: Handler, what: str = "manage keys and teams") -> Handler:
+        """Management routes: the master key only, errors in OpenAI's shape."""
+
+        async def wrapped(request: Request, responder: Responder) -> None:
+            try:
+                if self.authenticate(request) is not None:
+                    raise AdminOnly(f"Only the master key may {what}.")
+                await handler(request, responder)
+            except ApiError as exc:
+                await send_error(responder, exc)
+
+        return wrapped
+
+    def api(self, handler: ApiHandler) -> Handler:
+        """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
+        rt = self.rt
+        metrics = rt.metrics
+
+        async def wrapped(request: Request, responder: Responder) -> None:
+            ex = Exchange(request.path, time.perf_counter(), request_id())
+            responder.on_finish = lambda status: self.record(ex)
+            responder.extra_head = b"x-request-id: %s\r\n" % ex.request_id.encode()
+            metrics.inflight += 1
+            try:
+                try:
+                    ex.key = self.authenticate(request)
+                except UnknownKey as miss:
+                    ex.key = await self.authenticate_new(request, miss)
+                ex.authenticated = True
+                token = request.headers.get("x-ark-identity")
+                if token is not None and rt.identity is not None:  # attribution only: it grants nothing
+                    identity = await rt.identity.verify(token)
+                    ex.person = identity.name if identity is not None else None
+                if rt.leases is not None:
+                    ex.admission = await rt.leases.admit(ex.key)
+                else:
+                    admission = rt.rates.admit(ex.key, time.monotonic())
+                    assert not isinstance(admission, RateShortfall)  # only with a shared database
+                    ex.admission = admission
+                if ex.admission is not None:
+                    responder.extra_head += rate_headers(ex.admission.states[0])
+                if metrics.inflight > self._max_inflight:
+                    raise QueueFull(
+                        f"The gateway is serving {self._max_inflight} requests; retry shortly.", retry_after=1.0
+                    )
+                await handler(request, responder, ex)
+            except ApiError as exc:
+                ex.fail(exc)
+                if not responder.started:
+                    await send_error(responder, exc)
+            except (asyncio.CancelledError, ConnectionResetError):
+                ex.status, ex.error = 499, "client_closed_request"  # nginx's code for it
+                raise
+            except Exception as exc:
+                log.exception("unexpected error serving %s", request.path)
+                ex.status, ex.error = 500, "internal_error"
+                if responder.started:
+                    raise
+                await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"))
+            finally:
+                metrics.inflight -= 1
+                if responder.on_finish is not None:  # no response went out (the client left): record now
+                    responder.on_finish = None
+                    self.record(ex)
+
+        return wrapped
+
+    def record(self, ex: Exchange) -> None:
+        rt = self.rt
+        elapsed = time.perf_counter() - ex.started
+        ex.cost = ex.price.cost(ex.prompt_tokens, ex.completion_tokens, elapsed)
+        tokens = ex.prompt_tokens + ex.completion_tokens
+        rt.budgets.settle(ex.reservation, ex.cost, tokens)
+        if ex.lease is not None:
+            ex.lease.release()
+            if ex.status == 504 and rt.gpu is not None:  # the engine may hang: the arbiter checks it
+                rt.gpu.arbiter.suspect(ex.model)
+        RateLimits.finish(ex.admission, tokens, time.monotonic())
+        if ex.cost:
+            rt.metrics.add_spend(ex.key_label, ex.cost)
+        rt.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
+        if rt.access_log is not None:
+            rt.access_log.write(ex.record(elapsed, self.log_prompts))
+        if rt.ledger is not None and ex.authenticated:
+            rt.ledger.record(ex.usage_row(elapsed))
+
+    async def resolve(self, body: Json, ex: Exchange, prompt_bytes: int, max_completion: int | None) -> Route:
+        """Route the model, check the key may use it, and reserve what the request can cost on its budgets."""
+        rt = self.rt
+        route = await rt.models.resolve(model_name(body))
+        ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
+        key = ex.key
+        if key is not None and not self.may_use(key, route.requested, route.model):
+            raise PermissionDenied(
+                f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
+            )
+        ex.price = self.prices.get(route.model, FREE)
+        ex.prompt_estimate = prompt_bytes // _BYTES_PER_TOKEN
+        if key is None:
+            return route  # the master key has no budget
+        # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
+        timeout, now = route.engine.settings.total_timeout, datetime.now(UTC)
+        if rt.leases is not None:
+            ex.reservation = await rt.leases.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+        else:
+            reservation = rt.budgets.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+            assert not isinstance(reservation, Shortfall)  # only with a shared database
+            ex.reservation = reservation
+        return route
