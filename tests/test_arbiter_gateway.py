@@ -129,6 +129,7 @@ def test_gpu_status_for_the_master_key_and_the_cli(ark: ArkProcess, fake_ollama:
     assert 0 < coder["expected_lease_s"] <= took
     assert all(m["expected_lease_s"] is None for m in status["models"] if not m["resident"])
     assert status["used_bytes"] == coder["memory_bytes"] and status["stats"]["loads"] == 1
+    assert status["holds"] == status["leases"] == []  # memory holds; "leases": their deprecated name
     assert httpx.get(ark.url + "/admin/gpu").status_code == 401
     shown = subprocess.run(
         [sys.executable, "-m", "ark", "gpu", "status", "--config", str(ark.config)],

@@ -121,14 +121,14 @@ def test_lets_in_says_whether_draining_the_busy_models_is_enough() -> None:
     busy_coder = box(Resident(CODER, leases=2))
     assert lets_in(busy_coder, THINKER, {"coder"})
     assert not lets_in(busy_coder, THINKER, set())
-    # a 10 GB external lease holds memory no drain gives back: 0.3 + 10 + 23 > 31
+    # a 10 GB memory hold keeps memory no drain gives back: 0.3 + 10 + 23 > 31
     assert not lets_in(box(Resident(CODER, leases=2), held=10 * GB), THINKER, {"coder"})
 
 
 def test_in_the_way_looks_past_what_holds_memory_for_a_while() -> None:
     # the third model fits beside the busy coder now, but once loaded and busy it keeps the thinker out
     assert in_the_way(box(Resident(CODER, leases=1)), THINKER, THIRD)
-    # a small one does not: 0.3 + 2 + 23 <= 31, once the coder and the external lease are gone
+    # a small one does not: 0.3 + 2 + 23 <= 31, once the coder and the memory hold are gone
     assert not in_the_way(box(Resident(CODER, leases=1), held=10 * GB), THINKER, SMALL)
     # a ComfyUI job's memory comes back when the job ends (freed then): 0.3 + 0.75 + 6 + 23 fit, with 8 GB not
     working = box(comfy=Comfy(used=9 * GB, idle=GB * 3 // 4, busy=True))

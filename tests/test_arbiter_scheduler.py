@@ -282,7 +282,7 @@ def test_operator_unloads_wait_for_no_one_and_spare_pinned_and_busy_models() -> 
     run(test)
 
 
-def test_an_external_lease_makes_room_like_a_request_and_gives_it_back() -> None:
+def test_a_memory_hold_makes_room_like_a_request_and_gives_it_back() -> None:
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         (await arbiter.acquire("thinker")).release()
         coder = await arbiter.acquire("third")  # 23 + 13 > 31: the idle thinker went for it
@@ -305,11 +305,11 @@ def test_an_external_lease_makes_room_like_a_request_and_gives_it_back() -> None
     run(test)
 
 
-def test_an_external_lease_past_its_time_is_reclaimed() -> None:
+def test_a_memory_hold_past_its_time_is_reclaimed() -> None:
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         hold = await arbiter.hold("blender", 20 * GB, seconds=120)
         assert hold.expires == hold.granted + 120  # type: ignore[operator]
-        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # 23 + 20 > 31: waits for the lease
+        thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # 23 + 20 > 31: waits for the hold
         clock.advance(119)
         await settle()
         assert not thinker.done() and arbiter.holds
@@ -323,10 +323,10 @@ def test_an_external_lease_past_its_time_is_reclaimed() -> None:
     run(test)
 
 
-def test_an_external_lease_that_can_never_fit_is_refused_with_the_numbers() -> None:
+def test_a_memory_hold_that_can_never_fit_is_refused_with_the_numbers() -> None:
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         (await arbiter.acquire("embed")).release()
-        with pytest.raises(ModelWontFit, match=r"a lease for blender needs 40\.0 GB, the GPU has 31\.0 GB"):
+        with pytest.raises(ModelWontFit, match=r"a memory hold for blender needs 40\.0 GB, the GPU has 31\.0 GB"):
             await arbiter.hold("blender", 40 * GB)
         with pytest.raises(ValueError):
             await arbiter.hold("blender", 0)
@@ -435,7 +435,7 @@ def test_a_request_that_waited_max_wait_goes_before_fresh_higher_priority_ones()
     run(test)
 
 
-def test_while_the_first_in_line_waits_for_an_external_lease_a_model_that_fits_is_served() -> None:
+def test_while_the_first_in_line_waits_for_a_memory_hold_a_model_that_fits_is_served() -> None:
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         render = await arbiter.hold("blender", 10 * GB, seconds=600)
         thinker = asyncio.ensure_future(arbiter.acquire("thinker"))  # 10 + 23 > 31: waits for the render
@@ -488,14 +488,14 @@ def test_a_model_that_would_keep_the_first_in_line_out_loads_only_before_it_wait
     run(test)
 
 
-def test_an_external_lease_that_would_keep_the_first_in_line_out_waits_behind_it() -> None:
+def test_a_memory_hold_that_would_keep_the_first_in_line_out_waits_behind_it() -> None:
     async def test(arbiter: Arbiter, clock: FakeClock, driver: FakeDriver) -> None:
         coder = await arbiter.acquire("coder")
         thinker = asyncio.ensure_future(arbiter.acquire("thinker"))
         await settle()
         render = asyncio.ensure_future(arbiter.hold("blender", 12 * GB))  # 15 + 12 fit; 12 + 23 would not
         await settle()
-        assert not render.done()  # a lease cannot drain: it could keep the thinker out for its whole time
+        assert not render.done()  # a hold cannot drain: it could keep the thinker out for its whole time
         coder.release()
         (await thinker).release()
         (await render).release()
@@ -620,12 +620,12 @@ def test_a_model_expects_its_leases_to_last_as_long_as_nine_in_ten_of_its_latest
         with await arbiter.acquire("coder"):
             pass
         state = arbiter.resident["coder"]
-        state.held.clear()
-        assert state.expected_hold() == 0.0  # nothing seen: no lead, the drain starts at max_wait
+        state.lease_lengths.clear()
+        assert state.expected_lease() == 0.0  # nothing seen: no lead, the drain starts at max_wait
         for seconds in range(1, 41):  # only the latest 32 count: 9 .. 40
             with await arbiter.acquire("coder"):
                 clock.advance(seconds)
-        assert len(state.held) == 32 and state.expected_hold() == 37.0
+        assert len(state.lease_lengths) == 32 and state.expected_lease() == 37.0
 
     run(test)
 

@@ -162,17 +162,20 @@ def test_ark_drains_early_by_the_expected_lease_so_every_wait_stays_within_max_w
     assert (f.swaps, f.models["b"].wait_max_s, f.models["a"].wait_max_s, f.wait_p50_s) == (2, 26.0, 40.0, 22.0)
 
 
-def test_a_lease_waits_for_the_busy_model_then_takes_its_memory() -> None:
-    # a@0 loads 0-10 and runs 10-20; a 10 GB lease at 1 s does not fit beside a (12 + 10 > 20).
-    # Both: 20 a idle -> unload 20-21 -> lease granted at 21 (waited 20 s), a swap, held 5 s.
-    lease = {"t": 1, "kind": "lease", "holder": "comfyui", "memory_gb": 10, "seconds": 5}
-    for policy, r in run_both(workload(req(0, "a"), lease)).items():
-        assert (r.leases, r.leases_rejected, r.lease_wait_max_s, r.swaps) == (1, 0, 20.0, 1), policy
+@pytest.mark.parametrize("kind", ["hold", "lease"])  # "lease": the old name, still read
+def test_a_memory_hold_waits_for_the_busy_model_then_takes_its_memory(kind: str) -> None:
+    # a@0 loads 0-10 and runs 10-20; a 10 GB hold at 1 s does not fit beside a (12 + 10 > 20).
+    # Both: 20 a idle -> unload 20-21 -> hold granted at 21 (waited 20 s), a swap, held 5 s.
+    hold = {"t": 1, "kind": kind, "holder": "comfyui", "memory_gb": 10, "seconds": 5}
+    for policy, r in run_both(workload(req(0, "a"), hold)).items():
+        assert (r.holds, r.holds_rejected, r.hold_wait_max_s, r.swaps) == (1, 0, 20.0, 1), policy
         assert r.makespan_s == 26.0, policy
         assert [(s.name, s.kind, s.start, s.end) for s in r.spans] == [
             ("a", "model", 0.0, 21.0),
-            ("comfyui", "lease", 21.0, 26.0),
+            ("comfyui", "hold", 21.0, 26.0),
         ], policy
+        out = r.to_json()
+        assert (out["holds"], out["hold_wait_max_s"]) == (out["leases"], out["lease_wait_max_s"]) == (1, 20.0)
 
 
 def test_a_model_bigger_than_the_gpu_is_rejected_by_both() -> None:
@@ -246,8 +249,8 @@ async def at(t: float, coro: Coroutine[Any, Any, T]) -> T:
     return await coro
 
 
-async def hold_for(sched: FifoScheduler, model: str, seconds: float) -> float:
-    """A request: wait for the lease, hold it ``seconds``; returns when it was granted."""
+async def lease_for(sched: FifoScheduler, model: str, seconds: float) -> float:
+    """A request: wait for the lease, keep it ``seconds``; returns when it was granted."""
     lease = await sched.acquire(model)
     granted = asyncio.get_running_loop().time()
     await asyncio.sleep(seconds)
@@ -261,7 +264,7 @@ def test_fifo_one_pending_request_at_a_time_blocks_even_a_loaded_model() -> None
     async def scenario(sched: FifoScheduler) -> list[float]:
         return list(
             await asyncio.gather(
-                hold_for(sched, "a", 30), at(12, hold_for(sched, "b", 5)), at(13, hold_for(sched, "a", 1))
+                lease_for(sched, "a", 30), at(12, lease_for(sched, "b", 5)), at(13, lease_for(sched, "a", 1))
             )
         )
 
@@ -276,7 +279,7 @@ def test_fifo_evicts_the_idle_runner_with_the_shortest_keep_alive_first() -> Non
     async def scenario(sched: FifoScheduler) -> float:
         for model in ("p", "b", "a"):
             (await sched.acquire(model)).release()
-        return await hold_for(sched, "c", 1)
+        return await lease_for(sched, "c", 1)
 
     catalog = [entry("a", 8, idle=100), entry("b", 8, idle=300), entry("c", 8), entry("p", 1, pinned=True)]
     granted, rec = fifo_run(catalog, scenario, capacity_gb=40)
@@ -290,9 +293,9 @@ def test_fifo_evicts_even_a_pinned_model_when_it_is_the_only_idle_one() -> None:
     # Ollama reads keep_alive < 0 as "forever" but findRunnerToUnload still takes the first idle runner.
     async def scenario(sched: FifoScheduler) -> float:
         (await sched.acquire("p")).release()
-        busy = asyncio.create_task(hold_for(sched, "a", 50))
+        busy = asyncio.create_task(lease_for(sched, "a", 50))
         await asyncio.sleep(15)
-        granted = await hold_for(sched, "c", 1)
+        granted = await lease_for(sched, "c", 1)
         await busy
         return granted
 
@@ -304,7 +307,7 @@ def test_fifo_evicts_even_a_pinned_model_when_it_is_the_only_idle_one() -> None:
 
 def test_fifo_waits_for_a_busy_runner_and_it_unloads_when_its_last_request_ends() -> None:
     async def scenario(sched: FifoScheduler) -> list[float]:
-        return list(await asyncio.gather(hold_for(sched, "a", 25), at(11, hold_for(sched, "b", 1))))
+        return list(await asyncio.gather(lease_for(sched, "a", 25), at(11, lease_for(sched, "b", 1))))
 
     granted, rec = fifo_run([entry("a", 12), entry("b", 12)], scenario)
     # a 0-10, serves to 35 (keep-alive 300 s, but set to expire for b): unload 35-36, b loads 36-46.
@@ -314,7 +317,7 @@ def test_fifo_waits_for_a_busy_runner_and_it_unloads_when_its_last_request_ends(
 
 def test_fifo_idle_runner_expires_after_its_keep_alive() -> None:
     async def scenario(sched: FifoScheduler) -> None:
-        await hold_for(sched, "a", 5)  # 10-15
+        await lease_for(sched, "a", 5)  # 10-15
         await asyncio.sleep(100)
 
     _, rec = fifo_run([entry("a", 12, idle=60)], scenario)
@@ -385,7 +388,7 @@ def test_cli_summary_and_a_config_instead_of_a_catalog_line(tmp_path: Path) -> N
         ([CATALOG_LINE, '{"t": 0, "model": "nope"}'], 2, 'unknown model "nope"'),
         ([CATALOG_LINE, '{"t": 0, "model": "a", "tokens": 5}'], 2, 'unknown key "tokens"'),
         ([CATALOG_LINE, '{"t": 0, "model": 7}'], 2, '"model" must be a non-empty string'),
-        ([CATALOG_LINE, '{"t": 0, "kind": "lease", "holder": "x", "memory_gb": 0, "seconds": 1}'], 2, "memory_gb"),
+        ([CATALOG_LINE, '{"t": 0, "kind": "hold", "holder": "x", "memory_gb": 0, "seconds": 1}'], 2, "memory_gb"),
         ([CATALOG_LINE, '{"t": 0, "kind": "job"}'], 2, '"kind" must be'),
         ([json.dumps(req(0, "a")), CATALOG_LINE], 1, "no catalog line"),
         ([CATALOG_LINE, CATALOG_LINE], 2, "must be the first line"),

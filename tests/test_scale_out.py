@@ -1,6 +1,6 @@
 """Two gateways on one database enforce one budget and one rate limit together (SQLite and PostgreSQL).
 
-First the leases in the database alone (ark/store/holds.py), hammered from threads; then two real
+First the allotments in the database alone (ark/store/allotments.py), hammered from threads; then two real
 `ark up` processes sharing one database, each with its own data directory as if on two hosts.
 """
 
@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import select, update
 
 from ark.config import load_settings
+from ark.gateway.allotments import STALE_S, Allotments
 from ark.gateway.budgets import Budgets
-from ark.gateway.leases import STALE_S, Leases
 from ark.gateway.ratelimits import RateLimits
 from ark.store import Store
-from ark.store.holds import Refusal, Want, beat, grant, leases, register, release, take_rate
+from ark.store.allotments import Refusal, Want, beat, grant, list_allotments, register, release, take_rate
 from ark.store.ledger import Ledger, UsageRow
 from ark.store.tables import api_keys, gateways
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
@@ -53,7 +53,7 @@ def make_key(store: Store, **limits: Any) -> str:
     return f"key:{key.id}"
 
 
-# -- the leases alone -----------------------------------------------------------------------------
+# -- the allotments alone --------------------------------------------------------------------------
 
 
 def test_concurrent_grants_never_exceed_the_budget(store: Store) -> None:
@@ -80,8 +80,8 @@ def test_concurrent_grants_never_exceed_the_budget(store: Store) -> None:
     total = sum(sum(g) for g in granted.values())
     assert 9.5 <= total <= 10.0 + 1e-9  # all of it handed out, never more
     assert refused and {r.limit for r in refused} == {"budget"} and refused[0].maximum == 10.0
-    held = {row["holder"]: row["cost"] for row in leases(store.engine)}
-    assert held == pytest.approx({h: sum(g) for h, g in granted.items() if g})
+    allotted = {row["holder"]: row["cost"] for row in list_allotments(store.engine)}
+    assert allotted == pytest.approx({h: sum(g) for h, g in granted.items() if g})
     # slots: three at once across every holder
     results = [grant(store.engine, h, [Want(subject, slots=1)], time.time()) for h in holders]
     assert [isinstance(r, Refusal) for r in results] == [False, False, False, True]
@@ -89,7 +89,7 @@ def test_concurrent_grants_never_exceed_the_budget(store: Store) -> None:
     assert not isinstance(grant(store.engine, "h3", [Want(subject, slots=1)], time.time()), Refusal)
 
 
-def test_the_ledger_moves_spend_from_the_lease_into_the_key(store: Store, tmp_path: Path) -> None:
+def test_the_ledger_moves_spend_from_the_allotment_into_the_key(store: Store, tmp_path: Path) -> None:
     subject = make_key(store, max_budget=10.0)
     ledger = Ledger(store.engine, tmp_path / "ledger", shared=True)
     seen: list[dict[str, tuple[float, int, int]]] = []
@@ -109,7 +109,7 @@ def test_the_ledger_moves_spend_from_the_lease_into_the_key(store: Store, tmp_pa
     asyncio.run(spend())
     assert seen == [{subject: (3.0, 24, 0)}]
     assert store.keys.get_key(key_id).spend == 3.0  # type: ignore[union-attr]
-    assert leases(store.engine)[0]["cost"] == pytest.approx(1.0)  # spend + holds still 4: nothing counted twice
+    assert list_allotments(store.engine)[0]["cost"] == pytest.approx(1.0)  # spend + allotted still 4: none twice
     # another holder now finds 10 - 3 - 1 = 6 credits of room
     register(store.engine, "other", "test", 1, time.time())
     refusal = grant(store.engine, "other", [Want(subject, cost=6.5)], time.time())
@@ -146,7 +146,7 @@ def test_a_new_budget_period_starts_in_the_database(store: Store) -> None:
     assert key.budget_reset_at.timestamp() == pytest.approx(time.time() + 23 * 3600, abs=60)
 
 
-def test_a_silent_gateways_leases_are_reclaimed(store: Store, tmp_path: Path) -> None:
+def test_a_silent_gateways_allotments_are_reclaimed(store: Store, tmp_path: Path) -> None:
     subject = make_key(store, max_budget=10.0)
     register(store.engine, "gone", "elsewhere", 99, time.time() - STALE_S - 1)
     grant(store.engine, "gone", [Want(subject, cost=10.0)], time.time() - STALE_S - 1)
@@ -154,11 +154,11 @@ def test_a_silent_gateways_leases_are_reclaimed(store: Store, tmp_path: Path) ->
         connection.execute(update(gateways).values(heartbeat=time.time() - STALE_S - 1))
     ledger = Ledger(store.engine, tmp_path / "ledger", shared=True)
     ledger.open()
-    mine = Leases(store.engine, ledger, Budgets(shared=True), RateLimits(shared=True))
+    mine = Allotments(store.engine, ledger, Budgets(shared=True), RateLimits(shared=True))
     asyncio.run(mine.start())
     assert asyncio.run(mine.reap()) == ["gone"]
-    assert [row["holder"] for row in leases(store.engine)] == []
-    assert not beat(store.engine, "gone", time.time())  # it would learn it lost its leases
+    assert [row["holder"] for row in list_allotments(store.engine)] == []
+    assert not beat(store.engine, "gone", time.time())  # it would learn it lost its allotments
     with store.engine.connect() as connection:
         assert connection.execute(select(gateways.c.holder)).scalars().all() == [ledger.holder]
 
@@ -238,7 +238,7 @@ def chat_logs(ark: ArkProcess, key: str) -> list[dict[str, Any]]:
 
 def test_two_gateways_never_double_spend_one_budget(pair: tuple[ArkProcess, ArkProcess]) -> None:
     key = new_key(pair, max_budget=20)
-    # one request on each first: both hold a lease (with headroom) when the storm starts
+    # one request on each first: both have an allotment (with headroom) when the storm starts
     responses = storm(pair, key, 2) + storm(pair, key, 200)
     statuses = [r.status_code for r in responses]
     served = statuses.count(200)
@@ -289,23 +289,23 @@ def test_two_gateways_share_one_parallel_limit(pair: tuple[ArkProcess, ArkProces
     assert wait_until(lambda: storm(pair, key, 2)[0].status_code == 200, timeout=5)
 
 
-def test_a_killed_gateways_spend_and_leases_are_settled_at_its_restart(
+def test_a_killed_gateways_spend_and_allotments_are_settled_at_its_restart(
     pair: tuple[ArkProcess, ArkProcess], store_url: str, tmp_path: Path
 ) -> None:
     key = new_key(pair, max_budget=20)
     served = [r.status_code for r in storm(pair, key, 10)].count(200)
     a, b = pair
-    b.proc.kill()  # SIGKILL: its journal and its leases stay behind
+    b.proc.kill()  # SIGKILL: its journal and its allotments stay behind
     b.proc.wait()
     dead = {path.name.split(".")[0] for path in (b.data_dir / "ledger").glob("*.jsonl")}
     assert len(dead) == 1
     engine = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_STORE_URL": store_url})).engine
     try:
-        assert dead <= {row["holder"] for row in leases(engine)}
+        assert dead <= {row["holder"] for row in list_allotments(engine)}
         config = b.config.read_text().replace(b.url.rsplit(":", 1)[1], "{PORT}")
-        again = start_ark(config, tmp_path / "b")  # replays the journal, then drops the leases
+        again = start_ark(config, tmp_path / "b")  # replays the journal, then drops the allotments
         try:
-            assert dead.isdisjoint(row["holder"] for row in leases(engine))
+            assert dead.isdisjoint(row["holder"] for row in list_allotments(engine))
             info = httpx.get(
                 a.url + "/key/info", headers={"Authorization": f"Bearer {MASTER_KEY}"}, params={"key": key}
             ).json()["info"]

@@ -222,16 +222,16 @@ def run_all(out_dir: Path) -> tuple[dict[str, dict[str, Result]], dict[str, int]
 def main_table(results: dict[str, dict[str, Result]]) -> list[str]:
     lines = [
         "| workload | policy | requests | rejected | swaps | loads | loading | wait p50 | wait p95 | wait max "
-        "| latency p95 | lease wait p95 | makespan | scheduler errors |",
+        "| latency p95 | hold wait p95 | makespan | scheduler errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, by_policy in results.items():
         for policy, r in by_policy.items():
-            lease = f"{r.lease_wait_p95_s:.1f} s" if r.leases else "-"
+            hold = f"{r.hold_wait_p95_s:.1f} s" if r.holds else "-"
             lines.append(
                 f"| {name} | {policy} | {r.requests} | {r.rejected} | {r.swaps} | {r.loads} | "
                 f"{r.load_seconds_total:.0f} s | {r.wait_p50_s:.1f} s | {r.wait_p95_s:.1f} s | {r.wait_max_s:.1f} s | "
-                f"{r.latency_p95_s:.1f} s | {lease} | {r.makespan_s:.0f} s | {r.errors} |"
+                f"{r.latency_p95_s:.1f} s | {hold} | {r.makespan_s:.0f} s | {r.errors} |"
             )
     return lines
 
@@ -318,7 +318,7 @@ def docs_section(
         "",
         *main_table(results),
         "",
-        "Swaps: loads (or leases granted) that needed an unload first. Wait: arrival to lease (the GPU's "
+        "Swaps: loads (or memory holds granted) that needed an unload first. Wait: arrival to lease (the GPU's "
         "scheduling); latency adds the model's slot queue and the generation. Percentiles are nearest-rank. "
         "Scheduler errors: steps the arbiter logged as failed (each one a bug).",
         "",

@@ -6,7 +6,7 @@ The same seed gives the same files on every machine (``random.Random(seed)``).
 
 The reference box (docs/arbiter.md): a 32 GB GPU (1 GB reserve), a 23 GB "thinker"
 (large, high priority), a 15 GB coder, a 13 GB third model (low priority), a pinned
-0.3 GB embedding model, and ComfyUI / render jobs as external leases. Load times are
+0.3 GB embedding model, and ComfyUI / render jobs as memory holds. Load times are
 the simulator's default 2 GB/s; generation speeds assume a memory-bound decoder
 reading ~1 TB/s of weights (tokens/s ~ 1000 / GB).
 """
@@ -111,8 +111,8 @@ def rag(rng: random.Random) -> list[Job]:
     return jobs
 
 
-def leases(rng: random.Random) -> list[Job]:
-    """ComfyUI and render leases arriving during chat: chat every 10 s (thinker 40%, coder 40%,
+def memory_holds(rng: random.Random) -> list[Job]:
+    """ComfyUI and render jobs holding GPU memory during chat: chat every 10 s (thinker 40%, coder 40%,
     embeddings 20%); a ComfyUI job (12 GB, 30-60 s) every 90 s on average; a render
     (8 GB, 300 s, low priority) every 10 minutes."""
     jobs = []
@@ -120,16 +120,16 @@ def leases(rng: random.Random) -> list[Job]:
         model = rng.choices(["thinker", "coder", "embed"], [40, 40, 20])[0]
         jobs.append(_embed(rng, t) if model == "embed" else _chat(rng, t, model))
     for t in _poisson(rng, 90.0):
-        jobs.append(_lease(t, "comfyui", 12, rng.uniform(30, 60), "medium"))
+        jobs.append(_hold(t, "comfyui", 12, rng.uniform(30, 60), "medium"))
     for t in (60.0 + 600.0 * k for k in range(3)):
-        jobs.append(_lease(t, "render", 8, 300, "low"))
+        jobs.append(_hold(t, "render", 8, 300, "low"))
     return sorted(jobs, key=lambda j: j["t"])
 
 
-def _lease(t: float, holder: str, memory_gb: float, seconds: float, priority: str) -> Job:
+def _hold(t: float, holder: str, memory_gb: float, seconds: float, priority: str) -> Job:
     return {
         "t": round(t, 3),
-        "kind": "lease",
+        "kind": "hold",
         "holder": holder,
         "memory_gb": memory_gb,
         "seconds": round(seconds, 1),
@@ -141,7 +141,7 @@ WORKLOADS: dict[str, Callable[[random.Random], list[Job]]] = {
     "mixed": mixed,
     "bursts": bursts,
     "rag": rag,
-    "leases": leases,
+    "leases": memory_holds,  # named before memory holds were; the name seeds its random numbers, so it stays
 }
 
 

@@ -194,12 +194,19 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / CLK_TCK
 
 
-def tree_rss_mb(pid: int) -> float:
-    total = 0
+def rss_split_mb(pid: int) -> tuple[float, float]:
+    """(ARK's own, the services it supervises) RSS in MB: the gateway process and its engine workers, apart
+    from Prometheus, node_exporter, Alertmanager... that `ark up` runs beside it when they are installed."""
+    own = services = 0
     for p in tree(pid):
         with contextlib.suppress(psutil.Error):
-            total += psutil.Process(p).memory_info().rss
-    return round(total / 2**20, 1)
+            process = psutil.Process(p)
+            rss = process.memory_info().rss
+            if p == pid or any("ark.engines" in part for part in process.cmdline()):
+                own += rss
+            else:
+                services += rss
+    return round(own / 2**20, 1), round(services / 2**20, 1)
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -646,7 +653,9 @@ def docs_section(result: dict[str, Any]) -> str:
         "",
         f"LiteLLM numbers are quoted for scale: {LITELLM_SOURCE}. "
         f"Start to ready, all runs: {result['start_to_ready_s']} s; gateway RSS after the load runs: "
-        f"{result['rss_after_load_mb']} MB.",
+        f"{result['rss_after_load_mb']} MB. Idle RSS is ARK's own (the gateway process and its engine workers); "
+        f"the services it supervises when installed (Prometheus, node_exporter, Alertmanager) used "
+        f"{result.get('idle_services_rss_mb', 0)} MB more.",
         "",
         "| scenario | direct req/s | gateway req/s | direct p50 ms | gateway p50 ms | gateway p99 ms "
         "| direct TTFT ms | gateway TTFT ms | gw CPU ms/req | errors |",
@@ -938,8 +947,11 @@ class Bench:
                 wait_ready(gw, a.gateway_port, a.ready_path, 60, log)
                 problems = self.preflight([self.direct, self.gateway])
                 time.sleep(a.settle)
-                idle_rss = tree_rss_mb(gw.pid)
-                console.print(f"gateway idle RSS after start and the preflight requests: {idle_rss} MB")
+                idle_rss, services_rss = rss_split_mb(gw.pid)
+                console.print(
+                    f"gateway idle RSS after start and the preflight requests: ARK {idle_rss} MB, "
+                    f"supervised services {services_rss} MB"
+                )
                 # the virtual key is made (and checked) now, so a gateway without keys fails before the long runs
                 virtual = self.create_virtual_key() if self.key_scenarios else None
                 key_problems = self.preflight([virtual], limits_headers=True) if virtual else []
@@ -956,7 +968,7 @@ class Bench:
                     runs += self.interleaved("keys", self.key_scenarios, self.master, virtual, ctx)
                     time.sleep(1.0)  # give the gateway a moment to write the settled spend to its store
                     spend = self.key_spend(virtual)
-                loaded_rss = tree_rss_mb(gw.pid)
+                loaded_rss = rss_split_mb(gw.pid)[0]
         summary = summarise(runs, self.scenarios)
         keys: dict[str, Any] | None = None
         if virtual is not None:
@@ -996,7 +1008,8 @@ class Bench:
             },
             "machine": machine(),
             "start_to_ready_s": starts,
-            "idle_rss_mb": idle_rss,
+            "idle_rss_mb": idle_rss,  # ARK's own process tree (gateway, engine workers)
+            "idle_services_rss_mb": services_rss,  # what it supervises (Prometheus...), apart
             "rss_after_load_mb": loaded_rss,
             "problems": problems,
             "gateway_log_errors": {"count": len(log_errors), "first": log_errors[:5], "log": str(log)},

@@ -37,11 +37,11 @@ from ark.engines.ollama import OllamaEngine
 from ark.errors import ApiError, ListenError, UnknownUrl
 from ark.gateway.accesslog import FLUSH_S as ACCESS_LOG_FLUSH_S
 from ark.gateway.accesslog import AccessLog
+from ark.gateway.allotments import STALE_S, Allotments
+from ark.gateway.allotments import TICK_S as ALLOTMENT_TICK_S
 from ark.gateway.budgets import Budgets
 from ark.gateway.exchange import UNKNOWN_MODEL, send_error
 from ark.gateway.front import Front
-from ark.gateway.leases import STALE_S, Leases
-from ark.gateway.leases import TICK_S as LEASE_TICK_S
 from ark.gateway.metrics import Metrics
 from ark.gateway.ratelimits import RateLimits
 from ark.gateway.router import ModelRouter
@@ -96,7 +96,7 @@ class Runtime:
     def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.shared = settings.store.is_shared  # several gateways on one database: budgets leased from it
+        self.shared = settings.store.is_shared  # several gateways on one database: budgets allotted from it
         self.metrics = Metrics()
         self.budgets = Budgets(shared=self.shared)
         self.rates = RateLimits(self.metrics.count_rate_limited, shared=self.shared)
@@ -107,7 +107,7 @@ class Runtime:
         self.secret: bytes | None = None  # DATA/auth.key, read at open
         self.identity: IdentityVerifier | None = None  # X-Ark-Identity tokens: who a UI's request is for
         self.ledger: Ledger | None = None
-        self.leases: Leases | None = None  # only with a shared database
+        self.allotments: Allotments | None = None  # only with a shared database
         self.access_log: AccessLog | None = None
         self.gpu: GpuService | None = None  # the GPU arbiter, when it manages an engine
         self.front = Front(self)  # authentication, admission, budgets, metrics and the access log of API requests
@@ -142,10 +142,11 @@ class Runtime:
         )
         await asyncio.to_thread(self.ledger.open)
         if self.shared:
-            self.leases = Leases(self.store.engine, self.ledger, self.budgets, self.rates)
-            await self.leases.start()
-            failure = "leases: talking to the database failed"
-            self.background(every(LEASE_TICK_S, self.leases.tick, log=log, failure=failure), "ark-leases")
+            self.allotments = Allotments(self.store.engine, self.ledger, self.budgets, self.rates)
+            await self.allotments.start()
+            failure = "allotments: talking to the database failed"
+            tick = every(ALLOTMENT_TICK_S, self.allotments.tick, log=log, failure=failure)
+            self.background(tick, "ark-allotments")
         gateway = settings.gateway
         self.access_log = AccessLog(
             gateway.access_log, settings.logs_dir, gateway.access_log_max_bytes, gateway.access_log_keep
@@ -231,11 +232,11 @@ class Runtime:
             self.access_log.close()
         if self.ledger is not None:
             await self.ledger.close()
-        if self.leases is not None:
+        if self.allotments is not None:
             try:
-                await self.leases.close()
+                await self.allotments.close()
             except Exception:
-                log.exception("giving back the leases failed; other gateways reclaim them in %.0f s", STALE_S)
+                log.exception("giving back the allotments failed; other gateways reclaim them in %.0f s", STALE_S)
         if self.store is not None:
             self.store.close()
 

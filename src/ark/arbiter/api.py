@@ -1,5 +1,8 @@
 """The GPU arbiter's HTTP API (a component, master key only): what it holds, load and unload, memory
-holds for external jobs (a render, a ComfyUI job), freeing ComfyUI."""
+holds for external jobs (a render, a ComfyUI job), freeing ComfyUI.
+
+``/admin/gpu/leases`` is the old path of ``/admin/gpu/holds``, from before "lease" meant only a request's
+lease on its model; it is kept as an alias (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ class GpuApi(Component):
         rt.http.add("GET", "/admin/gpu", admin(self.gpu_status, what))
         rt.http.add("POST", "/admin/gpu/load", admin(self.gpu_load, what))
         rt.http.add("POST", "/admin/gpu/unload", admin(self.gpu_unload, what))
-        rt.http.add("POST", "/admin/gpu/leases", admin(self.gpu_lease, what))
-        rt.http.add("DELETE", "/admin/gpu/leases/{id}", admin(self.gpu_release, what))
+        for holds in ("/admin/gpu/holds", "/admin/gpu/leases"):  # the second: the old name, an alias
+            rt.http.add("POST", holds, admin(self.gpu_hold, what))
+            rt.http.add("DELETE", holds + "/{id}", admin(self.gpu_release, what))
         rt.http.add("POST", "/admin/gpu/free-comfyui", admin(self.gpu_free_comfy, what))
 
     async def gpu_status(self, request: Request, responder: Responder) -> None:
-        """The arbiter's view (master key): resident models, leases, queue, counters."""
+        """The arbiter's view (master key): resident models, memory holds, queue, counters."""
         status = self.rt.gpu.status() if self.rt.gpu is not None else {"enabled": False, "models": []}
         await responder.send(200, orjson.dumps(status), JSON_HEADERS)
 
@@ -49,12 +53,12 @@ class GpuApi(Component):
         result = await (self.rt.gpu.load(model) if action == "load" else self.rt.gpu.unload(model))
         await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
-    async def gpu_lease(self, request: Request, responder: Responder) -> None:
-        """An external lease (a render, a ComfyUI job): answered once the memory is set aside."""
+    async def gpu_hold(self, request: Request, responder: Responder) -> None:
+        """A memory hold for an external job (a render, a ComfyUI job): answered once the memory is set aside."""
         body = parse.parse_body(request.body)
         if self.rt.gpu is None:
-            raise InvalidRequest("The GPU arbiter is off: there is no memory to lease.")
-        holder, memory_gb, priority, seconds = parse.gpu_lease(body)
+            raise InvalidRequest("The GPU arbiter is off: there is no memory to hold.")
+        holder, memory_gb, priority, seconds = parse.gpu_hold(body)
         hold = await self.rt.gpu.arbiter.hold(holder, int(memory_gb * GB), priority, seconds)
         await responder.send(200, orjson.dumps(hold.describe(self.rt.gpu.arbiter.clock.now())), JSON_HEADERS)
 
@@ -68,9 +72,9 @@ class GpuApi(Component):
         await responder.send(200, orjson.dumps(result), JSON_HEADERS)
 
     async def gpu_release(self, request: Request, responder: Responder) -> None:
-        lease_id = request.params["id"]
-        hold = self.rt.gpu.arbiter.holds.get(lease_id) if self.rt.gpu is not None else None
+        hold_id = request.params["id"]
+        hold = self.rt.gpu.arbiter.holds.get(hold_id) if self.rt.gpu is not None else None
         if hold is None:
-            raise NotFound(f"No GPU lease '{lease_id[:40]}' is held (it may have expired).", param="id")
+            raise NotFound(f"No GPU memory hold '{hold_id[:40]}' (it may have expired).", param="id")
         hold.release()
         await responder.send(200, orjson.dumps({"id": hold.id, "released": True}), JSON_HEADERS)

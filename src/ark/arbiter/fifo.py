@@ -1,7 +1,7 @@
 """A reference policy modelled on Ollama's scheduler (ollama/ollama ``server/sched.go``), for the simulator.
 
 It offers what the simulator drives on the arbiter (``acquire(model) -> lease``,
-``hold(...)`` for external leases, ``stats``), so both are measured the same way,
+``hold(...)`` for memory holds, ``stats``), so both are measured the same way,
 and it decides as sched.go does. Where it follows sched.go:
 
 * **One queue, one request at a time.** Requests go through one bounded FIFO
@@ -34,14 +34,14 @@ Where it simplifies:
   ``num_ctx`` times ``numParallel``); no reload for changed options
   (``needsReload``), no partial CPU offload: a model bigger than the whole GPU is
   refused (sched.go would load it partly on the CPU), and one that does not fit
-  beside external leases while nothing is loaded waits for memory (sched.go would
+  beside memory holds while nothing is loaded waits for memory (sched.go would
   load it partly on the CPU).
 * Ties in keep-alive (sched.go leaves them to Go's map order, which is random) go
   to the runner whose timer expires first, then by name, so runs are reproducible.
 * The 10 ms retry of an expiry that races a new request, the VRAM-recovery poll
   after an unload (folded into the driver's unload time) and cancelled requests'
   contexts are not modelled beyond skipping a request that left the queue.
-* External leases (``hold``) do not exist in Ollama. Here one queues in the same
+* Memory holds (``hold``) do not exist in Ollama. Here one queues in the same
   FIFO and makes room as a model would (idle runners go, busy ones are waited for):
   the kindest reading of Ollama next to ComfyUI, which in reality just allocates
   and fails or spills to the CPU when the memory is not there.
@@ -81,7 +81,7 @@ class _Runner:
 
 @dataclass(eq=False)
 class _Pending:
-    model: str | None  # None: an external lease
+    model: str | None  # None: a memory hold
     memory: int
     future: asyncio.Future[FifoLease | FifoHold]
     since: float
@@ -135,9 +135,9 @@ class FifoScheduler(OwnerTask):
         # Only the owner task and the callbacks below touch these (one event loop: no locks).
         self.loaded: dict[str, _Runner] = {}
         self.pending: deque[_Pending] = deque()
-        self._held = 0  # bytes given to external leases
+        self._held = 0  # bytes given to memory holds
         self._unloading = 0  # bytes of runners being unloaded
-        self._freed = 0  # unload (or lease end) events not yet seen by the owner: sched.go's unloadedCh
+        self._freed = 0  # unload (or hold end) events not yet seen by the owner: sched.go's unloadedCh
         self._kick = asyncio.Event()
         self._work: set[asyncio.Task[None]] = set()  # loads and unloads under way (sched.go's goroutines)
 
@@ -241,7 +241,7 @@ class FifoScheduler(OwnerTask):
             await self._unloaded()
 
     async def _place_hold(self, item: _Pending) -> None:
-        """An external lease: placed as a model's load would be, without the runner limit."""
+        """A memory hold: placed as a model's load would be, without the runner limit."""
         while not item.future.done():
             if item.memory > self.capacity:
                 item.future.set_exception(ModelWontFit(f"{item.holder} needs {item.memory / GB:.1f} GB"))
@@ -277,7 +277,7 @@ class FifoScheduler(OwnerTask):
             self._unload(runner)
 
     async def _unloaded(self) -> None:
-        """Wait for the next unload event (or an external lease's end), as sched.go waits on unloadedCh."""
+        """Wait for the next unload event (or a memory hold's end), as sched.go waits on unloadedCh."""
         while not self._freed:
             self._kick.clear()
             await self._kick.wait()

@@ -1,10 +1,11 @@
 """What both schedulers hand out and count, and the owner task they run on (their errors: ark.errors).
 
-A :class:`Lease` is a request's hold on its model; a :class:`Hold` is memory set
-aside for a GPU user that is not a model. :class:`Stats` counts swaps, loads and
-waits the same way for the arbiter and the fifo reference policy, so the
-simulator measures both alike. Each scheduler is one :class:`OwnerTask` on a
-:class:`Clock` (the monotonic clock, or the simulator's virtual one).
+A :class:`Lease` is a request's claim on its model (it stays loaded while any
+is out); a :class:`Hold`, a memory hold, is memory set aside for a GPU user that
+is not a model. :class:`Stats` counts swaps, loads and waits the same way for
+the arbiter and the fifo reference policy, so the simulator measures both alike.
+Each scheduler is one :class:`OwnerTask` on a :class:`Clock` (the monotonic
+clock, or the simulator's virtual one).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Releasing:
 
 
 class Lease(Releasing):
-    """A request's hold on its model; ``release`` (or leaving the ``with`` block) ends it."""
+    """A request's claim on its model; ``release`` (or leaving the ``with`` block) ends it."""
 
     def __init__(self, model: str, granted: float, ended: Callable[[Lease], None], on: object = None) -> None:
         super().__init__(ended)
@@ -58,7 +59,7 @@ class Hold(Releasing):
         super().__init__(ended)
         self.id = uuid.uuid4().hex[:12]
         self.holder, self.memory, self.priority, self.seconds = holder, memory, priority, seconds
-        self.name = f"lease {self.id} ({holder})"  # its name in plans and queues: never a model's
+        self.name = f"hold {self.id} ({holder})"  # its name in plans and queues: never a model's
         self.granted: float | None = None
         self.expires: float | None = None
 
@@ -84,17 +85,17 @@ class Stats:
     load_seconds: float = 0.0
     rejected: int = 0
     offloaded: dict[str, int] = field(default_factory=dict)  # loads that landed partly on the CPU
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest leases' waits (s)
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # the latest grants' waits (s)
     wait_count: int = 0
     wait_seconds: float = 0.0
     # how many waits fell at or under each of WAIT_BUCKETS (one count per wait; cumulated at scrape), +Inf last
     wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
     restarts: int = 0  # engines restarted because they stopped answering
-    holds: int = 0  # external leases granted
-    reclaimed: int = 0  # external leases taken back when they outlived their time
+    holds: int = 0  # memory holds granted
+    reclaimed: int = 0  # memory holds taken back when they outlived their time
 
     def record_wait(self, seconds: float) -> None:
-        """A lease granted after ``seconds`` in the queue (both schedulers count waits the same way)."""
+        """A lease or memory hold granted after ``seconds`` in the queue (both schedulers count waits alike)."""
         self.waits.append(seconds)
         self.wait_count += 1
         self.wait_seconds += seconds

@@ -1,8 +1,9 @@
 """The arbiter's rules as one pure function: ``plan(snapshot, model) -> actions``.
 
 No I/O, no clock, no state: the scheduler builds a :class:`Snapshot` of the
-device (what is resident, who holds leases, what ComfyUI and other processes
-use) and asks what it takes to serve a request for ``model``. The answer is
+device (what is resident and under how many leases, the memory holds, what
+ComfyUI and other processes use) and asks what it takes to serve a request
+for ``model``. The answer is
 
 * ``[]``: the model is resident; serve it;
 * ``[FreeComfy?, Unload..., Load]``: do these in order, then serve;
@@ -12,8 +13,8 @@ use) and asks what it takes to serve a request for ``model``. The answer is
 
 The rules (the reference box's, docs/arbiter.md):
 
-1. Memory: the resident models, ComfyUI, other processes and leases never add
-   up to more than the device's capacity (its size minus a reserve).
+1. Memory: the resident models, ComfyUI, other processes and memory holds never
+   add up to more than the device's capacity (its size minus a reserve).
 2. One large model at a time; a large model in the way is unloaded first.
 3. A model with a lease (a request in flight) is never unloaded; a pinned
    model never is.
@@ -77,7 +78,7 @@ class Snapshot:
     resident: tuple[Resident, ...] = ()
     comfy: Comfy | None = None
     external: int = 0  # used by processes the arbiter does not manage
-    held: int = 0  # leased to jobs that are not models (renders, image generation)
+    held: int = 0  # memory holds: set aside for jobs that are not models (renders, image generation)
 
     @property
     def used(self) -> int:
@@ -108,7 +109,7 @@ class FreeComfy:
 @dataclass(frozen=True, slots=True)
 class Wait:
     reason: str
-    blockers: tuple[str, ...]  # resident models, "comfyui", "other processes", "leases"
+    blockers: tuple[str, ...]  # resident models, "comfyui", "other processes", "memory holds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ def _blockers(snapshot: Snapshot) -> tuple[str, ...]:
     if snapshot.comfy is not None and snapshot.comfy.busy and snapshot.comfy.used > snapshot.comfy.idle:
         out.append("comfyui")
     if snapshot.held:
-        out.append("leases")
+        out.append("memory holds")
     if snapshot.external:
         out.append("other processes")
     return tuple(out)
@@ -215,7 +216,7 @@ def lets_in(snapshot: Snapshot, model: ModelInfo, drained: set[str]) -> bool:
 
 def in_the_way(snapshot: Snapshot, model: ModelInfo, other: ModelInfo) -> bool:
     """Would ``other``, brought in now and busy, keep ``model`` out once the memory held for a while (requests
-    in flight, external leases, a ComfyUI job) is back? Pinned models and other processes stay."""
+    in flight, memory holds, a ComfyUI job) is back? Pinned models and other processes stay."""
     resident = (*(replace(r, leases=0) for r in snapshot.resident), Resident(other, leases=1))
     comfy = replace(snapshot.comfy, busy=False) if snapshot.comfy is not None else None
     after = Snapshot(snapshot.capacity, resident, comfy, snapshot.external, 0)

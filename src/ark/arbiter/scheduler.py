@@ -1,6 +1,6 @@
 """The scheduler: one asyncio task owns the device's state and decides who runs.
 
-Every request holds a :class:`Lease` on its model for its whole life, so
+Every request takes a :class:`Lease` on its model for its whole life, so
 nothing is unloaded under it. A request for a resident model gets its lease at
 once, unless that model is draining (below). A request for a model that is not
 resident queues; the owner task takes the first waiter (the *head*) and carries
@@ -17,20 +17,20 @@ The rules (docs/arbiter.md, "The scheduler"):
   at most half of ``max_wait``); then they take no new lease (they drain)
   and the swap follows, by ``max_wait`` when the leases last as expected.
   They do not drain while the head waits for memory they would not give back
-  (an external lease, other processes, a ComfyUI job).
+  (a memory hold, other processes, a ComfyUI job).
 * The swap delay: a swap that would unload an idle model in demand (two requests
   served in the last ``max_wait``, the latest less than ``swap_delay`` ago) waits
   until the head has waited ``swap_delay`` (at most until it is due); meanwhile
   that model serves what comes.
 * Backfill: while the head waits, a waiter whose model fits without unloading
   anything is brought in; one that would keep the head out only before the head
-  is due (or while the head waits for memory no model holds), and never an
-  external lease.
+  is due (or while the head waits for memory no model holds), and never a
+  memory hold.
 
 Idle models unload after their ``idle_timeout``. The queue is bounded: a full
 queue refuses at once with a ``Retry-After``.
 
-External leases (:meth:`Arbiter.hold`) set memory aside for GPU users that are
+Memory holds (:meth:`Arbiter.hold`) set memory aside for GPU users that are
 not models (a Blender render, a ComfyUI job): they queue like requests, the
 same plan makes room for them, and one that outlives its ``seconds`` is
 reclaimed.
@@ -87,18 +87,18 @@ class _Model:
     last_used: float = 0.0
     memory: int = 0  # what it takes: the catalog's figure, or what the engine reported
     served: deque[float] = field(default_factory=lambda: deque(maxlen=2))  # when its latest two leases ended
-    held: deque[float] = field(default_factory=lambda: deque(maxlen=HELD_SEEN))  # its latest leases' lengths (s)
+    lease_lengths: deque[float] = field(default_factory=lambda: deque(maxlen=LEASES_SEEN))  # the latest (s)
 
-    def expected_hold(self) -> float:
+    def expected_lease(self) -> float:
         """How long a lease on this model lasts, by what its latest leases took: the 90th percentile."""
-        if not self.held:
+        if not self.lease_lengths:
             return 0.0
-        ordered = sorted(self.held)
+        ordered = sorted(self.lease_lengths)
         return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
 LEAD_SHARE = 0.5  # a drain starts at most this share of max_wait early: the model in the way keeps half its turn
-HELD_SEEN = 32  # lease lengths remembered per model: what the drain lead is estimated from
+LEASES_SEEN = 32  # lease lengths remembered per model: what the drain lead is estimated from
 
 
 class Arbiter(OwnerTask):
@@ -132,7 +132,7 @@ class Arbiter(OwnerTask):
         self.resident: dict[str, _Model] = {}
         self.queue: list[_Waiter] = []
         self.draining: set[str] = set()  # models that take no new leases until a swap is done
-        self.holds: dict[str, Hold] = {}  # external leases granted, by id
+        self.holds: dict[str, Hold] = {}  # memory holds granted, by id
         self.stats = Stats()
         self._wake = asyncio.Event()
         self._unloads: list[tuple[str, asyncio.Future[bool]]] = []  # asked by an operator
@@ -141,7 +141,7 @@ class Arbiter(OwnerTask):
 
     # -- the request side -------------------------------------------------------------------------
     async def acquire(self, model: str) -> Lease:
-        """Wait until ``model`` is resident and hold it; raises for a full queue or a model that cannot fit."""
+        """Wait until ``model`` is resident and lease it; raises for a full queue or a model that cannot fit."""
         entry = self.catalog.get(model)
         if entry is None:
             raise KeyError(model)
@@ -159,7 +159,7 @@ class Arbiter(OwnerTask):
         Waits, like a request, until the plan has made room (idle models may go); raises for a full
         queue, and with the numbers for memory the device can never give."""
         if memory <= 0 or seconds <= 0:
-            raise ValueError("a lease needs a positive memory and time")
+            raise ValueError("a memory hold needs a positive memory and time")
         hold = Hold(holder, memory, priority, seconds, self._release_hold)
         waiter = _Waiter(hold.name, self.clock.now(), int(priority), self._future(), hold)
         return await self._enqueue(waiter)  # type: ignore[no-any-return]
@@ -204,11 +204,11 @@ class Arbiter(OwnerTask):
             state.leases -= 1
             state.last_used = self.clock.now()
             state.served.append(state.last_used)
-            state.held.append(state.last_used - lease.granted)
+            state.lease_lengths.append(state.last_used - lease.granted)
         self._wake.set()
 
     def hold_status(self) -> list[dict[str, Any]]:
-        """The external leases: granted ones, then those waiting."""
+        """The memory holds: granted ones, then those waiting."""
         now = self.clock.now()
         waiting = [w.hold for w in self.queue if w.hold is not None]
         return [h.describe(now) for h in [*self.holds.values(), *waiting]]
@@ -332,8 +332,8 @@ class Arbiter(OwnerTask):
         All resident models, not only those in the way of a waiter: measured both ways (docs/arbiter.md), this
         one kept more waits within max_wait plus one swap; a long-serving model beside the one in the way costs
         some batching."""
-        holds = (s.expected_hold() for s in self.resident.values() if not s.entry.info.pinned)
-        return min(LEAD_SHARE * self.max_wait, max(holds, default=0.0))
+        leases = (s.expected_lease() for s in self.resident.values() if not s.entry.info.pinned)
+        return min(LEAD_SHARE * self.max_wait, max(leases, default=0.0))
 
     def _info(self, waiter: _Waiter) -> ModelInfo:
         if waiter.hold is not None:
@@ -394,7 +394,7 @@ class Arbiter(OwnerTask):
         """While the head waits, bring in a waiter that fits without unloading anything. One that would keep the
         head out (it takes memory the head needs once what holds it now is back) goes only before the head is
         due or while the head waits for memory no model holds (it drains with the others once that is back),
-        and never as an external lease, which cannot drain."""
+        and never as a memory hold, which cannot drain."""
         outside = not lets_in(snapshot, info, set(self.resident))  # it waits for memory no model holds
         tried = {head.model, *self.draining}
         for waiter in order:
@@ -414,7 +414,7 @@ class Arbiter(OwnerTask):
         self.stats.rejected += 1
         reason = reject.reason
         if waiter.hold is not None:
-            reason = reason.replace(f"model {waiter.hold.name}", f"a lease for {waiter.hold.holder}", 1)
+            reason = reason.replace(f"model {waiter.hold.name}", f"a memory hold for {waiter.hold.holder}", 1)
         self._fail(waiter.model, ModelWontFit(reason, param="memory_gb" if waiter.hold else "model"))
         self._wake.set()  # the rest of the queue: in the next round
 

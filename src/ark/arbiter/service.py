@@ -44,7 +44,7 @@ class Probe:
     """The device and ComfyUI, read every :data:`PROBE_S`: the memory the arbiter does not own.
 
     ``external()`` is what the device says is used beyond the arbiter's own accounts (resident models,
-    ComfyUI, leases): other processes, CUDA contexts, a desktop. On a virtual device nothing else exists.
+    ComfyUI, memory holds): other processes, CUDA contexts, a desktop. On a virtual device nothing else exists.
     """
 
     def __init__(self, device: Device, reading: Reading, comfy: ComfyDriver | None) -> None:
@@ -191,9 +191,9 @@ class GpuService:
         )
 
     async def lease(self, model: str, managed: bool = True) -> Lease | None:
-        """Hold ``model`` resident for a request; None when the arbiter does not manage it. A model of a
-        ``managed`` engine that the catalog does not know yet (installed since) is looked up first, at
-        most every :data:`_LOOKUP_S` seconds."""
+        """A request's lease on ``model`` (resident until it ends); None when the arbiter does not manage it.
+        A model of a ``managed`` engine that the catalog does not know yet (installed since) is looked up
+        first, at most every :data:`_LOOKUP_S` seconds."""
         if model not in self.arbiter.catalog:
             if not managed or asyncio.get_running_loop().time() - self._refreshed < _LOOKUP_S:
                 return None
@@ -249,7 +249,7 @@ class GpuService:
                     "queued": len(arbiter.queue_for(name)),
                     "draining": name in arbiter.draining,
                     # unrounded: a lease of 0.4 ms is not "no lease seen"
-                    "expected_lease_s": state.expected_hold() if state is not None else None,
+                    "expected_lease_s": state.expected_lease() if state is not None else None,
                     "priority": entry.info.priority.name.lower(),
                     "pinned": entry.info.pinned,
                     "large": entry.info.large,
@@ -260,6 +260,7 @@ class GpuService:
         used = sum(m["memory_bytes"] for m in models if m["resident"])
         stats = arbiter.stats
         reading, comfy = self.probe.reading, self.probe.comfy
+        holds = arbiter.hold_status()
         return {
             "enabled": True,
             "device": self.device_name,
@@ -281,7 +282,8 @@ class GpuService:
             "held_bytes": sum(h.memory for h in arbiter.holds.values()),
             "queue": len(arbiter.queue),
             "models": models,
-            "leases": arbiter.hold_status(),
+            "holds": holds,
+            "leases": holds,  # deprecated: the old name of "holds", kept for one release (docs/api.md)
             "restarts": dict(self.drivers.restarts),
             "stats": {
                 "loads": stats.loads,
@@ -289,10 +291,12 @@ class GpuService:
                 "swaps": stats.swaps,
                 "rejected": stats.rejected,
                 "load_seconds": round(stats.load_seconds, 3),
-                "leases": stats.wait_count,
+                "leases": stats.wait_count,  # grants waited for: leases and memory holds (wait_seconds' count)
                 "wait_seconds": round(stats.wait_seconds, 3),
                 "wait_buckets": list(stats.wait_buckets),
-                "leases_granted": stats.holds,
+                "holds_granted": stats.holds,
+                "holds_reclaimed": stats.reclaimed,
+                "leases_granted": stats.holds,  # deprecated: the old names of the two above, for one release
                 "leases_reclaimed": stats.reclaimed,
             },
         }

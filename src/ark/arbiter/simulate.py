@@ -8,18 +8,18 @@ hours of traffic take a fraction of a second and every time is exact.
 
 What is simulated:
 
-* each request arrives at its ``t``, asks for a lease on its model, and holds it
+* each request arrives at its ``t``, asks for a lease on its model, and keeps it
   while the engine serves it: it waits for one of the model's ``parallel`` slots,
   then takes ``prompt_tokens / prefill_tokens_per_second + max_tokens /
   tokens_per_second`` seconds (every request generates all of its ``max_tokens``);
-* a lease line (a ComfyUI or render job) asks for ``memory_gb`` through ``hold`` and
+* a hold line (a ComfyUI or render job) asks for ``memory_gb`` through ``hold`` and
   gives it back after its ``seconds``;
 * the engine (:class:`SimDriver`) loads a model in its ``load_seconds`` and unloads
   it in the box's ``unload_seconds``.
 
 Measured: a request's *wait* is the time from its arrival to its lease (what the
 GPU scheduling cost it); its *latency* adds the slot queue and the generation. A
-*swap* is a load (or a lease granted) that needed an unload first, as both
+*swap* is a load (or a memory hold granted) that needed an unload first, as both
 schedulers count it. Percentiles are nearest-rank.
 """
 
@@ -38,10 +38,10 @@ from ark.arbiter.leases import Releasable, Stats
 from ark.arbiter.policy import GB, Priority
 from ark.arbiter.scheduler import Arbiter
 from ark.arbiter.virtual_loop import LoopClock, VirtualEventLoop
-from ark.arbiter.workload import Box, LeaseJob, Request, Workload
+from ark.arbiter.workload import Box, HoldJob, Request, Workload
 from ark.errors import ModelWontFit, QueueFull
 
-LEASE_SLACK = 1.0  # a lease's cap is its seconds plus this: the simulator's release ends it, not a reclaim
+HOLD_SLACK = 1.0  # a hold's cap is its seconds plus this: the simulator's release ends it, not a reclaim
 
 
 class Scheduler(Protocol):
@@ -80,10 +80,10 @@ POLICIES: dict[str, Callable[[Box, Driver], Scheduler]] = {"ark": ark_scheduler,
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A stretch of time something held GPU memory: a model (load start to unload end) or a lease."""
+    """A stretch of time something held GPU memory: a model (load start to unload end) or a memory hold."""
 
     name: str
-    kind: str  # "model" or "lease"
+    kind: str  # "model" or "hold"
     start: float
     end: float
 
@@ -124,7 +124,7 @@ class SimDriver:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    job: Request | LeaseJob
+    job: Request | HoldJob
     arrived: float
     granted: float | None  # None: refused (queue full, never fits)
     done: float
@@ -158,10 +158,10 @@ class Result:
     latency_p50_s: float
     latency_p95_s: float
     makespan_s: float
-    leases: int
-    leases_rejected: int
-    lease_wait_p95_s: float
-    lease_wait_max_s: float
+    holds: int
+    holds_rejected: int
+    hold_wait_p95_s: float
+    hold_wait_max_s: float
     max_wait_s: float  # the box's [gpu] max_wait_s
     wait_bound_s: float  # max_wait_s plus one swap (an unload and the slowest load)
     capacity_gb: float
@@ -178,7 +178,18 @@ class Result:
                 out[name] = {m: {k: _round(v) for k, v in vars_of(r).items()} for m, r in value.items()}
             elif name != "spans":
                 out[name] = _round(value)
+        for old, new in _OLD_KEYS.items():  # deprecated, for one release
+            out[old] = out[new]
         return out
+
+
+# the memory holds' figures by their old names, from before "lease" meant only a request's lease on its model
+_OLD_KEYS = {
+    "leases": "holds",
+    "leases_rejected": "holds_rejected",
+    "lease_wait_p95_s": "hold_wait_p95_s",
+    "lease_wait_max_s": "hold_wait_max_s",
+}
 
 
 def vars_of(result: ModelResult) -> dict[str, Any]:
@@ -245,7 +256,7 @@ async def _run(workload: Workload, box: Box, policy: str) -> Result:
         if isinstance(job, Request):
             tasks.append(asyncio.create_task(_request(scheduler, box, job, slots[job.model], outcomes)))
         else:
-            tasks.append(asyncio.create_task(_lease(scheduler, job, outcomes)))
+            tasks.append(asyncio.create_task(_hold(scheduler, job, outcomes)))
     await asyncio.gather(*tasks)
     end = loop.time()
     await scheduler.close()
@@ -270,11 +281,11 @@ async def _request(scheduler: Scheduler, box: Box, job: Request, slot: asyncio.S
     out.append(_Outcome(job, arrived, granted, loop.time()))
 
 
-async def _lease(scheduler: Scheduler, job: LeaseJob, out: list[_Outcome]) -> None:
+async def _hold(scheduler: Scheduler, job: HoldJob, out: list[_Outcome]) -> None:
     loop = asyncio.get_running_loop()
     arrived = loop.time()
     try:
-        hold = await scheduler.hold(job.holder, job.memory, job.priority, job.seconds + LEASE_SLACK)
+        hold = await scheduler.hold(job.holder, job.memory, job.priority, job.seconds + HOLD_SLACK)
     except (QueueFull, ModelWontFit):
         out.append(_Outcome(job, arrived, None, loop.time()))
         return
@@ -291,9 +302,9 @@ def _result(policy: str, box: Box, stats: Stats, driver: SimDriver, outcomes: li
     served = [o for o in requests if o.granted is not None]
     waits = [o.granted - o.arrived for o in served if o.granted is not None]
     latencies = [o.done - o.arrived for o in served]
-    leases = [o for o in outcomes if isinstance(o.job, LeaseJob)]
-    lease_waits = [o.granted - o.arrived for o in leases if o.granted is not None]
-    spans = [*driver.spans, *(_lease_span(o) for o in leases if o.granted is not None)]
+    holds = [o for o in outcomes if isinstance(o.job, HoldJob)]
+    hold_waits = [o.granted - o.arrived for o in holds if o.granted is not None]
+    spans = [*driver.spans, *(_hold_span(o) for o in holds if o.granted is not None)]
     slowest_load = max((e.load_seconds for e in box.engines.values()), default=0.0)
     return Result(
         policy=policy,
@@ -311,10 +322,10 @@ def _result(policy: str, box: Box, stats: Stats, driver: SimDriver, outcomes: li
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
         makespan_s=max((o.done for o in outcomes), default=0.0) - min((o.arrived for o in outcomes), default=0.0),
-        leases=len(leases),
-        leases_rejected=sum(o.granted is None for o in leases),
-        lease_wait_p95_s=percentile(lease_waits, 95),
-        lease_wait_max_s=max(lease_waits, default=0.0),
+        holds=len(holds),
+        holds_rejected=sum(o.granted is None for o in holds),
+        hold_wait_p95_s=percentile(hold_waits, 95),
+        hold_wait_max_s=max(hold_waits, default=0.0),
         max_wait_s=box.max_wait_s,
         wait_bound_s=box.max_wait_s + box.unload_seconds + slowest_load,
         capacity_gb=box.capacity / GB,
@@ -323,9 +334,9 @@ def _result(policy: str, box: Box, stats: Stats, driver: SimDriver, outcomes: li
     )
 
 
-def _lease_span(outcome: _Outcome) -> Span:
-    assert isinstance(outcome.job, LeaseJob) and outcome.granted is not None
-    return Span(outcome.job.holder, "lease", outcome.granted, outcome.done)
+def _hold_span(outcome: _Outcome) -> Span:
+    assert isinstance(outcome.job, HoldJob) and outcome.granted is not None
+    return Span(outcome.job.holder, "hold", outcome.granted, outcome.done)
 
 
 def _per_model(box: Box, driver: SimDriver, requests: list[_Outcome]) -> dict[str, ModelResult]:

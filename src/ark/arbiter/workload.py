@@ -4,9 +4,10 @@ One JSON object per line, in any order of ``t`` (they are replayed sorted by ``t
 ties in file order)::
 
     {"t": 0.0, "model": "coder", "prompt_tokens": 800, "max_tokens": 300}
-    {"t": 12.5, "kind": "lease", "holder": "comfyui", "memory_gb": 12, "seconds": 45, "priority": "medium"}
+    {"t": 12.5, "kind": "hold", "holder": "comfyui", "memory_gb": 12, "seconds": 45, "priority": "medium"}
 
-A first line ``{"catalog": {...}}`` describes the machine and makes the file
+(``"kind": "lease"`` is the old name of ``"hold"`` and still read.) A first line
+``{"catalog": {...}}`` describes the machine and makes the file
 self-contained (it overrides the config)::
 
     {"catalog": {"gpu_memory_gb": 32, "reserve_gb": 1, "max_wait_s": 30,
@@ -47,7 +48,7 @@ UNLOAD_SECONDS = 0.5  # the engine frees the model and the driver sees the memor
 
 MAX_LINE_BYTES = 1 << 20
 MAX_JOBS = 1_000_000
-MAX_SECONDS = 1e7  # about 116 days: any t, lease or load time beyond is a mistake
+MAX_SECONDS = 1e7  # about 116 days: any t, hold or load time beyond is a mistake
 MAX_TOKENS = 100_000_000
 MAX_GB = 100_000.0
 MAX_MODELS = 1000
@@ -63,8 +64,8 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseJob:
-    """Memory held for a job that is not a model (a ComfyUI render, a Blender render)."""
+class HoldJob:
+    """A memory hold for a job that is not a model (a ComfyUI render, a Blender render)."""
 
     line: int
     t: float
@@ -74,7 +75,7 @@ class LeaseJob:
     priority: Priority
 
 
-Job = Request | LeaseJob
+Job = Request | HoldJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +214,10 @@ def _short(exc: BaseException) -> str:
 
 def _job(obj: dict[str, Any], number: int) -> Job:
     fields = Fields(obj, number, "")
-    kind = fields.choice("kind", ("request", "lease"), "request")
+    kind = fields.choice("kind", ("request", "hold", "lease"), "request")  # "lease": the old name of "hold"
     t = fields.number("t", lo=0.0, hi=MAX_SECONDS)
-    if kind == "lease":
-        job: Job = LeaseJob(
+    if kind in ("hold", "lease"):
+        job: Job = HoldJob(
             number,
             t,
             fields.text("holder"),

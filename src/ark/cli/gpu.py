@@ -33,7 +33,7 @@ def gpu() -> None:
 def gpu_status(
     config_path: Path | None, data_dir: Path | None, as_json: bool, watch: bool, interval: float, count: int
 ) -> None:
-    """Resident models with their memory, leases and queues (from the running gateway)."""
+    """Resident models (memory, leases, queues) and memory holds, from the gateway."""
     if as_json:
         print_json(call_gateway(config_path, data_dir, "GET", "/admin/gpu"))
         return
@@ -64,7 +64,7 @@ def _gpu_view(status: dict[str, Any]) -> RenderableType:
     parts = [  # one stacked bar: what the plan holds, by whom
         ("models", status["used_bytes"], "green"),
         ("ComfyUI", comfy, "magenta"),
-        ("leases", status.get("held_bytes", 0), "yellow"),
+        ("holds", status.get("held_bytes", 0), "yellow"),
         ("others", status.get("external_bytes", 0), "red"),
     ]
     width, bar, legend = 40, Text(), []
@@ -102,14 +102,14 @@ def _gpu_view(status: dict[str, Any]) -> RenderableType:
     if any(sensors):
         parts_out.append(Text("  ".join(x for x in sensors if x), style="dim"))
     parts_out.append(table)
-    if status.get("leases"):
-        leases = Table("lease", "holder", "memory", "priority", "state")
-        for lease in status["leases"]:
-            state = f"{lease['expires_in_s']:.0f} s left" if lease["granted"] else "[yellow]waiting[/]"
-            leases.add_row(
-                lease["id"], lease["holder"], f"{lease['memory_bytes'] / 2**30:.2f} GB", lease["priority"], state
-            )
-        parts_out.append(leases)
+    holds = status.get("holds", status.get("leases"))  # "leases": a gateway from before the rename
+    if holds:
+        listing = Table("hold", "holder", "memory", "priority", "state")
+        for hold in holds:
+            state = f"{hold['expires_in_s']:.0f} s left" if hold["granted"] else "[yellow]waiting[/]"
+            memory = f"{hold['memory_bytes'] / 2**30:.2f} GB"
+            listing.add_row(hold["id"], hold["holder"], memory, hold["priority"], state)
+        parts_out.append(listing)
     stats = status["stats"]
     restarts = sum((status.get("restarts") or {}).values())
     parts_out.append(

@@ -42,7 +42,7 @@ def gpu_simulate(workload: Path, config_path: Path | None, data_dir: Path | None
     """Replay WORKLOAD on a virtual GPU with the real scheduler (no GPU, no engine, no waiting).
 
     WORKLOAD is JSON lines: {"t": s, "model": name, "prompt_tokens": n, "max_tokens": n} per request,
-    {"t": s, "kind": "lease", "holder": name, "memory_gb": x, "seconds": d} per external lease, and an
+    {"t": s, "kind": "hold", "holder": name, "memory_gb": x, "seconds": d} per memory hold, and an
     optional first line {"catalog": {"gpu_memory_gb": 32, "models": {...}}} that describes the machine
     (else the config's [gpu] memory_gb and [models."ID"] memory_gb). Format: docs/arbiter.md.
     """
@@ -75,7 +75,7 @@ def render(result: Result, seconds: float) -> RenderableType:
     """The summary: headline numbers, per model, and who held the GPU when."""
     head = Text.from_markup(
         f"[bold]{result.policy}[/] policy on a virtual GPU ({result.capacity_gb:.1f} GB to plan with): "
-        f"{result.requests} request(s), {result.leases} lease(s), {result.makespan_s:.0f} s simulated "
+        f"{result.requests} request(s), {result.holds} memory hold(s), {result.makespan_s:.0f} s simulated "
         f"in {seconds:.2f} s"
     )
     return Group(head, _summary(result), _per_model(result), _chart(result))
@@ -92,9 +92,9 @@ def _summary(r: Result) -> Table:
         ("max_wait + one swap", f"{r.wait_bound_s:.1f} s: the longest wait is {within}"),
         ("latency p50 / p95", f"{r.latency_p50_s:.1f} / {r.latency_p95_s:.1f} s"),
     ]
-    if r.leases:
-        waits = f"{r.lease_wait_p95_s:.1f} / {r.lease_wait_max_s:.1f} s"
-        rows.append(("leases: rejected, wait p95 / max", f"{r.leases_rejected}, {waits}"))
+    if r.holds:
+        waits = f"{r.hold_wait_p95_s:.1f} / {r.hold_wait_max_s:.1f} s"
+        rows.append(("memory holds: rejected, wait p95 / max", f"{r.holds_rejected}, {waits}"))
     rows.append(("makespan", f"{r.makespan_s:.1f} s"))
     for name, value in rows:
         table.add_row(name, value)
@@ -113,12 +113,12 @@ def _per_model(r: Result) -> Table:
 
 
 def _chart(r: Result) -> Text:
-    """One row per model or lease holder: █ where it held GPU memory, over the run's length."""
+    """One row per model or memory holder: █ where it held GPU memory, over the run's length."""
     start = min((s.start for s in r.spans), default=0.0)
     length = max(max((s.end for s in r.spans), default=0.0) - start, 1e-9)
     rows: dict[str, list[Span]] = {}
     for span in r.spans:
-        rows.setdefault(span.name if span.kind == "model" else f"lease {span.name}", []).append(span)
+        rows.setdefault(span.name if span.kind == "model" else f"hold {span.name}", []).append(span)
     width = max((len(name) for name in rows), default=5)
     text = Text("who held the GPU\n", style="bold")
     for name, spans in rows.items():
@@ -128,7 +128,7 @@ def _chart(r: Result) -> Text:
             last = max(first, min(CHART_WIDTH - 1, int((s.end - start) / length * CHART_WIDTH - 1e-9)))
             for i in range(first, last + 1):
                 cells[min(i, CHART_WIDTH - 1)] = "█"
-        style = "magenta" if name.startswith("lease ") else "cyan"
+        style = "magenta" if name.startswith("hold ") else "cyan"
         text.append(f"{name:<{width}} ").append("".join(cells), style=style)
         text.append("\n")
     text.append(f"{'':<{width}} 0 s{'':<{CHART_WIDTH - 3 - len(f'{length:.0f} s')}}{length:.0f} s", style="dim")

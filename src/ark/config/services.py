@@ -93,12 +93,12 @@ class StoreSettings:
         Choice("auto", "yes", "no"),
         "auto",
         "Whether several gateway processes share this database and must enforce budgets and rate limits "
-        "together (leases in the database). auto: yes for PostgreSQL, no for SQLite.",
+        "together (allotments in the database). auto: yes for PostgreSQL, no for SQLite.",
     )
 
     @property
     def is_shared(self) -> bool:
-        """Several gateways enforce one budget together: leases in the database."""
+        """Several gateways enforce one budget together: allotments in the database."""
         scheme = urlsplit(self.url).scheme  # "postgresql", "postgres", "postgresql+psycopg"
         return self.shared == "yes" or (self.shared == "auto" and scheme.startswith("postgres"))
 

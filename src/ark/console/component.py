@@ -52,7 +52,7 @@ class ConsoleComponent(Component):
                 "capacity_bytes": status["capacity_bytes"],
                 "models": {m["model"]: m["memory_bytes"] for m in status["models"] if m["resident"]},
                 "comfyui_bytes": (status["comfyui"] or {}).get("used_bytes", 0),
-                "leases_bytes": status["held_bytes"],
+                "holds_bytes": status["held_bytes"],
                 "external_bytes": status["external_bytes"],
                 "queue": status["queue"],
                 "temperature_c": reading["temperature_c"],

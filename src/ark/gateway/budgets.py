@@ -10,9 +10,9 @@ refused for a spent credit budget (only a token budget stops it).
 
 This process's accounts start from the database (spend since the period
 began) and then move in memory. When several gateways share the database
-(``shared``), an account admits only within what this process holds on lease
-(ark/store/holds.py): ``reserve`` answers with a :class:`Shortfall` when the
-lease is too small, the caller grows it from the database and asks again.
+(``shared``), an account admits only within this process's allotment
+(ark/store/allotments.py): ``reserve`` answers with a :class:`Shortfall` when the
+allotment is too small, the caller grows it from the database and asks again.
 """
 
 from __future__ import annotations
@@ -60,29 +60,29 @@ class Account:
     period: timedelta | None
     reserved_cost: float = 0.0
     reserved_tokens: int = 0
-    # shared database only: the lease (credits/tokens this process may use), what of it was spent and is
+    # shared database only: the allotment (credits/tokens this process may use), what of it was spent and is
     # not yet in the database's `spend`, and when it last grew (monotonic seconds)
-    held_cost: float = 0.0
-    held_tokens: int = 0
+    allotted_cost: float = 0.0
+    allotted_tokens: int = 0
     pending_cost: float = 0.0
     pending_tokens: int = 0
     grown_at: float = 0.0
 
     def short(self, cost: float, tokens: int) -> tuple[float, int]:
-        """What the lease lacks for a request that may cost ``cost`` and use ``tokens`` (shared database)."""
+        """What the allotment lacks for a request that may cost ``cost`` and use ``tokens`` (shared database)."""
         credits = 0.0
         if cost > 0 and self.max_budget is not None:
-            credits = max(0.0, cost - (self.held_cost - self.reserved_cost - self.pending_cost))
+            credits = max(0.0, cost - (self.allotted_cost - self.reserved_cost - self.pending_cost))
         needed = 0
         if self.max_tokens is not None:
-            needed = max(0, tokens - (self.held_tokens - self.reserved_tokens - self.pending_tokens))
+            needed = max(0, tokens - (self.allotted_tokens - self.reserved_tokens - self.pending_tokens))
         return credits, needed
 
     def unused(self) -> tuple[float, int]:
-        """The part of the lease that nothing uses."""
+        """The part of the allotment that nothing uses."""
         return (
-            max(0.0, self.held_cost - self.reserved_cost - self.pending_cost),
-            max(0, self.held_tokens - self.reserved_tokens - self.pending_tokens),
+            max(0.0, self.allotted_cost - self.reserved_cost - self.pending_cost),
+            max(0, self.allotted_tokens - self.reserved_tokens - self.pending_tokens),
         )
 
     def refusal(self, cost: float, tokens: int) -> str | None:
@@ -113,10 +113,10 @@ class Reservation:
 
 @dataclass(slots=True)
 class Shortfall:
-    """The leases to grow before a request fits: [(account id, account, credits, tokens)]."""
+    """The allotments to grow before a request fits: [(account id, account, credits, tokens)]."""
 
     needs: list[tuple[str, Account, float, int]]
-    cost: float  # the whole request's reservation, a measure for how much extra to lease
+    cost: float  # the whole request's reservation, a measure for how much extra to ask for
     tokens: int
 
 
@@ -174,7 +174,7 @@ class Budgets:
                 )
         for ident in list(self.accounts):
             account = self.accounts[ident]
-            if ident not in seen and not (account.reserved_cost or account.reserved_tokens or account.held_cost):
+            if ident not in seen and not (account.reserved_cost or account.reserved_tokens or account.allotted_cost):
                 del self.accounts[ident]
         self.by_key = {}
         for k in keys:
@@ -242,19 +242,19 @@ class Budgets:
             account.reserved_tokens -= reservation.tokens
             account.spend += cost
             account.tokens += tokens
-            if reservation.shared:  # on the lease until the ledger moves it into the database's spend
+            if reservation.shared:  # in the allotment until the ledger moves it into the database's spend
                 account.pending_cost += cost
                 account.pending_tokens += tokens
 
     def ingested(self, sums: Mapping[str, tuple[float, int, int]]) -> None:
-        """The ledger moved this much from our leases into the database's spend (shared database)."""
+        """The ledger moved this much from our allotments into the database's spend (shared database)."""
         for ident, (cost, tokens, _) in sums.items():
             account = self.accounts.get(ident)
             if account is not None:
                 account.pending_cost -= cost
-                account.held_cost -= cost
+                account.allotted_cost -= cost
                 account.pending_tokens -= tokens
-                account.held_tokens -= tokens
+                account.allotted_tokens -= tokens
 
     def remaining(self) -> Sequence[tuple[str, float, float]]:
         """(key alias, credits left, the budget) of every account with a budget."""

@@ -65,7 +65,7 @@ class Exchange:
     authenticated: bool = False
     price: Price = FREE
     reservation: Reservation | None = None
-    lease: Lease | None = None  # the GPU arbiter's hold on the model
+    lease: Lease | None = None  # the request's lease on its model (GPU arbiter)
     admission: Admission | None = None
     cost: float = 0.0
     model: str = UNKNOWN_MODEL

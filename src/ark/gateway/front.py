@@ -153,8 +153,8 @@ class Front:
                 if token is not None and rt.identity is not None:  # attribution only: it grants nothing
                     identity = await rt.identity.verify(token)
                     ex.person = identity.name if identity is not None else None
-                if rt.leases is not None:
-                    ex.admission = await rt.leases.admit(ex.key)
+                if rt.allotments is not None:
+                    ex.admission = await rt.allotments.admit(ex.key)
                 else:
                     admission = rt.rates.admit(ex.key, time.monotonic())
                     assert not isinstance(admission, RateShortfall)  # only with a shared database
@@ -222,8 +222,8 @@ class Front:
             return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
         timeout, now = route.engine.settings.total_timeout, datetime.now(UTC)
-        if rt.leases is not None:
-            ex.reservation = await rt.leases.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+        if rt.allotments is not None:
+            ex.reservation = await rt.allotments.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
         else:
             reservation = rt.budgets.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
             assert not isinstance(reservation, Shortfall)  # only with a shared database

@@ -165,7 +165,7 @@ class _GpuCollector(Collector):
             sum_value=stats["load_seconds"],
         )
         waits = HistogramMetricFamily(
-            "ark_queue_wait_seconds", "Time from a request's arrival to its lease on the model (or the GPU)."
+            "ark_queue_wait_seconds", "Time from a request's arrival to its lease on the model (or a memory hold's)."
         )
         waits.add_metric([], cumulative(WAIT_BUCKETS, stats["wait_buckets"]), stats["wait_seconds"])
         yield waits
@@ -175,9 +175,10 @@ class _GpuCollector(Collector):
         for engine, count in sorted(status["restarts"].items()):
             restarts.add_metric([engine], count)
         yield restarts
-        yield CounterMetricFamily(
-            "ark_gpu_leases_reclaimed", "External GPU leases taken back past their time.", stats["leases_reclaimed"]
-        )
+        reclaimed = stats["holds_reclaimed"]
+        yield CounterMetricFamily("ark_gpu_holds_reclaimed", "GPU memory holds taken back past their time.", reclaimed)
+        # the old name, from before "lease" meant only a request's lease on its model: kept for one release
+        yield CounterMetricFamily("ark_gpu_leases_reclaimed", "Deprecated: ark_gpu_holds_reclaimed.", reclaimed)
 
 
 def _device_families(status: dict[str, Any]) -> Iterable[Metric]:
@@ -193,7 +194,8 @@ def _device_families(status: dict[str, Any]) -> Iterable[Metric]:
     memory.add_metric([gpu, "used"], reading["used_bytes"])
     memory.add_metric([gpu, "free"], max(0, reading["total_bytes"] - reading["used_bytes"]))
     memory.add_metric([gpu, "models"], status["used_bytes"])
-    memory.add_metric([gpu, "leases"], status["held_bytes"])
+    memory.add_metric([gpu, "holds"], status["held_bytes"])
+    memory.add_metric([gpu, "leases"], status["held_bytes"])  # deprecated: "holds" by its old name, for one release
     memory.add_metric([gpu, "comfyui"], (status["comfyui"] or {}).get("used_bytes", 0))
     memory.add_metric([gpu, "external"], status["external_bytes"])
     yield memory

@@ -7,7 +7,7 @@ answer can put the bucket in debt and make the next request wait. The state is
 owned by the event loop: no locks. Headers follow OpenAI's ``x-ratelimit-*``.
 
 When several gateways share the database (``shared``), the buckets live there
-(ark/store/holds.py): a process's rpm bucket holds only the request-tokens it
+(ark/store/allotments.py): a process's rpm bucket holds only the request-tokens it
 took from the shared one, its tpm bucket is the shared level minus what it has
 not charged yet, and it runs as many requests at once as it holds slots.
 ``admit`` answers with a :class:`Shortfall` when any of them is short; the

@@ -222,8 +222,8 @@ def embedding_inputs(body: Json) -> tuple[list[str], str]:
     return value, encoding
 
 
-def gpu_lease(body: Json) -> tuple[str, float, Priority, float]:
-    """``POST /admin/gpu/leases``: holder, memory_gb (required), priority (medium), max_seconds (600)."""
+def gpu_hold(body: Json) -> tuple[str, float, Priority, float]:
+    """``POST /admin/gpu/holds``: holder, memory_gb (required), priority (medium), max_seconds (600)."""
     holder = body.get("holder")
     if not isinstance(holder, str) or not 0 < len(holder) <= 64 or not holder.isprintable():
         raise InvalidRequest("'holder' must name who holds the memory (1 to 64 printable characters).", param="holder")

@@ -65,7 +65,7 @@ def alerts(settings: Settings) -> list[Alert]:
             "5m",
             "warning",
             "GPU {{ $labels.gpu }} memory is {{ $value | humanizePercentage }} full",
-            "`ark gpu status` shows who holds it (models, ComfyUI, leases, other processes). Unload idle models "
+            "`ark gpu status` shows who holds it (models, ComfyUI, memory holds, other processes). Unload idle models "
             "(`ark gpu unload MODEL`), free ComfyUI (`ark gpu free-comfyui`), or lower idle_timeout_s.",
         ),
         Alert(

@@ -9,9 +9,9 @@ twice cannot count a request twice; daily rollups count only rows that were new.
 A live process holds an exclusive ``flock`` on its journal. At start, and
 every few seconds after, every journal nobody holds (left by a process that
 died) is replayed and removed. A journal's name starts with its process's
-*holder* name, under which that process holds budget leases when several
-gateways share the database (ark/store/holds.py): a row's cost moves from the
-holder's lease into ``spend`` in the same transaction that stores the row.
+*holder* name, under which that process holds its allotments of budgets when
+several gateways share the database (ark/store/allotments.py): a row's cost moves
+from the holder's allotment into ``spend`` in the same transaction that stores the row.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import orjson
 from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from ark.store.holds import drop_holders, settle_holds
+from ark.store.allotments import drop_holders, settle_allotments
 from ark.store.keys import aware
 from ark.store.tables import api_keys, usage, usage_daily
 
@@ -185,7 +185,7 @@ def ingest(engine: Engine, rows: Sequence[dict[str, Any]], holder: str | None = 
     The usual case, rows never seen, is one executemany straight to the driver (a few µs a row). A batch
     that holds rows already stored (a journal replayed after a crash) fails on the unique request id and is
     redone row by row, keeping only the new ones, so nothing is ever counted twice. With ``holder``, what
-    the new rows cost also leaves that holder's leases, in the same transaction.
+    the new rows cost also leaves that holder's allotments, in the same transaction.
     """
     dialect = "sqlite" if engine.dialect.name == "sqlite" else "postgresql"
     prepared = _prepare(rows, dialect)
@@ -228,7 +228,7 @@ def _add_spend(connection: Any, dialect: str, rows: Iterable[_Row], holder: str 
         if params:
             connection.exec_driver_sql(_SQL[dialect][f"{kind}_spend"], params)
     if holder is not None and out:
-        settle_holds(connection, holder, out)
+        settle_allotments(connection, holder, out)
     return out
 
 
@@ -274,7 +274,7 @@ class Ledger:
         self.directory = directory
         # this process's name among the gateways of a shared database, and its journals' prefix
         self.holder = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._shared = shared  # leases to settle as rows reach the database
+        self._shared = shared  # allotments to settle as rows reach the database
         self._on_ingested = on_ingested or (lambda sums: None)
         self._journals = 0
         self._batch = batch_bytes
@@ -293,7 +293,7 @@ class Ledger:
         return replayed
 
     def replay_orphans(self) -> int:
-        """Copy the journals of dead processes into the database, settle their leases, remove them (blocking)."""
+        """Copy the journals of dead processes into the database, settle their allotments, remove them (blocking)."""
         replayed = 0
         done: set[str] = set()
         for orphan in sorted(self.directory.glob("*.jsonl")):
@@ -306,7 +306,7 @@ class Ledger:
                 done.add(holder)
         if self._shared and done:
             live = {holder_of(path) for path in self.directory.glob("*.jsonl")}
-            drop_holders(self.engine, done - live)  # their rows are in `spend` now: the leases have no use
+            drop_holders(self.engine, done - live)  # their rows are in `spend` now: the allotments have no use
         return replayed
 
     def _replay(self, path: Path, holder: str) -> int | None:
@@ -321,8 +321,8 @@ class Ledger:
             return None  # a live process owns it
         try:
             rows = read_journal(path)
-            lease = holder if self._shared else None
-            new = sum(ingest(self.engine, rows[i : i + 5000], lease).rows for i in range(0, len(rows), 5000))
+            owner = holder if self._shared else None
+            new = sum(ingest(self.engine, rows[i : i + 5000], owner).rows for i in range(0, len(rows), 5000))
             path.unlink()
             if new:
                 log.info("ledger: replayed %d of %d rows from %s", new, len(rows), path.name)

@@ -100,7 +100,7 @@ usage_daily = Table(
     Column("cost", Float, nullable=False, default=0.0),
 )
 
-# -- several gateways on one database (scale-out): see ark/store/holds.py ----------------------------
+# -- several gateways on one database (scale-out): see ark/store/allotments.py -----------------------
 gateways = Table(
     "gateways",
     metadata,
@@ -110,8 +110,8 @@ gateways = Table(
     Column("heartbeat", Float, nullable=False),  # Unix time
 )
 
-holds = Table(
-    "holds",
+allotments = Table(
+    "holds",  # named before the word allotment was: renaming the table takes a migration, so it stays
     metadata,
     Column("holder", String(64), primary_key=True),
     Column("subject", String(80), primary_key=True),  # "key:ID" or "team:ID"
@@ -119,7 +119,7 @@ holds = Table(
     Column("tokens", BigInteger, nullable=False, default=0),  # the same for the token budget
     Column("slots", Integer, nullable=False, default=0),  # requests at once
 )
-Index("ix_holds_subject", holds.c.subject)
+Index("ix_holds_subject", allotments.c.subject)
 
 rate_buckets = Table(
     "rate_buckets",

@@ -42,7 +42,7 @@ function gpu(state) {
   }
   text("gpu-device", state.device);
   const parts = Object.entries(state.models).map(([name, bytes]) => [name, bytes]);
-  parts.push(["ComfyUI", state.comfyui_bytes], ["leases", state.leases_bytes], ["others", state.external_bytes]);
+  parts.push(["ComfyUI", state.comfyui_bytes], ["holds", state.holds_bytes], ["others", state.external_bytes]);
   const used = parts.reduce((sum, [, bytes]) => sum + bytes, 0);
   const shown = parts.filter(([, bytes]) => bytes > 0);
   bar.replaceChildren(

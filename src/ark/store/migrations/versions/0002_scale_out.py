@@ -1,4 +1,4 @@
-"""Scale-out: gateways sharing one database hold budget leases and shared rate buckets.
+"""Scale-out: gateways sharing one database hold allotments of budgets (table ``holds``) and shared rate buckets.
 
 Revision ID: 0002
 Revises: 0001

@@ -1,13 +1,13 @@
 """Scale-out: several gateways on one database enforce one budget and one rate limit together.
 
-Each process admits requests from what it holds on lease (ark/store/holds.py),
-with no database work on the request path while the lease lasts. When a lease
-is short, the request asks the database for what it needs plus some headroom
-(never more than half of what is left, so the other processes keep a share),
-one request per key at a time. A background task gives back what has gone
+Each process admits requests from its allotment, its share of each budget and
+limit (ark/store/allotments.py), with no database work on the request path while
+the allotment lasts. When an allotment is short, the request asks the database
+for what it needs plus some headroom (never more than half of what is left, so
+the other processes keep a share), one request per key at a time. A background task gives back what has gone
 unused (slots at once: every tick), charges used tokens to the shared tpm bucket, beats the heart and
-reclaims the leases of processes that died: a dead process's journal on this
-host is replayed first (its spend reaches the database, then its leases go);
+reclaims the allotments of processes that died: a dead process's journal on this
+host is replayed first (its spend reaches the database, then its allotments go);
 a process on another host is given up after ``STALE_S`` without a heartbeat.
 """
 
@@ -31,24 +31,24 @@ from ark.gateway import ratelimits as limiting
 from ark.gateway.budgets import Budgets, Price, Reservation
 from ark.gateway.ratelimits import Admission, RateLimits, RateState
 from ark.store import Key
-from ark.store.holds import Refusal, Want, beat, drop_holders, grant, register, release, stale_holders, take_rate
+from ark.store.allotments import Refusal, Want, beat, drop_holders, grant, register, release, stale_holders, take_rate
 from ark.store.ledger import Ledger
 
-log = logging.getLogger("ark.leases")
+log = logging.getLogger("ark.allotments")
 
 T = TypeVar("T")
 
 TICK_S = 0.2
 IDLE_S = 1.0  # credits, tokens and request-tokens unused this long go back to the database
 HEARTBEAT_S = 1.0
-STALE_S = 15.0  # a process silent this long is dead; its leases go back
+STALE_S = 15.0  # a process silent this long is dead; its allotments go back
 REAP_S = 5.0
-HEADROOM = 4  # a lease grows by what this many more requests like the current one need
+HEADROOM = 4  # an allotment grows by what this many more requests like the current one need
 _ATTEMPTS = 4
 
 
-class Leases:
-    """This process's leases; the event loop owns the local side, the database the shared one."""
+class Allotments:
+    """This process's allotments; the event loop owns the local side, the database the shared one."""
 
     def __init__(self, engine: Engine, ledger: Ledger, budgets: Budgets, rates: RateLimits) -> None:
         self.engine, self.ledger, self.budgets, self.rates = engine, ledger, budgets, rates
@@ -63,7 +63,7 @@ class Leases:
         await self._db(register, self.holder, socket.gethostname(), os.getpid(), time.time())
 
     async def close(self) -> None:
-        """After the ledger's last flush: nothing of ours is pending, every lease goes back."""
+        """After the ledger's last flush: nothing of ours is pending, every allotment goes back."""
         await self._db(drop_holders, [self.holder])
 
     # -- the request path -------------------------------------------------------------------------
@@ -103,8 +103,8 @@ class Leases:
             )
         grown = time.monotonic()
         for ident, account, _, _ in short.needs:
-            account.held_cost += result[ident].cost
-            account.held_tokens += result[ident].tokens
+            account.allotted_cost += result[ident].cost
+            account.allotted_tokens += result[ident].tokens
             account.grown_at = grown
 
     async def admit(self, key: Key | None) -> Admission | None:
@@ -196,8 +196,8 @@ class Leases:
             if now - account.grown_at > IDLE_S:
                 credits, tokens = account.unused()
                 if credits > 0 or tokens > 0:
-                    account.held_cost -= credits  # ours no more from now: nothing here may use it
-                    account.held_tokens -= tokens
+                    account.allotted_cost -= credits  # ours no more from now: nothing here may use it
+                    account.allotted_tokens -= tokens
                     amounts[ident] = (credits, tokens, 0)
         for subject, state in self.rates.states.items():
             free = state.slots - state.parallel  # a slot is worth more to a process that waits for it
@@ -212,27 +212,29 @@ class Leases:
         except Exception:
             for subject, (credits, tokens, slots) in amounts.items():  # still ours in the database
                 if subject in self.budgets.accounts:
-                    self.budgets.accounts[subject].held_cost += credits
-                    self.budgets.accounts[subject].held_tokens += tokens
+                    self.budgets.accounts[subject].allotted_cost += credits
+                    self.budgets.accounts[subject].allotted_tokens += tokens
                 if subject in self.rates.states:
                     self.rates.states[subject].slots += slots
             raise
 
     async def _reclaimed(self) -> None:
-        """Another process took us for dead (no heartbeat for STALE_S) and dropped our leases."""
-        log.error("leases: this gateway missed its heartbeat for %.0f s and lost its leases; taking new ones", STALE_S)
+        """Another process took us for dead (no heartbeat for STALE_S) and dropped our allotments."""
+        log.error(
+            "allotments: this gateway missed its heartbeat for %.0f s and lost its allotments; taking new ones", STALE_S
+        )
         for account in self.budgets.accounts.values():
-            account.held_cost = account.held_tokens = 0
+            account.allotted_cost = account.allotted_tokens = 0
         for state in self.rates.states.values():
             state.slots = 0
         await self.start()
 
     async def reap(self) -> list[str]:
-        """Settle and drop the leases of dead processes; returns the holders dropped for silence."""
+        """Settle and drop the allotments of dead processes; returns the holders dropped for silence."""
         await asyncio.to_thread(self.ledger.replay_orphans)  # dead ones on this host: their journals first
         stale = await self._db(stale_holders, time.time() - STALE_S)
         dead = [h for h in stale if h != self.holder and not self.ledger.owns_journal(h)]
         if dead:
-            log.warning("leases: dropping the leases of %d silent gateway(s): %s", len(dead), ", ".join(dead))
+            log.warning("allotments: dropping the allotments of %d silent gateway(s): %s", len(dead), ", ".join(dead))
             await self._db(drop_holders, dead)
         return dead

@@ -1,13 +1,14 @@
-"""Leases on shared budgets and rate limits, for several gateways on one database.
+"""Allotments of shared budgets and rate limits, for several gateways on one database.
 
 Each gateway process is a *holder* (its name is its ledger journal's, so a
-journal left by a dead process says whose leases it settles). For every key and
-team with limits, the database keeps, per holder, what that process holds:
+journal left by a dead process says whose allotments it settles). For every key
+and team with limits, the database keeps, per holder, that process's allotment
+(in table ``holds``: its name is older than the word here, and renaming a table takes a migration):
 
 * ``cost`` / ``tokens``: credits and tokens it may spend without asking again;
   they cover its reservations in flight and what it has spent but not yet
   copied from its journal into ``spend``. The invariant, kept by :func:`grant`
-  under a row lock, is ``spend + sum(holds.cost) <= max_budget`` (the same for
+  under a row lock, is ``spend + sum(allotments.cost) <= max_budget`` (the same for
   tokens), so no two processes can spend the same credit.
 * ``slots``: requests it may run at once; ``sum(slots) <= max_parallel_requests``.
 
@@ -32,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from ark.store.keys import aware, budget_period
-from ark.store.tables import api_keys, gateways, holds, rate_buckets, teams
+from ark.store.tables import allotments, api_keys, gateways, rate_buckets, teams
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ def _lock(connection: Any, holder: str, now: float) -> None:
 
 
 def grant(engine: Engine, holder: str, wants: Sequence[Want], now: float) -> dict[str, Granted] | Refusal:
-    """Grow this holder's leases by every ``Want`` together, or by none of them."""
+    """Grow this holder's allotments by every ``Want`` together, or by none of them."""
     granted: dict[str, Granted] = {}
     with engine.begin() as connection:
         _lock(connection, holder, now)
@@ -85,30 +86,30 @@ def grant(engine: Engine, holder: str, wants: Sequence[Want], now: float) -> dic
             if row is None:
                 return Refusal(want.subject, "budget", 0.0, 0.0)  # deleted meanwhile
             spend, used = _current_period(connection, table, row, now)
-            held = connection.execute(
+            allotted = connection.execute(
                 select(
-                    func.coalesce(func.sum(holds.c.cost), 0.0),
-                    func.coalesce(func.sum(holds.c.tokens), 0),
-                    func.coalesce(func.sum(holds.c.slots), 0),
-                ).where(holds.c.subject == want.subject)
+                    func.coalesce(func.sum(allotments.c.cost), 0.0),
+                    func.coalesce(func.sum(allotments.c.tokens), 0),
+                    func.coalesce(func.sum(allotments.c.slots), 0),
+                ).where(allotments.c.subject == want.subject)
             ).one()
-            held_cost, held_tokens, held_slots = float(held[0]), int(held[1]), int(held[2])
+            allotted_cost, allotted_tokens, allotted_slots = float(allotted[0]), int(allotted[1]), int(allotted[2])
             cost = tokens = slots = 0
             if want.cost > 0 and row["max_budget"] is not None:
-                room = row["max_budget"] - spend - held_cost
+                room = row["max_budget"] - spend - allotted_cost
                 if room < want.cost:
-                    return Refusal(want.subject, "budget", spend + held_cost, row["max_budget"])
+                    return Refusal(want.subject, "budget", spend + allotted_cost, row["max_budget"])
                 cost = want.cost + min(want.cost_extra, (room - want.cost) / 2)  # leave others half the rest
             if want.tokens > 0 and row["max_tokens_budget"] is not None:
-                room_tokens = row["max_tokens_budget"] - used - held_tokens
+                room_tokens = row["max_tokens_budget"] - used - allotted_tokens
                 if room_tokens < want.tokens:
-                    return Refusal(want.subject, "tokens", used + held_tokens, row["max_tokens_budget"])
+                    return Refusal(want.subject, "tokens", used + allotted_tokens, row["max_tokens_budget"])
                 tokens = want.tokens + min(want.tokens_extra, (room_tokens - want.tokens) // 2)
             if want.slots > 0 and row["max_parallel_requests"] is not None:
-                if row["max_parallel_requests"] - held_slots < want.slots:
-                    return Refusal(want.subject, "parallel", held_slots, row["max_parallel_requests"])
+                if row["max_parallel_requests"] - allotted_slots < want.slots:
+                    return Refusal(want.subject, "parallel", allotted_slots, row["max_parallel_requests"])
                 slots = want.slots
-            _add_hold(connection, holder, want.subject, cost, tokens, slots)
+            _add_allotment(connection, holder, want.subject, cost, tokens, slots)
             granted[want.subject] = Granted(cost, tokens, slots, spend, used)
     return granted
 
@@ -128,31 +129,33 @@ def _current_period(connection: Any, table: Table, row: RowMapping, now: float) 
     return 0.0, 0
 
 
-def _add_hold(connection: Any, holder: str, subject: str, cost: float, tokens: int, slots: int) -> None:
+def _add_allotment(connection: Any, holder: str, subject: str, cost: float, tokens: int, slots: int) -> None:
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(holds).values(holder=holder, subject=subject, cost=cost, tokens=tokens, slots=slots)
+    columns = allotments.c
+    statement = dialect.insert(allotments).values(holder=holder, subject=subject, cost=cost, tokens=tokens, slots=slots)
     connection.execute(
         statement.on_conflict_do_update(
             index_elements=["holder", "subject"],
-            set_={"cost": holds.c.cost + cost, "tokens": holds.c.tokens + tokens, "slots": holds.c.slots + slots},
+            set_={"cost": columns.cost + cost, "tokens": columns.tokens + tokens, "slots": columns.slots + slots},
         )
     )
 
 
 def release(engine: Engine, holder: str, amounts: Mapping[str, tuple[float, int, int]], now: float) -> None:
-    """Give back part of this holder's leases: {subject: (credits, tokens, slots)}."""
+    """Give back part of this holder's allotments: {subject: (credits, tokens, slots)}."""
     with engine.begin() as connection:
         _lock(connection, holder, now)
-        settle_holds(connection, holder, amounts)
+        settle_allotments(connection, holder, amounts)
 
 
-def settle_holds(connection: Any, holder: str, amounts: Mapping[str, tuple[float, int, int]]) -> None:
-    """Shrink holds in the caller's transaction (the ledger does it as it moves spend into ``spend``)."""
+def settle_allotments(connection: Any, holder: str, amounts: Mapping[str, tuple[float, int, int]]) -> None:
+    """Shrink allotments in the caller's transaction (the ledger does it as it moves spend into ``spend``)."""
+    columns = allotments.c
     for subject, (cost, tokens, slots) in amounts.items():
         connection.execute(
-            update(holds)
-            .where(holds.c.holder == holder, holds.c.subject == subject)
-            .values(cost=holds.c.cost - cost, tokens=holds.c.tokens - tokens, slots=holds.c.slots - slots)
+            update(allotments)
+            .where(columns.holder == holder, columns.subject == subject)
+            .values(cost=columns.cost - cost, tokens=columns.tokens - tokens, slots=columns.slots - slots)
         )
 
 
@@ -210,7 +213,7 @@ def register(engine: Engine, holder: str, host: str, pid: int, now: float) -> No
 
 
 def beat(engine: Engine, holder: str, now: float) -> bool:
-    """The heartbeat; False when this holder was given up for dead (its leases are gone)."""
+    """The heartbeat; False when this holder was given up for dead (its allotments are gone)."""
     with engine.begin() as connection:
         result = connection.execute(update(gateways).where(gateways.c.holder == holder).values(heartbeat=now))
         return bool(result.rowcount)
@@ -222,16 +225,17 @@ def stale_holders(engine: Engine, before: float) -> list[str]:
 
 
 def drop_holders(engine: Engine, holders: Iterable[str]) -> None:
-    """Forget processes that are gone, and with them their leases."""
+    """Forget processes that are gone, and with them their allotments."""
     names = list(holders)
     if not names:
         return
     with engine.begin() as connection:
-        connection.execute(delete(holds).where(holds.c.holder.in_(names)))
+        connection.execute(delete(allotments).where(allotments.c.holder.in_(names)))
         connection.execute(delete(gateways).where(gateways.c.holder.in_(names)))
 
 
-def leases(engine: Engine) -> list[dict[str, Any]]:
-    """Every hold, for `ark status` and tests."""
+def list_allotments(engine: Engine) -> list[dict[str, Any]]:
+    """Every allotment, for `ark status` and tests."""
     with engine.connect() as connection:
-        return [dict(row) for row in connection.execute(select(holds).order_by(holds.c.subject)).mappings()]
+        rows = connection.execute(select(allotments).order_by(allotments.c.subject)).mappings()
+        return [dict(row) for row in rows]
