@@ -28,6 +28,7 @@ from ark.auth.identity import IdentityCollector, IdentityVerifier
 from ark.auth.revocation import LiveSessions
 from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
+from ark.clock import SYSTEM, Clock
 from ark.config import Settings
 from ark.console.server import MAX_CONNECTIONS as CONSOLE_CONNECTIONS
 from ark.edge.certs import certbot_live
@@ -93,8 +94,15 @@ async def _unknown_url(request: Request, responder: Responder, allowed: tuple[st
 class Runtime:
     """What the components share. ``open()`` / ``close()`` are its lifespan."""
 
-    def __init__(self, settings: Settings, engines: Sequence[Engine] | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Sequence[Engine] | None = None,
+        store: Store | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # key expiry, budget periods, rate-limit windows: a test moves it on
         self.store = store
         self.shared = settings.store.is_shared  # several gateways on one database: budgets allotted from it
         self.metrics = Metrics()

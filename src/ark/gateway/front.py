@@ -16,7 +16,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ark.engines.base import Json
@@ -67,7 +66,7 @@ class Front:
         rt = self.rt
         assert rt.store is not None
         store = rt.store.keys
-        rt.budgets.roll_all(datetime.now(UTC))
+        rt.budgets.roll_all(rt.clock.now())
         if rt.budgets.rolled:
             rolled, rt.budgets.rolled = rt.budgets.rolled, {}
             await asyncio.to_thread(store.reset_periods, rolled)
@@ -75,7 +74,7 @@ class Front:
         self.keys = {k.id: k for k in keys}
         self.teams = {t.id: t for t in teams}
         rt.budgets.sync(keys, teams)
-        rt.rates.sync(keys, teams, time.monotonic())
+        rt.rates.sync(keys, teams, rt.clock.monotonic())
 
     def authenticate(self, request: Request) -> Key | None:
         """The caller's virtual key, or None for the master key; 401 for anything else."""
@@ -92,7 +91,7 @@ class Front:
             raise UnknownKey(ident)
         if key.blocked:
             raise AuthenticationError(f"The key {key.key_prefix}… is blocked.")
-        if key.expires_at is not None and key.expired(datetime.now(UTC)):
+        if key.expires_at is not None and key.expired(self.rt.clock.now()):
             raise AuthenticationError(f"The key {key.key_prefix}… expired at {key.expires_at:%Y-%m-%d %H:%M} UTC.")
         team = self.teams.get(key.team_id) if key.team_id else None
         if team is not None and team.blocked:
@@ -101,7 +100,7 @@ class Front:
 
     async def authenticate_new(self, request: Request, miss: UnknownKey) -> Key | None:
         """Look an unknown key up in the database, a few times a second at most: if it is there, reload."""
-        now = time.monotonic()
+        now = self.rt.clock.monotonic()
         self._lookups = min(_KEY_LOOKUPS_PER_S, self._lookups + (now - self._lookups_at) * _KEY_LOOKUPS_PER_S)
         self._lookups_at = now
         store = self.rt.store
@@ -156,7 +155,7 @@ class Front:
                 if rt.allotments is not None:
                     ex.admission = await rt.allotments.admit(ex.key)
                 else:
-                    admission = rt.rates.admit(ex.key, time.monotonic())
+                    admission = rt.rates.admit(ex.key, rt.clock.monotonic())
                     assert not isinstance(admission, RateShortfall)  # only with a shared database
                     ex.admission = admission
                 if ex.admission is not None:
@@ -197,7 +196,7 @@ class Front:
             ex.lease.release()
             if ex.status == 504 and rt.gpu is not None:  # the engine may hang: the arbiter checks it
                 rt.gpu.arbiter.suspect(ex.model)
-        RateLimits.finish(ex.admission, tokens, time.monotonic())
+        RateLimits.finish(ex.admission, tokens, rt.clock.monotonic())
         if ex.cost:
             rt.metrics.add_spend(ex.key_label, ex.cost)
         rt.metrics.observe(ex.model, ex.status, elapsed, ex.ttft, ex.prompt_tokens, ex.completion_tokens)
@@ -221,7 +220,7 @@ class Front:
         if key is None:
             return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
-        timeout, now = route.engine.settings.total_timeout, datetime.now(UTC)
+        timeout, now = route.engine.settings.total_timeout, rt.clock.now()
         if rt.allotments is not None:
             ex.reservation = await rt.allotments.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
         else:
