@@ -21,6 +21,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from ark.config import Settings, load_settings
 from tests.fakes.ollama import FakeOllama
 from tests.gguf_factory import make_tiny_gguf
 
@@ -270,3 +271,25 @@ def embedded_ark(
         f"max_queue = {max_queue}\n{extra}"
     )
     return start_ark(config, tmp, env={"ARK_DATA_DIR": str(data)})
+
+
+def settings_for(tmp_path: Path, config_text: str) -> Settings:
+    """Settings for a runtime built in-process: ``config_text`` as ark.toml, no ARK_* from the shell, the
+    data directories made (what `ark up` does before it starts)."""
+    config = tmp_path / "ark.toml"
+    config.write_text(config_text)
+    settings = load_settings(config_path=config, data_dir=tmp_path / "data", env={})
+    for folder in (settings.data_dir, settings.models_dir, settings.logs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset after its answer counts as closing)."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer

@@ -7,6 +7,7 @@ OpenAI-compatible upstream (the vLLM stand-in) that answers embeddings of any si
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import MASTER_KEY, ArkProcess, LoopThread, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, LoopThread, read_until_closed, start_ark, stop_ark, wait_until
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai_upstream import FakeOpenAIUpstream, vector
 
@@ -75,27 +76,22 @@ def rss(ark: ArkProcess) -> int:
 
 
 def test_an_endless_header_is_refused_431_and_costs_the_server_no_memory(ark: ArkProcess) -> None:
-    for _ in range(3):  # the same path once, small, so that what it allocates once is there before the baseline
-        with socket.create_connection(("127.0.0.1", int(ark.url.rsplit(":", 1)[1])), timeout=10) as warm:
-            warm.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * 128 * 1024)
-            while warm.recv(65536):
-                pass
+    address = ("127.0.0.1", int(ark.url.rsplit(":", 1)[1]))
+    for _ in range(3):  # the same path, small, so that what it allocates once is there before the baseline
+        with socket.create_connection(address, timeout=10) as warm:
+            with contextlib.suppress(OSError):
+                warm.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * 128 * 1024)
+            read_until_closed(warm)
     before = rss(ark)
-    sock = socket.create_connection(("127.0.0.1", int(ark.url.rsplit(":", 1)[1])), timeout=10)
-    sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Endless: ")
     sent = 0
-    try:
-        while sent < MIB:  # the case; the old server buffered any amount (120 MiB in 15 s on one connection)
-            sent += sock.send(b"a" * 65536)
-    except OSError:  # reset or broken pipe: the server stopped listening
-        pass
-    answer = b""
-    try:
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except ConnectionResetError:
-        pass
-    sock.close()
+    with socket.create_connection(address, timeout=10) as sock:
+        try:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            while sent < MIB:  # the case; the old server buffered any amount (120 MiB in 15 s)
+                sent += sock.send(b"a" * 65536)
+        except OSError:  # reset or broken pipe: the server stopped listening
+            pass
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), (sent, answer[:200])
     assert b"request_header_fields_too_large" in answer
     # what the client sent after the answer was read and thrown away (a lingering close), never kept
@@ -123,12 +119,17 @@ def _open_many(port: int, source: str, count: int) -> list[socket.socket]:
         pytest.skip(f"this machine's hard limit on open files ({hard}) is below the {count + 512} the test needs")
     if soft < count + 512:  # Debian's soft default is 1024
         resource.setrlimit(resource.RLIMIT_NOFILE, (count + 512, hard))
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        sockets.append(sock)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
 
 
@@ -169,15 +170,15 @@ def test_a_client_that_stops_reading_releases_its_gpu_lease_and_budget_within_th
 
     fake_ollama.reply_tokens = 1_000_000  # ~100 MB of events: far more than any socket buffers hold
     port = int(ark.url.rsplit(":", 1)[1])
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", port))
     hi = [{"role": "user", "content": "hi"}]
     body = orjson.dumps({"model": model, "messages": hi, "max_tokens": 1_000_000, "stream": True})  # 1 credit of 1.5
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
     head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    stalled.sendall(head.encode() + body)
+    stalled = socket.socket()
     try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(head.encode() + body)
         assert wait_until(lambda: _gpu_leases(ark, model) == 1, 30)  # the stream has its lease on the model
         second = {"model": model, "messages": hi, "max_tokens": 750_000}
         while_held = httpx.post(ark.api + "/chat/completions", headers=auth, json=second, timeout=30)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark
+from tests.conftest import MASTER_KEY, ArkProcess, read_until_closed, start_ark, stop_ark
 from tests.fakes.ollama import FakeOllama
 
 CONFIG = """
@@ -71,15 +71,10 @@ def exchange(ark: ArkProcess, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as sock:
         with contextlib.suppress(OSError):  # the server refused early and closed: its answer is still to come
             sock.sendall(data)
-        answer = b""
         try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+            return read_until_closed(sock)
         except TimeoutError:
             raise AssertionError(f"no end to the answer within {DEADLINE_S} s: {data[:300]!r}") from None
-    return answer
 
 
 def statuses(answer: bytes) -> list[int]:

@@ -14,11 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ark.config import load_settings
 from ark.runtime import COMPONENTS, Component, Runtime, Status, serve
 from ark.supervisor import Health, ServiceSpec
 from ark.wire import Request, Responder
-from tests.conftest import MASTER_KEY, free_port, wait_until
+from tests.conftest import MASTER_KEY, free_port, settings_for, wait_until
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -71,15 +70,12 @@ class Running:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     port = free_port()
-    config = tmp_path / "ark.toml"
-    config.write_text(
+    settings = settings_for(
+        tmp_path,
         f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
         f'[console]\nlisten = "127.0.0.1:{free_port()}"\n[monitor]\nembedded = "no"\n'
-        '[engines.embedded]\nkind = "embedded"\nbundled_model = false\n'
+        '[engines.embedded]\nkind = "embedded"\nbundled_model = false\n',
     )
-    settings = load_settings(config_path=config, data_dir=tmp_path / "data", env={})
-    for folder in (settings.data_dir, settings.models_dir, settings.logs_dir):
-        folder.mkdir(parents=True, exist_ok=True)
     hello = Hello(free_port())
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

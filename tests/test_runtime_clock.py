@@ -13,12 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from ark.config import load_settings
 from ark.gateway.admin import AdminApi
 from ark.gateway.health import HealthApi
 from ark.gateway.openai import OpenAIApi
 from ark.runtime import Runtime
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, settings_for
 from tests.fakes.clock import ManualClock
 from tests.fakes.ollama import FakeOllama
 
@@ -28,15 +27,12 @@ Scenario = Callable[[httpx.AsyncClient, Runtime, ManualClock], Awaitable[None]]
 
 
 def run(tmp_path: Path, fake: FakeOllama, scenario: Scenario) -> None:
-    config = tmp_path / "ark.toml"
-    config.write_text(
+    settings = settings_for(
+        tmp_path,
         f'master_key = "{MASTER_KEY}"\n[monitor]\nembedded = "no"\n[gpu]\ndevice = "ram"\n'
         f'[engines.ollama]\nkind = "ollama"\nurl = "{fake.url}"\ngpu_managed = "no"\n'
-        '[models."llama3.2:1b"]\noutput_cost_per_token = 0.125\n'
+        '[models."llama3.2:1b"]\noutput_cost_per_token = 0.125\n',
     )
-    settings = load_settings(config_path=config, data_dir=tmp_path / "data", env={})
-    for folder in (settings.data_dir, settings.models_dir, settings.logs_dir):
-        folder.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
         clock = ManualClock()

@@ -11,6 +11,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 
@@ -41,42 +42,29 @@ class OpenAIApi(Component):
             rt.http.add("GET", prefix + "/models/{model:path}", api(self.retrieve_model))
 
     async def chat_completions(self, request: Request, responder: Responder, ex: Exchange) -> None:
-        body = parse.parse_body(request.body)
-        common = parse.common(body)
-        messages = parse.messages(body)
-        route = await self.front.resolve(body, ex, len(request.body), common.sampling.max_tokens)
-        ex.prompt = messages if self.front.log_prompts else None
-        req = ChatRequest(
-            route.model,
-            messages,
-            common.sampling,
-            common.stream,
-            _engine_body(body, route, self._fixed_options),
-            common.keep_alive,
-        )
-        engine = route.engine
-        await self._generate(
-            responder, ex, route, common, lambda: engine.chat_stream(req), lambda: engine.chat(req), chat=True
-        )
+        await self._complete(request, responder, ex, chat=True)
 
     async def completions(self, request: Request, responder: Responder, ex: Exchange) -> None:
+        await self._complete(request, responder, ex, chat=False)
+
+    async def _complete(self, request: Request, responder: Responder, ex: Exchange, *, chat: bool) -> None:
+        """A chat (messages) or a text completion (prompt): checked, routed, reserved, then generated."""
         body = parse.parse_body(request.body)
         common = parse.common(body)
-        prompt = parse.prompt(body)
+        prompt: Any = parse.messages(body) if chat else parse.prompt(body)
         route = await self.front.resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = prompt if self.front.log_prompts else None
-        req = CompletionRequest(
-            route.model,
-            prompt,
-            common.sampling,
-            common.stream,
-            _engine_body(body, route, self._fixed_options),
-            common.keep_alive,
-        )
+        engine_body = _engine_body(body, route, self._fixed_options)
         engine = route.engine
-        await self._generate(
-            responder, ex, route, common, lambda: engine.complete_stream(req), lambda: engine.complete(req), chat=False
-        )
+        if chat:
+            req = ChatRequest(route.model, prompt, common.sampling, common.stream, engine_body, common.keep_alive)
+            stream, call = (lambda: engine.chat_stream(req)), (lambda: engine.chat(req))
+        else:
+            text = CompletionRequest(
+                route.model, prompt, common.sampling, common.stream, engine_body, common.keep_alive
+            )
+            stream, call = (lambda: engine.complete_stream(text)), (lambda: engine.complete(text))
+        await self._generate(responder, ex, route, common, stream, call, chat=chat)
 
     async def _generate(
         self,
