@@ -1,7 +1,8 @@
 """The composition root: what every subsystem shares, opened once, and the components `ark up` starts.
 
 :class:`Runtime` opens the shared parts (the store, the secret and identity check, the metrics
-registry, budgets and rate limits, the ledger, the access log, the engines and the model router, the
+registry, budgets and rate limits behind one admission object (in memory, or allotments through a
+shared database), the ledger, the access log, the engines and the model router, the
 GPU arbiter, the supervisor) and the gateway's listener with its router. Each subsystem is a
 :class:`Component`: on ``start`` it adds its routes (``rt.http``), opens its own listeners
 (``rt.listen``) and starts its background work (``rt.background``); ``services`` names the
@@ -38,6 +39,7 @@ from ark.engines.ollama import OllamaEngine
 from ark.errors import ApiError, ListenError, UnknownUrl
 from ark.gateway.accesslog import FLUSH_S as ACCESS_LOG_FLUSH_S
 from ark.gateway.accesslog import AccessLog
+from ark.gateway.admission import Gate, LocalAdmission
 from ark.gateway.allotments import STALE_S, Allotments
 from ark.gateway.allotments import TICK_S as ALLOTMENT_TICK_S
 from ark.gateway.budgets import Budgets
@@ -116,6 +118,8 @@ class Runtime:
         self.identity: IdentityVerifier | None = None  # X-Ark-Identity tokens: who a UI's request is for
         self.ledger: Ledger | None = None
         self.allotments: Allotments | None = None  # only with a shared database
+        # may a key's request start, and what may it cost: in memory, or shared through the database
+        self.admission: Gate = LocalAdmission(self.rates, self.budgets, clock)
         self.access_log: AccessLog | None = None
         self.gpu: GpuService | None = None  # the GPU arbiter, when it manages an engine
         self.front = Front(self)  # authentication, admission, budgets, metrics and the access log of API requests
@@ -150,8 +154,9 @@ class Runtime:
         )
         await asyncio.to_thread(self.ledger.open)
         if self.shared:
-            self.allotments = Allotments(self.store.engine, self.ledger, self.budgets, self.rates)
+            self.allotments = Allotments(self.store.engine, self.ledger, self.budgets, self.rates, self.clock)
             await self.allotments.start()
+            self.admission = self.allotments
             failure = "allotments: talking to the database failed"
             tick = every(ALLOTMENT_TICK_S, self.allotments.tick, log=log, failure=failure)
             self.background(tick, "ark-allotments")

@@ -20,7 +20,7 @@ import functools
 import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +37,7 @@ from ark.config import Settings
 from ark.console import pages, web
 from ark.console.web import BadInput
 from ark.edge.sites import LINKED
-from ark.wire import Request, Responder
+from ark.wire import Request, Responder, Router
 
 log = logging.getLogger("ark.console")
 
@@ -63,7 +63,6 @@ def _overview_js() -> bytes:
 Overview = Callable[[], dict[str, Any]]
 _LOGIN_FIELDS = {"username": 256, "password": MAX_PASSWORD, "totp": 16, "csrf": 256, "rd": 2048}
 _WRONG = "Wrong user name, password or code."
-Route = Callable[[Request, Responder], Awaitable[None]]
 
 
 class Console:
@@ -77,32 +76,35 @@ class Console:
         self.site_roles = settings.edge.site_roles
         self._warned_site = False
         self._overview = overview
-        self._routes: dict[str, dict[str, Route]] = {
-            "/": {"GET": self.home},
-            "/api/overview": {"GET": self.overview},
-            "/static/overview.js": {"GET": self.overview_script},
-            "/favicon.ico": {"GET": self.no_icon},
-            "/auth/login": {"GET": self.login_page, "POST": self.login},
-            "/auth/logout": {"POST": self.logout},
-            "/auth/verify": {"GET": self.verify},
-            "/health/live": {"GET": self.live},
-        }
+        self.router = Router(not_found=self._not_found, not_allowed=self._not_allowed)
+        for method, path, handler in (
+            ("GET", "/", self.home),
+            ("GET", "/api/overview", self.overview),
+            ("GET", "/static/overview.js", self.overview_script),
+            ("GET", "/favicon.ico", self.no_icon),
+            ("GET", "/auth/login", self.login_page),
+            ("POST", "/auth/login", self.login),
+            ("POST", "/auth/logout", self.logout),
+            ("GET", "/auth/verify", self.verify),
+            ("GET", "/health/live", self.live),
+        ):
+            self.router.add(method, path, handler)
 
     async def __call__(self, request: Request, responder: Responder) -> None:
-        methods = self._routes.get(request.path)
         try:
-            if methods is None:
-                raise BadInput("There is no such page.", 404)
-            handler = methods.get(request.method)
-            if handler is None:
-                raise BadInput(f"{request.method} is not allowed here.", 405)
-            await handler(request, responder)
+            await self.router.find(request)(request, responder)
         except BadInput as exc:
             await self._page(responder, exc.status, pages.message("Cannot do that", str(exc)))
         except Exception:
             log.exception("console: %s %s failed", request.method, request.path)
             if not responder.started:
                 await self._page(responder, 500, pages.message("Something went wrong", "ARK logged the error."))
+
+    async def _not_found(self, request: Request, responder: Responder, allowed: tuple[str, ...]) -> None:
+        raise BadInput("There is no such page.", 404)
+
+    async def _not_allowed(self, request: Request, responder: Responder, allowed: tuple[str, ...]) -> None:
+        raise BadInput(f"{request.method} is not allowed here.", 405)
 
     async def _page(
         self, responder: Responder, status: int, html: str, headers: Iterable[tuple[str, str]] = ()

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from ark.clock import SYSTEM, Clock
 from ark.errors import InsufficientQuota
 from ark.gateway import budgets as budgeting
 from ark.gateway import ratelimits as limiting
@@ -50,8 +51,11 @@ _ATTEMPTS = 4
 class Allotments:
     """This process's allotments; the event loop owns the local side, the database the shared one."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, budgets: Budgets, rates: RateLimits) -> None:
+    def __init__(
+        self, engine: Engine, ledger: Ledger, budgets: Budgets, rates: RateLimits, clock: Clock = SYSTEM
+    ) -> None:
         self.engine, self.ledger, self.budgets, self.rates = engine, ledger, budgets, rates
+        self.clock = clock
         self.holder = ledger.holder
         self._locks: dict[str, asyncio.Lock] = {}
         self._beat_at = self._reap_at = 0.0
@@ -109,12 +113,12 @@ class Allotments:
 
     async def admit(self, key: Key | None) -> Admission | None:
         for _ in range(_ATTEMPTS):
-            result = self.rates.admit(key, time.monotonic())
+            result = self.rates.admit(key, self.clock.monotonic())
             if not isinstance(result, limiting.Shortfall):
                 return result
             assert key is not None
             async with self._lock(f"rate:{key.id}"):
-                result = self.rates.admit(key, time.monotonic())
+                result = self.rates.admit(key, self.clock.monotonic())
                 if not isinstance(result, limiting.Shortfall):
                     return result
                 for subject, state, requests, refresh, slots in result.needs:

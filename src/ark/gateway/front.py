@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 
 from ark.engines.base import Json
 from ark.errors import AdminOnly, ApiError, AuthenticationError, PermissionDenied, QueueFull
-from ark.gateway.budgets import FREE, Shortfall, prices
+from ark.gateway.budgets import FREE, prices
 from ark.gateway.exchange import Exchange, request_id, send_error
 from ark.gateway.ratelimits import RateLimits
-from ark.gateway.ratelimits import Shortfall as RateShortfall
 from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.requests import model_name
 from ark.gateway.router import Route
@@ -152,12 +151,7 @@ class Front:
                 if token is not None and rt.identity is not None:  # attribution only: it grants nothing
                     identity = await rt.identity.verify(token)
                     ex.person = identity.name if identity is not None else None
-                if rt.allotments is not None:
-                    ex.admission = await rt.allotments.admit(ex.key)
-                else:
-                    admission = rt.rates.admit(ex.key, rt.clock.monotonic())
-                    assert not isinstance(admission, RateShortfall)  # only with a shared database
-                    ex.admission = admission
+                ex.admission = await rt.admission.admit(ex.key)
                 if ex.admission is not None:
                     responder.extra_head += rate_headers(ex.admission.states[0])
                 if metrics.inflight > self._max_inflight:
@@ -221,10 +215,5 @@ class Front:
             return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
         timeout, now = route.engine.settings.total_timeout, rt.clock.now()
-        if rt.allotments is not None:
-            ex.reservation = await rt.allotments.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
-        else:
-            reservation = rt.budgets.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
-            assert not isinstance(reservation, Shortfall)  # only with a shared database
-            ex.reservation = reservation
+        ex.reservation = await rt.admission.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
         return route
