@@ -168,3 +168,19 @@ def test_a_reload_during_a_request_keeps_its_reservation() -> None:
     Budgets.settle(held, 1.0, 8)
     account = budgets.accounts["key:k1"]
     assert (account.spend, account.reserved_cost) == (1.0, 0.0)
+
+
+def test_a_period_left_alone_for_years_rolls_in_one_step() -> None:
+    from ark.store.keys import next_reset
+
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    # a one-second budget untouched for six years: the next boundary after now, computed, not walked to
+    assert next_reset(start, timedelta(seconds=1), NOW) == NOW.replace(microsecond=0) + timedelta(seconds=1)
+    assert next_reset(start, timedelta(days=7), start + timedelta(days=7)) == start + timedelta(days=14)
+    assert next_reset(start + timedelta(days=1), timedelta(days=7), start) == start + timedelta(days=1)
+    budgets = Budgets()
+    k = key(max_budget=1.0, spend=1.0, budget_duration="1s", budget_reset_at=start)
+    budgets.sync([k], [])
+    budgets.roll_all(NOW)
+    account = budgets.accounts["key:k1"]
+    assert account.spend == 0.0 and account.reset_at == NOW + timedelta(seconds=1)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from ark.config import ModelSettings
 from ark.errors import InsufficientQuota
 from ark.store import Key, Team, budget_period
-from ark.store.keys import Limits
+from ark.store.keys import Limits, next_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +96,7 @@ class Account:
         """Start a new period when the old one has ended; True when it did."""
         if self.reset_at is None or self.period is None or now < self.reset_at:
             return False
-        while self.reset_at <= now:
-            self.reset_at += self.period
+        self.reset_at = next_reset(self.reset_at, self.period, now)
         self.spend, self.tokens = 0.0, 0
         return True
 

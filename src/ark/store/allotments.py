@@ -32,7 +32,7 @@ from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
-from ark.store.keys import aware, budget_period
+from ark.store.keys import aware, budget_period, next_reset
 from ark.store.tables import allotments, api_keys, gateways, rate_buckets, teams
 
 
@@ -121,8 +121,7 @@ def _current_period(connection: Any, table: Table, row: RowMapping, now: float) 
         return float(row["spend"]), int(row["tokens_used"])
     period = budget_period(row["budget_duration"])
     moment = datetime.fromtimestamp(now, UTC)
-    while reset_at <= moment:
-        reset_at += period
+    reset_at = next_reset(reset_at, period, moment)
     connection.execute(
         update(table).where(table.c.id == row["id"]).values(spend=0.0, tokens_used=0, budget_reset_at=reset_at)
     )

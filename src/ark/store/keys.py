@@ -44,6 +44,14 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def next_reset(reset_at: datetime, period: timedelta, now: datetime) -> datetime:
+    """The first period boundary after ``now``, counting from ``reset_at`` in whole periods (arithmetic: a
+    one-second period left alone for a year is one step, not thirty million)."""
+    if reset_at > now:
+        return reset_at
+    return reset_at + period * ((now - reset_at) // period + 1)
+
+
 def budget_period(text: str) -> timedelta:
     """A stored ``budget_duration``. One written before durations were bounded reads as the bound, so that
     a row an older ARK accepted never fails a request."""
