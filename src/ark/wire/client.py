@@ -188,20 +188,31 @@ class Response:
     async def lines(self) -> AsyncIterator[bytes]:
         """The body split at newlines (the newline removed), as it arrives."""
         conn = self._conn
-        tail = b""
+        pending: list[bytes] = []  # the pieces of a line that has not ended yet, joined once it does
+        pending_size = 0
         while True:
             if not conn.body and not conn.complete:
                 await conn.wait()
                 continue
-            data = tail + conn.take()
-            *full, tail = data.split(b"\n")
-            if len(tail) > self._upstream.max_response:  # one line that never ends
-                self._too_large()
-            for line in full:
-                yield line
+            data = conn.take()
+            if b"\n" in data:
+                if pending:
+                    data = b"".join(pending) + data
+                    pending.clear()
+                *full, tail = data.split(b"\n")
+                pending_size = 0
+                for line in full:
+                    yield line
+            else:
+                full, tail = [], data
+            if tail:
+                pending.append(tail)
+                pending_size += len(tail)
+                if pending_size > self._upstream.max_response:  # one line that never ends
+                    self._too_large()
             if conn.complete and not conn.body:
-                if tail:
-                    yield tail
+                if pending:
+                    yield b"".join(pending)
                 self.release()
                 return
 
