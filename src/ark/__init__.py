@@ -1,8 +1,8 @@
 """ARK: a single-machine AI operations platform.
 
 The public surface is small: :func:`ark.config.load_settings` builds the
-settings, :func:`ark.gateway.create_app` builds the OpenAI-compatible gateway
-from them, and ``ark`` (``ark.cli.main``) is the command line.
+settings, :func:`ark.runtime.serve` runs ARK from them (the runtime and the
+components it lists), and ``ark`` (``ark.cli.main``) is the command line.
 """
 
 from __future__ import annotations

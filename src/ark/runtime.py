@@ -19,8 +19,8 @@ import logging
 import resource
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ark.arbiter import service as gpu_service
@@ -125,6 +125,7 @@ class Runtime:
         self.front = Front(self)  # authentication, admission, budgets, metrics and the access log of API requests
         self.http = Router(not_found=_unknown_url)  # the gateway listener's routes ([gateway] listen)
         self.components: list[Component] = []
+        self.started = False  # every component started
         self.listeners: dict[str, Server] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._service_failures: dict[str, str] = {}  # service -> why it could not start
@@ -203,11 +204,12 @@ class Runtime:
             self.components.append(component)
             for spec in component.services(self):
                 self.background(self._supervise(spec), f"ark-service-{spec.name}")
+        self.started = True  # /health/ready waits for it: every component's routes are there
 
     async def _supervise(self, spec: ServiceSpec) -> None:
         try:
             await self.supervisor.start(spec)
-        except StartFailed as exc:
+        except (StartFailed, ValueError, OSError) as exc:
             log.error("%s", exc)
             self._service_failures[spec.name] = str(exc).splitlines()[0]
 
@@ -222,36 +224,45 @@ class Runtime:
         return server
 
     def background(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """A task that runs until the runtime closes (cancelled then)."""
-        self._tasks.append(asyncio.create_task(work, name=name))
+        """A task that runs until the runtime closes (cancelled then); a failure is logged when it happens."""
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(_log_failure)
+        self._tasks.append(task)
 
     async def close(self) -> None:
-        for component in reversed(self.components):
+        """Stop accepting and let requests in flight finish (a grace period), then close the components in
+        reverse, the background work, the supervised services, the arbiter and the engines, and last what
+        keeps records (access log, ledger, allotments, store). Each step runs whatever the one before did."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            *((f"listener {name}", server.close) for name, server in reversed(list(self.listeners.items()))),
+            *((component.name, component.close) for component in reversed(self.components)),
+            ("background tasks", self._cancel_tasks),
+            ("supervised services", self.supervisor.close),
+        ]
+        if self.gpu is not None:
+            steps.append(("GPU arbiter", self.gpu.close))
+        steps += [(f"engine {engine.name}", engine.close) for engine in self.engines]
+        if self.access_log is not None:
+            steps.append(("access log", _call(self.access_log.close)))
+        if self.ledger is not None:
+            steps.append(("ledger", self.ledger.close))
+        if self.allotments is not None:
+            steps.append(("allotments", self.allotments.close))
+        if self.store is not None:
+            steps.append(("store", _call(self.store.close)))
+        for what, step in steps:
             try:
-                await component.close()
+                await step()
             except Exception:
-                log.exception("closing %s failed", component.name)
+                if what == "allotments":
+                    log.exception("giving back the allotments failed; other gateways reclaim them in %.0f s", STALE_S)
+                else:
+                    log.exception("closing %s failed", what)
+
+    async def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.supervisor.close()
-        for server in reversed(list(self.listeners.values())):
-            await server.close()
-        if self.gpu is not None:
-            await self.gpu.close()
-        for engine in self.engines:
-            await engine.close()
-        if self.access_log is not None:
-            self.access_log.close()
-        if self.ledger is not None:
-            await self.ledger.close()
-        if self.allotments is not None:
-            try:
-                await self.allotments.close()
-            except Exception:
-                log.exception("giving back the allotments failed; other gateways reclaim them in %.0f s", STALE_S)
-        if self.store is not None:
-            self.store.close()
 
     # -- shared views -----------------------------------------------------------------------------
     def refused(self, status: int) -> None:
@@ -260,11 +271,19 @@ class Runtime:
 
     def status(self) -> list[Status]:
         """Every component's parts, then each supervised service as the supervisor sees it."""
-        found = [part for component in self.components for part in component.status()]
+        found: list[Status] = []
+        for component in self.components:
+            try:
+                found += component.status()
+            except Exception as exc:  # one component's report must not take health down with it
+                log.exception("%s: status failed", component.name)
+                found.append(Status(component.name, "failed", f"status failed: {exc}", ready=False))
+        live = {service["name"]: service["state"] for service in self.supervisor.status()}
+        found = [replace(part, state=live[part.name]) if part.name in live else part for part in found]
         seen = {part.name for part in found}
-        for service in self.supervisor.status():
-            if service["name"] not in seen:
-                found.append(Status(service["name"], service["state"]))
+        for name, state in live.items():
+            if name not in seen:
+                found.append(Status(name, state))
         for name, why in self._service_failures.items():
             if name not in seen and name not in self.supervisor.services:
                 found.append(Status(name, "failed", why))
@@ -305,6 +324,18 @@ class Runtime:
                 self.engine_models.pop(engine.name, None)  # down: it holds nothing we can see
             else:
                 self.engine_models[engine.name] = [asdict(m) for m in loaded.values()]
+
+
+def _call(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def step() -> None:
+        fn()
+
+    return step
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def _components() -> list[Component]:

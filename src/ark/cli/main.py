@@ -30,6 +30,9 @@ class ArkGroup(click.Group):
             raise ConfigProblem(str(exc)) from None
         except ArkError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a file or folder ARK needs (a models folder under a file...): one line, no trace
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 @click.group(cls=ArkGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -32,7 +32,7 @@ class HealthApi(Component):
             for name, s in models.state.items()
         }
         parts = self.rt.status()
-        ready = models.ready.is_set() and all(part.ready for part in parts)
+        ready = self.rt.started and models.ready.is_set() and all(part.ready for part in parts)
         components = {part.name: {"state": part.state, **({"why": part.why} if part.why else {})} for part in parts}
         body = {"status": "ready" if ready else "starting", "engines": engines, "components": components}
         await responder.send(200 if ready else 503, orjson.dumps(body), JSON_HEADERS)
