@@ -31,10 +31,13 @@ class Hello(Component):
         self.service_port = service_port
         self.ticks = 0
         self.closed = False
+        self.listening_at_close: bool | None = None
+        self.gateway_port = 0
         self.rt: Runtime | None = None
 
     async def start(self, rt: Runtime) -> None:
         self.rt = rt
+        self.gateway_port = rt.listeners["gateway"].port
         rt.http.add("GET", "/hello/{who}", self.hello)
         rt.background(self._tick(), "hello-tick")
 
@@ -55,6 +58,13 @@ class Hello(Component):
 
     async def close(self) -> None:
         self.closed = True
+        try:  # by now the gateway's listener has stopped accepting: no request reaches a closed component
+            _, writer = await asyncio.open_connection("127.0.0.1", self.gateway_port)
+        except OSError:
+            self.listening_at_close = False
+        else:
+            writer.close()
+            self.listening_at_close = True
 
 
 @dataclass
@@ -125,7 +135,7 @@ def test_a_component_is_closed_and_its_service_stopped_when_the_runtime_stops(ru
     assert wait_until(lambda: _answers(running.hello.service_port), 30)
     running.loop.call_soon_threadsafe(running.stop.set)
     running.thread.join(30)
-    assert running.hello.closed
+    assert running.hello.closed and running.hello.listening_at_close is False
     assert not _answers(running.hello.service_port)
 
 
