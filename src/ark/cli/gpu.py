@@ -127,10 +127,8 @@ def _gpu_view(status: dict[str, Any]) -> RenderableType:
 @click.argument("model")
 def gpu_load(config_path: Path | None, data_dir: Path | None, model: str) -> None:
     """Load MODEL now (the arbiter makes room as it would for a request)."""
-    result = call_gateway(
-        config_path, data_dir, "POST", "/admin/gpu/load", body={"model": model}, timeout=_GPU_ACTION_S
-    )
-    console.print(f"{model}: {'loaded' if result['loaded'] else 'already loaded'}")
+    loaded = _gpu_action(config_path, data_dir, "load", model)["loaded"]
+    console.print(f"{model}: {'loaded' if loaded else 'already loaded'}")
 
 
 @gpu.command("unload")
@@ -138,10 +136,15 @@ def gpu_load(config_path: Path | None, data_dir: Path | None, model: str) -> Non
 @click.argument("model")
 def gpu_unload(config_path: Path | None, data_dir: Path | None, model: str) -> None:
     """Unload MODEL now (refused while it serves requests, or when it is pinned)."""
-    result = call_gateway(
-        config_path, data_dir, "POST", "/admin/gpu/unload", body={"model": model}, timeout=_GPU_ACTION_S
+    unloaded = _gpu_action(config_path, data_dir, "unload", model)["unloaded"]
+    console.print(f"{model}: {'unloaded' if unloaded else 'was not loaded'}")
+
+
+def _gpu_action(config_path: Path | None, data_dir: Path | None, action: str, model: str) -> Any:
+    """POST /admin/gpu/load or /unload for MODEL: the arbiter's answer."""
+    return call_gateway(
+        config_path, data_dir, "POST", f"/admin/gpu/{action}", body={"model": model}, timeout=_GPU_ACTION_S
     )
-    console.print(f"{model}: {'unloaded' if result['unloaded'] else 'was not loaded'}")
 
 
 @gpu.command("free-comfyui")
