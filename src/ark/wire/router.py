@@ -98,16 +98,6 @@ class Router:
         self._static[(method, pattern)] = handler
         self._static_paths.setdefault(pattern, []).append(method)
 
-    def route(self, method: str, *patterns: str) -> Callable[[Handler], Handler]:
-        """``@router.route("GET", "/a", "/v1/a")``: the decorated handler serves each pattern."""
-
-        def register(handler: Handler) -> Handler:
-            for pattern in patterns:
-                self.add(method, pattern, handler)
-            return handler
-
-        return register
-
     def mount(self, prefix: str, other: Router) -> None:
         """Every route of ``other`` (as it is now), under ``prefix``."""
         prefix = prefix.rstrip("/")
