@@ -345,8 +345,9 @@ def _components() -> list[Component]:
     from ark.gateway.health import HealthApi
     from ark.gateway.openai import OpenAIApi
     from ark.monitor.component import Monitoring
+    from ark.ollama_api import OllamaApi
 
-    return [OpenAIApi(), AdminApi(), GpuApi(), HealthApi(), ConsoleComponent(), Monitoring()]
+    return [OpenAIApi(), OllamaApi(), AdminApi(), GpuApi(), HealthApi(), ConsoleComponent(), Monitoring()]
 
 
 # What `ark up` starts, in order (each may use what the ones before it opened); closed in reverse.

@@ -6,6 +6,7 @@ import functools
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +20,17 @@ from ark.store.keys import Key
 from ark.store.ledger import UsageRow
 from ark.wire import Responder
 
+ErrorShape = Callable[[ApiError], bytes]  # an API's error body: OpenAI's, Ollama's...
 UNKNOWN_MODEL = "unknown"  # the metrics label of requests that named no servable model
 JSON_HEADERS = [("content-type", "application/json")]
 
 
-async def send_error(responder: Responder, exc: ApiError) -> None:
-    """An error answered in OpenAI's shape, with its Retry-After and extra headers."""
+async def send_error(responder: Responder, exc: ApiError, shape: ErrorShape | None = None) -> None:
+    """An error answered in OpenAI's shape (or ``shape``'s), with its Retry-After and extra headers."""
     headers = [*JSON_HEADERS, *exc.headers]
     if exc.retry_after is not None:
         headers.append(("retry-after", str(max(1, round(exc.retry_after)))))
-    await responder.send(exc.status, error_body(exc), headers)
+    await responder.send(exc.status, (shape or error_body)(exc), headers)
 
 
 def error_body(exc: ApiError) -> bytes:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ark.engines.base import Json
 from ark.errors import AdminOnly, ApiError, AuthenticationError, PermissionDenied, QueueFull
 from ark.gateway.budgets import FREE, prices
-from ark.gateway.exchange import Exchange, request_id, send_error
+from ark.gateway.exchange import ErrorShape, Exchange, request_id, send_error
 from ark.gateway.ratelimits import RateLimits
 from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.requests import model_name
@@ -131,8 +131,9 @@ class Front:
 
         return wrapped
 
-    def api(self, handler: ApiHandler) -> Handler:
-        """Wrap an API handler: auth, admission, the one error handler, metrics and the access log."""
+    def api(self, handler: ApiHandler, errors: ErrorShape | None = None) -> Handler:
+        """Wrap an API handler: auth, admission, the one error handler, metrics and the access log. Errors go
+        out in OpenAI's shape, or in ``errors``' (the Ollama API's ``{"error": "..."}``)."""
         rt = self.rt
         metrics = rt.metrics
 
@@ -162,7 +163,7 @@ class Front:
             except ApiError as exc:
                 ex.fail(exc)
                 if not responder.started:
-                    await send_error(responder, exc)
+                    await send_error(responder, exc, errors)
             except (asyncio.CancelledError, ConnectionResetError):
                 ex.status, ex.error = 499, "client_closed_request"  # nginx's code for it
                 raise
@@ -171,7 +172,7 @@ class Front:
                 ex.status, ex.error = 500, "internal_error"
                 if responder.started:
                     raise
-                await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"))
+                await send_error(responder, ApiError(f"Internal error: {type(exc).__name__}"), errors)
             finally:
                 metrics.inflight -= 1
                 if responder.on_finish is not None:  # no response went out (the client left): record now

@@ -1,4 +1,8 @@
-"""Relay an engine's stream to the client as server-sent events."""
+"""Relay an engine's stream to the client: as server-sent events (OpenAI) or in another framing.
+
+Engines stream OpenAI's chunks; a :class:`Framing` turns each into the bytes its API sends (SSE here,
+NDJSON for the Ollama API), ends the stream and reports an error that comes after the first byte.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Protocol
 
 import orjson
 
@@ -18,6 +23,40 @@ from ark.wire import Responder
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
+class Framing(Protocol):
+    """How one API frames a stream: its headers, one chunk, the end, an error after the first byte."""
+
+    headers: list[tuple[str, str]]
+
+    def chunk(self, chunk: Json) -> bytes | None:
+        """The bytes for one engine chunk (``None``: nothing goes out for it). Called for every chunk with
+        choices, and for the usage-only chunk when the client asked for usage."""
+        ...
+
+    def end(self, ex: Exchange) -> bytes: ...
+
+    def error(self, exc: ApiError) -> bytes: ...
+
+
+class Sse:
+    """OpenAI's framing: ``data: {chunk}`` events, then ``data: [DONE]``; an error as a last event."""
+
+    headers = SSE_HEADERS
+
+    def __init__(self, requested: str) -> None:
+        self.requested = requested
+
+    def chunk(self, chunk: Json) -> bytes | None:
+        chunk["model"] = self.requested
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def end(self, ex: Exchange) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, exc: ApiError) -> bytes:
+        return b"data: " + error_body(exc) + b"\n\n"
+
+
 async def relay(
     responder: Responder,
     ex: Exchange,
@@ -27,12 +66,14 @@ async def relay(
     *,
     chat: bool,
     keep_text: bool,
+    framing: Framing | None = None,
 ) -> None:
-    """Stream ``chunks`` as SSE under the engine's limiter and deadlines.
+    """Stream ``chunks`` in ``framing`` (SSE by default) under the engine's limiter and deadlines.
 
     The first chunk is awaited before any byte is sent, so errors up to the first token
     (engine down, first-token timeout, unknown model upstream) keep their HTTP status.
-    After that an error arrives as a last ``data: {"error": ...}`` event, as OpenAI sends it.
+    After that an error arrives as the framing's last message (SSE: a ``data: {"error": ...}`` event, as
+    OpenAI sends it).
     A client that leaves cancels this coroutine; closing ``chunks`` then stops the engine.
     A stream that ends before the engine's usage (the client left or was cut off, the engine failed) is
     charged for the tokens that went out (one per event, as Ollama, llama.cpp and vLLM stream them) and
@@ -43,7 +84,7 @@ async def relay(
     first_timeout, total_timeout = engine.settings.first_token_timeout, engine.settings.total_timeout
     # the total deadline counts from the request's arrival, on the event loop's clock
     deadline = asyncio.get_running_loop().time() + total_timeout - (time.perf_counter() - ex.started)
-    requested = route.requested
+    frame = framing if framing is not None else Sse(route.requested)
     output: list[str] = []
     events = 0  # token events that went out
     async with engine.limiter, aclosing(chunks):  # type: ignore[type-var]
@@ -52,7 +93,7 @@ async def relay(
                 chunk: Json | None = await anext(chunks, None)
         except TimeoutError:
             raise UpstreamTimeout(f"Engine '{engine.name}' sent no token within {first_timeout:g} s.") from None
-        await responder.start(200, SSE_HEADERS)
+        await responder.start(200, frame.headers)
         try:
             async with asyncio.timeout_at(deadline):  # one timer for the whole stream, not one per chunk
                 while chunk is not None:
@@ -72,19 +113,20 @@ async def relay(
                                 ex.ttft = time.perf_counter() - ex.started
                             if keep_text:
                                 output.append(text)
-                        chunk["model"] = requested
-                        await responder.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                        data = frame.chunk(chunk)
+                        if data is not None:
+                            await responder.write(data)
                         if choices and events >= 0:
                             events += 1
                     chunk = await anext(chunks, None)
-            await responder.write(b"data: [DONE]\n\n")
+            await responder.write(frame.end(ex))
         except TimeoutError:
             exc: ApiError = UpstreamTimeout(f"Engine '{engine.name}' did not finish within the total timeout.")
             ex.fail(exc)
-            await responder.write(b"data: " + error_body(exc) + b"\n\n")
+            await responder.write(frame.error(exc))
         except ApiError as exc:
             ex.fail(exc)
-            await responder.write(b"data: " + error_body(exc) + b"\n\n")
+            await responder.write(frame.error(exc))
         finally:
             if keep_text:
                 ex.output = "".join(output)
