@@ -557,7 +557,7 @@ def test_migration_0003_goes_down_and_up_again(tmp_path: Path) -> None:
     from alembic import command
     from sqlalchemy import inspect
 
-    from ark.store.migrate import _config, current
+    from ark.store.migrate import _config, current, head
 
     store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path)}))
     try:
@@ -572,7 +572,33 @@ def test_migration_0003_goes_down_and_up_again(tmp_path: Path) -> None:
             tables = inspect(store.engine).get_table_names()
             columns = {c["name"] for c in inspect(store.engine).get_columns("usage")}
             assert ("users" in tables) == ("person" in columns) == (target == "head")
-        assert current(store.engine) == "0003"
+        assert current(store.engine) == head()
+    finally:
+        store.close()
+
+
+def test_migration_0004_goes_down_and_up_again(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from ark.store.migrate import _config, current
+
+    store = Store.open(load_settings(env={"ARK_DATA_DIR": str(tmp_path)}))
+    try:
+        config = _config()
+        for target in ("0003", "head"):
+            with store.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                if target == "0003":
+                    command.downgrade(config, target)
+                else:
+                    command.upgrade(config, target)
+            found = inspect(store.engine)
+            usage = {c["name"] for c in found.get_columns("usage")}
+            keys = {c["name"] for c in found.get_columns("api_keys")}
+            assert ("user_limits" in found.get_table_names()) == ("person_id" in usage) == (target == "head")
+            assert ("trust_user_headers" in keys) == (target == "head")
+        assert current(store.engine) == "0004"
     finally:
         store.close()
 

@@ -86,6 +86,12 @@ def keys() -> None:
 @click.option("--user", "user_id", help="Its owner (an e-mail address).")
 @click.option("--team", "team_id", help="Its team (team-...).")
 @click.option("--duration", help='Lifetime, e.g. "30d" (default: no expiry).')
+@click.option(
+    "--trust-user-headers",
+    is_flag=True,
+    default=None,
+    help="An application's key (Open WebUI's): charge each request to the person its X-OpenWebUI-User-Email names.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_create(
     config_path: Path | None, data_dir: Path | None, fields: dict[str, Any], as_json: bool, **options: Any
@@ -206,7 +212,7 @@ def teams_info(config_path: Path | None, data_dir: Path | None, team_id: str) ->
 @click.option("--until", help="Last day, YYYY-MM-DD.")
 @click.option(
     "--by",
-    type=click.Choice(["key", "team", "model", "day"]),
+    type=click.Choice(["key", "team", "model", "day", "user"]),
     default="key",
     show_default=True,
     help="How to group the rows.",
@@ -217,6 +223,22 @@ def usage(
 ) -> None:
     """Requests, tokens and spend from the ledger's daily rollups."""
     query = {k: v for k, v in (("start_date", since), ("end_date", until)) if v}
+    if by == "user":  # per person, from the ledger's rows (the daily rollups are per key)
+        rows = call_gateway(config_path, data_dir, "GET", "/usage/people", query=query)
+        if as_json:
+            print_json(rows)
+            return
+        table = Table("user", "requests", "prompt tokens", "completion tokens", "spend")
+        for row in rows:
+            table.add_row(
+                row["user"] or "-",
+                str(row["requests"]),
+                str(row["prompt_tokens"]),
+                str(row["completion_tokens"]),
+                f"{row['cost']:.4f}",
+            )
+        console.print(table)
+        return
     rows = call_gateway(config_path, data_dir, "GET", "/usage/daily", query=query)
     if as_json:
         print_json(rows)

@@ -13,12 +13,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ark.auth import passwords, totp
 from ark.auth.users import ROLES, User, UserStore
-from ark.cli.common import Table, config_options, make_console, print_json, qr_text, settings_or_exit
+from ark.cli.admin import limit_options
+from ark.cli.common import (
+    Table,
+    call_gateway,
+    config_options,
+    make_console,
+    print_json,
+    qr_text,
+    settings_or_exit,
+)
 from ark.config import Settings
 from ark.store import Store
 
@@ -182,6 +192,54 @@ def users_enable(config_path: Path | None, data_dir: Path | None, name: str) -> 
 def users_role(config_path: Path | None, data_dir: Path | None, name: str, role: str) -> None:
     """Make a user an admin or a plain user (seen by the next request)."""
     _change(config_path, data_dir, lambda store: store.set_role(name, role), "{user}")
+
+
+@users.command("limits")
+@config_options
+@limit_options
+@click.argument("name")
+@click.option("--block/--unblock", "blocked", default=None, help="Refuse (or accept again) requests made for them.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def users_limits(
+    config_path: Path | None,
+    data_dir: Path | None,
+    fields: dict[str, Any],
+    name: str,
+    blocked: bool | None,
+    as_json: bool,
+) -> None:
+    """Show or set a person's budget and limits (like a key's), for the requests a UI makes for them.
+
+    NAME is the user's name or e-mail. With no option, shows them. The running gateway applies them at once;
+    they count what Open WebUI (through its service key) and the console send for that person.
+    """
+    if blocked is not None:
+        fields["blocked"] = blocked
+    if fields:
+        person = call_gateway(config_path, data_dir, "POST", "/user/update", body={"user": name, **fields})
+    else:
+        person = call_gateway(config_path, data_dir, "GET", "/user/info", query={"user": name})
+    if as_json:
+        print_json(person)
+        return
+    table = Table("user", "e-mail", "budget", "spent", "tokens", "rpm", "tpm", "parallel", "models", "blocked")
+    budget = "-" if person["max_budget"] is None else f"{person['max_budget']:g}"
+    if person["budget_duration"]:
+        budget += f" / {person['budget_duration']}"
+    tokens = str(person["tokens_used"])
+    if person["max_tokens_budget"] is not None:
+        tokens += f" of {person['max_tokens_budget']}"
+    table.add_row(
+        person["user"],
+        person["email"],
+        budget,
+        f"{person['spend']:.4f}",
+        tokens,
+        *("-" if person[k] is None else str(person[k]) for k in ("rpm_limit", "tpm_limit", "max_parallel_requests")),
+        ",".join(person["models"]) or "all",
+        "yes" if person["blocked"] else "no",
+    )
+    make_console().print(table)
 
 
 @users.command("totp")

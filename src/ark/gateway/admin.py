@@ -22,8 +22,8 @@ from ark.gateway.exchange import JSON_HEADERS
 from ark.gateway.requests import parse_body
 from ark.runtime import Component, Runtime
 from ark.store import Key, Store, key_id, parse_duration
-from ark.store.keys import now
-from ark.store.ledger import daily_usage, spend_logs
+from ark.store.keys import Person, now
+from ark.store.ledger import daily_usage, person_usage, spend_logs
 from ark.wire import Request, Responder
 
 _HEX = frozenset("0123456789abcdef")
@@ -104,7 +104,14 @@ _LIMITS: dict[str, Callable[[Any, str], Any]] = {
     "metadata": _object,
     "blocked": _flag,
 }
-_KEY_FIELDS = {**_LIMITS, "key_alias": _optional(_text), "user_id": _optional(_text), "team_id": _optional(_text)}
+_KEY_FIELDS = {
+    **_LIMITS,
+    "key_alias": _optional(_text),
+    "user_id": _optional(_text),
+    "team_id": _optional(_text),
+    "trust_user_headers": _flag,  # an application's key (Open WebUI's): its person header names whom to charge
+}
+_PERSON_FIELDS = dict(_LIMITS)
 _TEAM_FIELDS = {**_LIMITS, "team_alias": _optional(_text)}
 _IGNORED = frozenset({"key", "keys", "team_id", "key_aliases", "duration", "send_invite_email", "tags"})
 
@@ -265,13 +272,46 @@ class Admin:
     async def team_list(self, query: dict[str, str]) -> list[Json]:
         return [t.public() for t in await self._run(self.store.keys.list_teams)]
 
+    # -- people: their limits, as a key's ----------------------------------------------------------
+    async def _person(self, value: Any, param: str) -> Person:
+        """A user named by name or e-mail, with their limits (none: a Person with no limits)."""
+        wanted = _text(value, param).strip().lower()
+        known = await self._run(self.store.keys.people_by_email)
+        ident = next((i for email, (i, name, _) in known.items() if wanted in (email, name)), None)
+        if ident is None:
+            raise NotFound(f"No user '{value}': add one with `ark users add`.", param=param)
+        people: dict[str, Person] = {p.id: p for p in await self._run(self.store.keys.list_people)}
+        if ident not in people:
+            await self._run(self.store.keys.set_person_limits, ident, {})
+            people = {p.id: p for p in await self._run(self.store.keys.list_people)}
+        return people[ident]
+
+    async def user_update(self, body: Json) -> Json:
+        person = await self._person(body.get("user"), "user")
+        values = _values(body, _PERSON_FIELDS, extra=frozenset({"user"}))
+        await self._run(self.store.keys.set_person_limits, person.id, values)
+        await self._changed()
+        return (await self._person(person.email, "user")).public()
+
+    async def user_info(self, query: dict[str, str]) -> Json:
+        return (await self._person(query.get("user"), "user")).public()
+
+    async def user_list(self, query: dict[str, str]) -> list[Json]:
+        return [p.public() for p in await self._run(self.store.keys.list_people)]
+
     async def spend_logs(self, query: dict[str, str]) -> list[Json]:
         key = key_ident(query["api_key"]) if query.get("api_key") else None
+        person = query.get("user") or None
         start, end = _dates(query)
         limit = _number(query, "limit", SPEND_LOGS_LIMIT, SPEND_LOGS_MAX)
         rows: list[Json] = await self._run(
-            lambda: spend_logs(self.store.engine, key_id=key, start=start, end=end, limit=limit)
+            lambda: spend_logs(self.store.engine, key_id=key, start=start, end=end, limit=limit, person=person)
         )
+        return rows
+
+    async def usage_people(self, query: dict[str, str]) -> list[Json]:
+        start, end = _dates(query)
+        rows: list[Json] = await self._run(lambda: person_usage(self.store.engine, start=start, end=end))
         return rows
 
     async def usage_daily(self, query: dict[str, str]) -> list[Json]:
@@ -305,7 +345,11 @@ class Admin:
             ("POST", "/team/update"): post(self.team_update),
             ("GET", "/team/info"): get(self.team_info),
             ("GET", "/team/list"): get(self.team_list),
+            ("POST", "/user/update"): post(self.user_update),
+            ("GET", "/user/info"): get(self.user_info),
+            ("GET", "/user/list"): get(self.user_list),
             ("GET", "/spend/logs"): get(self.spend_logs),
+            ("GET", "/usage/people"): get(self.usage_people),
             ("GET", "/usage/daily"): get(self.usage_daily),
         }
 

@@ -21,10 +21,19 @@ from ark.store import Key
 
 
 class Gate(Protocol):
-    async def admit(self, key: Key | None) -> Admission | None: ...
+    """``person``: the user id a request is made for (a UI's trusted header), whose limits apply too."""
+
+    async def admit(self, key: Key | None, person: str | None = None) -> Admission | None: ...
 
     async def reserve(
-        self, key: Key, price: Price, prompt: int, completion: int | None, seconds: float, now: datetime
+        self,
+        key: Key,
+        price: Price,
+        prompt: int,
+        completion: int | None,
+        seconds: float,
+        now: datetime,
+        person: str | None = None,
     ) -> Reservation | None: ...
 
 
@@ -34,16 +43,23 @@ class LocalAdmission:
     def __init__(self, rates: RateLimits, budgets: Budgets, clock: Clock) -> None:
         self.rates, self.budgets, self.clock = rates, budgets, clock
 
-    async def admit(self, key: Key | None) -> Admission | None:
-        result = self.rates.admit(key, self.clock.monotonic())
+    async def admit(self, key: Key | None, person: str | None = None) -> Admission | None:
+        result = self.rates.admit(key, self.clock.monotonic(), person)
         if isinstance(result, RateShortfall):  # only limits built with shared=True answer so
             raise TypeError("shared rate limits need the database's admission (Allotments)")
         return result
 
     async def reserve(
-        self, key: Key, price: Price, prompt: int, completion: int | None, seconds: float, now: datetime
+        self,
+        key: Key,
+        price: Price,
+        prompt: int,
+        completion: int | None,
+        seconds: float,
+        now: datetime,
+        person: str | None = None,
     ) -> Reservation | None:
-        result = self.budgets.reserve(key, price, prompt, completion, seconds, now)
+        result = self.budgets.reserve(key, price, prompt, completion, seconds, now, person)
         if isinstance(result, BudgetShortfall):
             raise TypeError("shared budgets need the database's admission (Allotments)")
         return result

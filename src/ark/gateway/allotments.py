@@ -72,14 +72,21 @@ class Allotments:
 
     # -- the request path -------------------------------------------------------------------------
     async def reserve(
-        self, key: Key, price: Price, prompt: int, completion: int | None, seconds: float, now: datetime
+        self,
+        key: Key,
+        price: Price,
+        prompt: int,
+        completion: int | None,
+        seconds: float,
+        now: datetime,
+        person: str | None = None,
     ) -> Reservation | None:
         for _ in range(_ATTEMPTS):
-            result = self.budgets.reserve(key, price, prompt, completion, seconds, now)
+            result = self.budgets.reserve(key, price, prompt, completion, seconds, now, person)
             if not isinstance(result, budgeting.Shortfall):
                 return result
             async with self._lock(f"budget:{key.id}"):
-                result = self.budgets.reserve(key, price, prompt, completion, seconds, now)  # grown meanwhile?
+                result = self.budgets.reserve(key, price, prompt, completion, seconds, now, person)  # grown meanwhile?
                 if not isinstance(result, budgeting.Shortfall):
                     return result
                 await self._grow_budgets(result)
@@ -111,14 +118,14 @@ class Allotments:
             account.allotted_tokens += result[ident].tokens
             account.grown_at = grown
 
-    async def admit(self, key: Key | None) -> Admission | None:
+    async def admit(self, key: Key | None, person: str | None = None) -> Admission | None:
         for _ in range(_ATTEMPTS):
-            result = self.rates.admit(key, self.clock.monotonic())
+            result = self.rates.admit(key, self.clock.monotonic(), person)
             if not isinstance(result, limiting.Shortfall):
                 return result
             assert key is not None
             async with self._lock(f"rate:{key.id}"):
-                result = self.rates.admit(key, self.clock.monotonic())
+                result = self.rates.admit(key, self.clock.monotonic(), person)
                 if not isinstance(result, limiting.Shortfall):
                     return result
                 for subject, state, requests, refresh, slots in result.needs:

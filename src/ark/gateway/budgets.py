@@ -1,4 +1,4 @@
-"""Credit and token budgets of keys and teams: reserve before the engine, settle after, never overspend.
+"""Credit and token budgets of keys, teams and people: reserve before the engine, settle after, never overspend.
 
 A request first reserves the most it can cost (prompt bytes as an upper bound
 on prompt tokens, ``max_tokens`` or the model's ``max_output_tokens``, and the
@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from ark.config import ModelSettings
 from ark.errors import InsufficientQuota
 from ark.store import Key, Team, budget_period
-from ark.store.keys import Limits, next_reset
+from ark.store.keys import Limits, Person, next_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +120,13 @@ class Shortfall:
 
 
 class Budgets:
-    """The accounts of every key and team with a budget; owned by the event loop."""
+    """The accounts of every key, team and person with a budget; owned by the event loop."""
 
     def __init__(self, *, shared: bool = False) -> None:
         self.shared = shared
         self.accounts: dict[str, Account] = {}
         self.by_key: dict[str, list[tuple[str, Account]]] = {}  # key id -> its account and its team's
+        self.by_person: dict[str, tuple[str, Account]] = {}  # user id -> the person's account
         self.rolled: dict[str, datetime] = {}  # account -> start of its new period, not yet in the store
 
     def roll_all(self, now: datetime) -> None:
@@ -133,12 +134,14 @@ class Budgets:
             if account.roll(now) and account.reset_at is not None:
                 self.rolled[ident] = account.reset_at
 
-    def sync(self, keys: Iterable[Key], teams: Iterable[Team]) -> None:
+    def sync(self, keys: Iterable[Key], teams: Iterable[Team], people: Iterable[Person] = ()) -> None:
         """Take limits from the store; keep what this process has counted since (spend moves here first)."""
         seen = set()
+        keys, people = list(keys), list(people)
         entries: list[tuple[str, str, str, Limits]] = [
             *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
             *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
+            *((f"user:{p.id}", f"user {p.name}", p.name, p) for p in people),
         ]
         for ident, name, alias, limits in entries:
             if limits.max_budget is None and limits.max_tokens_budget is None:
@@ -180,6 +183,8 @@ class Budgets:
             pairs = [(i, self.accounts[i]) for i in (f"key:{k.id}", f"team:{k.team_id}") if i in seen]
             if pairs:
                 self.by_key[k.id] = pairs
+        person_ids = (f"user:{p.id}" for p in people)
+        self.by_person = {ident[5:]: (ident, self.accounts[ident]) for ident in person_ids if ident in seen}
 
     def reserve(
         self,
@@ -189,10 +194,14 @@ class Budgets:
         max_completion: int | None,
         max_seconds: float,
         now: datetime,
+        person: str | None = None,
     ) -> Reservation | Shortfall | None:
+        """Reserve on the key's account, its team's and, for a request made for ``person`` (a user id), theirs."""
         if key is None:
             return None  # the master key has no budget
         pairs = self.by_key.get(key.id)
+        if person is not None and person in self.by_person:
+            pairs = [*(pairs or ()), self.by_person[person]]
         if not pairs:
             return None
         accounts = [account for _, account in pairs] if len(pairs) > 1 else [pairs[0][1]]

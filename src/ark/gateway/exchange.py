@@ -81,7 +81,8 @@ class Exchange:
     error: str | None = None
     prompt: Any = None
     output: str | None = None
-    person: str | None = None  # the signed-in user a valid X-Ark-Identity names (a UI calling for them)
+    person: str | None = None  # whom a UI called for: X-Ark-Identity's user, or a trusted key's person header
+    person_id: str | None = None  # that person's user id when ARK knows them (their limits apply)
 
     @property
     def key_label(self) -> str:
@@ -107,6 +108,7 @@ class Exchange:
             completion_tokens=self.completion_tokens,
             cost=self.cost,
             person=self.person,
+            person_id=self.person_id,
         )
 
     def fail(self, exc: ApiError) -> None:

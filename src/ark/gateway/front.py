@@ -7,6 +7,11 @@ the response ends the record: the budget settled, the lease released, metrics, t
 ledger. ``front.admin(handler)``: the master key only. ``front.resolve`` routes a model for a key and
 reserves what the request can cost on its budgets. Keys and teams live in memory (auth is a dict
 lookup), reloaded from the store every few seconds and on a miss.
+
+A request is made for a person when a UI says whom it calls for: a valid ``X-Ark-Identity`` (the
+console), or ``X-OpenWebUI-User-Email`` with a key flagged ``trust_user_headers`` (Open WebUI's service
+key; from any other key the header is ignored and counted). A person ARK knows is charged and limited
+like a key (their ``user_limits``); a disabled one is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ark.gateway.ratelimits import headers as rate_headers
 from ark.gateway.requests import model_name
 from ark.gateway.router import Route
 from ark.store import Key, Team, key_id
+from ark.store.keys import Person
 from ark.wire import Request, Responder
 
 if TYPE_CHECKING:
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ark.gateway")
 _KEY_LOOKUPS_PER_S = 10.0  # unknown keys looked up in the database (a key made on another gateway)
 _BYTES_PER_TOKEN = 4  # English text in BPE vocabularies, for a prompt no engine counted
+PERSON_HEADER = "x-openwebui-user-email"  # Open WebUI's ENABLE_FORWARD_USER_INFO_HEADERS
 ApiHandler = Callable[[Request, Responder, Exchange], Awaitable[None]]
 Handler = Callable[[Request, Responder], Awaitable[None]]
 
@@ -53,6 +60,9 @@ class Front:
         settings = rt.settings
         self.keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
         self.teams: dict[str, Team] = {}
+        self.people: dict[str, Person] = {}  # user id -> limits, for people who have some
+        self.emails: dict[str, tuple[str, str, bool]] = {}  # e-mail (lower case) -> (user id, name, disabled)
+        self.disabled: set[str] = set()  # user ids
         self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
         self.prices = prices(settings.models)
         self._master = settings.master_key.value.encode()
@@ -69,11 +79,16 @@ class Front:
         if rt.budgets.rolled:
             rolled, rt.budgets.rolled = rt.budgets.rolled, {}
             await asyncio.to_thread(store.reset_periods, rolled)
-        keys, teams = await asyncio.to_thread(lambda: (store.list_keys(), store.list_teams()))
+        keys, teams, people, emails = await asyncio.to_thread(
+            lambda: (store.list_keys(), store.list_teams(), store.list_people(), store.people_by_email())
+        )
         self.keys = {k.id: k for k in keys}
         self.teams = {t.id: t for t in teams}
-        rt.budgets.sync(keys, teams)
-        rt.rates.sync(keys, teams, rt.clock.monotonic())
+        self.people = {p.id: p for p in people}
+        self.emails = emails
+        self.disabled = {ident for ident, _, disabled in emails.values() if disabled}
+        rt.budgets.sync(keys, teams, people)
+        rt.rates.sync(keys, teams, rt.clock.monotonic(), people)
 
     def authenticate(self, request: Request) -> Key | None:
         """The caller's virtual key, or None for the master key; 401 for anything else."""
@@ -111,11 +126,34 @@ class Front:
         await self.reload_keys()
         return self.authenticate(request)
 
-    def may_use(self, key: Key | None, requested: str, served: str) -> bool:
+    def may_use(self, key: Key | None, requested: str, served: str, person: str | None = None) -> bool:
+        if person is not None and person in self.people and not self.people[person].allows(requested, served):
+            return False
         if key is None:
             return True
         team = self.teams.get(key.team_id) if key.team_id else None
         return key.allows(requested, served) and (team is None or team.allows(requested, served))
+
+    def attribute(self, ex: Exchange, request: Request) -> None:
+        """Whom the request is made for (see the module's docstring); refuses a person ARK has turned away."""
+        email = request.headers.get(PERSON_HEADER)
+        if email is not None:
+            key = ex.key
+            if key is None or not key.trust_user_headers:  # anyone can send the header: it grants nothing
+                self.rt.metrics.count_untrusted_user_header(ex.key_label)
+            elif email := email.strip()[:254]:
+                known = self.emails.get(email.lower())
+                if known is None:
+                    ex.person, ex.person_id = email, None  # counted to them; no limits of their own
+                    return
+                ex.person_id, ex.person, _ = known
+        if ex.person_id is None:
+            return
+        if ex.person_id in self.disabled:
+            raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
+        person = self.people.get(ex.person_id)
+        if person is not None and person.blocked:
+            raise PermissionDenied(f"The user {ex.person} is blocked: ask an administrator of this ARK.")
 
     # -- wrappers ---------------------------------------------------------------------------------
     def admin(self, handler: Handler, what: str = "manage keys and teams") -> Handler:
@@ -151,8 +189,10 @@ class Front:
                 token = request.headers.get("x-ark-identity")
                 if token is not None and rt.identity is not None:  # attribution only: it grants nothing
                     identity = await rt.identity.verify(token)
-                    ex.person = identity.name if identity is not None else None
-                ex.admission = await rt.admission.admit(ex.key)
+                    if identity is not None:
+                        ex.person, ex.person_id = identity.name, identity.user_id
+                self.attribute(ex, request)
+                ex.admission = await rt.admission.admit(ex.key, ex.person_id)
                 if ex.admission is not None:
                     responder.extra_head += rate_headers(ex.admission.states[0])
                 if metrics.inflight > self._max_inflight:
@@ -199,6 +239,8 @@ class Front:
             rt.access_log.write(ex.record(elapsed, self.log_prompts))
         if rt.ledger is not None and ex.authenticated:
             rt.ledger.record(ex.usage_row(elapsed))
+        if ex.person is not None:
+            rt.metrics.observe_person(ex.person, ex.prompt_tokens, ex.completion_tokens, ex.cost)
 
     async def resolve(self, body: Json, ex: Exchange, prompt_bytes: int, max_completion: int | None) -> Route:
         """Route the model, check the key may use it, and reserve what the request can cost on its budgets."""
@@ -210,11 +252,17 @@ class Front:
             raise PermissionDenied(
                 f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
             )
+        if ex.person_id is not None and not self.may_use(None, route.requested, route.model, ex.person_id):
+            raise PermissionDenied(
+                f"The user {ex.person} is not allowed to use the model '{route.requested}'.", param="model"
+            )
         ex.price = self.prices.get(route.model, FREE)
         ex.prompt_estimate = prompt_bytes // _BYTES_PER_TOKEN
         if key is None:
             return route  # the master key has no budget
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
         timeout, now = route.engine.settings.total_timeout, rt.clock.now()
-        ex.reservation = await rt.admission.reserve(key, ex.price, prompt_bytes, max_completion, timeout, now)
+        ex.reservation = await rt.admission.reserve(
+            key, ex.price, prompt_bytes, max_completion, timeout, now, ex.person_id
+        )
         return route

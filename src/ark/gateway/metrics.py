@@ -222,6 +222,8 @@ class Metrics:
         self.models: dict[str, _ModelSeries] = {}
         self.spend: dict[str, float] = {}  # key alias -> credits
         self.rate_limited: dict[tuple[str, str], int] = {}  # (key alias, limit) -> refusals
+        self.people: dict[str, list[float]] = {}  # person -> [requests, prompt tokens, completion tokens, credits]
+        self.untrusted_user_headers: dict[str, int] = {}  # key alias -> requests that named a person, ignored
         self.inflight = 0
         self.registry.register(_Collector(self))
 
@@ -274,6 +276,18 @@ class Metrics:
 
     def add_spend(self, alias: str, credits: float) -> None:
         self.spend[alias] = self.spend.get(alias, 0.0) + credits
+
+    def observe_person(self, person: str, prompt_tokens: int, completion_tokens: int, credits: float) -> None:
+        totals = self.people.get(person)
+        if totals is None:
+            totals = self.people[person] = [0, 0, 0, 0.0]
+        totals[0] += 1
+        totals[1] += prompt_tokens
+        totals[2] += completion_tokens
+        totals[3] += credits
+
+    def count_untrusted_user_header(self, alias: str) -> None:
+        self.untrusted_user_headers[alias] = self.untrusted_user_headers.get(alias, 0) + 1
 
     def count_rate_limited(self, alias: str, limit: str) -> None:
         self.rate_limited[alias, limit] = self.rate_limited.get((alias, limit), 0) + 1
@@ -331,3 +345,24 @@ class _Collector(Collector):
         for (alias, limit), count in sorted(m.rate_limited.items()):
             limited.add_metric([alias, limit], count)
         yield from (requests, duration, ttft, tokens, inflight, spend, limited)
+        yield from _people(m)
+
+
+def _people(m: Metrics) -> Iterable[Metric]:
+    """Per person (the requests a UI made for them), and the person headers ARK did not trust."""
+    requests = CounterMetricFamily("ark_user_requests", "API requests made for a person, by a UI.", labels=["user"])
+    tokens = CounterMetricFamily("ark_user_tokens", "Tokens used for a person, by kind.", labels=["user", "kind"])
+    spend = CounterMetricFamily("ark_user_spend", "Credits spent for a person.", labels=["user"])
+    for person, (count, prompt, completion, credits) in sorted(m.people.items()):
+        requests.add_metric([person], count)
+        tokens.add_metric([person, "prompt"], prompt)
+        tokens.add_metric([person, "completion"], completion)
+        spend.add_metric([person], credits)
+    untrusted = CounterMetricFamily(
+        "ark_untrusted_user_header",
+        "Requests that named a person (X-OpenWebUI-User-Email) with a key not trusted to: ignored.",
+        labels=["key_alias"],
+    )
+    for alias, count in sorted(m.untrusted_user_headers.items()):
+        untrusted.add_metric([alias], count)
+    yield from (requests, tokens, spend, untrusted)

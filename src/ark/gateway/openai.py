@@ -110,7 +110,7 @@ class OpenAIApi(Component):
     async def list_models(self, request: Request, responder: Responder, ex: Exchange) -> None:
         data = []
         for name, info, target in self.rt.models.names():
-            if not self.front.may_use(ex.key, name, target or name):
+            if not self.front.may_use(ex.key, name, target or name, ex.person_id):
                 continue  # a key sees the models it may use
             owned_by = info.owned_by if info else (f"alias of {target}" if target else "ark")
             data.append({"id": name, "object": "model", "created": info.created if info else 0, "owned_by": owned_by})
@@ -119,7 +119,7 @@ class OpenAIApi(Component):
     async def retrieve_model(self, request: Request, responder: Responder, ex: Exchange) -> None:
         name = request.params["model"]
         route = await self.rt.models.resolve(name)
-        if not self.front.may_use(ex.key, route.requested, route.model):
+        if not self.front.may_use(ex.key, route.requested, route.model, ex.person_id):
             raise ModelNotFound(name)  # as OpenAI: "does not exist or you do not have access to it"
         info = next((m for m in self.rt.models.models if m.id == route.model), None)
         model = {

@@ -1,4 +1,4 @@
-"""Requests per minute, tokens per minute and requests at once, per key and per team.
+"""Requests per minute, tokens per minute and requests at once, per key, per team and per person.
 
 rpm and tpm are token buckets that refill continuously (a full minute's worth
 at most). A request needs one request-token and a tokens bucket that is not in
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ark.errors import ApiError
 from ark.store import Key, Team
-from ark.store.keys import Limits
+from ark.store.keys import Limits, Person
 
 
 class RateLimited(ApiError):
@@ -92,13 +92,16 @@ class RateLimits:
         self.shared = shared
         self.states: dict[str, RateState] = {}
         self.by_key: dict[str, list[tuple[str, RateState]]] = {}  # key id -> its state and its team's
+        self.by_person: dict[str, tuple[str, RateState]] = {}  # user id -> the person's state
         self._on_refusal = on_refusal or (lambda alias, limit: None)
 
-    def sync(self, keys: Iterable[Key], teams: Iterable[Team], now: float) -> None:
+    def sync(self, keys: Iterable[Key], teams: Iterable[Team], now: float, people: Iterable[Person] = ()) -> None:
         fresh: dict[str, RateState] = {}
+        keys, people = list(keys), list(people)
         entries: list[tuple[str, str, str, Limits]] = [
             *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
             *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
+            *((f"user:{p.id}", f"user {p.name}", p.name, p) for p in people),
         ]
         for ident, name, alias, limits in entries:
             if limits.rpm_limit is None and limits.tpm_limit is None and limits.max_parallel_requests is None:
@@ -119,11 +122,15 @@ class RateLimits:
             pairs = [(i, fresh[i]) for i in (f"key:{k.id}", f"team:{k.team_id}") if i in fresh]
             if pairs:
                 self.by_key[k.id] = pairs
+        self.by_person = {p.id: (f"user:{p.id}", fresh[f"user:{p.id}"]) for p in people if f"user:{p.id}" in fresh}
 
-    def admit(self, key: Key | None, now: float) -> Admission | Shortfall | None:
+    def admit(self, key: Key | None, now: float, person: str | None = None) -> Admission | Shortfall | None:
+        """Admit a request of ``key`` (and its team), made for ``person`` (a user id) when a UI says so."""
         if key is None:
             return None
         pairs = self.by_key.get(key.id)
+        if person is not None and person in self.by_person:
+            pairs = [*(pairs or ()), self.by_person[person]]
         if not pairs:
             return None
         states = [state for _, state in pairs] if len(pairs) > 1 else [pairs[0][1]]

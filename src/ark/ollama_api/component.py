@@ -159,7 +159,7 @@ class OllamaApi(Component):
         by_id = {m.id: m for m in self.rt.models.models}
         for name, info, target in self.rt.models.names():
             served = target or name
-            if self.front.may_use(ex.key, name, served):
+            if self.front.may_use(ex.key, name, served, ex.person_id):
                 out.append((name, info or by_id.get(served), served))
         return out
 
@@ -171,7 +171,7 @@ class OllamaApi(Component):
         body = parse.parse_body(request.body)
         name = shapes.model_of(body)
         route = await self.rt.models.resolve(name)
-        if not self.front.may_use(ex.key, route.requested, route.model):
+        if not self.front.may_use(ex.key, route.requested, route.model, ex.person_id):
             raise ModelNotFound(name)
         info = next((m for m in self.rt.models.models if m.id == route.model), None)
         details = _details(info)

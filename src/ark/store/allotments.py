@@ -32,15 +32,15 @@ from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
-from ark.store.keys import aware, budget_period, next_reset
-from ark.store.tables import allotments, api_keys, gateways, rate_buckets, teams
+from ark.store.keys import LIMIT_TABLES, aware, budget_period, next_reset
+from ark.store.tables import allotments, gateways, rate_buckets
 
 
 @dataclass(frozen=True, slots=True)
 class Want:
     """What one process asks of one key or team: ``need`` or nothing; ``extra`` only if there is room."""
 
-    subject: str  # "key:ID" or "team:ID"
+    subject: str  # "key:ID", "team:ID" or "user:ID"
     cost: float = 0.0
     cost_extra: float = 0.0
     tokens: int = 0
@@ -67,7 +67,7 @@ class Refusal:
 
 def _table(subject: str) -> tuple[Table, str]:
     kind, _, ident = subject.partition(":")
-    return (api_keys if kind == "key" else teams), ident
+    return LIMIT_TABLES[kind], ident
 
 
 def _lock(connection: Any, holder: str, now: float) -> None:

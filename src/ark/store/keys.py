@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 
-from ark.store.tables import api_keys, teams
+from ark.store.tables import api_keys, teams, user_limits, users
 
 _DURATION = re.compile(r"^0*([0-9]+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -116,6 +116,7 @@ class Key(Limits):
     user_id: str | None
     team_id: str | None
     expires_at: datetime | None
+    trust_user_headers: bool = False  # an application's key: X-OpenWebUI-User-Email names whom to charge
 
     def expired(self, at: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= at
@@ -129,8 +130,22 @@ class Key(Limits):
             "user_id": self.user_id,
             "team_id": self.team_id,
             "expires": _iso(self.expires_at),
+            "trust_user_headers": self.trust_user_headers,
             **_limits_public(self),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Person(Limits):
+    """A user's budget and limits (table ``user_limits``), with who they are (``users``)."""
+
+    id: str  # the user's id
+    name: str
+    email: str
+    disabled: bool
+
+    def public(self) -> dict[str, Any]:
+        return {"user": self.name, "email": self.email, "disabled": self.disabled, **_limits_public(self)}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -156,7 +171,7 @@ def _limits_public(limits: Limits) -> dict[str, Any]:
     }
 
 
-def _record(cls: type[Key] | type[Team], row: RowMapping) -> Any:
+def _record(cls: type[Key] | type[Team] | type[Person], row: RowMapping) -> Any:
     values = {f.name: row[f.name] for f in fields(cls)}
     values["models"] = tuple(values["models"] or ())
     values["metadata"] = dict(values["metadata"] or {})
@@ -233,11 +248,11 @@ class KeyStore:
         return self.get_team(ident) if result.rowcount else None
 
     def reset_periods(self, rolled: Mapping[str, datetime]) -> None:
-        """Start new budget periods: {"key:ID" | "team:ID": when the next one starts}."""
+        """Start new budget periods: {"key:ID" | "team:ID" | "user:ID": when the next one starts}."""
         with self.engine.begin() as connection:
             for ident, reset_at in rolled.items():
                 kind, _, row_id = ident.partition(":")
-                table = api_keys if kind == "key" else teams
+                table = LIMIT_TABLES[kind]
                 connection.execute(
                     update(table)
                     .where(table.c.id == row_id)
@@ -249,6 +264,39 @@ class KeyStore:
         with self.engine.connect() as connection:
             rows = connection.execute(select(teams).order_by(teams.c.created_at)).mappings()
             return [_record(Team, row) for row in rows]
+
+    # -- people -----------------------------------------------------------------------------------
+    def list_people(self) -> list[Person]:
+        """Every user with their limits (users without a ``user_limits`` row have none)."""
+        query = (
+            select(user_limits, users.c.name, users.c.email, users.c.disabled)
+            .join(users, users.c.id == user_limits.c.id)
+            .order_by(users.c.name)
+        )
+        with self.engine.connect() as connection:
+            return [_record(Person, row) for row in connection.execute(query).mappings()]
+
+    def people_by_email(self) -> dict[str, tuple[str, str, bool]]:
+        """Every user's e-mail (lower case) -> (id, name, disabled): whom a trusted header may name."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(users.c.id, users.c.name, users.c.email, users.c.disabled))
+            return {row.email.lower(): (row.id, row.name, bool(row.disabled)) for row in rows}
+
+    def set_person_limits(self, user_id: str, values: Mapping[str, Any]) -> None:
+        """Set some of a user's limits (made with none the first time)."""
+        stamp = now()
+        with self.engine.begin() as connection:
+            exists = connection.execute(select(user_limits.c.id).where(user_limits.c.id == user_id)).first()
+            if exists is None:
+                connection.execute(insert(user_limits).values(**{**_defaults(stamp), **values, "id": user_id}))
+            else:
+                connection.execute(
+                    update(user_limits).where(user_limits.c.id == user_id).values(**values, updated_at=stamp)
+                )
+
+
+# the table that holds each kind of account's limits and spend ("key:ID", "team:ID", "user:ID")
+LIMIT_TABLES = {"key": api_keys, "team": teams, "user": user_limits}
 
 
 def _defaults(stamp: datetime) -> dict[str, Any]:

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ark.store.allotments import drop_holders, settle_allotments
 from ark.store.keys import aware
-from ark.store.tables import api_keys, usage, usage_daily
+from ark.store.tables import api_keys, usage, usage_daily, users
 
 log = logging.getLogger("ark.ledger")
 
@@ -60,7 +60,8 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
-    person: str | None = None  # the signed-in user a UI called for (X-Ark-Identity), by name
+    person: str | None = None  # the person a UI called for (X-Ark-Identity or a trusted header), by name
+    person_id: str | None = None  # that person's user id, when ARK knows them: their budget was charged
 
 
 _COLUMNS = (
@@ -80,6 +81,7 @@ _COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "person",
+    "person_id",
 )
 
 
@@ -122,6 +124,7 @@ _SQL = {
         "rollup": _rollup_sql(dialect),
         "key_spend": _spend_sql("api_keys", dialect),
         "team_spend": _spend_sql("teams", dialect),
+        "user_spend": _spend_sql("user_limits", dialect),
     }
     for dialect in ("sqlite", "postgresql")
 }
@@ -139,8 +142,9 @@ def _prepare(rows: Iterable[dict[str, Any]], dialect: str) -> list[_Row]:
     text (UTC) and Date as "YYYY-MM-DD": a journal time in UTC with microseconds converts by slicing."""
     out = []
     for row in rows:
-        if "person" not in row:
-            row["person"] = None  # a journal written before revision 0003
+        if "person_id" not in row:
+            row.setdefault("person", None)  # a journal written before revision 0003
+            row["person_id"] = None  # ... or 0004
         value = row["time"]
         if dialect == "sqlite" and isinstance(value, str) and len(value) == 32 and value.endswith("+00:00"):
             stamp: Any = f"{value[:10]} {value[11:26]}"
@@ -170,7 +174,8 @@ def _rollup(connection: Any, dialect: str, rows: Iterable[_Row]) -> None:
         connection.exec_driver_sql(_SQL[dialect]["rollup"], [(*key, *total) for key, total in totals.items()])
 
 
-Sums = dict[str, tuple[float, int, int]]  # "key:ID" / "team:ID" -> (credits, tokens, 0 slots)
+Sums = dict[str, tuple[float, int, int]]  # "key:ID" / "team:ID" / "user:ID" -> (credits, tokens, 0 slots)
+_ACCOUNTS = (("key", "key_id"), ("team", "team_id"), ("user", "person_id"))  # kind, the row's column
 
 
 @dataclass(slots=True)
@@ -206,12 +211,12 @@ def ingest(engine: Engine, rows: Sequence[dict[str, Any]], holder: str | None = 
 
 
 def _add_spend(connection: Any, dialect: str, rows: Iterable[_Row], holder: str | None) -> Sums:
-    """Add what new rows cost and used to their keys and teams (the ledger is the source of the sums)."""
+    """Add what new rows cost and used to their keys, teams and people (the ledger is the source of the sums)."""
     sums: dict[str, list[float]] = {}
     for prepared in rows:
         row = prepared.source
-        for kind in ("key", "team"):
-            ident = row[f"{kind}_id"]
+        for kind, column in _ACCOUNTS:
+            ident = row[column]
             if ident:
                 total = sums.get(f"{kind}:{ident}")
                 if total is None:
@@ -219,7 +224,7 @@ def _add_spend(connection: Any, dialect: str, rows: Iterable[_Row], holder: str 
                 total[0] += row["cost"]
                 total[1] += row["prompt_tokens"] + row["completion_tokens"]
     out: Sums = {subject: (cost, int(tokens), 0) for subject, (cost, tokens) in sums.items()}
-    for kind in ("key", "team"):
+    for kind, _ in _ACCOUNTS:
         params = [
             (cost, tokens, subject.partition(":")[2])
             for subject, (cost, tokens, _) in out.items()
@@ -410,15 +415,30 @@ class Ledger:
         old_path.unlink(missing_ok=True)
 
 
+def _person_filter(person: str) -> Any:
+    """Rows made for ``person``: their user name or e-mail (a user's rows under either), or the name recorded."""
+    wanted = person.strip().lower()
+    ids = select(users.c.id).where(or_(users.c.name == wanted, func.lower(users.c.email) == wanted))
+    return or_(usage.c.person_id.in_(ids), func.lower(usage.c.person) == wanted)
+
+
 def spend_logs(
-    engine: Engine, *, key_id: str | None, start: datetime | None, end: datetime | None, limit: int
+    engine: Engine,
+    *,
+    key_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    person: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Ledger rows, newest first, in LiteLLM's /spend/logs shape."""
+    """Ledger rows, newest first, in LiteLLM's /spend/logs shape (``person``: only those made for them)."""
     if limit < 0:  # SQLite reads a negative LIMIT as none: every row
         raise ValueError(f"limit must be >= 0, not {limit}")
     query = select(usage).order_by(usage.c.time.desc()).limit(limit)
     if key_id is not None:
         query = query.where(usage.c.key_id == key_id)
+    if person is not None:
+        query = query.where(_person_filter(person))
     if start is not None:
         query = query.where(usage.c.time >= start)
     if end is not None:
@@ -451,6 +471,36 @@ def spend_logs(
             }
         )
     return out
+
+
+def person_usage(engine: Engine, *, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
+    """Requests, tokens and spend per person (the name recorded; "-" for requests made for nobody)."""
+    query = select(
+        usage.c.person,
+        func.count().label("requests"),
+        func.coalesce(func.sum(usage.c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(usage.c.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(usage.c.cost), 0.0).label("cost"),
+    ).group_by(usage.c.person)
+    if start is not None:
+        query = query.where(usage.c.time >= start)
+    if end is not None:
+        query = query.where(usage.c.time < end)
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return sorted(
+        (
+            {
+                "user": row["person"],
+                "requests": int(row["requests"]),
+                "prompt_tokens": int(row["prompt_tokens"]),
+                "completion_tokens": int(row["completion_tokens"]),
+                "cost": float(row["cost"]),
+            }
+            for row in rows
+        ),
+        key=lambda r: (r["user"] is None, r["user"] or ""),
+    )
 
 
 def usage_count(engine: Engine) -> int:

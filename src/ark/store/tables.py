@@ -59,6 +59,9 @@ api_keys = Table(
     Column("team_id", String(64), ForeignKey("teams.id", ondelete="RESTRICT")),
     Column("expires_at", DateTime(timezone=True)),
     *_limits(),
+    # an application's service key (Open WebUI's): its requests are charged to the person its
+    # X-OpenWebUI-User-Email header names; 0004
+    Column("trust_user_headers", Boolean, nullable=False, default=False),
 )
 Index("ix_api_keys_key_alias", api_keys.c.key_alias)
 Index("ix_api_keys_team_id", api_keys.c.team_id)
@@ -82,7 +85,8 @@ usage = Table(
     Column("status", Integer, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("ttft_ms", Float),
-    Column("person", String(64)),  # the signed-in user a UI called on behalf of (X-Ark-Identity); 0003
+    Column("person", String(254)),  # whom a UI called for (X-Ark-Identity, a trusted header); 0003, 254: 0004
+    Column("person_id", String(32)),  # that user's id, whose budget was charged (users.id); 0004
 )
 Index("ix_usage_time", usage.c.time)
 Index("ix_usage_key_time", usage.c.key_id, usage.c.time)
@@ -158,4 +162,12 @@ user_sessions = Table(
     Column("user_agent", String(256)),
 )
 Index("ix_user_sessions_user_id", user_sessions.c.user_id)
+
+# A person's budget and limits, as a key's (ark/store/keys.py, Person); no row: no limits; 0004
+user_limits = Table(
+    "user_limits",
+    metadata,
+    Column("id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    *_limits(),
+)
 Index("ix_user_sessions_expires_at", user_sessions.c.expires_at)
