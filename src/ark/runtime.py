@@ -340,6 +340,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def _components() -> list[Component]:
     from ark.arbiter.api import GpuApi
+    from ark.chat import Chat
     from ark.console.component import ConsoleComponent
     from ark.gateway.admin import AdminApi
     from ark.gateway.health import HealthApi
@@ -347,7 +348,7 @@ def _components() -> list[Component]:
     from ark.monitor.component import Monitoring
     from ark.ollama_api import OllamaApi
 
-    return [OpenAIApi(), OllamaApi(), AdminApi(), GpuApi(), HealthApi(), ConsoleComponent(), Monitoring()]
+    return [OpenAIApi(), OllamaApi(), AdminApi(), GpuApi(), HealthApi(), ConsoleComponent(), Monitoring(), Chat()]
 
 
 # What `ark up` starts, in order (each may use what the ones before it opened); closed in reverse.

@@ -19,7 +19,14 @@ from ark.config.edge import ROLE_ORDER as ROLE_ORDER
 from ark.config.edge import SITE_ROLES as SITE_ROLES
 from ark.config.edge import EdgeSettings, FirewallSettings, WireguardSettings
 from ark.config.inference import DEFAULT_ENGINES, EngineSettings, GpuSettings, ModelSettings
-from ark.config.services import AuthSettings, ConsoleSettings, GatewaySettings, MonitorSettings, StoreSettings
+from ark.config.services import (
+    AuthSettings,
+    ChatSettings,
+    ConsoleSettings,
+    GatewaySettings,
+    MonitorSettings,
+    StoreSettings,
+)
 from ark.config.types import Choice, PathType, Secret, SecretStr, Type
 from ark.errors import ConfigError
 
@@ -66,6 +73,7 @@ class Settings:
     wireguard: WireguardSettings = table(WireguardSettings)
     firewall: FirewallSettings = table(FirewallSettings)
     monitor: MonitorSettings = table(MonitorSettings)
+    chat: ChatSettings = table(ChatSettings)
     engines: tuple[EngineSettings, ...] = tables(EngineSettings, default=DEFAULT_ENGINES, limit=32)
     models: tuple[ModelSettings, ...] = tables(ModelSettings, env=False, label="ID", quoted=True)
     aliases: Mapping[str, str] = mapping(

@@ -1,4 +1,4 @@
-"""The sections of the services ARK runs itself: the gateway, its database, the console and monitoring."""
+"""The sections of the services ARK runs itself: the gateway, its database, the console, chat and monitoring."""
 
 from __future__ import annotations
 
@@ -200,3 +200,38 @@ class MonitorSettings:
         "ark_certificate_expiry_timestamp_seconds; empty: those `ark certs letsencrypt` keeps "
         "(DATA/certbot/config/live/*/cert.pem).",
     )
+
+
+@section
+class ChatSettings:
+    """Open WebUI and ChromaDB, run by `ark up` and wired through the gateway (docs/chat.md)."""
+
+    open_webui: str = setting(
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether `ark up` runs Open WebUI (with ChromaDB beside it for its documents). auto: when installed "
+        "(`ark services install open-webui`); yes: report it failed when it is not; no: never.",
+    )
+    open_webui_listen: Address = setting(
+        HostPort(), "127.0.0.1:3000", "Open WebUI's address (loopback: Nginx serves it at chat.DOMAIN)."
+    )
+    chroma_listen: Address = setting(HostPort(), "127.0.0.1:8000", "ChromaDB's address.")
+    services_dir: str = setting(
+        Str(),
+        "",
+        "Where `ark services install` puts each service's own virtual environment (one folder per pinned "
+        "version, shared by every ARK on the machine that points here). Empty: DATA/services.",
+    )
+    embedding_model: str = setting(
+        Str(),
+        "smollm2-135m-instruct",
+        "The model Open WebUI embeds documents with, through the gateway (RAG); the embedded engine's "
+        "bundled model by default.",
+    )
+    builtin_tools: bool = setting(
+        Bool(),
+        False,
+        "Let Open WebUI give models its ~28 built-in tools (notes, chat search, knowledge...) in every chat. Off: "
+        "their definitions are not sent (thousands of prompt tokens a message, more than small models' context).",
+    )
+    name: str = setting(Str(), "ARK Chat", "The name Open WebUI shows (its WEBUI_NAME).")

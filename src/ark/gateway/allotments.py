@@ -107,8 +107,9 @@ class Allotments:
         if isinstance(result, Refusal):
             account = next(a for i, a, _, _ in short.needs if i == result.subject)
             unit = "credits" if result.limit == "budget" else "tokens"
+            whose = "their" if account.name.startswith("user ") else "its"
             raise InsufficientQuota(
-                f"The {account.name} has used {result.used:.6g} of its budget of {result.maximum:.6g} {unit} "
+                f"The {account.name} has used {result.used:.6g} of {whose} budget of {result.maximum:.6g} {unit} "
                 f"(every gateway together); this request could cost up to {short.cost:.6g} credits and "
                 f"{short.tokens} tokens."
             )

@@ -86,10 +86,11 @@ class Account:
         )
 
     def refusal(self, cost: float, tokens: int) -> str | None:
+        whose = "their" if self.name.startswith("user ") else "its"
         if cost > 0 and self.max_budget is not None and self.spend + self.reserved_cost + cost > self.max_budget:
-            return f"The {self.name} has spent {self.spend:.6g} of its budget of {self.max_budget:.6g} credits"
+            return f"The {self.name} has spent {self.spend:.6g} of {whose} budget of {self.max_budget:.6g} credits"
         if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
-            return f"The {self.name} has used {self.tokens} of its budget of {self.max_tokens} tokens"
+            return f"The {self.name} has used {self.tokens} of {whose} budget of {self.max_tokens} tokens"
         return None
 
     def roll(self, now: datetime) -> bool:

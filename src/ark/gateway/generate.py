@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ark.engines.base import Engine, Json
+from ark.engines.base import Engine, Json, Sampling
 from ark.errors import UpstreamTimeout
 from ark.gateway.exchange import Exchange
 from ark.gateway.router import Route
@@ -36,6 +37,15 @@ def engine_body(body: Json, route: Route, fixed: Mapping[str, dict[str, int]] | 
         client = body.get("options")
         out["options"] = {**(client if isinstance(client, dict) else {}), **options}
     return out
+
+
+def capped(ex: Exchange, sampling: Sampling, to_engine: Json) -> Sampling:
+    """A request that sets no max_tokens gets the model's ``max_output_tokens``: what its budget reservation
+    assumed (an answer that ran on to the end of the context would cost more than was reserved)."""
+    if sampling.max_tokens is not None:
+        return sampling
+    to_engine["max_tokens"] = ex.price.max_output_tokens
+    return replace(sampling, max_tokens=ex.price.max_output_tokens)
 
 
 async def lease(rt: Runtime, ex: Exchange, route: Route) -> None:

@@ -18,7 +18,7 @@ from ark.errors import ModelNotFound
 from ark.gateway import requests as parse
 from ark.gateway.exchange import JSON_HEADERS, Exchange
 from ark.gateway.front import Front
-from ark.gateway.generate import count, engine_body, fixed_options, lease, whole
+from ark.gateway.generate import capped, count, engine_body, fixed_options, lease, whole
 from ark.gateway.router import Route
 from ark.gateway.streaming import relay
 from ark.runtime import Component, Runtime
@@ -54,12 +54,13 @@ class OpenAIApi(Component):
         route = await self.front.resolve(body, ex, len(request.body), common.sampling.max_tokens)
         ex.prompt = prompt if self.front.log_prompts else None
         to_engine = engine_body(body, route, self._fixed_options)
+        sampling = capped(ex, common.sampling, to_engine)
         engine = route.engine
         if chat:
-            req = ChatRequest(route.model, prompt, common.sampling, common.stream, to_engine, common.keep_alive)
+            req = ChatRequest(route.model, prompt, sampling, common.stream, to_engine, common.keep_alive)
             stream, call = (lambda: engine.chat_stream(req)), (lambda: engine.chat(req))
         else:
-            text = CompletionRequest(route.model, prompt, common.sampling, common.stream, to_engine, common.keep_alive)
+            text = CompletionRequest(route.model, prompt, sampling, common.stream, to_engine, common.keep_alive)
             stream, call = (lambda: engine.complete_stream(text)), (lambda: engine.complete(text))
         await self._generate(responder, ex, route, common, stream, call, chat=chat)
 

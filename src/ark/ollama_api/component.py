@@ -22,7 +22,7 @@ from ark.errors import ApiError, ModelNotFound
 from ark.gateway import requests as parse
 from ark.gateway.exchange import JSON_HEADERS, Exchange
 from ark.gateway.front import ApiHandler, Front, Handler
-from ark.gateway.generate import count, engine_body, fixed_options, lease, whole
+from ark.gateway.generate import capped, count, engine_body, fixed_options, lease, whole
 from ark.gateway.router import Route
 from ark.gateway.streaming import relay
 from ark.ollama_api import shapes
@@ -82,14 +82,15 @@ class OllamaApi(Component):
             return
         ex.prompt = (gen.messages if gen.messages is not None else gen.prompt) if self.front.log_prompts else None
         to_engine = engine_body(gen.body, route, self._fixed)
+        sampling = capped(ex, gen.sampling, to_engine)
         engine, texts = route.engine, gen.messages is not None
         stream: Callable[[], AsyncIterator[Json]]
         call: Callable[[], Awaitable[Json]]
         if gen.messages is not None:
-            req = ChatRequest(route.model, gen.messages, gen.sampling, gen.stream, to_engine, gen.keep_alive)
+            req = ChatRequest(route.model, gen.messages, sampling, gen.stream, to_engine, gen.keep_alive)
             stream, call = (lambda: engine.chat_stream(req)), (lambda: engine.chat(req))
         else:
-            text = CompletionRequest(route.model, gen.prompt, gen.sampling, gen.stream, to_engine, gen.keep_alive)
+            text = CompletionRequest(route.model, gen.prompt, sampling, gen.stream, to_engine, gen.keep_alive)
             stream, call = (lambda: engine.complete_stream(text)), (lambda: engine.complete(text))
         await lease(self.rt, ex, route)
         if gen.stream:

@@ -1,0 +1,117 @@
+"""Chat as a component: Open WebUI and ChromaDB under ARK's supervisor, wired through the gateway.
+
+When Open WebUI is installed (`ark services install open-webui`; ``[chat] open_webui``), `ark up` runs
+ChromaDB (``chroma run``, from the same environment) and Open WebUI on loopback, restarts them with
+backoff and keeps their logs (DATA/logs). Open WebUI's gateway key is a service key ARK makes for it
+(``trust_user_headers``: each request is charged to the person it names), kept in DATA/open-webui.key
+(mode 0600); revoking it (`ark keys revoke`) makes a new one at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ark.auth.signing import b64, derive
+from ark.chat import install, webui
+from ark.config import Settings
+from ark.runtime import Component, Runtime, Status
+from ark.store import Store, key_id
+from ark.supervisor import Health, ServiceSpec
+
+log = logging.getLogger("ark.chat")
+SERVICE_KEY_FILE = "open-webui.key"
+SERVICE_KEY_ALIAS = "open-webui"
+
+
+class Chat(Component):
+    name = "chat"
+
+    def __init__(self) -> None:
+        self.report: list[Status] = []
+        self.specs: list[ServiceSpec] = []
+
+    async def start(self, rt: Runtime) -> None:
+        settings = rt.settings
+        mode = settings.chat.open_webui
+        if mode == "no":
+            return
+        place = install.installed(settings)
+        if place is None:
+            why = f"not installed: run `ark services install open-webui` (Open WebUI {install.OPEN_WEBUI_VERSION})"
+            state = "failed" if mode == "yes" else "absent"
+            self.report = [Status("open-webui", state, why), Status("chromadb", state, why)]
+            return
+        if rt.store is None or rt.secret is None:
+            self.report = [Status("open-webui", "failed", "needs ARK's database and auth secret")]
+            return
+        key = await asyncio.to_thread(service_key, rt.store, settings.data_dir)
+        await rt.front.reload_keys()  # a key made just now serves at once
+        secret = b64(derive(rt.secret, "open-webui session"))
+        self.specs = services(settings, place, key, secret)
+        self.report = [Status(spec.name, "starting") for spec in self.specs]
+
+    def services(self, rt: Runtime) -> Sequence[ServiceSpec]:
+        return self.specs
+
+    async def close(self) -> None:
+        pass
+
+    def status(self) -> list[Status]:
+        return list(self.report)
+
+
+def services(settings: Settings, place: install.Installed, key: str, secret: str) -> list[ServiceSpec]:
+    """ChromaDB, then Open WebUI (which connects to it), as the supervisor runs them."""
+    chroma, web = settings.chat.chroma_listen, settings.chat.open_webui_listen
+    data = settings.data_dir / "open-webui"
+    data.mkdir(parents=True, exist_ok=True)
+    webui.chroma_path(settings).mkdir(parents=True, exist_ok=True)
+    chroma_argv = [str(place.chroma), "run", "--path", str(webui.chroma_path(settings))]
+    chroma_argv += ["--host", chroma.host, "--port", str(chroma.port)]
+    return [
+        ServiceSpec(
+            "chromadb",
+            chroma_argv,
+            Health(url=f"http://{webui.local(chroma)}/api/v2/heartbeat", timeout_s=120),
+            env=webui.chroma_env(),
+            cwd=webui.chroma_path(settings),
+        ),
+        ServiceSpec(
+            "open-webui",
+            [str(place.open_webui), "serve", "--host", web.host, "--port", str(web.port)],
+            # the first start migrates its database: tens of seconds on two cores (docs/chat.md)
+            Health(url=f"http://{webui.local(web)}/health", timeout_s=300),
+            env=webui.open_webui_env(settings, key, secret),
+            cwd=data,
+            grace_s=15,
+        ),
+    ]
+
+
+def service_key(store: Store, data_dir: Path) -> str:
+    """Open WebUI's gateway key: the one in DATA/open-webui.key while the store still has it, else a new one."""
+    path = data_dir / SERVICE_KEY_FILE
+    with contextlib.suppress(OSError):
+        secret = path.read_text(encoding="ascii").strip()
+        key = store.keys.get_key(key_id(secret)) if secret else None
+        if key is not None and not key.blocked:
+            return secret
+    secret, _ = store.keys.create_key(
+        {
+            "key_alias": SERVICE_KEY_ALIAS,
+            "trust_user_headers": True,
+            "metadata": {"service": "open-webui", "made_by": "ark up"},
+        }
+    )
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(secret + "\n")
+    os.replace(temporary, path)
+    log.info("chat: made Open WebUI's gateway key (%s…), kept in %s", secret[:11], path)
+    return secret
