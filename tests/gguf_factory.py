@@ -39,8 +39,10 @@ def _vocab() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def make_tiny_gguf(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int = 2, n_ctx: int = 2048) -> Path:
-    """Write the model to ``path`` and return it."""
+def make_tiny_gguf(
+    path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int = 2, n_ctx: int = 2048, chat_template: str = CHATML
+) -> Path:
+    """Write the model to ``path`` and return it (``chat_template``: what its metadata says, ChatML by default)."""
     n_head, n_head_kv, n_ff = 4, 2, 128
     head_dim = n_embd // n_head
     tokens, types = _vocab()
@@ -71,7 +73,7 @@ def make_tiny_gguf(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int 
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHATML)
+    writer.add_chat_template(chat_template)
 
     scale = n_embd**-0.5
     writer.add_tensor("token_embd.weight", weight(len(tokens), n_embd, 1.0))

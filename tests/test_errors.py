@@ -33,6 +33,8 @@ NOT_ARK_ERRORS = {
     "ark.wire.router.RouteError",  # a route declared wrong: a bug, raised while the app is built
     # the worker protocol's parser: a broken frame means a broken worker, which the engine restarts
     "ark.engines.frames.FrameError",
+    # control flow inside a worker: the sampler's hook stops a generation held by a grammar; never leaves it
+    "ark.engines.llama_worker.Cancelled",
     # a scheduler that never answers under simulation: a bug, like a failed assertion
     "ark.arbiter.virtual_loop.SimulationStuck",
     # the console's form refusal, rendered as a page with its status; ark.console is being rebuilt as a

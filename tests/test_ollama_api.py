@@ -233,9 +233,8 @@ def test_managing_models_is_refused(ark: ArkProcess) -> None:
 
 
 def test_keys_are_required_and_errors_are_ollamas_shape(ark: ArkProcess) -> None:
-    with pytest.raises(ollama.ResponseError) as caught:
-        with ollama.Client(host=ark.url) as keyless:
-            keyless.chat(model="tiny", messages=HELLO)
+    with pytest.raises(ollama.ResponseError) as caught, ollama.Client(host=ark.url) as keyless:
+        keyless.chat(model="tiny", messages=HELLO)
     assert caught.value.status_code == 401 and "API key" in caught.value.error
     bad = httpx.post(ark.url + "/api/chat", headers={"Authorization": "Bearer sk-ark-nope"}, json={"model": "tiny"})
     assert bad.status_code == 401 and set(bad.json()) == {"error"} and isinstance(bad.json()["error"], str)

@@ -25,6 +25,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
     ├── DriverError                 ark.arbiter.drivers: an engine did not load, unload or free in time
     ├── WorkloadError               ark.arbiter._fields: a bad `ark gpu simulate` workload (CLI exit 2)
     ├── StartFailed                 ark.supervisor.supervisor: a supervised service did not come up
+    ├── InstallError                ark.chat.install: `ark services install` failed a step
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         ├── ModelWontFit            400 model_too_large (more than the GPU can ever hold)
@@ -32,6 +33,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
         │   └── UnknownKey          ark.gateway.front: not among the keys in memory
         ├── PermissionDenied        403 model_not_allowed
         │   └── AdminOnly           403 admin_only
+        ├── ModelsManaged           ark.ollama_api.component: 403 models_managed_by_ark (pull, push, create...)
         ├── NotFound                404 not_found (a key or team)
         │   └── UnknownUrl          404 unknown_url
         ├── ModelNotFound           404 model_not_found

@@ -30,6 +30,13 @@ Where the behaviour comes from (ollama/ollama, read for this module, not copied)
   unloads the model once it is idle, ``/api/ps`` lists models longest-lived first.
 * ``docs/api.md`` -- response examples; the official Python client
   (``ollama/_client.py``, ``ollama/_types.py``) -- what a client parses.
+* tool calls (``ChatHandler``, ``tools/tools.go``, ``toolCallId``): ``tools`` sent to a model without the
+  "tools" capability is 400 ``"<host>/<namespace>/<model>:<tag> does not support tools"`` (checked after
+  "completion"); otherwise the model's tool calls come out of its text whole, each streamed in a line of
+  its own (``done: false``, ``content: ""``, ``tool_calls: [{"id": "call_" + 8 of [a-z0-9], "function":
+  {"index", "name", "arguments": {...}}}]``, ``index`` counting the calls of the answer), then the usual
+  final line (``done_reason: "stop"``); unstreamed, all of them in the one ``message``. A message's
+  ``tool_calls`` must carry ``arguments`` as a JSON object, ``tool_name`` and ``tool_call_id`` strings.
 
 Generated text is deterministic: ``reply_tokens`` words chosen by a hash of the
 model, the prompt and ``options.seed``, one token per streamed chunk, honouring
@@ -50,8 +57,13 @@ server does) until :meth:`FakeOllama.restart` -- or ``POST /_fake/restart``, a t
 control that is not Ollama's API, or ``python tests/fakes/ollama.py --restart URL``
 as a restart command -- brings it back empty, as a restarted server comes up.
 
-Not reproduced: tool calls and thinking output (``tools`` is accepted and ignored,
-``think: true`` is refused as for a model without that capability), structured
+Tool calls are deterministic too: the stand-in "model" calls the tool its last user message names (else the
+first tool) with arguments made from the tool's JSON schema (an ``enum``'s first value, a hashed word for a
+string, a hashed number, ``true``), and answers in words once the last message is a tool's result;
+``tool_script`` (a list of ``(name, arguments)``) makes exactly those calls instead.
+
+Not reproduced: thinking output (``think: true`` is refused as for a model without that capability), the
+text a model writes around its tool calls, ``num_predict`` cutting a call short, structured
 ``format`` output (accepted, ignored), images, logprobs, pull/push/create/copy/delete,
 the OpenAI-compatible ``/v1`` routes, a real tokenizer (counts are words and
 punctuation), prompt caching, context shifting, memory-based eviction and request
@@ -257,7 +269,14 @@ _REQUEST_FIELDS: dict[str, tuple[str, dict[str, _GoType]]] = {
         {**_COMMON_FIELDS, "name": _STRING, "system": _STRING, "template": _STRING, "verbose": _BOOL},
     ),
 }  # fmt: skip
-_MESSAGE_FIELDS = {"role": _STRING, "content": _STRING, "thinking": _STRING, "tool_name": _STRING}
+_MESSAGE_FIELDS = {
+    "role": _STRING,
+    "content": _STRING,
+    "thinking": _STRING,
+    "tool_name": _STRING,
+    "tool_call_id": _STRING,
+    "tool_calls": _GoType("[]api.ToolCall", lambda v: isinstance(v, list)),
+}
 
 
 def _type_error(value: Any, where: str, go_type: str) -> ApiError:
@@ -285,6 +304,18 @@ def _check_messages(messages: list[Any]) -> None:
         for key, value in message.items():
             if key in _MESSAGE_FIELDS:
                 _check_field("Message", f"messages.{key}", value, _MESSAGE_FIELDS[key])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if arguments is not None and not isinstance(arguments, dict):
+                where = "ToolCallFunction.messages.tool_calls.function.arguments"
+                raise _type_error(arguments, where, "api.ToolCallFunctionArguments")
+
+
+def _check_tools(tools: list[Any]) -> None:
+    for tool in tools:
+        if tool is not None and not isinstance(tool, dict):
+            raise _type_error(tool, "ChatRequest.tools", "api.Tool")
 
 
 def _syntax_error_message(error: json.JSONDecodeError) -> str:
@@ -328,6 +359,8 @@ def bind_request(path: str, body: Any) -> dict[str, Any]:
             _check_field(struct, key, value, fields[key])
             if key == "messages" and isinstance(value, list):
                 _check_messages(value)
+            if key == "tools" and isinstance(value, list):
+                _check_tools(value)
     return body
 
 
@@ -596,6 +629,38 @@ def token_ids(text: str) -> list[int]:
     return [int.from_bytes(hashlib.sha256(w.encode()).digest()[:4], "big") % 128_000 for w in text.split()]
 
 
+def _tool_call_id() -> str:
+    """``toolCallId``: "call_" and 8 random lowercase letters and digits."""
+    return "call_" + "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=8))
+
+
+def _arguments_for(parameters: Any, rng: random.Random) -> dict[str, Any]:
+    """Arguments a model might write for a function's JSON schema: each required property (all of them when
+    none is required), an ``enum``'s first value, else a value of its type."""
+    schema: dict[str, Any] = parameters if isinstance(parameters, dict) else {}
+    properties: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
+    required = [k for k in schema.get("required") or properties if k in properties]
+    arguments: dict[str, Any] = {}
+    for key in required:
+        prop = properties[key] if isinstance(properties[key], dict) else {}
+        kind = prop.get("type")
+        if isinstance(prop.get("enum"), list) and prop["enum"]:
+            arguments[key] = prop["enum"][0]
+        elif kind == "integer":
+            arguments[key] = rng.randint(1, 100)
+        elif kind == "number":
+            arguments[key] = rng.randint(1, 1000) / 10
+        elif kind == "boolean":
+            arguments[key] = True
+        elif kind == "array":
+            arguments[key] = []
+        elif kind == "object":
+            arguments[key] = {}
+        else:
+            arguments[key] = rng.choice(_VOCABULARY)
+    return arguments
+
+
 def _seeded_rng(*parts: object) -> random.Random:
     digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
@@ -635,6 +700,8 @@ class _Reply:
     started_ns: int  # perf_counter_ns() when the request arrived
     loaded_ns: int  # ... and when its model was ready
     prompt_tokens: int
+    tool_calls: tuple[dict[str, Any], ...] = ()  # streamed one a line, after the content
+    tool_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # the line of one tool call
 
 
 def _json_response(payload: Any, status: int = 200) -> web.Response:
@@ -667,6 +734,8 @@ class FakeOllama:
     Constructor arguments and attributes (all attributes may be changed while running):
 
     * ``models`` -- installed models (``/api/tags``); see :meth:`add_model`/:meth:`remove_model`.
+    * ``tool_script`` -- the tool calls (``(name, arguments)`` pairs) a chat with ``tools`` answers with,
+      whatever its messages (default None: the model chooses, see the module's docstring).
     * ``reply_tokens`` -- words per generated reply; ``reply_script`` (list of token strings,
       default None) replaces the hashed words with exact tokens.
     * ``token_delay`` -- seconds before each generated token; ``load_delay`` -- seconds to "load"
@@ -715,6 +784,7 @@ class FakeOllama:
         self.vram: int | None = None
         self.system_memory: int | None = None
         self.reply_script: Sequence[str] | None = None
+        self.tool_script: Sequence[tuple[str, dict[str, Any]]] | None = None
         self.default_keep_alive: float | str = DEFAULT_KEEP_ALIVE
         self.version = VERSION
         self.mode = "normal"
@@ -787,6 +857,7 @@ class FakeOllama:
         self.load_delay = 0.0
         self.vram = self.system_memory = None
         self.reply_script = None
+        self.tool_script = None
         self.default_keep_alive = DEFAULT_KEEP_ALIVE
         self.mode = "normal"
         self.drop_after = 1
@@ -1129,6 +1200,13 @@ class FakeOllama:
                 await self._token_pause()
                 await self._write_line(request, response, reply.chunk(piece))
                 sent += 1
+            for call in reply.tool_calls:
+                assert reply.tool_chunk is not None
+                if await self._interrupt_stream(request, response, state, sent):
+                    return response
+                await self._token_pause()
+                await self._write_line(request, response, reply.tool_chunk(call))
+                sent += 1
             if await self._interrupt_stream(request, response, state, sent):
                 return response
             await self._write_line(request, response, reply.final("", self._metrics(reply)))
@@ -1235,29 +1313,80 @@ class FakeOllama:
         self._check_think(body, spec)
         if "completion" not in spec.capabilities:
             raise ApiError(400, f"{go_quote(model)} does not support chat")
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+        if body.get("tools") and "tools" not in spec.capabilities:
+            name = ModelName.parse(spec.name)
+            assert name is not None
+            raise ApiError(400, f"{name.host}/{name.namespace}/{name.model}:{name.tag} does not support tools")
         options = parse_options(body.get("options"))
+        stream = body.get("stream") is not False
         async with self._use_model(spec, keep_alive, options) as entry:
             loaded = time.perf_counter_ns()
             if not messages:
                 return _json_response(self._chat_object(model, "", done_reason="load"))
             prompt = "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in messages)
             prompt_tokens = 1 + sum(4 + count_tokens(m.get("content") or "") for m in messages) + 3
-            completion = self._complete(spec, prompt, options)
+            prompt_tokens += sum(count_tokens(json.dumps(t)) for t in tools)
+            calls = self._tool_calls(spec, tools, messages, prompt, options)
+            if calls:
+                eval_count = sum(count_tokens(json.dumps(c["function"])) for c in calls)
+                completion = Completion([], "stop", eval_count)
+            else:
+                completion = self._complete(spec, prompt, options)
             reply = _Reply(
                 completion,
                 chunk=lambda text: self._chat_object(model, text),
                 final=lambda text, metrics: self._chat_object(
-                    model, text, done_reason=completion.done_reason, metrics=metrics
+                    model,
+                    text,
+                    done_reason=completion.done_reason,
+                    metrics=metrics,
+                    tool_calls=None if stream else calls,
                 ),
                 started_ns=started,
                 loaded_ns=loaded,
                 prompt_tokens=min(prompt_tokens, entry.context_length),
+                tool_calls=tuple(calls),
+                tool_chunk=lambda call: self._chat_object(model, "", tool_calls=[call]),
             )
-            return await self._send_reply(request, state, body.get("stream") is not False, reply)
+            return await self._send_reply(request, state, stream, reply)
+
+    def _tool_calls(
+        self,
+        spec: ModelSpec,
+        tools: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        prompt: str,
+        options: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The calls the stand-in model makes: ``tool_script``'s, else one of the tool the last user message
+        names (or the first tool) while no tool has answered yet; numbered and given ids as Ollama does."""
+        functions: list[dict[str, Any]] = [t["function"] for t in tools if isinstance(t.get("function"), dict)]
+        if not functions:
+            return []
+        if self.tool_script is not None:
+            wanted = [(name, dict(arguments)) for name, arguments in self.tool_script]
+        elif messages[-1].get("role") == "tool":
+            return []  # the model answers in words with the result
+        else:
+            asked = str(messages[-1].get("content") or "").lower()
+            named = [f for f in functions if str(f.get("name", "")).lower().replace("_", " ") in asked]
+            function = (named or functions)[0]
+            rng = _seeded_rng(spec.key, prompt, options.get("seed", ""))
+            wanted = [(str(function.get("name", "")), _arguments_for(function.get("parameters"), rng))]
+        return [
+            {"id": _tool_call_id(), "function": {"index": i, "name": name, "arguments": arguments}}
+            for i, (name, arguments) in enumerate(wanted)
+        ]
 
     @staticmethod
     def _chat_object(
-        model: str, content: str, *, done_reason: str = "", metrics: dict[str, Any] | None = None
+        model: str,
+        content: str,
+        *,
+        done_reason: str = "",
+        metrics: dict[str, Any] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """An ``api.ChatResponse``; ``done_reason`` given means the final object."""
         payload: dict[str, Any] = {
@@ -1265,6 +1394,8 @@ class FakeOllama:
             "created_at": go_time(time.time_ns()),
             "message": {"role": "assistant", "content": content},
         }
+        if tool_calls:
+            payload["message"]["tool_calls"] = tool_calls
         if done_reason:
             payload["done_reason"] = done_reason
         payload["done"] = bool(done_reason)

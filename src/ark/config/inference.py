@@ -194,6 +194,16 @@ class EngineSettings:
         '(e.g. "nice -n 5", "taskset -c 2-15", "numactl --cpunodebind=0"); empty: none.',
         kinds=("embedded",),
     )
+    tool_format: str = setting(
+        Choice("auto", "chatml-function-calling", "off"),
+        "auto",
+        "How the embedded engine's models call tools (OpenAI's tools and tool_choice). chatml-function-calling: "
+        "a ChatML prompt that lists the functions (the format of llama-cpp-python's handler of that name), the "
+        "call held to the function's JSON schema by a grammar, so a named or required tool_choice always gets "
+        "a valid call. auto: that for a model whose chat template is ChatML (<|im_start|>), a 400 for another. "
+        "off: a request with tools is a 400.",
+        kinds=("embedded",),
+    )
 
     @property
     def is_gpu_managed(self) -> bool:
@@ -258,7 +268,8 @@ class ModelSettings:
     max_output_tokens: int = setting(
         Int(1, 10_000_000),
         4096,
-        "Completion tokens reserved against budgets when a request sets no max_tokens.",
+        "Completion tokens a request gets when it sets no max_tokens (its answer stops there), and what is "
+        "reserved against budgets for it.",
     )
 
     @property

@@ -668,7 +668,24 @@ class EmbeddedEngine:
         self.generated_tokens += sampled
 
     async def chat(self, request: ChatRequest) -> Json:
-        return await self._call(request.model, _generation("chat", request.sampling, request.body, request.messages))
+        return await self._call(request.model, self._chat_op(request))
+
+    def _chat_op(self, request: ChatRequest) -> Frame:
+        """A chat for the worker, with the tools it may call (``tool_format`` says how the worker offers them:
+        :mod:`ark.engines.chatml_tools`); "off" refuses a request that could call one."""
+        op = _generation("chat", request.sampling, request.body, request.messages)
+        tools, choice = request.body.get("tools"), request.body.get("tool_choice")
+        if not tools:
+            return op
+        if self.settings.tool_format == "off":
+            if choice == "none":
+                return op  # no call can come: the tools are left out
+            raise InvalidRequest(
+                f"Engine '{self.name}' does not call tools ([engines.{self.name}] tool_format is off).", param="tools"
+            )
+        op.update(tools=tools, tool_choice=choice, tool_format=self.settings.tool_format)
+        op["parallel_tool_calls"] = request.body.get("parallel_tool_calls") is not False
+        return op
 
     async def complete(self, request: CompletionRequest) -> Json:
         return await self._call(request.model, _generation("complete", request.sampling, request.body, request.prompt))
@@ -683,7 +700,7 @@ class EmbeddedEngine:
 
     def chat_stream(self, request: ChatRequest) -> AsyncIterator[Json]:
         self._known(request.model)
-        return self._stream(request.model, _generation("chat", request.sampling, request.body, request.messages))
+        return self._stream(request.model, self._chat_op(request))
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[Json]:
         self._known(request.model)

@@ -42,6 +42,10 @@ class Refused(ArkError):
         self.param = param
 
 
+class Cancelled(Exception):
+    """Raised by the sampler's hook to stop a generation held by a grammar, whose end token it cannot force."""
+
+
 @dataclass
 class Job:
     id: int
@@ -105,6 +109,8 @@ class Runner:
                 send({"id": job.id, "type": "error", "kind": "invalid", "message": f"unknown op {kind!r}"})
         except Refused as exc:
             send({"id": job.id, "type": "error", "kind": "invalid", "message": str(exc), "param": exc.param})
+        except Cancelled:
+            send({"id": job.id, "type": "done", "data": {}, "sampled": job.sampled, "cancelled": True})
         except Exception as exc:  # llama.cpp's ValueError/RuntimeError: the engine's failure, said to ARK
             send({"id": job.id, "type": "error", "kind": "engine", "message": f"{type(exc).__name__}: {exc}"})
         finally:
@@ -114,11 +120,18 @@ class Runner:
     # -- generation ---------------------------------------------------------------------------------
     def _generate(self, op: Frame, job: Job, send: Send) -> None:
         llama = self.llama(embedding=False)
-        kwargs = self._kwargs(op, llama, job)
-        if op["op"] == "chat":
+        tools = op["op"] == "chat" and bool(op.get("tools")) and not _no_call_here(op, llama)
+        grammar = tools or (op["op"] == "chat" and isinstance(op.get("response_format"), dict))
+        kwargs = self._kwargs(op, llama, job, grammar=grammar)
+        if tools:
+            run = self._tool_run(op, llama, job, kwargs)
+            kwargs = {}
+        elif op["op"] == "chat":
             if isinstance(op.get("response_format"), dict):
                 kwargs["response_format"] = op["response_format"]
-            run: Callable[..., Any] = lambda **kw: llama.create_chat_completion(messages=op["messages"], **kw)  # noqa: E731
+            # a turn that only called tools has no content, which chat templates cannot print
+            messages = [m if m.get("content") is not None else {**m, "content": ""} for m in op["messages"]]
+            run = lambda **kw: llama.create_chat_completion(messages=messages, **kw)  # noqa: E731
         else:
             run = lambda **kw: llama.create_completion(prompt=op["prompt"], **kw)  # noqa: E731
         if not op.get("stream"):
@@ -136,7 +149,7 @@ class Runner:
             # llama-cpp-python sends no usage while streaming: count what the sampler saw. A model that
             # stopped by itself also sampled its end token, which usage does not count; a stop string's
             # tokens are counted.
-            ended_by_eos = _finish(last) == "stop" and not op.get("sampling", {}).get("stop")
+            ended_by_eos = _finish(last) == "stop" and not op.get("sampling", {}).get("stop") and not tools
             completion = job.sampled - (1 if ended_by_eos and job.sampled else 0)
             summary = {**last, "choices": [], "usage": _usage(job.prompt_tokens, completion)}
         send(
@@ -149,7 +162,33 @@ class Runner:
             }
         )
 
-    def _kwargs(self, op: Frame, llama: Any, job: Job) -> dict[str, Any]:
+    def _tool_run(self, op: Frame, llama: Any, job: Job, kwargs: dict[str, Any]) -> Callable[..., Any]:
+        """The chat ``op`` with the tools it may call, answered as :mod:`ark.engines.chatml_tools` does; its usage
+        counts every token sampled (the function chosen, the arguments, the end of each)."""
+        from ark.engines import chatml_tools
+
+        if op.get("tool_format") == "auto" and not chatml_tools.is_chatml(llama):
+            raise Refused(
+                "This model cannot call tools: its chat template is not ChatML, the turns the embedded engine "
+                'offers tools in (tool_format = "chatml-function-calling" on the engine offers them anyway)',
+                "tools",
+            )
+        if (name := chatml_tools.bad_name(op["tools"])) is not None:
+            raise Refused(f"A function name must be 1 to 64 letters, digits, '_' or '-', not {name[:80]!r}", "tools")
+        choice = op.get("tool_choice")
+        names = {t["function"]["name"] for t in op["tools"]}
+        if isinstance(choice, dict) and (choice.get("function") or {}).get("name") not in names:
+            raise Refused("tool_choice must name one of the tools", "tool_choice")
+
+        def run(stream: bool = False) -> Any:
+            chunks = chatml_tools.answer(llama, op, kwargs, lambda: job.sampled)
+            if stream:
+                return chunks
+            return {**chatml_tools.gather(chunks), "usage": _usage(job.prompt_tokens, job.sampled)}
+
+        return run
+
+    def _kwargs(self, op: Frame, llama: Any, job: Job, *, grammar: bool = False) -> dict[str, Any]:
         sampling: Frame = op.get("sampling") or {}
         bias: dict[int, float] = {}
         if isinstance(op.get("logit_bias"), dict):
@@ -158,7 +197,7 @@ class Runner:
             except (TypeError, ValueError):
                 raise Refused("logit_bias must map token ids to numbers", "logit_bias") from None
         # llama-cpp-python treats max_tokens=None as "until the context is full"
-        kwargs: dict[str, Any] = {"logits_processor": self._hooks(llama, job, bias), "max_tokens": None}
+        kwargs: dict[str, Any] = {"logits_processor": self._hooks(llama, job, bias, grammar), "max_tokens": None}
         for key in ("max_tokens", "temperature", "top_p", "seed"):
             if sampling.get(key) is not None:
                 kwargs[key] = sampling[key]
@@ -169,7 +208,7 @@ class Runner:
             kwargs["stop"] = list(sampling["stop"])
         return kwargs
 
-    def _hooks(self, llama: Any, job: Job, bias: dict[int, float]) -> Any:
+    def _hooks(self, llama: Any, job: Job, bias: dict[int, float], grammar: bool = False) -> Any:
         import llama_cpp
         import numpy as np
 
@@ -190,8 +229,10 @@ class Runner:
                 # processor and ours when given both (LogitsProcessorList.extend returns None)
                 scores = scores.copy()
                 scores[ids] += values
-            if job.cancelled.is_set():  # force the end token: llama.cpp stops at once
-                scores = np.full_like(scores, -np.inf)
+            if job.cancelled.is_set():
+                if grammar:  # the grammar may forbid the end token here, and llama.cpp aborts when none is left
+                    raise Cancelled
+                scores = np.full_like(scores, -np.inf)  # force the end token: llama.cpp stops at once
                 scores[eos] = 0.0
             return scores
 
@@ -204,6 +245,13 @@ class Runner:
         except ValueError as exc:  # e.g. an input longer than the context
             raise Refused(f"Cannot embed this input: {exc}", "input") from exc
         return result
+
+
+def _no_call_here(op: Frame, llama: Any) -> bool:
+    """A chat that may call no tool ("none") on a model the tools are not offered to: its own template serves it."""
+    from ark.engines import chatml_tools
+
+    return op.get("tool_choice") == "none" and op.get("tool_format") == "auto" and not chatml_tools.is_chatml(llama)
 
 
 def _finish(chunk: Frame) -> str | None:

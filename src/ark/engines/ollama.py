@@ -8,6 +8,7 @@ are translated to and from OpenAI's shapes here; see Ollama's docs/api.md.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,31 +130,38 @@ class OllamaEngine:
     def _chat_body(self, request: ChatRequest, stream: bool) -> Json:
         body: Json = {
             "model": request.model,
-            "messages": [_message(m) for m in request.messages],
+            "messages": _messages(request.messages),
             "stream": stream,
             "options": _options(request.sampling, request.body),
         }
         _copy_common(request.body, body, self._keep_alive(request.keep_alive))
-        if request.body.get("tools"):
-            body["tools"] = request.body["tools"]
+        if tools := _offered_tools(request.body):
+            body["tools"] = tools
         return body
 
     async def chat(self, request: ChatRequest) -> Json:
-        data = await self._post("/api/chat", self._chat_body(request, False), request.model)
+        try:
+            data = await self._post("/api/chat", self._chat_body(request, False), request.model)
+        except InvalidRequest as exc:
+            raise _tools_refused(exc) from None
         message = data.get("message") or {}
+        calls = _tool_calls(message.get("tool_calls"), 0, stream=False)
         reply: Json = {"role": "assistant", "content": message.get("content", "")}
-        if message.get("tool_calls"):
-            reply["tool_calls"] = _tool_calls(message["tool_calls"])
+        if calls:
+            reply["content"] = reply["content"] or None  # OpenAI's shape of a turn that only calls tools
+            reply["tool_calls"] = calls
         return {
             "id": completion_id(),
             "object": "chat.completion",
             "created": now(),
             "model": request.model,
-            "choices": [{"index": 0, "message": reply, "finish_reason": _reason(data, reply)}],
+            "choices": [{"index": 0, "message": reply, "finish_reason": _reason(data, calls)}],
             "usage": usage(data.get("prompt_eval_count", 0), data.get("eval_count", 0)),
         }
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Json]:
+        """Ollama sends each tool call whole, in a line of its own (``done: false``); each becomes one delta
+        with the next ``index``, its id, name and all its arguments, and the stream ends with ``tool_calls``."""
         ident, created = completion_id(), now()
 
         def chunk(delta: Json, reason: str | None) -> Json:
@@ -166,25 +174,31 @@ class OllamaEngine:
             }
 
         first = True
-        async for data in self._lines("/api/chat", self._chat_body(request, True), request.model):
-            message = data.get("message") or {}
-            delta: Json = {"content": message.get("content", "")}
-            if first:
-                delta["role"] = "assistant"
-                first = False
-            if message.get("tool_calls"):
-                delta["tool_calls"] = _tool_calls(message["tool_calls"])
-            if not data.get("done"):
-                yield chunk(delta, None)
-                continue
-            if delta.get("content") or delta.get("tool_calls") or "role" in delta:
-                yield chunk(delta, None)
-            yield chunk({}, _reason(data, delta))
-            yield {
-                **chunk({}, None),
-                "choices": [],
-                "usage": usage(data.get("prompt_eval_count", 0), data.get("eval_count", 0)),
-            }
+        sent = 0  # tool calls streamed so far: the next one's index
+        try:
+            async for data in self._lines("/api/chat", self._chat_body(request, True), request.model):
+                message = data.get("message") or {}
+                calls = _tool_calls(message.get("tool_calls"), sent, stream=True)
+                sent += len(calls)
+                delta: Json = {"content": message.get("content", "")}
+                if calls:
+                    delta = {"tool_calls": calls, **({"content": delta["content"]} if delta["content"] else {})}
+                if first:
+                    delta["role"] = "assistant"
+                    first = False
+                if not data.get("done"):
+                    yield chunk(delta, None)
+                    continue
+                if delta.get("content") or delta.get("tool_calls") or "role" in delta:
+                    yield chunk(delta, None)
+                yield chunk({}, "tool_calls" if sent else _reason(data, []))
+                yield {
+                    **chunk({}, None),
+                    "choices": [],
+                    "usage": usage(data.get("prompt_eval_count", 0), data.get("eval_count", 0)),
+                }
+        except InvalidRequest as exc:
+            raise _tools_refused(exc) from None
 
     def _generate_body(self, request: CompletionRequest, stream: bool) -> Json:
         body: Json = {
@@ -294,7 +308,50 @@ def _keep_alive_value(value: str) -> int | str:
         return value
 
 
-def _message(message: Json) -> Json:
+def _offered_tools(body: Json) -> list[Json] | None:
+    """The tools Ollama is given. Its API has no ``tool_choice``: "none" offers no tool, a named function
+    offers that one alone; "required" cannot be enforced (the model may still answer in text)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return [t for t in tools if isinstance(t, dict) and (t.get("function") or {}).get("name") == name] or None
+    return tools
+
+
+def _tools_refused(exc: InvalidRequest) -> InvalidRequest:
+    """Ollama's 400 for tools sent to a model without that capability names ``tools`` as the culprit."""
+    if exc.param is None and "does not support tools" in exc.message:
+        exc.param = "tools"
+    return exc
+
+
+def _messages(messages: list[Json]) -> list[Json]:
+    """OpenAI's messages as Ollama's; a tool's answer also names its function (``tool_name``), which Ollama's
+    chat templates show the model, found from the call it answers (as Ollama's own /v1 layer does)."""
+    names: dict[str, str] = {}  # tool call id -> function name, from the assistant turns so far
+    out = []
+    for i, message in enumerate(messages):
+        converted = _message(message, f"messages[{i}]")
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                names[call["id"]] = str((call.get("function") or {}).get("name", ""))
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            name = message.get("name") or (names.get(call_id) if isinstance(call_id, str) else None)
+            if name:
+                converted["tool_name"] = name
+            if isinstance(call_id, str):
+                converted["tool_call_id"] = call_id
+        out.append(converted)
+    return out
+
+
+def _message(message: Json, where: str) -> Json:
     """OpenAI message -> Ollama message: content parts become text plus base64 images."""
     content = message.get("content")
     out: Json = {"role": message["role"]}
@@ -314,43 +371,51 @@ def _message(message: Json) -> Json:
     else:
         out["content"] = content or ""
     if message.get("tool_calls"):
-        out["tool_calls"] = [
-            {
-                "function": {
-                    "name": c["function"]["name"],
-                    "arguments": _arguments(c["function"].get("arguments")),
-                }
-            }
-            for c in message["tool_calls"]
-        ]
+        out["tool_calls"] = [_call_in(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(message["tool_calls"])]
     return out
 
 
-def _arguments(arguments: Any) -> Any:
+def _call_in(call: Json, where: str) -> Json:
+    """An OpenAI tool call (arguments as JSON text) as Ollama's (arguments an object)."""
+    function = call.get("function") or {}
+    arguments: Any = function.get("arguments")
     if isinstance(arguments, str):
-        try:
-            return orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            return {}
-    return arguments or {}
+        with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: stays text, refused below
+            arguments = orjson.loads(arguments) if arguments.strip() else {}
+    if not isinstance(arguments, dict | None):  # as Ollama's own /v1 layer refuses it
+        raise InvalidRequest(
+            f"Invalid value for '{where}.function.arguments': expected a JSON object, which Ollama needs.",
+            param=f"{where}.function.arguments",
+        )
+    out: Json = {"function": {"name": function.get("name", ""), "arguments": arguments or {}}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out
 
 
-def _tool_calls(calls: list[Json]) -> list[Json]:
-    return [
-        {
-            "index": i,
-            "id": f"call_{completion_id('')[1:13]}",
+def _tool_calls(calls: Any, first: int, *, stream: bool) -> list[Json]:
+    """Ollama's tool calls (arguments an object) as OpenAI's (JSON text, an id each); streamed ones carry the
+    ``index`` that ties a call's deltas together, counted here from ``first`` (Ollama's own ``function.index``
+    is not relied on: some of its parsers leave it 0)."""
+    out: list[Json] = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        ident = call.get("id")
+        converted: Json = {
+            "id": ident if isinstance(ident, str) and ident else f"call_{completion_id('')[1:25]}",
             "type": "function",
             "function": {
-                "name": call.get("function", {}).get("name", ""),
-                "arguments": orjson.dumps(call.get("function", {}).get("arguments", {})).decode(),
+                "name": str(function.get("name", "")),
+                "arguments": orjson.dumps(function.get("arguments") or {}).decode(),
             },
         }
-        for i, call in enumerate(calls)
-    ]
+        out.append({"index": first + len(out), **converted} if stream else converted)
+    return out
 
 
-def _reason(data: Json, message: Json) -> str:
-    if message.get("tool_calls"):
+def _reason(data: Json, calls: list[Json]) -> str:
+    if calls:
         return "tool_calls"
     return finish_reason(data.get("done_reason"))

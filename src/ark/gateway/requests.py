@@ -18,6 +18,10 @@ from ark.engines.base import Json, Sampling
 from ark.errors import InvalidRequest
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_TOOLS = 128  # OpenAI's limit
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
+_SCHEMA_DEPTH = 32
+_SCHEMA_NODES = 10_000
 _TYPE_NAMES = {
     str: "a string",
     bool: "a boolean",
@@ -171,6 +175,9 @@ def common(body: Json) -> Common:
 
 
 def messages(body: Json) -> list[Json]:
+    """The chat's messages, checked together with the tools they may call (:func:`tools`): an assistant turn's
+    ``tool_calls`` and a ``tool`` turn's ``tool_call_id``."""
+    tools(body)
     value = body.get("messages")
     if not isinstance(value, list) or not value:
         raise InvalidRequest("'messages' is required: a non-empty array of messages.", param="messages")
@@ -184,6 +191,13 @@ def messages(body: Json) -> list[Json]:
                 f"Invalid value for '{param}.role': expected one of {', '.join(sorted(_ROLES))}.",
                 param=f"{param}.role",
             )
+        if role == "assistant" and message.get("tool_calls") is not None:
+            _tool_calls(message["tool_calls"], f"{param}.tool_calls")
+        if role == "tool" and not (isinstance(message.get("tool_call_id"), str) and message["tool_call_id"]):
+            raise InvalidRequest(
+                f"'{param}.tool_call_id' is required: the id of the tool call this message answers.",
+                param=f"{param}.tool_call_id",
+            )
         content = message.get("content")
         if content is None and role == "assistant":
             continue  # an assistant turn that only called tools
@@ -194,6 +208,118 @@ def messages(body: Json) -> list[Json]:
         elif not isinstance(content, str):
             raise _bad(f"{param}.content", "a string or an array of content parts", content)
     return value
+
+
+def _tool_calls(calls: Any, param: str) -> None:
+    """An assistant turn's calls, as OpenAI answered them: ``{"id", "type": "function", "function": {"name",
+    "arguments"}}`` with the arguments as JSON text."""
+    if not isinstance(calls, list):
+        raise _bad(param, "an array of tool calls", calls)
+    for j, call in enumerate(calls):
+        where = f"{param}[{j}]"
+        if not isinstance(call, dict):
+            raise _bad(where, "an object", call)
+        if not isinstance(call.get("id"), str) or not call["id"]:
+            raise _bad(f"{where}.id", "a non-empty string", call.get("id"))
+        if call.get("type", "function") != "function":
+            raise InvalidRequest(f"Invalid value for '{where}.type': expected 'function'.", param=f"{where}.type")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise _bad(f"{where}.function", "an object", function)
+        if not isinstance(function.get("name"), str):
+            raise _bad(f"{where}.function.name", "a string", function.get("name"))
+        if not isinstance(function.get("arguments"), str):
+            raise _bad(f"{where}.function.arguments", "a string of JSON", function.get("arguments"))
+
+
+def tools(body: Json) -> tuple[str, ...]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, checked as OpenAI checks them; returns the names
+    of the functions offered.
+
+    A tool is ``{"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}``: a name
+    of 1 to 64 letters, digits, ``_`` or ``-``, no two alike, at most 128 tools. ``parameters`` (a JSON
+    schema) may nest 32 levels and hold 10,000 objects and arrays in all: engines turn schemas into grammars,
+    and a hostile one must not cost a worker more than a reasonable one. ``tool_choice`` is ``"none"``,
+    ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}`` naming one of them.
+    """
+    value = body.get("tools")
+    names: list[str] = []
+    if value is not None:
+        if not isinstance(value, list):
+            raise _bad("tools", "an array of tools", value)
+        if len(value) > MAX_TOOLS:
+            raise InvalidRequest(f"Invalid value for 'tools': {len(value)} tools, at most {MAX_TOOLS}.", param="tools")
+        budget = [_SCHEMA_NODES]
+        for i, tool in enumerate(value):
+            names.append(_tool(tool, f"tools[{i}]", names, budget))
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise InvalidRequest(
+                "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a function to call.",
+                param="tool_choice",
+            )
+        if choice == "required" and not names:
+            raise InvalidRequest("'tool_choice' is 'required' but 'tools' offers none.", param="tool_choice")
+    elif choice is not None:
+        function = choice.get("function") if isinstance(choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
+            expected = '"none", "auto", "required" or {"type": "function", "function": {"name"}}'
+            raise _bad("tool_choice", expected, choice)
+        if name not in names:
+            raise InvalidRequest(
+                f"Invalid value for 'tool_choice': the function '{name[:64]}' is not among 'tools'.",
+                param="tool_choice",
+            )
+    if body.get("parallel_tool_calls") is not None:
+        _bool(body, "parallel_tool_calls")
+    return tuple(names)
+
+
+def _tool(tool: Any, param: str, names: list[str], budget: list[int]) -> str:
+    if not isinstance(tool, dict):
+        raise _bad(param, "an object", tool)
+    if tool.get("type") != "function":
+        raise InvalidRequest(f"Invalid value for '{param}.type': expected 'function'.", param=f"{param}.type")
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        raise _bad(f"{param}.function", "an object", function)
+    name = function.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"Invalid value for '{param}.function.name': expected 1 to 64 letters, digits, '_' or '-'.",
+            param=f"{param}.function.name",
+        )
+    if name in names:
+        raise InvalidRequest(f"'tools' names the function '{name}' twice.", param=f"{param}.function.name")
+    if function.get("description") is not None and not isinstance(function["description"], str):
+        raise _bad(f"{param}.function.description", "a string", function["description"])
+    if function.get("strict") is not None and not isinstance(function["strict"], bool):
+        raise _bad(f"{param}.function.strict", "a boolean", function["strict"])
+    parameters = function.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, dict):
+            raise _bad(f"{param}.function.parameters", "an object (a JSON schema)", parameters)
+        _schema_size(parameters, f"{param}.function.parameters", budget)
+    return name
+
+
+def _schema_size(schema: Json, param: str, budget: list[int]) -> None:
+    """Count the objects and arrays of ``schema`` against ``budget`` (shared by all tools), and its depth."""
+    level: list[Any] = [schema]
+    for _ in range(_SCHEMA_DEPTH):
+        budget[0] -= len(level)
+        if budget[0] < 0:
+            raise InvalidRequest(
+                f"Invalid value for '{param}': the tools' schemas hold more than {_SCHEMA_NODES} objects and arrays.",
+                param=param,
+            )
+        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)]
+        level = [v for v in level if isinstance(v, dict | list)]
+        if not level:
+            return
+    raise InvalidRequest(f"Invalid value for '{param}': nested deeper than {_SCHEMA_DEPTH} levels.", param=param)
 
 
 def prompt(body: Json) -> str:
