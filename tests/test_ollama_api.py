@@ -333,3 +333,43 @@ def test_a_huge_body_is_refused_and_the_gateway_keeps_serving(ark: ArkProcess) -
     reply = httpx.post(ark.url + "/api/generate", content=huge, headers=headers, timeout=10)
     assert reply.status_code == 413
     assert client(ark).generate(model="tiny", prompt="hi", options={"num_predict": 1}).done
+
+
+# -- tool calls through the Ollama API ----------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_calls_come_back_in_ollamas_shape_whole_and_streamed(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    fake_ollama.tool_script = [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Oslo"})]
+    c = client(ark)
+    asked = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
+    whole = c.chat(model="llama3.2:1b", messages=asked, tools=[WEATHER])
+    calls = [(t.function.name, dict(t.function.arguments)) for t in whole.message.tool_calls or []]
+    assert calls == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Oslo"})]
+    parts = list(c.chat(model="llama3.2:1b", messages=asked, tools=[WEATHER], stream=True))
+    streamed = [(t.function.name, dict(t.function.arguments)) for p in parts for t in p.message.tool_calls or []]
+    assert streamed == calls and parts[-1].done
+    # the calls and the tool's answer go back in the next turn, as Ollama's clients send them
+    followed = [
+        *asked,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"},
+    ]
+    fake_ollama.tool_script = None
+    fake_ollama.requests.clear()
+    c.chat(model="llama3.2:1b", messages=followed, options={"num_predict": 2})
+    sent = [body for path, body in fake_ollama.requests if path == "/api/chat"][-1]["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert sent[2]["role"] == "tool" and sent[2]["content"] == "18 degrees" and sent[2]["tool_name"] == "get_weather"
