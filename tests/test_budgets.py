@@ -11,7 +11,7 @@ import pytest
 
 from ark.errors import InsufficientQuota
 from ark.gateway.budgets import FREE, Budgets, Price
-from ark.store.keys import Key, Team
+from ark.store.keys import Key, Person, Team
 from tests.conftest import MASTER_KEY, embedded_ark, stop_ark, wait_until
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -184,3 +184,23 @@ def test_a_period_left_alone_for_years_rolls_in_one_step() -> None:
     budgets.roll_all(NOW)
     account = budgets.accounts["key:k1"]
     assert account.spend == 0.0 and account.reset_at == NOW + timedelta(seconds=1)
+
+
+def person(**overrides: object) -> Person:
+    own = {name: overrides.pop(name) for name in list(overrides) if name in limits()}
+    fields = {"id": "u1", "name": "bob", "email": "bob@example.com", "disabled": False, **overrides}
+    return Person(**limits(**own), **fields)  # type: ignore[arg-type]
+
+
+def test_a_persons_budget_binds_with_any_key_and_with_the_master_key() -> None:
+    budgets = Budgets()
+    k, bob = key(), person(max_budget=2.0)
+    budgets.sync([k], [], [bob])
+    assert budgets.reserve(k, PAID, 0, 8, 60, NOW) is None  # the key alone has no budget
+    held = budgets.reserve(k, PAID, 0, 8, 60, NOW, "u1")  # 1 credit on bob's account
+    assert held is not None and [a.name for a in held.accounts] == ["user bob"]
+    master = budgets.reserve(None, PAID, 0, 8, 60, NOW, "u1")  # the console's master key, calling for bob
+    assert master is not None
+    with pytest.raises(InsufficientQuota, match="The user bob has spent 0 of their budget of 2 credits"):
+        budgets.reserve(None, PAID, 0, 8, 60, NOW, "u1")
+    assert budgets.reserve(None, PAID, 0, 8, 60, NOW) is None  # the master key for nobody: no budget

@@ -83,6 +83,10 @@ def test_the_service_key_is_made_once_kept_private_and_replaced_when_revoked(tmp
         store.keys.delete_keys([key_id(first)])
         second = service_key(store, tmp_path)
         assert second != first and kept.read_text().strip() == second
+        store.keys.update_key(key_id(second), {"trust_user_headers": False})  # no longer a service key
+        third = service_key(store, tmp_path)
+        assert third not in (first, second) and stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".open-webui-key")] == []
     finally:
         store.close()
 

@@ -95,6 +95,7 @@ def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[A
             )
             assert added.exit_code == 0, added.output
         limit(process, "bob", max_budget=1000.0)  # the gateway reloads people now
+        limit(process, "alice", max_budget=100_000.0)  # a budget: her page's chats stop at max_output_tokens
 
         def services_up() -> bool:
             listed = httpx.get(process.url + "/admin/services", headers=ADMIN, timeout=5).json()["services"]
@@ -208,7 +209,7 @@ def test_a_person_over_budget_gets_the_gateways_refusal(ark: ArkProcess) -> None
     assert refused.status_code == 429, refused.text
     error = orjson.loads(refused.content)["error"]
     assert error["type"] == "insufficient_quota" and "user bob" in error["message"]
-    # alice has no budget of her own: the same service key still serves her
+    # alice's budget is her own: the same service key still serves her
     other = httpx.post(ark.console + "/api/chat/completions", headers=sign_in(ark, "alice", "admin"), json=body)
     assert other.status_code == 200, other.text
     limit(ark, "bob", max_budget=None)

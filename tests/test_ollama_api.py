@@ -71,6 +71,7 @@ def ark(
     tmp = tmp_path_factory.mktemp("ollama-api")
     (tmp / "data" / "models").mkdir(parents=True)
     shutil.copy(tiny_gguf, tmp / "data" / "models" / "tiny.gguf")
+    shutil.copy(tiny_gguf, tmp / "data" / "models" / "spare.gguf")  # loaded only when a test asks
     text = CONFIG.replace("{KEY}", MASTER_KEY).replace("{OLLAMA}", fake_ollama_server.url)
     process = start_ark(text.replace("{UPSTREAM}", upstream.url), tmp)
     yield process
@@ -157,12 +158,28 @@ def test_generate_with_template_raw_and_stream(ark: ArkProcess, fake_ollama: Fak
 
 def test_an_empty_request_loads_the_model_as_ollama_does(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
     c = client(ark)
-    loaded = c.generate(model="tiny", prompt="")
+    unload = c.generate(model="spare", prompt="", keep_alive=0)  # `ollama stop`: never loads it
+    assert unload.done_reason == "unload" and "spare" not in {m.model for m in c.ps().models}
+    loaded = c.generate(model="spare", prompt="")
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
+    assert "spare" in {m.model for m in c.ps().models}  # the GPU arbiter made it resident
     chat = c.chat(model="tiny", messages=[])
     assert chat.done_reason == "load" and chat.message.content == ""
-    unload = c.generate(model="tiny", prompt="", keep_alive=0)
-    assert unload.done_reason == "unload"
+
+
+def test_a_client_option_never_lifts_the_limit_a_budget_reserved(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
+    budgeted = new_key(ark, key_alias="num-predict", max_budget=1000.0)
+    headers = {"Authorization": f"Bearer {budgeted}"}
+    fake_ollama.requests.clear()
+    client(ark, budgeted).chat(model="fast", messages=HELLO, options={"num_predict": -1})  # "unlimited"
+    httpx.post(  # an Ollama option through the OpenAI API
+        ark.api + "/chat/completions",
+        headers=headers,
+        json={"model": "fast", "messages": HELLO, "max_tokens": 1, "options": {"num_predict": 100000}},
+        timeout=30,
+    ).raise_for_status()
+    sent = [body["options"]["num_predict"] for path, body in fake_ollama.requests if path == "/api/chat"]
+    assert sent == [4096, 1]  # the model's max_output_tokens, then the request's max_tokens
 
 
 def test_ollama_options_reach_the_ollama_engine(ark: ArkProcess, fake_ollama: FakeOllama) -> None:
@@ -313,6 +330,8 @@ def test_bad_bodies_answer_ollamas_error_shape(ark: ArkProcess, path: str, body:
         ("/api/chat", {"model": "tiny", "messages": HELLO, "options": []}, "options"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "format": 3}, "format"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+        ("/api/chat", {"model": "tiny", "messages": HELLO, "tools": [{"function": {"name": "bad name!"}}]}, "tools"),
+        ("/api/chat", {"model": "tiny", "messages": HELLO, "tools": [{"function": {"name": "f"}}] * 2}, "tools"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "keep_alive": "forever"}, "keep_alive"),
         ("/api/generate", {"model": "tiny", "prompt": ["x"]}, "prompt"),
         ("/api/generate", {"model": "tiny", "prompt": "x", "images": [1]}, "images"),

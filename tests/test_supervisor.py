@@ -166,3 +166,37 @@ def test_children_do_not_outlive_a_killed_ark(tmp_path: Path) -> None:
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+@pytest.mark.parametrize("inherit", [True, False])
+def test_a_service_that_does_not_inherit_sees_only_the_base_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inherit: bool
+) -> None:
+    monkeypatch.setenv("ARK_MASTER_KEY", "sk-secret-of-ark")
+    monkeypatch.setenv("OPENAI_API_BASE_URL", "http://stray.example")
+    port = free_port()
+    dump = tmp_path / "env.txt"
+    script = (
+        "import os, sys, http.server\n"
+        f"open({str(dump)!r}, 'w').write('\\n'.join(sorted(os.environ)))\n"
+        f"http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')\n"
+    )
+    spec = ServiceSpec(
+        "env",
+        [PY, "-c", script],
+        Health(tcp=("127.0.0.1", port), timeout_s=15),
+        env={"OWN_SETTING": "1"},
+        inherit_env=inherit,
+    )
+
+    async def main() -> None:
+        supervisor = Supervisor(tmp_path / "logs", backoff_s=0.1)
+        try:
+            await supervisor.start(spec)
+        finally:
+            await supervisor.close()
+
+    run(main)
+    names = set(dump.read_text().split())
+    assert "OWN_SETTING" in names and "PATH" in names
+    assert ("ARK_MASTER_KEY" in names) == inherit == ("OPENAI_API_BASE_URL" in names)

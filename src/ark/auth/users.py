@@ -74,10 +74,12 @@ def check_name(name: str) -> str:
 
 
 def check_email(email: str) -> str:
+    """The canonical (lower-case) address: Open WebUI keys its accounts by the lower-cased e-mail, and the
+    gateway finds a person by it, so two users may not differ only in case."""
     email = email.strip()
     if len(email) > 254 or not _EMAIL.match(email):
         raise UserError(f"{email!r} is not an e-mail address")
-    return email
+    return email.lower()
 
 
 def check_display_name(text: str) -> str:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ark.auth.signing import b64, derive
@@ -80,6 +82,7 @@ def services(settings: Settings, place: install.Installed, key: str, secret: str
             Health(url=f"http://{webui.local(chroma)}/api/v2/heartbeat", timeout_s=120),
             env=webui.chroma_env(),
             cwd=webui.chroma_path(settings),
+            inherit_env=False,
         ),
         ServiceSpec(
             "open-webui",
@@ -89,17 +92,19 @@ def services(settings: Settings, place: install.Installed, key: str, secret: str
             env=webui.open_webui_env(settings, key, secret),
             cwd=data,
             grace_s=15,
+            inherit_env=False,  # ark.toml is its only source: no ARK_* secret, no stray setting of ARK's shell
         ),
     ]
 
 
 def service_key(store: Store, data_dir: Path) -> str:
-    """Open WebUI's gateway key: the one in DATA/open-webui.key while the store still has it, else a new one."""
+    """Open WebUI's gateway key: the one in DATA/open-webui.key while the store still has it as a usable
+    service key (not blocked, not expired, still trusted to name people), else a new one."""
     path = data_dir / SERVICE_KEY_FILE
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         secret = path.read_text(encoding="ascii").strip()
         key = store.keys.get_key(key_id(secret)) if secret else None
-        if key is not None and not key.blocked:
+        if key is not None and key.trust_user_headers and not key.blocked and not key.expired(datetime.now(UTC)):
             return secret
     secret, _ = store.keys.create_key(
         {
@@ -108,8 +113,7 @@ def service_key(store: Store, data_dir: Path) -> str:
             "metadata": {"service": "open-webui", "made_by": "ark up"},
         }
     )
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".open-webui-key-")  # mode 0600, a fresh name
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(secret + "\n")
     os.replace(temporary, path)

@@ -286,6 +286,8 @@ def _options(sampling: Sampling, body: Json) -> Json:
             options[key] = body[key]
     if isinstance(body.get("options"), dict):  # Ollama-native options (num_ctx...) win
         options.update(body["options"])
+    if sampling.max_tokens is not None:  # but not over the limit the gateway checked and reserved for
+        options["num_predict"] = sampling.max_tokens
     return options
 
 

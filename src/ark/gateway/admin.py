@@ -274,17 +274,14 @@ class Admin:
 
     # -- people: their limits, as a key's ----------------------------------------------------------
     async def _person(self, value: Any, param: str) -> Person:
-        """A user named by name or e-mail, with their limits (none: a Person with no limits)."""
+        """A user named by name or e-mail, with their limits (none set: all empty)."""
         wanted = _text(value, param).strip().lower()
         known = await self._run(self.store.keys.people_by_email)
         ident = next((i for email, (i, name, _) in known.items() if wanted in (email, name)), None)
-        if ident is None:
+        person: Person | None = await self._run(self.store.keys.person, ident) if ident is not None else None
+        if person is None:
             raise NotFound(f"No user '{value}': add one with `ark users add`.", param=param)
-        people: dict[str, Person] = {p.id: p for p in await self._run(self.store.keys.list_people)}
-        if ident not in people:
-            await self._run(self.store.keys.set_person_limits, ident, {})
-            people = {p.id: p for p in await self._run(self.store.keys.list_people)}
-        return people[ident]
+        return person
 
     async def user_update(self, body: Json) -> Json:
         person = await self._person(body.get("user"), "user")

@@ -27,7 +27,7 @@ class Gate(Protocol):
 
     async def reserve(
         self,
-        key: Key,
+        key: Key | None,
         price: Price,
         prompt: int,
         completion: int | None,
@@ -51,7 +51,7 @@ class LocalAdmission:
 
     async def reserve(
         self,
-        key: Key,
+        key: Key | None,
         price: Price,
         prompt: int,
         completion: int | None,

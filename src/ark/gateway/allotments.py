@@ -14,12 +14,13 @@ a process on another host is given up after ``STALE_S`` without a heartbeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -73,7 +74,7 @@ class Allotments:
     # -- the request path -------------------------------------------------------------------------
     async def reserve(
         self,
-        key: Key,
+        key: Key | None,
         price: Price,
         prompt: int,
         completion: int | None,
@@ -85,7 +86,7 @@ class Allotments:
             result = self.budgets.reserve(key, price, prompt, completion, seconds, now, person)
             if not isinstance(result, budgeting.Shortfall):
                 return result
-            async with self._lock(f"budget:{key.id}"):
+            async with self._locked(f"budget:{ident}" for ident, *_ in result.needs):
                 result = self.budgets.reserve(key, price, prompt, completion, seconds, now, person)  # grown meanwhile?
                 if not isinstance(result, budgeting.Shortfall):
                     return result
@@ -107,7 +108,7 @@ class Allotments:
         if isinstance(result, Refusal):
             account = next(a for i, a, _, _ in short.needs if i == result.subject)
             unit = "credits" if result.limit == "budget" else "tokens"
-            whose = "their" if account.name.startswith("user ") else "its"
+            whose = account.whose
             raise InsufficientQuota(
                 f"The {account.name} has used {result.used:.6g} of {whose} budget of {result.maximum:.6g} {unit} "
                 f"(every gateway together); this request could cost up to {short.cost:.6g} credits and "
@@ -124,8 +125,7 @@ class Allotments:
             result = self.rates.admit(key, self.clock.monotonic(), person)
             if not isinstance(result, limiting.Shortfall):
                 return result
-            assert key is not None
-            async with self._lock(f"rate:{key.id}"):
+            async with self._locked(f"rate:{subject}" for subject, *_ in result.needs):
                 result = self.rates.admit(key, self.clock.monotonic(), person)
                 if not isinstance(result, limiting.Shortfall):
                     return result
@@ -184,6 +184,15 @@ class Allotments:
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """The locks of every account a request grows (a key, its team, a person shared by several keys),
+        taken in one order so that two requests never wait on each other's."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(names)):
+                await stack.enter_async_context(self._lock(name))
+            yield
 
     # -- in the background (every TICK_S) ----------------------------------------------------------
     async def tick(self) -> None:

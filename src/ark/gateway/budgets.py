@@ -85,8 +85,12 @@ class Account:
             max(0, self.allotted_tokens - self.reserved_tokens - self.pending_tokens),
         )
 
+    @property
+    def whose(self) -> str:
+        return "their" if self.name.startswith("user ") else "its"  # a person's budget, a key's or team's
+
     def refusal(self, cost: float, tokens: int) -> str | None:
-        whose = "their" if self.name.startswith("user ") else "its"
+        whose = self.whose
         if cost > 0 and self.max_budget is not None and self.spend + self.reserved_cost + cost > self.max_budget:
             return f"The {self.name} has spent {self.spend:.6g} of {whose} budget of {self.max_budget:.6g} credits"
         if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
@@ -197,10 +201,9 @@ class Budgets:
         now: datetime,
         person: str | None = None,
     ) -> Reservation | Shortfall | None:
-        """Reserve on the key's account, its team's and, for a request made for ``person`` (a user id), theirs."""
-        if key is None:
-            return None  # the master key has no budget
-        pairs = self.by_key.get(key.id)
+        """Reserve on the key's account, its team's and, for a request made for ``person`` (a user id), theirs
+        (the master key has no budget of its own; a person it calls for has theirs)."""
+        pairs = self.by_key.get(key.id) if key is not None else None
         if person is not None and person in self.by_person:
             pairs = [*(pairs or ()), self.by_person[person]]
         if not pairs:

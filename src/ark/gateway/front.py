@@ -10,8 +10,8 @@ lookup), reloaded from the store every few seconds and on a miss.
 
 A request is made for a person when a UI says whom it calls for: a valid ``X-Ark-Identity`` (the
 console), or ``X-OpenWebUI-User-Email`` with a key flagged ``trust_user_headers`` (Open WebUI's service
-key; from any other key the header is ignored and counted). A person ARK knows is charged and limited
-like a key (their ``user_limits``); a disabled one is refused.
+key; from any other key the header is ignored and counted). The person is charged and limited like a key
+(their ``user_limits``); one ARK does not know, or has disabled or blocked, is refused.
 """
 
 from __future__ import annotations
@@ -143,9 +143,10 @@ class Front:
                 self.rt.metrics.count_untrusted_user_header(ex.key_label)
             elif email := email.strip()[:254]:
                 known = self.emails.get(email.lower())
-                if known is None:
-                    ex.person, ex.person_id = email, None  # counted to them; no limits of their own
-                    return
+                if known is None:  # every person is known, and limited: no one escapes a budget by a new name
+                    raise PermissionDenied(
+                        f"{email!r} is not a user of this ARK: an administrator adds people with `ark users add`."
+                    )
                 ex.person_id, ex.person, _ = known
         if ex.person_id is None:
             return
@@ -258,8 +259,8 @@ class Front:
             )
         ex.price = self.prices.get(route.model, FREE)
         ex.prompt_estimate = prompt_bytes // _BYTES_PER_TOKEN
-        if key is None:
-            return route  # the master key has no budget
+        if key is None and ex.person_id is None:
+            return route  # the master key has no budget (a person it calls for has theirs)
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
         timeout, now = route.engine.settings.total_timeout, rt.clock.now()
         ex.reservation = await rt.admission.reserve(

@@ -40,9 +40,10 @@ def engine_body(body: Json, route: Route, fixed: Mapping[str, dict[str, int]] | 
 
 
 def capped(ex: Exchange, sampling: Sampling, to_engine: Json) -> Sampling:
-    """A request that sets no max_tokens gets the model's ``max_output_tokens``: what its budget reservation
-    assumed (an answer that ran on to the end of the context would cost more than was reserved)."""
-    if sampling.max_tokens is not None:
+    """A request on a budget that sets no max_tokens gets the model's ``max_output_tokens``: what its
+    reservation assumed (an answer that ran on to the end of the context would cost more than was reserved).
+    Requests no budget covers keep the engine's own limit."""
+    if sampling.max_tokens is not None or ex.reservation is None:
         return sampling
     to_engine["max_tokens"] = ex.price.max_output_tokens
     return replace(sampling, max_tokens=ex.price.max_output_tokens)

@@ -125,10 +125,9 @@ class RateLimits:
         self.by_person = {p.id: (f"user:{p.id}", fresh[f"user:{p.id}"]) for p in people if f"user:{p.id}" in fresh}
 
     def admit(self, key: Key | None, now: float, person: str | None = None) -> Admission | Shortfall | None:
-        """Admit a request of ``key`` (and its team), made for ``person`` (a user id) when a UI says so."""
-        if key is None:
-            return None
-        pairs = self.by_key.get(key.id)
+        """Admit a request of ``key`` (and its team), made for ``person`` (a user id) when a UI says so (the
+        master key has no limits of its own; a person it calls for has theirs)."""
+        pairs = self.by_key.get(key.id) if key is not None else None
         if person is not None and person in self.by_person:
             pairs = [*(pairs or ()), self.by_person[person]]
         if not pairs:

@@ -119,6 +119,8 @@ async def relay(
                         if choices and events >= 0:
                             events += 1
                     chunk = await anext(chunks, None)
+            if events > 0:  # the engine never said: counted as it streamed, before the end reports it
+                ex.completion_tokens, ex.prompt_tokens, events = events, ex.prompt_estimate, -1
             await responder.write(frame.end(ex))
         except TimeoutError:
             exc: ApiError = UpstreamTimeout(f"Engine '{engine.name}' did not finish within the total timeout.")

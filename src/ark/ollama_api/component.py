@@ -74,10 +74,13 @@ class OllamaApi(Component):
     async def _generate(
         self, request: Request, responder: Responder, ex: Exchange, gen: shapes.Generation, *, chat: bool
     ) -> None:
-        route = await self.front.resolve(gen.body, ex, len(request.body), gen.sampling.max_tokens)
-        if gen.load_only:  # Ollama's way to load a model: the arbiter makes it resident
-            await lease(self.rt, ex, route)
-            answer = shapes.load_answer(route.requested, chat, gen.keep_alive == 0)
+        completion = 0 if gen.load_only else gen.sampling.max_tokens
+        route = await self.front.resolve(gen.body, ex, len(request.body), completion)
+        if gen.load_only:  # Ollama's way to load (or, keep_alive 0, unload) a model; the arbiter decides
+            unload = gen.keep_alive == 0
+            if not unload:  # made resident; an unload is left to the arbiter's idle timeout
+                await lease(self.rt, ex, route)
+            answer = shapes.load_answer(route.requested, chat, unload)
             await responder.send(200, orjson.dumps(answer), JSON_HEADERS)
             return
         ex.prompt = (gen.messages if gen.messages is not None else gen.prompt) if self.front.log_prompts else None

@@ -116,6 +116,7 @@ def _sampling(body: Json) -> tuple[Sampling, Json]:
             stop = [stop]
         if not isinstance(stop, list) or len(stop) > 16 or not all(isinstance(s, str) for s in stop):
             raise bad("options.stop", "an array of up to 16 strings", stop)
+    options = {k: v for k, v in options.items() if k != "num_predict"}  # it is max_tokens from here on
     sampling = Sampling(
         max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,  # -1, -2: unlimited
         temperature=_number(options, "temperature", 0.0, 2.0),
@@ -221,16 +222,15 @@ def _calls_in(calls: Any, where: str, turn: int) -> list[Json]:
 
 
 def _tools(body: Json) -> list[Json] | None:
+    """Ollama's ``tools`` are OpenAI's (``type`` may be left out): checked as the OpenAI API checks them."""
     value = body.get("tools")
-    if value is None:
+    if value is None or value == []:
         return None
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise bad("tools", "an array of tools", value)
-    for i, tool in enumerate(value):
-        function = tool.get("function")
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise bad(f"tools[{i}].function", "an object with a 'name'", function)
-    return [{"type": "function", **tool} for tool in value] if value else None
+    tools = [{"type": "function", **tool} for tool in value]
+    parse.tools({"tools": tools})
+    return tools
 
 
 def _openai_body(model: str, body: Json, sampling: Sampling, options: Json, stream: bool) -> Json:

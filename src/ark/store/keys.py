@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from ark.store.tables import api_keys, teams, user_limits, users
 
@@ -282,17 +283,40 @@ class KeyStore:
             rows = connection.execute(select(users.c.id, users.c.name, users.c.email, users.c.disabled))
             return {row.email.lower(): (row.id, row.name, bool(row.disabled)) for row in rows}
 
-    def set_person_limits(self, user_id: str, values: Mapping[str, Any]) -> None:
-        """Set some of a user's limits (made with none the first time)."""
+    def person(self, user_id: str) -> Person | None:
+        """A user with their limits (none set: every limit empty, nothing spent); None: no such user."""
+        query = (
+            select(user_limits, users.c.name, users.c.email, users.c.disabled)
+            .join(users, users.c.id == user_limits.c.id)
+            .where(users.c.id == user_id)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+            if row is not None:
+                return _record(Person, row)  # type: ignore[no-any-return]
+            user = connection.execute(select(users).where(users.c.id == user_id)).mappings().first()
+        if user is None:
+            return None
         stamp = now()
+        blank = {**_defaults(stamp), "id": user_id, "name": user["name"], "email": user["email"]}
+        blank |= {"disabled": bool(user["disabled"]), "budget_reset_at": None}
+        blank |= {name: None for name in ("max_budget", "budget_duration", "max_tokens_budget")}
+        blank |= {name: None for name in ("tpm_limit", "rpm_limit", "max_parallel_requests")}
+        return Person(**{**blank, "models": ()})
+
+    def set_person_limits(self, user_id: str, values: Mapping[str, Any]) -> None:
+        """Set some of a user's limits (made with none the first time; two at once: the second updates)."""
+        stamp = now()
+        change = update(user_limits).where(user_limits.c.id == user_id).values(**values, updated_at=stamp)
         with self.engine.begin() as connection:
-            exists = connection.execute(select(user_limits.c.id).where(user_limits.c.id == user_id)).first()
-            if exists is None:
+            if connection.execute(change).rowcount:
+                return
+        try:
+            with self.engine.begin() as connection:
                 connection.execute(insert(user_limits).values(**{**_defaults(stamp), **values, "id": user_id}))
-            else:
-                connection.execute(
-                    update(user_limits).where(user_limits.c.id == user_id).values(**values, updated_at=stamp)
-                )
+        except IntegrityError:  # made a moment ago by another request
+            with self.engine.begin() as connection:
+                connection.execute(change)
 
 
 # the table that holds each kind of account's limits and spend ("key:ID", "team:ID", "user:ID")

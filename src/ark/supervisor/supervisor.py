@@ -26,6 +26,7 @@ STABLE_S = 60.0  # a child that ran this long before it died starts again from t
 _POLL_S = 0.1  # how often a starting child's health check is tried
 _PAUSES_KEPT = 16
 _LOG_TAIL = 2000  # bytes of a failed child's log quoted in the error
+_BASE_ENV = frozenset({"PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"})
 
 
 class StartFailed(ArkError):
@@ -66,6 +67,9 @@ class ServiceSpec:
     env: Mapping[str, str] | None = None  # added to ARK's own environment
     cwd: Path | None = None
     grace_s: float = 10.0  # from SIGTERM to SIGKILL
+    # False: only PATH, HOME, locale and temp of ARK's environment, then ``env`` (a third-party service that
+    # must see neither ARK's secrets, ARK_MASTER_KEY..., nor stray settings of its own in ARK's environment)
+    inherit_env: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -154,7 +158,8 @@ class Supervisor:
     # -- one child ----------------------------------------------------------------------------------
     async def _launch(self, service: Supervised) -> None:
         spec = service.spec
-        env = {**os.environ, **(spec.env or {})}
+        base = os.environ if spec.inherit_env else {k: v for k, v in os.environ.items() if k in _BASE_ENV}
+        env = {**base, **(spec.env or {})}
         if shutil.which(spec.argv[0], path=env.get("PATH")) is None:  # setpriv would exec it: say it here
             raise StartFailed(f"{spec.name}: could not start {spec.argv[0]}: not found or not executable")
         with service.log_path.open("ab") as out:
