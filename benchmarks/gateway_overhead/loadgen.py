@@ -9,11 +9,13 @@ to a CPU; it prints one JSON object on stdout.
 
 Per request it records the latency (request written -> response complete) and,
 with --sse, the time to the first complete SSE event, the number of "data:"
-events, and whether "data: [DONE]" arrived. A response counts as OK when the
-status is 200 and, for streams, [DONE] was seen.
+events, and whether "data: [DONE]" arrived; with --ndjson (Ollama's streams)
+the same for lines: the first complete line, the number of lines, and whether
+a line with "done":true arrived. A response counts as OK when the status is
+200 and, for streams, [DONE] (or the done line) was seen.
 
     python loadgen.py --url http://127.0.0.1:8001/v1/chat/completions \
-        --body '{"model":"mock-model","messages":[...]}' --conns 32 --duration 10 [--sse] [--key K]
+        --body '{"model":"mock-model","messages":[...]}' --conns 32 --duration 10 [--sse|--ndjson] [--key K]
 """
 
 from __future__ import annotations
@@ -34,18 +36,18 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("loadgen.py needs httptools: pip install httptools")
 
-DONE = b"[DONE]"
-EVENT = b"data:"
+# What ends a stream, and what counts as one event in it: SSE (OpenAI) or NDJSON (Ollama).
+FRAMING = {"sse": (b"[DONE]", b"data:", b"\n\n"), "ndjson": (b'"done":true', b"\n", b"\n")}
 
 
-def build_request(url: str, body: bytes, key: str | None, sse: bool) -> tuple[str, int, bytes]:
+def build_request(url: str, body: bytes, key: str | None, stream: str | None) -> tuple[str, int, bytes]:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     lines = [
         f"POST {u.path or '/'} HTTP/1.1",
         f"Host: {host}:{port}",
         "Content-Type: application/json",
-        f"Accept: {'text/event-stream' if sse else 'application/json'}",
+        f"Accept: {'text/event-stream' if stream == 'sse' else 'application/json'}",
         f"Content-Length: {len(body)}",
     ]
     if key:
@@ -56,8 +58,10 @@ def build_request(url: str, body: bytes, key: str | None, sse: bool) -> tuple[st
 class Run:
     """Shared state of one load run: request bytes, clock, results."""
 
-    def __init__(self, host: str, port: int, request: bytes, sse: bool, conns: int) -> None:
-        self.host, self.port, self.request, self.sse, self.conns = host, port, request, sse, conns
+    def __init__(self, host: str, port: int, request: bytes, stream: str | None, conns: int) -> None:
+        self.host, self.port, self.request, self.conns = host, port, request, conns
+        self.streamed = stream is not None  # a stream, SSE or NDJSON: TTFT and events are recorded
+        self.done_mark, self.event_mark, self.first_end = FRAMING[stream or "sse"]
         self.start = self.deadline = 0.0
         self.latency: list[float] = []  # seconds, successful requests
         self.ttft: list[float] = []
@@ -165,19 +169,20 @@ class Client(asyncio.Protocol):
         self.status = self.parser.get_status_code()
 
     def on_body(self, data: bytes) -> None:
-        if not self.run.sse:
+        if not self.run.streamed:
             if self.status != 200:
                 self.body.append(data)
             return
+        run = self.run
         if self.ttft is None:
             self.first += data
-            if b"\n\n" in self.first:
+            if run.first_end in self.first:
                 self.ttft = time.perf_counter() - self.t0
         scan = self.tail + data
-        self.n_events += scan.count(EVENT) - self.tail.count(EVENT)
-        if DONE in scan:
+        self.n_events += scan.count(run.event_mark) - self.tail.count(run.event_mark)
+        if run.done_mark in scan:
             self.done = True
-        self.tail = scan[-5:]
+        self.tail = scan[-(len(run.done_mark) - 1) :]
         if self.status != 200:
             self.body.append(data)
 
@@ -188,13 +193,13 @@ class Client(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         if self.status != 200:
             run.error(f"http_{self.status}", b"".join(self.body)[:300].decode(errors="replace"))
-        elif run.sse and not self.done:
-            run.error("no_done", "stream ended without data: [DONE]")
+        elif run.streamed and not self.done:
+            run.error("no_done", f"stream ended without {run.done_mark.decode()}")
         else:
             run.latency.append(now - self.t0)
             if now <= run.deadline:
                 run.in_window += 1
-            if run.sse:
+            if run.streamed:
                 run.ttft.append(self.ttft if self.ttft is not None else now - self.t0)
                 run.events.append(self.n_events)
         assert self.transport is not None
@@ -253,7 +258,7 @@ async def load(run: Run, duration: float, grace: float) -> dict[str, Any]:
         "wall_s": round(end - run.start, 3),
         "loadgen_cpu_s": round(cpu, 3),
     }
-    if run.sse:
+    if run.streamed:
         out["ttft_p50_ms"] = ms(percentile(ttft, 50))
         out["ttft_p99_ms"] = ms(percentile(ttft, 99))
         out["events_median"] = statistics.median(run.events) if run.events else None
@@ -267,11 +272,14 @@ def main() -> None:
     ap.add_argument("--key", help="bearer token")
     ap.add_argument("--conns", type=int, default=1)
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--sse", action="store_true", help="responses are SSE streams")
+    framing = ap.add_mutually_exclusive_group()
+    framing.add_argument("--sse", action="store_true", help="responses are SSE streams (OpenAI)")
+    framing.add_argument("--ndjson", action="store_true", help="responses are NDJSON streams (Ollama)")
     ap.add_argument("--grace", type=float, default=30.0, help="seconds to wait for in-flight requests")
     args = ap.parse_args()
-    host, port, request = build_request(args.url, args.body.encode(), args.key, args.sse)
-    run = Run(host, port, request, args.sse, max(1, args.conns))
+    stream = "sse" if args.sse else "ndjson" if args.ndjson else None
+    host, port, request = build_request(args.url, args.body.encode(), args.key, stream)
+    run = Run(host, port, request, stream, max(1, args.conns))
     try:
         import uvloop
 

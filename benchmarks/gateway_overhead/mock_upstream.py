@@ -1,4 +1,4 @@
-"""A fast mock OpenAI upstream for the gateway overhead benchmark.
+"""A fast mock upstream for the gateway overhead benchmark: OpenAI's API and Ollama's native one.
 
 It must never be the bottleneck, so it is one asyncio.Protocol on top of the
 httptools parser (uvloop when installed): no framework, no routing table,
@@ -12,12 +12,24 @@ Endpoints (any Authorization header is accepted):
                                finish chunk, a usage chunk when
                                stream_options.include_usage, then data: [DONE]
     POST /v1/embeddings        --embedding-dim floats per input
+    GET  /api/tags             Ollama: one model, "mock-ollama:latest"
+    GET  /api/ps, /api/version Ollama: nothing loaded; a version
+    POST /api/chat             Ollama: one JSON object with "stream": false,
+                               else (Ollama's default) an NDJSON stream
+                               (application/x-ndjson, chunked): --chunks
+                               lines of one token each, then the "done" line
+                               with its counts and durations
+    POST /api/embed            Ollama: --embedding-dim floats per input
     GET  /mock/stats           request counters, to check that a gateway
                                really forwarded every request
     GET  /health               "ok"
 
 The request's "model" is echoed back, so a gateway that maps an alias to
-"mock-model" has to put the alias back itself.
+"mock-model" has to put the alias back itself. The Ollama answers have the
+real server's fields and content types (its api/types.go; tests/fakes/ollama.py
+is the faithful one, this one only has to be fast): the same text, tokens and
+counts as the OpenAI answers, so that a gateway in front of either has the
+same work to do.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ except ImportError:  # pragma: no cover
     sys.exit("mock_upstream.py needs httptools: pip install httptools")
 
 MODEL_ID = "mock-model"
+OLLAMA_MODEL_ID = "mock-ollama:latest"  # what the Ollama endpoints list (a name apart from the OpenAI one)
+OLLAMA_VERSION = "0.12.6"
 COMPLETION_TEXT = "This is a mock completion from the benchmark upstream."
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 10
@@ -72,6 +86,8 @@ def _chunk(payload: bytes) -> bytes:
 
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+NDJSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+OLLAMA_JSON = b"application/json; charset=utf-8"
 CHUNKED_END = b"0\r\n\r\n"
 NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}'
 BAD_REQUEST = b'{"error":{"message":"invalid JSON body","type":"invalid_request_error"}}'
@@ -105,6 +121,32 @@ class Upstream:
             )
             for i, tok in enumerate(stream_tokens(chunks))
         ]
+        # Ollama: each streamed line is {"model":M,"created_at":T,"message":{...},"done":false}
+        self.ollama_messages = [
+            b',"message":' + _json({"role": "assistant", "content": tok}) + b',"done":false}\n'
+            for tok in stream_tokens(chunks)
+        ]
+        self.ollama_tags = _json(
+            {
+                "models": [
+                    {
+                        "name": OLLAMA_MODEL_ID,
+                        "model": OLLAMA_MODEL_ID,
+                        "modified_at": "2026-12-01T10:00:00.000000000Z",
+                        "size": 1_321_098_329,
+                        "digest": "b" * 64,
+                        "details": {
+                            "parent_model": "",
+                            "format": "gguf",
+                            "family": "llama",
+                            "families": ["llama"],
+                            "parameter_size": "1.2B",
+                            "quantization_level": "Q8_0",
+                        },
+                    }
+                ]
+            }
+        )
 
     def chat(self, req: dict[str, Any]) -> tuple[bytes, list[bytes] | None]:
         """Return (full response body, None) or (b"", SSE event payloads)."""
@@ -160,6 +202,51 @@ class Upstream:
                 "usage": {"prompt_tokens": 4 * n, "total_tokens": 4 * n},
             }
         )
+
+    # -- Ollama's native API ---------------------------------------------------------------------------
+    def ollama_chat(self, req: dict[str, Any]) -> tuple[bytes, list[bytes] | None]:
+        """Return (the whole JSON answer, None) or (b"", the NDJSON lines); Ollama streams by default."""
+        model = _json(req.get("model") or OLLAMA_MODEL_ID)
+        start = b'{"model":' + model + b',"created_at":"' + _go_time().encode() + b'"'
+        if req.get("stream") is False:
+            self.stats["ollama_chat"] += 1
+            message = _json({"role": "assistant", "content": COMPLETION_TEXT})
+            return start + b',"message":' + message + b',"done_reason":"stop","done":true,' + _metrics(
+                PROMPT_TOKENS, COMPLETION_TOKENS
+            ) + b"}", None
+        self.stats["ollama_chat_stream"] += 1
+        lines = [start + message for message in self.ollama_messages]
+        last = b',"message":{"role":"assistant","content":""},"done_reason":"stop","done":true,'
+        lines.append(start + last + _metrics(PROMPT_TOKENS, self.chunks) + b"}\n")
+        return b"", lines
+
+    def ollama_embed(self, req: dict[str, Any]) -> bytes:
+        self.stats["ollama_embed"] += 1
+        inp = req.get("input")
+        n = len(inp) if isinstance(inp, list) else 1
+        return _json(
+            {
+                "model": req.get("model") or OLLAMA_MODEL_ID,
+                "embeddings": [self.vector] * n,
+                "total_duration": 1_000_000,
+                "load_duration": 1_000,
+                "prompt_eval_count": 4 * n,
+            }
+        )
+
+
+def _go_time() -> str:
+    """Now, as Go writes a time.Time in JSON (RFC 3339 with nanoseconds)."""
+    now = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}Z"
+
+
+def _metrics(prompt_tokens: int, eval_count: int) -> bytes:
+    """The counts and durations (nanoseconds) of Ollama's "done" answer, as JSON members."""
+    return (
+        f'"total_duration":2000000,"load_duration":1000,"prompt_eval_count":{prompt_tokens},'
+        f'"prompt_eval_duration":500000,"eval_count":{eval_count},"eval_duration":1500000'
+    ).encode()
 
 
 class Connection(asyncio.Protocol):
@@ -223,6 +310,22 @@ class Connection(asyncio.Protocol):
         if method == b"GET" and path == b"/v1/models":
             up.stats["models"] += 1
             return [_response(b"200 OK", up.models, keep)]
+        if method == b"POST" and path == b"/api/chat":
+            body, lines = up.ollama_chat(_loads(raw))
+            if lines is None:
+                return [_response(b"200 OK", body, keep, OLLAMA_JSON)]
+            head = NDJSON_HEAD + (b"" if keep else b"Connection: close\r\n") + b"Transfer-Encoding: chunked\r\n\r\n"
+            return [head, *(_chunk(line) for line in lines), CHUNKED_END]
+        if method == b"POST" and path == b"/api/embed":
+            return [_response(b"200 OK", up.ollama_embed(_loads(raw)), keep, OLLAMA_JSON)]
+        if method == b"GET" and path == b"/api/tags":
+            up.stats["ollama_tags"] += 1
+            return [_response(b"200 OK", up.ollama_tags, keep, OLLAMA_JSON)]
+        if method == b"GET" and path == b"/api/ps":
+            up.stats["ollama_ps"] += 1
+            return [_response(b"200 OK", b'{"models":[]}', keep, OLLAMA_JSON)]
+        if method == b"GET" and path == b"/api/version":
+            return [_response(b"200 OK", _json({"version": OLLAMA_VERSION}), keep, OLLAMA_JSON)]
         if method == b"GET" and path == b"/mock/stats":
             return [_response(b"200 OK", _json(dict(up.stats)), keep)]
         if method == b"GET" and path == b"/health":
@@ -248,7 +351,7 @@ async def serve(host: str, port: int, upstream: Upstream, quiet: bool) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Fast mock OpenAI upstream.")
+    ap = argparse.ArgumentParser(description="Fast mock upstream: OpenAI's API and Ollama's native one.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8001)
     ap.add_argument("--chunks", type=int, default=20, help="content chunks per streamed response")

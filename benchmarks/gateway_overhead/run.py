@@ -2,7 +2,10 @@
 (arm A, "direct") and through the ARK gateway in front of it (arm B,
 "gateway"), interleaved, plus the gateway's idle memory and start-up time;
 then the same gateway process with the master key (arm A, "master") against a
-virtual key with a budget and rate limits (arm B, "virtual"), interleaved too.
+virtual key with a budget and rate limits (arm B, "virtual"), interleaved too;
+and, with --ollama-scenarios, the same gateway behind an Ollama-shaped engine
+asked through its OpenAI API (arm A, "openai") and through its Ollama API
+(arm B, "ollama"), interleaved.
 
 One command does everything (run from the repository root):
 
@@ -14,7 +17,8 @@ both arms return correct bodies (preflight), measures idle RSS, and then for
 each scenario runs loadgen.py against A and B in turn for --rounds rounds
 (order A B, then B A, ... so linear drift cancels). With --keys-compare (the
 default) it then creates a virtual key through /key/generate and runs the
---keys-scenarios the same way, master key against virtual key. Results: tables
+--keys-scenarios the same way, master key against virtual key; then the
+--ollama-scenarios, OpenAI API against Ollama API. Results: tables
 on stdout, a JSON file (--json) and, with --write-docs, generated sections in a
 markdown file.
 
@@ -62,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from mock_upstream import COMPLETION_TEXT, MODEL_ID, stream_tokens  # noqa: E402
+from mock_upstream import COMPLETION_TEXT, MODEL_ID, OLLAMA_MODEL_ID, stream_tokens  # noqa: E402
 
 from docs_section import write_docs  # noqa: E402
 
@@ -84,6 +88,18 @@ api_key = "sk-upstream-unused"
 [aliases]
 "{alias}" = "{model}"
 [models."{model}"]
+input_cost_per_token = {input_cost:f}
+output_cost_per_token = {output_cost:f}
+"""
+# Appended to CONFIG_TOML for --ollama-scenarios: the same mock, through its Ollama API (not GPU-managed: the
+# comparison is of the two client APIs, and both arms take the same lease).
+OLLAMA_CONFIG_TOML = """\
+[engines.ollama]
+kind = "ollama"
+url = "{upstream}"
+gpu_managed = "no"
+[models."{ollama_model}"]
+engine = "ollama"
 input_cost_per_token = {input_cost:f}
 output_cost_per_token = {output_cost:f}
 """
@@ -125,6 +141,10 @@ VIRTUAL_KEY = {
 TARGET_KEY_CPU_RATIO = 1.10  # virtual / master gateway CPU per request, at most
 TARGET_KEY_ADDED_MS = 1.0  # virtual - master p50 latency, below
 
+# Ollama API vs OpenAI API: the same gateway, the same Ollama-shaped engine (the mock's /api/chat, /api/embed).
+DEFAULT_OLLAMA_SCENARIOS = "chat:1,stream:1,embed:1"  # what --ollama-scenarios is meant for (off by default)
+TARGET_OLLAMA_CPU_RATIO = 1.10  # Ollama API / OpenAI API gateway CPU per request, at most
+
 
 # --------------------------------------------------------------------------- arms
 
@@ -133,11 +153,13 @@ TARGET_KEY_ADDED_MS = 1.0  # virtual - master p50 latency, below
 class Arm:
     """Where one arm sends its load: port, Bearer key (None: no header), model name."""
 
-    name: str  # direct, gateway, master, virtual
+    name: str  # direct, gateway, master, virtual, openai, ollama
     port: int
     key: str | None
     model: str
     via_gateway: bool  # the gateway serves it, so its CPU per request is meaningful
+    api: str = "openai"  # what the client sends: "openai" (/v1/...) or "ollama" (/api/...)
+    upstream: str = "openai"  # which of the mock's APIs answers it (for its request counters)
 
 
 # --------------------------------------------------------------------------- processes
@@ -259,9 +281,20 @@ def tail(log: Path, n: int = 3000) -> str:
 # --------------------------------------------------------------------------- scenarios
 
 
-def request_for(kind: str, model: str) -> tuple[str, dict[str, Any]]:
+EMBED_INPUT = "The quick brown fox jumps over the lazy dog."
+
+
+def request_for(kind: str, model: str, api: str = "openai") -> tuple[str, dict[str, Any]]:
+    """Path and body of one request; the Ollama API's asks the engine for exactly what the OpenAI one's does
+    (num_predict is max_tokens; usage is in every done line, so no stream_options)."""
+    if api == "ollama":
+        if kind == "embed":
+            return "/api/embed", {"model": model, "input": EMBED_INPUT}
+        messages = [{"role": "user", "content": PROMPT}]
+        options = {"num_predict": 32}
+        return "/api/chat", {"model": model, "messages": messages, "stream": kind == "stream", "options": options}
     if kind == "embed":
-        return "/v1/embeddings", {"model": model, "input": "The quick brown fox jumps over the lazy dog."}
+        return "/v1/embeddings", {"model": model, "input": EMBED_INPUT}
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -273,11 +306,15 @@ def request_for(kind: str, model: str) -> tuple[str, dict[str, Any]]:
     return "/v1/chat/completions", body
 
 
-def check_body(kind: str, model: str, status: int, headers: dict[str, str], raw: bytes, chunks: int) -> list[str]:
+def check_body(
+    kind: str, model: str, status: int, headers: dict[str, str], raw: bytes, chunks: int, api: str = "openai"
+) -> list[str]:
     """Everything wrong with one response, as readable strings (empty = correct)."""
     text = raw.decode(errors="replace")
     if status != 200:
         return [f"HTTP {status}: {text[:500]}"]
+    if api == "ollama":
+        return check_ollama_body(kind, model, headers, raw, chunks)
     problems: list[str] = []
     if kind == "stream":
         if not headers.get("content-type", "").startswith("text/event-stream"):
@@ -323,15 +360,58 @@ def check_body(kind: str, model: str, status: int, headers: dict[str, str], raw:
     return problems
 
 
+def check_ollama_body(kind: str, model: str, headers: dict[str, str], raw: bytes, chunks: int) -> list[str]:
+    """The same checks for an answer of the Ollama API: NDJSON lines for a stream, the done line's counts."""
+    text = raw.decode(errors="replace")
+    problems: list[str] = []
+    try:
+        objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        return [f"body is not JSON (lines) ({exc}): {text[:300]!r}"]
+    if not objs or not all(isinstance(o, dict) for o in objs):
+        return [f"body is not JSON objects: {text[:300]!r}"]
+    models = sorted({str(o.get("model")) for o in objs})
+    if models != [model]:
+        problems.append(f"model field(s) {models}, expected [{model!r}]")
+    last = objs[-1]
+    if kind == "embed":
+        vecs = last.get("embeddings")
+        if not isinstance(vecs, list) or len(vecs) != 1 or not isinstance(vecs[0], list) or len(vecs[0]) != EMBED_DIM:
+            problems.append(f"embeddings is not one {EMBED_DIM}-float list: {text[:200]!r}")
+        if not last.get("prompt_eval_count"):
+            problems.append("no prompt_eval_count")
+        return problems
+    if kind == "stream":
+        if not headers.get("content-type", "").startswith("application/x-ndjson"):
+            problems.append(f"content-type {headers.get('content-type')!r}, expected application/x-ndjson")
+        expected, want_lines, want_eval = "".join(stream_tokens(chunks)), chunks + 1, chunks
+    else:
+        expected, want_lines, want_eval = COMPLETION_TEXT, 1, None
+    if len(objs) != want_lines:
+        problems.append(f"{len(objs)} lines, expected {want_lines}")
+    if any(o.get("done") for o in objs[:-1]) or last.get("done") is not True:
+        problems.append(f"not exactly the last line done: true; last: {json.dumps(last)[:200]}")
+    content = "".join(str((o.get("message") or {}).get("content") or "") for o in objs)
+    if content != expected:
+        problems.append(f"content {content[:80]!r} differs from the upstream's")
+    if last.get("done_reason") != "stop":
+        problems.append(f"done_reason {last.get('done_reason')!r}, expected 'stop'")
+    if not last.get("prompt_eval_count") or not last.get("eval_count"):
+        problems.append("no prompt_eval_count / eval_count in the done line")
+    elif want_eval is not None and last["eval_count"] != want_eval:
+        problems.append(f"eval_count {last['eval_count']}, the upstream counted {want_eval}")
+    return problems
+
+
 def loadgen(arm: Arm, kind: str, conns: int, duration: float, cpus: str | None) -> dict[str, Any]:
-    path, body = request_for(kind, arm.model)
+    path, body = request_for(kind, arm.model, arm.api)
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", f"http://127.0.0.1:{arm.port}{path}"]
     cmd += ["--body", json.dumps(body, separators=(",", ":")), "--conns", str(conns)]
     cmd += ["--duration", str(duration)]
     if arm.key:
         cmd += ["--key", arm.key]
     if kind == "stream":
-        cmd.append("--sse")
+        cmd.append("--ndjson" if arm.api == "ollama" else "--sse")
     proc = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, timeout=duration + 90, check=False)
     try:
         out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -342,7 +422,12 @@ def loadgen(arm: Arm, kind: str, conns: int, duration: float, cpus: str | None) 
     return out
 
 
-STAT_KEY = {"chat": "chat", "stream": "chat_stream", "embed": "embeddings"}
+KINDS = ("chat", "stream", "embed")
+# The mock's request counter for each kind, by which of its APIs the arm reaches (Arm.upstream).
+STAT_KEY = {
+    "openai": {"chat": "chat", "stream": "chat_stream", "embed": "embeddings"},
+    "ollama": {"chat": "ollama_chat", "stream": "ollama_chat_stream", "embed": "ollama_embed"},
+}
 
 
 def measure(arm: Arm, kind: str, conns: int, duration: float, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +444,7 @@ def measure(arm: Arm, kind: str, conns: int, duration: float, ctx: dict[str, Any
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator process, start to exit
     lg_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
     stats1 = json.loads(request(ctx["mock_port"], "GET", "/mock/stats")[2])
-    key = STAT_KEY[kind]
+    key = STAT_KEY[arm.upstream][kind]
     res.update(
         wall_total_s=round(wall, 3),
         gateway_cpu_s=round(gw_cpu, 3),
@@ -437,6 +522,25 @@ def summarise_keys(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str
             "cpu_ratio": round(v_cpu / m_cpu, 4) if m_cpu and v_cpu else None,
             "added_cpu_ms": difference(v_cpu, m_cpu),
             "added": {k: difference(v[k], m[k]) for k in ("p50_ms", "p99_ms", "ttft_p50_ms")},
+        }
+    return out
+
+
+def summarise_ollama(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
+    """OpenAI API vs Ollama API through the same gateway and the same Ollama-shaped engine, per scenario."""
+    out: dict[str, Any] = {}
+    for sc in scenarios:
+        o = arm_summary(runs, "ollama", sc, "openai", via_gateway=True)
+        n = arm_summary(runs, "ollama", sc, "ollama", via_gateway=True)
+        o_cpu, n_cpu = o.get("cpu_ms_per_req"), n.get("cpu_ms_per_req")
+        out[sc] = {
+            "openai": o,
+            "ollama": n,
+            "cpu_ratio": round(n_cpu / o_cpu, 4) if o_cpu and n_cpu else None,
+            "cpu_ratio_target": TARGET_OLLAMA_CPU_RATIO,
+            "cpu_pass": None if not (o_cpu and n_cpu) else n_cpu / o_cpu <= TARGET_OLLAMA_CPU_RATIO,
+            "added_cpu_ms": difference(n_cpu, o_cpu),
+            "added": {k: difference(n[k], o[k]) for k in ("p50_ms", "p99_ms", "ttft_p50_ms")},
         }
     return out
 
@@ -595,6 +699,43 @@ def keys_table(keys: dict[str, Any]) -> Table:
     return t
 
 
+def ollama_table(summary: dict[str, Any]) -> Table:
+    t = Table(title="Ollama API vs OpenAI API (same gateway, same Ollama-shaped engine, interleaved)")
+    cols = [
+        "scenario",
+        "openai CPU ms/req",
+        "ollama CPU ms/req",
+        "ollama/openai",
+        f"≤ {TARGET_OLLAMA_CPU_RATIO:.2f}",
+        "openai p50 ms",
+        "ollama p50 ms",
+        "openai TTFT ms",
+        "ollama TTFT ms",
+        "openai req/s",
+        "ollama req/s",
+        "errors",
+    ]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    for sc, e in summary.items():
+        o, n = e["openai"], e["ollama"]
+        t.add_row(
+            sc,
+            fmt(o.get("cpu_ms_per_req"), 3),
+            fmt(n.get("cpu_ms_per_req"), 3),
+            fmt(e["cpu_ratio"], 3),
+            coloured(e["cpu_pass"]),
+            fmt(o["p50_ms"], 3),
+            fmt(n["p50_ms"], 3),
+            fmt(o["ttft_p50_ms"], 3),
+            fmt(n["ttft_p50_ms"], 3),
+            fmt(o["rps"], 1),
+            fmt(n["rps"], 1),
+            str(o["errors"] + n["errors"]),
+        )
+    return t
+
+
 def coloured(ok: bool | None) -> str:
     colour = {True: "green", False: "red", None: "dim"}[ok]
     return f"[{colour}]{verdict(ok)}[/]"
@@ -741,6 +882,52 @@ def keys_section(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+OLLAMA_BEGIN = "<!-- BEGIN gateway-ollama: generated by benchmarks/gateway_overhead/run.py -->"
+OLLAMA_END = "<!-- END gateway-ollama -->"
+
+
+def ollama_section(result: dict[str, Any]) -> str:
+    m, meta, ollama = result["machine"], result["meta"], result["ollama"]
+    chunks = meta["chunks"]
+    lines = [
+        OLLAMA_BEGIN,
+        "## Ollama API vs OpenAI API",
+        "",
+        "What does a client that speaks Ollama's API cost the gateway, against one that speaks OpenAI's? The "
+        "same gateway process, behind an Ollama-shaped engine (an `ollama` engine on the mock's `/api/chat` "
+        "and `/api/embed`), gets the same load through `/v1/chat/completions` and `/v1/embeddings` (arm A, "
+        "openai) and through `/api/chat` and `/api/embed` (arm B, ollama), interleaved, with the master key, "
+        f"requesting `{OLLAMA_MODEL_ID}`. A stream is {chunks} tokens either way: {chunks + 3} SSE events "
+        f"(with `stream_options.include_usage`) or {chunks + 1} NDJSON lines.",
+        "",
+        f"Measured {meta['date']} on {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, Linux {m['kernel']}.",
+        f"Layout: {meta['layout']}; all at nice {meta['nice']}.",
+        f"Rounds: {meta['rounds']}, {meta['duration_s']} s per arm and scenario, arms interleaved.",
+        "",
+        "Produced by this exact command, from the repository root:",
+        "",
+        f"    {meta['command']}",
+        "",
+        "| scenario | openai CPU ms/req | ollama CPU ms/req | ollama/openai | target | "
+        "| openai p50 ms | ollama p50 ms | openai TTFT ms | ollama TTFT ms | openai req/s | ollama req/s | errors |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for sc, e in ollama["summary"].items():
+        o, n = e["openai"], e["ollama"]
+        lines.append(
+            f"| {sc} | {fmt(o.get('cpu_ms_per_req'), 3)} | {fmt(n.get('cpu_ms_per_req'), 3)} "
+            f"| {fmt(e['cpu_ratio'], 3)} | ≤ {e['cpu_ratio_target']:.2f} | {verdict(e['cpu_pass'])} "
+            f"| {fmt(o['p50_ms'], 3)} | {fmt(n['p50_ms'], 3)} | {fmt(o['ttft_p50_ms'], 3)} "
+            f"| {fmt(n['ttft_p50_ms'], 3)} | {fmt(o['rps'], 0)} | {fmt(n['rps'], 0)} | {o['errors'] + n['errors']} |"
+        )
+    if ollama["problems"]:
+        lines += ["", "Preflight problems:", ""] + [f"* {p}" for p in ollama["problems"]]
+    if ollama["notes"]:
+        lines += ["", "Notes on this run (numbers may be noisy):", ""] + [f"* {n}" for n in ollama["notes"]]
+    lines += ["", OLLAMA_END]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -779,6 +966,12 @@ def parse_args() -> argparse.Namespace:
         "through the same gateway",
     )
     ap.add_argument("--keys-scenarios", default=DEFAULT_KEY_SCENARIOS, help="scenarios of the virtual-key comparison")
+    ap.add_argument(
+        "--ollama-scenarios",
+        default="",
+        help="scenarios of the Ollama API vs OpenAI API comparison through an Ollama-shaped engine "
+        f"(empty, the default: not run; e.g. {DEFAULT_OLLAMA_SCENARIOS}). Needs ARK's /api/chat and /api/embed",
+    )
     ap.add_argument("--json", default=str(REPO / "bench-out" / "gateway_overhead.json"))
     ap.add_argument("--write-docs", metavar="MARKDOWN", help="write/update the results sections of this file")
     return ap.parse_args()
@@ -788,7 +981,7 @@ def parse_scenarios(spec: str) -> list[str]:
     scenarios = [s.strip() for s in spec.split(",") if s.strip()]
     for sc in scenarios:
         kind, _, conns = sc.partition(":")
-        if kind not in STAT_KEY or not conns.isdigit():
+        if kind not in KINDS or not conns.isdigit():
             sys.exit(f"bad scenario {sc!r}: use chat:N, stream:N or embed:N")
     return scenarios
 
@@ -809,6 +1002,7 @@ class Bench:
         self.a, self.console = a, console
         self.scenarios = parse_scenarios(a.scenarios)
         self.key_scenarios = parse_scenarios(a.keys_scenarios) if a.keys_compare else []
+        self.ollama_scenarios = parse_scenarios(a.ollama_scenarios)
         pin = not a.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
         self.gw_cpus: str | None = a.gateway_cpus if pin else None
         self.cl_cpus: str | None = a.client_cpus if pin else None
@@ -831,7 +1025,20 @@ class Bench:
                 input_cost=INPUT_COST_PER_TOKEN,
                 output_cost=OUTPUT_COST_PER_TOKEN,
             )
+            + (
+                OLLAMA_CONFIG_TOML.format(
+                    upstream=self.upstream,
+                    ollama_model=OLLAMA_MODEL_ID,
+                    input_cost=INPUT_COST_PER_TOKEN,
+                    output_cost=OUTPUT_COST_PER_TOKEN,
+                )
+                if self.ollama_scenarios
+                else ""
+            )
         )
+        # the Ollama API comparison: both arms through the Ollama-shaped engine, one per client API
+        self.via_openai = Arm("openai", a.gateway_port, a.master_key, OLLAMA_MODEL_ID, True, "openai", "ollama")
+        self.via_ollama = Arm("ollama", a.gateway_port, a.master_key, OLLAMA_MODEL_ID, True, "ollama", "ollama")
         self.direct = Arm("direct", a.upstream_port, None, MODEL_ID, via_gateway=False)
         self.gateway = Arm("gateway", a.gateway_port, a.master_key, a.alias, via_gateway=True)
         self.master = Arm("master", a.gateway_port, a.master_key, a.alias, via_gateway=True)
@@ -865,10 +1072,10 @@ class Bench:
         also OpenAI's x-ratelimit headers (a key with limits gets them)."""
         problems = []
         for arm in arms:
-            for kind in ("chat", "stream", "embed"):
-                path, body = request_for(kind, arm.model)
+            for kind in KINDS:
+                path, body = request_for(kind, arm.model, arm.api)
                 status, headers, raw = request(arm.port, "POST", path, body, arm.key)
-                found = check_body(kind, arm.model, status, headers, raw, self.a.chunks)
+                found = check_body(kind, arm.model, status, headers, raw, self.a.chunks, arm.api)
                 if limits_headers and status == 200 and "x-ratelimit-remaining-requests" not in headers:
                     found.append("no x-ratelimit-remaining-requests header: are the key's limits applied?")
                 problems += [f"{arm.name} {kind}: {p}" for p in found]
@@ -955,6 +1162,8 @@ class Bench:
                 # the virtual key is made (and checked) now, so a gateway without keys fails before the long runs
                 virtual = self.create_virtual_key() if self.key_scenarios else None
                 key_problems = self.preflight([virtual], limits_headers=True) if virtual else []
+                ollama_arms = [self.via_openai, self.via_ollama]
+                ollama_problems = self.preflight(ollama_arms) if self.ollama_scenarios else []
                 ctx = {
                     "gateway_pid": gw.pid,
                     "mock_pid": mock.pid,
@@ -968,6 +1177,9 @@ class Bench:
                     runs += self.interleaved("keys", self.key_scenarios, self.master, virtual, ctx)
                     time.sleep(1.0)  # give the gateway a moment to write the settled spend to its store
                     spend = self.key_spend(virtual)
+                if self.ollama_scenarios:
+                    console.print("[bold]Ollama API vs OpenAI API[/] through the Ollama-shaped engine")
+                    runs += self.interleaved("ollama", self.ollama_scenarios, *ollama_arms, ctx)
                 loaded_rss = rss_split_mb(gw.pid)[0]
         summary = summarise(runs, self.scenarios)
         keys: dict[str, Any] | None = None
@@ -984,6 +1196,13 @@ class Bench:
                 "spend": {**spend, "requests": answered},
                 "summary": keys_summary,
                 "targets": key_target_rows(keys_summary),
+            }
+        ollama: dict[str, Any] | None = None
+        if self.ollama_scenarios:
+            ollama = {
+                "model": OLLAMA_MODEL_ID,
+                "problems": ollama_problems,
+                "summary": summarise_ollama(runs, self.ollama_scenarios),
             }
         log_errors = [
             line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "Traceback" in line
@@ -1005,6 +1224,7 @@ class Bench:
                 "nice": os.getpriority(os.PRIO_PROCESS, 0),
                 "scenarios": self.scenarios,
                 "key_scenarios": self.key_scenarios,
+                "ollama_scenarios": self.ollama_scenarios,
             },
             "machine": machine(),
             "start_to_ready_s": starts,
@@ -1016,6 +1236,7 @@ class Bench:
             "summary": summary,
             "targets": target_rows(summary, idle_rss, median(starts)),
             "keys": keys,
+            "ollama": ollama,
             "litellm_reference": {
                 "source": LITELLM_SOURCE,
                 "cpu_ms_per_req": LITELLM_CPU_MS,
@@ -1087,9 +1308,30 @@ def key_notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def ollama_notes(result: dict[str, Any]) -> list[str]:
+    """Errors, lost requests and a busy machine in the Ollama API comparison."""
+    notes = []
+    limit = 0.1 * result["meta"]["duration_s"]
+    for sc, e in result["ollama"]["summary"].items():
+        o, n = e["openai"], e["ollama"]
+        if o["errors"] or n["errors"]:
+            notes.append(f"{sc}: errors openai {o['errors']}, ollama {n['errors']} (JSON runs[].error_sample)")
+        for name, arm in (("openai", o), ("ollama", n)):
+            if arm["upstream_received"] < arm["completed"]:
+                notes.append(f"{sc} {name}: upstream received {arm['upstream_received']} < {arm['completed']} answered")
+        foreign = max(o["foreign_cpu_s_max"] or 0, n["foreign_cpu_s_max"] or 0)
+        if foreign > limit:
+            notes.append(f"{sc}: other processes used up to {foreign:.1f} CPU-s in a run")
+        steal = max(o["steal_s_max"] or 0, n["steal_s_max"] or 0)
+        if steal > limit:
+            notes.append(f"{sc}: the hypervisor stole up to {steal:.1f} CPU-s in a run")
+    return notes
+
+
 def report(result: dict[str, Any], console: Console) -> None:
     console.print()
-    console.print(scenario_table(result["summary"]))
+    if result["summary"]:
+        console.print(scenario_table(result["summary"]))
     console.print(target_table(result["targets"]))
     console.print(f"[dim]LiteLLM column: {LITELLM_SOURCE}.[/]")
     for n in result["notes"]:
@@ -1109,6 +1351,14 @@ def report(result: dict[str, Any], console: Console) -> None:
             f"virtual key spend: {fmt(spend.get('spend'), 6)} credits, {spend.get('tokens_used')} tokens "
             f"for {spend['requests']} requests"
         )
+    ollama = result["ollama"]
+    if ollama is not None:
+        console.print()
+        console.print(ollama_table(ollama["summary"]))
+        for p in ollama["problems"]:
+            console.print(f"[red]Ollama API preflight:[/] {p}", highlight=False)
+        for n in ollama["notes"]:
+            console.print(f"[yellow]note:[/] {n}", highlight=False)
 
 
 def main() -> None:
@@ -1118,14 +1368,19 @@ def main() -> None:
     result["notes"] = sanity_notes(result)
     if result["keys"] is not None:
         result["keys"]["notes"] = key_notes(result)
+    if result["ollama"] is not None:
+        result["ollama"]["notes"] = ollama_notes(result)
     report(result, console)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=2))
     console.print(f"JSON: {a.json}")
-    if a.write_docs:
-        write_docs(Path(a.write_docs), docs_section(result), BEGIN, END)
+    if a.write_docs:  # the sections of the comparisons that ran
+        if result["summary"]:
+            write_docs(Path(a.write_docs), docs_section(result), BEGIN, END)
         if result["keys"] is not None:
             write_docs(Path(a.write_docs), keys_section(result), KEYS_BEGIN, KEYS_END)
+        if result["ollama"] is not None:
+            write_docs(Path(a.write_docs), ollama_section(result), OLLAMA_BEGIN, OLLAMA_END)
         console.print(f"docs: {a.write_docs}")
 
 

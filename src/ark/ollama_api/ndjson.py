@@ -28,8 +28,14 @@ class Lines:
         self.chat = chat
         self.finish: str | None = None
         self.calls: dict[int, Json] = {}  # tool calls streamed in pieces, by index
+        # a text line is these pieces around its time and its text: one line a token, no dictionary each
+        self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
+        self._text = b'","message":{"role":"assistant","content":' if chat else b'","response":'
+        self._tail = b'},"done":false}\n' if chat else b',"done":false}\n'
 
     def _line(self, text: str, calls: list[Json] | None = None) -> bytes:
+        if not calls:
+            return self._head + shapes.stamp() + self._text + orjson.dumps(text) + self._tail
         line: Json = {"model": self.model, "created_at": shapes.created_at()}
         if self.chat:
             message: Json = {"role": "assistant", "content": text}
@@ -46,6 +52,10 @@ class Lines:
         if not choices:
             return None
         choice = choices[0]
+        delta = choice.get("delta")
+        if delta is not None and choice.get("finish_reason") is None and not delta.get("tool_calls"):
+            text = delta.get("content")  # a chat's token: most lines of a stream, the short way
+            return self._head + shapes.stamp() + self._text + orjson.dumps(text) + self._tail if text else None
         if "text" in choice:  # a text completion (/api/generate, raw)
             text = choice.get("text") or ""
         else:

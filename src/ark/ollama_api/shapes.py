@@ -8,6 +8,7 @@ and its server's api/types.go for the field names). Pure functions on plain data
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,10 +29,21 @@ def error_body(exc: ApiError) -> bytes:
     return orjson.dumps({"error": exc.message})
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+
+
+def stamp(now: float | None = None) -> bytes:
+    """Go's RFC 3339 with nanoseconds in UTC, as Ollama writes ``created_at`` (here to the microsecond). A
+    stream stamps every line, so the part that changes once a second is formatted once a second."""
+    second, micros = divmod(int((time.time() if now is None else now) * 1_000_000), 1_000_000)
+    return b"%b.%06dZ" % (_utc_second(second), micros)
+
+
 def created_at(now: float | None = None) -> str:
-    """Go's RFC 3339 with nanoseconds in UTC, as Ollama writes ``created_at`` (here to the microsecond)."""
-    now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
+    """:func:`stamp` as text."""
+    return stamp(now).decode()
 
 
 def _kind(value: Any) -> str:
@@ -345,7 +357,7 @@ def tool_calls_out(calls: Any) -> list[Json]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Timings:
     """Ollama's durations, in nanoseconds: the whole request, and the prompt and the answer within it."""
 
