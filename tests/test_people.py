@@ -152,3 +152,12 @@ def test_usage_by_user_and_hostile_input(ark: ArkProcess) -> None:
     assert httpx.post(ark.url + "/user/update", headers=ADMIN, json=wrong).status_code == 400
     assert httpx.post(ark.url + "/user/update", headers=ADMIN, json={"user": 5}).status_code == 400
     assert httpx.post(ark.url + "/user/update", json={"user": "alice", "max_budget": 100}).status_code == 401
+
+
+def test_a_person_added_a_moment_ago_is_known_at_once(ark: ArkProcess) -> None:
+    service = key(ark, key_alias="newcomer", trust_user_headers=True)
+    added = cli(ark, "users", "add", "erin", "--email", "Erin@Example.com", "--password-stdin", input="pw-" * 6)
+    assert added.exit_code == 0, added.output
+    # no reload of the gateway's people has happened since: it looks the address up (kept lower case)
+    assert chat(ark, service, "erin@example.com").status_code == 200
+    assert [r["end_user"] for r in rows(ark, 1, user="erin@example.com")] == ["erin"]

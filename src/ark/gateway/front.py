@@ -62,7 +62,6 @@ class Front:
         self.teams: dict[str, Team] = {}
         self.people: dict[str, Person] = {}  # user id -> limits, for people who have some
         self.emails: dict[str, tuple[str, str, bool]] = {}  # e-mail (lower case) -> (user id, name, disabled)
-        self.disabled: set[str] = set()  # user ids
         self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
         self.prices = prices(settings.models)
         self._master = settings.master_key.value.encode()
@@ -86,7 +85,6 @@ class Front:
         self.teams = {t.id: t for t in teams}
         self.people = {p.id: p for p in people}
         self.emails = emails
-        self.disabled = {ident for ident, _, disabled in emails.values() if disabled}
         rt.budgets.sync(keys, teams, people)
         rt.rates.sync(keys, teams, rt.clock.monotonic(), people)
 
@@ -112,15 +110,21 @@ class Front:
             raise AuthenticationError(f"The team of key {key.key_prefix}… is blocked.")
         return key
 
-    async def authenticate_new(self, request: Request, miss: UnknownKey) -> Key | None:
-        """Look an unknown key up in the database, a few times a second at most: if it is there, reload."""
+    def _may_look_up(self) -> bool:
+        """A few database lookups a second at most, for what is not in memory yet (a key or a person)."""
         now = self.rt.clock.monotonic()
         self._lookups = min(_KEY_LOOKUPS_PER_S, self._lookups + (now - self._lookups_at) * _KEY_LOOKUPS_PER_S)
         self._lookups_at = now
-        store = self.rt.store
-        if self._lookups < 1 or store is None:
-            raise miss
+        if self._lookups < 1 or self.rt.store is None:
+            return False
         self._lookups -= 1
+        return True
+
+    async def authenticate_new(self, request: Request, miss: UnknownKey) -> Key | None:
+        """Look an unknown key up in the database, a few times a second at most: if it is there, reload."""
+        store = self.rt.store
+        if store is None or not self._may_look_up():
+            raise miss
         if await asyncio.to_thread(store.keys.get_key, miss.ident) is None:
             raise miss
         await self.reload_keys()
@@ -134,7 +138,7 @@ class Front:
         team = self.teams.get(key.team_id) if key.team_id else None
         return key.allows(requested, served) and (team is None or team.allows(requested, served))
 
-    def attribute(self, ex: Exchange, request: Request) -> None:
+    async def attribute(self, ex: Exchange, request: Request) -> None:
         """Whom the request is made for (see the module's docstring); refuses a person ARK has turned away."""
         email = request.headers.get(PERSON_HEADER)
         if email is not None:
@@ -143,15 +147,19 @@ class Front:
                 self.rt.metrics.count_untrusted_user_header(ex.key_label)
             elif email := email.strip()[:254]:
                 known = self.emails.get(email.lower())
+                store = self.rt.store
+                if known is None and store is not None and self._may_look_up():  # added a moment ago?
+                    self.emails = await asyncio.to_thread(store.keys.people_by_email)
+                    known = self.emails.get(email.lower())
                 if known is None:  # every person is known, and limited: no one escapes a budget by a new name
                     raise PermissionDenied(
                         f"{email!r} is not a user of this ARK: an administrator adds people with `ark users add`."
                     )
-                ex.person_id, ex.person, _ = known
+                ex.person_id, ex.person, disabled = known
+                if disabled:  # (a valid X-Ark-Identity is a live session, whose user is not disabled)
+                    raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         if ex.person_id is None:
             return
-        if ex.person_id in self.disabled:
-            raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         person = self.people.get(ex.person_id)
         if person is not None and person.blocked:
             raise PermissionDenied(f"The user {ex.person} is blocked: ask an administrator of this ARK.")
@@ -192,7 +200,7 @@ class Front:
                     identity = await rt.identity.verify(token)
                     if identity is not None:
                         ex.person, ex.person_id = identity.name, identity.user_id
-                self.attribute(ex, request)
+                await self.attribute(ex, request)
                 ex.admission = await rt.admission.admit(ex.key, ex.person_id)
                 if ex.admission is not None:
                     responder.extra_head += rate_headers(ex.admission.states[0])
