@@ -178,6 +178,8 @@ class Supervisor:
             except OSError as exc:
                 _stamp(out, f"could not start: {exc}")
                 raise StartFailed(f"{spec.name}: could not start {spec.argv[0]}: {exc}") from exc
+        if self._prefix:  # the death signal is armed by setpriv just before it becomes the program: wait for that
+            await _armed(service.process.pid, self._prefix[0])
         service.state, service.started_at = "starting", time.monotonic()
         log.info("supervisor: %s started (pid %d)", spec.name, service.process.pid)
 
@@ -273,3 +275,24 @@ def _tail(path: Path) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return "(no log)"
+
+
+async def _armed(pid: int, setpriv: str, timeout_s: float = 5.0) -> None:
+    """Until ``pid`` is no longer setpriv (it has armed the death signal and exec'd the program), or is gone.
+
+    Until then, an ARK killed at once would leave the child running: setpriv had not yet asked the kernel to
+    signal it. A few milliseconds at most, more on a loaded machine."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            first = _program(pid)
+        except OSError:  # exited already (the health check says why), or no /proc here
+            return
+        if first and first != setpriv:
+            return
+        await asyncio.sleep(0.002)
+
+
+def _program(pid: int) -> str:
+    """The first word of a process's command line (a read of /proc: memory, it never waits on a disk)."""
+    return os.fsdecode(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0])
