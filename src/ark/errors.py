@@ -9,6 +9,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
 
     ArkError
     ├── ConfigError                 bad ark.toml / environment (CLI exit 2)
+    │   └── WorkflowError           ark.images.workflow: a ComfyUI workflow template that cannot be used
     ├── ListenError                 an address to listen on is taken, or not this machine's
     │   └── ConsoleError            [console] listen
     ├── AuthError                   ARK's own users and sessions
