@@ -60,9 +60,6 @@ class Chat(Component):
     def services(self, rt: Runtime) -> Sequence[ServiceSpec]:
         return self.specs
 
-    async def close(self) -> None:
-        pass
-
     def status(self) -> list[Status]:
         return list(self.report)
 

@@ -166,12 +166,15 @@ def answer(llama: Any, op: Json, kwargs: Json, used: Callable[[], int]) -> Itera
         return
     name: str | None = first[len("functions.") : -1]
     index = 0
+    grammars: dict[str, Any] = {}  # each function's arguments grammar, built once (from its JSON schema)
     while name is not None:
         prompt += f"functions.{name}:\n"
         call: Json = {"index": index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
         yield chunk({"tool_calls": [{**call, "function": {"name": name, "arguments": ""}}]})
         arguments, ended = "", None
-        for text, reason in complete(prompt, _arguments_grammar(functions[name]), stop=[END], **sampling):
+        if name not in grammars:
+            grammars[name] = _arguments_grammar(functions[name])
+        for text, reason in complete(prompt, grammars[name], stop=[END], **sampling):
             if text:
                 arguments += text
                 yield chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})

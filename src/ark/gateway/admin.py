@@ -111,7 +111,6 @@ _KEY_FIELDS = {
     "team_id": _optional(_text),
     "trust_user_headers": _flag,  # an application's key (Open WebUI's): its person header names whom to charge
 }
-_PERSON_FIELDS = dict(_LIMITS)
 _TEAM_FIELDS = {**_LIMITS, "team_alias": _optional(_text)}
 _IGNORED = frozenset({"key", "keys", "team_id", "key_aliases", "duration", "send_invite_email", "tags"})
 
@@ -276,16 +275,15 @@ class Admin:
     async def _person(self, value: Any, param: str) -> Person:
         """A user named by name or e-mail, with their limits (none set: all empty)."""
         wanted = _text(value, param).strip().lower()
-        known = await self._run(self.store.keys.people_by_email)
-        ident = next((i for email, (i, name, _) in known.items() if wanted in (email, name)), None)
-        person: Person | None = await self._run(self.store.keys.person, ident) if ident is not None else None
+        people: list[Person] = await self._run(self.store.keys.people)
+        person = next((p for p in people if wanted in (p.email.lower(), p.name)), None)
         if person is None:
             raise NotFound(f"No user '{value}': add one with `ark users add`.", param=param)
         return person
 
     async def user_update(self, body: Json) -> Json:
         person = await self._person(body.get("user"), "user")
-        values = _values(body, _PERSON_FIELDS, extra=frozenset({"user"}))
+        values = _values(body, _LIMITS, extra=frozenset({"user"}))
         await self._run(self.store.keys.set_person_limits, person.id, values)
         await self._changed()
         return (await self._person(person.email, "user")).public()
@@ -294,7 +292,7 @@ class Admin:
         return (await self._person(query.get("user"), "user")).public()
 
     async def user_list(self, query: dict[str, str]) -> list[Json]:
-        return [p.public() for p in await self._run(self.store.keys.list_people)]
+        return [p.public() for p in await self._run(self.store.keys.people)]
 
     async def spend_logs(self, query: dict[str, str]) -> list[Json]:
         key = key_ident(query["api_key"]) if query.get("api_key") else None

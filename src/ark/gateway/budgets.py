@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from ark.config import ModelSettings
 from ark.errors import InsufficientQuota
 from ark.store import Key, Team, budget_period
-from ark.store.keys import Limits, Person, next_reset
+from ark.store.keys import Limits, Person, limit_accounts, next_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +143,7 @@ class Budgets:
         """Take limits from the store; keep what this process has counted since (spend moves here first)."""
         seen = set()
         keys, people = list(keys), list(people)
-        entries: list[tuple[str, str, str, Limits]] = [
-            *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
-            *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
-            *((f"user:{p.id}", f"user {p.name}", p.name, p) for p in people),
-        ]
-        for ident, name, alias, limits in entries:
+        for ident, name, alias, limits in limit_accounts(keys, teams, people):
             if limits.max_budget is None and limits.max_tokens_budget is None:
                 continue
             seen.add(ident)

@@ -60,8 +60,8 @@ class Front:
         settings = rt.settings
         self.keys: dict[str, Key] = {}  # key id (sha256) -> key, reloaded from the store
         self.teams: dict[str, Team] = {}
-        self.people: dict[str, Person] = {}  # user id -> limits, for people who have some
-        self.emails: dict[str, tuple[str, str, bool]] = {}  # e-mail (lower case) -> (user id, name, disabled)
+        self.people: dict[str, Person] = {}  # user id -> the user and their limits
+        self.emails: dict[str, Person] = {}  # the same by e-mail (lower case): whom a trusted header may name
         self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
         self.prices = prices(settings.models)
         self._master = settings.master_key.value.encode()
@@ -78,15 +78,16 @@ class Front:
         if rt.budgets.rolled:
             rolled, rt.budgets.rolled = rt.budgets.rolled, {}
             await asyncio.to_thread(store.reset_periods, rolled)
-        keys, teams, people, emails = await asyncio.to_thread(
-            lambda: (store.list_keys(), store.list_teams(), store.list_people(), store.people_by_email())
-        )
+        keys, teams, people = await asyncio.to_thread(lambda: (store.list_keys(), store.list_teams(), store.people()))
         self.keys = {k.id: k for k in keys}
         self.teams = {t.id: t for t in teams}
-        self.people = {p.id: p for p in people}
-        self.emails = emails
+        self._know(people)
         rt.budgets.sync(keys, teams, people)
         rt.rates.sync(keys, teams, rt.clock.monotonic(), people)
+
+    def _know(self, people: list[Person]) -> None:
+        self.people = {p.id: p for p in people}
+        self.emails = {p.email.lower(): p for p in people}
 
     def authenticate(self, request: Request) -> Key | None:
         """The caller's virtual key, or None for the master key; 401 for anything else."""
@@ -149,14 +150,14 @@ class Front:
                 known = self.emails.get(email.lower())
                 store = self.rt.store
                 if known is None and store is not None and self._may_look_up():  # added a moment ago?
-                    self.emails = await asyncio.to_thread(store.keys.people_by_email)
+                    self._know(await asyncio.to_thread(store.keys.people))
                     known = self.emails.get(email.lower())
                 if known is None:  # every person is known, and limited: no one escapes a budget by a new name
                     raise PermissionDenied(
                         f"{email!r} is not a user of this ARK: an administrator adds people with `ark users add`."
                     )
-                ex.person_id, ex.person, disabled = known
-                if disabled:  # (a valid X-Ark-Identity is a live session, whose user is not disabled)
+                ex.person_id, ex.person = known.id, known.name
+                if known.disabled:  # (a valid X-Ark-Identity is a live session, whose user is not disabled)
                     raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         if ex.person_id is None:
             return

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ark.errors import ApiError
 from ark.store import Key, Team
-from ark.store.keys import Limits, Person
+from ark.store.keys import Person, limit_accounts
 
 
 class RateLimited(ApiError):
@@ -98,12 +98,7 @@ class RateLimits:
     def sync(self, keys: Iterable[Key], teams: Iterable[Team], now: float, people: Iterable[Person] = ()) -> None:
         fresh: dict[str, RateState] = {}
         keys, people = list(keys), list(people)
-        entries: list[tuple[str, str, str, Limits]] = [
-            *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
-            *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
-            *((f"user:{p.id}", f"user {p.name}", p.name, p) for p in people),
-        ]
-        for ident, name, alias, limits in entries:
+        for ident, name, alias, limits in limit_accounts(keys, teams, people):
             if limits.rpm_limit is None and limits.tpm_limit is None and limits.max_parallel_requests is None:
                 continue
             state = self.states.get(ident)

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from ark.store.tables import api_keys, teams, user_limits, users
@@ -172,7 +171,7 @@ def _limits_public(limits: Limits) -> dict[str, Any]:
     }
 
 
-def _record(cls: type[Key] | type[Team] | type[Person], row: RowMapping) -> Any:
+def _record(cls: type[Key] | type[Team] | type[Person], row: Any) -> Any:
     values = {f.name: row[f.name] for f in fields(cls)}
     values["models"] = tuple(values["models"] or ())
     values["metadata"] = dict(values["metadata"] or {})
@@ -267,42 +266,19 @@ class KeyStore:
             return [_record(Team, row) for row in rows]
 
     # -- people -----------------------------------------------------------------------------------
-    def list_people(self) -> list[Person]:
-        """Every user with their limits (users without a ``user_limits`` row have none)."""
+    def people(self) -> list[Person]:
+        """Every user with their limits; one without a ``user_limits`` row has none set (its columns are NULL
+        in the outer join): every limit empty, nothing spent."""
+        limits = [c for c in user_limits.c if c.name != "id"]
         query = (
-            select(user_limits, users.c.name, users.c.email, users.c.disabled)
-            .join(users, users.c.id == user_limits.c.id)
+            select(users.c.id, users.c.name, users.c.email, users.c.disabled, user_limits.c.id.label("set"), *limits)
+            .outerjoin(user_limits, user_limits.c.id == users.c.id)
             .order_by(users.c.name)
         )
         with self.engine.connect() as connection:
-            return [_record(Person, row) for row in connection.execute(query).mappings()]
-
-    def people_by_email(self) -> dict[str, tuple[str, str, bool]]:
-        """Every user's e-mail (lower case) -> (id, name, disabled): whom a trusted header may name."""
-        with self.engine.connect() as connection:
-            rows = connection.execute(select(users.c.id, users.c.name, users.c.email, users.c.disabled))
-            return {row.email.lower(): (row.id, row.name, bool(row.disabled)) for row in rows}
-
-    def person(self, user_id: str) -> Person | None:
-        """A user with their limits (none set: every limit empty, nothing spent); None: no such user."""
-        query = (
-            select(user_limits, users.c.name, users.c.email, users.c.disabled)
-            .join(users, users.c.id == user_limits.c.id)
-            .where(users.c.id == user_id)
-        )
-        with self.engine.connect() as connection:
-            row = connection.execute(query).mappings().first()
-            if row is not None:
-                return _record(Person, row)  # type: ignore[no-any-return]
-            user = connection.execute(select(users).where(users.c.id == user_id)).mappings().first()
-        if user is None:
-            return None
+            rows = connection.execute(query).mappings().all()
         stamp = now()
-        blank = {**_defaults(stamp), "id": user_id, "name": user["name"], "email": user["email"]}
-        blank |= {"disabled": bool(user["disabled"]), "budget_reset_at": None}
-        blank |= {name: None for name in ("max_budget", "budget_duration", "max_tokens_budget")}
-        blank |= {name: None for name in ("tpm_limit", "rpm_limit", "max_parallel_requests")}
-        return Person(**{**blank, "models": ()})
+        return [_record(Person, {**row, **(_defaults(stamp) if row["set"] is None else {})}) for row in rows]
 
     def set_person_limits(self, user_id: str, values: Mapping[str, Any]) -> None:
         """Set some of a user's limits (made with none the first time; two at once: the second updates)."""
@@ -321,6 +297,17 @@ class KeyStore:
 
 # the table that holds each kind of account's limits and spend ("key:ID", "team:ID", "user:ID")
 LIMIT_TABLES = {"key": api_keys, "team": teams, "user": user_limits}
+
+
+def limit_accounts(
+    keys: Iterable[Key], teams: Iterable[Team], people: Iterable[Person]
+) -> list[tuple[str, str, str, Limits]]:
+    """Every account budgets and rate limits keep: (id, name for messages, alias for metrics, limits)."""
+    return [
+        *((f"key:{k.id}", f"key {k.key_prefix}…", k.key_alias or k.key_prefix, k) for k in keys),
+        *((f"team:{t.id}", f"team {t.alias or t.id}", t.alias or t.id, t) for t in teams),
+        *((f"user:{p.id}", f"user {p.name}", p.name, p) for p in people),
+    ]
 
 
 def _defaults(stamp: datetime) -> dict[str, Any]:
