@@ -29,6 +29,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
     ├── InstallError                ark.chat.install: `ark services install` failed a step
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
+        │   └── WorkflowRejected    ark.images.comfyui: 400 workflow_rejected (ComfyUI's node_errors)
         ├── ModelWontFit            400 model_too_large (more than the GPU can ever hold)
         ├── AuthenticationError     401 invalid_api_key
         │   └── UnknownKey          ark.gateway.front: not among the keys in memory
@@ -44,10 +45,14 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
         ├── RateLimited             ark.gateway.ratelimits: 429 rate_limit_exceeded (Retry-After)
         ├── InsufficientQuota       429 insufficient_quota (a budget is spent)
         ├── UpstreamError           502 upstream_error (engine answered badly or not at all)
+        │   ├── JobFailed           ark.images.comfyui: 502 image_job_failed (a ComfyUI node raised)
+        │   ├── JobInterrupted      ark.images.comfyui: 502 image_job_interrupted (on ComfyUI's side)
+        │   └── ComfyUnavailable    ark.images.comfyui: 502 comfyui_unavailable
         ├── EngineCrashed           503 engine_crashed (an engine worker died under the request; Retry-After)
         ├── ModelOffloaded          503 model_offloaded
         ├── EngineDown              503 engine_unavailable
         └── UpstreamTimeout         504 upstream_timeout
+            └── JobTimeout          ark.images.comfyui: 504 (an image job past [images] job_timeout_s)
 
 Not in the tree, on purpose: the transport's own exceptions (``ark.wire``: ConnectError, ConnectTimeout,
 ConnectionClosed, ProtocolError...), which ``ark.engines._http`` and ``ark.admin_client`` translate, and

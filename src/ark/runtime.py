@@ -125,6 +125,9 @@ class Runtime:
         self.front = Front(self)  # authentication, admission, budgets, metrics and the access log of API requests
         self.http = Router(not_found=_unknown_url)  # the gateway listener's routes ([gateway] listen)
         self.components: list[Component] = []
+        # models that no engine serves (image models): each component that has some lists them here, for
+        # GET /v1/models; an entry is {"id", "kind", "owned_by", "created"}
+        self.other_models: list[Callable[[], list[dict[str, Any]]]] = []
         self.started = False  # every component started
         self.listeners: dict[str, Server] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -345,10 +348,21 @@ def _components() -> list[Component]:
     from ark.gateway.admin import AdminApi
     from ark.gateway.health import HealthApi
     from ark.gateway.openai import OpenAIApi
+    from ark.images.component import Images
     from ark.monitor.component import Monitoring
     from ark.ollama_api import OllamaApi
 
-    return [OpenAIApi(), OllamaApi(), AdminApi(), GpuApi(), HealthApi(), ConsoleComponent(), Monitoring(), Chat()]
+    return [
+        OpenAIApi(),
+        OllamaApi(),
+        AdminApi(),
+        GpuApi(),
+        HealthApi(),
+        ConsoleComponent(),
+        Monitoring(),
+        Chat(),
+        Images(),
+    ]
 
 
 # What `ark up` starts, in order (each may use what the ones before it opened); closed in reverse.

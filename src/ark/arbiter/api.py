@@ -64,7 +64,7 @@ class GpuApi(Component):
 
     async def gpu_free_comfy(self, request: Request, responder: Responder) -> None:
         if self.rt.gpu is None or self.rt.gpu.drivers.comfy is None:
-            raise InvalidRequest("No ComfyUI is configured: set [gpu] comfyui_url.")
+            raise InvalidRequest("No ComfyUI is configured: set [images] comfyui_url or comfyui_path.")
         try:
             result = await self.rt.gpu.free_comfy()
         except DriverError as exc:

@@ -54,11 +54,18 @@ class Hold(Releasing):
     """Memory set aside for a GPU user that is not a model; ``release`` gives it back."""
 
     def __init__(
-        self, holder: str, memory: int, priority: Priority, seconds: float, ended: Callable[[Hold], None]
+        self,
+        holder: str,
+        memory: int,
+        priority: Priority,
+        seconds: float,
+        ended: Callable[[Hold], None],
+        in_comfyui: bool = False,
     ) -> None:
         super().__init__(ended)
         self.id = uuid.uuid4().hex[:12]
         self.holder, self.memory, self.priority, self.seconds = holder, memory, priority, seconds
+        self.in_comfyui = in_comfyui  # for a ComfyUI job: ComfyUI's own use grows into it (counted once)
         self.name = f"hold {self.id} ({holder})"  # its name in plans and queues: never a model's
         self.granted: float | None = None
         self.expires: float | None = None
@@ -69,6 +76,7 @@ class Hold(Releasing):
             "holder": self.holder,
             "memory_bytes": self.memory,
             "priority": self.priority.name.lower(),
+            "in_comfyui": self.in_comfyui,
             "granted": self.granted is not None,
             "expires_in_s": round(self.expires - now, 3) if self.expires is not None else None,
         }

@@ -152,15 +152,22 @@ class Arbiter(OwnerTask):
         return await self._enqueue(_Waiter(model, now, int(entry.info.priority), self._future()))  # type: ignore[no-any-return]
 
     async def hold(
-        self, holder: str, memory: int, priority: Priority = Priority.MEDIUM, seconds: float = 600.0
+        self,
+        holder: str,
+        memory: int,
+        priority: Priority = Priority.MEDIUM,
+        seconds: float = 600.0,
+        *,
+        in_comfyui: bool = False,
     ) -> Hold:
         """Set ``memory`` bytes aside for ``holder`` (a render, an image job) for at most ``seconds``.
 
         Waits, like a request, until the plan has made room (idle models may go); raises for a full
-        queue, and with the numbers for memory the device can never give."""
+        queue, and with the numbers for memory the device can never give. A hold ``in_comfyui`` is for a
+        ComfyUI job: what ComfyUI loads for it is inside the hold, not counted again (:meth:`comfy_view`)."""
         if memory <= 0 or seconds <= 0:
             raise ValueError("a memory hold needs a positive memory and time")
-        hold = Hold(holder, memory, priority, seconds, self._release_hold)
+        hold = Hold(holder, memory, priority, seconds, self._release_hold, in_comfyui)
         waiter = _Waiter(hold.name, self.clock.now(), int(priority), self._future(), hold)
         return await self._enqueue(waiter)  # type: ignore[no-any-return]
 
@@ -257,11 +264,21 @@ class Arbiter(OwnerTask):
                 log.exception("arbiter: a step failed; the queue stays")
             await self.clock.wait(self._wake, self._next_deadline())
 
+    def comfy_view(self) -> Comfy | None:
+        """ComfyUI as plans count it: its use beyond its idle footprint, less what its jobs' memory holds
+        already count (a job loads its model into the memory held for it), never below the idle footprint.
+        So a job's memory is counted once, and is never what freeing ComfyUI would give back."""
+        comfy = self._comfy()
+        inside = sum(h.memory for h in self.holds.values() if h.in_comfyui)
+        if comfy is None or not inside:
+            return comfy
+        return replace(comfy, used=max(comfy.idle, comfy.used - inside))
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             self.capacity,
             tuple(Resident(replace_memory(s.entry, s.memory), s.leases, s.last_used) for s in self.resident.values()),
-            self._comfy(),
+            self.comfy_view(),
             self._external(),
             sum(h.memory for h in self.holds.values()),
         )

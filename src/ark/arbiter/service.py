@@ -58,7 +58,8 @@ class Probe:
             return 0
         arbiter = self.arbiter
         ours = sum(s.memory for s in arbiter.resident.values()) + sum(h.memory for h in arbiter.holds.values())
-        return max(0, self.reading.used - ours - (self.comfy.used if self.comfy else 0))
+        comfy = arbiter.comfy_view()
+        return max(0, self.reading.used - ours - (comfy.used if comfy else 0))
 
     async def tick(self) -> None:
         before = (self.external(), self.comfy)
@@ -109,7 +110,7 @@ class EngineDrivers:
 
     async def free_comfy(self) -> None:
         if self.comfy is None:
-            raise DriverError("no ComfyUI is configured ([gpu] comfyui_url)")
+            raise DriverError("no ComfyUI is configured ([images] comfyui_url or comfyui_path)")
         await self.comfy.free_comfy()
 
     async def heal(self, model: str) -> set[str] | None:
@@ -215,7 +216,7 @@ class GpuService:
         """An operator's `ark gpu free-comfyui`: unload ComfyUI's models, confirmed by its memory coming back."""
         comfy = self.drivers.comfy
         if comfy is None:
-            raise DriverError("no ComfyUI is configured ([gpu] comfyui_url)")
+            raise DriverError("no ComfyUI is configured ([images] comfyui_url or comfyui_path)")
         before = await comfy.used()
         await comfy.free_comfy()
         after = await comfy.used()
@@ -374,8 +375,9 @@ async def _build(settings: Settings, managed: Sequence[Engine], device: Device, 
     catalog = _entries(settings, facts, reading.total)
     capacity = reading.total - int(settings.gpu.reserve_gb * GB)
     comfy = None
-    if settings.gpu.comfyui_url:
-        comfy = ComfyDriver(settings.gpu.comfyui_url, idle=int(settings.gpu.comfyui_idle_gb * GB))
+    comfy_url = settings.gpu.comfyui_url or settings.images.comfyui()  # the one images run on, by default
+    if comfy_url:
+        comfy = ComfyDriver(comfy_url, idle=int(settings.gpu.comfyui_idle_gb * GB))
     drivers = EngineDrivers(by_model, comfy, answered)
     probe = Probe(device, reading, comfy)
     arbiter = Arbiter(

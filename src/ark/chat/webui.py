@@ -84,6 +84,26 @@ def open_webui_env(settings: Settings, service_key: str, secret_key: str) -> dic
         "HF_HOME": str(data / "cache" / "huggingface"),
         "FORWARDED_ALLOW_IPS": "127.0.0.1",  # only Nginx on this machine may say who the client is
         "UVICORN_WORKERS": "1",
+        **_images(settings, gateway, service_key),
+    }
+
+
+def _images(settings: Settings, gateway: str, service_key: str) -> dict[str, str]:
+    """Image generation through the gateway's /v1/images/generations, each person's images charged to them
+    (the same forwarded headers as chat), when ARK has a ComfyUI; the person's message is the prompt (no
+    extra model call to write one). Editing is off: ARK serves no /v1/images/edits."""
+    models = settings.image_models
+    if not settings.images.comfyui() or not models:
+        return {"ENABLE_IMAGE_GENERATION": "false", "ENABLE_IMAGE_EDIT": "false"}
+    return {
+        "ENABLE_IMAGE_GENERATION": "true",
+        "IMAGE_GENERATION_ENGINE": "openai",
+        "IMAGES_OPENAI_API_BASE_URL": gateway,
+        "IMAGES_OPENAI_API_KEY": service_key,
+        "IMAGE_GENERATION_MODEL": models[0].id,
+        "IMAGE_SIZE": models[0].size,
+        "ENABLE_IMAGE_PROMPT_GENERATION": "false",
+        "ENABLE_IMAGE_EDIT": "false",
     }
 
 

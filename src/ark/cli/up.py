@@ -69,6 +69,9 @@ def config_check(config_path: Path | None, data_dir: Path | None) -> None:
     console.print(f"  gateway   {settings.gateway.listen}")
     console.print(f"  engines   {', '.join(f'{e.name} ({e.kind})' for e in settings.engines)}")
     console.print(f"  models    {len(settings.models)} configured, {len(settings.aliases)} aliases")
+    comfyui = settings.images.comfyui()
+    images = ", ".join(m.id for m in settings.image_models) if comfyui else "none (no ComfyUI)"
+    console.print(f"  images    {escape(images)}" + (f" on {escape(comfyui)}" if comfyui else ""))
     if not settings.master_key:
         console.print("  [yellow]no master key yet[/]: `ark up` or `ark init` generates one")
 

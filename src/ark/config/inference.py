@@ -42,7 +42,9 @@ class GpuSettings:
         0.5,
         "A model needing more than this fraction of the device is large: one large model at a time.",
     )
-    comfyui_url: str = setting(Str(), "", "ComfyUI's API (e.g. http://127.0.0.1:8188); empty: no ComfyUI.")
+    comfyui_url: str = setting(
+        Str(), "", "ComfyUI's API (e.g. http://127.0.0.1:8188). Empty: the ComfyUI of [images], if any."
+    )
     comfyui_idle_gb: float = setting(
         Float(0.0),
         0.75,

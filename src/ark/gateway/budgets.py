@@ -33,9 +33,10 @@ class Price:
     output: float = 0.0
     gpu_second: float = 0.0
     max_output_tokens: int = 4096
+    fixed: float = 0.0  # a price for the request itself, whatever it takes (images: per image)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> float:
-        return prompt_tokens * self.input + completion_tokens * self.output + seconds * self.gpu_second
+        return self.fixed + prompt_tokens * self.input + completion_tokens * self.output + seconds * self.gpu_second
 
 
 FREE = Price()
@@ -206,7 +207,7 @@ class Budgets:
         accounts = [account for _, account in pairs] if len(pairs) > 1 else [pairs[0][1]]
         completion = max_completion if max_completion is not None else price.max_output_tokens
         tokens = max_prompt_tokens + completion
-        cost = max_prompt_tokens * price.input + completion * price.output  # price.cost(), written out
+        cost = price.fixed + max_prompt_tokens * price.input + completion * price.output  # price.cost(), written out
         if price.gpu_second:
             cost += max_seconds * price.gpu_second
         if self.shared:

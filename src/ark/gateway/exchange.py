@@ -83,6 +83,8 @@ class Exchange:
     output: str | None = None
     person: str | None = None  # whom a UI called for: X-Ark-Identity's user, or a trusted key's person header
     person_id: str | None = None  # that person's user id when ARK knows them (their limits apply)
+    kind: str = "text"  # what the request makes: text, or image (the ledger's kind)
+    images: int = 0  # images made
 
     @property
     def key_label(self) -> str:
@@ -109,6 +111,8 @@ class Exchange:
             cost=self.cost,
             person=self.person,
             person_id=self.person_id,
+            kind=self.kind,
+            images=self.images,
         )
 
     def fail(self, exc: ApiError) -> None:
@@ -132,6 +136,8 @@ class Exchange:
         }
         if self.person:
             record["person"] = self.person
+        if self.images:
+            record["images"] = self.images
         if self.error:
             record["error"] = self.error
         if with_text:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ark.engines.base import Json
 from ark.errors import AdminOnly, ApiError, AuthenticationError, PermissionDenied, QueueFull
-from ark.gateway.budgets import FREE, prices
+from ark.gateway.budgets import FREE, Price, prices
 from ark.gateway.exchange import ErrorShape, Exchange, request_id, send_error
 from ark.gateway.ratelimits import RateLimits
 from ark.gateway.ratelimits import headers as rate_headers
@@ -256,23 +256,34 @@ class Front:
         """Route the model, check the key may use it, and reserve what the request can cost on its budgets."""
         rt = self.rt
         route = await rt.models.resolve(model_name(body))
-        ex.model, ex.alias = route.model, route.requested if route.requested != route.model else None
-        key = ex.key
-        if key is not None and not self.may_use(key, route.requested, route.model):
-            raise PermissionDenied(
-                f"The key {key.key_prefix}… is not allowed to use the model '{route.requested}'.", param="model"
-            )
-        if ex.person_id is not None and not self.may_use(None, route.requested, route.model, ex.person_id):
-            raise PermissionDenied(
-                f"The user {ex.person} is not allowed to use the model '{route.requested}'.", param="model"
-            )
-        ex.price = self.prices.get(route.model, FREE)
+        self.permit(ex, route.requested, route.model)
         ex.prompt_estimate = prompt_bytes // _BYTES_PER_TOKEN
-        if key is None and ex.person_id is None:
-            return route  # the master key has no budget (a person it calls for has theirs)
         # prompt tokens <= prompt bytes for the byte-fallback tokenizers of LLMs: a safe upper bound
-        timeout, now = route.engine.settings.total_timeout, rt.clock.now()
-        ex.reservation = await rt.admission.reserve(
-            key, ex.price, prompt_bytes, max_completion, timeout, now, ex.person_id
-        )
+        price = self.prices.get(route.model, FREE)
+        await self.reserve(ex, price, prompt_bytes, max_completion, route.engine.settings.total_timeout)
         return route
+
+    def permit(self, ex: Exchange, requested: str, served: str) -> None:
+        """The request is for ``served`` (asked as ``requested``): 403 unless its key and person may use it."""
+        ex.model, ex.alias = served, requested if requested != served else None
+        key = ex.key
+        if key is not None and not self.may_use(key, requested, served):
+            raise PermissionDenied(
+                f"The key {key.key_prefix}… is not allowed to use the model '{requested}'.", param="model"
+            )
+        if ex.person_id is not None and not self.may_use(None, requested, served, ex.person_id):
+            raise PermissionDenied(
+                f"The user {ex.person} is not allowed to use the model '{requested}'.", param="model"
+            )
+
+    async def reserve(
+        self, ex: Exchange, price: Price, prompt_tokens: int, max_completion: int | None, max_seconds: float
+    ) -> None:
+        """Reserve the most the request can cost on its key's, team's and person's budgets (429 when one is
+        short); settled at its end (:meth:`record`) at ``ex.price``."""
+        if ex.key is not None or ex.person_id is not None:  # the master key has no budget (a person it calls for has)
+            now = self.rt.clock.now()
+            ex.reservation = await self.rt.admission.reserve(
+                ex.key, price, prompt_tokens, max_completion, max_seconds, now, ex.person_id
+            )
+        ex.price = price  # once reserved: a request refused here costs nothing, even at a fixed price

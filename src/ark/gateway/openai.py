@@ -114,11 +114,24 @@ class OpenAIApi(Component):
             if not self.front.may_use(ex.key, name, target or name, ex.person_id):
                 continue  # a key sees the models it may use
             owned_by = info.owned_by if info else (f"alias of {target}" if target else "ark")
-            data.append({"id": name, "object": "model", "created": info.created if info else 0, "owned_by": owned_by})
+            created = info.created if info else 0
+            data.append({"id": name, "object": "model", "created": created, "owned_by": owned_by, "kind": "text"})
+        for model in self._other_models():
+            if self.front.may_use(ex.key, model["id"], model["id"], ex.person_id):
+                data.append({"object": "model", **model})
         await responder.send(200, orjson.dumps({"object": "list", "data": data}), JSON_HEADERS)
+
+    def _other_models(self) -> list[dict[str, Any]]:
+        return [model for listed in self.rt.other_models for model in listed()]
 
     async def retrieve_model(self, request: Request, responder: Responder, ex: Exchange) -> None:
         name = request.params["model"]
+        other = next((m for m in self._other_models() if m["id"] == name), None)
+        if other is not None:
+            if not self.front.may_use(ex.key, name, name, ex.person_id):
+                raise ModelNotFound(name)
+            await responder.send(200, orjson.dumps({"object": "model", **other}), JSON_HEADERS)
+            return
         route = await self.rt.models.resolve(name)
         if not self.front.may_use(ex.key, route.requested, route.model, ex.person_id):
             raise ModelNotFound(name)  # as OpenAI: "does not exist or you do not have access to it"
@@ -128,5 +141,6 @@ class OpenAIApi(Component):
             "object": "model",
             "created": info.created if info else 0,
             "owned_by": info.owned_by if info else "ark",
+            "kind": "text",
         }
         await responder.send(200, orjson.dumps(model), JSON_HEADERS)

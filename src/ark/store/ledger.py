@@ -62,6 +62,8 @@ class UsageRow:
     cost: float = 0.0
     person: str | None = None  # the person a UI called for (X-Ark-Identity or a trusted header), by name
     person_id: str | None = None  # that person's user id, when ARK knows them: their budget was charged
+    kind: str = "text"  # what was made: text (chat, completions, embeddings) or image
+    images: int = 0  # images made (kind image)
 
 
 _COLUMNS = (
@@ -82,6 +84,8 @@ _COLUMNS = (
     "ttft_ms",
     "person",
     "person_id",
+    "kind",
+    "images",
 )
 
 
@@ -142,9 +146,11 @@ def _prepare(rows: Iterable[dict[str, Any]], dialect: str) -> list[_Row]:
     text (UTC) and Date as "YYYY-MM-DD": a journal time in UTC with microseconds converts by slicing."""
     out = []
     for row in rows:
-        if "person_id" not in row:
-            row.setdefault("person", None)  # a journal written before revision 0003
-            row["person_id"] = None  # ... or 0004
+        if "kind" not in row:  # a journal written before revision 0005
+            row["kind"], row["images"] = "text", 0
+            if "person_id" not in row:
+                row.setdefault("person", None)  # ... before 0003
+                row["person_id"] = None  # ... or 0004
         value = row["time"]
         if dialect == "sqlite" and isinstance(value, str) and len(value) == 32 and value.endswith("+00:00"):
             stamp: Any = f"{value[:10]} {value[11:26]}"
@@ -468,6 +474,8 @@ def spend_logs(
                 "startTime": started.isoformat(),
                 "request_duration_ms": row["latency_ms"],
                 "ttft_ms": row["ttft_ms"],
+                "kind": row["kind"],
+                "images": row["images"],
             }
         )
     return out

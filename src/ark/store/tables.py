@@ -87,6 +87,8 @@ usage = Table(
     Column("ttft_ms", Float),
     Column("person", String(254)),  # whom a UI called for (X-Ark-Identity, a trusted header); 0003, 254: 0004
     Column("person_id", String(32)),  # that user's id, whose budget was charged (users.id); 0004
+    Column("kind", String(16), nullable=False, server_default="text"),  # text or image; 0005
+    Column("images", Integer, nullable=False, server_default="0"),  # images made; 0005
 )
 Index("ix_usage_time", usage.c.time)
 Index("ix_usage_key_time", usage.c.key_id, usage.c.time)
