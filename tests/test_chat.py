@@ -69,6 +69,19 @@ def test_open_webui_takes_its_whole_configuration_from_ark(tmp_path: Path) -> No
     assert env["WEBUI_SECRET_KEY"] == "session-secret" and env["DATA_DIR"] == str(tmp_path / "open-webui")
     assert env["OFFLINE_MODE"] == "true" and env["ANONYMIZED_TELEMETRY"] == "false"
     assert all(isinstance(value, str) for value in env.values())
+    assert env["ENABLE_IMAGE_GENERATION"] == "false"  # no ComfyUI: no image button that can only fail
+
+
+def test_open_webui_makes_images_through_the_gateway_when_ark_has_a_comfyui(tmp_path: Path) -> None:
+    settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_IMAGES_COMFYUI_URL": "http://127.0.0.1:8188"})
+    env = webui.open_webui_env(settings, "sk-ark-service", "session-secret")
+    assert (env["ENABLE_IMAGE_GENERATION"], env["IMAGE_GENERATION_ENGINE"]) == ("true", "openai")
+    assert (
+        env["IMAGES_OPENAI_API_BASE_URL"] == "http://127.0.0.1:4000/v1"
+        and env["IMAGES_OPENAI_API_KEY"] == "sk-ark-service"
+    )
+    assert (env["IMAGE_GENERATION_MODEL"], env["IMAGE_SIZE"]) == ("sdxl", "1024x1024")
+    assert env["ENABLE_IMAGE_PROMPT_GENERATION"] == "false" and env["ENABLE_IMAGE_EDIT"] == "false"
 
 
 def test_the_service_key_is_made_once_kept_private_and_replaced_when_revoked(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ switches the suite off for a quick local run; .ci/run always runs it.
 People sign in as Nginx signs them in (the trusted headers it sets from ARK's session), then use Open WebUI's
 own HTTP API, as its pages do: the models are the gateway's, a chat (whole and streamed) reaches the embedded
 engine through the gateway and lands in the ledger under that person, a document is embedded through the
-gateway into ARK's ChromaDB and answers a question about it, and a person over their budget gets the
-gateway's refusal. A headless Chromium signed in the same way shows the page (screenshots for docs/chat.md).
+gateway into ARK's ChromaDB and answers a question about it, a person's image is made by ComfyUI (its
+stand-in) through the gateway and charged to them, and a person over their budget gets the gateway's refusal.
+A headless Chromium signed in the same way shows the page (screenshots for docs/chat.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from click.testing import CliRunner
 from ark.chat import install
 from ark.cli.main import main
 from ark.config import load_settings
-from tests.conftest import MASTER_KEY, ArkProcess, free_port, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, LoopThread, free_port, start_ark, stop_ark, wait_until
+from tests.fakes.comfyui import FakeComfyUI
 
 CACHE = Path(os.environ.get("ARK_TEST_SERVICES_DIR", Path.home() / ".cache" / "ark" / "services"))
 _INSTALLED = install.installed(load_settings(env={"ARK_CHAT_SERVICES_DIR": str(CACHE)}))
@@ -67,11 +69,26 @@ max_output_tokens = 64  # the page's chats set no max_tokens: the tiny model wou
 [chat]
 open_webui = "yes"
 embedding_model = "tiny"
+
+[images]
+comfyui_url = "{COMFY}"
+
+[image_models."sdxl"]
+cost_per_image = 2.0
 """
 
 
 @pytest.fixture(scope="module")
-def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ArkProcess]:
+def comfy(loop_thread: LoopThread) -> Iterator[FakeComfyUI]:
+    fake = FakeComfyUI(models=0)
+    loop_thread.run(fake.start())
+    fake.step_delay = 0.001
+    yield fake
+    loop_thread.run(fake.stop())
+
+
+@pytest.fixture(scope="module")
+def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, comfy: FakeComfyUI) -> Iterator[ArkProcess]:
     tmp = tmp_path_factory.mktemp("chat")
     (tmp / "data" / "models").mkdir(parents=True)
     shutil.copy(tiny_gguf, tmp / "data" / "models" / "tiny.gguf")
@@ -81,7 +98,7 @@ def ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[A
         "ARK_CHAT_OPEN_WEBUI_LISTEN": f"127.0.0.1:{web}",
         "ARK_CHAT_CHROMA_LISTEN": f"127.0.0.1:{chroma}",
     }
-    process = start_ark(CONFIG.replace("{KEY}", MASTER_KEY), tmp, env=env)
+    process = start_ark(CONFIG.replace("{KEY}", MASTER_KEY).replace("{COMFY}", comfy.url), tmp, env=env)
     process.console = f"http://127.0.0.1:{web}"  # Open WebUI's address, for the tests below
     CHROMA.append(f"http://127.0.0.1:{chroma}")
     CHAT.append(process.console)
@@ -161,6 +178,26 @@ def test_chats_reach_the_engine_through_the_gateway_charged_to_each_person(ark: 
         assert len(rows) == 2 and {r["end_user"] for r in rows} == {name}
         assert {r["key_alias"] for r in rows} == {"open-webui"}  # the service key ARK made for it
         assert all(r["status"] == 200 and r["completion_tokens"] for r in rows)
+
+
+def test_a_persons_image_is_made_through_the_gateway_and_charged_to_them(ark: ArkProcess, comfy: FakeComfyUI) -> None:
+    bob = sign_in(ark, "bob", "user")
+    jobs = len(comfy.jobs)
+    made = httpx.post(
+        ark.console + "/api/v1/images/generations", headers=bob, json={"prompt": "a blue heron"}, timeout=60
+    )
+    assert made.status_code == 200, made.text
+    assert len(comfy.jobs) == jobs + 1
+    texts = [node["inputs"].get("text") for node in comfy.jobs[-1].values() if node["class_type"] == "CLIPTextEncode"]
+    assert "a blue heron" in texts
+    stored = httpx.get(ark.console + made.json()[0]["url"], headers=bob, timeout=10)  # Open WebUI kept the PNG
+    assert stored.status_code == 200 and stored.content.startswith(b"\x89PNG")
+    rows = ledger(ark, 1, "/v1/images/generations", user="bob@example.com")
+    assert [(r["end_user"], r["key_alias"], r["kind"], r["images"], r["status"]) for r in rows] == [
+        ("bob", "open-webui", "image", 1, 200)
+    ]
+    assert rows[0]["spend"] == 2.0  # Open WebUI asks the model's own size (IMAGE_SIZE): 1024x1024
+    assert rows[0]["model"] == "sdxl"
 
 
 def test_a_document_is_embedded_through_the_gateway_into_arks_chromadb(ark: ArkProcess) -> None:

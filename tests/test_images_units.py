@@ -166,3 +166,45 @@ def test_config_check_names_the_template_and_node_of_a_broken_workflow(tmp_path:
     ok = CliRunner().invoke(main, ["config", "check", "--config", str(config), "--data-dir", str(tmp_path / "d")])
     assert ok.exit_code == 0 and "sdxl on http://127.0.0.1:8188" in ok.output
     assert parse_size("640X480") == (640, 480) and parse_size("0x5") is None and parse_size("x") is None
+
+
+def test_the_arbiter_plans_again_when_comfyuis_job_ends_even_if_its_memory_stays() -> None:
+    """A large load that waited for ComfyUI's job can free its (still loaded) models as soon as it is idle."""
+    from ark.arbiter.devices import Reading
+    from ark.arbiter.service import Probe
+
+    class Device:
+        def read(self) -> Reading:
+            return Reading("virtual", 0, "virtual", 16 * GB, 0)
+
+    class Driver:
+        idle, busy_now = GB // 2, True
+
+        async def used(self) -> int:
+            return GB // 2 + 6 * GB  # the checkpoint stays loaded after the job
+
+        async def busy(self) -> bool:
+            return self.busy_now
+
+    class Arbiter:
+        pokes = 0
+
+        def poke(self) -> None:
+            self.pokes += 1
+
+        def comfy_view(self) -> Comfy | None:
+            return probe.comfy
+
+    async def main() -> None:
+        await probe.tick()
+        arbiter = Arbiter()
+        probe.arbiter = arbiter  # type: ignore[assignment]
+        await probe.tick()
+        assert arbiter.pokes == 0  # nothing changed
+        driver.busy_now = False
+        await probe.tick()
+        assert arbiter.pokes == 1 and probe.comfy == Comfy(GB // 2 + 6 * GB, GB // 2, busy=False)
+
+    driver = Driver()
+    probe = Probe(Device(), Device().read(), driver)  # type: ignore[arg-type]
+    asyncio.run(main())

@@ -70,9 +70,10 @@ class Probe:
                 used = await self.comfy_driver.used()
                 self.comfy = Comfy(used, self.comfy_driver.idle, await self.comfy_driver.busy())
         after = (self.external(), self.comfy)
-        moved = abs(after[0] - before[0]) >= _NOTICE or (before[1] is None) != (after[1] is None)
-        if self.arbiter is not None and (moved or (before[1] and after[1] and before[1].used != after[1].used)):
-            self.arbiter.poke()  # memory came back (or went): plans that waited may go now
+        moved = abs(after[0] - before[0]) >= _NOTICE
+        if self.arbiter is not None and (moved or before[1] != after[1]):
+            # memory came back (or went), or ComfyUI's job ended (its models may be freed now): plan again
+            self.arbiter.poke()
 
     @contextlib.contextmanager
     def _logged(self, what: str, *errors: type[BaseException]) -> Any:
