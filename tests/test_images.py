@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import struct
 import sys
 import threading
@@ -69,6 +70,9 @@ negative_prompt = "blurry"
 [image_models."broken"]
 workflow = "broken.json"
 [image_models."measured"]
+[image_models."timed"]
+memory_gb = 1
+cost_per_gpu_second = 10.0
 """
 
 
@@ -101,7 +105,7 @@ def ark(tmp_path_factory: pytest.TempPathFactory, comfy: FakeComfyUI, ollama: Fa
 
 @pytest.fixture(autouse=True)
 def fresh(comfy: FakeComfyUI, loop_thread: LoopThread) -> Iterator[None]:
-    comfy.hang, comfy.fail_node_class, comfy.step_delay = False, None, 0.001
+    comfy.hang, comfy.fail_node_class, comfy.step_delay, comfy.padding = False, None, 0.001, 0
     yield
     comfy.hang = False
 
@@ -168,12 +172,14 @@ def test_b64_images_from_the_openai_client_run_the_template_and_end_their_hold(
     assert listed["sdxl"]["kind"] == "image" and listed["llama3.2:1b"]["kind"] == "text"
 
 
-def test_url_images_are_served_by_signed_url_only(ark: ArkProcess) -> None:
+def test_url_images_are_served_by_signed_url_only(ark: ArkProcess, comfy: FakeComfyUI) -> None:
+    comfy.padding = 3 * 1024**2  # a real image is megabytes: fetched from ComfyUI whole
     result = generate(ark, model="sdxl", prompt="a red fox", size="256x256")  # url: OpenAI's default
     url = result.data[0].url or ""
     assert url.startswith(ark.url + "/v1/images/files/") and "expires=" in url and "sig=" in url
     served = httpx.get(url, timeout=5)  # no key: the signature is the grant
     assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert len(served.content) > 3 * 1024**2 and len(png_text(served.content)["padding"]) == 3 * 1024**2
     assert json.loads(png_text(served.content)["parameters"])["positive"] == "a red fox"
     forged = url[:-4] + ("0000" if not url.endswith("0000") else "1111")
     refused = httpx.get(forged, timeout=5)
@@ -182,6 +188,9 @@ def test_url_images_are_served_by_signed_url_only(ark: ArkProcess) -> None:
     for trick in ("..%2F..%2Fark.db", "../ark.db", name.upper(), name + "%00.png", ""):
         answer = httpx.get(f"{ark.url}/v1/images/files/{trick}?{url.split('?')[1]}", timeout=5)
         assert answer.status_code in (403, 404), trick
+    for query in ("expires=%C2%B2&sig=00", f"{url.split('?')[1].split('&')[0]}&sig=%C3%A9", "", "expires=&sig="):
+        answer = httpx.get(f"{ark.url}/v1/images/files/{name}?{query}", timeout=5)
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "image_url_refused", query
 
 
 def test_a_workflow_comfyui_refuses_is_a_400_naming_node_and_input(ark: ArkProcess) -> None:
@@ -233,10 +242,18 @@ def test_a_hung_job_is_interrupted_at_its_timeout(ark: ArkProcess, comfy: FakeCo
 def test_a_client_that_leaves_mid_job_cancels_it(ark: ArkProcess, comfy: FakeComfyUI) -> None:
     comfy.hang = True
     interrupts = comfy.interrupts
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(ark.api + "/images/generations", headers=MASTER, json={"prompt": "x"}, timeout=0.8)
-    assert wait_until(lambda: comfy.interrupts == interrupts + 1, 5)
+    body = json.dumps({"prompt": "x"}).encode()
+    host, port = ark.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: ark\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {MASTER_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert wait_until(lambda: comfy.busy, 10)  # the job runs on ComfyUI: now the client goes
+    assert wait_until(lambda: comfy.interrupts == interrupts + 1, 10)
     assert holds_end(ark)
+    assert wait_until(lambda: ark.metric("ark_image_failures_total", model="sdxl", reason="cancelled") >= 1, 5)
 
 
 def test_comfyui_killed_mid_job_is_a_502_and_the_hold_ends(
@@ -304,8 +321,9 @@ def test_twenty_requests_on_a_budget_of_five_images_get_exactly_five(ark: ArkPro
                 await asyncio.gather(*(http.post(ark.api + "/images/generations", json=body) for _ in range(20)))
             )
 
-    statuses = sorted(r.status_code for r in asyncio.run(storm()))
-    assert statuses == [200] * 5 + [429] * 15
+    answers = asyncio.run(storm())
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
+    assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {"insufficient_quota"}
 
     def spend() -> float:
         info = httpx.get(ark.url + "/key/info", headers=MASTER, params={"key": made["key"]}, timeout=5).json()
@@ -336,8 +354,10 @@ def test_a_model_without_memory_gb_holds_what_comfyui_was_seen_to_take(ark: ArkP
 
     comfy.job_memory = 5 * GIB
     assert held_while_hung() == 8 * GIB  # [images] memory_gb until a job has been measured
+    httpx.post(comfy.url + "/free", json={"unload_models": True}, timeout=5)  # no checkpoint loaded
+    assert wait_until(lambda: comfy.models == 0, 10)
     assert generate(ark, model="measured", prompt="x", response_format="b64_json").data
-    assert held_while_hung() == max(comfy.models, 5 * GIB)  # what ComfyUI's allocator held after that job
+    assert held_while_hung() == 5 * GIB  # what ComfyUI's allocator grew by while that job loaded its checkpoint
 
 
 def test_ark_up_runs_comfyui_from_comfyui_path_and_stops_it(tmp_path: Path, ollama: FakeOllama) -> None:
@@ -370,3 +390,48 @@ def test_ark_up_runs_comfyui_from_comfyui_path_and_stops_it(tmp_path: Path, olla
         stop_ark(ark)
     with pytest.raises(httpx.ConnectError):  # ARK's ComfyUI went with it
         httpx.get(f"http://127.0.0.1:{port}/system_stats", timeout=2)
+
+
+def test_gpu_seconds_are_charged_as_comfyui_ran_the_job(ark: ArkProcess, comfy: FakeComfyUI) -> None:
+    comfy.step_delay = 0.01  # 30 steps: about 0.3 s of sampling
+    made = httpx.post(ark.url + "/key/generate", headers=MASTER, json={"key_alias": "timed"}).json()
+    headers = {"Authorization": f"Bearer {made['key']}"}
+    body = {"model": "timed", "prompt": "x", "response_format": "b64_json"}
+    answer = httpx.post(ark.api + "/images/generations", headers=headers, json=body, timeout=30)
+    assert answer.status_code == 200
+    logs: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        nonlocal logs
+        logs = httpx.get(ark.url + "/spend/logs", headers=MASTER, params={"api_key": made["key"]}, timeout=5).json()
+        return bool(logs)
+
+    assert wait_until(logged, 10)
+    seconds = logs[0]["spend"] / 10.0  # from ComfyUI's own execution_start and execution_success stamps
+    assert 0.3 <= seconds <= logs[0]["request_duration_ms"] / 1000, logs[0]
+
+
+def test_image_jobs_run_one_at_a_time_each_under_its_own_hold(ark: ArkProcess, comfy: FakeComfyUI) -> None:
+    """ComfyUI runs one job at a time: a second request waits without holding GPU memory for nothing."""
+    comfy.hang = True
+    answers: list[httpx.Response] = []
+    body = {"prompt": "x", "response_format": "b64_json"}
+    askers = [
+        threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(ark.api + "/images/generations", headers=MASTER, json=body, timeout=30)
+            )
+        )
+        for _ in range(2)
+    ]
+    for asker in askers:
+        asker.start()
+    assert wait_until(lambda: comfy.busy and ark.metric("ark_image_queue_depth") == 2, 10)
+    assert len(gpu(ark)["holds"]) == 1
+    assert httpx.get(comfy.url + "/queue", timeout=5).json()["queue_pending"] == []  # the second is not sent yet
+    comfy.hang = False
+    httpx.post(comfy.url + "/interrupt", json={}, timeout=5)  # the first ends; the second then runs through
+    for asker in askers:
+        asker.join(30)
+    assert sorted(a.status_code for a in answers) == [200, 502]
+    assert holds_end(ark)

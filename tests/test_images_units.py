@@ -59,6 +59,7 @@ def test_a_request_gets_the_model_defaults_and_quality_maps_to_steps() -> None:
         ({"prompt": "x", "size": "1020x1024"}, "size"),
         ({"prompt": "x", "size": "4096x4096"}, "size"),
         ({"prompt": "x", "size": 1024}, "size"),
+        ({"prompt": "x", "size": "\u00b2x64"}, "size"),  # a digit to str.isdigit(), not to int()
         ({"prompt": "x", "seed": -1}, "seed"),
         ({"prompt": "x", "seed": 2**64}, "seed"),
         ({"prompt": "x", "output_format": "webp"}, "output_format"),
@@ -103,6 +104,8 @@ def test_signed_urls_expire_and_refuse_forgery_and_names_arks_does_not_write(tmp
     assert files.check(name, {**query, "expires": "1999999"}, now=1_000_000).status == 403  # a later expiry, forged
     other = ImageFiles(tmp_path / "images", b"j" * 32, ttl_s=3600, retention_s=86400)
     assert other.check(name, query, now=1_000_000).status == 403  # another ARK's key
+    for forged in ({**query, "expires": "\u00b2"}, {**query, "sig": "\u00e9"}, {}, {"expires": "9" * 13, "sig": ""}):
+        assert files.check(name, forged, now=1_000_000).status == 403
     for trick in ("../ark.db", name.upper(), name[:-4] + ".txt", "/etc/passwd", "", ".part-x"):
         assert files.check(trick, query, now=1_000_000).status == 404
     assert oct(os.stat(tmp_path / "images").st_mode & 0o777) == "0o700"
@@ -136,7 +139,7 @@ def test_a_comfyui_jobs_memory_is_counted_once_and_never_freed_under_it() -> Non
         try:
             hold = await arbiter.hold("image job", 6 * GB, in_comfyui=True)
             snapshot = arbiter.snapshot()
-            assert snapshot.comfy == Comfy(GB // 2, GB // 2) and snapshot.held == 6 * GB
+            assert snapshot.comfy == Comfy(GB // 2, GB // 2, busy=True) and snapshot.held == 6 * GB
             assert snapshot.used == GB // 2 + 6 * GB  # not 12.5 GB: the checkpoint is inside the hold
             hold.release()
             await asyncio.sleep(0)

@@ -33,7 +33,8 @@ Controls: ``idle`` (what the CUDA context keeps), ``models`` (what loaded checkp
 (memory of other processes on the same GPU), ``busy`` (a job is running), ``free_delay`` (how long the
 worker takes to notice the flags), ``checkpoints`` (what ``ckpt_name`` may be), ``step_delay`` (seconds a
 sampler step), ``fail_node_class`` (that class raises), ``hang`` (the sampler's last step waits for an
-interrupt), ``job_memory`` (``models`` grows to it as a checkpoint loads; ``peak_models``), ``die()``.
+interrupt), ``job_memory`` (``models`` grows to it as a checkpoint loads; ``peak_models``), ``padding``
+(bytes of text added to each image: a real one is megabytes), ``die()``.
 Records: ``frees``, ``jobs`` (each graph POSTed, as it came), ``interrupts`` (POST /interrupt calls).
 
 Run as a script (or ``main()`` from a ComfyUI folder's main.py), it serves as ``python main.py --listen
@@ -103,6 +104,7 @@ class FakeComfyUI:
         self.fail_node_class: str | None = None
         self.hang = False
         self.job_memory = 6 * GIB
+        self.padding = 0
         self.peak_models = models
         self.jobs: list[Any] = []
         self.interrupts = 0
@@ -490,6 +492,7 @@ class FakeComfyUI:
             text = {
                 "prompt": json.dumps(prompt),
                 "parameters": json.dumps(made | {"batch_index": image["batch_index"]}),
+                **({"padding": "x" * self.padding} if self.padding else {}),
             }
             scale = -(-max(image["width"], image["height"]) // 64)  # at most 64 pixels a side
             size = (max(1, image["width"] // scale), max(1, image["height"] // scale))

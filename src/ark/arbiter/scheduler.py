@@ -265,14 +265,15 @@ class Arbiter(OwnerTask):
             await self.clock.wait(self._wake, self._next_deadline())
 
     def comfy_view(self) -> Comfy | None:
-        """ComfyUI as plans count it: its use beyond its idle footprint, less what its jobs' memory holds
-        already count (a job loads its model into the memory held for it), never below the idle footprint.
-        So a job's memory is counted once, and is never what freeing ComfyUI would give back."""
+        """ComfyUI as plans count it: its use less what its jobs' memory holds already count (a job loads its
+        model into the memory held for it), never below its idle footprint, so a job's memory is counted
+        once; and busy while a job's hold is out (ComfyUI frees nothing before its job ends, and its busy
+        flag is read only once a second)."""
         comfy = self._comfy()
         inside = sum(h.memory for h in self.holds.values() if h.in_comfyui)
         if comfy is None or not inside:
             return comfy
-        return replace(comfy, used=max(comfy.idle, comfy.used - inside))
+        return replace(comfy, used=max(comfy.idle, comfy.used - inside), busy=True)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

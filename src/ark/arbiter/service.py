@@ -57,9 +57,10 @@ class Probe:
         if self.reading.kind == "virtual" or self.arbiter is None:
             return 0
         arbiter = self.arbiter
-        ours = sum(s.memory for s in arbiter.resident.values()) + sum(h.memory for h in arbiter.holds.values())
-        comfy = arbiter.comfy_view()
-        return max(0, self.reading.used - ours - (comfy.used if comfy else 0))
+        # a ComfyUI job's memory shows in ComfyUI's own reading once loaded: its hold is not taken off again
+        holds = sum(h.memory for h in arbiter.holds.values() if not (h.in_comfyui and self.comfy is not None))
+        ours = sum(s.memory for s in arbiter.resident.values()) + holds
+        return max(0, self.reading.used - ours - (self.comfy.used if self.comfy else 0))
 
     async def tick(self) -> None:
         before = (self.external(), self.comfy)

@@ -21,10 +21,7 @@ NAME_HEADER = "X-Trusted-Name"
 ROLE_HEADER = "X-Ark-Role"  # "admin" or "user": Open WebUI's roles of the same names
 
 
-def local(address: Address) -> str:
-    """host:port to reach a listener on this machine (a wildcard address is reached on loopback)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
-    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+local = Address.local  # host:port to reach a listener on this machine (a wildcard address on loopback)
 
 
 def open_webui_env(settings: Settings, service_key: str, secret_key: str) -> dict[str, str]:

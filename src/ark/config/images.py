@@ -3,14 +3,16 @@ each a ComfyUI workflow template checked when the configuration is loaded (docs/
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from ark.config.declare import Scope, section, setting, show
-from ark.config.types import Address, Choice, Float, HostPort, Int, Str
+from ark.config.types import Address, Choice, Float, HostPort, Int, Str, Url
 from ark.errors import ConfigError
 from ark.images.workflow import default_path, load
 
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: str.isdigit() takes "²", int() does not
 _PLACE = "Where the template takes {what}: NODE.INPUT (e.g. {example}); empty: found in the usual text-to-image graph."
 
 
@@ -19,7 +21,7 @@ class ImagesSettings:
     """Image generation on ComfyUI (docs/images.md): where ComfyUI is, and the lifetime of generated files."""
 
     comfyui_url: str = setting(
-        Str(),
+        Url(allow_empty=True),
         "",
         "A ComfyUI that runs on its own (e.g. http://127.0.0.1:8188). Empty: the one `ark up` runs from "
         "comfyui_path, or none (no image models).",
@@ -61,7 +63,7 @@ class ImagesSettings:
         if self.comfyui_url:
             return self.comfyui_url.rstrip("/")
         if self.comfyui_path:
-            return f"http://{self.comfyui_listen.host}:{self.comfyui_listen.port}"
+            return f"http://{self.comfyui_listen.local()}"
         return ""
 
 
@@ -81,18 +83,22 @@ def _complete_image_model(values: dict[str, Any], scope: Scope) -> dict[str, Any
             raise ConfigError(
                 f"{scope.where(name + '_input')}: {show(str(path))} has no place for the image's {name}: declare it"
             )
-    if parse_size(values["size"]) is None:
-        raise ConfigError(f"{scope.where('size')} = {show(values['size'])}: expected WIDTHxHEIGHT, e.g. 1024x1024")
+    size = parse_size(values["size"])
+    if size is None or not all(64 <= side <= values["max_side"] and side % 8 == 0 for side in size):
+        raise ConfigError(
+            f"{scope.where('size')} = {show(values['size'])}: expected WIDTHxHEIGHT, each side a multiple of 8 "
+            f"from 64 to max_side ({values['max_side']}), e.g. 1024x1024"
+        )
     values["workflow"] = str(path)
     return values
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
     """``"1024x768"`` -> (1024, 768); None for anything else."""
-    width, x, height = text.strip().lower().partition("x")
-    if not x or not width.isdigit() or not height.isdigit():
+    found = _SIZE.fullmatch(text.strip().lower())
+    if found is None:
         return None
-    size = int(width), int(height)
+    size = int(found[1]), int(found[2])
     return size if all(0 < side < 65536 for side in size) else None
 
 

@@ -45,6 +45,11 @@ class Address:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def local(self) -> str:
+        """host:port to reach this listener on this machine (a wildcard address is reached on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
 
 class Type(Generic[T]):
     """A setting's type: parses a value and describes itself in errors and docs."""
@@ -199,9 +204,16 @@ class HostPort(Type[Address]):
 class Url(Type[str]):
     expected = 'an http(s) URL (e.g. "http://127.0.0.1:11434")'
 
+    def __init__(self, *, allow_empty: bool = False) -> None:
+        self.allow_empty = allow_empty
+        if allow_empty:
+            self.expected = 'an http(s) URL (e.g. "http://127.0.0.1:8188"), or empty'
+
     def parse(self, value: Any) -> str:
         if not isinstance(value, str):
             raise self.fail()
+        if self.allow_empty and not value.strip():
+            return ""
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail()

@@ -31,6 +31,8 @@ log = logging.getLogger("ark.images")
 _HISTORY_POLL_S = 0.25
 _CONNECT_S = 5.0
 _MAX_IMAGE_BYTES = 64 * 1024**2
+_FETCH_S = 120.0  # every image of a job fetched within this
+_REQUEST = aiohttp.ClientTimeout(total=30)  # a read of ComfyUI's history or queue
 
 
 class WorkflowRejected(InvalidRequest):
@@ -67,17 +69,24 @@ class ComfyUnavailable(UpstreamError):
 
 @dataclass
 class Job:
-    """A job as it runs: its id once queued, the images its output nodes made, when it started running."""
+    """A job as it runs: its ids, the images its output nodes made, when it started and ended running.
+
+    The prompt id is chosen here and sent with the job (ComfyUI takes a client's UUID), so that a job whose
+    ``POST /prompt`` was cut off can still be found and taken back."""
 
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    prompt_id: str | None = None
+    prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     outputs: list[dict[str, Any]] = field(default_factory=list)  # {"filename", "subfolder", "type"}
     started: float | None = None  # time.monotonic() at execution_start: the GPU seconds count from there
     ended: float | None = None
+    stamps: dict[str, int] = field(default_factory=dict)  # ComfyUI's own millisecond stamps: start, end
     steps: tuple[int, int] = (0, 0)  # the sampler's progress (value, max)
 
     @property
     def seconds(self) -> float:
+        """How long ComfyUI ran the job: by its own stamps when it sent them, else as seen here."""
+        if "start" in self.stamps and "end" in self.stamps:
+            return max(0.0, (self.stamps["end"] - self.stamps["start"]) / 1000)
         if self.started is None:
             return 0.0
         return max(0.0, (self.ended or time.monotonic()) - self.started)
@@ -116,9 +125,14 @@ class ComfyClient:
         except asyncio.CancelledError:  # the client went away: ComfyUI must not go on for nobody
             await asyncio.shield(self._abandon(job))
             raise
+        saved = [image for image in job.outputs if image.get("type") == "output"]
+        images = saved or job.outputs  # a workflow that only previews: its temp images are the answer
+        if not images:
+            raise JobFailed("The workflow ran but made no images (it needs a SaveImage or PreviewImage node).")
         try:
-            return [await self._view(image) for image in job.outputs]
-        except (aiohttp.ClientError, OSError) as exc:
+            async with asyncio.timeout(_FETCH_S):
+                return [await self._view(image) for image in images]
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ComfyUnavailable(f"ComfyUI at {self.url}: fetching the images failed: {_why(exc)}") from None
 
     async def _follow(self, graph: Mapping[str, Any], job: Job) -> None:
@@ -128,7 +142,7 @@ class ComfyClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise ComfyUnavailable(f"ComfyUI does not answer at {self.url}: {_why(exc)}") from None
         async with ws:
-            job.prompt_id = await self._queue(graph, job.client_id)
+            await self._queue(graph, job)
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue  # binary frames are previews of the image being drawn
@@ -143,48 +157,68 @@ class ComfyClient:
         log.info("ComfyUI's websocket closed during job %s; reading its history", job.prompt_id)
         await self._from_history(job)
 
-    async def _queue(self, graph: Mapping[str, Any], client_id: str) -> str:
-        async with self._http().post(f"{self.url}/prompt", json={"prompt": graph, "client_id": client_id}) as reply:
+    async def _queue(self, graph: Mapping[str, Any], job: Job) -> None:
+        request = {"prompt": graph, "client_id": job.client_id, "prompt_id": job.prompt_id}
+        async with self._http().post(f"{self.url}/prompt", json=request) as reply:
             body = await reply.read()
             if reply.status == 400:
                 raise WorkflowRejected(_rejection(_json(body)))
             if reply.status != 200:
-                raise ComfyUnavailable(
-                    f"ComfyUI refused the job: HTTP {reply.status} {body[:200].decode(errors='replace')}"
-                )
-        prompt_id = _json(body).get("prompt_id")
-        if not isinstance(prompt_id, str):
-            raise ComfyUnavailable("ComfyUI queued the job without a prompt_id")
-        return prompt_id
+                text = body[:200].decode(errors="replace")
+                raise ComfyUnavailable(f"ComfyUI refused the job: HTTP {reply.status} {text}")
+        queued = _json(body).get("prompt_id")
+        if isinstance(queued, str) and queued != job.prompt_id:  # an older ComfyUI makes its own id
+            log.warning("ComfyUI ignored ARK's prompt_id (an old version?): a job cut off while queued may run on")
+            job.prompt_id = queued
 
     async def _from_history(self, job: Job) -> None:
+        missing = 0
         while True:
-            async with self._http().get(f"{self.url}/history/{job.prompt_id}") as reply:
-                found = _json(await reply.read()).get(job.prompt_id or "")
-            status = found.get("status") if isinstance(found, dict) else None
-            if isinstance(status, dict):  # the job ran (history lists a job once it has ended)
-                for message in status.get("messages") or []:
-                    if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
-                        _ended(message[0], message[1], job)  # raises for an error or an interruption
-                if status.get("status_str") == "error":
-                    raise JobFailed("ComfyUI's history says the job failed")
-                job.ended = job.ended or time.monotonic()
-                outputs = found.get("outputs") if isinstance(found, dict) else None
-                job.outputs = [img for out in (outputs or {}).values() for img in _images(out)]
-                return
-            await asyncio.sleep(_HISTORY_POLL_S)
+            found = await self._history(job)
+            if found is None:  # not done: it must be queued or running, else ComfyUI lost it (a restart)
+                missing = 0 if job.prompt_id in await self._queued() else missing + 1
+                if missing >= 2:  # twice: it did not just end between the two reads
+                    raise ComfyUnavailable("ComfyUI lost the job (it restarted?): it is neither queued nor done")
+                await asyncio.sleep(_HISTORY_POLL_S)
+                continue
+            status = found["status"]
+            for message in status.get("messages") or []:
+                if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
+                    _ended(message[0], message[1], job)  # raises for an error or an interruption
+            if status.get("status_str") == "error":
+                raise JobFailed("ComfyUI's history says the job failed")
+            job.ended = job.ended or time.monotonic()
+            job.outputs = [img for out in (found.get("outputs") or {}).values() for img in _images(out)]
+            return
+
+    async def _history(self, job: Job) -> dict[str, Any] | None:
+        """The job's history entry once it has ended; None before."""
+        async with self._http().get(f"{self.url}/history/{job.prompt_id}", timeout=_REQUEST) as reply:
+            found = _json(await reply.read()).get(job.prompt_id)
+        return found if isinstance(found, dict) and isinstance(found.get("status"), dict) else None
+
+    async def _queued(self) -> dict[str, str]:
+        """The prompt ids in ComfyUI's queue: "running" or "pending" (``GET /queue``)."""
+        async with self._http().get(f"{self.url}/queue", timeout=_REQUEST) as reply:
+            queue = _json(await reply.read())
+        found = {}
+        for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
+            for item in queue.get(key) or []:
+                if isinstance(item, list) and len(item) > 1 and isinstance(item[1], str):
+                    found[item[1]] = state
+        return found
 
     async def _abandon(self, job: Job) -> None:
-        """Take the job out of ComfyUI's queue, and interrupt it if it is the one running."""
-        if job.prompt_id is None:
-            return
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        """Take the job out of ComfyUI's queue, or interrupt it when it is the one running (only then: an
+        older ComfyUI ignores the prompt id and would interrupt whatever runs, a person's job in its UI)."""
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ComfyUnavailable):
             async with asyncio.timeout(_CONNECT_S):
                 http = self._http()
                 async with http.post(f"{self.url}/queue", json={"delete": [job.prompt_id]}):
                     pass
-                async with http.post(f"{self.url}/interrupt", json={"prompt_id": job.prompt_id}):
-                    pass
+                if (await self._queued()).get(job.prompt_id) == "running":
+                    async with http.post(f"{self.url}/interrupt", json={"prompt_id": job.prompt_id}):
+                        pass
                 log.info("ComfyUI job %s abandoned (interrupted or taken out of the queue)", job.prompt_id)
 
     async def _view(self, image: Mapping[str, Any]) -> bytes:
@@ -192,24 +226,37 @@ class ComfyClient:
         async with self._http().get(f"{self.url}/view", params=params) as reply:
             if reply.status != 200:
                 raise ComfyUnavailable(f"ComfyUI /view {params['filename']!r}: HTTP {reply.status}")
-            return await reply.content.read(_MAX_IMAGE_BYTES)
+            data = bytearray()
+            async for chunk in reply.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > _MAX_IMAGE_BYTES:
+                    raise ComfyUnavailable(
+                        f"ComfyUI /view {params['filename']!r}: larger than {_MAX_IMAGE_BYTES} bytes"
+                    )
+            return bytes(data)
 
-    async def reserved(self) -> int | None:
-        """What ComfyUI's PyTorch allocator holds now (``/system_stats`` ``torch_vram_total``): after a job,
-        the memory its models took. None when it does not say."""
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            async with asyncio.timeout(_CONNECT_S), self._http().get(f"{self.url}/system_stats") as reply:
+    async def reserved(self) -> int:
+        """What ComfyUI's PyTorch allocator holds now (``/system_stats`` ``torch_vram_total``, 0 when it does
+        not say): its models and caches."""
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ComfyUnavailable):
+            async with self._http().get(f"{self.url}/system_stats", timeout=_REQUEST) as reply:
                 devices = _json(await reply.read()).get("devices") or []
-                value = devices[0].get("torch_vram_total") if devices and isinstance(devices[0], dict) else None
-                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                    return value
-        return None
+            value = devices[0].get("torch_vram_total") if devices and isinstance(devices[0], dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return 0
 
 
 def _ended(kind: str, data: Mapping[str, Any], job: Job) -> bool:
     """Take in one of the job's messages; True when the job is over (raises when it failed)."""
+    stamp = data.get("timestamp")
+    if isinstance(stamp, int) and not isinstance(stamp, bool):
+        if kind == "execution_start":
+            job.stamps["start"] = stamp
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            job.stamps["end"] = stamp
     if kind == "execution_start":
-        job.started = time.monotonic()
+        job.started = job.started or time.monotonic()
     elif kind == "progress":
         job.steps = (int(data.get("value") or 0), int(data.get("max") or 0))
     elif kind == "executed":
@@ -230,9 +277,8 @@ def _ended(kind: str, data: Mapping[str, Any], job: Job) -> bool:
 
 def _images(output: Any) -> list[dict[str, Any]]:
     images = output.get("images") if isinstance(output, dict) else None
-    return [
-        i for i in images or [] if isinstance(i, dict) and i.get("type", "output") == "output" and i.get("filename")
-    ]
+    found = images if isinstance(images, list) else []
+    return [i for i in found if isinstance(i, dict) and i.get("type") in ("output", "temp") and i.get("filename")]
 
 
 def _rejection(body: Mapping[str, Any]) -> str:

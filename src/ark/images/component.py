@@ -29,7 +29,6 @@ from urllib.parse import parse_qsl
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from ark.arbiter.leases import Hold
 from ark.arbiter.policy import GB, Priority
 from ark.errors import ApiError, NotFound, PermissionDenied, QueueFull
 from ark.gateway import requests as parse_json
@@ -49,6 +48,7 @@ log = logging.getLogger("ark.images")
 _PRUNE_EVERY_S = 600.0
 _HOLD_SLACK_S = 60.0  # a hold outlives its job's time limit by this much: the interrupt and the images' fetch
 _JOB_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_MEASURABLE = 256 * 1024**2  # growth below this: the checkpoint was loaded already
 _GPU_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "HF_HOME")
 
 
@@ -61,6 +61,7 @@ class Images(Component):
         self.pending = 0  # image requests accepted and not yet answered
         self.url = ""
         self.client: ComfyClient | None = None
+        self._one_job = asyncio.Lock()  # ComfyUI runs one job at a time: so do we (holds match what runs)
 
     async def start(self, rt: Runtime) -> None:
         self.rt = rt
@@ -107,14 +108,14 @@ class Images(Component):
 
     # -- the API ----------------------------------------------------------------------------------
     async def generate(self, request: Request, responder: Responder, ex: Exchange) -> None:
-        req = image_request.parse(parse_json.parse_body(request.body), self.models)
         ex.kind = "image"
+        req = image_request.parse(parse_json.parse_body(request.body), self.models)
         rt, settings = self.rt, self.rt.settings.images
         rt.front.permit(ex, req.model.id, req.model.id)
         per_image = req.model.cost_per_image(req.width, req.height, req.steps)
         per_second = req.model.settings.cost_per_gpu_second
         await rt.front.reserve(ex, Price(fixed=per_image * req.n, gpu_second=per_second), 0, 0, settings.job_timeout_s)
-        ex.price = FREE  # nothing is charged until images come out
+        ex.price = FREE  # nothing is charged until the images are out
         if self.pending >= settings.max_queue:
             raise QueueFull(f"{self.pending} image requests are waiting for ComfyUI; retry shortly.", retry_after=5.0)
         self.pending += 1
@@ -128,57 +129,72 @@ class Images(Component):
             raise
         finally:
             self.pending -= 1
+        pictures = pictures[: req.n]  # a template that saves more than it was asked: only what was paid for
+        body = orjson.dumps(await self._answer(req, pictures, request))
         ex.images = len(pictures)
-        ex.price = Price(fixed=per_image * len(pictures) + seconds * per_second)
+        ex.price = Price(fixed=per_image * len(pictures) + seconds * per_second)  # at most what was reserved
         self.generated.labels(req.model.id).inc(len(pictures))
         self.job_seconds.labels(req.model.id).observe(seconds)
-        await responder.send(200, orjson.dumps(await self._answer(req, pictures, request)), JSON_HEADERS)
+        await responder.send(200, body, JSON_HEADERS)
 
     async def _make(self, req: ImageRequest) -> tuple[list[bytes], float]:
-        """The images of ``req`` and the seconds ComfyUI ran, under a memory hold when the arbiter is on."""
+        """The images of ``req`` and the seconds ComfyUI ran, one job at a time (ComfyUI runs one: a request
+        waiting here holds no GPU memory and uses none of its time limit), under a memory hold when the
+        arbiter is on."""
         assert self.client is not None  # no ComfyUI: no models, and parse() refused the request
-        timeout = self.rt.settings.images.job_timeout_s
-        gpu, hold = self.rt.gpu, None
-        try:
-            if gpu is not None:
-                memory = self._memory(req.model)
-                priority = Priority.parse(req.model.settings.priority)
-                holder = f"image job ({req.model.id})"
-                hold = await gpu.arbiter.hold(holder, memory, priority, timeout + _HOLD_SLACK_S, in_comfyui=True)
-            # a template without a place for the batch size runs once per image, the seed moving on
-            runs = 1 if "batch_size" in req.model.template.bindings else req.n
-            pictures: list[bytes] = []
-            seconds = 0.0
-            for run in range(runs):
-                values = req.values()
-                if "seed" in values:
-                    values["seed"] = (req.seed + run) % image_request.SEED_LIMIT
-                job = Job()
-                pictures += await self.client.run(req.model.template.render(values), job, timeout)
-                seconds += job.seconds
-            if hold is not None:
-                await self._measure(req.model, hold)
-            return pictures, seconds
-        finally:
-            if hold is not None:
-                hold.release()
+        async with self._one_job:
+            gpu, hold = self.rt.gpu, None
+            limit = self.rt.settings.images.job_timeout_s
+            try:
+                if gpu is not None:
+                    memory = self._memory(req.model)
+                    priority = Priority.parse(req.model.settings.priority)
+                    holder = f"image job ({req.model.id})"
+                    hold = await gpu.arbiter.hold(holder, memory, priority, limit + _HOLD_SLACK_S, in_comfyui=True)
+                before = await self.client.reserved() if self._measures(req.model) else None
+                pictures, seconds = await self._run(req, limit)
+                if before is not None and gpu is not None:
+                    await self._measure(req.model, before, gpu.arbiter.capacity)
+                return pictures, seconds
+            finally:
+                if hold is not None:
+                    hold.release()
+
+    async def _run(self, req: ImageRequest, limit: float) -> tuple[list[bytes], float]:
+        """One job, or one per image for a template without a place for the batch size (the seed moving on),
+        all within ``limit`` seconds."""
+        assert self.client is not None
+        runs = 1 if "batch_size" in req.model.template.bindings else req.n
+        deadline = asyncio.get_running_loop().time() + limit
+        pictures: list[bytes] = []
+        seconds = 0.0
+        for run in range(runs):
+            values = req.values()
+            if "seed" in values:
+                values["seed"] = (req.seed + run) % image_request.SEED_LIMIT
+            job = Job()
+            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
+            pictures += await self.client.run(req.model.template.render(values), job, left)
+            seconds += job.seconds
+        return pictures, seconds
 
     def _memory(self, model: ImageModel) -> int:
         if model.settings.memory_gb is not None:
             return int(model.settings.memory_gb * GB)
         return self.measured.get(model.id) or int(self.rt.settings.images.memory_gb * GB)
 
-    async def _measure(self, model: ImageModel, hold: Hold) -> None:
-        """What ComfyUI holds once a job of ``model`` is done (its models are still loaded): the next hold."""
-        if model.settings.memory_gb is not None or self.client is None:
-            return
-        reserved = await self.client.reserved()
-        if reserved is not None and reserved > self.measured.get(model.id, 0):
-            if reserved > hold.memory:
-                log.info(
-                    "images: a job of %s took %.1f GB, more than its hold: the next holds that", model.id, reserved / GB
-                )
-            self.measured[model.id] = reserved
+    def _measures(self, model: ImageModel) -> bool:
+        return model.settings.memory_gb is None and self.rt.gpu is not None
+
+    async def _measure(self, model: ImageModel, before: int, capacity: int) -> None:
+        """What a job of ``model`` added to ComfyUI's allocator (its checkpoint, loaded for it): the next
+        hold's size. A job that found it loaded already adds nothing and teaches nothing."""
+        assert self.client is not None
+        after = await self.client.reserved()
+        grown = (after or 0) - before
+        if grown >= _MEASURABLE:
+            self.measured[model.id] = min(grown, capacity)
+            log.info("images: a job of %s took %.1f GB of GPU memory: its next jobs hold that", model.id, grown / GB)
 
     async def _answer(self, req: ImageRequest, pictures: list[bytes], request: Request) -> dict[str, Any]:
         data: list[dict[str, str]]
@@ -186,12 +202,8 @@ class Images(Component):
             data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
         else:
             names = await asyncio.to_thread(lambda: [self.files.save(p) for p in pictures])
-            listen = self.rt.settings.gateway.listen
-            base = base_url(
-                request.headers.get("host"),
-                request.headers.get("x-forwarded-proto"),
-                f"http://{listen.host}:{listen.port}",
-            )
+            fallback = f"http://{self.rt.settings.gateway.listen.local()}"
+            base = base_url(request.headers.get("host"), request.headers.get("x-forwarded-proto"), fallback)
             now = self.rt.clock.now().timestamp()
             data = [{"url": self.files.url(base, name, now)} for name in names]
         created = int(self.rt.clock.now().timestamp())
