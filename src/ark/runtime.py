@@ -128,6 +128,8 @@ class Runtime:
         # models that no engine serves (image models): each component that has some lists them here, for
         # GET /v1/models; an entry is {"id", "kind", "owned_by", "created"}
         self.other_models: list[Callable[[], list[dict[str, Any]]]] = []
+        # an event for ARK's webhooks: (type, data, dedupe) -> deliveries queued (the events component's bus)
+        self.emit: Callable[[str, dict[str, Any], str | None], int] = _no_events
         self.started = False  # every component started
         self.listeners: dict[str, Server] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -336,6 +338,10 @@ def _call(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     return step
 
 
+def _no_events(event_type: str, data: dict[str, Any], dedupe: str | None = None) -> int:
+    return 0
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
@@ -345,6 +351,7 @@ def _components() -> list[Component]:
     from ark.arbiter.api import GpuApi
     from ark.chat import Chat
     from ark.console.component import ConsoleComponent
+    from ark.events.component import Events
     from ark.gateway.admin import AdminApi
     from ark.gateway.health import HealthApi
     from ark.gateway.openai import OpenAIApi
@@ -358,6 +365,7 @@ def _components() -> list[Component]:
         AdminApi(),
         GpuApi(),
         HealthApi(),
+        Events(),
         ConsoleComponent(),
         Monitoring(),
         Chat(),

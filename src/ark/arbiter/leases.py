@@ -101,6 +101,8 @@ class Stats:
     restarts: int = 0  # engines restarted because they stopped answering
     holds: int = 0  # memory holds granted
     reclaimed: int = 0  # memory holds taken back when they outlived their time
+    load_failures: int = 0  # loads an engine refused or did not finish
+    failed_loads: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=64))  # (model, why), latest
 
     def record_wait(self, seconds: float) -> None:
         """A lease or memory hold granted after ``seconds`` in the queue (both schedulers count waits alike)."""

@@ -494,6 +494,8 @@ class Arbiter(OwnerTask):
     async def _load_failed(self, model: str, error: DriverError) -> None:
         """A load failed: when the engine hangs, restart it once and let the queue try again; else 503."""
         log.error("arbiter: loading %s failed: %s", model, error)
+        self.stats.load_failures += 1
+        self.stats.failed_loads.append((model, str(error)))
         if model not in self._restarted_for:
             try:
                 if await self._recover(model):

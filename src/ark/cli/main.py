@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import ark
-from ark.cli import admin, certs, edge, firewall, gpu, models, peers, services, up, users
+from ark.cli import admin, certs, edge, events, firewall, gpu, models, peers, services, up, users
 from ark.cli.common import ConfigProblem, make_console, use_ark_context
 from ark.errors import ArkError, ConfigError
 
@@ -64,6 +64,7 @@ COMMANDS: tuple[click.Command, ...] = (
     gpu.gpu,
     users.users,
     services.services,
+    events.events,
     edge.render,
     edge.audit,
     certs.certs,

@@ -18,6 +18,7 @@ from ark.config.declare import Scope, mapping, section, setting, show, table, ta
 from ark.config.edge import ROLE_ORDER as ROLE_ORDER
 from ark.config.edge import SITE_ROLES as SITE_ROLES
 from ark.config.edge import EdgeSettings, FirewallSettings, WireguardSettings
+from ark.config.events import EventsSettings, WebhookSettings
 from ark.config.images import ImageModelSettings, ImagesSettings
 from ark.config.inference import DEFAULT_ENGINES, EngineSettings, GpuSettings, ModelSettings
 from ark.config.services import (
@@ -76,11 +77,13 @@ class Settings:
     monitor: MonitorSettings = table(MonitorSettings)
     chat: ChatSettings = table(ChatSettings)
     images: ImagesSettings = table(ImagesSettings)
+    events: EventsSettings = table(EventsSettings)
     engines: tuple[EngineSettings, ...] = tables(EngineSettings, default=DEFAULT_ENGINES, limit=32)
     models: tuple[ModelSettings, ...] = tables(ModelSettings, env=False, label="ID", quoted=True)
     image_models: tuple[ImageModelSettings, ...] = tables(
         ImageModelSettings, env=False, label="ID", quoted=True, default={"sdxl": {}}, limit=64
     )
+    webhooks: tuple[WebhookSettings, ...] = tables(WebhookSettings, limit=32)
     aliases: Mapping[str, str] = mapping(
         ModelId(),
         '`"alias" = "model id"`. Clients may use the alias anywhere a model id goes; answers name '

@@ -16,6 +16,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -173,3 +175,24 @@ user_limits = Table(
     *_limits(),
 )
 Index("ix_user_sessions_expires_at", user_sessions.c.expires_at)
+
+# ARK's events waiting for (or done with) delivery to each webhook: the outbox (ark.events; 0006)
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the delivery's webhook-id ("msg_..."): the same on every retry
+    Column("webhook", String(64), nullable=False),  # [webhooks.NAME]
+    Column("type", String(64), nullable=False),  # key.created, budget.threshold...
+    Column("dedupe", String(200)),  # one event of this key per webhook (a threshold crossed once a period)
+    Column("body", Text, nullable=False),  # the JSON sent, as signed
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(12), nullable=False),  # pending, delivered, dead
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", DateTime(timezone=True), nullable=False),  # when a pending one is next sent
+    Column("lease_until", DateTime(timezone=True)),  # a process sending it now (others leave it until then)
+    Column("last_status", Integer),  # the receiver's last HTTP status; NULL: no answer
+    Column("last_error", String(500)),
+    Column("delivered_at", DateTime(timezone=True)),
+    UniqueConstraint("webhook", "dedupe", name="uq_webhook_outbox_dedupe"),
+)
+Index("ix_webhook_outbox_due", webhook_outbox.c.state, webhook_outbox.c.next_at)
