@@ -349,6 +349,7 @@ def test_every_variable_the_reference_names_is_the_one_the_loader_reads(tmp_path
     declared = {(path, s.key): s for path, s in every_setting(Settings)}
     engines = "".join(f'[engines.{k}]\nkind = "{k}"\nurl = "http://h:1"\n' for k in ("ollama", "openai"))
     engines += '[engines.embedded]\nkind = "embedded"\n'
+    engines += f'[webhooks.embedded]\nurl = "http://h:1"\nsecret = "whsec_{"A" * 32}"\n'  # a NAME for [webhooks]
     path: tuple[str, ...] = ()
     checked = 0
     for line in configuration_markdown().splitlines():
@@ -362,7 +363,7 @@ def test_every_variable_the_reference_names_is_the_one_the_loader_reads(tmp_path
             continue
         name = (found.kinds or ("embedded",))[0]  # an engine of each kind, named for it
         var = env.replace("<NAME>", name.upper())
-        assert var == env_name(*path, *([name] if path == ("engines",) else []), key)
+        assert var == env_name(*path, *([name] if "<NAME>" in env else []), key)
         load(tmp_path, engines, {var: _env_text(found.default)})  # raises when the loader does not know it
         checked += 1
     assert checked > 90

@@ -80,6 +80,11 @@ def test_budget_thresholds_are_reported_once_per_level_and_period() -> None:
     assert watch.budgets(accounts, (50, 80, 100), seen) == []  # once
     account.reset_at, account.spend = period + timedelta(days=30), 5.0  # a new period: they count again
     assert [e[1]["threshold"] for e in watch.budgets(accounts, (50, 80, 100), seen)] == [50]
+    account.refused = (account.reset_at,)  # a request refused for the budget: spent, as far as anyone can use it
+    found = watch.budgets(accounts, (50, 80, 100), seen)
+    assert [(e[1]["threshold"], e[1]["refused"]) for e in found] == [(80, True), (100, True)]
+    tokens = Account("team t", "t", None, 1000, 0.0, 800, None, None)  # a token budget, for life
+    assert [e[1]["threshold"] for e in watch.budgets({"team:t": tokens}, (50, 80, 100), seen)] == [50, 80]
 
 
 def test_restarts_and_failed_loads_are_news_only_when_their_counters_move() -> None:
@@ -106,11 +111,12 @@ def test_outbox_leases_retries_dead_letters_and_dedupes(tmp_path: Path) -> None:
         assert outbox.add([{**row, "id": "msg_a", "dedupe": "once", "next_at": now}]) == 1
         assert outbox.add([{**row, "id": "msg_b", "dedupe": "once", "next_at": now}]) == 0  # the same event
         assert outbox.add([{**row, "id": "msg_c", "dedupe": None, "next_at": now + timedelta(seconds=60)}]) == 1
-        taken = outbox.claim(now, now + timedelta(seconds=120), 10)
+        taken = outbox.claim("h", now, now + timedelta(seconds=120), 10)
         assert [d.id for d in taken] == ["msg_a"]  # msg_c is not due yet
-        assert outbox.claim(now, now + timedelta(seconds=120), 10) == []  # leased to the first taker
+        assert outbox.claim("h", now, now + timedelta(seconds=120), 10) == []  # leased to the first taker
+        assert outbox.claim("other", now + timedelta(hours=1), now + timedelta(hours=2), 10) == []  # not its own
         outbox.failed("msg_a", 500, "HTTP 500", now + timedelta(seconds=5))
-        assert outbox.claim(now + timedelta(seconds=5), now + timedelta(seconds=125), 10)[0].attempts == 1
+        assert outbox.claim("h", now + timedelta(seconds=5), now + timedelta(seconds=125), 10)[0].attempts == 1
         outbox.failed("msg_a", None, "refused", None)
         summary = outbox.summary()
         assert summary["webhooks"]["h"] == {"pending": 1, "delivered": 0, "dead": 1}
@@ -237,7 +243,7 @@ def test_failed_deliveries_are_retried_then_dead_and_can_be_sent_again(
         receiver.always = 500
         new_key(ark, key_alias="doomed")
         dead_log = ark.data_dir / "logs" / "webhooks-dead.jsonl"
-        assert wait_until(dead_log.exists, 10)
+        assert wait_until(lambda: dead_log.exists() and dead_log.read_text().endswith("\n"), 10)
         line = json.loads(dead_log.read_text().splitlines()[0])
         assert (line["type"], line["attempts"], line["error"], line["event"]["data"]["key_alias"]) == (
             "key.created",
@@ -247,7 +253,7 @@ def test_failed_deliveries_are_retried_then_dead_and_can_be_sent_again(
         )
         status = httpx.get(ark.url + "/admin/webhooks", headers=MASTER, timeout=5).json()
         assert status["webhooks"]["hook"]["dead"] == 1 and status["dead"][0]["id"] == line["id"]
-        assert ark.metric("ark_webhook_deliveries_total", webhook="hook", outcome="dead") == 1
+        assert wait_until(lambda: ark.metric("ark_webhook_deliveries_total", webhook="hook", outcome="dead") == 1, 5)
         receiver.always = None
         env = {"ARK_DATA_DIR": str(ark.data_dir)}
         again = CliRunner().invoke(main, ["events", "redeliver", line["id"], "--config", str(ark.config)], env=env)
@@ -268,6 +274,22 @@ def test_no_event_is_lost_across_a_restart_of_ark(tmp_path: Path, receiver: Rece
     try:
         assert wait_until(lambda: receiver.events("key.created"), 15)
         assert receiver.events("key.created")[0]["data"]["key_alias"] == "survivor"
+    finally:
+        stop_ark(ark)
+
+
+def test_an_event_emitted_just_before_ark_stops_is_sent_after_it_starts(
+    tmp_path: Path, receiver: Receiver, fake_ollama: FakeOllama
+) -> None:
+    receiver.always = 503
+    ark = start(tmp_path, receiver, fake_ollama, attempts=100, retry_max=1.0)
+    new_key(ark, key_alias="last-words")
+    stop_ark(ark)  # at once: the event may still be in memory
+    receiver.always = None
+    ark = start(tmp_path, receiver, fake_ollama, attempts=100, retry_max=1.0)
+    try:
+        assert wait_until(lambda: receiver.events("key.created"), 15)
+        assert [e["data"]["key_alias"] for e in receiver.events("key.created")] == ["last-words"]
     finally:
         stop_ark(ark)
 

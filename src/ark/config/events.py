@@ -46,6 +46,8 @@ class EventsSettings:
 
 
 def _complete_webhook(values: dict[str, Any], scope: Scope) -> dict[str, Any]:
+    if len(values["name"]) > 64 or not all(c.isalnum() or c in "-_" for c in values["name"]):
+        raise ConfigError(f"{scope.label}: a webhook's name is up to 64 letters, digits, '-' and '_'")
     secret = values["secret"].value
     try:
         key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True) if secret else b""

@@ -35,6 +35,11 @@ class EventBus:
         self._rows: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
 
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Rows emitted and not yet in the outbox."""
+        return self._rows
+
     def emit(self, event_type: str, data: dict[str, Any], dedupe: str | None = None) -> int:
         """Queue ``event_type`` for every webhook that wants it; returns how many. ``dedupe``: once per webhook
         ever (the outbox keeps the key) however often it is emitted, by this process or another."""

@@ -62,29 +62,55 @@ class Events(Component):
         )
         self.seen = watch.Seen()
         self.levels = settings.events.thresholds()
+        self.tasks: list[asyncio.Task[None]] = []
         admin = rt.front.admin
         rt.http.add("GET", "/admin/webhooks", admin(self.status_page, "see the webhooks"))
         rt.http.add("POST", "/admin/webhooks/redeliver", admin(self.redeliver, "redeliver events"))
         if not settings.webhooks:
             return  # nothing to send to: no watching, no outbox traffic
         self.watch()  # what exists now is the baseline
-        rt.background(self.bus.run(), "ark-events-writer")
-        rt.background(every(WATCH_S, self.watch, log=log, failure="events: watching failed"), "ark-events-watch")
-        failure = "events: delivering failed"
-        rt.background(every(DELIVER_S, self.deliverer.round, log=log, failure=failure), "ark-events-deliver")
-        prune = every(6 * 3600.0, self._prune, log=log, failure="events: pruning the outbox failed", at_once=True)
-        rt.background(prune, "ark-events-prune")
+        self._keys(rt.front.keys)
+        rt.front.key_watchers.append(self._keys)  # at each reload: at once after the admin API made or deleted one
+        work = [
+            (self.bus.run(), "ark-events-writer"),
+            (every(WATCH_S, self.watch, log=log, failure="events: watching failed"), "ark-events-watch"),
+            (
+                every(6 * 3600.0, self._prune, log=log, failure="events: pruning failed", at_once=True),
+                "ark-events-prune",
+            ),
+        ]
+        for hook in settings.webhooks:  # one sender per webhook: a slow receiver delays only its own events
+
+            async def deliver(name: str = hook.name) -> None:
+                await self.deliverer.round(name)
+
+            failure = f"events: delivering to {hook.name} failed"
+            work.append((every(DELIVER_S, deliver, log=log, failure=failure), f"ark-events-deliver-{hook.name}"))
+        self.tasks = [asyncio.create_task(coroutine, name=name) for coroutine, name in work]
 
     async def close(self) -> None:
-        if hasattr(self, "bus"):
-            with contextlib.suppress(Exception):  # what was emitted last still reaches the outbox
+        """Stop watching and sending, look once more, and put every event emitted so far in the outbox; what
+        was being sent is given back (sent at the next start)."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            with contextlib.suppress(Exception):
+                self.watch()
+                self._keys(self.rt.front.keys)
+            try:
                 await self.bus.flush()
+            except Exception:
+                log.exception("events: %d events could not be written to the outbox", len(self.bus.pending))
             await self.deliverer.close()
+
+    def _keys(self, keys: dict[str, Any]) -> None:
+        for event_type, data, dedupe in watch.keys(keys, self.seen):
+            self.bus.emit(event_type, data, dedupe)
 
     def watch(self) -> None:
         rt, seen = self.rt, self.seen
         found = watch.budgets(rt.budgets.accounts, self.levels, seen)
-        found += watch.keys(rt.front.keys, seen)
         counts: list[tuple[str, str, int, str]] = []
         if rt.gpu is not None:
             counts += [("engine.restarted", n, c, "stopped answering") for n, c in rt.gpu.drivers.restarts.items()]

@@ -22,8 +22,8 @@ from ark.events import signing
 from ark.events.outbox import Due, Outbox
 
 log = logging.getLogger("ark.events")
-BATCH = 16  # deliveries sent at once
-LEASE_S = 120.0  # a delivery taken by a process that died is sent again after this
+BATCH = 16  # deliveries to one webhook sent at once
+LEASE_S = 120.0  # a delivery taken by a process that died is sent again after this (at least 2 timeouts)
 
 
 def backoff(attempts: int, base: float, most: float, rand: Callable[[], float] = random.random) -> float:
@@ -45,24 +45,29 @@ class Deliverer:
         self.outbox, self.webhooks, self.settings = outbox, webhooks, settings
         self.dead_log, self.clock, self.count = dead_log, clock, count
         self._session: aiohttp.ClientSession | None = None
+        self.lease = timedelta(seconds=max(LEASE_S, 2 * settings.timeout_s + 30))
+        self.sending: set[str] = set()  # ids leased to this process and not settled yet
 
     async def close(self) -> None:
+        """After the rounds have stopped: leases of what was not sent go back, so a restart sends it at once."""
+        if self.sending:
+            await asyncio.to_thread(self.outbox.release, sorted(self.sending))
+            self.sending.clear()
         if self._session is not None:
             await self._session.close()
 
-    async def round(self) -> int:
-        """Send what is due now; returns how many were tried."""
+    async def round(self, webhook: str) -> int:
+        """Send what is due to ``webhook`` now (one webhook's rounds never wait for another's receiver);
+        returns how many were tried."""
         now = self.clock.now().astimezone(UTC)
-        due = await asyncio.to_thread(self.outbox.claim, now, now + timedelta(seconds=LEASE_S), BATCH)
+        due = await asyncio.to_thread(self.outbox.claim, webhook, now, now + self.lease, BATCH)
+        self.sending.update(item.id for item in due)
         if due:
             await asyncio.gather(*(self._send(item) for item in due))
         return len(due)
 
     async def _send(self, item: Due) -> None:
-        webhook = self.webhooks.get(item.webhook)
-        if webhook is None:  # removed from the config since: nowhere to send it
-            await self._failed(item, None, f"no [webhooks.{item.webhook}] in the configuration", last=True)
-            return
+        webhook = self.webhooks[item.webhook]
         stamp = int(self.clock.now().timestamp())
         headers = signing.headers(webhook.secret.value, item.id, stamp, item.body, item.type)
         status: int | None = None
@@ -78,9 +83,11 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         if not error:
             await asyncio.to_thread(self.outbox.delivered, item.id, self.clock.now().astimezone(UTC), status or 200)
+            self.sending.discard(item.id)
             self.count(item.webhook, "delivered")
             return
         await self._failed(item, status, error, last=item.attempts + 1 >= self.settings.max_attempts)
+        self.sending.discard(item.id)
 
     async def _failed(self, item: Due, status: int | None, error: str, *, last: bool) -> None:
         if last:

@@ -44,10 +44,10 @@ class Outbox:
         with self.engine.begin() as connection:
             return connection.execute(statement, list(rows)).rowcount or 0
 
-    def claim(self, now: datetime, lease_until: datetime, limit: int) -> list[Due]:
-        """Due deliveries nobody is sending, leased to this process until ``lease_until``."""
+    def claim(self, webhook: str, now: datetime, lease_until: datetime, limit: int) -> list[Due]:
+        """Due deliveries to ``webhook`` that nobody is sending, leased to this process until ``lease_until``."""
         free = or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now)
-        due = and_(outbox.c.state == "pending", outbox.c.next_at <= now, free)
+        due = and_(outbox.c.webhook == webhook, outbox.c.state == "pending", outbox.c.next_at <= now, free)
         with self.engine.begin() as connection:
             ids = connection.execute(select(outbox.c.id).where(due).order_by(outbox.c.next_at).limit(limit)).scalars()
             wanted = list(ids)
@@ -55,7 +55,7 @@ class Outbox:
                 return []
             taken = connection.execute(
                 update(outbox)
-                .where(outbox.c.id.in_(wanted), free)  # checked again: another process may have taken it since
+                .where(outbox.c.id.in_(wanted), due)  # all of it again: another process may have sent it since
                 .values(lease_until=lease_until)
                 .returning(outbox.c.id, outbox.c.webhook, outbox.c.type, outbox.c.body, outbox.c.attempts)
             ).all()
@@ -88,12 +88,22 @@ class Outbox:
         with self.engine.begin() as connection:
             connection.execute(update(outbox).where(outbox.c.id == ident).values(**values))
 
+    def release(self, idents: Sequence[str]) -> None:
+        """Give back the leases of deliveries this process took and will not send (it is stopping)."""
+        if idents:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(list(idents)), outbox.c.state == "pending")
+                    .values(lease_until=None)
+                )
+
     def redeliver(self, ident: str, now: datetime) -> bool:
         """A dead (or delivered) delivery sent again, as new: its tries start over."""
         with self.engine.begin() as connection:
             done = connection.execute(
                 update(outbox)
-                .where(outbox.c.id == ident)
+                .where(outbox.c.id == ident, outbox.c.state != "pending")
                 .values(state="pending", attempts=0, next_at=now, lease_until=None, delivered_at=None)
             )
         return bool(done.rowcount)
@@ -119,10 +129,13 @@ class Outbox:
         return _public(row) if row is not None else None
 
     def prune(self, before: datetime) -> int:
-        """Forget deliveries done before ``before`` (dead ones stay until redelivered or pruned by hand)."""
+        """Forget deliveries done before ``before``. Kept: dead ones (until redelivered), and those with a
+        ``dedupe`` key, which is what makes their event happen once (a lifetime budget's thresholds)."""
         with self.engine.begin() as connection:
             gone = connection.execute(
-                delete(outbox).where(outbox.c.state == "delivered", outbox.c.delivered_at < before)
+                delete(outbox).where(
+                    outbox.c.state == "delivered", outbox.c.delivered_at < before, outbox.c.dedupe.is_(None)
+                )
             )
         return gone.rowcount or 0
 

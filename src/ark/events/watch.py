@@ -17,25 +17,37 @@ Event = tuple[str, dict[str, Any], str | None]
 @dataclass
 class Seen:
     keys: dict[str, Key] | None = None  # None: not looked yet (what exists at the start is no news)
-    reported: set[str] = field(default_factory=set)  # budget thresholds already emitted by this process
+    # budget thresholds this process emitted: account -> (its period, the levels), the current period only
+    reported: dict[str, tuple[str, set[int]]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)  # engine or service -> restarts counted
     load_failures: int | None = None
 
 
 def budgets(accounts: Mapping[str, Account], levels: Sequence[int], seen: Seen) -> list[Event]:
-    """A budget.threshold for each level a key's, team's or person's spend reached in its budget period."""
+    """A budget.threshold for each level a key's, team's or person's credits or tokens reached in its budget
+    period. A request refused for the budget counts as 100%: reservations refuse before spend gets there."""
     found: list[Event] = []
     for ident, account in accounts.items():
-        if not account.max_budget:
+        shares = []
+        if account.max_budget:
+            shares.append(account.spend / account.max_budget * 100)
+        if account.max_tokens:
+            shares.append(account.tokens / account.max_tokens * 100)
+        refused = account.refused is not None and account.refused[0] == account.reset_at
+        if refused:
+            shares.append(100.0)
+        if not shares:
             continue
-        share = account.spend / account.max_budget * 100
+        share = max(shares) + 1e-9  # 0.1 x 80 is 7.999... in floating point
         period = account.reset_at.isoformat() if account.reset_at else "lifetime"
+        done = seen.reported.get(ident)
+        if done is None or done[0] != period:
+            done = seen.reported[ident] = (period, set())
         kind, _, account_id = ident.partition(":")
         for level in levels:
-            dedupe = f"budget:{ident}:{period}:{level}"
-            if share < level or dedupe in seen.reported:
+            if share < level or level in done[1]:
                 continue
-            seen.reported.add(dedupe)
+            done[1].add(level)
             data = {
                 "account": kind,
                 "id": account_id,
@@ -43,9 +55,12 @@ def budgets(accounts: Mapping[str, Account], levels: Sequence[int], seen: Seen) 
                 "threshold": level,
                 "spend": round(account.spend, 6),
                 "max_budget": account.max_budget,
+                "tokens": account.tokens,
+                "max_tokens": account.max_tokens,
+                "refused": refused,
                 "resets_at": account.reset_at.isoformat() if account.reset_at else None,
             }
-            found.append(("budget.threshold", data, dedupe))
+            found.append(("budget.threshold", data, f"budget:{ident}:{period}:{level}"))
     return found
 
 
@@ -60,7 +75,8 @@ def keys(current: Mapping[str, Key], seen: Seen) -> list[Event]:
         if old is None:
             found.append(("key.created", _key(key), f"key.created:{ident}"))
         elif key.blocked and not old.blocked:
-            found.append(("key.revoked", {**_key(key), "reason": "blocked"}, None))
+            blocked = f"key.blocked:{ident}:{key.updated_at.isoformat()}"  # once, however many gateways saw it
+            found.append(("key.revoked", {**_key(key), "reason": "blocked"}, blocked))
     for ident, key in before.items():
         if ident not in current:
             found.append(("key.revoked", {**_key(key), "reason": "deleted"}, f"key.deleted:{ident}"))
@@ -71,8 +87,9 @@ def restarts(counts: Iterable[tuple[str, str, int, str]], seen: Seen) -> list[Ev
     """engine.restarted / service.restarted when a counter of restarts went up: (event, name, count, why)."""
     found: list[Event] = []
     for event, name, count, why in counts:
-        known = seen.restarts.get(f"{event}:{name}")
-        seen.restarts[f"{event}:{name}"] = count
+        counter = f"{event}:{name}:{why}"  # an engine has two counters: the arbiter's restarts, its worker's crashes
+        known = seen.restarts.get(counter)
+        seen.restarts[counter] = count
         if known is not None and count > known:
             subject = "engine" if event == "engine.restarted" else "service"
             found.append((event, {subject: name, "restarts": count, "reason": why}, None))

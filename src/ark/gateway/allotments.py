@@ -107,6 +107,7 @@ class Allotments:
         result = await self._db(grant, self.holder, wants, time.time())
         if isinstance(result, Refusal):
             account = next(a for i, a, _, _ in short.needs if i == result.subject)
+            account.refused = (account.reset_at,)
             unit = "credits" if result.limit == "budget" else "tokens"
             whose = account.whose
             raise InsufficientQuota(

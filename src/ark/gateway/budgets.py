@@ -68,6 +68,8 @@ class Account:
     pending_cost: float = 0.0
     pending_tokens: int = 0
     grown_at: float = 0.0
+    # a request was refused for this budget (the period it happened in, as (reset_at,)): it is as good as spent
+    refused: tuple[datetime | None] | None = None
 
     def short(self, cost: float, tokens: int) -> tuple[float, int]:
         """What the allotment lacks for a request that may cost ``cost`` and use ``tokens`` (shared database)."""
@@ -231,6 +233,7 @@ class Budgets:
                 and account.tokens + account.reserved_tokens + tokens > account.max_tokens
             ):
                 reason = account.refusal(cost, tokens)
+                account.refused = (account.reset_at,)
                 raise InsufficientQuota(
                     f"{reason}; this request could cost up to {cost:.6g} credits and {tokens} tokens."
                 )

@@ -64,6 +64,8 @@ class Front:
         self.emails: dict[str, Person] = {}  # the same by e-mail (lower case): whom a trusted header may name
         self._lookups, self._lookups_at = _KEY_LOOKUPS_PER_S, 0.0  # a bucket of database lookups of unknown keys
         self.prices = prices(settings.models)
+        # told the keys after each reload (every few seconds, and at once after the admin API changed one)
+        self.key_watchers: list[Callable[[dict[str, Key]], None]] = []
         self._master = settings.master_key.value.encode()
         self._max_inflight = settings.gateway.max_inflight
         self.log_prompts = settings.gateway.log_prompts
@@ -84,6 +86,8 @@ class Front:
         self._know(people)
         rt.budgets.sync(keys, teams, people)
         rt.rates.sync(keys, teams, rt.clock.monotonic(), people)
+        for watcher in self.key_watchers:
+            watcher(self.keys)
 
     def _know(self, people: list[Person]) -> None:
         self.people = {p.id: p for p in people}
