@@ -26,7 +26,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
     ├── DriverError                 ark.arbiter.drivers: an engine did not load, unload or free in time
     ├── WorkloadError               ark.arbiter._fields: a bad `ark gpu simulate` workload (CLI exit 2)
     ├── StartFailed                 ark.supervisor.supervisor: a supervised service did not come up
-    ├── InstallError                ark.chat.install: `ark services install` failed a step
+    ├── InstallError                ark.supervisor.installs: `ark services install` failed a step
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         │   └── WorkflowRejected    ark.images.comfyui: 400 workflow_rejected (ComfyUI's node_errors)

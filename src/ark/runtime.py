@@ -349,6 +349,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def _components() -> list[Component]:
     from ark.arbiter.api import GpuApi
+    from ark.automation.component import Automation
     from ark.chat import Chat
     from ark.console.component import ConsoleComponent
     from ark.events.component import Events
@@ -370,6 +371,7 @@ def _components() -> list[Component]:
         Monitoring(),
         Chat(),
         Images(),
+        Automation(),
     ]
 
 

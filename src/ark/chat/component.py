@@ -10,19 +10,15 @@ backoff and keeps their logs (DATA/logs). Open WebUI's gateway key is a service 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ark.auth.signing import b64, derive
 from ark.chat import install, webui
 from ark.config import Settings
 from ark.runtime import Component, Runtime, Status
-from ark.store import Store, key_id
+from ark.store import Store, service_keys
 from ark.supervisor import Health, ServiceSpec
 
 log = logging.getLogger("ark.chat")
@@ -95,24 +91,5 @@ def services(settings: Settings, place: install.Installed, key: str, secret: str
 
 
 def service_key(store: Store, data_dir: Path) -> str:
-    """Open WebUI's gateway key: the one in DATA/open-webui.key while the store still has it as a usable
-    service key (not blocked, not expired, still trusted to name people), else a new one."""
-    path = data_dir / SERVICE_KEY_FILE
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        secret = path.read_text(encoding="ascii").strip()
-        key = store.keys.get_key(key_id(secret)) if secret else None
-        if key is not None and key.trust_user_headers and not key.blocked and not key.expired(datetime.now(UTC)):
-            return secret
-    secret, _ = store.keys.create_key(
-        {
-            "key_alias": SERVICE_KEY_ALIAS,
-            "trust_user_headers": True,
-            "metadata": {"service": "open-webui", "made_by": "ark up"},
-        }
-    )
-    fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".open-webui-key-")  # mode 0600, a fresh name
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(secret + "\n")
-    os.replace(temporary, path)
-    log.info("chat: made Open WebUI's gateway key (%s…), kept in %s", secret[:11], path)
-    return secret
+    """Open WebUI's gateway key (DATA/open-webui.key), trusted to name the person each request is for."""
+    return service_keys.service_key(store, data_dir, SERVICE_KEY_ALIAS, trust_user_headers=True)

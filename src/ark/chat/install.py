@@ -15,16 +15,16 @@ finished by running it again.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ark.config import Settings
-from ark.errors import ArkError
+from ark.supervisor.installs import InstallError, Progress, run_step, services_dir
+
+__all__ = ["InstallError", "Installed", "install", "installed", "location", "services_dir"]
 
 OPEN_WEBUI_VERSION = "0.12.4"
 # Open WebUI's requirements ARK leaves out, and why (see the module's docstring)
@@ -33,12 +33,8 @@ LEFT_OUT = {
     "accelerate": "local models on PyTorch",
 }
 _MARKER = ".ark-installed"
+_PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1"}
 _EXPECTED_PACKAGES = 260  # what the install resolves to, for the progress bar (it says when it knows)
-Progress = Callable[[str, int, int | None], None]  # (what, done, total or None)
-
-
-class InstallError(ArkError):
-    """An install step failed; the message names the step and the end of its output."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +53,6 @@ class Installed:
     @property
     def chroma(self) -> Path:
         return self.venv / "bin" / "chroma"
-
-
-def services_dir(settings: Settings) -> Path:
-    configured = settings.chat.services_dir
-    return Path(configured).expanduser() if configured else settings.data_dir / "services"
 
 
 def location(settings: Settings, version: str = OPEN_WEBUI_VERSION) -> Installed:
@@ -88,22 +79,6 @@ def requirements(requires: list[str]) -> list[str]:
     return out
 
 
-def _run(step: str, argv: list[str], on_line: Callable[[str], None] | None = None) -> None:
-    """Run one install step; its output is read as it comes (for progress) and its end kept for errors."""
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1"}
-    tail: list[str] = []
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            tail = [*tail[-19:], line.rstrip()]
-            if on_line is not None:
-                on_line(line)
-    if process.returncode != 0:
-        raise InstallError(f"{step} failed (exit {process.returncode}):\n" + "\n".join(tail))
-
-
 def install(settings: Settings, progress: Progress, python: str = sys.executable) -> Installed:
     """Create (or finish) the pinned version's environment; returns where it is."""
     if sys.version_info[:2] not in ((3, 11), (3, 12)):
@@ -115,9 +90,9 @@ def install(settings: Settings, progress: Progress, python: str = sys.executable
     place.root.mkdir(parents=True, exist_ok=True)
     pip = [str(place.venv / "bin" / "python"), "-m", "pip", "install", "--no-input"]
     progress("creating its virtual environment", 0, None)
-    _run("creating the virtual environment", [python, "-m", "venv", str(place.venv)])
+    run_step("creating the virtual environment", [python, "-m", "venv", str(place.venv)], env=_PIP_ENV)
     progress(f"installing open-webui {OPEN_WEBUI_VERSION}", 0, None)
-    _run("installing open-webui", [*pip, "--no-deps", f"open-webui=={OPEN_WEBUI_VERSION}"])
+    run_step("installing open-webui", [*pip, "--no-deps", f"open-webui=={OPEN_WEBUI_VERSION}"], env=_PIP_ENV)
     query = "import importlib.metadata as m, json; print(json.dumps(m.requires('open-webui') or []))"
     listed = subprocess.run(
         [str(place.venv / "bin" / "python"), "-c", query], capture_output=True, text=True, check=True
@@ -135,7 +110,8 @@ def install(settings: Settings, progress: Progress, python: str = sys.executable
             packages = line.split(":", 1)[1].count(",") + 1
             progress(f"installing {packages} packages", seen, seen)
 
-    _run("installing Open WebUI's requirements", [*pip, "-r", str(place.root / "requirements.txt")], count)
+    requirements_file = str(place.root / "requirements.txt")
+    run_step("installing Open WebUI's requirements", [*pip, "-r", requirements_file], count, env=_PIP_ENV)
     (place.root / _MARKER).write_text(OPEN_WEBUI_VERSION + "\n")
     progress("installed", 1, 1)
     return place

@@ -23,6 +23,7 @@ from ark.config.images import ImageModelSettings, ImagesSettings
 from ark.config.inference import DEFAULT_ENGINES, EngineSettings, GpuSettings, ModelSettings
 from ark.config.services import (
     AuthSettings,
+    AutomationSettings,
     ChatSettings,
     ConsoleSettings,
     GatewaySettings,
@@ -78,6 +79,7 @@ class Settings:
     chat: ChatSettings = table(ChatSettings)
     images: ImagesSettings = table(ImagesSettings)
     events: EventsSettings = table(EventsSettings)
+    automation: AutomationSettings = table(AutomationSettings)
     engines: tuple[EngineSettings, ...] = tables(EngineSettings, default=DEFAULT_ENGINES, limit=32)
     models: tuple[ModelSettings, ...] = tables(ModelSettings, env=False, label="ID", quoted=True)
     image_models: tuple[ImageModelSettings, ...] = tables(

@@ -235,3 +235,27 @@ class ChatSettings:
         "their definitions are not sent (thousands of prompt tokens a message, more than small models' context).",
     )
     name: str = setting(Str(), "ARK Chat", "The name Open WebUI shows (its WEBUI_NAME).")
+
+
+@section
+class AutomationSettings:
+    """n8n, run by `ark up` on loopback with a gateway key of its own (docs/automation.md)."""
+
+    n8n: str = setting(
+        Choice("auto", "yes", "no"),
+        "auto",
+        "Whether `ark up` runs n8n. auto: when installed (`ark services install n8n`); yes: report it failed when "
+        "it is not; no: never.",
+    )
+    n8n_listen: Address = setting(HostPort(), "127.0.0.1:5678", "n8n's address (loopback: Nginx serves n8n.DOMAIN).")
+    model: str = setting(
+        Str(),
+        "smollm2-135m-instruct",
+        "The model n8n's workflows ask by default (ARK_MODEL in n8n's environment; the bundled one by default).",
+    )
+    workflows_dir: str = setting(
+        Str(),
+        "",
+        "n8n workflows (exported JSON, one per file) imported at each start of n8n, and activated when their "
+        'file says "active": true. Empty: DATA/n8n-workflows.',
+    )
