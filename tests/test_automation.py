@@ -32,7 +32,7 @@ MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
 
 def test_n8n_takes_its_whole_configuration_from_ark(tmp_path: Path) -> None:
     settings = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_AUTOMATION_N8N_LISTEN": "127.0.0.1:5999"})
-    env = n8n_env(settings, "sk-ark-n8n", "secret")
+    env = n8n_env(settings, "sk-ark-n8n", tmp_path / "n8n" / "encryption.key")
     assert (env["N8N_LISTEN_ADDRESS"], env["N8N_PORT"], env["N8N_USER_FOLDER"]) == (
         "127.0.0.1",
         "5999",
@@ -41,9 +41,12 @@ def test_n8n_takes_its_whole_configuration_from_ark(tmp_path: Path) -> None:
     off = ("N8N_DIAGNOSTICS_ENABLED", "N8N_VERSION_NOTIFICATIONS_ENABLED", "N8N_TEMPLATES_ENABLED")
     assert all(env[name] == "false" for name in off)
     assert env["ARK_API_URL"] == "http://127.0.0.1:4000/v1" and env["ARK_API_KEY"] == "sk-ark-n8n"
-    assert env["N8N_ENCRYPTION_KEY"] == "secret" and env["N8N_SECURE_COOKIE"] == "false"
+    assert "N8N_ENCRYPTION_KEY" not in env  # workflows read $env: the key is a file they cannot name
+    assert env["N8N_ENCRYPTION_KEY_FILE"] == str(tmp_path / "n8n" / "encryption.key")
+    assert env["N8N_SECURE_COOKIE"] == "false" and env["N8N_RUNNERS_ENABLED"] == "false"
+    assert env["N8N_DYNAMIC_BANNERS_ENABLED"] == "false"
     behind = load_settings(env={"ARK_DATA_DIR": str(tmp_path), "ARK_EDGE_DOMAIN": "ark.example.org"})
-    proxied = n8n_env(behind, "k", "s")
+    proxied = n8n_env(behind, "k", tmp_path / "key")
     assert proxied["WEBHOOK_URL"] == "https://n8n.ark.example.org/" and proxied["N8N_SECURE_COOKIE"] == "true"
 
 
@@ -61,6 +64,10 @@ def test_workflows_are_imported_then_switched_on_before_n8n_starts(tmp_path: Pat
         "exec /usr/bin/node /n8n/bin/n8n start",
     ]
     assert command("node", Path("n8n"), tmp_path / "none", [])[2] == "exec node n8n start"
+    (tmp_path / "nameless.json").write_text('{"nodes": [], "connections": {}}')  # a new copy at every import
+    with pytest.raises(ValueError, match=r"nameless\.json: a workflow file needs its"):
+        workflows(tmp_path)
+    (tmp_path / "nameless.json").unlink()
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match=r"broken\.json"):
         workflows(tmp_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,8 +74,9 @@ class Automation(Component):
         return list(self.report)
 
 
-def n8n_env(settings: Settings, key: str, encryption_key: str) -> dict[str, str]:
-    """n8n's whole configuration, from ark.toml."""
+def n8n_env(settings: Settings, key: str, encryption_key_file: Path) -> dict[str, str]:
+    """n8n's whole configuration, from ark.toml. Workflows read the environment (``$env``): the encryption
+    key is given as a file, not a variable, so that they cannot; the gateway key they are meant to read."""
     listen, domain = settings.automation.n8n_listen, settings.edge.domain
     data = settings.data_dir / "n8n"
     env = {
@@ -82,14 +84,17 @@ def n8n_env(settings: Settings, key: str, encryption_key: str) -> dict[str, str]
         "N8N_LISTEN_ADDRESS": listen.host,
         "N8N_PORT": str(listen.port),
         "N8N_PROTOCOL": "http",
-        "N8N_ENCRYPTION_KEY": encryption_key,  # the credentials it stores: stable across restarts and reinstalls
+        # the credentials it stores: a key stable across restarts and reinstalls (derived from DATA/auth.key)
+        "N8N_ENCRYPTION_KEY_FILE": str(encryption_key_file),
         "N8N_ENFORCE_SETTINGS_FILE_PERMISSIONS": "true",
+        "N8N_GRACEFUL_SHUTDOWN_TIMEOUT": "10",  # within the supervisor's grace (15 s) before it kills
         # nothing reported or fetched
         "N8N_DIAGNOSTICS_ENABLED": "false",
         "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
         "N8N_TEMPLATES_ENABLED": "false",
         "N8N_PERSONALIZATION_ENABLED": "false",
         "N8N_HIRING_BANNER_ENABLED": "false",
+        "N8N_DYNAMIC_BANNERS_ENABLED": "false",
         "EXTERNAL_FRONTEND_HOOKS_URLS": "",
         "N8N_DIAGNOSTICS_CONFIG_FRONTEND": "",
         "N8N_DIAGNOSTICS_CONFIG_BACKEND": "",
@@ -101,7 +106,9 @@ def n8n_env(settings: Settings, key: str, encryption_key: str) -> dict[str, str]
         "EXECUTIONS_DATA_PRUNE": "true",
         "EXECUTIONS_DATA_MAX_AGE": "336",  # hours: two weeks of runs
         "GENERIC_TIMEZONE": "UTC",
-        "N8N_RUNNERS_ENABLED": "true",
+        # Code nodes in n8n's own process: task runners would listen on a second fixed port (5679), which two
+        # ARKs on one machine (or a test beside a running ARK) would fight over
+        "N8N_RUNNERS_ENABLED": "false",
     }
     if domain:  # behind Nginx at n8n.DOMAIN, over TLS
         env |= {
@@ -117,7 +124,8 @@ def n8n_env(settings: Settings, key: str, encryption_key: str) -> dict[str, str]
 
 def workflows_dir(settings: Settings) -> Path:
     configured = settings.automation.workflows_dir
-    return Path(configured).expanduser() if configured else settings.data_dir / "n8n-workflows"
+    # absolute: n8n runs in DATA/n8n, and would find nothing at a path relative to ARK's own folder
+    return Path(configured).expanduser().resolve() if configured else settings.data_dir / "n8n-workflows"
 
 
 def workflows(folder: Path) -> list[tuple[Path, str | None]]:
@@ -131,8 +139,11 @@ def workflows(folder: Path) -> list[tuple[Path, str | None]]:
             raise ValueError(f"{path}: not a workflow n8n can import ({exc})") from None
         if not isinstance(flow, dict) or not isinstance(flow.get("nodes"), list):
             raise ValueError(f"{path}: not a workflow n8n can import (an object with nodes, as n8n exports)")
-        active = flow.get("active") is True and isinstance(flow.get("id"), str)
-        found.append((path, flow["id"] if active else None))
+        ident = flow.get("id")
+        if not isinstance(ident, str) or not 0 < len(ident) <= 36 or not isinstance(flow.get("connections"), dict):
+            # without an id n8n makes a new one at each import: a new copy of the workflow at every start
+            raise ValueError(f'{path}: a workflow file needs its "id" (up to 36 characters) and "connections"')
+        found.append((path, ident if flow.get("active") is True else None))
     return found
 
 
@@ -158,12 +169,16 @@ def service(
 ) -> ServiceSpec:
     data = settings.data_dir / "n8n"
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_file = data / "encryption.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(encryption_key)
     return ServiceSpec(
         SERVICE,
         command(node, place.n8n, workflows_dir(settings), flows),
-        # the first start migrates its database: a minute or more on two cores
-        Health(url=f"http://{settings.automation.n8n_listen.local()}/healthz", timeout_s=300),
-        env=n8n_env(settings, key, encryption_key),
+        # ready once its database is migrated (/healthz answers as soon as it listens): a minute on two cores
+        Health(url=f"http://{settings.automation.n8n_listen.local()}/healthz/readiness", timeout_s=300),
+        env=n8n_env(settings, key, key_file),
         cwd=data,
         grace_s=15,
         inherit_env=False,  # no ARK_* secret of ARK's shell, no stray N8N_* setting

@@ -82,12 +82,16 @@ def install(settings: Settings, progress: Progress) -> Installed:
             progress(f"fetching packages ({fetched})", fetched, max(fetched, _EXPECTED_FETCHES))
 
     progress(f"installing n8n {N8N_VERSION}", 0, None)
-    argv = [npm, "install", f"n8n@{N8N_VERSION}", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=http"]
+    argv = [npm, "install", f"n8n@{N8N_VERSION}", "--save-exact", "--omit=dev", "--no-audit", "--no-fund"]
+    argv.append("--loglevel=http")
     # no update check, and no analytics from the install scripts of n8n's dependencies (@scarf/scarf)
     env = {"NPM_CONFIG_UPDATE_NOTIFIER": "false", "SCARF_ANALYTICS": "false", "DO_NOT_TRACK": "1"}
-    run_step("npm install n8n", argv, count, env=env, cwd=place.root)
+    # the install scripts of some 1,500 packages run: none of them sees ARK's secrets
+    run_step("npm install n8n", argv, count, env=env, cwd=place.root, inherit=False)
     if not place.n8n.is_file():
         raise InstallError(f"npm finished but {place.n8n} is not there")
+    # its database driver is native code, built here when no prebuilt binary could be fetched: it must load
+    run_step("checking n8n's SQLite driver", [node(), "-e", "require('sqlite3')"], cwd=place.root, inherit=False)
     (place.root / _MARKER).write_text(N8N_VERSION + "\n")
     progress("installed", 1, 1)
     return place

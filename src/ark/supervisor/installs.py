@@ -24,14 +24,27 @@ def services_dir(settings: Settings) -> Path:
     return Path(configured).expanduser() if configured else settings.data_dir / "services"
 
 
+# What a step that runs others' install scripts (npm's) keeps of ARK's environment: no ARK_* secret
+_KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_KEPT_PREFIXES = ("npm_config_", "NPM_CONFIG_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy")
+
+
 def run_step(
     step: str,
     argv: list[str],
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    inherit: bool = True,
 ) -> None:
-    """Run one install step; raises :class:`InstallError` with the last lines of its output when it fails."""
+    """Run one install step; raises :class:`InstallError` with the last lines of its output when it fails.
+    ``inherit=False``: only the basics of ARK's environment (:data:`_KEPT`), then ``env``."""
+    base = (
+        dict(os.environ)
+        if inherit
+        else {k: v for k, v in os.environ.items() if k in _KEPT or k.startswith(_KEPT_PREFIXES)}
+    )
     tail: list[str] = []
     try:
         process = subprocess.Popen(
@@ -39,7 +52,7 @@ def run_step(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**base, **(env or {})},
             cwd=cwd,
             bufsize=1,
         )
