@@ -89,6 +89,26 @@ class Component:
         return []
 
 
+class ServicesComponent(Component):
+    """A component whose parts are third-party programs the supervisor runs: what it found at start
+    (``report``, until the supervisor's live state replaces it) and what it asks to run (``specs``)."""
+
+    def __init__(self) -> None:
+        self.report: list[Status] = []
+        self.specs: list[ServiceSpec] = []
+
+    def services(self, rt: Runtime) -> Sequence[ServiceSpec]:
+        return self.specs
+
+    def status(self) -> list[Status]:
+        return list(self.report)
+
+    def not_installed(self, mode: str, names: Sequence[str], install: str) -> None:
+        """Reported absent (``mode`` auto) or failed (yes) with the command that installs them."""
+        state = "failed" if mode == "yes" else "absent"
+        self.report = [Status(name, state, f"not installed: run {install}") for name in names]
+
+
 async def _unknown_url(request: Request, responder: Responder, allowed: tuple[str, ...]) -> None:
     await send_error(responder, UnknownUrl(f"Unknown request URL: {request.method} {request.path}."))
 

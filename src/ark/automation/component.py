@@ -22,7 +22,7 @@ import orjson
 from ark.auth.signing import b64, derive
 from ark.automation import install
 from ark.config import Settings
-from ark.runtime import Component, Runtime, Status
+from ark.runtime import Runtime, ServicesComponent, Status
 from ark.store import service_keys
 from ark.supervisor import Health, ServiceSpec
 from ark.supervisor.installs import InstallError
@@ -31,12 +31,8 @@ log = logging.getLogger("ark.automation")
 SERVICE = "n8n"
 
 
-class Automation(Component):
+class Automation(ServicesComponent):
     name = "automation"
-
-    def __init__(self) -> None:
-        self.report: list[Status] = []
-        self.specs: list[ServiceSpec] = []
 
     async def start(self, rt: Runtime) -> None:
         settings = rt.settings
@@ -45,8 +41,7 @@ class Automation(Component):
             return
         place = install.installed(settings)
         if place is None:
-            why = f"not installed: run `ark services install n8n` (n8n {install.N8N_VERSION})"
-            self.report = [Status(SERVICE, "failed" if mode == "yes" else "absent", why)]
+            self.not_installed(mode, [SERVICE], f"`ark services install n8n` (n8n {install.N8N_VERSION})")
             return
         if rt.store is None or rt.secret is None:
             self.report = [Status(SERVICE, "failed", "needs ARK's database and auth secret")]
@@ -66,12 +61,6 @@ class Automation(Component):
         secret = b64(derive(rt.secret, "n8n encryption"))
         self.specs = [service(settings, place, node, key, secret, flows)]
         self.report = [Status(SERVICE, "starting")]
-
-    def services(self, rt: Runtime) -> Sequence[ServiceSpec]:
-        return self.specs
-
-    def status(self) -> list[Status]:
-        return list(self.report)
 
 
 def n8n_env(settings: Settings, key: str, encryption_key_file: Path) -> dict[str, str]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from ark.auth.signing import b64, derive
 from ark.chat import install, webui
 from ark.config import Settings
-from ark.runtime import Component, Runtime, Status
+from ark.runtime import Runtime, ServicesComponent, Status
 from ark.store import Store, service_keys
 from ark.supervisor import Health, ServiceSpec
 
@@ -26,12 +25,8 @@ SERVICE_KEY_FILE = "open-webui.key"
 SERVICE_KEY_ALIAS = "open-webui"
 
 
-class Chat(Component):
+class Chat(ServicesComponent):
     name = "chat"
-
-    def __init__(self) -> None:
-        self.report: list[Status] = []
-        self.specs: list[ServiceSpec] = []
 
     async def start(self, rt: Runtime) -> None:
         settings = rt.settings
@@ -40,9 +35,8 @@ class Chat(Component):
             return
         place = install.installed(settings)
         if place is None:
-            why = f"not installed: run `ark services install open-webui` (Open WebUI {install.OPEN_WEBUI_VERSION})"
-            state = "failed" if mode == "yes" else "absent"
-            self.report = [Status("open-webui", state, why), Status("chromadb", state, why)]
+            command = f"`ark services install open-webui` (Open WebUI {install.OPEN_WEBUI_VERSION})"
+            self.not_installed(mode, ["open-webui", "chromadb"], command)
             return
         if rt.store is None or rt.secret is None:
             self.report = [Status("open-webui", "failed", "needs ARK's database and auth secret")]
@@ -52,12 +46,6 @@ class Chat(Component):
         secret = b64(derive(rt.secret, "open-webui session"))
         self.specs = services(settings, place, key, secret)
         self.report = [Status(spec.name, "starting") for spec in self.specs]
-
-    def services(self, rt: Runtime) -> Sequence[ServiceSpec]:
-        return self.specs
-
-    def status(self) -> list[Status]:
-        return list(self.report)
 
 
 def services(settings: Settings, place: install.Installed, key: str, secret: str) -> list[ServiceSpec]:
