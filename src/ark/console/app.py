@@ -35,6 +35,8 @@ from ark.auth.service import AuthService
 from ark.auth.users import Session
 from ark.config import Settings
 from ark.console import pages, web
+from ark.console.api import PREFIX as API_PREFIX
+from ark.console.api import ConsoleApi, Gateway
 from ark.console.web import BadInput
 from ark.edge.sites import LINKED
 from ark.wire import Request, Responder, Router
@@ -68,7 +70,9 @@ _WRONG = "Wrong user name, password or code."
 class Console:
     """The console's request handler (for :class:`ark.wire.Server`)."""
 
-    def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
+    def __init__(
+        self, settings: Settings, auth: AuthService, overview: Overview | None = None, gateway: Gateway | None = None
+    ) -> None:
         self.auth = auth
         self.domain = settings.edge.domain.strip().strip(".").lower()
         self.origins = web.console_origins(self.domain, settings.edge.https_port)
@@ -89,6 +93,10 @@ class Console:
             ("GET", "/health/live", self.live),
         ):
             self.router.add(method, path, handler)
+        # the gateway's API for the signed-in person, when the gateway runs in this process (ark.console.api)
+        self.api = ConsoleApi(auth, gateway, settings.master_key.value, self.origins) if gateway else None
+        for method in ("GET", "POST", "DELETE"):
+            self.router.add(method, API_PREFIX + "/{path:path}", self.gateway_api)
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         try:
@@ -241,6 +249,11 @@ class Console:
             ("x-ark-identity", self.auth.identity_token(session)),
         ]
         await responder.send(200, b"", [*_TEXT, *headers])
+
+    async def gateway_api(self, request: Request, responder: Responder) -> None:
+        if self.api is None:
+            raise BadInput("There is no such page.", 404)
+        await self.api(request, responder, await self._session(request))
 
     async def home(self, request: Request, responder: Responder) -> None:
         found = await self._session(request)

@@ -28,7 +28,7 @@ class ConsoleComponent(Component):
         self.recent = Recent(rt.settings.console.overview_sample_s, LATENCY_BUCKETS)
         assert rt.store is not None and rt.identity is not None
         self.server = await ConsoleServer.open(
-            rt.settings, rt.store, rt.metrics.registry, self.overview, rt.secret, rt.identity.sessions
+            rt.settings, rt.store, rt.metrics.registry, self.overview, rt.secret, rt.identity.sessions, rt.http
         )
         sample = every(
             self.recent.interval, lambda: self.recent.take(self), log=log, failure="sampling failed", at_once=True

@@ -18,6 +18,7 @@ from ark.auth.service import AuthService
 from ark.auth.signing import load_secret
 from ark.auth.users import UserStore
 from ark.config import Settings
+from ark.console.api import Gateway
 from ark.console.app import Console, ConsoleCollector, Overview
 from ark.errors import ConsoleError
 from ark.periodic import every
@@ -34,10 +35,12 @@ _PRUNE_EVERY_S = 3600.0
 class ConsoleServer:
     """Start with :meth:`open`, stop with :meth:`close`."""
 
-    def __init__(self, settings: Settings, auth: AuthService, overview: Overview | None = None) -> None:
+    def __init__(
+        self, settings: Settings, auth: AuthService, overview: Overview | None = None, gateway: Gateway | None = None
+    ) -> None:
         self.settings = settings
         self.auth = auth
-        self.console = Console(settings, auth, overview)
+        self.console = Console(settings, auth, overview, gateway)
         self.server = Server(
             self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0, max_connections=MAX_CONNECTIONS)
         )
@@ -52,17 +55,21 @@ class ConsoleServer:
         overview: Overview | None = None,
         secret: bytes | None = None,
         sessions: LiveSessions | None = None,
+        gateway: Gateway | None = None,
     ) -> ConsoleServer:
         """``secret``: DATA/auth.key when the caller has read it already (the gateway has).
 
         ``sessions``: the gateway's view of live sessions when it runs in this process; every sign-out
         and every session found gone is reported to it, so its identity check refuses them at once.
+
+        ``gateway``: the gateway's router when it runs in this process: ``/console/api`` serves it to the
+        signed-in person (ark.console.api).
         """
         if secret is None:
             secret = await asyncio.to_thread(load_secret, settings.data_dir)
         auth = AuthService(UserStore(store.engine), secret, settings.auth, sessions=sessions)
         await auth.start()
-        console = cls(settings, auth, overview)
+        console = cls(settings, auth, overview, gateway)
         listen = settings.console.listen
         try:
             await console.server.start(listen.host, listen.port)
