@@ -41,10 +41,8 @@ class ConsoleServer:
         self.settings = settings
         self.auth = auth
         self.console = Console(settings, auth, overview, gateway)
-        # the console's API carries the gateway's requests (a long prompt): its bodies may be as large there
-        max_body = max(MAX_BODY, settings.gateway.max_body_bytes) if gateway is not None else MAX_BODY
         self.server = Server(
-            self.console, Limits(max_body=max_body, idle_timeout=30.0, max_connections=MAX_CONNECTIONS)
+            self.console, Limits(max_body=MAX_BODY, idle_timeout=30.0, max_connections=MAX_CONNECTIONS)
         )
         self._tasks: list[asyncio.Task[None]] = []
 
