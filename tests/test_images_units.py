@@ -195,9 +195,6 @@ def test_the_arbiter_plans_again_when_comfyuis_job_ends_even_if_its_memory_stays
         def poke(self) -> None:
             self.pokes += 1
 
-        def comfy_view(self) -> Comfy | None:
-            return probe.comfy
-
     async def main() -> None:
         await probe.tick()
         arbiter = Arbiter()

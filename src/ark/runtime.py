@@ -148,8 +148,6 @@ class Runtime:
         # models that no engine serves (image models): each component that has some lists them here, for
         # GET /v1/models; an entry is {"id", "kind", "owned_by", "created"}
         self.other_models: list[Callable[[], list[dict[str, Any]]]] = []
-        # an event for ARK's webhooks: (type, data, dedupe) -> deliveries queued (the events component's bus)
-        self.emit: Callable[[str, dict[str, Any], str | None], int] = _no_events
         self.started = False  # every component started
         self.listeners: dict[str, Server] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -356,10 +354,6 @@ def _call(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         fn()
 
     return step
-
-
-def _no_events(event_type: str, data: dict[str, Any], dedupe: str | None = None) -> int:
-    return 0
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

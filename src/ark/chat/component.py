@@ -21,8 +21,8 @@ from ark.store import Store, service_keys
 from ark.supervisor import Health, ServiceSpec
 
 log = logging.getLogger("ark.chat")
-SERVICE_KEY_FILE = "open-webui.key"
 SERVICE_KEY_ALIAS = "open-webui"
+SERVICE_KEY_FILE = f"{SERVICE_KEY_ALIAS}.key"  # as ark.store.service_keys names it
 
 
 class Chat(ServicesComponent):

@@ -24,8 +24,6 @@ from pathlib import Path
 from ark.config import Settings
 from ark.supervisor.installs import InstallError, Progress, run_step, services_dir
 
-__all__ = ["InstallError", "Installed", "install", "installed", "location", "services_dir"]
-
 OPEN_WEBUI_VERSION = "0.12.4"
 # Open WebUI's requirements ARK leaves out, and why (see the module's docstring)
 LEFT_OUT = {

@@ -10,7 +10,7 @@ from typing import Any
 from ark.config.declare import Scope, section, setting, show
 from ark.config.types import Address, Choice, Float, HostPort, Int, Str, Url
 from ark.errors import ConfigError
-from ark.images.workflow import default_path, load
+from ark.images.workflow import PLACEHOLDERS, default_path, load
 
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: str.isdigit() takes "²", int() does not
 _PLACE = "Where the template takes {what}: NODE.INPUT (e.g. {example}); empty: found in the usual text-to-image graph."
@@ -84,7 +84,7 @@ def _complete_image_model(values: dict[str, Any], scope: Scope) -> dict[str, Any
                 f"{scope.where(name + '_input')}: {show(str(path))} has no place for the image's {name}: declare it"
             )
     size = parse_size(values["size"])
-    if size is None or not all(64 <= side <= values["max_side"] and side % 8 == 0 for side in size):
+    if size is None or not size_fits(size, values["max_side"]):
         raise ConfigError(
             f"{scope.where('size')} = {show(values['size'])}: expected WIDTHxHEIGHT, each side a multiple of 8 "
             f"from 64 to max_side ({values['max_side']}), e.g. 1024x1024"
@@ -102,12 +102,14 @@ def parse_size(text: str) -> tuple[int, int] | None:
     return size if all(0 < side < 65536 for side in size) else None
 
 
-_PLACES = ("prompt", "negative_prompt", "width", "height", "seed", "steps", "batch_size")
+def size_fits(size: tuple[int, int], max_side: int) -> bool:
+    """Each side a multiple of 8 from 64 to ``max_side`` (a model's size, and a request's)."""
+    return all(64 <= side <= max_side and side % 8 == 0 for side in size)
 
 
 def _places(values: Any) -> dict[str, str]:
-    found = values if isinstance(values, dict) else {f"{n}_input": getattr(values, f"{n}_input") for n in _PLACES}
-    return {name: str(found[f"{name}_input"]) for name in _PLACES if found[f"{name}_input"]}
+    found = values if isinstance(values, dict) else {f"{n}_input": getattr(values, f"{n}_input") for n in PLACEHOLDERS}
+    return {name: str(found[f"{name}_input"]) for name in PLACEHOLDERS if found[f"{name}_input"]}
 
 
 @section(complete=_complete_image_model)

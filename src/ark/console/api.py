@@ -36,7 +36,7 @@ Gateway = Callable[[Request, Responder], Awaitable[None]]
 
 def needs(path: str) -> str | None:
     """The role a gateway path needs through the console ("admin", "user"), or None: not served here."""
-    if path.startswith(ADMIN_PATHS) or path in ("/metrics",):
+    if path.startswith(ADMIN_PATHS):
         return "admin"
     if path.startswith(PERSON_PATHS):
         return "user"

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -90,7 +90,3 @@ class EventBus:
         except BaseException:
             self._rows[:0] = rows  # kept, in order, for the next try
             raise
-
-    @staticmethod
-    def iso(when: datetime) -> str:
-        return when.astimezone(UTC).isoformat()

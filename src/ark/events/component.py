@@ -2,8 +2,8 @@
 
 Every second the watchers (:mod:`ark.events.watch`) look at what the runtime already knows (the budgets'
 accounts, the keys in memory, the engines' and services' restart counters, the arbiter's failed loads) and
-emit what changed; any component may emit its own with ``rt.emit(type, data)``. The bus writes each event
-to the outbox once per webhook that wants it, the deliverer sends what is due (docs/automation.md).
+emit what changed. The bus writes each event to the outbox once per webhook that wants it, the deliverer
+sends what is due (docs/automation.md).
 Management (master key): ``GET /admin/webhooks`` (counts per webhook and state, the dead letters) and
 ``POST /admin/webhooks/redeliver`` (``{"id"}``).
 """
@@ -45,7 +45,6 @@ class Events(Component):
         settings = rt.settings
         self.outbox = Outbox(rt.store.engine)
         self.bus = EventBus(settings.webhooks, self.outbox, rt.clock)
-        rt.emit = self.bus.emit
         deliveries = Counter(
             "ark_webhook_deliveries",
             "Tries to deliver an event to a webhook, by outcome (delivered, retry, dead).",

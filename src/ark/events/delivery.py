@@ -83,10 +83,9 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         if not error:
             await asyncio.to_thread(self.outbox.delivered, item.id, self.clock.now().astimezone(UTC), status or 200)
-            self.sending.discard(item.id)
             self.count(item.webhook, "delivered")
-            return
-        await self._failed(item, status, error, last=item.attempts + 1 >= self.settings.max_attempts)
+        else:
+            await self._failed(item, status, error, last=item.attempts + 1 >= self.settings.max_attempts)
         self.sending.discard(item.id)
 
     async def _failed(self, item: Due, status: int | None, error: str, *, last: bool) -> None:

@@ -120,7 +120,7 @@ class Front:
         now = self.rt.clock.monotonic()
         self._lookups = min(_KEY_LOOKUPS_PER_S, self._lookups + (now - self._lookups_at) * _KEY_LOOKUPS_PER_S)
         self._lookups_at = now
-        if self._lookups < 1 or self.rt.store is None:
+        if self._lookups < 1:
             return False
         self._lookups -= 1
         return True

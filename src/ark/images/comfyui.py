@@ -80,7 +80,6 @@ class Job:
     started: float | None = None  # time.monotonic() at execution_start: the GPU seconds count from there
     ended: float | None = None
     stamps: dict[str, int] = field(default_factory=dict)  # ComfyUI's own millisecond stamps: start, end
-    steps: tuple[int, int] = (0, 0)  # the sampler's progress (value, max)
 
     @property
     def seconds(self) -> float:
@@ -257,8 +256,6 @@ def _ended(kind: str, data: Mapping[str, Any], job: Job) -> bool:
             job.stamps["end"] = stamp
     if kind == "execution_start":
         job.started = job.started or time.monotonic()
-    elif kind == "progress":
-        job.steps = (int(data.get("value") or 0), int(data.get("max") or 0))
     elif kind == "executed":
         job.outputs += _images(data.get("output"))
     elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):

@@ -198,16 +198,15 @@ class Images(Component):
 
     async def _answer(self, req: ImageRequest, pictures: list[bytes], request: Request) -> dict[str, Any]:
         data: list[dict[str, str]]
+        now = self.rt.clock.now().timestamp()
         if req.response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
         else:
             names = await asyncio.to_thread(lambda: [self.files.save(p) for p in pictures])
             fallback = f"http://{self.rt.settings.gateway.listen.local()}"
             base = base_url(request.headers.get("host"), request.headers.get("x-forwarded-proto"), fallback)
-            now = self.rt.clock.now().timestamp()
             data = [{"url": self.files.url(base, name, now)} for name in names]
-        created = int(self.rt.clock.now().timestamp())
-        return {"created": created, "data": data, "size": req.size, "quality": req.quality, "output_format": "png"}
+        return {"created": int(now), "data": data, "size": req.size, "quality": req.quality, "output_format": "png"}
 
     async def serve_file(self, request: Request, responder: Responder) -> None:
         """An image by its signed URL: no key needed (the URL is the grant), nothing but that one file."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ark.config.images import ImageModelSettings, parse_size
+from ark.config.images import ImageModelSettings, parse_size, size_fits
 from ark.errors import InvalidRequest, ModelNotFound
 from ark.images.workflow import Template
 
@@ -93,8 +93,7 @@ def parse(body: Mapping[str, Any], models: Mapping[str, ImageModel]) -> ImageReq
     response_format = _choice(body, "response_format", FORMATS, "url")
     quality = _choice(body, "quality", tuple(QUALITY_STEPS), "auto")
     _choice(body, "style", STYLES, "vivid")
-    output_format = _choice(body, "output_format", ("png",), "png")
-    del output_format  # ComfyUI's SaveImage writes PNG; the others are refused above rather than mislabelled
+    _choice(body, "output_format", ("png",), "png")  # ComfyUI's SaveImage writes PNG: others are refused
     base = model.base_steps()
     steps = max(1, round(base * QUALITY_STEPS[quality])) if base else None
     seed = body.get("seed")  # not OpenAI's: an extension for reproducible images
@@ -126,7 +125,7 @@ def _size(value: Any, model: ImageModel) -> tuple[int, int]:
         return size
     size = parse_size(value) if isinstance(value, str) else None
     top = limits.max_side
-    if size is None or not all(64 <= side <= top and side % 8 == 0 for side in size):
+    if size is None or not size_fits(size, top):
         raise InvalidRequest(
             f"'size' must be WIDTHxHEIGHT (or auto), each side a multiple of 8 from 64 to {top} for {model.id}.",
             param="size",

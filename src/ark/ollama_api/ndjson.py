@@ -55,7 +55,7 @@ class Lines:
         delta = choice.get("delta")
         if delta is not None and choice.get("finish_reason") is None and not delta.get("tool_calls"):
             text = delta.get("content")  # a chat's token: most lines of a stream, the short way
-            return self._head + shapes.stamp() + self._text + orjson.dumps(text) + self._tail if text else None
+            return self._line(text) if text else None
         if "text" in choice:  # a text completion (/api/generate, raw)
             text = choice.get("text") or ""
         else:
