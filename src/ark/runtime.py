@@ -363,12 +363,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def _components() -> list[Component]:
     from ark.arbiter.api import GpuApi
+    from ark.auth.api import AccountsApi
     from ark.automation.component import Automation
     from ark.chat import Chat
     from ark.console.component import ConsoleComponent
     from ark.events.component import Events
     from ark.gateway.admin import AdminApi
     from ark.gateway.health import HealthApi
+    from ark.gateway.me import SelfServiceApi
     from ark.gateway.openai import OpenAIApi
     from ark.images.component import Images
     from ark.monitor.component import Monitoring
@@ -378,6 +380,8 @@ def _components() -> list[Component]:
         OpenAIApi(),
         OllamaApi(),
         AdminApi(),
+        AccountsApi(),
+        SelfServiceApi(),
         GpuApi(),
         HealthApi(),
         Events(),

@@ -95,6 +95,11 @@ def check_role(role: str) -> str:
     return role
 
 
+def default_email(name: str, domain: str) -> str:
+    """A new user's e-mail when none is given: NAME@DOMAIN (NAME itself when it is one)."""
+    return name if "@" in name else f"{name.lower()}@{domain or 'localhost'}"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ark.auth import passwords, totp
-from ark.auth.users import ROLES, User, UserStore
+from ark.auth.users import ROLES, User, UserStore, default_email
 from ark.cli.admin import limit_options
 from ark.cli.common import (
     Table,
@@ -111,7 +111,7 @@ def users_add(
         if store.get(name) is not None:
             raise click.ClickException(f"a user named {name!r} exists already")
         if email is None:
-            email = name if "@" in name else f"{name.lower()}@{settings.edge.domain or 'localhost'}"
+            email = default_email(name, settings.edge.domain)
         password = read_password(password_stdin)
         user = store.add(name, email, display_name or name, role, passwords.hash_password(password))
     console.print(f"Added {_describe(user)}")

@@ -91,6 +91,17 @@ class IpList(_ItemList[str]):
         return _address(text)
 
 
+class NameList(_ItemList[str]):
+    """Comma-separated names (models, say) as a TOML array or text, or empty."""
+
+    expected = 'names as an array ["llama3.2:3b", "sdxl"] or comma-separated text, or empty'
+
+    def item(self, text: str) -> str:
+        if len(text) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ValueError(f"{text[:40]!r} is not a name")
+        return text
+
+
 class PortList(_ItemList[int]):
     """Ports as a TOML array of integers or comma-separated text (``"8443, 9000"``), sorted, unique."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ark.config.declare import section, setting
+from ark.config.network import NameList
 from ark.config.types import Address, Bool, ByteSize, Choice, DatabaseUrl, Float, HostPort, Int, Str
 
 
@@ -116,6 +117,23 @@ class ConsoleSettings:
         Float(0.1, hi=300.0),
         5.0,
         "Seconds between two samples of the console's live overview (it keeps the last hour in memory).",
+    )
+    keys_per_person: int = setting(
+        Int(0, 1000),
+        5,
+        "Keys each person may hold at once from the console's My keys page (0: people make no keys themselves).",
+    )
+    key_models: tuple[str, ...] = setting(
+        NameList(),
+        "",
+        "Models a person's own keys may be limited to (a key made there names some of these, or gets all of "
+        "them). Empty: any model the person may use.",
+    )
+    key_max_budget: float | None = setting(
+        Float(0.0),
+        None,
+        "Largest budget a person may give one of their own keys (every key then has one). Unset: a key may "
+        "have none; the person's own budget still applies to everything their keys spend.",
     )
 
 

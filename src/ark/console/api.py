@@ -28,7 +28,7 @@ from ark.wire import Request, Responder
 log = logging.getLogger("ark.console")
 PREFIX = "/console/api"
 ADMIN_PATHS = ("/key/", "/team/", "/user/", "/spend/", "/usage/", "/admin/", "/metrics")
-PERSON_PATHS = ("/v1/", "/api/")
+PERSON_PATHS = ("/v1/", "/api/", "/me")
 _READS = ("GET", "HEAD")
 _JSON = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
 Gateway = Callable[[Request, Responder], Awaitable[None]]

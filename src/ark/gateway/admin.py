@@ -9,6 +9,8 @@ working; ARK's extensions (``max_tokens_budget``, ``blocked``) go in the same bo
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,7 +25,7 @@ from ark.gateway.requests import parse_body
 from ark.runtime import Component, Runtime
 from ark.store import Key, Store, key_id, parse_duration
 from ark.store.keys import Person, now
-from ark.store.ledger import daily_usage, person_usage, spend_logs
+from ark.store.ledger import USAGE_GROUPS, daily_usage, person_usage, spend_logs, usage_summary
 from ark.wire import Request, Responder
 
 _HEX = frozenset("0123456789abcdef")
@@ -104,7 +106,7 @@ _LIMITS: dict[str, Callable[[Any, str], Any]] = {
     "metadata": _object,
     "blocked": _flag,
 }
-_KEY_FIELDS = {
+KEY_FIELDS = {
     **_LIMITS,
     "key_alias": _optional(_text),
     "user_id": _optional(_text),
@@ -115,7 +117,8 @@ _TEAM_FIELDS = {**_LIMITS, "team_alias": _optional(_text)}
 _IGNORED = frozenset({"key", "keys", "team_id", "key_aliases", "duration", "send_invite_email", "tags"})
 
 
-def _values(body: Json, checks: dict[str, Callable[[Any, str], Any]], *, extra: frozenset[str] = _IGNORED) -> Json:
+def checked(body: Json, checks: dict[str, Callable[[Any, str], Any]], *, extra: frozenset[str] = _IGNORED) -> Json:
+    """The fields of ``body`` that ``checks`` knows, each checked (400 naming the first bad or unknown one)."""
     unknown = [name for name in body if name not in checks and name not in extra]
     if unknown:
         raise InvalidRequest(f"Unknown field '{unknown[0]}'.", param=unknown[0])
@@ -129,7 +132,8 @@ def _reset_at(duration: str | None) -> Any:
     return now() + parse_duration(duration) if duration else None
 
 
-def _expiry(body: Json) -> Json:
+def expiry(body: Json) -> Json:
+    """``expires_at`` from ``duration`` ("30d"; "permanent" or null: never), when the body has one."""
     duration = body.get("duration")
     if duration is None or duration == "permanent":
         return {"expires_at": None} if "duration" in body else {}
@@ -174,6 +178,13 @@ def key_ident(value: Any) -> str:
     return key_id(value)
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell: text that a spreadsheet would run as a formula (=, +, -, @ first) gets a leading "'"."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
 class Admin:
     """The handlers; the gateway checks the master key before calling them."""
 
@@ -189,7 +200,7 @@ class Admin:
             raise NotFound(f"No team '{values['team_id']}'.", param="team_id")
 
     async def key_generate(self, body: Json) -> Json:
-        values = {**_values(body, _KEY_FIELDS), **_expiry(body)}
+        values = {**checked(body, KEY_FIELDS), **expiry(body)}
         await self._team_exists(values)
         secret, key = await self._run(self.store.keys.create_key, values)
         await self._changed()
@@ -197,7 +208,7 @@ class Admin:
 
     async def key_update(self, body: Json) -> Json:
         ident = key_ident(body.get("key"))
-        values = {**_values(body, _KEY_FIELDS), **_expiry(body)}
+        values = {**checked(body, KEY_FIELDS), **expiry(body)}
         await self._team_exists(values)
         key = await self._run(self.store.keys.update_key, ident, values)
         if key is None:
@@ -239,7 +250,7 @@ class Admin:
         }
 
     async def team_new(self, body: Json) -> Json:
-        values = _values(body, _TEAM_FIELDS)
+        values = checked(body, _TEAM_FIELDS)
         values["alias"] = values.pop("team_alias", None)
         if body.get("team_id") is not None:
             values["id"] = _text(body["team_id"], "team_id")
@@ -251,7 +262,7 @@ class Admin:
 
     async def team_update(self, body: Json) -> Json:
         ident = _text(body.get("team_id"), "team_id")
-        values = _values(body, _TEAM_FIELDS)
+        values = checked(body, _TEAM_FIELDS)
         if "team_alias" in values:
             values["alias"] = values.pop("team_alias")
         team = await self._run(self.store.keys.update_team, ident, values)
@@ -283,7 +294,7 @@ class Admin:
 
     async def user_update(self, body: Json) -> Json:
         person = await self._person(body.get("user"), "user")
-        values = _values(body, _LIMITS, extra=frozenset({"user"}))
+        values = checked(body, _LIMITS, extra=frozenset({"user"}))
         await self._run(self.store.keys.set_person_limits, person.id, values)
         await self._changed()
         return (await self._person(person.email, "user")).public()
@@ -313,6 +324,34 @@ class Admin:
         start, end = _dates(query)
         rows: list[Json] = await self._run(lambda: daily_usage(self.store.engine, start=start, end=end))
         return rows
+
+    async def usage_summary(self, query: dict[str, str]) -> list[Json]:
+        by = query.get("by") or "day"
+        if by not in USAGE_GROUPS:
+            raise InvalidRequest(f"'by' must be one of {', '.join(USAGE_GROUPS)}.", param="by")
+        start, end = _dates(query)
+        rows: list[Json] = await self._run(lambda: usage_summary(self.store.engine, by, start=start, end=end))
+        return rows
+
+    async def usage_summary_route(self, request: Request, responder: Responder) -> None:
+        """``/usage/summary?by=day|key|team|model|person[&start_date&end_date][&format=csv]``."""
+        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+        rows = await self.usage_summary(query)
+        if query.get("format") != "csv":
+            await responder.send(200, orjson.dumps(rows), JSON_HEADERS)
+            return
+        by = query.get("by") or "day"
+        columns = [by, *(["key_id"] if by == "key" else []), "requests", "prompt_tokens", "completion_tokens", "cost"]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
+        writer.writerow(columns)
+        writer.writerows([_cell(row[c]) for c in columns] for row in rows)
+        headers = [
+            ("content-type", "text/csv; charset=utf-8"),
+            ("content-disposition", f'attachment; filename="ark-usage-by-{by}.csv"'),
+            ("cache-control", "no-store"),
+        ]
+        await responder.send(200, out.getvalue().encode(), headers)
 
     # -- HTTP glue --------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, str], Callable[[Request, Responder], Any]]:
@@ -346,6 +385,7 @@ class Admin:
             ("GET", "/spend/logs"): get(self.spend_logs),
             ("GET", "/usage/people"): get(self.usage_people),
             ("GET", "/usage/daily"): get(self.usage_daily),
+            ("GET", "/usage/summary"): self.usage_summary_route,
         }
 
 

@@ -163,9 +163,15 @@ class Front:
                 ex.person_id, ex.person = known.id, known.name
                 if known.disabled:  # (a valid X-Ark-Identity is a live session, whose user is not disabled)
                     raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
+        if ex.person_id is None and ex.key is not None and ex.key.user_id:  # a person's own key (their id or
+            owner = self.people.get(ex.key.user_id) or self.emails.get(ex.key.user_id.lower())  # e-mail)
+            if owner is not None:
+                ex.person_id, ex.person = owner.id, owner.name
         if ex.person_id is None:
             return
         person = self.people.get(ex.person_id)
+        if person is not None and person.disabled:  # an identity minted before they were, a key of theirs
+            raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         if person is not None and person.blocked:
             raise PermissionDenied(f"The user {ex.person} is blocked: ask an administrator of this ARK.")
 

@@ -1,14 +1,22 @@
-"""Health and metrics (a component): ``/health/live``, ``/health/ready``, ``/metrics``, ``/admin/services``."""
+"""Health and metrics (a component): ``/health/live``, ``/health/ready``, ``/metrics``, ``/admin/services``
+and ``/admin/services/log`` (the end of a supervised service's log)."""
 
 from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs
 
 import orjson
 
 from ark.edge.forwarded import direct_local
-from ark.errors import AdminOnly, ApiError
+from ark.errors import AdminOnly, ApiError, InvalidRequest, NotFound
 from ark.gateway.exchange import JSON_HEADERS, send_error
 from ark.runtime import Component, Runtime
+from ark.supervisor.supervisor import log_tail
 from ark.wire import Request, Responder
+
+LOG_LINES, LOG_MAX_LINES = 200, 2000  # /admin/services/log: lines by default, and at most
+_LOG_BYTES_PER_LINE = 512  # read at most this much per line asked for (a log with huge lines is cut)
 
 
 class HealthApi(Component):
@@ -20,6 +28,7 @@ class HealthApi(Component):
         rt.http.add("GET", "/health/ready", self.ready)
         rt.http.add("GET", "/metrics", self.prometheus)
         rt.http.add("GET", "/admin/services", rt.front.admin(self.list_services, "see the services"))
+        rt.http.add("GET", "/admin/services/log", rt.front.admin(self.service_log, "read the services' logs"))
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', JSON_HEADERS)
@@ -51,3 +60,21 @@ class HealthApi(Component):
     async def list_services(self, request: Request, responder: Responder) -> None:
         """The components' parts and the services `ark up` runs: running (pid, restarts), failed, absent and why."""
         await responder.send(200, orjson.dumps({"services": self.rt.services()}), JSON_HEADERS)
+
+    async def service_log(self, request: Request, responder: Responder) -> None:
+        """``?name=SERVICE&lines=N``: the last lines of a service the supervisor runs (only those: a name is
+        never a path)."""
+        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+        name = query.get("name", "")
+        service = self.rt.supervisor.services.get(name)
+        if service is None:
+            known = ", ".join(sorted(self.rt.supervisor.services)) or "none"
+            raise NotFound(f"No supervised service {name[:64]!r} (these are: {known}).", param="name")
+        text = query.get("lines", str(LOG_LINES))
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= LOG_MAX_LINES:
+            raise InvalidRequest(f"'lines' must be a whole number from 1 to {LOG_MAX_LINES}.", param="lines")
+        wanted = int(text)
+        tail = await asyncio.to_thread(log_tail, service.log_path, wanted * _LOG_BYTES_PER_LINE)
+        lines = tail.splitlines()[-wanted:]
+        body = {"name": name, "log": str(service.log_path), "lines": lines}
+        await responder.send(200, orjson.dumps(body), JSON_HEADERS)

@@ -20,7 +20,7 @@ from ark.gateway.exchange import JSON_HEADERS, Exchange
 from ark.gateway.front import Front
 from ark.gateway.generate import capped, count, engine_body, fixed_options, lease, whole
 from ark.gateway.router import Route
-from ark.gateway.streaming import relay
+from ark.gateway.streaming import relay, spent
 from ark.runtime import Component, Runtime
 from ark.wire import Request, Responder
 
@@ -84,6 +84,8 @@ class OpenAIApi(Component):
             return
         result = count(ex, await whole(route.engine, call))
         result["model"] = route.requested
+        if isinstance(result.get("usage"), dict):
+            result["usage"]["cost"] = spent(ex)
         if self.front.log_prompts:
             choice = (result.get("choices") or [{}])[0]
             ex.output = (choice.get("message") or {}).get("content") if chat else choice.get("text")

@@ -105,6 +105,8 @@ async def relay(
                             events = -1  # counted by the engine
                         if not include_usage:
                             del chunk["usage"]
+                        elif usage:  # what it costs, as the ledger will charge it (OpenRouter's usage.cost)
+                            usage["cost"] = spent(ex)
                     choices = chunk.get("choices")
                     if choices or include_usage:
                         if (choices and ex.ttft is None) or keep_text:
@@ -136,6 +138,11 @@ async def relay(
                 ex.completion_tokens = events
                 ex.prompt_tokens = ex.prompt_estimate
     await responder.end()
+
+
+def spent(ex: Exchange) -> float:
+    """What the request costs so far: its tokens, and the seconds since it arrived."""
+    return round(ex.price.cost(ex.prompt_tokens, ex.completion_tokens, time.perf_counter() - ex.started), 12)
 
 
 def _text(choice: Json, chat: bool) -> str:

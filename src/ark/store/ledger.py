@@ -516,13 +516,17 @@ def usage_count(engine: Engine) -> int:
         return int(connection.execute(select(func.count()).select_from(usage)).scalar_one())
 
 
-def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
-    """The daily rollups (kept forever), with each key's alias."""
+def daily_usage(
+    engine: Engine, *, start: datetime | None, end: datetime | None, key_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The daily rollups (kept forever), with each key's alias; ``key_ids``: only those keys' rows."""
     query = (
         select(usage_daily, api_keys.c.key_alias)
         .select_from(usage_daily.outerjoin(api_keys, api_keys.c.id == usage_daily.c.key_id))
         .order_by(usage_daily.c.day, usage_daily.c.key_id, usage_daily.c.model)
     )
+    if key_ids is not None:
+        query = query.where(usage_daily.c.key_id.in_(list(key_ids)))
     if start is not None:
         query = query.where(usage_daily.c.day >= start.date())
     if end is not None:
@@ -543,6 +547,62 @@ def daily_usage(engine: Engine, *, start: datetime | None, end: datetime | None)
         }
         for row in rows
     ]
+
+
+# /usage/summary?by=: what each grouping reads. The daily rollups are kept forever (day, key, team, model);
+# whom a request was made for is only in the ledger's rows, kept for [store] retention_days.
+USAGE_GROUPS = ("day", "key", "team", "model", "person")
+
+
+def usage_summary(engine: Engine, by: str, *, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
+    """Requests, tokens and spend grouped ``by`` one of :data:`USAGE_GROUPS`, biggest spend first (by day:
+    oldest first). Each row: ``{by: value, "requests", "prompt_tokens", "completion_tokens", "cost"}``."""
+    if by not in USAGE_GROUPS:
+        raise ValueError(f"cannot group usage by {by!r}")
+    if by == "person":
+        rows = person_usage(engine, start=start, end=end)
+        found = [{"person": r.pop("user") or "-", **r} for r in rows]
+    else:
+        column = {"day": usage_daily.c.day, "key": usage_daily.c.key_id, "team": usage_daily.c.team_id}.get(
+            by, usage_daily.c.model
+        )
+        query = select(
+            column.label("group"),
+            func.max(api_keys.c.key_alias).label("alias"),
+            func.sum(usage_daily.c.requests).label("requests"),
+            func.sum(usage_daily.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(usage_daily.c.completion_tokens).label("completion_tokens"),
+            func.sum(usage_daily.c.cost).label("cost"),
+        ).select_from(usage_daily.outerjoin(api_keys, api_keys.c.id == usage_daily.c.key_id))
+        query = query.group_by(column)
+        if start is not None:
+            query = query.where(usage_daily.c.day >= start.date())
+        if end is not None:
+            query = query.where(usage_daily.c.day < end.date())
+        with engine.connect() as connection:
+            grouped = connection.execute(query).mappings().all()
+        found = []
+        for row in grouped:
+            group = row["group"]
+            if by == "day":
+                value = group.isoformat()
+            elif by == "key":  # its alias, else the start of its token; "master" for the master key
+                value = row["alias"] or (group[:12] if group else "master")
+            else:
+                value = group or "-"
+            found.append(
+                {
+                    by: value,
+                    **({"key_id": group or None} if by == "key" else {}),
+                    "requests": int(row["requests"] or 0),
+                    "prompt_tokens": int(row["prompt_tokens"] or 0),
+                    "completion_tokens": int(row["completion_tokens"] or 0),
+                    "cost": float(row["cost"] or 0.0),
+                }
+            )
+    if by == "day":
+        return sorted(found, key=lambda r: r["day"])
+    return sorted(found, key=lambda r: (-r["cost"], -r["requests"], str(r[by])))
 
 
 def prune(engine: Engine, retention_days: int, now: datetime | None = None) -> int:

@@ -269,12 +269,17 @@ def _stamp(out: IO[bytes], text: str) -> None:
 
 
 def _tail(path: Path) -> str:
+    return log_tail(path, _LOG_TAIL) or "(no log)"
+
+
+def log_tail(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a service's log as text (bad UTF-8 replaced); "" when there is none."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - _LOG_TAIL))
-            return f.read().decode(errors="replace")
+            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+            return f.read(max_bytes).decode(errors="replace")
     except OSError:
-        return "(no log)"
+        return ""
 
 
 async def _armed(pid: int, setpriv: str, timeout_s: float = 5.0) -> None:
