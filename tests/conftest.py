@@ -293,3 +293,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return answer
+
+
+# the console pages' shared `ark up` and Chromium (session-wide: one of each for every page test)
+from tests.console_pages import chromium, console_ark  # noqa: E402, F401

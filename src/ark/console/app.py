@@ -56,10 +56,16 @@ _JSON = [("content-type", "application/json"), ("cache-control", "no-store"), ("
 _SCRIPTED = web.security_headers(script=True)  # the overview page: ARK's own scripts may run
 
 
+_STATIC = Path(__file__).with_name("static")
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# the files /static/ serves: those shipped in the package, by name (a name is never a path)
+STATIC_FILES = frozenset(p.name for p in _STATIC.iterdir() if p.suffix in _TYPES)
+
+
 @functools.cache
-def _overview_js() -> bytes:
-    """The overview's script, read once (it ships with the package)."""
-    return (Path(__file__).with_name("static") / "overview.js").read_bytes()
+def _static(name: str) -> bytes:
+    """A file of ARK's own scripts and style, read once (they ship with the package)."""
+    return (_STATIC / name).read_bytes()
 
 
 Overview = Callable[[], dict[str, Any]]
@@ -84,7 +90,7 @@ class Console:
         for method, path, handler in (
             ("GET", "/", self.home),
             ("GET", "/api/overview", self.overview),
-            ("GET", "/static/overview.js", self.overview_script),
+            ("GET", "/static/{name}", self.static),
             ("GET", "/favicon.ico", self.no_icon),
             ("GET", "/auth/login", self.login_page),
             ("POST", "/auth/login", self.login),
@@ -93,6 +99,8 @@ class Console:
             ("GET", "/health/live", self.live),
         ):
             self.router.add(method, path, handler)
+        for path, *_ in pages.PAGES[1:]:
+            self.router.add("GET", path, self.app_page)
         # the gateway's API for the signed-in person, when the gateway runs in this process (ark.console.api)
         self.api = ConsoleApi(auth, gateway, settings.master_key.value, self.origins) if gateway else None
         for method in ("GET", "POST", "DELETE"):
@@ -282,8 +290,28 @@ class Console:
     async def no_icon(self, request: Request, responder: Responder) -> None:
         await responder.send(204, b"", [("cache-control", "max-age=86400")])  # browsers ask; there is none
 
-    async def overview_script(self, request: Request, responder: Responder) -> None:
-        await responder.send(200, _overview_js(), [("content-type", "text/javascript; charset=utf-8"), *_SCRIPTED])
+    async def static(self, request: Request, responder: Responder) -> None:
+        name = request.params.get("name", "")
+        if name not in STATIC_FILES:
+            raise BadInput("There is no such page.", 404)
+        content_type = _TYPES[Path(name).suffix]
+        await responder.send(200, _static(name), [("content-type", content_type), *_SCRIPTED])
+
+    async def app_page(self, request: Request, responder: Responder) -> None:
+        """A page of :data:`pages.PAGES`: to the sign-in without a session; 403 when the role may not open it
+        (the API it calls refuses that role too, whatever a page shows)."""
+        found = await self._session(request)
+        if found is None:
+            target = "/auth/login?rd=" + quote(request.path)
+            await responder.send(303, b"", [("location", target), *web.SECURITY_HEADERS])
+            return
+        session, token = found
+        if not pages.may_open(session.user, request.path):
+            self.auth.count("page_forbidden")
+            log.warning("console: %s (role %s) refused the page %s", session.user.name, session.user.role, request.path)
+            raise BadInput("Only an admin may open this page.", 403)
+        html = pages.app_page(session.user, csrf=self.auth.session_csrf(token), path=request.path)
+        await responder.send(200, html.encode(), [("content-type", "text/html; charset=utf-8"), *_SCRIPTED])
 
     async def live(self, request: Request, responder: Responder) -> None:
         await responder.send(200, b'{"status":"ok"}', [("content-type", "application/json")])

@@ -1,7 +1,10 @@
-"""The console's HTML, rendered on the server: no JavaScript, every value escaped.
+"""The console's HTML, rendered on the server, every value escaped.
 
-Renderers return text; the handler sends it. Kept plain on purpose: a later issue gives the console
-its real pages, and a login page should work in any browser, including a text one.
+Renderers return text; the handler sends it. The sign-in page and messages run no script (a login page
+should work in any browser, including a text one). The signed-in pages are a shell (who is signed in,
+the navigation their role may use, the session's CSRF value in a meta tag) and ARK's own scripts from
+``/static/`` (ES modules, no framework, nothing from elsewhere), which draw each page from
+``/console/api``.
 """
 
 from __future__ import annotations
@@ -78,39 +81,81 @@ _CHARTS = "".join(
     )
 )
 
-_OVERVIEW_STYLE = (
-    "<style>body{max-width:52rem}.row{display:flex;flex-wrap:wrap;gap:.6rem;margin:.6rem 0}"
-    ".tile{border:1px solid #ddd;border-radius:6px;padding:.4rem .7rem;min-width:7rem}"
-    ".tile b{display:block;font-size:1.3rem}.bar{display:flex;height:1.6rem;border-radius:4px;overflow:hidden;"
-    "background:#eee}.bar span{display:block;height:100%}.legend span{margin-right:1rem;font-size:.9rem}"
-    ".chart{width:100%;height:7.5rem;background:#fafafa;border:1px solid #eee}"
-    ".ok{color:#070}.bad{color:#a00}.dim{color:#888}</style>"
+
+# The signed-in pages: path, title, the role they need ("admin"), and their script in /static/
+PAGES = (
+    ("/", "Overview", "", ""),
+    ("/playground", "Playground", "", "playground.js"),
+    ("/keys", "My keys", "", "keys.js"),
+    ("/admin/models", "Models", "admin", "admin-models.js"),
+    ("/admin/users", "Users", "admin", "admin-users.js"),
+    ("/admin/keys", "Keys and teams", "admin", "admin-keys.js"),
+    ("/admin/usage", "Usage", "admin", "admin-usage.js"),
+    ("/admin/services", "Services", "admin", "admin-services.js"),
 )
+
+
+def may_open(user: User, path: str) -> bool:
+    """Whether ``user``'s role opens the page at ``path`` (checked on the server; the API checks again)."""
+    return any(p == path and (not role or user.role == role) for p, _, role, _ in PAGES)
+
+
+def shell(user: User, *, csrf: str, path: str, body: str, script: str = "", head: str = "") -> str:
+    """A signed-in page: the bar (ARK, the pages ``user`` may open, who they are, sign out), then ``body``,
+    and ``script`` (a module in /static/). The CSRF value is in ``<meta name=ark-csrf>`` for the scripts."""
+    links = "".join(
+        f'<a href="{p}"{" aria-current=page" if p == path else ""}>{escape(title)}</a>'
+        for p, title, role, _ in PAGES
+        if not role or user.role == role
+    )
+    title = next((t for p, t, _, _ in PAGES if p == path), "ARK")
+    bar = (
+        f'<header class=bar><b class=brand>ARK</b><nav aria-label="Console pages">{links}</nav>'
+        f'<span class=who title="{escape(user.email)}">{escape(user.display_name)} '
+        f"<span class=muted>({escape(user.role)})</span></span>"
+        '<form method=post action="/auth/logout" class=inline>'
+        f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit class=quiet>Sign out</button></form>'
+        "</header>\n"
+    )
+    scripts = f'<script type=module src="/static/{escape(script)}"></script>\n' if script else ""
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f'<meta name=ark-csrf content="{escape(csrf)}">'
+        f'<meta name=ark-user content="{escape(user.name)}" data-role="{escape(user.role)}">'
+        f"<title>{escape(title)} - ARK</title>"
+        '<link rel=stylesheet href="/static/console.css">'
+        f"{head}</head>\n<body>\n{bar}<main id=page>\n<h1>{escape(title)}</h1>\n{body}\n</main>\n"
+        "<noscript><p class=error>These pages need JavaScript (ARK's own, from this server).</p></noscript>\n"
+        f"{scripts}</body></html>\n"
+    )
+
+
+def app_page(user: User, *, csrf: str, path: str) -> str:
+    """One of the :data:`PAGES` but the overview: the shell and its script, which draws it."""
+    script = next(s for p, _, _, s in PAGES if p == path)
+    return shell(user, csrf=csrf, path=path, body="<div id=app aria-live=polite></div>", script=script)
 
 
 def home(
     user: User, *, csrf: str, domain: str, overview: bool = False, sites: Sequence[tuple[str, str]] = LINKED
 ) -> str:
-    """Who is signed in, links to ``sites`` (subdomain, title: those the user may open), the sign-out
-    button, and (``overview``) the live overview."""
+    """Who is signed in, links to ``sites`` (subdomain, title: those the user may open), and
+    (``overview``) the live overview."""
     if domain:
         items = "".join(
             f'<li><a href="https://{escape(name)}.{escape(domain)}/">{escape(label)}</a></li>\n'
             for name, label in sites  # the sites behind Nginx, docs/security.md
         )
-        links = f"<ul>\n{items}</ul>\n"
+        links = f"<ul class=sites>\n{items}</ul>\n"
     else:
         links = "<p class=muted>No domain is configured ([edge] domain): the sites are not published.</p>\n"
-    return _page(
-        "ARK",
-        "<h1>ARK</h1>\n"
+    body = (
         f"<p>Signed in as <strong>{escape(user.display_name)}</strong> "
-        f"({escape(user.name)}, {escape(user.role)}).</p>\n"
-        f"{links}"
-        '<form method=post action="/auth/logout">'
-        f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit>Sign out</button></form>'
-        + (_OVERVIEW_STYLE + _OVERVIEW.replace("{charts}", _CHARTS) if overview else ""),
+        f"({escape(user.name)}, {escape(user.role)}).</p>\n{links}"
+        + (_OVERVIEW.replace("{charts}", _CHARTS) if overview else "")
     )
+    return shell(user, csrf=csrf, path="/", body=body)
 
 
 def message(title: str, text: str, *, link: str = "/auth/login", link_text: str = "Sign in") -> str:

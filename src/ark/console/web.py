@@ -32,7 +32,8 @@ def security_headers(*, script: bool = False) -> list[tuple[str, str]]:
     if not script:
         return SECURITY_HEADERS
     policy = (
-        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
     return [(k, v) for k, v in SECURITY_HEADERS if k != "content-security-policy"] + [
