@@ -84,6 +84,11 @@ class Console:
         self.origins = web.console_origins(self.domain, settings.edge.https_port)
         self._csrf_cookie, self._csrf_path = (HOST_CSRF_COOKIE, "/") if self.domain else (CSRF_COOKIE, "/auth")
         self.site_roles = settings.edge.site_roles
+        # where clients reach the API, for the code the pages show: https://llm.D through Nginx, else the gateway
+        port = "" if settings.edge.https_port == 443 else f":{settings.edge.https_port}"
+        self.api_base = (
+            f"https://llm.{self.domain}{port}" if self.domain else f"http://{settings.gateway.listen.local()}"
+        )
         self._warned_site = False
         self._overview = overview
         self.router = Router(not_found=self._not_found, not_allowed=self._not_allowed)
@@ -310,7 +315,8 @@ class Console:
             self.auth.count("page_forbidden")
             log.warning("console: %s (role %s) refused the page %s", session.user.name, session.user.role, request.path)
             raise BadInput("Only an admin may open this page.", 403)
-        html = pages.app_page(session.user, csrf=self.auth.session_csrf(token), path=request.path)
+        csrf = self.auth.session_csrf(token)
+        html = pages.app_page(session.user, csrf=csrf, path=request.path, api_base=self.api_base)
         await responder.send(200, html.encode(), [("content-type", "text/html; charset=utf-8"), *_SCRIPTED])
 
     async def live(self, request: Request, responder: Responder) -> None:

@@ -100,9 +100,10 @@ def may_open(user: User, path: str) -> bool:
     return any(p == path and (not role or user.role == role) for p, _, role, _ in PAGES)
 
 
-def shell(user: User, *, csrf: str, path: str, body: str, script: str = "", head: str = "") -> str:
+def shell(user: User, *, csrf: str, path: str, body: str, script: str = "", api_base: str = "") -> str:
     """A signed-in page: the bar (ARK, the pages ``user`` may open, who they are, sign out), then ``body``,
-    and ``script`` (a module in /static/). The CSRF value is in ``<meta name=ark-csrf>`` for the scripts."""
+    and ``script`` (a module in /static/). The CSRF value is in ``<meta name=ark-csrf>`` for the scripts, and
+    where clients reach the API (``api_base``, for the code a page shows) in ``<meta name=ark-api>``."""
     links = "".join(
         f'<a href="{p}"{" aria-current=page" if p == path else ""}>{escape(title)}</a>'
         for p, title, role, _ in PAGES
@@ -123,18 +124,20 @@ def shell(user: User, *, csrf: str, path: str, body: str, script: str = "", head
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f'<meta name=ark-csrf content="{escape(csrf)}">'
         f'<meta name=ark-user content="{escape(user.name)}" data-role="{escape(user.role)}">'
+        f'<meta name=ark-api content="{escape(api_base)}">'
         f"<title>{escape(title)} - ARK</title>"
         '<link rel=stylesheet href="/static/console.css">'
-        f"{head}</head>\n<body>\n{bar}<main id=page>\n<h1>{escape(title)}</h1>\n{body}\n</main>\n"
+        f"</head>\n<body>\n{bar}<main id=page>\n<h1>{escape(title)}</h1>\n{body}\n</main>\n"
         "<noscript><p class=error>These pages need JavaScript (ARK's own, from this server).</p></noscript>\n"
         f"{scripts}</body></html>\n"
     )
 
 
-def app_page(user: User, *, csrf: str, path: str) -> str:
+def app_page(user: User, *, csrf: str, path: str, api_base: str = "") -> str:
     """One of the :data:`PAGES` but the overview: the shell and its script, which draws it."""
     script = next(s for p, _, _, s in PAGES if p == path)
-    return shell(user, csrf=csrf, path=path, body="<div id=app aria-live=polite></div>", script=script)
+    body = "<div id=app aria-live=polite></div>"
+    return shell(user, csrf=csrf, path=path, body=body, script=script, api_base=api_base)
 
 
 def home(

@@ -2,7 +2,7 @@
 ``[console]``: how many keys (``keys_per_person``), which models (``key_models``), the largest budget
 (``key_max_budget``).
 
-    GET  /me                   who I am, my limits and spend, the policy for my keys
+    GET  /me                   who I am, my limits and spend, the last 30 days, the policy for my keys
     GET  /me/keys              my keys (their prefix only: the secret is shown once, when made)
     POST /me/key/generate      {"key_alias"?, "models"?, "max_budget"?, "budget_duration"?, "duration"?}
     POST /me/key/rotate        {"key"}: a new secret with the same limits and spend; the old one stops
@@ -35,7 +35,7 @@ from ark.gateway.requests import parse_body
 from ark.runtime import Component, Runtime
 from ark.store import Key
 from ark.store.keys import Person, now
-from ark.store.ledger import daily_usage
+from ark.store.ledger import daily_usage, person_spend
 from ark.wire import Request, Responder
 
 _MADE_HERE = {name: KEY_FIELDS[name] for name in ("key_alias", "models", "max_budget", "budget_duration")}
@@ -111,7 +111,11 @@ class SelfService:
 
     async def me(self, person: Person, query: dict[str, str]) -> Json:
         keys = await self.mine(person)
-        return {**person.public(), "keys": len(keys), "policy": self._policy()}
+        assert self.rt.store is not None
+        engine, since = self.rt.store.engine, now() - timedelta(days=30)
+        requests, cost = await self._run(person_spend, engine, person.id, since)
+        recent = {"requests": requests, "cost": cost}  # everything made for them: their keys, the console, chat
+        return {**person.public(), "keys": len(keys), "last_30_days": recent, "policy": self._policy()}
 
     async def keys(self, person: Person, query: dict[str, str]) -> Json:
         return {"keys": [k.public() for k in await self.mine(person)], "policy": self._policy()}

@@ -511,6 +511,17 @@ def person_usage(engine: Engine, *, start: datetime | None, end: datetime | None
     )
 
 
+def person_spend(engine: Engine, person_id: str, since: datetime) -> tuple[int, float]:
+    """Requests for a model made for a person since ``since`` and what they cost (their keys, the console,
+    chat...; not listings of models)."""
+    query = select(func.count(), func.coalesce(func.sum(usage.c.cost), 0.0)).where(
+        usage.c.person_id == person_id, usage.c.time >= since, usage.c.model_served.is_not(None)
+    )
+    with engine.connect() as connection:
+        requests, cost = connection.execute(query).one()
+    return int(requests), float(cost)
+
+
 def usage_count(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(usage)).scalar_one())

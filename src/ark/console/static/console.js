@@ -144,7 +144,7 @@ export function bars(labels, values, { unit = "", height = 160 } = {}) {
   const slot = (width - pad - 4) / Math.max(1, labels.length);
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "chart");
+  svg.setAttribute("class", "chart bars");
   svg.setAttribute("role", "img");
   svg.dataset.bars = String(labels.length);
   const scale = (v) => ((height - 24) * v) / top;
@@ -177,7 +177,7 @@ export function bars(labels, values, { unit = "", height = 160 } = {}) {
     node.textContent = text;
     svg.append(node);
   };
-  axis(money(top) + (unit ? " " + unit : ""), 2, 12);
+  axis((Number.isInteger(top) ? count(top) : money(top)) + (unit ? " " + unit : ""), 2, 12);
   if (labels.length) {
     axis(labels[0], pad, height - 4);
     if (labels.length > 1) axis(labels[labels.length - 1], width - 2, height - 4, "end");
