@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, ArkProcess, LoopThread, free_port, start_ark, stop_ark, wait_until
+from tests.console_pages import add_user, signed_in
 from tests.fakes.comfyui import FakeComfyUI
 from tests.fakes.ollama import FakeOllama
 
@@ -435,3 +436,36 @@ def test_image_jobs_run_one_at_a_time_each_under_its_own_hold(ark: ArkProcess, c
         asker.join(30)
     assert sorted(a.status_code for a in answers) == [200, 502]
     assert holds_end(ark)
+
+
+def test_the_playground_draws_with_an_image_model(ark: ArkProcess, chromium: Any, tmp_path: Path) -> None:
+    """The console's playground lists image models beside chat models and draws with them, as the person."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    expect = playwright.expect
+    add_user(ark, "ivy")
+    with signed_in(chromium, ark, "ivy", "/playground") as page:
+        expect(page.locator("#pg-model optgroup[label=Images] option[value=sdxl]")).to_have_count(1)
+        expect(page.locator("#pg-model optgroup[label=Chat] option[value='llama3.2:1b']")).to_have_count(1)
+        page.select_option("#pg-model", "sdxl")
+        expect(page.locator("#pg-size")).to_be_visible()
+        expect(page.locator("#pg-temperature")).to_be_hidden()  # a sampler's settings are the template's
+        page.select_option("#pg-size", "512x512")
+        page.fill("#pg-prompt", "a lighthouse at dusk")
+        page.click("#pg-send")
+        expect(page.locator("#pg-numbers")).to_have_attribute("data-ready", "yes", timeout=30000)
+        picture = page.locator("#pg-chat .msg.assistant img")
+        expect(picture).to_have_count(1)
+        assert (picture.get_attribute("src") or "").startswith("data:image/png;base64,")
+        box = picture.bounding_box()
+        assert box is not None and box["width"] > 50  # it decoded: a broken image has no size
+        assert page.get_attribute("#pg-status", "data-value") == "200"
+        assert '"size": "512x512"' in page.inner_text("#pg-request")
+        page.click("#pg-inspector button[data-kind=openai]")
+        assert "client.images.generate(" in page.inner_text("#pg-code")
+        assert not page.errors, page.errors
+
+    def charged() -> bool:  # to ivy, as an image
+        rows = httpx.get(ark.url + "/spend/logs", headers=MASTER, params={"user": "ivy"}, timeout=5).json()
+        return any(r["kind"] == "image" and r["images"] == 1 for r in rows)
+
+    assert wait_until(charged, 10)
