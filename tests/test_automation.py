@@ -10,6 +10,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from ark.config import load_settings
 from ark.events import signing
 from ark.supervisor.installs import InstallError
 from tests.conftest import MASTER_KEY, ArkProcess, free_port, start_ark, stop_ark, wait_until
+from tests.console_pages import screenshot
 from tests.fakes.ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +123,7 @@ def ark(tmp_path: Path, fake_ollama: FakeOllama) -> Iterator[ArkProcess]:
     text = CONFIG.format(key=MASTER_KEY, ollama=fake_ollama.url, n8n=port, secret=signing.new_secret())
     env = {"ARK_CHAT_SERVICES_DIR": str(CACHE), "ARK_AUTOMATION_N8N_LISTEN": f"127.0.0.1:{port}"}
     process = start_ark(text, tmp_path, env=env)
+    process.n8n = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
 
     def running() -> bool:
         listed = httpx.get(process.url + "/admin/services", headers=MASTER, timeout=5).json()["services"]
@@ -136,7 +139,9 @@ def ark(tmp_path: Path, fake_ollama: FakeOllama) -> Iterator[ArkProcess]:
 
 
 @pytest.mark.timeout(600)
-def test_an_ark_event_runs_an_n8n_workflow_that_asks_the_gateway_with_n8ns_key(ark: ArkProcess) -> None:
+def test_an_ark_event_runs_an_n8n_workflow_that_asks_the_gateway_with_n8ns_key(
+    ark: ArkProcess, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     made = httpx.post(ark.url + "/key/generate", headers=MASTER, json={"key_alias": "trigger"}, timeout=10)
     assert made.status_code == 200
     rows: list[dict[str, object]] = []
@@ -151,3 +156,34 @@ def test_an_ark_event_runs_an_n8n_workflow_that_asks_the_gateway_with_n8ns_key(a
     assert rows[0]["status"] == 200 and rows[0]["model"] == "llama3.2:1b"
     delivered = httpx.get(ark.url + "/admin/webhooks", headers=MASTER, timeout=5).json()["webhooks"]["n8n"]
     assert delivered["delivered"] >= 1 and delivered["dead"] == 0
+
+    # the editor, as an operator sees it behind n8n.D: its owner made once, then the workflow ARK imported
+    try:
+        chromium = request.getfixturevalue("chromium")
+    except pytest.skip.Exception:
+        return  # no browser here: the flow above is the test; the docs' screenshots are made where one is
+    editor(chromium, ark.n8n, tmp_path)  # type: ignore[attr-defined]
+
+
+def editor(chromium: Any, n8n: str, tmp_path: Path) -> None:
+    """Sign in to n8n's editor (its owner made first) and open the imported workflow and its runs."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    owner = {"email": "ops@example.com", "firstName": "Ops", "lastName": "ARK", "password": "Owner-password-1"}
+    made = httpx.post(n8n + "/rest/owner/setup", json=owner, timeout=30)
+    assert made.status_code == 200, made.text
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        signed = context.request.post(
+            n8n + "/rest/login", data={"emailOrLdapLoginId": owner["email"], "password": owner["password"]}
+        )
+        assert signed.status == 200, signed.text()
+        page = context.new_page()
+        page.goto(n8n + "/home/workflows")
+        page.get_by_text("ARK event", exact=False).first.click()
+        expect(page.locator("[data-test-id=canvas-node]").first).to_be_visible(timeout=60000)
+        screenshot(page, tmp_path, "automation-n8n-workflow")
+        page.goto(n8n + "/home/executions")
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=30000)
+        screenshot(page, tmp_path, "automation-n8n-executions")
+    finally:
+        context.close()

@@ -10,8 +10,9 @@ lookup), reloaded from the store every few seconds and on a miss.
 
 A request is made for a person when a UI says whom it calls for: a valid ``X-Ark-Identity`` (the
 console), or ``X-OpenWebUI-User-Email`` with a key flagged ``trust_user_headers`` (Open WebUI's service
-key; from any other key the header is ignored and counted). The person is charged and limited like a key
-(their ``user_limits``); one ARK does not know, or has disabled or blocked, is refused.
+key; from any other key the header is ignored and counted), or a key of theirs: one whose ``user_id`` is
+their user id or e-mail (the keys people make on the console's My keys page). The person is charged and
+limited like a key (their ``user_limits``); one ARK does not know, or has disabled or blocked, is refused.
 """
 
 from __future__ import annotations
