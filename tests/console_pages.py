@@ -53,9 +53,11 @@ def console_ark(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> It
         stop_ark(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Chromium (a playwright Browser); skipped, saying why, where either is missing."""
+    """A headless Chromium (a playwright Browser); skipped, saying why, where either is missing. One per
+    module: playwright's sync API keeps an event loop running on this thread until it stops, and a later
+    test's asyncio.run() would find it."""
     if CHROMIUM is None:
         pytest.skip("chromium (Debian package) is not installed")
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI, test extra) is not installed")

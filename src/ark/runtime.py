@@ -312,6 +312,15 @@ class Runtime:
                 found.append(Status(name, "failed", why))
         return found
 
+    def core_parts(self) -> list[dict[str, Any]]:
+        """The gateway and each engine, as :meth:`services` shows a part: name, state (running, starting,
+        down) and why."""
+        parts = [{"name": "gateway", "state": "running" if self.models.ready.is_set() else "starting", "why": ""}]
+        return parts + [
+            {"name": f"engine {name}", "state": "running" if s.up else "down", "why": s.error or ""}
+            for name, s in self.models.state.items()
+        ]
+
     def services(self) -> list[dict[str, Any]]:
         """What `ark status` and /admin/services show of the components' parts: state and why, with the
         supervisor's live view (pid, restarts, log) for the ones it runs."""

@@ -39,6 +39,7 @@ def account(user: User, sessions: int) -> Json:
     return {
         "user": user.name,
         "email": user.email,
+        "user_id": user.id,
         "display_name": user.display_name,
         "role": user.role,
         "disabled": user.disabled,

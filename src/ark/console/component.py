@@ -65,9 +65,4 @@ class ConsoleComponent(Component):
     def overview(self) -> dict[str, Any]:
         """The console's live overview: the last hour, and whether each part of ARK is up."""
         rt = self.rt
-        health = [{"name": "gateway", "state": "running" if rt.models.ready.is_set() else "starting", "why": ""}]
-        health += [
-            {"name": f"engine {name}", "state": "running" if s.up else "down", "why": s.error or ""}
-            for name, s in rt.models.state.items()
-        ]
-        return {**self.recent.overview(), "health": [*health, *rt.services()]}
+        return {**self.recent.overview(), "health": [*rt.core_parts(), *rt.services()]}

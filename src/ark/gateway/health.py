@@ -58,8 +58,10 @@ class HealthApi(Component):
         await responder.send(200, self.rt.metrics.render(), [("content-type", "text/plain; version=0.0.4")])
 
     async def list_services(self, request: Request, responder: Responder) -> None:
-        """The components' parts and the services `ark up` runs: running (pid, restarts), failed, absent and why."""
-        await responder.send(200, orjson.dumps({"services": self.rt.services()}), JSON_HEADERS)
+        """The components' parts and the services `ark up` runs: running (pid, restarts), failed, absent and why;
+        ``core``: the gateway and each engine."""
+        body = {"services": self.rt.services(), "core": self.rt.core_parts()}
+        await responder.send(200, orjson.dumps(body), JSON_HEADERS)
 
     async def service_log(self, request: Request, responder: Responder) -> None:
         """``?name=SERVICE&lines=N``: the last lines of a service the supervisor runs (only those: a name is

@@ -145,7 +145,13 @@ class Person(Limits):
     disabled: bool
 
     def public(self) -> dict[str, Any]:
-        return {"user": self.name, "email": self.email, "disabled": self.disabled, **_limits_public(self)}
+        return {
+            "user": self.name,
+            "email": self.email,
+            "user_id": self.id,  # what a key of theirs names as its user_id (ark.gateway.me)
+            "disabled": self.disabled,
+            **_limits_public(self),
+        }
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -81,7 +81,8 @@ export function count(value) {
 }
 
 export function gb(bytes) {
-  return (bytes / 2 ** 30).toFixed(1) + " GB";
+  const value = bytes / 2 ** 30;
+  return value.toFixed(value < 1 ? 2 : 1) + " GB";
 }
 
 export function when(iso) {
