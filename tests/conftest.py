@@ -295,5 +295,5 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return answer
 
 
-# the console pages' shared `ark up` and Chromium (session-wide: one of each for every page test)
+# the console pages' shared `ark up` (one for the session) and Chromium (one per module)
 from tests.console_pages import chromium, console_ark  # noqa: E402, F401

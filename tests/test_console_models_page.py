@@ -279,3 +279,19 @@ def test_a_plain_user_is_refused_the_admin_pages_and_their_api(console_ark: ArkP
         answer = user.send(method, "/console/api" + path, json=body, headers=csrf)
         assert answer.status_code == 403 and answer.json()["error"]["code"] == "admin_only", (path, answer.text)
     assert not resident(console_ark, "tiny2")
+
+
+def test_the_log_api_answers_whole_lines_only(tmp_path: Path) -> None:
+    """Long lines: the window read (512 bytes a line asked for) begins inside one, which is left out."""
+    log = tmp_path / "demo.log"
+    log.write_text("".join(f"{n:04d}" + "x" * 996 + "\n" for n in range(1, 11)))  # 1,001 bytes a line
+    supervisor = Supervisor(tmp_path)
+    supervisor.services["demo"] = Supervised(ServiceSpec("demo", ["true"]), log)
+    health = HealthApi()
+    health.rt = SimpleNamespace(supervisor=supervisor)  # type: ignore[assignment]
+    sent = Sent()
+    request = Request("GET", "/admin/services/log", "name=demo&lines=3", {}, b"", "127.0.0.1")
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, health.service_log(request, sent)).result(timeout=10)  # type: ignore[arg-type]
+    lines = orjson.loads(sent.body)["lines"]
+    assert lines == ["0010" + "x" * 996]  # 1,536 bytes hold one whole line; the cut one before it is not shown

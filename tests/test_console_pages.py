@@ -206,15 +206,37 @@ def test_the_self_service_api_is_for_the_signed_in_person_within_limits(console_
     gone = sol.send("POST", "/console/api/me/key/delete", json={"key": other["token"]}, headers=csrf)
     assert gone.status_code == 404
     assert httpx.get(base + "/key/info", headers=MASTER, params={"key": other["token"]}).status_code == 200
+    daily = generate({"key_alias": "fast", "max_budget": 1, "budget_duration": "1s"})  # a cap renewed every second
+    assert daily.status_code == 403 and daily.json()["error"]["param"] == "budget_duration"
+    # rotating keeps what an admin set on the key (its team, its block) and refuses a blocked key
+    team = httpx.post(base + "/team/new", headers=MASTER, json={"team_alias": "sols"}).json()["team_id"]
+    second = next(k for k in sol.send("GET", "/console/api/me/keys").json()["keys"] if k["key_alias"] == "two")
+    httpx.post(base + "/key/update", headers=MASTER, json={"key": second["token"], "team_id": team, "rpm_limit": 7})
+    turned = sol.send("POST", "/console/api/me/key/rotate", json={"key": second["token"]}, headers=csrf).json()
+    assert (turned["team_id"], turned["rpm_limit"], turned["key_alias"]) == (team, 7, "two")
+    httpx.post(base + "/key/update", headers=MASTER, json={"key": turned["token"], "blocked": True})
+    blocked = sol.send("POST", "/console/api/me/key/rotate", json={"key": turned["token"]}, headers=csrf)
+    assert blocked.status_code == 403
+    assert httpx.get(base + "/key/info", headers=MASTER, params={"key": turned["token"]}).json()["info"]["blocked"]
     # the key is limited to tiny, as asked
     key = {"Authorization": f"Bearer {first.json()['key']}"}
     body = {"model": "tiny2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert httpx.post(base + "/v1/chat/completions", headers=key, json=body, timeout=30).status_code == 403
-    # disabled: sol's keys stop working at once (and sol's session is over)
-    assert httpx.post(base + "/user/disable", headers=MASTER, json={"user": "sol"}).status_code == 200
+    # a person's key is theirs whatever identity comes with it: another person's token charges nobody else
+    add_user(console_ark, "tam")
+    tam = Browser(console_ark, "10.7.0.2")
+    assert tam.login("tam", PASSWORD).status_code == 303
+    identity = tam.verify("chat").headers["x-ark-identity"]
     body["model"] = "tiny"
+    assert httpx.post(base + "/v1/chat/completions", headers=key, json=body, timeout=30).status_code == 200
+    # disabled: sol's keys stop working at once, with or without someone's identity (and sol's session is over)
+    assert httpx.post(base + "/user/disable", headers=MASTER, json={"user": "sol"}).status_code == 200
     stopped = httpx.post(base + "/v1/chat/completions", headers=key, json=body, timeout=30)
     assert stopped.status_code == 403 and "disabled" in stopped.json()["error"]["message"]
+    disguised = httpx.post(
+        base + "/v1/chat/completions", headers={**key, "x-ark-identity": identity}, json=body, timeout=30
+    )
+    assert disguised.status_code == 403 and "sol is disabled" in disguised.json()["error"]["message"]
     assert sol.send("GET", "/console/api/me").status_code == 401
     assert httpx.post(base + "/user/enable", headers=MASTER, json={"user": "sol"}).status_code == 200
     assert httpx.post(base + "/v1/chat/completions", headers=key, json=body, timeout=30).status_code == 200

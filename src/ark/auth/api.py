@@ -67,19 +67,31 @@ def _password(body: Json) -> str:
         raise InvalidRequest(f"'password': {exc}.", param="password") from None
 
 
+def _which(message: str) -> str:
+    """The field a UserError is about, for the error's ``param``."""
+    if "e-mail" in message:
+        return "email"
+    return "display_name" if "display" in message else "name"
+
+
 class Accounts:
     """The handlers; ``changed`` is awaited after every change (the gateway re-reads who may do what)."""
 
     def __init__(self, store: UserStore, domain: str, changed: Callable[[], Awaitable[None]]) -> None:
         self.store, self.domain, self._changed = store, domain, changed
+        # one change at a time here: the last-admin check and its write cannot interleave with another's
+        # (gateways sharing a database each have their own: a race between two of them is not covered)
+        self._lock = asyncio.Lock()
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
     async def _user(self, body: Json) -> User:
+        """The user ``body["user"]`` names: by name first, else by e-mail (a name may look like one)."""
         wanted = (_field(body, "user") or "").strip().lower()
         found: list[tuple[User, int]] = await self._run(self.store.list_users)
-        user = next((u for u, _ in found if wanted in (u.name, u.email.lower())), None)
+        user = next((u for u, _ in found if u.name == wanted), None)
+        user = user or next((u for u, _ in found if u.email.lower() == wanted), None)
         if user is None:
             raise NotFound(f"No user '{body['user']}'.", param="user")
         return user
@@ -100,7 +112,10 @@ class Accounts:
         await self._changed()
         log.info("users: %s %s", user.name, what)
         found: list[tuple[User, int]] = await self._run(self.store.list_users)
-        return next(account(u, n) for u, n in found if u.id == user.id)
+        shown = next((account(u, n) for u, n in found if u.id == user.id), None)
+        if shown is None:
+            raise NotFound(f"No user '{user.name}' any more.", param="user")
+        return shown
 
     async def list(self, query: dict[str, str]) -> list[Json]:
         return [account(u, n) for u, n in await self._run(self.store.list_users)]
@@ -119,8 +134,8 @@ class Accounts:
         hashed = await self._run(passwords.hash_password, _password(body))
         try:
             user = await self._run(lambda: self.store.add(name, email, display, role, hashed))
-        except UserError as exc:
-            raise InvalidRequest(f"{exc}.", param="name") from None
+        except UserError as exc:  # the name, e-mail or display name: the message says which
+            raise InvalidRequest(f"{exc}.", param=_which(str(exc))) from None
         return await self._done(user, f"added ({role})")
 
     async def disable(self, body: Json) -> Json:
@@ -153,7 +168,12 @@ class Accounts:
         def post(fn: Callable[[Json], Awaitable[Json]]) -> Callable[[Request, Responder], Awaitable[None]]:
             async def handler(request: Request, responder: Responder) -> None:
                 body = parse_body(request.body) if request.body else {}
-                await responder.send(200, orjson.dumps(await fn(body)), JSON_HEADERS)
+                async with self._lock:
+                    try:
+                        answer = await fn(body)
+                    except UserError as exc:  # a name, e-mail or role the store refuses, a user gone meanwhile
+                        raise InvalidRequest(f"{exc}.", param="user") from None
+                await responder.send(200, orjson.dumps(answer), JSON_HEADERS)
 
             return handler
 

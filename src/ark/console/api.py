@@ -28,7 +28,7 @@ from ark.wire import Request, Responder
 log = logging.getLogger("ark.console")
 PREFIX = "/console/api"
 ADMIN_PATHS = ("/key/", "/team/", "/user/", "/spend/", "/usage/", "/admin/", "/metrics")
-PERSON_PATHS = ("/v1/", "/api/", "/me")
+PERSON_PATHS = ("/v1/", "/api/", "/me/")
 _READS = ("GET", "HEAD")
 _JSON = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
 Gateway = Callable[[Request, Responder], Awaitable[None]]
@@ -38,7 +38,7 @@ def needs(path: str) -> str | None:
     """The role a gateway path needs through the console ("admin", "user"), or None: not served here."""
     if path.startswith(ADMIN_PATHS):
         return "admin"
-    if path.startswith(PERSON_PATHS):
+    if path.startswith(PERSON_PATHS) or path == "/me":
         return "user"
     return None
 

@@ -144,10 +144,20 @@ class Front:
         team = self.teams.get(key.team_id) if key.team_id else None
         return key.allows(requested, served) and (team is None or team.allows(requested, served))
 
+    def owner(self, key: Key | None) -> Person | None:
+        """The person a key belongs to: its ``user_id`` names them (id or e-mail). An application's key
+        (``trust_user_headers``) calls for others and belongs to nobody."""
+        if key is None or not key.user_id or key.trust_user_headers:
+            return None
+        return self.people.get(key.user_id) or self.emails.get(key.user_id.lower())
+
     async def attribute(self, ex: Exchange, request: Request) -> None:
         """Whom the request is made for (see the module's docstring); refuses a person ARK has turned away."""
+        owner = self.owner(ex.key)
+        if owner is not None:  # a person's own key is theirs, whatever identity comes with it
+            ex.person_id, ex.person = owner.id, owner.name
         email = request.headers.get(PERSON_HEADER)
-        if email is not None:
+        if email is not None and owner is None:
             key = ex.key
             if key is None or not key.trust_user_headers:  # anyone can send the header: it grants nothing
                 self.rt.metrics.count_untrusted_user_header(ex.key_label)
@@ -164,10 +174,6 @@ class Front:
                 ex.person_id, ex.person = known.id, known.name
                 if known.disabled:  # (a valid X-Ark-Identity is a live session, whose user is not disabled)
                     raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
-        if ex.person_id is None and ex.key is not None and ex.key.user_id:  # a person's own key (their id or
-            owner = self.people.get(ex.key.user_id) or self.emails.get(ex.key.user_id.lower())  # e-mail)
-            if owner is not None:
-                ex.person_id, ex.person = owner.id, owner.name
         if ex.person_id is None:
             return
         person = self.people.get(ex.person_id)

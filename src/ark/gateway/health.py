@@ -76,7 +76,7 @@ class HealthApi(Component):
         if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= LOG_MAX_LINES:
             raise InvalidRequest(f"'lines' must be a whole number from 1 to {LOG_MAX_LINES}.", param="lines")
         wanted = int(text)
-        tail = await asyncio.to_thread(log_tail, service.log_path, wanted * _LOG_BYTES_PER_LINE)
-        lines = tail.splitlines()[-wanted:]
+        tail = await asyncio.to_thread(log_tail, service.log_path, wanted * _LOG_BYTES_PER_LINE, whole_lines=True)
+        lines = tail.removesuffix("\n").split("\n")[-wanted:] if tail else []
         body = {"name": name, "log": str(service.log_path), "lines": lines}
         await responder.send(200, orjson.dumps(body), JSON_HEADERS)

@@ -34,27 +34,13 @@ from ark.gateway.exchange import JSON_HEADERS, send_error
 from ark.gateway.requests import parse_body
 from ark.runtime import Component, Runtime
 from ark.store import Key
-from ark.store.keys import Person, now
+from ark.store.keys import Person, now, parse_duration
 from ark.store.ledger import daily_usage, person_spend
 from ark.wire import Request, Responder
 
 _MADE_HERE = {name: KEY_FIELDS[name] for name in ("key_alias", "models", "max_budget", "budget_duration")}
-_COPIED = (  # what a rotated key keeps of the old one
-    "key_alias",
-    "models",
-    "max_budget",
-    "budget_duration",
-    "budget_reset_at",
-    "max_tokens_budget",
-    "spend",
-    "tokens_used",
-    "tpm_limit",
-    "rpm_limit",
-    "max_parallel_requests",
-    "metadata",
-    "expires_at",
-)
 MAX_DAYS = 366
+MIN_CAPPED_PERIOD = timedelta(days=1)  # under [console] key_max_budget: no budget that renews every second
 
 
 class LimitReached(PermissionDenied):
@@ -90,6 +76,8 @@ class SelfService:
             person = front.people.get(found.user_id)
         if person is None or person.disabled:
             raise PermissionDenied(f"The user {found.name} is disabled: ask an administrator of this ARK.")
+        if person.blocked and request.method != "GET":
+            raise PermissionDenied(f"The user {found.name} is blocked: ask an administrator of this ARK.")
         return person
 
     async def mine(self, person: Person) -> list[Key]:
@@ -131,10 +119,15 @@ class SelfService:
                 raise PermissionDenied(f"You may not use the model '{model}'.", param="models")
         return asked
 
-    def _limit_budget(self, budget: float | None) -> float | None:
+    def _limit_budget(self, budget: float | None, period: str | None) -> float | None:
         cap = self.policy.key_max_budget
         if cap is None:
             return budget
+        if period is not None and parse_duration(period) < MIN_CAPPED_PERIOD:
+            raise PermissionDenied(
+                "Under a budget cap, a key's budget period is at least a day (or none: the budget is in all).",
+                param="budget_duration",
+            )
         if budget is None:
             return cap
         if budget > cap:
@@ -144,7 +137,7 @@ class SelfService:
     async def generate(self, person: Person, body: Json) -> Json:
         values = {**checked(body, _MADE_HERE, extra=frozenset({"duration"})), **expiry(body)}
         values["models"] = self._limit_models(person, values.get("models") or [])
-        values["max_budget"] = self._limit_budget(values.get("max_budget"))
+        values["max_budget"] = self._limit_budget(values.get("max_budget"), values.get("budget_duration"))
         async with self._lock:
             held = len(await self.mine(person))
             if held >= self.policy.keys_per_person:
@@ -158,13 +151,16 @@ class SelfService:
         return {"key": secret, **key.public()}
 
     async def rotate(self, person: Person, body: Json) -> Json:
+        """The same key (its limits, team, spend and history) with a new secret."""
         async with self._lock:
             old = await self._own(person, body)
-            values = {name: getattr(old, name) for name in _COPIED}
-            values["models"] = list(old.models)
-            secret, key = await self._run(self._keys.create_key, {**values, "user_id": person.id})
-            await self._run(self._keys.delete_keys, [old.id])
+            if old.blocked:
+                raise PermissionDenied("This key is blocked: an administrator unblocks it.", param="key")
+            rotated = await self._run(self._keys.rotate_key, old.id)
+            if rotated is None:
+                raise NotFound("You have no such key.", param="key")
             await self.rt.front.reload_keys()
+        secret, key = rotated
         return {"key": secret, **key.public(), "replaces": old.id}
 
     async def delete(self, person: Person, body: Json) -> Json:

@@ -105,7 +105,8 @@ async def relay(
                             events = -1  # counted by the engine
                         if not include_usage:
                             del chunk["usage"]
-                        elif usage:  # what it costs, as the ledger will charge it (OpenRouter's usage.cost)
+                        elif usage:  # what it costs (OpenRouter's usage.cost); a price per GPU second adds the
+                            # moments until the stream ends in the ledger
                             usage["cost"] = spent(ex)
                     choices = chunk.get("choices")
                     if choices or include_usage:

@@ -204,6 +204,22 @@ class KeyStore:
         assert key is not None
         return secret, key
 
+    def rotate_key(self, ident: str) -> tuple[str, Key] | None:
+        """A new secret for the key ``ident``, everything else kept (limits, team, block, spend); the old
+        secret stops at once. None when there is no such key."""
+        secret = new_key()
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == ident)
+                .values(id=key_id(secret), key_prefix=secret[:11], updated_at=now())
+            )
+        if not changed.rowcount:
+            return None
+        key = self.get_key(key_id(secret))
+        assert key is not None
+        return secret, key
+
     def get_key(self, ident: str) -> Key | None:
         with self.engine.connect() as connection:
             row = connection.execute(select(api_keys).where(api_keys.c.id == ident)).mappings().first()

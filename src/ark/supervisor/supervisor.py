@@ -272,14 +272,19 @@ def _tail(path: Path) -> str:
     return log_tail(path, _LOG_TAIL) or "(no log)"
 
 
-def log_tail(path: Path, max_bytes: int) -> str:
-    """The last ``max_bytes`` of a service's log as text (bad UTF-8 replaced); "" when there is none."""
+def log_tail(path: Path, max_bytes: int, *, whole_lines: bool = False) -> str:
+    """The last ``max_bytes`` of a service's log as text (bad UTF-8 replaced); "" when there is none.
+    ``whole_lines``: without the first line when the read began inside it."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
-            return f.read(max_bytes).decode(errors="replace")
+            start = max(0, os.fstat(f.fileno()).st_size - max_bytes)
+            f.seek(start)
+            data = f.read(max_bytes)
     except OSError:
         return ""
+    if whole_lines and start > 0:
+        data = data.partition(b"\n")[2]
+    return data.decode(errors="replace")
 
 
 async def _armed(pid: int, setpriv: str, timeout_s: float = 5.0) -> None:

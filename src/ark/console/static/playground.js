@@ -233,7 +233,8 @@ async function chat(text) {
     const ended = performance.now();
     n.total_ms = ended - started;
     n.ttft_ms = first === null ? null : first - started;
-    const generating = first === null ? 0 : (ended - first) / 1000;
+    // (a model that sends every token at once takes under a millisecond: counted as one)
+    const generating = first === null ? 0 : Math.max(ended - first, 1) / 1000;
     n.tokens_per_s = n.completion_tokens && generating > 0 ? n.completion_tokens / generating : null;
     state.messages.push({ role: "user", content: text }, { role: "assistant", content: reply });
     responseView.textContent = JSON.stringify({ chunks, content: reply, last_chunk: last }, null, 2);
