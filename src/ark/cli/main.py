@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import ark
-from ark.cli import admin, certs, edge, events, firewall, gpu, models, peers, services, up, users
+from ark.cli import admin, backup, certs, edge, events, firewall, gpu, models, peers, services, up, users
 from ark.cli.common import ConfigProblem, make_console, use_ark_context
 from ark.errors import ArkError, ConfigError
 
@@ -70,6 +70,8 @@ COMMANDS: tuple[click.Command, ...] = (
     certs.certs,
     peers.peers,
     firewall.firewall,
+    backup.backup,
+    backup.restore,
 )
 
 for command in COMMANDS:

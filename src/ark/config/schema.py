@@ -24,6 +24,7 @@ from ark.config.inference import DEFAULT_ENGINES, EngineSettings, GpuSettings, M
 from ark.config.services import (
     AuthSettings,
     AutomationSettings,
+    BackupSettings,
     ChatSettings,
     ConsoleSettings,
     GatewaySettings,
@@ -80,6 +81,7 @@ class Settings:
     images: ImagesSettings = table(ImagesSettings)
     events: EventsSettings = table(EventsSettings)
     automation: AutomationSettings = table(AutomationSettings)
+    backup: BackupSettings = table(BackupSettings)
     engines: tuple[EngineSettings, ...] = tables(EngineSettings, default=DEFAULT_ENGINES, limit=32)
     models: tuple[ModelSettings, ...] = tables(ModelSettings, env=False, label="ID", quoted=True)
     image_models: tuple[ImageModelSettings, ...] = tables(
@@ -101,3 +103,7 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def backups_dir(self) -> Path:
+        return Path(self.backup.dir).expanduser() if self.backup.dir else self.data_dir / "backups"

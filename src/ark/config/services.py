@@ -277,3 +277,24 @@ class AutomationSettings:
         "n8n workflows (exported JSON, one per file) imported at each start of n8n, and activated when their "
         'file says "active": true. Empty: DATA/n8n-workflows.',
     )
+
+
+@section
+class BackupSettings:
+    """`ark backup` and `ark restore`, and the backups ARK makes on its own (docs/backup.md)."""
+
+    dir: str = setting(Str(), "", "Where backups go. Empty: DATA/backups.")
+    keep: int = setting(Int(1, 10000), 7, "Backups kept in that folder; older ones are deleted after each new one.")
+    every_hours: float = setting(
+        Float(0.0, hi=8784.0),
+        0.0,
+        "`ark up` makes a backup this often (hours), in its own process at low priority. 0: never (run "
+        "`ark backup` from cron or a systemd timer instead).",
+    )
+    passphrase_file: str = setting(
+        Str(),
+        "",
+        "A file holding the passphrase that seals the secrets in scheduled backups (mode 0600). Empty: the "
+        "secrets are kept unsealed, in an archive only root can read.",
+    )
+    media: bool = setting(Bool(), True, "Whether scheduled backups keep media (generated images, recordings).")

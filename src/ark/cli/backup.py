@@ -1,0 +1,241 @@
+"""`ark backup` and `ark restore`: one archive with ARK's database, config, secrets and data, and back.
+
+A backup is online: the gateway keeps serving while it is made (SQLite's backup API, or pg_dump in one
+snapshot); it runs at low CPU priority. A restore goes into an empty data directory only, and only once the
+whole archive checks out (docs/backup.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from ark.backup import archive
+from ark.backup.crypto import BackupError
+from ark.cli.common import Table, config_options, make_console, print_json, settings_or_exit
+
+console = make_console()
+status = make_console(stderr=True)  # progress: not the command's output (--json stays parseable)
+
+
+def read_passphrase(passphrase_file: Path | None, from_stdin: bool) -> str | None:
+    """The passphrase from a file (its first line) or standard input; None without either."""
+    if passphrase_file is not None and from_stdin:
+        raise click.UsageError("give the passphrase one way: --passphrase-file or --passphrase-stdin")
+    try:
+        if passphrase_file is not None:
+            text = passphrase_file.read_text(encoding="utf-8")
+        elif from_stdin:
+            text = sys.stdin.read(4096)
+        else:
+            return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read the passphrase: {exc}") from None
+    lines = text.splitlines()
+    return lines[0] if lines else ""
+
+
+def _bar() -> Progress:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=status, transient=False)
+
+
+def _lower_priority() -> None:
+    """A backup yields the CPU to the gateway serving beside it."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
+passphrase_options = (
+    click.option(
+        "--passphrase-file",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Seal the secrets with the passphrase in this file (first line; 12 characters or more).",
+    ),
+    click.option("--passphrase-stdin", is_flag=True, help="Read that passphrase from standard input."),
+)
+
+
+@click.group(invoke_without_command=True)
+@config_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the archive (default: [backup] dir, DATA/backups).",
+)
+@click.option("--without-media", is_flag=True, help="Leave out generated images, recordings and renders.")
+@passphrase_options[0]
+@passphrase_options[1]
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.pass_context
+def backup(
+    ctx: click.Context,
+    config_path: Path | None,
+    data_dir: Path | None,
+    out: Path | None,
+    without_media: bool,
+    passphrase_file: Path | None,
+    passphrase_stdin: bool,
+    as_json: bool,
+) -> None:
+    """Back up ARK (database, config, secrets, data) into one archive, while it runs.
+
+    The secrets (the config file, DATA/auth.key, service keys, WireGuard's and certbot's keys) are sealed
+    with a passphrase when one is given; without one they are kept as they are, in an archive only its
+    owner can read. `ark backup verify ARCHIVE` checks an archive; `ark restore` puts one back.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = settings_or_exit(config_path, data_dir)
+    passphrase = read_passphrase(passphrase_file, passphrase_stdin)
+    _lower_priority()
+    folder = out or settings.backups_dir
+    with _bar() as bar:
+        task = bar.add_task("backing up", total=None)
+        made = archive.create(
+            settings, folder, passphrase=passphrase, media=not without_media, progress=lambda n: bar.advance(task, n)
+        )
+    pruned = archive.prune(folder, settings.backup.keep) if out is None else []
+    if as_json:
+        print_json({"archive": str(made.path), "manifest": made.manifest, "pruned": [str(p) for p in pruned]})
+        return
+    counts = made.manifest["database"]["counts"]
+    size = made.path.stat().st_size
+    console.print(f"Backup: {made.path}")
+    console.print(
+        f"  {size / 2**20:.1f} MiB in {made.seconds:.1f} s; {len(made.manifest['files'])} files; "
+        + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())
+    )
+    if passphrase is None:
+        console.print("  [yellow]The secrets are not sealed: keep this archive where only you can read it.[/]")
+    for path in pruned:
+        console.print(f"  removed the older backup {path}")
+
+
+@backup.command("verify")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@passphrase_options[0]
+@passphrase_options[1]
+def backup_verify(path: Path, passphrase_file: Path | None, passphrase_stdin: bool) -> None:
+    """Check an archive whole: every file against its checksum, the sealed secrets, the database."""
+    passphrase = read_passphrase(passphrase_file, passphrase_stdin)
+    staged = archive.stage(path, path.parent, passphrase)
+    try:
+        manifest = staged.manifest
+        sealed = manifest["secrets"]["sealed"]
+        console.print(f"{path}: good. Made {manifest['created_at']} by ARK {manifest['ark_version']}.")
+        counts = manifest["database"]["counts"]
+        console.print(
+            f"  {manifest['database']['kind']} database, schema {manifest['database']['schema']}: "
+            + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())
+        )
+        console.print(f"  secrets {'sealed and unsealed with the passphrase' if sealed else 'not sealed'}")
+    finally:
+        staged.discard()
+
+
+@backup.command("list")
+@config_options
+def backup_list(config_path: Path | None, data_dir: Path | None) -> None:
+    """The archives in the backup folder, newest last."""
+    settings = settings_or_exit(config_path, data_dir)
+    found = archive.backups(settings.backups_dir)
+    if not found:
+        console.print(f"No backups in {settings.backups_dir}.")
+        return
+    table = Table("archive", "size")
+    for path in found:
+        table.add_row(str(path), f"{path.stat().st_size / 2**20:.1f} MiB")
+    console.print(table)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The data directory to restore into: absent or empty.",
+)
+@click.option(
+    "--config-to",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where the backed-up config file goes (default: DATA/ark.toml).",
+)
+@click.option(
+    "--store-url",
+    default="",
+    help="For a PostgreSQL backup: the empty database to restore into (default: the backed-up config's).",
+)
+@passphrase_options[0]
+@passphrase_options[1]
+def restore(
+    path: Path,
+    data_dir: Path,
+    config_to: Path | None,
+    store_url: str,
+    passphrase_file: Path | None,
+    passphrase_stdin: bool,
+) -> None:
+    """Restore a backup into an empty data directory, then check it against the archive's counts.
+
+    Nothing is written until the whole archive checks out (every file's checksum, the sealed secrets, the
+    database's integrity): a damaged archive or a wrong passphrase leaves everything as it was.
+    """
+    passphrase = read_passphrase(passphrase_file, passphrase_stdin)
+    data_dir = data_dir.expanduser().absolute()
+    staged = archive.stage(path, data_dir.parent, passphrase)
+    try:
+        manifest = staged.manifest
+        if manifest["database"]["kind"] == "postgresql" and not store_url:
+            store_url = _store_url_of(staged)
+        config = archive.install(staged, data_dir, config_to=config_to, store_url=store_url)
+    finally:
+        staged.discard()
+    expected = manifest["database"]["counts"]
+    found = archive.restored_counts(data_dir, store_url)
+    table = Table("rows", "in the backup", "restored")
+    for name, count in expected.items():
+        table.add_row(name.replace("_", " "), str(count), str(found.get(name, 0)))
+    console.print(f"Restored {path} into {data_dir}" + (f"; its config is {config}" if config else ""))
+    console.print(table)
+    if any(found.get(name, 0) != count for name, count in expected.items()):
+        raise click.ClickException("the restored database does not hold what the backup says it holds")
+    named = _config_value(config, "data_dir") if config else None
+    if isinstance(named, str) and Path(named).expanduser().absolute() != data_dir:
+        console.print(
+            f"[yellow]The config names data_dir = {named!r}: start ARK with --data-dir {data_dir} or edit it.[/]"
+        )
+
+
+def _config_value(config: Path, *keys: str) -> object:
+    """A value of a TOML config file by its keys; None when absent or unreadable."""
+    try:
+        value: object = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _store_url_of(staged: archive.Staged) -> str:
+    """[store] url of the backed-up config, for a PostgreSQL backup restored without --store-url."""
+    config = archive.staged_config(staged)
+    url = _config_value(config, "store", "url") if config else None
+    return url if isinstance(url, str) else ""
+
+
+__all__ = ["BackupError", "backup", "restore"]
