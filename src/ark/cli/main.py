@@ -11,7 +11,21 @@ from typing import Any
 import click
 
 import ark
-from ark.cli import admin, backup, certs, edge, events, firewall, gpu, models, peers, services, up, users
+from ark.cli import (
+    admin,
+    backup,
+    certs,
+    edge,
+    events,
+    firewall,
+    gpu,
+    models,
+    peers,
+    services,
+    up,
+    upgrade,
+    users,
+)
 from ark.cli.common import ConfigProblem, make_console, use_ark_context
 from ark.errors import ArkError, ConfigError
 
@@ -72,6 +86,7 @@ COMMANDS: tuple[click.Command, ...] = (
     firewall.firewall,
     backup.backup,
     backup.restore,
+    upgrade.upgrade,
 )
 
 for command in COMMANDS:

@@ -20,11 +20,12 @@ class Store:
         self.keys = KeyStore(engine)
 
     @classmethod
-    def open(cls, settings: Settings) -> Store:
-        """Connect and migrate (blocking)."""
+    def open(cls, settings: Settings, *, copy_before_upgrade: bool = True) -> Store:
+        """Connect and migrate (blocking); a database whose schema changes is copied into the backups
+        folder first."""
         engine = open_engine(database_url(settings.store.url, settings.data_dir))
         try:
-            migrate(engine)
+            migrate(engine, settings.backups_dir if copy_before_upgrade else None)
         except StoreError:
             engine.dispose()
             raise
