@@ -299,3 +299,27 @@ def test_old_backups_are_pruned_to_the_newest(tmp_path: Path) -> None:
         archive.backup_name(1_800_000_000 + 3600 * 4),
     ]
     assert (tmp_path / "unrelated.tar.gz").exists()
+
+
+def test_ark_up_makes_backups_on_its_schedule(tmp_path: Path, ollama: FakeOllama) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    text = CONFIG.replace("{OLLAMA}", ollama.url).replace("{STORE}", "")
+    ark = start_ark(text + "[backup]\nevery_hours = 0.0003\nkeep = 1\nmedia = false\n", tmp_path)
+    try:
+        folder = ark.data_dir / "backups"
+
+        def reported() -> str:
+            listed = httpx.get(ark.url + "/admin/services", headers=MASTER, timeout=5).json()["services"]
+            return next((s["why"] for s in listed if s["name"] == "backup"), "")
+
+        assert wait_until(lambda: "last backup at" in reported(), 60), reported()
+        metrics = httpx.get(ark.url + "/metrics", timeout=5).text
+        assert "ark_backup_last_success_timestamp_seconds " in metrics
+        made = archive.backups(folder)[-1]
+        assert wait_until(lambda: archive.backups(folder)[-1] != made, 60)  # a second one...
+        assert wait_until(lambda: len(archive.backups(folder)) == 1, 30)  # ...and only the newest kept
+    finally:
+        stop_ark(ark)
+    (kept,) = archive.backups(folder)  # (the schedule stopped with ARK: nothing replaces it meanwhile)
+    verified = ark_cli("backup", "verify", str(kept))
+    assert verified.returncode == 0, verified.stderr

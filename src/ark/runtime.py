@@ -374,6 +374,7 @@ def _components() -> list[Component]:
     from ark.arbiter.api import GpuApi
     from ark.auth.api import AccountsApi
     from ark.automation.component import Automation
+    from ark.backup.component import Backups
     from ark.chat import Chat
     from ark.console.component import ConsoleComponent
     from ark.events.component import Events
@@ -399,6 +400,7 @@ def _components() -> list[Component]:
         Chat(),
         Images(),
         Automation(),
+        Backups(),
     ]
 
 

@@ -409,6 +409,12 @@ def restored_counts(data_dir: Path, store_url: str = "") -> dict[str, int]:
         engine.dispose()
 
 
+def discard_unfinished(folder: Path) -> None:
+    """Remove what a backup that was killed left in ``folder`` (its working folder; never an archive)."""
+    for path in folder.glob(".ark-making-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def backups(folder: Path) -> list[Path]:
     """ARK's archives in ``folder``, oldest first (their names sort by time)."""
     if not folder.is_dir():
