@@ -27,6 +27,7 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
     ├── WorkloadError               ark.arbiter._fields: a bad `ark gpu simulate` workload (CLI exit 2)
     ├── StartFailed                 ark.supervisor.supervisor: a supervised service did not come up
     ├── InstallError                ark.supervisor.installs: `ark services install` failed a step
+    ├── BackupError                 ark.backup.crypto: a backup that cannot be made, read or restored
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         │   └── WorkflowRejected    ark.images.comfyui: 400 workflow_rejected (ComfyUI's node_errors)
@@ -34,7 +35,8 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
         ├── AuthenticationError     401 invalid_api_key
         │   └── UnknownKey          ark.gateway.front: not among the keys in memory
         ├── PermissionDenied        403 model_not_allowed
-        │   └── AdminOnly           403 admin_only
+        │   ├── AdminOnly           403 admin_only
+        │   └── LimitReached        ark.gateway.me: 403 limit_reached (a person's keys, [console] keys_per_person)
         ├── ModelsManaged           ark.ollama_api.component: 403 models_managed_by_ark (pull, push, create...)
         ├── NotFound                404 not_found (a key or team)
         │   └── UnknownUrl          404 unknown_url

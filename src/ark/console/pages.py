@@ -114,7 +114,7 @@ def shell(user: User, *, csrf: str, path: str, body: str, script: str = "", api_
         f'<header class=bar><b class=brand>ARK</b><nav aria-label="Console pages">{links}</nav>'
         f'<span class=who title="{escape(user.email)}">{escape(user.display_name)} '
         f"<span class=muted>({escape(user.role)})</span></span>"
-        '<form method=post action="/auth/logout" class=inline>'
+        '<form method=post class=inline action="/auth/logout">'
         f'<input type=hidden name=csrf value="{escape(csrf)}"><button type=submit class=quiet>Sign out</button></form>'
         "</header>\n"
     )
