@@ -27,6 +27,7 @@ from ark.config.services import (
     BackupSettings,
     ChatSettings,
     ConsoleSettings,
+    DeploySettings,
     GatewaySettings,
     MonitorSettings,
     StoreSettings,
@@ -82,6 +83,7 @@ class Settings:
     events: EventsSettings = table(EventsSettings)
     automation: AutomationSettings = table(AutomationSettings)
     backup: BackupSettings = table(BackupSettings)
+    deploy: DeploySettings = table(DeploySettings)
     engines: tuple[EngineSettings, ...] = tables(EngineSettings, default=DEFAULT_ENGINES, limit=32)
     models: tuple[ModelSettings, ...] = tables(ModelSettings, env=False, label="ID", quoted=True)
     image_models: tuple[ImageModelSettings, ...] = tables(

@@ -298,3 +298,10 @@ class BackupSettings:
         "secrets are kept unsealed, in an archive only root can read.",
     )
     media: bool = setting(Bool(), True, "Whether scheduled backups keep media (generated images, recordings).")
+
+
+@section
+class DeploySettings:
+    """How `ark render` lays ARK out as a service of the box (docs/deploy.md)."""
+
+    user: str = setting(Str(), "ark", "The system user ark.service runs as (it owns the data directory).")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ark.config import Settings
+from ark.deploy import units
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.certs import certbot_commands, self_signed_files
 from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_tracked
@@ -69,13 +70,18 @@ def _monitoring(ctx: RenderContext) -> Files:
     return {name: FileSpec.text(text) for name, text in files.items()}
 
 
-# name -> renderer, in the order they run; later issues append theirs (deploy)
+def _systemd(ctx: RenderContext) -> Files:
+    return {name: FileSpec.text(text) for name, text in units.render(ctx.settings).items()}
+
+
+# name -> renderer, in the order they run
 RENDERERS: tuple[tuple[str, Renderer], ...] = (
     ("certs", _certs),
     ("nginx", _nginx),
     ("wireguard", _wireguard),
     ("firewall", _firewall),
     ("monitoring", _monitoring),
+    ("systemd", _systemd),
 )
 
 

@@ -1,0 +1,132 @@
+"""The systemd units `ark render` writes: checked by the real `systemd-analyze verify` (in a throwaway root:
+nothing of this machine's systemd is touched; any warning fails), and their security properties: ARK runs
+unprivileged in a sandbox that writes only its data, Ollama listens on loopback and leaves loads and
+unloads to the GPU arbiter."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ark.config import load_settings
+from ark.deploy import units
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+OLLAMA_UNIT = """[Unit]
+Description=Ollama Service
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/ollama serve
+User=ollama
+Group=ollama
+Restart=always
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def settings(tmp_path: Path, extra: str = "") -> object:
+    config = tmp_path / "ark.toml"
+    config.write_text('[engines.ollama]\nkind = "ollama"\nurl = "http://127.0.0.1:11434"\n' + extra)
+    return load_settings(config_path=config, data_dir=tmp_path / "data", env={})
+
+
+def fields(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def verify(tmp_path: Path, files: dict[str, str]) -> str:
+    """`systemd-analyze verify` of the rendered units in a root of their own; its complaints (empty: none)."""
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    system = root / "etc/systemd/system"
+    system.mkdir(parents=True)
+    (system / "ollama.service").write_text(OLLAMA_UNIT)
+    for name, text in files.items():
+        target = system / name.removeprefix("systemd/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    names = ["ollama.service", *(Path(n).name for n in files if n.endswith((".service", ".timer")))]
+    for text in [*files.values(), OLLAMA_UNIT]:  # the programs the units start: stubs inside the root
+        for value in fields(text).get("ExecStart", []):
+            program = root / value.split()[0].lstrip("/")
+            program.parent.mkdir(parents=True, exist_ok=True)
+            program.write_text("#!/bin/sh\n")
+            program.chmod(0o755)
+    done = subprocess.run(
+        [str(SYSTEMD_ANALYZE), "verify", "--man=no", f"--root={root}", *names],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    return (done.stdout + done.stderr).replace(str(root), "").strip() + ("" if done.returncode == 0 else " (exit)")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd) is not installed")
+def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    files = units.render(settings(tmp_path))  # type: ignore[arg-type]
+    assert set(files) == {
+        "systemd/ark.service",
+        "systemd/ollama.service.d/ark.conf",
+        "systemd/ark-backup.service",
+        "systemd/ark-backup.timer",
+    }
+    assert verify(tmp_path, files) == ""
+    broken = {**files, "systemd/ark.service": files["systemd/ark.service"].replace("Restart=", "Restrt=")}
+    assert "Restrt" in verify(tmp_path / "again", broken)  # the check can fail: a typo is reported
+
+
+def test_ark_runs_unprivileged_in_a_sandbox_that_writes_only_its_data(tmp_path: Path) -> None:
+    current = settings(tmp_path)
+    service = fields(units.ark_service(current))  # type: ignore[arg-type]
+    assert service["User"] == ["ark"] and service["Group"] == ["ark"]
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "RestrictSUIDSGID": "yes",
+        "UMask": "0077",
+    }.items():
+        assert service[key] == [value], key
+    assert service["ReadWritePaths"] == [str(tmp_path / "data")]
+    assert service["ExecStart"][0].endswith("/ark up")
+    assert f"ARK_DATA_DIR={tmp_path / 'data'}" in service["Environment"][0]
+    elsewhere = settings(tmp_path, f'[backup]\ndir = "{tmp_path / "offsite"}"\n[deploy]\nuser = "svc-ark"\n')
+    service = fields(units.ark_service(elsewhere))  # type: ignore[arg-type]
+    assert service["ReadWritePaths"] == [f"{tmp_path / 'data'} {tmp_path / 'offsite'}"] and service["User"] == [
+        "svc-ark"
+    ]
+
+
+def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_path: Path) -> None:
+    dropin = fields(units.ollama_dropin(settings(tmp_path)) or "")  # type: ignore[arg-type]
+    env = dict(value.strip('"').split("=", 1) for value in dropin["Environment"])
+    assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
+    assert env["OLLAMA_KEEP_ALIVE"] == "-1"  # the arbiter unloads; Ollama's timer never does
+    assert int(env["OLLAMA_MAX_LOADED_MODELS"]) >= units.MAX_LOADED
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    config = remote / "ark.toml"
+    config.write_text('[engines.ollama]\nkind = "ollama"\nurl = "http://10.0.0.5:11434"\nmax_keep_alive_s = 600\n')
+    elsewhere = load_settings(config_path=config, data_dir=remote / "data", env={})
+    env = dict(v.strip('"').split("=", 1) for v in fields(units.ollama_dropin(elsewhere) or "")["Environment"])
+    assert env["OLLAMA_KEEP_ALIVE"] == "600s"  # not the arbiter's: the engine's own cap
+    (remote / "embedded.toml").write_text('[engines.embedded]\nkind = "embedded"\n')
+    none = load_settings(config_path=remote / "embedded.toml", data_dir=remote / "data", env={})
+    assert units.ollama_dropin(none) is None and "systemd/ollama.service.d/ark.conf" not in units.render(none)
+    scheduled = settings(tmp_path, "[backup]\nevery_hours = 24\n")
+    assert "systemd/ark-backup.timer" not in units.render(scheduled)  # type: ignore[arg-type]
