@@ -292,6 +292,8 @@ def test_a_memory_hold_makes_room_like_a_request_and_gives_it_back() -> None:
         waiting = asyncio.ensure_future(arbiter.hold("comfyui", 12 * GB))  # 13 + 10 + 12 > 31, third busy
         await settle()
         assert not waiting.done() and arbiter.queue[0].hold is not None
+        clock.advance(2.5)
+        assert arbiter.queue_status() == [{"model": "comfyui", "priority": "medium", "hold": True, "waited_s": 2.5}]
         assert [h["granted"] for h in arbiter.hold_status()] == [True, False]
         coder.release()
         image = await waiting  # the idle third model goes for it

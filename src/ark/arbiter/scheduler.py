@@ -197,6 +197,20 @@ class Arbiter(OwnerTask):
         self._wake.set()
         return await done
 
+    def queue_status(self) -> list[dict[str, Any]]:
+        """What waits for the GPU, first in line first: the model (or a memory hold's holder), its priority,
+        whether it is a hold, and how long it has waited."""
+        now = self.clock.now()
+        return [
+            {
+                "model": w.hold.holder if w.hold is not None else w.model,
+                "priority": Priority(w.priority).name.lower(),
+                "hold": w.hold is not None,
+                "waited_s": round(now - w.since, 3),
+            }
+            for w in self.queue
+        ]
+
     def queue_for(self, model: str) -> list[_Waiter]:
         return [w for w in self.queue if w.model == model]
 

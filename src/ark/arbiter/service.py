@@ -284,6 +284,7 @@ class GpuService:
             "external_bytes": self.probe.external(),
             "held_bytes": sum(h.memory for h in arbiter.holds.values()),
             "queue": len(arbiter.queue),
+            "waiting": arbiter.queue_status(),  # the queue itself, first in line first
             "models": models,
             "holds": holds,
             "leases": holds,  # deprecated: the old name of "holds", kept for one release (docs/api.md)

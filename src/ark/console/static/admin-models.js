@@ -188,12 +188,22 @@ const HOLDS = [ // memory set aside for jobs outside the engines (a render, a Co
   { title: "State", value: (h) => (h.granted ? `${Math.round(h.expires_in_s)} s left` : "waiting") },
 ];
 
+const QUEUE = [
+  { title: "For", value: (w) => (w.hold ? `${w.model} (a memory hold)` : w.model) },
+  { title: "Priority", value: (w) => w.priority },
+  { title: "Waiting", value: (w) => `${w.waited_s.toFixed(1)} s`, num: true },
+];
+
 function drawQueue() {
   const waiting = gpu.queue || 0;
   setText(queueLine, waiting ? `${count(waiting)} waiting for the GPU.` : "Nothing waits for the GPU.");
   queueLine.dataset.queue = String(waiting);
+  const line = gpu.waiting || [];
   const holds = gpu.holds || [];
-  holdsBox.replaceChildren(...(holds.length ? [el("h3", {}, "Memory holds"), table(HOLDS, holds)] : []));
+  holdsBox.replaceChildren(
+    ...(line.length ? [el("h3", {}, "The queue, first in line first"), table(QUEUE, line)] : []),
+    ...(holds.length ? [el("h3", {}, "Memory holds"), table(HOLDS, holds)] : []),
+  );
   const stats = gpu.stats || {};
   const restarts = Object.values(gpu.restarts || {}).reduce((sum, n) => sum + n, 0);
   const restarted = restarts ? `, ${count(restarts)} engine restarts` : "";
