@@ -157,3 +157,40 @@ def test_a_database_from_a_newer_ark_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="written by a newer ARK"):
         Store.open(settings_for(tmp_path, config.read_text()))
     assert revision_of(url) == "0099"
+
+
+REBUILD_USERS = GOOD.replace(
+    """    op.create_table("colours", sa.Column("id", sa.String(64), primary_key=True))
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("colour", sa.String(16)))
+""",
+    """    with op.batch_alter_table("users", recreate="always") as batch:  # SQLite: a new table, the old dropped
+        batch.add_column(sa.Column("colour", sa.String(16)))
+""",
+)
+
+
+def test_a_migration_that_rebuilds_a_parent_table_keeps_its_children(tmp_path: Path, newer: Path) -> None:
+    """Rebuilding `users` drops the old table: with foreign keys on, ON DELETE CASCADE would empty every
+    user's sessions and limits on the way."""
+    from datetime import timedelta
+
+    from ark.auth.users import UserStore
+
+    config, url = at_0006(tmp_path)
+    settings = settings_for(tmp_path, config.read_text())
+    opened = Store.open(settings)
+    users = UserStore(opened.engine)
+    ada = users.add("ada", "ada@example.com", "Ada", "admin", "hash")
+    users.open_session(ada.id, "token", timedelta(hours=1), "127.0.0.1", "test")
+    opened.keys.set_person_limits(ada.id, {"max_budget": 5.0})
+    opened.close()
+    newer.write_text(REBUILD_USERS)
+    Store.open(settings).close()
+    assert revision_of(url) == "0007" and "colour" in columns(url, "users")
+    engine = open_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM user_sessions")).scalar() == 1
+        assert connection.execute(text("SELECT max_budget FROM user_limits")).scalar() == 5.0
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1  # on again for everything else
+    engine.dispose()

@@ -26,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -52,9 +53,14 @@ LEFT_OUT = frozenset({"services", "models", "logs", "monitor", "deploy", "firewa
 MEDIA = frozenset({"images", "recordings", "experiments", "renders"})  # --without-media leaves these out
 SECRET_DIRS = frozenset({"wireguard", "certbot"})
 SECRET_FILES = frozenset({"n8n/encryption.key"})
+CERTS = "deploy/certs"  # the local CA and certificates `ark render` made (the rest of deploy/ is made again)
 _DB_FILES = frozenset({"ark.db", "ark.db-wal", "ark.db-shm", "ark.db-journal", "ark.toml"})
 _SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's: the backup API's copy already holds what they hold
+_DATABASES = {"sqlite": "database/ark.db", "postgresql": "database/ark.pgdump"}
+_NAME = re.compile(r"^ark-backup-\d{8}T\d{6}Z\.tar\.gz$")  # what `ark backup` names its archives
 _CHUNK = 1 << 20
+MAX_MEMBERS = 1_000_000
+_SPARE = 64 << 20  # left free on the disk a restore extracts to
 Progress = Callable[[int], None]
 
 
@@ -83,28 +89,63 @@ class Staged:
 # -- making one --------------------------------------------------------------------------------------
 def is_secret(rel: str) -> bool:
     top = rel.split("/", 1)[0]
-    return (("/" not in rel) and rel.endswith(".key")) or top in SECRET_DIRS or rel in SECRET_FILES
+    return (
+        (("/" not in rel) and rel.endswith(".key"))
+        or top in SECRET_DIRS
+        or rel in SECRET_FILES
+        or rel.startswith(CERTS + "/")
+    )
 
 
-def data_files(data_dir: Path, *, media: bool) -> Iterator[tuple[str, Path]]:
-    """The data directory's files a backup keeps, as (relative POSIX path, path); regular files only."""
+@dataclass(frozen=True)
+class Found:
+    rel: str  # the path in the data directory, POSIX
+    path: Path
+    link: str | None = None  # a link kept as a link: relative, inside its own secret folder (certbot's live/)
+
+
+def _inside_link(data_dir: Path, rel: str, path: Path) -> str | None:
+    """The target of a symbolic link that stays inside its own secret folder (certbot's live/ -> archive/)."""
+    top = rel.split("/", 1)[0]
+    if top not in SECRET_DIRS:
+        return None
+    target = os.readlink(path)
+    if os.path.isabs(target):
+        return None
+    resolved = (path.parent / target).resolve()
+    return target if resolved.is_relative_to((data_dir / top).resolve()) and resolved.is_file() else None
+
+
+def data_files(data_dir: Path, *, media: bool, skip: Collection[Path] = ()) -> Iterator[Found]:
+    """The data directory's files a backup keeps: regular files, and the links inside a secret folder that
+    stay inside it. ``skip``: folders never to enter (the backups folder, wherever it is)."""
+    avoid = {p.resolve() for p in skip}
     for folder, dirs, files in os.walk(data_dir, followlinks=False):
         here = Path(folder)
         rel_dir = here.relative_to(data_dir).as_posix()
         if rel_dir == ".":
             dirs[:] = [d for d in dirs if d not in LEFT_OUT and (media or d not in MEDIA)]
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in avoid)
         for name in sorted(files):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             if rel in _DB_FILES or name.endswith(_SIDE_FILES) or name.startswith(".ark-"):
                 continue
             path = here / name
             try:
-                if not stat.S_ISREG(path.lstat().st_mode):
-                    continue  # links, sockets, fifos: not data
+                mode = path.lstat().st_mode
             except FileNotFoundError:
                 continue
-            yield rel, path
+            if stat.S_ISLNK(mode):
+                link = _inside_link(data_dir, rel, path)
+                if link is not None:
+                    yield Found(rel, path, link)
+            elif stat.S_ISREG(mode):
+                yield Found(rel, path)
+    certs = data_dir / CERTS
+    if certs.is_dir() and not certs.is_symlink():
+        for path in sorted(certs.iterdir()):
+            if path.is_file() and not path.is_symlink():
+                yield Found(f"{CERTS}/{path.name}", path)
 
 
 class _Hashing(io.RawIOBase):
@@ -137,8 +178,10 @@ def _add(tar: tarfile.TarFile, name: str, path: Path, progress: Progress | None)
         reader = _Hashing(handle, progress)
         try:
             tar.addfile(info, reader)
-        except OSError as exc:  # a file cut short while read (a log rotated): the tar is now broken
-            raise BackupError(f"{path} changed while it was read ({exc}); try again") from None
+        except OSError as exc:
+            if "unexpected end of data" in str(exc):  # cut short while read (rotated): the tar is now broken
+                raise BackupError(f"{path} changed while it was read; try again") from None
+            raise BackupError(f"cannot write the archive: {exc}") from None
         return {"path": name, "size": size, "sha256": reader.digest.hexdigest()}
 
 
@@ -149,16 +192,23 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> dict[str, Any]:
     return {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _secrets(settings: Settings, files: list[tuple[str, Path]]) -> bytes:
-    """The secrets as a tar in memory: the config file (config/ark.toml) and the secret files of the data."""
+def _secrets(settings: Settings, files: list[Found]) -> bytes:
+    """The secrets as a tar in memory: the config file (config/ark.toml) and the data's secret files, each
+    stored from its bytes (a config that is a link is kept as the file it names), certbot's inner links as
+    links."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         config = settings.config_path
         if config is not None and config.is_file():
-            tar.add(config, arcname="config/ark.toml", recursive=False)
-        for rel, path in files:
+            _add_bytes(tar, "config/ark.toml", config.read_bytes())
+        for found in files:
+            if found.link is not None:
+                info = tarfile.TarInfo(f"data/{found.rel}")
+                info.type, info.linkname, info.mtime = tarfile.SYMTYPE, found.link, int(time.time())
+                tar.addfile(info)
+                continue
             try:
-                tar.add(path, arcname=f"data/{rel}", recursive=False)
+                _add_bytes(tar, f"data/{found.rel}", found.path.read_bytes())
             except FileNotFoundError:
                 continue
     return out.getvalue()
@@ -184,9 +234,9 @@ def create(
     engine = open_engine(database_url(settings.store.url, settings.data_dir))
     kind = engine.dialect.name
     data_dir = settings.data_dir
-    chosen = list(data_files(data_dir, media=media))
-    secret_files = [(rel, path) for rel, path in chosen if is_secret(rel)]
-    plain_files = [(rel, path) for rel, path in chosen if not is_secret(rel)]
+    chosen = list(data_files(data_dir, media=media, skip=(out_dir, settings.backups_dir)))
+    secret_files = [found for found in chosen if is_secret(found.rel)]
+    plain_files = [found for found in chosen if not is_secret(found.rel) and found.link is None]
     try:
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ark-making-") as work_dir:
             work = Path(work_dir)
@@ -214,7 +264,8 @@ def create(
                 entry = _add(tar, db_name, copy_path, progress)
                 assert entry is not None
                 entries.append(entry)
-                for rel, path in plain_files:
+                for found in plain_files:
+                    rel, path = found.rel, found.path
                     if database.is_sqlite(path):  # a live service's database: a consistent copy of it
                         snapshot = work / "snapshot.db"
                         database.copy_sqlite(path, snapshot)
@@ -236,13 +287,24 @@ def create(
                 }
                 _add_bytes(tar, "manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
             os.chmod(partial, 0o600)
+            with partial.open("rb") as written:
+                os.fsync(written.fileno())  # on disk before it has its name: a power cut leaves no empty archive
             os.replace(partial, target)  # whole, or not at all
+            _sync_dir(out_dir)
     finally:
         engine.dispose()
     return Made(target, manifest, clock() - started)
 
 
 # -- reading one -------------------------------------------------------------------------------------
+def _sync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _safe_name(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name or "\x00" in name:
@@ -250,29 +312,55 @@ def _safe_name(name: str) -> PurePosixPath:
     return path
 
 
-def _extract(tar: tarfile.TarFile, into: Path) -> dict[str, str]:
-    """Every member as a regular file under ``into``, its SHA-256 by name; anything else is refused."""
+def _extract(tar: tarfile.TarFile, into: Path, *, links_within: Path | None = None) -> dict[str, str]:
+    """Every member as a regular file under ``into``, its SHA-256 by name; anything else is refused, but
+    (``links_within``) a relative link that stays inside its own secret folder there. Stops before the disk
+    fills, and at :data:`MAX_MEMBERS` members."""
     digests: dict[str, str] = {}
-    for member in tar:
+    into.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for count, member in enumerate(tar, 1):
         rel = _safe_name(member.name)
+        if count > MAX_MEMBERS:
+            raise BackupError(f"the archive holds more than {MAX_MEMBERS:,} files: refused, nothing was changed")
         if member.isdir():
+            continue
+        name = rel.as_posix()
+        if name in digests:
+            raise BackupError(f"the archive holds {member.name!r} twice: refused")
+        target = into / rel
+        if member.issym() and links_within is not None and _link_ok(into, rel, member.linkname, links_within):
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.symlink(member.linkname, target)
+            digests[name] = "link:" + member.linkname
             continue
         if not member.isfile():
             raise BackupError(f"the archive holds {member.name!r}, which is not a plain file: refused")
-        if member.name in digests:
-            raise BackupError(f"the archive holds {member.name!r} twice: refused")
-        target = into / rel
+        free = shutil.disk_usage(into).free
+        if member.size > free - _SPARE:
+            raise BackupError(
+                f"not enough space in {into.parent} to check the archive ({member.name} alone is "
+                f"{member.size / 2**20:.0f} MiB, {max(0, free) / 2**20:.0f} MiB free): nothing was changed"
+            )
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         source = tar.extractfile(member)
         assert source is not None
         digest = hashlib.sha256()
-        with target.open("wb") as out:
+        with target.open("xb") as out:
             os.fchmod(out.fileno(), 0o600)
             while chunk := source.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-        digests[member.name] = digest.hexdigest()
+        digests[name] = digest.hexdigest()
     return digests
+
+
+def _link_ok(into: Path, rel: PurePosixPath, linkname: str, within: Path) -> bool:
+    """A link a restore may make: relative, inside one of the secret folders under ``within``."""
+    parts = rel.parts
+    if os.path.isabs(linkname) or len(parts) < 3 or parts[0] != "data" or parts[1] not in SECRET_DIRS:
+        return False
+    folder = (within / parts[1]).resolve()
+    return (into / rel).parent.joinpath(linkname).resolve().is_relative_to(folder)
 
 
 def stage(archive: Path, beside: Path, passphrase: str | None = None) -> Staged:
@@ -286,8 +374,11 @@ def stage(archive: Path, beside: Path, passphrase: str | None = None) -> Staged:
             with tarfile.open(archive, mode="r:gz") as tar:
                 digests = _extract(tar, raw)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError):
+            if not archive.is_file():
                 raise BackupError(f"{archive}: no such file") from None
+            if isinstance(exc, OSError) and exc.errno is not None:  # this machine's trouble, not the archive's
+                why = f"cannot check {archive} in {root.parent}: {exc.strerror}"
+                raise BackupError(f"{why}; nothing was changed") from None
             raise BackupError(f"{archive} is not a readable ARK backup ({exc}): nothing was changed") from None
         manifest = _manifest(raw, archive)
         listed = {entry["path"]: entry for entry in manifest["files"]}
@@ -307,6 +398,7 @@ def stage(archive: Path, beside: Path, passphrase: str | None = None) -> Staged:
 
 
 def _manifest(raw: Path, archive: Path) -> dict[str, Any]:
+    """The manifest, its shape checked: nothing in it names a file but the ones it lists."""
     try:
         manifest = orjson.loads((raw / "manifest.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -315,7 +407,28 @@ def _manifest(raw: Path, archive: Path) -> dict[str, Any]:
             "nothing was changed"
         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackupError(f"{archive} is not an ARK backup this version reads (format {manifest.get('format')!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BackupError(f"{archive} is not an ARK backup this version reads (format {found!r})")
+    db: Any = manifest.get("database")
+    files: Any = manifest.get("files")
+    secrets: Any = manifest.get("secrets")
+    shaped = (
+        isinstance(db, dict)
+        and _DATABASES.get(str(db.get("kind"))) == db.get("file")
+        and isinstance(db.get("counts"), dict)
+        and isinstance(secrets, dict)
+        and isinstance(files, list)
+        and all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str) for f in files
+        )
+    )
+    if not shaped or db["file"] not in {f["path"] for f in files}:
+        raise BackupError(f"{archive}: its manifest is not one ARK writes: refused, nothing was changed")
+    for entry in files:
+        name = entry["path"]
+        rel = name.removeprefix("data/")
+        if name.startswith("data/") and (rel in _DB_FILES or is_secret(rel)):
+            raise BackupError(f"{archive} holds {name} among its data, where ARK never puts it: refused")
     return manifest
 
 
@@ -329,23 +442,30 @@ def _unpack(staged: Staged, raw: Path, passphrase: str | None) -> None:
         database.check_sqlite(tree / "ark.db")
     else:
         os.replace(raw / db["file"], staged.root / "ark.pgdump")
-    data = raw / "data"
-    if data.is_dir():
-        for path in sorted(data.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(data)
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.replace(path, tree / rel)
+    _move_tree(raw / "data", tree)
     secrets = _secret_bytes(manifest, raw, passphrase)
-    with tarfile.open(fileobj=io.BytesIO(secrets), mode="r:") as tar:
-        _extract(tar, staged.root / "secrets")
     inner = staged.root / "secrets"
-    if (inner / "data").is_dir():
-        for path in sorted((inner / "data").rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(inner / "data")
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.replace(path, tree / rel)
+    inner.mkdir(mode=0o700)
+    with tarfile.open(fileobj=io.BytesIO(secrets), mode="r:") as tar:
+        names = _extract(tar, inner, links_within=inner / "data")
+    for name in names:
+        rel = name.removeprefix("data/")
+        if name != "config/ark.toml" and not (name.startswith("data/") and is_secret(rel)):
+            raise BackupError(f"the archive's secrets hold {name}, which is no secret ARK keeps: refused")
+    _move_tree(inner / "data", tree)
+
+
+def _move_tree(source: Path, tree: Path) -> None:
+    """Move every file and link under ``source`` to the same place under ``tree``; never over one there."""
+    if not source.is_dir():
+        return
+    for path in sorted(source.rglob("*")):
+        if path.is_symlink() or path.is_file():
+            target = tree / path.relative_to(source)
+            if target.exists() or target.is_symlink():
+                raise BackupError(f"the archive holds {target.relative_to(tree)} twice: refused")
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(path, target)
 
 
 def _secret_bytes(manifest: dict[str, Any], raw: Path, passphrase: str | None) -> bytes:
@@ -363,15 +483,22 @@ def staged_config(staged: Staged) -> Path | None:
 
 
 # -- putting one in place ----------------------------------------------------------------------------
-def _empty(path: Path) -> bool:
-    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+def _check_target(staged: Staged, data_dir: Path) -> None:
+    """Refuse, before anything is written, a target a restore could not finish in."""
+    if data_dir.is_symlink():
+        raise BackupError(f"{data_dir} is a symbolic link: restore into the folder itself (nothing was changed)")
+    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise BackupError(f"{data_dir} is not empty: restore into an empty data directory (nothing was changed)")
+    where = data_dir if data_dir.exists() else data_dir.parent
+    if os.stat(where).st_dev != os.stat(staged.root).st_dev:
+        raise BackupError(f"{data_dir} is on another file system than {staged.root.parent}: nothing was changed")
 
 
 def install(staged: Staged, data_dir: Path, *, config_to: Path | None, store_url: str = "") -> Path | None:
     """Move a staged backup into ``data_dir`` (absent or empty), its config to ``config_to`` (default
-    DATA/ark.toml), its PostgreSQL dump into ``store_url``'s empty database. Returns where the config went."""
-    if not _empty(data_dir):
-        raise BackupError(f"{data_dir} is not empty: restore into an empty data directory (nothing was changed)")
+    DATA/ark.toml), its PostgreSQL dump into ``store_url``'s empty database. Returns where the config went.
+    Everything that could stop it is checked before anything is written."""
+    _check_target(staged, data_dir)
     config = staged_config(staged)
     destination = config_to or (data_dir / "ark.toml")
     if config is not None and config_to is not None and config_to.exists():
@@ -387,15 +514,18 @@ def install(staged: Staged, data_dir: Path, *, config_to: Path | None, store_url
             database.restore_postgres(engine, staged.root / "ark.pgdump")
         finally:
             engine.dispose()
-    if data_dir.exists():
-        data_dir.rmdir()
-    os.replace(staged.tree, data_dir)
+    if data_dir.exists():  # empty (a mount point, say): its contents move in, the folder stays
+        for child in staged.tree.iterdir():
+            os.replace(child, data_dir / child.name)
+    else:
+        os.replace(staged.tree, data_dir)
     os.chmod(data_dir, 0o700)
     if config is None:
         return None
     destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, destination)
-    os.chmod(destination, 0o600)
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(config.read_bytes())
     return destination
 
 
@@ -409,23 +539,25 @@ def restored_counts(data_dir: Path, store_url: str = "") -> dict[str, int]:
         engine.dispose()
 
 
-def discard_unfinished(folder: Path) -> None:
-    """Remove what a backup that was killed left in ``folder`` (its working folder; never an archive)."""
+def discard_unfinished(folder: Path, keep: Collection[Path] = ()) -> None:
+    """Remove what a backup that was killed left in ``folder`` (its working folder; never an archive), but
+    the working folders in ``keep`` (another backup's, running now)."""
     for path in folder.glob(".ark-making-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def backups(folder: Path) -> list[Path]:
-    """ARK's archives in ``folder``, oldest first (their names sort by time)."""
+    """ARK's archives in ``folder`` (named as `ark backup` names them), oldest first."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.name.startswith(PREFIX) and p.name.endswith(SUFFIX))
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name) and p.is_file())
 
 
-def prune(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` archives; the ones deleted."""
-    found = backups(folder)
-    gone = found[: max(0, len(found) - keep)]
+def prune(folder: Path, keep: int, *, spare: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` archives, never ``spare`` (the one just made); the ones deleted."""
+    found = [p for p in backups(folder) if spare is None or p != spare]
+    gone = found[: max(0, len(found) - max(0, keep - (1 if spare is not None else 0)))]
     for path in gone:
         path.unlink(missing_ok=True)
     return gone

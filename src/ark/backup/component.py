@@ -6,9 +6,13 @@ so often (the CPU work of compressing stays out of the gateway's process, at low
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,7 +44,16 @@ class Backups(Component):
         if hours <= 0:
             return
         self.state = Status("backup", "running", f"every {hours:g} h into {settings.backups_dir}")
-        rt.background(every(hours * 3600.0, self.run, log=log, failure="backup: failed"), "ark-backup")
+        rt.background(self._schedule(hours * 3600.0), "ark-backup")
+
+    async def _schedule(self, interval: float) -> None:
+        """The first backup when the newest one is ``interval`` old (an ARK restarted more often than that
+        still makes them), then every ``interval``."""
+        if self.last_success is not None:
+            await asyncio.sleep(max(0.0, self.last_success + interval - time.time()))
+        else:
+            await asyncio.sleep(min(interval, 60.0))  # none yet: soon, once ARK has settled
+        await every(interval, self.run, log=log, failure="backup: failed", at_once=True)
 
     def argv(self) -> list[str]:
         settings = self.rt.settings
@@ -55,17 +68,23 @@ class Backups(Component):
 
     async def run(self) -> None:
         started = time.time()
-        process = await asyncio.create_subprocess_exec(
-            *self.argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        folder = self.rt.settings.backups_dir
+        before = set(folder.glob(".ark-making-*")) if folder.is_dir() else set()
+        try:  # a session of its own: stopping it stops what it started too (pg_dump)
+            process = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
+            )
+        except OSError as exc:
+            self.state = Status("backup", "failed", f"the last backup could not start: {exc}")
+            raise
         try:
             async with asyncio.timeout(_TIMEOUT_S):
                 out, err = await process.communicate()
         except TimeoutError:
-            await self._stop(process)
+            await self._stop(process, before)
             out, err = b"", b"it took longer than 6 hours and was stopped"
         except asyncio.CancelledError:  # ARK is stopping: so does the backup, leaving no half-made archive
-            await self._stop(process)
+            await self._stop(process, before)
             raise
         if process.returncode == 0:
             self.last_success = time.time()
@@ -77,11 +96,14 @@ class Backups(Component):
         self.state = Status("backup", "failed", f"the last backup failed: {why}", ready=True)
         log.error("backup: failed: %s", why)
 
-    async def _stop(self, process: asyncio.subprocess.Process) -> None:
+    async def _stop(self, process: asyncio.subprocess.Process, before: set[Path]) -> None:
+        """Stop the backup and what it started; remove the working folder it left (only its own)."""
         if process.returncode is None:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
-        await asyncio.to_thread(archive.discard_unfinished, self.rt.settings.backups_dir)
+        folder = self.rt.settings.backups_dir
+        await asyncio.to_thread(archive.discard_unfinished, folder, keep=before)
 
     def status(self) -> list[Status]:
         return [self.state] if self.state is not None else []

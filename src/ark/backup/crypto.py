@@ -27,7 +27,7 @@ def _key(passphrase: str, salt: bytes, kdf: dict[str, Any]) -> bytes:
     if kdf.get("name") != "scrypt":
         raise BackupError(f"the secrets are sealed with {kdf.get('name')!r}, which this ARK does not know")
     n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    if not (2**14 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+    if not (2**14 <= n <= 2**18 and n & (n - 1) == 0 and 1 <= r <= 16 and p == 1):  # at most 512 MiB
         raise BackupError("the secrets' key derivation parameters are out of range: the archive is damaged")
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode())
 

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.request import pathname2url
 
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
@@ -49,9 +50,14 @@ def schema_of(connection: Connection) -> str | None:
     return str(revision) if revision is not None else None
 
 
+def _read_only(path: Path) -> str:
+    """A read-only SQLite URI for ``path`` (escaped: a name may hold ?, # or %)."""
+    return f"file:{pathname2url(str(path.absolute()))}?mode=ro"
+
+
 def copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of a live SQLite database (its WAL included), in one step of the backup API."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    src = sqlite3.connect(_read_only(source), uri=True, timeout=30)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -73,7 +79,7 @@ def is_sqlite(path: Path) -> bool:
 def check_sqlite(path: Path) -> None:
     """PRAGMA integrity_check; BackupError naming the file otherwise."""
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(_read_only(path), uri=True)
         try:
             verdict = connection.execute("PRAGMA integrity_check").fetchone()[0]
         finally:
@@ -99,7 +105,8 @@ def pg_tool(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True):
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    for folder in sorted(versions, key=lambda p: int(p.parent.name), reverse=True):
         if (folder / name).exists():
             return str(folder / name)
     raise BackupError(f"{name} is not installed: install PostgreSQL's client tools (Debian: postgresql-client)")
@@ -119,15 +126,15 @@ def libpq(engine: Engine) -> tuple[str, dict[str, str]]:
 @contextmanager
 def pg_snapshot(engine: Engine) -> Iterator[tuple[str, dict[str, int], str | None]]:
     """A snapshot held open (its id for pg_dump --snapshot), with the counts and schema read in it."""
-    with engine.connect() as connection:
-        connection.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    with engine.connect().execution_options(**options) as connection, connection.begin() as transaction:
         snapshot = str(connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
         facts = counts(connection)
         schema = schema_of(connection)
         try:
             yield snapshot, facts, schema
         finally:
-            connection.exec_driver_sql("ROLLBACK")
+            transaction.rollback()
 
 
 def dump_postgres(engine: Engine, target: Path) -> tuple[str | None, dict[str, int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -17,7 +18,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ark.backup import archive
-from ark.backup.crypto import BackupError
+from ark.backup.crypto import BackupError, check_passphrase
 from ark.cli.common import Table, config_options, make_console, print_json, settings_or_exit
 
 console = make_console()
@@ -56,6 +57,12 @@ def _lower_priority() -> None:
     """A backup yields the CPU to the gateway serving beside it."""
     with contextlib.suppress(OSError):
         os.nice(10)
+
+
+def _stop_cleanly() -> None:
+    """SIGTERM (systemd stopping the unit, a timeout) ends the command like Ctrl-C does: its temporary
+    folders (a database copy, unsealed secrets) are removed on the way out."""
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
 
 
 passphrase_options = (
@@ -100,14 +107,17 @@ def backup(
         return
     settings = settings_or_exit(config_path, data_dir)
     passphrase = read_passphrase(passphrase_file, passphrase_stdin)
+    if passphrase is not None:
+        check_passphrase(passphrase)  # before the work, not after it
     _lower_priority()
+    _stop_cleanly()
     folder = out or settings.backups_dir
     with _bar() as bar:
         task = bar.add_task("backing up", total=None)
         made = archive.create(
             settings, folder, passphrase=passphrase, media=not without_media, progress=lambda n: bar.advance(task, n)
         )
-    pruned = archive.prune(folder, settings.backup.keep) if out is None else []
+    pruned = archive.prune(folder, settings.backup.keep, spare=made.path) if out is None else []
     if as_json:
         print_json({"archive": str(made.path), "manifest": made.manifest, "pruned": [str(p) for p in pruned]})
         return
@@ -131,6 +141,7 @@ def backup(
 def backup_verify(path: Path, passphrase_file: Path | None, passphrase_stdin: bool) -> None:
     """Check an archive whole: every file against its checksum, the sealed secrets, the database."""
     passphrase = read_passphrase(passphrase_file, passphrase_stdin)
+    _stop_cleanly()
     staged = archive.stage(path, path.parent, passphrase)
     try:
         manifest = staged.manifest
@@ -196,6 +207,7 @@ def restore(
     """
     passphrase = read_passphrase(passphrase_file, passphrase_stdin)
     data_dir = data_dir.expanduser().absolute()
+    _stop_cleanly()
     staged = archive.stage(path, data_dir.parent, passphrase)
     try:
         manifest = staged.manifest
@@ -213,6 +225,12 @@ def restore(
     console.print(table)
     if any(found.get(name, 0) != count for name, count in expected.items()):
         raise click.ClickException("the restored database does not hold what the backup says it holds")
+    url = _config_value(config, "store", "url") if config else None
+    if manifest["database"]["kind"] == "sqlite" and isinstance(url, str) and url.startswith("sqlite"):
+        console.print(
+            f"[yellow]The config names the database {url!r}; the restored one is {data_dir / 'ark.db'}: move it "
+            "there or edit [store] url before starting ARK.[/]"
+        )
     named = _config_value(config, "data_dir") if config else None
     if isinstance(named, str) and Path(named).expanduser().absolute() != data_dir:
         console.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from ark.cli.common import Table, config_options, make_console, print_json, settings_or_exit
 from ark.store import Store
@@ -26,10 +27,14 @@ console = make_console()
 def upgrade(config_path: Path | None, data_dir: Path | None, check: bool, no_copy: bool, as_json: bool) -> None:
     """Upgrade the database's schema to this ARK's, or (--check) say what that would do."""
     settings = settings_or_exit(config_path, data_dir)
+    if not settings.store.url and not (settings.data_dir / "ark.db").is_file():
+        raise click.ClickException(f"there is no database at {settings.data_dir / 'ark.db'}: is --data-dir right?")
     engine = open_engine(database_url(settings.store.url, settings.data_dir))
     try:
         found = plan(engine)
         where = safe_url(engine)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot read the database {safe_url(engine)}: {exc.__class__.__name__}") from None
     finally:
         engine.dispose()
     if check:

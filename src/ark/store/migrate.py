@@ -145,6 +145,10 @@ def migrate(engine: Engine, copies: Path | None = None) -> str:
         with _transactional(engine) as migrating, migrating.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            if engine.dialect.name == "sqlite":  # what the checks off during the upgrade would have caught
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StoreError(f"the new schema breaks {len(broken)} foreign keys (first: {broken[0]})")
     except Exception as exc:
         kept = f"; a copy from before is {copy}" if copy else ""
         raise StoreError(
@@ -171,6 +175,9 @@ def _transactional(engine: Engine) -> Iterator[Engine]:
     def _connect(dbapi_connection: Any, record: Any) -> None:
         _sqlite_pragmas(dbapi_connection, record)
         dbapi_connection.isolation_level = None  # the driver's own implicit transactions off
+        # foreign keys off while tables are rebuilt (SQLite's way to alter a table drops the old one, and a
+        # drop would run ON DELETE CASCADE on its children); checked whole before the commit instead
+        dbapi_connection.execute("PRAGMA foreign_keys=OFF")
 
     @event.listens_for(migrating, "begin")
     def _begin(connection: Any) -> None:
