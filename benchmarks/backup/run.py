@@ -168,7 +168,14 @@ def load(port: int, conns: int, seconds: float) -> dict[str, float]:
 def backup(config: Path, data: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "ark", "backup", "--config", str(config), "--data-dir", str(data)]
     argv += ["--out", str(out), "--json"]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+def finished(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a backup; a failed one ends the benchmark (its numbers would measure nothing)."""
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"ark backup failed ({process.returncode}): {out.decode(errors='replace')[-500:]}")
 
 
 def main() -> None:
@@ -199,7 +206,7 @@ def main() -> None:
             load(port, args.conns, 3.0)  # warm up
             started = time.perf_counter()
             idle = backup(config, data, out, env)
-            idle.communicate()
+            finished(idle)
             idle_s = time.perf_counter() - started
             sizes = sorted(p.stat().st_size for p in out.glob("ark-backup-*.tar.gz"))
             print(f"backup alone: {idle_s:.1f} s, {sizes[-1] / 2**20:.0f} MiB archive", flush=True)
@@ -214,7 +221,7 @@ def main() -> None:
                     started = time.perf_counter()
                     running_backup = backup(config, data, out, env)
                     result = load(port, args.conns, idle_s * 0.9)
-                    running_backup.communicate()
+                    finished(running_backup)
                     took = time.perf_counter() - started
                     rows.append({"arm": arm, "backup_s": took, **result})
                     print(f"  round {round_ + 1} during: backup {took:.1f} s", flush=True)
