@@ -15,11 +15,11 @@ import tomllib
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ark.backup import archive
 from ark.backup.crypto import BackupError, check_passphrase
 from ark.cli.common import Table, config_options, make_console, print_json, settings_or_exit
+from ark.engines.pull import transfer_bar
 
 console = make_console()
 status = make_console(stderr=True)  # progress: not the command's output (--json stays parseable)
@@ -40,17 +40,6 @@ def read_passphrase(passphrase_file: Path | None, from_stdin: bool) -> str | Non
         raise click.ClickException(f"cannot read the passphrase: {exc}") from None
     lines = text.splitlines()
     return lines[0] if lines else ""
-
-
-def _bar() -> Progress:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    return Progress(*columns, console=status, transient=False)
 
 
 def _lower_priority() -> None:
@@ -112,7 +101,7 @@ def backup(
     _lower_priority()
     _stop_cleanly()
     folder = out or settings.backups_dir
-    with _bar() as bar:
+    with transfer_bar(status) as bar:
         task = bar.add_task("backing up", total=None)
         made = archive.create(
             settings, folder, passphrase=passphrase, media=not without_media, progress=lambda n: bar.advance(task, n)

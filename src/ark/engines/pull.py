@@ -365,6 +365,18 @@ async def _pull(
     return _install(staging, size, digest, expected, plan.start)
 
 
+def transfer_bar(console: Console | None = None, *, transient: bool = False) -> Progress:
+    """A progress bar for bytes moved: name, bar, bytes, speed, time left (pulls, backups)."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console, transient=transient)
+
+
 def pull_with_progress(
     url: str,
     models_dir: Path,
@@ -375,14 +387,7 @@ def pull_with_progress(
 ) -> PullResult:
     """Sync wrapper for the CLI: rich progress bar (bytes, speed, ETA) driven by `pull`."""
     label = target_name(url, name)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
+    with transfer_bar(console) as bar:
         task = bar.add_task(label, total=None)
         report = _progress_reporter(bar, task)
         return asyncio.run(pull(url, models_dir, sha256=sha256, name=name, progress=report))
