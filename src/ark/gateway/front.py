@@ -156,6 +156,8 @@ class Front:
         owner = self.owner(ex.key)
         if owner is not None:  # a person's own key is theirs, whatever identity comes with it
             ex.person_id, ex.person = owner.id, owner.name
+            if owner.disabled:  # (an identity's person is checked by its session: disabling ends them all)
+                raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         email = request.headers.get(PERSON_HEADER)
         if email is not None and owner is None:
             key = ex.key
@@ -177,8 +179,6 @@ class Front:
         if ex.person_id is None:
             return
         person = self.people.get(ex.person_id)
-        if person is not None and person.disabled:  # an identity minted before they were, a key of theirs
-            raise PermissionDenied(f"The user {ex.person} is disabled: ask an administrator of this ARK.")
         if person is not None and person.blocked:
             raise PermissionDenied(f"The user {ex.person} is blocked: ask an administrator of this ARK.")
 
