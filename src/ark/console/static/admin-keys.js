@@ -5,7 +5,8 @@
 // ES module, nothing inline; data goes into the page as text only.
 "use strict";
 
-import { api, busy, copy, count, el, money, notice, table, when } from "/static/console.js";
+import { api, busy, copy, count, el, money, notice, when } from "/static/console.js";
+import { adminPage, createForm, field, filled, isSet, limitFields, listed, ratesText, same } from "/static/limits.js";
 
 const app = document.getElementById("app");
 const secretBox = el("div", { id: "secret-box", "aria-live": "polite" });
@@ -15,74 +16,15 @@ const editor = el("section", { id: "key-editor", "aria-live": "polite" });
 const owners = el("datalist", { id: "owners" });
 let teams = [];
 let people = [];
+const { changeButton, editorForm } = adminPage(app, editor, refresh);
 
-// What keys and teams share (ark.gateway.admin._LIMITS): field, kind, label, hint, the input id's end.
-const LIMITS = [
-  ["models", "list", "Models (comma-separated)", "every model", "models"],
-  ["max_budget", "number", "Budget (credits)", "no limit", "budget"],
-  ["budget_duration", "text", "Budget period", "e.g. 30d", "period"],
-  ["max_tokens_budget", "number", "Token budget", "no limit", "tokens"],
-  ["tpm_limit", "number", "Tokens per minute", "no limit", "tpm"],
-  ["rpm_limit", "number", "Requests per minute", "no limit", "rpm"],
-  ["max_parallel_requests", "number", "Requests at once", "no limit", "parallel"],
-];
 const LIMITS_HINT =
   "An empty field is no limit (models: every model); an empty period never resets. A new period starts when " +
   "the period is changed.";
 
-function parse(kind, text) {
-  const value = text.trim();
-  if (kind === "list")
-    return value
-      ? value
-          .split(",")
-          .map((m) => m.trim())
-          .filter(Boolean)
-      : [];
-  if (!value) return null;
-  if (kind === "text") return value;
-  const n = Number(value);
-  return Number.isFinite(n) ? n : value; // the server says what is wrong with it, naming the field
-}
-
-function shown(kind, value) {
-  if (kind === "list") return (value || []).join(", ");
-  return value === null || value === undefined ? "" : String(value);
-}
-
-const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-
-// Inputs for the limits, with ``current`` values; values(): the ones set; changes(): the ones changed.
-function limitFields(prefix, current = {}) {
-  const inputs = {};
-  const nodes = LIMITS.map(([name, kind, label, hint, short]) => {
-    const id = `${prefix}-${short}`;
-    const size = kind === "list" ? 26 : 10;
-    inputs[name] = el("input", { id, name, value: shown(kind, current[name]), placeholder: hint, size });
-    return el("div", {}, el("label", { for: id }, label), inputs[name]);
-  });
-  const values = () => {
-    const out = {};
-    for (const [name, kind] of LIMITS) {
-      const value = parse(kind, inputs[name].value);
-      if (value !== null && !(Array.isArray(value) && !value.length)) out[name] = value;
-    }
-    return out;
-  };
-  const changes = () => {
-    const out = {};
-    for (const [name, kind] of LIMITS) {
-      const value = parse(kind, inputs[name].value);
-      // only what changed: sending the period again would start a new one now
-      if (!same(value, parse(kind, shown(kind, current[name])))) out[name] = value;
-    }
-    return out;
-  };
-  return { nodes, values, changes };
-}
-
-function field(id, label, attrs = {}) {
-  return el("div", {}, el("label", { for: id }, label), el("input", { id, autocomplete: "off", ...attrs }));
+// The limits' inputs in a row, and what an empty one means.
+function limitsPart(limits) {
+  return [el("div", { class: "row" }, limits.nodes), el("p", { class: "muted" }, LIMITS_HINT)];
 }
 
 function check(id, label, checked = false) {
@@ -117,25 +59,12 @@ function metadata(text) {
   return value;
 }
 
-function isSet(value) {
-  return value !== null && value !== undefined;
-}
-
 function budgetText(item) {
   const period = item.budget_duration ? " per " + item.budget_duration : "";
   const parts = [money(item.spend) + (isSet(item.max_budget) ? " of " + money(item.max_budget) + period : "")];
   if (isSet(item.max_tokens_budget))
     parts.push(`${count(item.tokens_used)} of ${count(item.max_tokens_budget)} tokens${period}`);
   return parts.join("; ");
-}
-
-function limitsText(item) {
-  const parts = [
-    isSet(item.tpm_limit) ? count(item.tpm_limit) + " tokens/min" : null,
-    isSet(item.rpm_limit) ? count(item.rpm_limit) + " requests/min" : null,
-    isSet(item.max_parallel_requests) ? item.max_parallel_requests + " at once" : null,
-  ].filter(Boolean);
-  return parts.length ? parts.join(", ") : "-";
 }
 
 // a key's or a team's state; a key of a blocked team is refused as well
@@ -163,39 +92,29 @@ function teamName(teamId) {
   return team && team.team_alias ? el("span", { title: teamId }, team.team_alias) : teamId;
 }
 
-// One change through the API, then the lists again and a notice saying what happened.
-async function change(button, path, body, done) {
-  await busy(button, app, async () => {
-    await api("POST", path, body);
-    await refresh();
-    notice(app, done);
-  });
-}
-
 function keyName(key) {
   return key.key_alias ? `"${key.key_alias}"` : key.key_name;
 }
 
-function keyActions(key) {
-  const block = !key.blocked;
+// Edit, Block or Unblock (``blocked(block)``: what the notice says), then ``more``.
+function actions(edit, path, item, body, blocked, ...more) {
+  const block = !item.blocked;
   return el(
     "div",
     { class: "row actions" },
-    el("button", { type: "button", onclick: () => editKey(key) }, "Edit"),
-    el(
-      "button",
-      {
-        type: "button",
-        onclick: (e) =>
-          change(
-            e.currentTarget,
-            "/key/update",
-            { key: key.token, blocked: block },
-            `Key ${keyName(key)} is ${block ? "blocked: it is refused from now on" : "unblocked: it works again"}.`,
-          ),
-      },
-      block ? "Block" : "Unblock",
-    ),
+    el("button", { type: "button", onclick: edit }, "Edit"),
+    changeButton(block ? "Block" : "Unblock", path, { ...body, blocked: block }, blocked(block)),
+    more,
+  );
+}
+
+function keyActions(key) {
+  return actions(
+    () => editKey(key),
+    "/key/update",
+    key,
+    { key: key.token },
+    (block) => `Key ${keyName(key)} is ${block ? "blocked: it is refused from now on" : "unblocked: it works again"}.`,
     el(
       "button",
       {
@@ -217,61 +136,41 @@ function keyActions(key) {
   );
 }
 
+function teamActions(team) {
+  return actions(
+    () => editTeam(team),
+    "/team/update",
+    team,
+    { team_id: team.team_id },
+    (block) => `Team ${team.team_alias || team.team_id} is ${block ? "blocked: its keys are refused" : "unblocked"}.`,
+  );
+}
+
+// What the keys' and the teams' tables both show, after their own columns.
+const SHARED_COLUMNS = [
+  { title: "Models", value: (item) => (item.models.length ? item.models.join(", ") : "all") },
+  { title: "Spend and budget", value: (item) => budgetText(item) },
+  { title: "Limits", value: (item) => ratesText(item) || "-" },
+];
+
 const KEY_COLUMNS = [
   { title: "Alias", value: (k) => k.key_alias || el("span", { class: "muted" }, "none") },
   { title: "Key", value: (k) => el("code", { title: "token " + k.token }, k.key_name) },
   { title: "Owner", value: (k) => owner(k.user_id) },
   { title: "Team", value: (k) => teamName(k.team_id) },
-  { title: "Models", value: (k) => (k.models.length ? k.models.join(", ") : "all") },
-  { title: "Spend and budget", value: (k) => budgetText(k) },
-  { title: "Limits", value: (k) => limitsText(k) },
+  ...SHARED_COLUMNS,
   { title: "Expires", value: (k) => (k.expires ? when(k.expires) : "never") },
   { title: "State", value: (k) => state(k) },
   { title: "", value: (k) => keyActions(k) },
 ];
 
-function teamActions(team) {
-  const block = !team.blocked;
-  return el(
-    "div",
-    { class: "row actions" },
-    el("button", { type: "button", onclick: () => editTeam(team) }, "Edit"),
-    el(
-      "button",
-      {
-        type: "button",
-        onclick: (e) =>
-          change(
-            e.currentTarget,
-            "/team/update",
-            { team_id: team.team_id, blocked: block },
-            `Team ${team.team_alias || team.team_id} is ${block ? "blocked: its keys are refused" : "unblocked"}.`,
-          ),
-      },
-      block ? "Block" : "Unblock",
-    ),
-  );
-}
-
 const TEAM_COLUMNS = [
   { title: "Team", value: (t) => el("code", {}, t.team_id) },
   { title: "Alias", value: (t) => t.team_alias || el("span", { class: "muted" }, "none") },
-  { title: "Models", value: (t) => (t.models.length ? t.models.join(", ") : "all") },
-  { title: "Spend and budget", value: (t) => budgetText(t) },
-  { title: "Limits", value: (t) => limitsText(t) },
+  ...SHARED_COLUMNS,
   { title: "State", value: (t) => state(t) },
   { title: "", value: (t) => teamActions(t) },
 ];
-
-// a table whose rows carry data-NAME = each item's FIELD (for scripts and tests to find a row)
-function listed(columns, items, empty, id, name, field) {
-  const node = table(columns, items, empty);
-  if (node.tagName === "TABLE") {
-    node.id = id;
-    [...node.tBodies[0].rows].forEach((row, i) => (row.dataset[name] = items[i][field]));
-  }
-  return node;
-}
 
 async function refresh() {
   const [keyAnswer, teamAnswer, peopleAnswer] = await Promise.all([
@@ -311,47 +210,44 @@ function showSecret(made) {
   secretBox.scrollIntoView({ block: "nearest" });
 }
 
+// The team choice of a key's form; refresh() keeps its teams current.
+function teamPart(id, chosen) {
+  const team = teamSelect(id, chosen);
+  team.classList.add("teams");
+  return [team, el("div", {}, el("label", { for: id }, "Team"), team)];
+}
+
 function createKeyForm() {
   const limits = limitFields("key");
-  const team = teamSelect("key-team", "");
-  team.classList.add("teams");
-  const submit = el("button", { type: "submit", class: "primary" }, "Create key");
-  const form = el(
-    "form",
-    {
-      class: "card",
-      id: "create-key",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        const text = (id) => form.querySelector("#" + id).value.trim();
-        await busy(submit, form, async () => {
-          const body = { ...limits.values() };
-          if (text("key-alias")) body.key_alias = text("key-alias");
-          if (text("key-user")) body.user_id = text("key-user");
-          if (team.value) body.team_id = team.value;
-          if (text("key-duration")) body.duration = text("key-duration");
-          if (form.querySelector("#key-blocked").checked) body.blocked = true;
-          if (form.querySelector("#key-trust").checked) body.trust_user_headers = true;
-          const meta = metadata(form.querySelector("#key-metadata").value);
-          if (Object.keys(meta).length) body.metadata = meta;
-          const made = await api("POST", "/key/generate", body);
-          form.reset();
-          showSecret(made);
-          await refresh();
-        });
-      },
+  const [team, teamNode] = teamPart("key-team", "");
+  return createForm(
+    "create-key",
+    "Create a key",
+    "Create key",
+    async (text, form) => {
+      const body = {
+        ...limits.values(),
+        ...filled(text, { key_alias: "key-alias", user_id: "key-user", duration: "key-duration" }),
+      };
+      if (team.value) body.team_id = team.value;
+      if (form.querySelector("#key-blocked").checked) body.blocked = true;
+      if (form.querySelector("#key-trust").checked) body.trust_user_headers = true;
+      const meta = metadata(form.querySelector("#key-metadata").value);
+      if (Object.keys(meta).length) body.metadata = meta;
+      const made = await api("POST", "/key/generate", body);
+      form.reset();
+      showSecret(made);
+      await refresh();
     },
-    el("h2", {}, "Create a key"),
     el(
       "div",
       { class: "row" },
       field("key-alias", "Alias", { placeholder: "a name for it", size: 18 }),
       field("key-user", "Owner", { placeholder: "a person's e-mail", list: "owners", size: 22 }),
-      el("div", {}, el("label", { for: "key-team" }, "Team"), team),
+      teamNode,
       field("key-duration", "Expires after", { placeholder: "never; e.g. 30d", size: 14 }),
     ),
-    el("div", { class: "row" }, limits.nodes),
-    el("p", { class: "muted" }, LIMITS_HINT),
+    ...limitsPart(limits),
     el(
       "details",
       {},
@@ -364,51 +260,15 @@ function createKeyForm() {
       el("label", { for: "key-metadata" }, "Metadata (a JSON object kept with it)"),
       el("textarea", { id: "key-metadata", rows: 2, placeholder: '{"project": "x"}' }),
     ),
-    el("div", { class: "row" }, submit),
   );
-  return form;
-}
-
-function editorForm(title, fields, save, submit) {
-  const form = el(
-    "form",
-    {
-      class: "card",
-      id: "edit-form",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        await busy(save, form, async () => {
-          const done = await submit(form);
-          if (done === null) {
-            notice(form, "Nothing changed.");
-            return;
-          }
-          await refresh();
-          editor.replaceChildren();
-          notice(app, done);
-        });
-      },
-    },
-    el("h2", {}, title),
-    fields,
-    el(
-      "div",
-      { class: "row" },
-      save,
-      el("button", { type: "button", onclick: () => editor.replaceChildren() }, "Close"),
-    ),
-  );
-  editor.replaceChildren(form);
-  form.scrollIntoView({ block: "nearest" });
-  form.querySelector("input")?.focus();
 }
 
 function editKey(key) {
   const limits = limitFields("edit", key);
-  const team = teamSelect("edit-team", key.team_id || "");
-  team.classList.add("teams");
+  const [team, teamNode] = teamPart("edit-team", key.team_id || "");
   const meta = JSON.stringify(key.metadata || {}, null, 1);
   editorForm(
+    "edit-form",
     `Key ${keyName(key)} (${key.key_name})`,
     [
       el(
@@ -416,14 +276,13 @@ function editKey(key) {
         { class: "row" },
         field("edit-alias", "Alias", { value: key.key_alias || "", size: 18 }),
         field("edit-user", "Owner", { value: key.user_id || "", list: "owners", size: 22 }),
-        el("div", {}, el("label", { for: "edit-team" }, "Team"), team),
+        teamNode,
         field("edit-duration", "Expires after (from now)", {
           placeholder: key.expires ? "unchanged; never: no expiry" : "unchanged (never); e.g. 30d",
           size: 22,
         }),
       ),
-      el("div", { class: "row" }, limits.nodes),
-      el("p", { class: "muted" }, LIMITS_HINT),
+      ...limitsPart(limits),
       check(
         "edit-trust",
         "An application's key (Open WebUI's): charge the person its X-OpenWebUI-User-Email names",
@@ -432,9 +291,8 @@ function editKey(key) {
       el("label", { for: "edit-metadata" }, "Metadata (a JSON object)"),
       el("textarea", { id: "edit-metadata", rows: 2 }, meta),
     ],
-    el("button", { type: "submit", class: "primary" }, "Save key"),
-    async (form) => {
-      const text = (id) => form.querySelector("#" + id).value.trim();
+    "Save key",
+    async (text, form) => {
       const body = limits.changes();
       if (text("edit-alias") !== (key.key_alias || "")) body.key_alias = text("edit-alias") || null;
       if (text("edit-user") !== (key.user_id || "")) body.user_id = text("edit-user") || null;
@@ -455,15 +313,15 @@ function editKey(key) {
 function editTeam(t) {
   const limits = limitFields("edit", t);
   editorForm(
+    "edit-form",
     `Team ${t.team_alias || t.team_id}`,
     [
       el("div", { class: "row" }, field("edit-alias", "Alias", { value: t.team_alias || "", size: 18 })),
-      el("div", { class: "row" }, limits.nodes),
-      el("p", { class: "muted" }, LIMITS_HINT),
+      ...limitsPart(limits),
     ],
-    el("button", { type: "submit", class: "primary" }, "Save team"),
-    async (form) => {
-      const alias = form.querySelector("#edit-alias").value.trim();
+    "Save team",
+    async (text) => {
+      const alias = text("edit-alias");
       const body = limits.changes();
       if (alias !== (t.team_alias || "")) body.team_alias = alias || null;
       if (!Object.keys(body).length) return null;
@@ -475,40 +333,27 @@ function editTeam(t) {
 
 function createTeamForm() {
   const limits = limitFields("team");
-  const submit = el("button", { type: "submit", class: "primary" }, "Create team");
-  const form = el(
-    "form",
-    {
-      class: "card",
-      id: "create-team",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        const text = (id) => form.querySelector("#" + id).value.trim();
-        await busy(submit, form, async () => {
-          const body = { ...limits.values() };
-          if (text("team-alias")) body.team_alias = text("team-alias");
-          if (text("team-id")) body.team_id = text("team-id");
-          if (form.querySelector("#team-blocked").checked) body.blocked = true;
-          const made = await api("POST", "/team/new", body);
-          form.reset();
-          await refresh();
-          notice(app, `Team ${made.team_alias || made.team_id} is created (${made.team_id}): give its id to keys.`);
-        });
-      },
+  return createForm(
+    "create-team",
+    "Create a team",
+    "Create team",
+    async (text, form) => {
+      const body = { ...limits.values(), ...filled(text, { team_alias: "team-alias", team_id: "team-id" }) };
+      if (form.querySelector("#team-blocked").checked) body.blocked = true;
+      const made = await api("POST", "/team/new", body);
+      form.reset();
+      await refresh();
+      notice(app, `Team ${made.team_alias || made.team_id} is created (${made.team_id}): give its id to keys.`);
     },
-    el("h2", {}, "Create a team"),
     el(
       "div",
       { class: "row" },
       field("team-alias", "Alias", { placeholder: "a name for it", size: 18 }),
       field("team-id", "Id", { placeholder: "default: team-<random>", size: 20 }),
     ),
-    el("div", { class: "row" }, limits.nodes),
-    el("p", { class: "muted" }, LIMITS_HINT),
+    ...limitsPart(limits),
     check("team-blocked", "Blocked: refuse its keys' requests until it is unblocked"),
-    el("div", { class: "row" }, submit),
   );
-  return form;
 }
 
 async function start() {
