@@ -15,6 +15,7 @@ from ark.cli import (
     admin,
     backup,
     certs,
+    doctor,
     edge,
     events,
     firewall,
@@ -87,6 +88,7 @@ COMMANDS: tuple[click.Command, ...] = (
     backup.backup,
     backup.restore,
     upgrade.upgrade,
+    doctor.doctor,
 )
 
 for command in COMMANDS:

@@ -1,0 +1,1 @@
+"""`ark doctor`: the deployment checklist as checks (ark.doctor.checks)."""

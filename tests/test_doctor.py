@@ -1,0 +1,243 @@
+"""`ark doctor` against a live embedded ARK with the real Prometheus, node_exporter and Alertmanager it runs:
+every check that applies passes; then things are broken one by one (Prometheus stopped, a certificate
+expired, a port bound publicly, a model removed, the config corrupted) and each is reported with its fix.
+The checks' own logic is tested on a machine of the test's making too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from ark.config import load_settings
+from ark.doctor.checks import Doctor, Probes, Result, worst
+from ark.edge.audit import Auditor, Problem
+from ark.edge.ports import port_map
+from tests.conftest import MASTER_KEY, ArkProcess, free_port, start_ark, stop_ark, wait_until
+
+MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
+MONITORED = shutil.which("prometheus") is not None and shutil.which("prometheus-node-exporter") is not None
+
+
+def expired_certificate(path: Path, name: str) -> None:
+    """A self-signed certificate for ``name`` that expired two days ago."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=90))
+        .not_valid_after(now - datetime.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def by_check(results: list[Result]) -> dict[str, Result]:
+    return {r.check: r for r in results}
+
+
+def test_the_checks_read_the_machine_they_are_given(tmp_path: Path) -> None:
+    config = tmp_path / "ark.toml"
+    config.write_text('master_key = "sk-example-key-0000"\n[engines.embedded]\nkind = "embedded"\n')
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    settings = load_settings(config_path=config, data_dir=data, env={})
+    status = {
+        "gateway": {"url": "http://127.0.0.1:4000/health/ready", "running": False, "ready": False},
+        "engines": [{"name": "embedded", "kind": "embedded", "up": True, "error": None}],
+        "models": [],
+    }
+
+    def http(url: str) -> tuple[int, bytes] | None:
+        if url.endswith("/api/v1/targets?state=active"):
+            targets = [{"labels": {"job": "ark"}, "health": "up"}, {"labels": {"job": "node"}, "health": "down"}]
+            return 200, orjson.dumps({"data": {"activeTargets": targets}})
+        if url.endswith("/api/v1/rules"):
+            return 200, orjson.dumps({"data": {"groups": [{"rules": [{}, {}]}]}})
+        return None
+
+    def command(argv: Any) -> subprocess.CompletedProcess[str] | None:
+        return subprocess.CompletedProcess(argv, 0, '{"runc":{}}', "") if argv[0] == "docker" else None
+
+    probes = Probes(
+        http=http,
+        command=command,
+        audit=lambda s, b: [Problem("cert-expiring", "warning", "x.pem", "expires in 3 days")],
+        status=lambda s: status,
+        nvml=lambda: "535.104.05",
+    )
+    found = by_check(Doctor(settings, probes).run())
+    assert found["master-key"].status == "fail" and "example" in found["master-key"].evidence
+    assert found["data"].status == "fail" and "chmod 0700" in found["data"].fix
+    assert found["gateway"].status == "fail" and "ark up" in found["gateway"].fix
+    assert found["prometheus"].status == "fail" and "down: node" in found["prometheus"].evidence
+    assert found["certificates"].status == "warn" and found["exposure"].status == "ok"
+    assert found["nvidia"].status == "warn" and "570" in found["nvidia"].fix  # an old driver
+    assert found["docker"].status == "warn" and "Container Toolkit" in found["docker"].fix  # a GPU, no runtime
+    assert found["wireguard"].status == "skipped" and found["nginx"].status == "skipped"
+    assert found["backups"].status == "warn"
+    assert worst(list(found.values())) == "fail"
+
+
+@pytest.fixture
+def box(tmp_path: Path, tiny_gguf: Path) -> Iterator[tuple[ArkProcess, dict[str, str]]]:
+    """A running ARK with its monitoring, an alert receiver, a rendered bundle and a backup."""
+    if not MONITORED:
+        pytest.skip("prometheus / prometheus-node-exporter (Debian packages) are not installed")
+    ports = {name: free_port() for name in ("prometheus", "node", "alertmanager")}
+    env = {
+        "ARK_MONITOR_EMBEDDED": "yes",
+        "ARK_MONITOR_SCRAPE_INTERVAL_S": "1",
+        "ARK_MONITOR_PROMETHEUS_LISTEN": f"127.0.0.1:{ports['prometheus']}",
+        "ARK_MONITOR_NODE_EXPORTER_LISTEN": f"127.0.0.1:{ports['node']}",
+        "ARK_MONITOR_ALERTMANAGER_LISTEN": f"127.0.0.1:{ports['alertmanager']}",
+        "ARK_MONITOR_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/alerts",
+    }
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    data.chmod(0o700)  # as `ark init` makes it
+    shutil.copy(tiny_gguf, data / "models" / "tiny.gguf")
+    config = (
+        f'master_key = "{MASTER_KEY}"\n[gateway]\nlisten = "127.0.0.1:{{PORT}}"\n'
+        '[engines.embedded]\nkind = "embedded"\nbundled_model = false\n[models."tiny"]\nengine = "embedded"\n'
+    )
+    ark = start_ark(config, tmp_path, env={"ARK_DATA_DIR": str(data), **env}, timeout=60)
+    env["ARK_DATA_DIR"] = str(data)
+    env["ARK_CONSOLE_LISTEN"] = ark.console.removeprefix("http://")
+    try:
+        base = f"http://127.0.0.1:{ports['prometheus']}"
+
+        def scraped() -> bool:
+            answer = httpx.get(base + "/api/v1/targets?state=active", timeout=3).json()
+            targets = answer["data"]["activeTargets"]
+            return bool(targets) and all(t["health"] == "up" for t in targets)
+
+        assert wait_until(lambda: _answers(base) and scraped(), 90, interval=0.5)
+        cli = {**os.environ, **env}
+        for argv in (["render", "--only", "monitoring"], ["backup"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "ark", *argv, "--config", str(ark.config)],
+                env=cli,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+        yield ark, env
+    finally:
+        stop_ark(ark)
+
+
+def _answers(base: str) -> bool:
+    try:
+        return httpx.get(base + "/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def doctor(ark: ArkProcess, env: dict[str, str], ours: set[int]) -> dict[str, Result]:
+    """The checks, in process, on the live box; `ark audit`'s findings only about the ports this test owns
+    (this machine's own listeners and its firewall are not the test's to judge)."""
+    settings = load_settings(config_path=ark.config, env=env)
+
+    def audit(settings: Any, bundle: Path) -> list[Problem]:
+        problems = Auditor(settings, bundle).run().problems
+        return [
+            p
+            for p in problems
+            if p.check.startswith("cert-") or any(p.subject.endswith(f":{port}/tcp") for port in ours)
+        ]
+
+    return by_check(Doctor(settings, Probes(audit=audit)).run())
+
+
+def free_loopback_only_port(ark: ArkProcess, env: dict[str, str]) -> int:
+    ports = port_map(load_settings(config_path=ark.config, env=env))
+    for service in ports.services:
+        if service.binding == "loopback" and service.proto == "tcp":
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("0.0.0.0", service.port))
+                except OSError:
+                    continue
+            return service.port
+    pytest.skip("every loopback-only port of the port map is taken on this machine")
+
+
+def test_a_healthy_box_passes_and_each_break_is_reported_with_its_fix(box: tuple[ArkProcess, dict[str, str]]) -> None:
+    ark, env = box
+    exposed = free_loopback_only_port(ark, env)
+    found = doctor(ark, env, {exposed})
+    for name in ("master-key", "data", "database", "gateway", "engine embedded", "model tiny", "prometheus"):
+        assert found[name].status == "ok", found[name]
+    for name in ("node-exporter", "alerts", "dashboards", "backups", "exposure", "certificates"):
+        assert found[name].status == "ok", found[name]
+    assert found["nvidia"].status == "skipped" and found["wireguard"].status == "skipped"
+    assert not [r for name, r in found.items() if r.status == "fail" and name != "firewall"], found
+
+    # Prometheus stopped (frozen: ARK's supervisor would start a dead one again before the check looks)
+    services = httpx.get(ark.url + "/admin/services", headers=MASTER, timeout=5).json()["services"]
+    pid = int(next(s["pid"] for s in services if s["name"] == "prometheus"))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = doctor(ark, env, {exposed})["prometheus"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert stopped.status == "fail" and "nothing answers" in stopped.evidence and "ark up" in stopped.fix
+
+    # a certificate that expired
+    bundle = ark.data_dir / "deploy" / "certs" / "example.org"
+    bundle.mkdir(parents=True)
+    expired_certificate(bundle / "fullchain.pem", "example.org")
+    expired = doctor(ark, env, {exposed})["certificates"]
+    assert expired.status == "fail" and "fullchain.pem" in expired.evidence and "certbot" in expired.fix
+    (bundle / "fullchain.pem").unlink()
+
+    # a port that must stay on loopback, bound publicly
+    with socket.socket() as public:
+        public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        public.bind(("0.0.0.0", exposed))
+        public.listen()
+        bound = doctor(ark, env, {exposed})["exposure"]
+    assert bound.status == "fail" and f"0.0.0.0:{exposed}" in bound.evidence and "127.0.0.1" in bound.fix
+
+    # a configured model whose file is gone
+    (ark.data_dir / "models" / "tiny.gguf").unlink()
+    gone = doctor(ark, env, {exposed})["model tiny"]
+    assert gone.status == "fail" and "no engine serves it" in gone.evidence and "tiny.gguf" in gone.fix
+
+    # a corrupt config: the first thing `ark doctor` reports, exit 1
+    broken = ark.config.with_name("broken.toml")
+    broken.write_text("master_key = \n[gateway\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "ark", "doctor", "--json", "--config", str(broken)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = orjson.loads(done.stdout)
+    assert done.returncode == 1 and report["status"] == "fail"
+    assert report["checks"][0]["check"] == "config" and "broken.toml" in report["checks"][0]["evidence"]
