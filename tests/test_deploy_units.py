@@ -90,7 +90,8 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_ark_runs_unprivileged_in_a_sandbox_that_writes_only_its_data(tmp_path: Path) -> None:
     current = settings(tmp_path)
     service = fields(units.ark_service(current))  # type: ignore[arg-type]
-    assert service["User"] == ["ark"] and service["Group"] == ["ark"]
+    assert service["User"] == ["ark"] and service["KillMode"] == ["mixed"] and service["Type"] == ["exec"]
+    assert "ProtectClock" not in service  # (it denies every device but the clock: the GPU's too)
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
@@ -107,9 +108,11 @@ def test_ark_runs_unprivileged_in_a_sandbox_that_writes_only_its_data(tmp_path: 
     assert f"ARK_DATA_DIR={tmp_path / 'data'}" in service["Environment"][0]
     elsewhere = settings(tmp_path, f'[backup]\ndir = "{tmp_path / "offsite"}"\n[deploy]\nuser = "svc-ark"\n')
     service = fields(units.ark_service(elsewhere))  # type: ignore[arg-type]
-    assert service["ReadWritePaths"] == [f"{tmp_path / 'data'} {tmp_path / 'offsite'}"] and service["User"] == [
-        "svc-ark"
-    ]
+    assert service["ReadWritePaths"] == [f"{tmp_path / 'data'} -{tmp_path / 'offsite'}"]  # -: not made yet
+    assert service["User"] == ["svc-ark"]
+    home = Path("/home/someone/.local/share/ark")
+    laptop = load_settings(config_path=None, data_dir=home, env={})
+    assert fields(units.ark_service(laptop))["ProtectHome"] == ["read-only"]  # ARK's folders writable in it
 
 
 def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_path: Path) -> None:
@@ -118,13 +121,19 @@ def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_pat
     assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
     assert env["OLLAMA_KEEP_ALIVE"] == "-1"  # the arbiter unloads; Ollama's timer never does
     assert int(env["OLLAMA_MAX_LOADED_MODELS"]) >= units.MAX_LOADED
+    assert "OLLAMA_NUM_PARALLEL" not in env  # Ollama's own: each slot costs a model's context memory
     remote = tmp_path / "remote"
     remote.mkdir()
-    config = remote / "ark.toml"
-    config.write_text('[engines.ollama]\nkind = "ollama"\nurl = "http://10.0.0.5:11434"\nmax_keep_alive_s = 600\n')
-    elsewhere = load_settings(config_path=config, data_dir=remote / "data", env={})
-    env = dict(v.strip('"').split("=", 1) for v in fields(units.ollama_dropin(elsewhere) or "")["Environment"])
-    assert env["OLLAMA_KEEP_ALIVE"] == "600s"  # not the arbiter's: the engine's own cap
+
+    def dropin(url: str, extra: str = "") -> dict[str, str] | None:
+        config = remote / "ark.toml"
+        config.write_text(f'[engines.ollama]\nkind = "ollama"\nurl = "{url}"\nmax_keep_alive_s = 600\n{extra}')
+        text = units.ollama_dropin(load_settings(config_path=config, data_dir=remote / "data", env={}))
+        return None if text is None else dict(v.strip('"').split("=", 1) for v in fields(text)["Environment"])
+
+    assert dropin("http://10.0.0.5:11434") is None  # another machine's Ollama: not this box's unit
+    assert (dropin("http://127.0.0.1:11434", 'gpu_managed = "no"\n') or {})["OLLAMA_KEEP_ALIVE"] == "600s"
+    assert (dropin("http://[::1]:11500") or {})["OLLAMA_HOST"] == "[::1]:11500"
     (remote / "embedded.toml").write_text('[engines.embedded]\nkind = "embedded"\n')
     none = load_settings(config_path=remote / "embedded.toml", data_dir=remote / "data", env={})
     assert units.ollama_dropin(none) is None and "systemd/ollama.service.d/ark.conf" not in units.render(none)

@@ -198,8 +198,8 @@ class Arbiter(OwnerTask):
         return await done
 
     def queue_status(self) -> list[dict[str, Any]]:
-        """What waits for the GPU, first in line first: the model (or a memory hold's holder), its priority,
-        whether it is a hold, and how long it has waited."""
+        """What waits for the GPU in the order it will be served (overdue first, then by priority, then the
+        oldest): the model (or a memory hold's holder), its priority, whether it is a hold, how long it waited."""
         now = self.clock.now()
         return [
             {
@@ -208,7 +208,7 @@ class Arbiter(OwnerTask):
                 "hold": w.hold is not None,
                 "waited_s": round(now - w.since, 3),
             }
-            for w in self.queue
+            for w in self._order(now)
         ]
 
     def queue_for(self, model: str) -> list[_Waiter]:

@@ -2,10 +2,11 @@
 
 - ``ark.service``: `ark up` as the unprivileged user ``[deploy] user``, sandboxed (no new privileges, a
   read-only system, writes only to the data directory, no capabilities, only the address families it uses);
-- ``ollama.service.d/ark.conf``: a drop-in for Ollama's own unit that makes it listen where ARK's engine
-  says, and leaves every load and unload to the GPU arbiter (``OLLAMA_KEEP_ALIVE=-1``: Ollama never unloads
-  on a timer; ``OLLAMA_MAX_LOADED_MODELS`` above anything the arbiter would plan: Ollama never evicts on its
-  own); its ``OLLAMA_NUM_PARALLEL`` is what ARK sends it at once;
+- ``ollama.service.d/ark.conf``: a drop-in for this machine's Ollama unit that makes it listen where ARK's
+  engine says, and leaves every load and unload to the GPU arbiter (``OLLAMA_KEEP_ALIVE=-1``: Ollama never
+  unloads on a timer; ``OLLAMA_MAX_LOADED_MODELS`` above anything the arbiter would plan: Ollama never evicts
+  by its count). ``OLLAMA_NUM_PARALLEL`` stays Ollama's: each slot multiplies a model's context memory, which
+  the arbiter plans for;
 - ``ark-backup.service`` / ``ark-backup.timer``: `ark backup` daily, when ARK makes none itself.
 
 Every path comes from the settings: nothing is guessed at install time.
@@ -36,12 +37,32 @@ def _environment(settings: Settings) -> list[str]:
     return lines
 
 
+_HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+
+
+def _writable(settings: Settings) -> list[str]:
+    """The folders ark.service may write: the data directory, and those ARK's services write outside it
+    (``-``: a folder not made yet does not stop the unit)."""
+    data = settings.data_dir
+    found = [str(data)]
+    extra: list[str] = [str(settings.backups_dir), settings.images.comfyui_path, settings.chat.services_dir]
+    for text in extra:
+        path = Path(text).expanduser() if text else None
+        if path is not None and not path.is_relative_to(data):
+            found.append(f"-{path}")
+    return found
+
+
+def _under_home(settings: Settings) -> bool:
+    paths = [settings.data_dir, *([settings.config_path] if settings.config_path else [])]
+    return any(Path(p).absolute().is_relative_to(home) for p in paths for home in _HOMES)
+
+
 def ark_service(settings: Settings) -> str:
     user = settings.deploy.user
-    writable = [str(settings.data_dir)]
-    backups = settings.backups_dir
-    if not backups.is_relative_to(settings.data_dir):
-        writable.append(str(backups))
+    # homes stay out of reach, unless ARK's data or config is in one (a laptop's ~/.local/share/ark): read-only
+    # then, with ARK's own folders writable inside
+    home = "read-only" if _under_home(settings) else "yes"
     return "\n".join(
         [
             "# ark.service, rendered by `ark render` (docs/deploy.md): ARK's gateway, console and what it runs.",
@@ -49,31 +70,33 @@ def ark_service(settings: Settings) -> str:
             "Description=ARK: a sovereign AI platform on one machine",
             "After=network-online.target ollama.service docker.service",
             "Wants=network-online.target",
+            "StartLimitIntervalSec=300",  # a config error is not retried forever
+            "StartLimitBurst=5",
             "",
             "[Service]",
-            "Type=simple",
+            "Type=exec",
             f"User={user}",
-            f"Group={user}",
             *_environment(settings),
+            f"Environment={shlex.quote('XDG_CACHE_HOME=' + str(settings.data_dir / 'cache'))}",
             f"ExecStart={_ark()} up",
             "Restart=on-failure",
             "RestartSec=5",
             "TimeoutStopSec=45",
+            "KillMode=mixed",  # SIGTERM to ARK alone: it drains requests, then stops what it runs
             "LimitNOFILE=65536",
             "UMask=0077",
-            "# sandbox: ARK needs the network, its data directory and the GPU, nothing else",
+            "# sandbox: ARK needs the network, its folders and the GPU (its devices stay reachable), nothing else",
             "NoNewPrivileges=yes",
             "CapabilityBoundingSet=",
             "AmbientCapabilities=",
             "ProtectSystem=strict",
-            f"ReadWritePaths={' '.join(writable)}",
-            "ProtectHome=yes",
+            f"ReadWritePaths={' '.join(_writable(settings))}",
+            f"ProtectHome={home}",
             "PrivateTmp=yes",
             "ProtectKernelTunables=yes",
             "ProtectKernelModules=yes",
             "ProtectKernelLogs=yes",
             "ProtectControlGroups=yes",
-            "ProtectClock=yes",
             "ProtectHostname=yes",
             "RestrictSUIDSGID=yes",
             "RestrictRealtime=yes",
@@ -94,16 +117,17 @@ def _ollama(settings: Settings) -> EngineSettings | None:
 
 
 def ollama_dropin(settings: Settings) -> str | None:
-    """The drop-in for Ollama's unit, or None when ARK has no Ollama engine."""
+    """The drop-in for this machine's Ollama unit, or None when ARK's Ollama is not on this machine."""
     engine = _ollama(settings)
     if engine is None:
         return None
     parts = urlsplit(engine.url)
-    host = f"{parts.hostname or '127.0.0.1'}:{parts.port or 11434}"
-    managed = engine.gpu_managed == "yes" or (
-        engine.gpu_managed == "auto" and (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
-    )
-    keep = "-1" if managed else str(engine.max_keep_alive_s) + "s"
+    hostname = parts.hostname or "127.0.0.1"
+    if hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None  # another machine's Ollama: its unit is not this box's
+    host = f"[{hostname}]:{parts.port or 11434}" if ":" in hostname else f"{hostname}:{parts.port or 11434}"
+    managed = engine.gpu_managed in ("yes", "auto")  # auto: yes for an Ollama on this machine
+    keep = "-1" if managed else f"{engine.max_keep_alive_s}s"
     why = "the GPU arbiter unloads" if managed else f"[engines.{engine.name}] max_keep_alive_s"
     return "\n".join(
         [
@@ -113,7 +137,6 @@ def ollama_dropin(settings: Settings) -> str | None:
             f'Environment="OLLAMA_KEEP_ALIVE={keep}"',
             f"# ({why}; Ollama never evicts on its own count either)",
             f'Environment="OLLAMA_MAX_LOADED_MODELS={MAX_LOADED}"',
-            f'Environment="OLLAMA_NUM_PARALLEL={min(engine.max_parallel, 64)}"',
             "",
         ]
     )
@@ -130,7 +153,6 @@ def backup_units(settings: Settings) -> dict[str, str]:
             "[Service]",
             "Type=oneshot",
             f"User={user}",
-            f"Group={user}",
             *_environment(settings),
             f"ExecStart={_ark()} backup",
             "Nice=10",
@@ -138,9 +160,8 @@ def backup_units(settings: Settings) -> dict[str, str]:
             "UMask=0077",
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
-            f"ReadWritePaths={settings.data_dir}"
-            + ("" if settings.backups_dir.is_relative_to(settings.data_dir) else f" {settings.backups_dir}"),
-            "ProtectHome=yes",
+            f"ReadWritePaths={' '.join(_writable(settings))}",
+            f"ProtectHome={'read-only' if _under_home(settings) else 'yes'}",
             "PrivateTmp=yes",
             "",
         ]

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from ark.backup import archive
 from ark.config import Settings
+from ark.config.inference import DEFAULT_ENGINES
 from ark.config.types import Address
 from ark.edge.audit import Auditor, Problem
 from ark.edge.render import default_out
@@ -79,6 +80,7 @@ class Probes:
     audit: Callable[[Settings, Path], list[Problem]] | None = None  # None: `ark audit`'s own
     status: Callable[[Settings], dict[str, Any]] | None = None  # None: `ark status`'s own
     nvml: Callable[[], str | None] | None = None  # the driver's version, None without a GPU
+    sys_net: Path = Path("/sys/class/net")  # network interfaces (WireGuard's is one)
 
 
 def _local(address: Address) -> str:
@@ -143,12 +145,17 @@ class Doctor:
         if not data.is_dir():
             yield Result("data", "fail", f"{data} does not exist", f"mkdir -m 0700 {data} (or `ark init`)")
             return
-        mode = data.stat().st_mode & 0o777
+        info = data.stat()
+        mode = info.st_mode & 0o777
         free = shutil.disk_usage(data).free
         mount = _mount_point(data)
         evidence = f"{data} ({oct(mode)}), on {mount}, {free / 2**30:.0f} GiB free"
-        if mode & 0o077:
-            yield Result("data", "fail", evidence, f"chmod 0700 {data}: it holds keys and the ledger")
+        owner = _uid(self.settings.deploy.user)
+        if mode & 0o066:  # read or write for others (traverse is fine: Nginx reaches the bundle's files)
+            yield Result("data", "fail", evidence, f"chmod 0711 {data}: it holds keys and the ledger")
+        elif owner is not None and info.st_uid != owner:
+            fix = f"chown -R {self.settings.deploy.user} {data}: ark.service runs as {self.settings.deploy.user}"
+            yield Result("data", "warn", evidence + f", owned by uid {info.st_uid}", fix)
         elif free < MIN_FREE:
             yield Result("data", "warn", evidence, "free space there: models, the ledger and backups grow")
         else:
@@ -175,6 +182,9 @@ class Doctor:
             yield Result("database", "ok", f"schema {found.head}")
 
     def gateway_and_engines(self) -> Iterator[Result]:
+        if self.probes.status is None and not self.settings.data_dir.is_dir():
+            yield Result("engines", "skipped", "no data directory yet (looking would make one)")
+            return
         status = (self.probes.status or _status)(self.settings)
         gateway = status["gateway"]
         if gateway["running"]:
@@ -188,13 +198,14 @@ class Doctor:
         for engine in status["engines"]:
             if engine["up"]:
                 yield Result(f"engine {engine['name']}", "ok", f"up, {len(served[engine['name']])} models")
-            elif engine["kind"] == "ollama" and engine["name"] == "ollama" and len(status["engines"]) > 1:
-                yield Result(f"engine {engine['name']}", "skipped", f"not running ({engine['error']})")
+            elif engine["kind"] == "ollama" and self._optional_ollama(engine["name"], status["engines"]):
+                yield Result(f"engine {engine['name']}", "skipped", f"not running ({engine['error']}); not needed")
             else:
                 fix = "systemctl start ollama" if engine["kind"] == "ollama" else "see `ark status`"
                 yield Result(f"engine {engine['name']}", "fail", engine["error"] or "down", fix)
         for model in self.settings.models:
-            where = [name for name, models in served.items() if model.id in models or f"{model.id}:latest" in models]
+            engines = [model.engine] if model.engine else list(served)
+            where = [n for n in engines if model.id in served.get(n, ()) or f"{model.id}:latest" in served.get(n, ())]
             if where:
                 yield Result(f"model {model.id}", "ok", f"served by {', '.join(where)}")
             elif model.engine and model.engine not in served:
@@ -202,6 +213,15 @@ class Doctor:
             else:
                 pull = f"ollama pull {model.id}" if "ollama" in served else f"`ark models pull` or put {model.id}.gguf"
                 yield Result(f"model {model.id}", "fail", "configured, but no engine serves it", pull)
+
+    def _optional_ollama(self, name: str, engines: list[dict[str, Any]]) -> bool:
+        """The default configuration's Ollama, down while another engine serves and no model needs it: a
+        laptop without Ollama, which is how ARK starts out of the box."""
+        defaults = set(DEFAULT_ENGINES)
+        configured = {e.name for e in self.settings.engines}
+        another = any(e["up"] for e in engines if e["name"] != name)
+        needed = any(m.engine == name for m in self.settings.models)
+        return configured <= defaults and another and not needed
 
     def gpu(self) -> Iterator[Result]:
         device = self.settings.gpu.device
@@ -244,6 +264,9 @@ class Doctor:
             yield Result("nginx", "fail", f"no {conf}", "`ark render`")
             return
         run = self.settings.edge.nginx_run_dir
+        if run is None and not _root():
+            yield Result("nginx", "skipped", "nginx -t needs root here (its pid file, the certificates): run as root")
+            return
         checked = self.probes.command(
             ["nginx", "-t", "-q", *(["-e", str(run / "error.log")] if run else []), "-c", str(conf)]
         )
@@ -286,13 +309,15 @@ class Doctor:
             state: Status = "fail" if self._monitored() else "skipped"
             yield Result("prometheus", state, f"nothing answers at {base}", "`ark up` runs it; see `ark status`")
             return
-        active = targets.get("data", {}).get("activeTargets", [])
-        down = [t.get("labels", {}).get("job", "?") for t in active if t.get("health") != "up"]
+        active = (targets.get("data") or {}).get("activeTargets") or []
+        down = [(t.get("labels") or {}).get("job", "?") for t in active if t.get("health") == "down"]
         rules = _json(self.probes.http(base + "/api/v1/rules")) or {}
-        groups = rules.get("data", {}).get("groups", [])
+        groups = (rules.get("data") or {}).get("groups") or []
         loaded = sum(len(g.get("rules", [])) for g in groups)
         evidence = f"{len(active) - len(down)} of {len(active)} targets up, {loaded} rules loaded"
-        if down:
+        if not active:
+            yield Result("prometheus", "fail", evidence, "its scrape config is empty: `ark render`, restart ARK")
+        elif down:
             yield Result("prometheus", "fail", evidence + f"; down: {', '.join(sorted(set(down)))}", "see `ark status`")
         elif not loaded:
             yield Result("prometheus", "fail", evidence, "`ark render` writes the rules; restart ARK")
@@ -344,11 +369,12 @@ class Doctor:
             yield Result("wireguard", "skipped", "no peers (`ark peers add` makes one)")
             return
         name = self.settings.wireguard.interface
-        shown = self.probes.command(["wg", "show", name, "peers"])
-        if shown is None or shown.returncode != 0:
+        if not (self.probes.sys_net / name).exists():
             yield Result("wireguard", "fail", f"{name} is not up", f"wg-quick up {name} (the bundle's wireguard/)")
-        else:
-            yield Result("wireguard", "ok", f"{name} up with {len(shown.stdout.split())} peers")
+            return
+        shown = self.probes.command(["wg", "show", name, "peers"]) if _root() else None
+        count = f" with {len(shown.stdout.split())} peers" if shown is not None and shown.returncode == 0 else ""
+        yield Result("wireguard", "ok", f"{name} up{count}")
 
     def backups(self) -> Iterator[Result]:
         found = archive.backups(self.settings.backups_dir)
@@ -361,7 +387,8 @@ class Doctor:
                 "`ark backup`, and a schedule: [backup] every_hours or ark-backup.timer",
             )
             return
-        age_h = (self.probes.now() - found[-1].stat().st_mtime) / 3600
+        made = dt.datetime.strptime(found[-1].name[len(archive.PREFIX) : -len(archive.SUFFIX)], "%Y%m%dT%H%M%SZ")
+        age_h = (self.probes.now() - made.replace(tzinfo=dt.UTC).timestamp()) / 3600  # its name says when
         evidence = f"newest {found[-1].name}, {age_h:.0f} h old"
         if age_h > 2 * every:
             yield Result(
@@ -398,6 +425,19 @@ def _nvml_driver() -> str | None:
         return version.decode() if isinstance(version, bytes) else str(version)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _root() -> bool:
+    return os.geteuid() == 0
+
+
+def _uid(user: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:  # no such user here (a laptop): nothing to compare
+        return None
 
 
 def _major(version: str) -> int:
