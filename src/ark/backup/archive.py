@@ -23,6 +23,7 @@ archive or a wrong passphrase changes nothing.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import io
 import os
@@ -216,6 +217,12 @@ def _secrets(settings: Settings, files: list[Found]) -> bytes:
 
 def backup_name(at: float) -> str:
     return PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at)) + SUFFIX
+
+
+def made_at(path: Path) -> float:
+    """When an archive was made (Unix time), from its name: a copy keeps it, unlike its mtime."""
+    stamp = time.strptime(path.name[len(PREFIX) : -len(SUFFIX)], "%Y%m%dT%H%M%SZ")
+    return float(calendar.timegm(stamp))
 
 
 def create(

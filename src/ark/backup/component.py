@@ -38,7 +38,7 @@ class Backups(Component):
         self.rt = rt
         made = archive.backups(settings.backups_dir)
         if made:  # the newest archive's time, from its name, until this process makes one
-            self.last_success = made[-1].stat().st_mtime
+            self.last_success = archive.made_at(made[-1])
         rt.metrics.registry.register(_Collector(self))
         hours = settings.backup.every_hours
         if hours <= 0:

@@ -387,8 +387,7 @@ class Doctor:
                 "`ark backup`, and a schedule: [backup] every_hours or ark-backup.timer",
             )
             return
-        made = dt.datetime.strptime(found[-1].name[len(archive.PREFIX) : -len(archive.SUFFIX)], "%Y%m%dT%H%M%SZ")
-        age_h = (self.probes.now() - made.replace(tzinfo=dt.UTC).timestamp()) / 3600  # its name says when
+        age_h = (self.probes.now() - archive.made_at(found[-1])) / 3600
         evidence = f"newest {found[-1].name}, {age_h:.0f} h old"
         if age_h > 2 * every:
             yield Result(
