@@ -24,34 +24,10 @@ from ark.doctor.checks import Doctor, Probes, Result, worst
 from ark.edge.audit import Auditor, Problem
 from ark.edge.ports import port_map
 from tests.conftest import MASTER_KEY, ArkProcess, free_port, start_ark, stop_ark, wait_until
+from tests.test_monitoring_live import certificate
 
 MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
 MONITORED = all(shutil.which(t) for t in ("prometheus", "prometheus-node-exporter", "prometheus-alertmanager"))
-
-
-def expired_certificate(path: Path, name: str) -> None:
-    """A self-signed certificate for ``name`` that expired two days ago."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=90))
-        .not_valid_after(now - datetime.timedelta(days=2))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def by_check(results: list[Result]) -> dict[str, Result]:
@@ -212,7 +188,7 @@ def test_a_healthy_box_passes_and_each_break_is_reported_with_its_fix(box: tuple
     # a certificate that expired
     bundle = ark.data_dir / "deploy" / "certs" / "example.org"
     bundle.mkdir(parents=True)
-    expired_certificate(bundle / "fullchain.pem", "example.org")
+    certificate(bundle / "fullchain.pem", "example.org", days=-2)
     expired = doctor(ark, env, {exposed})["certificates"]
     assert expired.status == "fail" and "fullchain.pem" in expired.evidence and "certbot" in expired.fix
     (bundle / "fullchain.pem").unlink()

@@ -53,7 +53,7 @@ def gpu_exporter(loop_thread: LoopThread) -> Iterator[int]:
 
 
 def certificate(path: Path, name: str, days: int) -> Path:
-    """A self-signed certificate for ``name`` valid ``days`` from now."""
+    """A self-signed certificate for ``name`` valid ``days`` from now (negative: expired that long ago)."""
     import datetime
 
     from cryptography import x509
@@ -70,7 +70,7 @@ def certificate(path: Path, name: str, days: int) -> Path:
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=max(1, 1 - days)))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(key, hashes.SHA256())
