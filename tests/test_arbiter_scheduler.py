@@ -294,6 +294,14 @@ def test_a_memory_hold_makes_room_like_a_request_and_gives_it_back() -> None:
         assert not waiting.done() and arbiter.queue[0].hold is not None
         clock.advance(2.5)
         assert arbiter.queue_status() == [{"model": "comfyui", "priority": "medium", "hold": True, "waited_s": 2.5}]
+        urgent = asyncio.ensure_future(arbiter.hold("render", 12 * GB, Priority.HIGH))  # came later, goes first
+        await settle()
+        assert [(w["model"], w["priority"]) for w in arbiter.queue_status()] == [
+            ("render", "high"),
+            ("comfyui", "medium"),
+        ]
+        urgent.cancel()
+        await settle()
         assert [h["granted"] for h in arbiter.hold_status()] == [True, False]
         coder.release()
         image = await waiting  # the idle third model goes for it
