@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 from ark.cli.main import main
 from ark.store import Store, StoreError
 from ark.store.migrate import current, database_url, open_engine
-from tests.conftest import Postgres, settings_for
+from tests.conftest import Postgres, free_port, settings_for
 
 migrations = importlib.import_module("ark.store.migrate")  # (ark.store.migrate, the name, is the function)
 GOOD = '''"""Remember each key's favourite colour.
@@ -59,7 +59,8 @@ def newer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def at_0006(tmp_path: Path, store: str = "") -> tuple[Path, str]:
     """A database made by this ARK (0006), with a key in it; its settings' config."""
-    config = f'[store]\nurl = "{store}"\n'
+    # a port of its own: `ark upgrade` refuses while a gateway answers at the configured address
+    config = f'[store]\nurl = "{store}"\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n'
     settings = settings_for(tmp_path, config)
     opened = Store.open(settings)
     opened.keys.create_key({"key_alias": "old"})
@@ -194,3 +195,27 @@ def test_a_migration_that_rebuilds_a_parent_table_keeps_its_children(tmp_path: P
         assert connection.execute(text("SELECT max_budget FROM user_limits")).scalar() == 5.0
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1  # on again for everything else
     engine.dispose()
+
+
+def test_an_upgrade_waits_for_the_running_ark_to_stop(tmp_path: Path, newer: Path) -> None:
+    """An older ARK still writing the database would go on against a schema it does not know."""
+    import http.server
+    import threading
+
+    from ark.config import load_settings
+
+    config, url = at_0006(tmp_path)
+    newer.write_text(GOOD)
+    listen = load_settings(config_path=config, data_dir=tmp_path / "data", env={}).gateway.listen
+    server = http.server.ThreadingHTTPServer((listen.host, listen.port), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        where = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+        result = CliRunner().invoke(main, ["upgrade", *where])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1 and "ARK is running" in result.output and "stop it first" in result.output
+    assert revision_of(url) == "0006"  # untouched
+    assert ark("upgrade", *where).exit_code == 0 and revision_of(url) == "0007"  # once it stopped

@@ -15,7 +15,8 @@ from ark.gateway.router import ModelRouter
 from ark.wire import ProtocolError, Upstream
 
 
-async def _gateway(settings: Settings) -> dict[str, Any]:
+async def gateway_status(settings: Settings) -> dict[str, Any]:
+    """Whether the gateway of ``settings`` answers: {url, running, ready}."""
     listen = settings.gateway.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
     url = f"http://{host}:{listen.port}/health/ready"
@@ -66,7 +67,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     finally:
         for engine in engines:
             await engine.close()
-    gateway = await _gateway(settings)
+    gateway = await gateway_status(settings)
     return {
         "gateway": gateway,
         "services": await _services(settings, gateway["running"]),

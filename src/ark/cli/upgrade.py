@@ -7,12 +7,14 @@ transaction: a failure leaves it as it was.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from ark.cli.common import Table, config_options, make_console, print_json, settings_or_exit
+from ark.status import gateway_status
 from ark.store import Store
 from ark.store.migrate import Plan, database_url, open_engine, plan, safe_url
 
@@ -60,6 +62,12 @@ def upgrade(config_path: Path | None, data_dir: Path | None, check: bool, no_cop
     if not found.steps:
         console.print(f"The database {where} is at schema {found.head}, this ARK's: nothing to do.")
         return
+    running = asyncio.run(gateway_status(settings))
+    if running["running"]:  # an older ARK writing it meanwhile would go on against a schema it does not know
+        raise click.ClickException(
+            f"ARK is running ({running['url']} answers): stop it first (systemctl stop ark); the new ARK upgrades "
+            "at its start anyway"
+        )
     Store.open(settings, copy_before_upgrade=not no_copy).close()
     console.print(f"The database {where} is now at schema {found.head}.")
 
