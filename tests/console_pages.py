@@ -34,6 +34,19 @@ EXTRA = (
 )
 
 
+def by_hand(ark: ArkProcess, name: str, ip: str, password: str = PASSWORD) -> tuple[Any, str]:
+    """``name`` signed in to the console by httpx (a browser played by hand, from ``ip``), and the session's
+    CSRF value (what its pages send in X-CSRF-Token)."""
+    from tests.test_auth_console import Browser
+
+    browser = Browser(ark, ip)
+    assert browser.login(name, password).status_code == 303
+    home = browser.send("GET", "/")
+    found = re.search(r'name=ark-csrf content="([^"]+)"', home.text)
+    assert home.status_code == 200 and found
+    return browser, found.group(1)
+
+
 def add_user(ark: ArkProcess, name: str, role: str = "user", password: str = PASSWORD) -> None:
     made = CliRunner().invoke(
         main,

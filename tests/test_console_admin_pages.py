@@ -22,7 +22,7 @@ from ark.auth import totp
 from ark.auth.users import UserStore
 from ark.store.migrate import database_url, open_engine
 from tests.conftest import MASTER_KEY, ArkProcess, wait_until
-from tests.console_pages import PASSWORD, add_user, screenshot, signed_in
+from tests.console_pages import PASSWORD, add_user, by_hand, screenshot, signed_in
 from tests.test_auth_console import Browser
 
 MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -34,16 +34,6 @@ def admin(console_ark: ArkProcess) -> str:
     """This module's admin (the ARK is shared: its own names)."""
     add_user(console_ark, ADMIN, "admin")
     return ADMIN
-
-
-def browser_for(ark: ArkProcess, name: str, ip: str, password: str = PASSWORD) -> tuple[Browser, str]:
-    """``name`` signed in by httpx (a browser played by hand), and the session's CSRF value."""
-    browser = Browser(ark, ip)
-    assert browser.login(name, password).status_code == 303
-    home = browser.send("GET", "/")
-    found = re.search(r'name=csrf value="([^"]+)"', home.text)
-    assert home.status_code == 200 and found
-    return browser, found.group(1)
 
 
 def script_errors(page: Any) -> list[str]:
@@ -59,7 +49,7 @@ def test_an_admin_adds_disables_enables_and_changes_users(
     console_ark: ArkProcess, chromium: Any, admin: str, tmp_path: Path
 ) -> None:
     add_user(console_ark, "ulf")
-    ulf, _ = browser_for(console_ark, "ulf", "10.20.0.1")
+    ulf, _ = by_hand(console_ark, "ulf", "10.20.0.1")
     assert ulf.send("GET", "/console/api/v1/models").status_code == 200
     with signed_in(chromium, console_ark, admin, "/admin/users") as page:
         page.on("dialog", lambda dialog: dialog.accept())
@@ -86,7 +76,7 @@ def test_an_admin_adds_disables_enables_and_changes_users(
         assert Browser(console_ark, "10.20.0.3").login("ulf", PASSWORD).status_code == 401
         row.get_by_role("button", name="Enable").click()
         expect(row).to_contain_text("enabled")
-        again, _ = browser_for(console_ark, "ulf", "10.20.0.4")
+        again, _ = by_hand(console_ark, "ulf", "10.20.0.4")
         assert again.send("GET", "/console/api/v1/models").status_code == 200
 
         # the role, both ways
@@ -355,7 +345,7 @@ def test_usage_summary_refuses_a_bad_group_and_neutralises_formulas_in_csv(conso
 
 def test_a_plain_user_is_refused_the_admin_pages_and_their_api(console_ark: ArkProcess) -> None:
     add_user(console_ark, "uli")
-    uli, csrf = browser_for(console_ark, "uli", "10.20.0.9")
+    uli, csrf = by_hand(console_ark, "uli", "10.20.0.9")
     for path in ("/admin/users", "/admin/keys", "/admin/usage"):
         assert uli.send("GET", path).status_code == 403, path
     body = {"name": "uli-made", "password": PASSWORD}

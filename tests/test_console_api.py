@@ -4,7 +4,6 @@ A real `ark up`, people made with `ark users`, a browser played by httpx."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 
 from ark.cli.main import main
 from tests.conftest import MASTER_KEY, ArkProcess, start_ark, stop_ark, wait_until
+from tests.console_pages import add_user, by_hand
 from tests.fakes.ollama import FakeOllama
 from tests.test_auth_console import Browser
 
@@ -35,13 +35,7 @@ def ark(tmp_path_factory: pytest.TempPathFactory, fake_ollama_server: FakeOllama
     process = start_ark(CONFIG.replace("{OLLAMA}", fake_ollama_server.url), tmp_path_factory.mktemp("console-api"))
     try:
         for name, role in (("ada", "admin"), ("bea", "user")):
-            made = CliRunner().invoke(
-                main,
-                ["users", "add", name, "--email", f"{name}@example.com", "--role", role, "--password-stdin"],
-                input=PASSWORD,
-                env={"ARK_CONFIG": str(process.config), "ARK_DATA_DIR": str(process.data_dir)},
-            )
-            assert made.exit_code == 0, made.output
+            add_user(process, name, role, PASSWORD)
         yield process
     finally:
         stop_ark(process)
@@ -49,12 +43,7 @@ def ark(tmp_path_factory: pytest.TempPathFactory, fake_ollama_server: FakeOllama
 
 def signed_in(ark: ArkProcess, name: str, ip: str) -> tuple[Browser, str]:
     """A browser signed in as ``name``, and the session's CSRF value (the one its pages carry)."""
-    browser = Browser(ark, ip)
-    assert browser.login(name, PASSWORD).status_code == 303
-    home = browser.send("GET", "/")
-    found = re.search(r'name=csrf value="([^"]+)"', home.text)
-    assert home.status_code == 200 and found
-    return browser, found.group(1)
+    return by_hand(ark, name, ip, PASSWORD)  # type: ignore[no-any-return]
 
 
 def test_a_person_chats_through_the_console_on_their_own_budget(ark: ArkProcess) -> None:

@@ -15,20 +15,10 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, ArkProcess, wait_until
-from tests.console_pages import PASSWORD, add_user, screenshot, signed_in
+from tests.console_pages import PASSWORD, add_user, by_hand, screenshot, signed_in
 from tests.test_auth_console import Browser
 
 MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
-
-
-def session(ark: ArkProcess, name: str, ip: str) -> tuple[Browser, dict[str, str]]:
-    """A console session by hand (httpx), and the headers a page's change carries (its CSRF value)."""
-    browser = Browser(ark, ip)
-    assert browser.login(name, PASSWORD).status_code == 303
-    home = browser.send("GET", "/")
-    found = re.search(r'name=ark-csrf content="([^"]+)"', home.text)
-    assert home.status_code == 200 and found
-    return browser, {"x-csrf-token": found.group(1)}
 
 
 def ledger(ark: ArkProcess, person: str, count: int = 1) -> list[dict[str, Any]]:
@@ -182,7 +172,8 @@ def test_the_self_service_api_is_for_the_signed_in_person_within_limits(console_
     keyed = httpx.post(base + "/me/key/generate", headers={"Authorization": f"Bearer {made['key']}"}, json={})
     assert keyed.status_code == 403
     # through the console: a session, and the CSRF value on every change
-    sol, csrf = session(console_ark, "sol", "10.7.0.1")
+    sol, token = by_hand(console_ark, "sol", "10.7.0.1")
+    csrf = {"x-csrf-token": token}
     assert Browser(console_ark, "10.7.0.9").send("GET", "/console/api/me").status_code == 401  # no session
     refused = sol.send("POST", "/console/api/me/key/generate", json={"key_alias": "x"})
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf"

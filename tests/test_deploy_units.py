@@ -120,7 +120,7 @@ def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_pat
     env = dict(value.strip('"').split("=", 1) for value in dropin["Environment"])
     assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
     assert env["OLLAMA_KEEP_ALIVE"] == "-1"  # the arbiter unloads; Ollama's timer never does
-    assert int(env["OLLAMA_MAX_LOADED_MODELS"]) >= units.MAX_LOADED
+    assert int(env["OLLAMA_MAX_LOADED_MODELS"]) > 3  # above Ollama's own 3 per GPU: it never evicts by count
     assert "OLLAMA_NUM_PARALLEL" not in env  # Ollama's own: each slot costs a model's context memory
     remote = tmp_path / "remote"
     remote.mkdir()

@@ -192,16 +192,27 @@ async function* events(response) {
   }
 }
 
-async function chat(text) {
-  const body = chatBody(text);
-  const path = "/v1/chat/completions";
+function blank() {
+  return { status: null, prompt_tokens: null, completion_tokens: null, ttft_ms: null, tokens_per_s: null, total_ms: null, cost: null, request_id: null, done: false };
+}
+
+// A request begins: it is what the inspector and "as code" show, the person's turn goes into the chat, and
+// the numbers start over. The assistant's bubble and the numbers are the caller's to fill.
+function begin(path, body, text, placeholder) {
   state.last = { path, body };
   requestView.textContent = "POST " + path + "\n" + JSON.stringify(body, null, 2);
   showCode();
   bubble("user", text);
-  const answer = bubble("assistant", "");
-  const n = { status: null, prompt_tokens: null, completion_tokens: null, ttft_ms: null, tokens_per_s: null, total_ms: null, cost: null, request_id: null, done: false };
+  const answer = bubble("assistant", placeholder);
+  const n = blank();
   showNumbers(n);
+  return { answer, n };
+}
+
+async function chat(text) {
+  const body = chatBody(text);
+  const path = "/v1/chat/completions";
+  const { answer, n } = begin(path, body, text, "");
   const started = performance.now();
   let first = null, reply = "", chunks = 0, last = null;
   state.controller = new AbortController();
@@ -251,13 +262,7 @@ async function chat(text) {
 async function image(text) {
   const body = { model: model.value, prompt: text, n: 1, size: size.value, response_format: "b64_json" };
   const path = "/v1/images/generations";
-  state.last = { path, body };
-  requestView.textContent = "POST " + path + "\n" + JSON.stringify(body, null, 2);
-  showCode();
-  bubble("user", text);
-  const answer = bubble("assistant", "Drawing…");
-  const n = { status: null, prompt_tokens: null, completion_tokens: null, ttft_ms: null, tokens_per_s: null, total_ms: null, cost: null, request_id: null, done: false };
-  showNumbers(n);
+  const { answer, n } = begin(path, body, text, "Drawing…");
   const started = performance.now();
   try {
     const result = await api("POST", path, body);
@@ -346,6 +351,6 @@ app.append(
     ),
   ),
 );
-showNumbers({ status: null, prompt_tokens: null, completion_tokens: null, ttft_ms: null, tokens_per_s: null, total_ms: null, cost: null, request_id: null, done: false });
+showNumbers(blank());
 showCode();
 loadModels();
