@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -78,10 +78,11 @@ class Staged:
 
     manifest: dict[str, Any]
     root: Path  # the folder it was extracted into (removed by :meth:`discard`)
-    tree: Path = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.tree = self.root / "tree"
+    @property
+    def tree(self) -> Path:
+        """The data directory as it will be, inside :attr:`root`."""
+        return self.root / "tree"
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
