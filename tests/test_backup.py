@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,3 +414,54 @@ def test_pruning_keeps_the_archive_just_made_and_ignores_other_names(tmp_path: P
     future.write_bytes(b"x")
     assert archive.prune(tmp_path, 1, spare=newest) == [older, future]
     assert newest.exists() and odd.exists()
+
+
+def test_verify_unpacks_into_a_private_folder_it_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ark.cli import backup as backup_cli
+
+    settings = made_box(tmp_path)
+    folder = tmp_path / "backups"
+    made = archive.create(settings, folder)
+    bad = folder / "cut.tar.gz"
+    bad.write_bytes(made.path.read_bytes()[: made.path.stat().st_size // 2])
+    private = tmp_path / "tmp"  # $TMPDIR
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setattr(backup_cli, "_stop_cleanly", lambda: None)  # the test's own process: no SIGTERM handler
+    unpacked: list[Path] = []
+    extract = archive._extract
+
+    def seen(tar: tarfile.TarFile, into: Path, **kwargs: Any) -> dict[str, str]:
+        unpacked.append(into)
+        return extract(tar, into, **kwargs)
+
+    monkeypatch.setattr(archive, "_extract", seen)
+    before = sorted(folder.iterdir())
+    good = CliRunner().invoke(main, ["backup", "verify", str(made.path)])
+    assert good.exit_code == 0 and "good" in good.output, good.output
+    broken = CliRunner().invoke(main, ["backup", "verify", str(bad)])
+    assert broken.exit_code == 1 and "not a readable ARK backup" in broken.output
+    assert unpacked and all(path.is_relative_to(private) for path in unpacked)  # never beside the archives
+    assert sorted(folder.iterdir()) == before and list(private.iterdir()) == []  # and removed, on error too
+
+
+def test_the_copy_before_a_migration_is_on_disk_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ark.store.migrate import HEAD, _copy_before, database_url, open_engine
+
+    settings = made_box(tmp_path)
+    engine = open_engine(database_url("", settings.data_dir))
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recorded(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    try:
+        copy = _copy_before(engine, "0005", HEAD, tmp_path / "copies")
+    finally:
+        engine.dispose()
+    assert synced == [str(copy), str(copy.parent)]  # the file, then the folder that names it

@@ -219,3 +219,38 @@ def test_a_healthy_box_passes_and_each_break_is_reported_with_its_fix(box: tuple
     report = orjson.loads(done.stdout)
     assert done.returncode == 1 and report["status"] == "fail"
     assert report["checks"][0]["check"] == "config" and "broken.toml" in report["checks"][0]["evidence"]
+
+
+def test_containers_each_running_and_healthy_or_named_with_its_fix(tmp_path: Path) -> None:
+    from ark.deploy import compose
+
+    config = tmp_path / "ark.toml"
+    config.write_text(
+        'master_key = "sk-0123456789abcdef0123"\n[edge]\ndomain = "ark.test"\n'
+        '[deploy]\ncontainers = "grafana, n8n, chromadb"\n'
+    )
+    settings = load_settings(config_path=config, data_dir=tmp_path / "data", env={})
+    bundle = tmp_path / "data" / "deploy"
+    for name, text in compose.render(settings).items():
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_text(text)
+    rows = [  # as `docker compose ps --format json` prints them (Compose 2.21+: a line each)
+        {"Service": "grafana", "State": "running", "Health": "healthy"},
+        {"Service": "n8n", "State": "running", "Health": "unhealthy"},
+    ]
+    asked: list[list[str]] = []
+
+    def command(argv: Any) -> subprocess.CompletedProcess[str] | None:
+        asked.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "\n".join(orjson.dumps(r).decode() for r in rows), "")
+
+    found = by_check(list(Doctor(settings, Probes(command=command)).containers()))
+    file = bundle / compose.COMPOSE_FILE
+    assert asked == [["docker", "compose", "-f", str(file), "ps", "--all", "--format", "json"]]
+    assert found["container grafana"].status == "ok"
+    assert found["container n8n"].status == "fail" and found["container n8n"].evidence == "running, unhealthy"
+    assert found["container n8n"].fix == f"docker compose -f {file} logs n8n; then docker compose -f {file} up -d n8n"
+    assert found["container chromadb"].status == "fail" and found["container chromadb"].evidence == "absent"
+
+    gone = by_check(list(Doctor(settings, Probes(command=lambda argv: None)).containers()))
+    assert gone["containers"].status == "fail" and "install Docker" in gone["containers"].fix

@@ -28,6 +28,8 @@ the message of any other and exits 1 (a ConfigError: 2), in one place
     ├── StartFailed                 ark.supervisor.supervisor: a supervised service did not come up
     ├── InstallError                ark.supervisor.installs: `ark services install` failed a step
     ├── BackupError                 ark.backup.crypto: a backup that cannot be made, read or restored
+    │   └── S3Error                 ark.backup.s3: a copy in the S3 store not made, listed or read
+    ├── DeployError                 ark.deploy.box: `ark deploy apply` stopped (a command failed, a tool is missing)
     └── ApiError                    answered to an API client
         ├── InvalidRequest          400 invalid_request_error
         │   └── WorkflowRejected    ark.images.comfyui: 400 workflow_rejected (ComfyUI's node_errors)

@@ -268,6 +268,7 @@ _REQUEST_FIELDS: dict[str, tuple[str, dict[str, _GoType]]] = {
         "ShowRequest",
         {**_COMMON_FIELDS, "name": _STRING, "system": _STRING, "template": _STRING, "verbose": _BOOL},
     ),
+    "/api/pull": ("PullRequest", {**_COMMON_FIELDS, "name": _STRING, "insecure": _BOOL, "stream": _BOOL}),
 }  # fmt: skip
 _MESSAGE_FIELDS = {
     "role": _STRING,
@@ -787,6 +788,7 @@ class FakeOllama:
         self.tool_script: Sequence[tuple[str, dict[str, Any]]] | None = None
         self.default_keep_alive: float | str = DEFAULT_KEEP_ALIVE
         self.version = VERSION
+        self.registry: set[str] | None = None  # what /api/pull finds (None: any valid name)
         self.mode = "normal"
         self.drop_after = 1
         self.error_message = DEFAULT_ERROR_MESSAGE
@@ -891,6 +893,7 @@ class FakeOllama:
         app.router.add_post("/api/embed", self._post(self._handle_embed))
         app.router.add_post("/_fake/restart", self._handle_restart)
         app.router.add_post("/api/embeddings", self._post(self._handle_embeddings))
+        app.router.add_post("/api/pull", self._post(self._handle_pull))
         return app
 
     # ------------------------------------------------------------------ models
@@ -1541,6 +1544,41 @@ class FakeOllama:
             return _json_response({"embedding": self._raw_embedding(spec, prompt)})
 
     # ------------------------------------------------------------------ /api/show
+
+    async def _handle_pull(
+        self, request: web.Request, body: dict[str, Any], state: _RequestState
+    ) -> web.StreamResponse:
+        """``PullHandler``: progress lines as ``PullModel`` reports them (the manifest, each layer's bytes,
+        the digest check, the manifest written, "success"); a name the registry does not have ends the
+        stream with ``{"error": ...}`` after the first line, as the real registry's 404 does."""
+        if not body.get("model") and body.get("name"):
+            body = {**body, "model": body["name"]}
+        parsed = self._parse_model(body.get("model"))
+        registry = None if self.registry is None else {p.key for n in self.registry if (p := ModelName.parse(n))}
+        known = registry is None or parsed.key in registry
+        spec = make_spec(parsed.display, time.time_ns())
+        layer = f"sha256:{spec.digest}"
+        total, step = spec.size, max(1, spec.size // 4)
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        if known:
+            lines += [
+                {"status": f"pulling {spec.digest[:12]}", "digest": layer, "total": total, "completed": done}
+                for done in [*range(0, total, step), total]
+            ]
+            lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+        else:
+            lines.append({"error": "pull model manifest: file does not exist"})
+        if known:
+            self.add_model(parsed.display)
+        if body.get("stream") is False:
+            last = lines[-1]
+            return _json_response(last, 500 if "error" in last else 200)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON_CONTENT_TYPE})
+        await response.prepare(request)
+        for line in lines:
+            await response.write(go_json(line) + b"\n")
+        await response.write_eof()
+        return response
 
     async def _handle_show(
         self, request: web.Request, body: dict[str, Any], state: _RequestState

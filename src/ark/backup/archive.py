@@ -555,6 +555,19 @@ def discard_unfinished(folder: Path, keep: Collection[Path] = ()) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def is_backup_name(name: str) -> bool:
+    """Whether ``name`` is one `ark backup` gives its archives (the only ones ARK ever prunes)."""
+    return bool(_NAME.match(name))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def backups(folder: Path) -> list[Path]:
     """ARK's archives in ``folder`` (named as `ark backup` names them), oldest first."""
     if not folder.is_dir():

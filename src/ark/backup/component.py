@@ -1,7 +1,11 @@
 """Backups on a schedule (``[backup] every_hours``): `ark up` runs `ark backup` in a process of its own every
 so often (the CPU work of compressing stays out of the gateway's process, at low priority), keeps the newest
 ``[backup] keep``, and says how the last one went: in /admin/services ("backup") and in the metric
-``ark_backup_last_success_timestamp_seconds`` that the alert on stale backups reads."""
+``ark_backup_last_success_timestamp_seconds`` that the alert on stale backups reads.
+
+With ``[backup] s3_bucket`` set, each new archive is then copied to that S3 store from here, in a thread
+(boto3 blocks), and the bucket pruned to ``[backup] s3_keep``; a copy that fails keeps the archive, is
+logged, shows in /admin/services, and leaves ``ark_backup_last_upload_success_timestamp_seconds`` behind."""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import orjson
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ark.backup import archive
+from ark.backup import archive, s3
+from ark.backup.crypto import BackupError
 from ark.periodic import every
 from ark.runtime import Component, Runtime, Status
 
@@ -32,6 +39,7 @@ class Backups(Component):
     def __init__(self) -> None:
         self.state: Status | None = None  # no schedule: nothing to show
         self.last_success: float | None = None
+        self.last_upload: float | None = None  # the newest copy in the S3 store (None: none known)
 
     async def start(self, rt: Runtime) -> None:
         settings = rt.settings
@@ -45,6 +53,8 @@ class Backups(Component):
             return
         self.state = Status("backup", "running", f"every {hours:g} h into {settings.backups_dir}")
         rt.background(self._schedule(hours * 3600.0), "ark-backup")
+        if settings.backup.s3_bucket:
+            rt.background(self._newest_copy(), "ark-backup-copies")
 
     async def _schedule(self, interval: float) -> None:
         """The first backup when the newest one is ``interval`` old (an ARK restarted more often than that
@@ -57,7 +67,8 @@ class Backups(Component):
 
     def argv(self) -> list[str]:
         settings = self.rt.settings
-        argv = [sys.executable, "-m", "ark", "backup", "--data-dir", str(settings.data_dir)]
+        # the copy to S3 is made here, not by the child (--no-upload), so that it is reported as its own
+        argv = [sys.executable, "-m", "ark", "backup", "--data-dir", str(settings.data_dir), "--json", "--no-upload"]
         if settings.config_path is not None:
             argv += ["--config", str(settings.config_path)]
         if settings.backup.passphrase_file:
@@ -90,11 +101,61 @@ class Backups(Component):
             self.last_success = time.time()
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
             self.state = Status("backup", "running", f"last backup at {when} UTC")
-            log.info("backup: made in %.0f s: %s", time.time() - started, out.decode(errors="replace").strip()[:300])
+            made = _archive_of(out)
+            log.info("backup: made in %.0f s: %s", time.time() - started, made)
+            if self.rt.settings.backup.s3_bucket:
+                if made is None:  # not what `ark backup --json` prints: nothing to copy, and said so
+                    self.state = Status("backup", "failed", "the backup did not say which archive it made", ready=True)
+                    log.error("backup: no archive named in its output; no copy to S3: %s", out[:300])
+                    return
+                await self._copy(made, when)
             return
         why = err.decode(errors="replace").strip()[-_ERROR_TAIL:]
         self.state = Status("backup", "failed", f"the last backup failed: {why}", ready=True)
         log.error("backup: failed: %s", why)
+
+    async def _copy(self, made: Path, when: str) -> None:
+        """Copy a new archive to the S3 store and prune the bucket, in a thread; a failure is reported."""
+        stop = threading.Event()
+        try:
+            pushed = await asyncio.to_thread(self._push, made, stop)
+        except asyncio.CancelledError:  # ARK is stopping: the transfer stops at its next read
+            stop.set()
+            raise
+        except BackupError as exc:
+            why = str(exc)[-_ERROR_TAIL:]
+            self.state = Status(
+                "backup", "failed", f"the last backup ({made}) is made, but its copy to S3 failed: {why}", ready=True
+            )
+            log.error("backup: %s is made, but its copy to S3 failed: %s", made, why)
+            return
+        self.last_upload = time.time()
+        self.state = Status("backup", "running", f"last backup at {when} UTC, copied to {pushed.copy.url}")
+        log.info("backup: copied to %s; %d older copies deleted", pushed.copy.url, len(pushed.pruned))
+        if pushed.prune_failed:
+            log.error("backup: older copies in the S3 store could not be deleted: %s", pushed.prune_failed)
+
+    def _push(self, made: Path, stop: threading.Event) -> s3.Pushed:
+        bucket = s3.open_bucket(self.rt.settings)  # read each time: a new secret key file needs no restart
+        if bucket is None:
+            raise BackupError("[backup] s3_bucket is empty")
+        return s3.push(bucket, made, stop=stop)
+
+    async def _newest_copy(self) -> None:
+        """When the newest copy in the S3 store was made (from its name), until this process uploads one."""
+
+        def newest() -> float | None:
+            bucket = s3.open_bucket(self.rt.settings)
+            copies = bucket.copies() if bucket is not None else []
+            return archive.made_at(Path(copies[-1].name)) if copies else None
+
+        try:
+            found = await asyncio.to_thread(newest)
+        except BackupError as exc:
+            log.warning("backup: cannot list the copies in the S3 store: %s", exc)
+            return
+        if found is not None and (self.last_upload is None or found > self.last_upload):
+            self.last_upload = found
 
     async def _stop(self, process: asyncio.subprocess.Process, before: set[Path]) -> None:
         """Stop the backup and what it started; remove the working folder it left (only its own)."""
@@ -120,4 +181,20 @@ class _Collector(Collector):
         )
         if self._backups.last_success is not None:
             family.add_metric([], self._backups.last_success)
-        return [family]
+        upload = GaugeMetricFamily(
+            "ark_backup_last_upload_success_timestamp_seconds",
+            "When the newest copy of a backup reached the S3 store (Unix time; absent: none yet, or no store).",
+        )
+        if self._backups.last_upload is not None:
+            upload.add_metric([], self._backups.last_upload)
+        return [family, upload]
+
+
+def _archive_of(out: bytes) -> Path | None:
+    """The archive `ark backup --json` made, from what it printed."""
+    try:
+        made = orjson.loads(out)
+    except orjson.JSONDecodeError:
+        return None
+    path = made.get("archive") if isinstance(made, dict) else None
+    return Path(path) if isinstance(path, str) else None

@@ -15,6 +15,7 @@ from ark.cli import (
     admin,
     backup,
     certs,
+    deploy,
     doctor,
     edge,
     events,
@@ -89,6 +90,7 @@ COMMANDS: tuple[click.Command, ...] = (
     backup.restore,
     upgrade.upgrade,
     doctor.doctor,
+    deploy.deploy,
 )
 
 for command in COMMANDS:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from ark.config.declare import section, setting
 from ark.config.network import NameList
-from ark.config.types import Address, Bool, ByteSize, Choice, DatabaseUrl, Float, HostPort, Int, Str
+from ark.config.types import Address, Bool, ByteSize, Choice, DatabaseUrl, Float, HostPort, Int, Str, Type
 
 
 @section
@@ -298,6 +301,78 @@ class BackupSettings:
         "secrets are kept unsealed, in an archive only root can read.",
     )
     media: bool = setting(Bool(), True, "Whether scheduled backups keep media (generated images, recordings).")
+    s3_bucket: str = setting(
+        Str(),
+        "",
+        "A bucket of an S3-compatible store that gets a copy of every backup, `ark backup`'s and the scheduled "
+        "ones (docs/backup.md). Empty: no copies.",
+    )
+    s3_prefix: str = setting(Str(), "", 'Folder of the copies in the bucket ("ark/box1": s3://BUCKET/ark/box1/...).')
+    s3_endpoint: str = setting(
+        Str(),
+        "",
+        'The store\'s http(s) URL (MinIO, Garage, Ceph: "https://s3.example.org:9000"). Empty: AWS S3.',
+    )
+    s3_region: str = setting(Str(), "us-east-1", "The store's region (the one requests are signed for).")
+    s3_access_key_id: str = setting(
+        Str(),
+        "",
+        "The access key id. Empty: boto3's own search (AWS_* variables, ~/.aws, an EC2 instance role).",
+    )
+    s3_secret_access_key_file: str = setting(
+        Str(),
+        "",
+        "A file holding the secret access key (its first line; mode 0600: a file others may read is refused).",
+    )
+    s3_keep: int = setting(
+        Int(0, 10000),
+        0,
+        "Copies kept in the bucket; older ones are deleted after each upload. 0: as many as `keep`.",
+    )
+
+
+# The services of the container bundle (ark/deploy/compose.py), and those a box runs by default
+CONTAINERS = ("open-webui", "chromadb", "comfyui", "prometheus", "alertmanager", "grafana", "n8n", "ark")
+DEFAULT_CONTAINERS = CONTAINERS[:-1]
+# registry[:port]/path:tag@sha256:digest, as Docker parses it; only the characters that can be in one
+_IMAGE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+class ContainerList(NameList):
+    """Names of the container bundle's services, as an array or comma-separated text, or empty."""
+
+    expected = f"service names among {', '.join(CONTAINERS)} (an array or comma-separated text), or empty"
+
+    def item(self, text: str) -> str:
+        if text not in CONTAINERS:
+            raise ValueError(text)
+        return text
+
+
+class ImageRefs(Type[dict[str, str]]):
+    """``service=image`` pairs or a table: an image reference with a tag or a digest, per known service."""
+
+    expected = (
+        'service=image pairs such as "grafana=grafana/grafana:12.3.1" (or a table); '
+        f"services: {', '.join(CONTAINERS)}; each image with a :tag or an @sha256: digest"
+    )
+
+    def parse(self, value: Any) -> dict[str, str]:
+        if isinstance(value, str):
+            pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise self.fail()
+            value = {name.strip(): ref.strip() for name, _, ref in pairs}
+        if not isinstance(value, dict):
+            raise self.fail()
+        for name, ref in value.items():
+            pinned = isinstance(ref, str) and (":" in ref.rpartition("/")[2] or "@" in ref)
+            if name not in CONTAINERS or not pinned or not _IMAGE.fullmatch(ref):
+                raise self.fail()
+        return {str(name): str(ref) for name, ref in value.items()}
 
 
 @section
@@ -305,3 +380,16 @@ class DeploySettings:
     """How `ark render` lays ARK out as a service of the box (docs/deploy.md)."""
 
     user: str = setting(Str(), "ark", "The system user ark.service runs as (it owns the data directory).")
+    containers: tuple[str, ...] = setting(
+        ContainerList(),
+        ", ".join(DEFAULT_CONTAINERS),
+        "The services `ark render` puts in its container bundle, compose/docker-compose.yml (docs/deploy.md): "
+        f"{', '.join(CONTAINERS)} (ARK itself, optional). Empty: no container bundle. A service named here must "
+        'not also be run by `ark up` (open_webui, n8n or embedded = "yes" is refused).',
+    )
+    images: Mapping[str, str] = setting(
+        ImageRefs(),
+        "",
+        'Image references that replace the pinned ones, per service ("grafana=grafana/grafana:12.3.1", or a '
+        "table); each with a tag or a digest. A tag's digest from DATA/images.lock.json is still added.",
+    )

@@ -7,7 +7,8 @@
   unloads on a timer; ``OLLAMA_MAX_LOADED_MODELS`` above anything the arbiter would plan: Ollama never evicts
   by its count). ``OLLAMA_NUM_PARALLEL`` stays Ollama's: each slot multiplies a model's context memory, which
   the arbiter plans for;
-- ``ark-backup.service`` / ``ark-backup.timer``: `ark backup` daily, when ARK makes none itself.
+- ``ark-backup.service`` / ``ark-backup.timer``: `ark backup` daily, when ARK makes none itself;
+- ``nginx.service.d/ark.conf``: the distribution's Nginx unit, serving the bundle's nginx.conf.
 
 Every path comes from the settings: nothing is guessed at install time.
 """
@@ -185,9 +186,35 @@ def backup_units(settings: Settings) -> dict[str, str]:
     return {"ark-backup.service": service, "ark-backup.timer": timer}
 
 
-def render(settings: Settings) -> dict[str, str]:
-    """The units, by their path in the bundle."""
+def nginx_dropin(settings: Settings, bundle: Path) -> str:
+    """The distribution's nginx.service, pointed at the bundle's nginx.conf (``-c``): its pid file and the
+    check before each start and reload stay as Debian and Ubuntu ship them."""
+    conf = shlex.quote(str(bundle / "nginx" / "nginx.conf"))
+    run = settings.edge.nginx_run_dir
+    pid = run / "nginx.pid" if run else Path("/run/nginx.pid")  # as the rendered nginx.conf says
+    daemon = "-g 'daemon on; master_process on;'"
+    return "\n".join(
+        [
+            "# /etc/systemd/system/nginx.service.d/ark.conf, rendered by `ark render` (docs/deploy.md): Nginx serves",
+            "# ARK's sites from the bundle",
+            "[Service]",
+            f"PIDFile={pid}",
+            "ExecStartPre=",
+            f"ExecStartPre=/usr/sbin/nginx -t -q -c {conf} {daemon}",
+            "ExecStart=",
+            f"ExecStart=/usr/sbin/nginx -c {conf} {daemon}",
+            "ExecReload=",
+            f"ExecReload=/usr/sbin/nginx -c {conf} {daemon} -s reload",
+            "",
+        ]
+    )
+
+
+def render(settings: Settings, bundle: Path | None = None) -> dict[str, str]:
+    """The units, by their path in the bundle (``bundle``: where it is written, for Nginx's drop-in)."""
     files = {"systemd/ark.service": ark_service(settings)}
+    if settings.edge.domain and bundle is not None:
+        files["systemd/nginx.service.d/ark.conf"] = nginx_dropin(settings, bundle)
     dropin = ollama_dropin(settings)
     if dropin is not None:
         files["systemd/ollama.service.d/ark.conf"] = dropin

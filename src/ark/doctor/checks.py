@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from ark.backup import archive
 from ark.config import Settings
 from ark.config.inference import DEFAULT_ENGINES
 from ark.config.types import Address
+from ark.deploy.box import compose_rows
 from ark.edge.audit import Auditor, Problem
 from ark.edge.render import default_out
 from ark.status import collect_status
@@ -110,6 +113,7 @@ class Doctor:
             self.gateway_and_engines,
             self.gpu,
             self.docker,
+            self.containers,
             self.nginx,
             self.edge,
             self.prometheus,
@@ -250,6 +254,35 @@ class Doctor:
             yield Result("docker", "warn", "no nvidia runtime", "install the NVIDIA Container Toolkit")
         else:
             yield Result("docker", "ok", "running" + (", nvidia runtime" if nvidia else ""))
+
+    def containers(self) -> Iterator[Result]:
+        """Each service of the bundle's compose file running, and healthy where it has a healthcheck."""
+        file = self._bundle() / "compose" / "docker-compose.yml"
+        if not file.is_file():
+            yield Result("containers", "skipped", "no compose file in the bundle (no services in containers)")
+            return
+        try:
+            wanted = sorted((yaml.safe_load(file.read_text()) or {}).get("services") or {})
+        except (OSError, yaml.YAMLError) as exc:
+            yield Result("containers", "fail", f"{file} does not read: {exc}", "ark render")
+            return
+        done = self.probes.command(["docker", "compose", "-f", str(file), "ps", "--all", "--format", "json"])
+        if done is None or done.returncode != 0:
+            why = "Docker is not installed" if done is None else (done.stderr.strip()[-200:] or "docker compose failed")
+            yield Result("containers", "fail", why, "install Docker with its compose plugin; then ark deploy apply")
+            return
+        rows = {row.get("Service"): row for row in compose_rows(done.stdout)}
+        for service in wanted:
+            row = rows.get(service)
+            state, health = (row or {}).get("State", "absent"), (row or {}).get("Health", "")
+            if state == "running" and health in ("", "healthy"):
+                yield Result(f"container {service}", "ok", f"running{', healthy' if health else ''}")
+            elif state == "running" and health == "starting":
+                yield Result(f"container {service}", "warn", "running, its healthcheck not passed yet")
+            else:
+                seen = state + (f", {health}" if health else "")
+                fix = f"docker compose -f {file} logs {service}; then docker compose -f {file} up -d {service}"
+                yield Result(f"container {service}", "fail", seen, fix)
 
     # -- the edge -------------------------------------------------------------------------------------
     def _bundle(self) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ark.config import Settings
-from ark.deploy import units
+from ark.deploy import compose, units
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.certs import certbot_commands, self_signed_files
 from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_tracked
@@ -71,7 +71,11 @@ def _monitoring(ctx: RenderContext) -> Files:
 
 
 def _systemd(ctx: RenderContext) -> Files:
-    return {name: FileSpec.text(text) for name, text in units.render(ctx.settings).items()}
+    return {name: FileSpec.text(text) for name, text in units.render(ctx.settings, ctx.out).items()}
+
+
+def _compose(ctx: RenderContext) -> Files:
+    return {name: FileSpec.text(text) for name, text in compose.render(ctx.settings, ctx.out).items()}
 
 
 # name -> renderer, in the order they run
@@ -82,6 +86,7 @@ RENDERERS: tuple[tuple[str, Renderer], ...] = (
     ("firewall", _firewall),
     ("monitoring", _monitoring),
     ("systemd", _systemd),
+    ("compose", _compose),
 )
 
 

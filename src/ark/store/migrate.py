@@ -202,6 +202,7 @@ def _copy_before(engine: Engine, revision: str, newest: str, folder: Path) -> Pa
         else:
             target = folder / f"pre-upgrade-{revision}-to-{newest}-{stamp}.pgdump"
             dumps.dump_postgres(engine, target)
+        _durable(target)  # on disk before the migration starts: a crash right after still leaves the copy
     except Exception as exc:
         raise StoreError(
             f"the database {safe_url(engine)} needs upgrading from schema {revision} to {newest}, and ARK copies it "
@@ -211,6 +212,17 @@ def _copy_before(engine: Engine, revision: str, newest: str, folder: Path) -> Pa
     os.chmod(target, 0o600)
     log.info("database %s: copied to %s before upgrading from %s to %s", safe_url(engine), target, revision, newest)
     return target
+
+
+def _durable(path: Path) -> None:
+    """fsync a file, then its folder (the entry that names it)."""
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def safe_url(engine: Engine) -> str:

@@ -1,0 +1,239 @@
+"""`ark deploy plan | apply` for real into a throwaway root, twice: the system commands it runs are the
+recording stand-ins of tests/fakes/system.py (first on PATH), Ollama is the stand-in of tests/fakes/ollama.py.
+Everything else is real: the bundle, the files installed, the folders, the gateway keys in the store, the
+firewall's rollback guard (its watcher process included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ark.cli.main import main
+from ark.deploy import compose, pins
+from tests.conftest import MASTER_KEY
+from tests.fakes import system
+from tests.fakes.ollama import FakeOllama
+
+MUTATING = {"enable", "restart", "reload", "start", "daemon-reload", "pull", "up", "-f", "syncconf", "strip"}
+
+
+@dataclass
+class Box:
+    root: Path
+    data: Path
+    state: Path
+    env: dict[str, str]
+    fake: FakeOllama
+
+    def ark(self, runner: CliRunner, *args: str) -> Result:
+        result = runner.invoke(main, [*args, "--data-dir", str(self.data)], env=self.env, catch_exceptions=False)
+        return result
+
+    def calls(self) -> list[list[str]]:
+        return system.calls(self.state)
+
+    def changing_calls(self, since: int = 0) -> list[list[str]]:
+        """The commands that changed something (not the queries: is-active, ps, inspect, list...)."""
+        found = []
+        for call in self.calls()[since:]:
+            tool, args = call[0], call[1:]
+            if tool == "systemctl" and args[:1] and args[0] in ("is-enabled", "is-active"):
+                continue
+            if tool == "docker" and ("ps" in args or args[:2] == ["image", "inspect"] or "version" in args):
+                continue
+            if tool == "nft" and ("list" in args or "-c" in args):
+                continue
+            if tool == "nginx":  # nginx -t only checks
+                continue
+            found.append(call)
+        return found
+
+
+@pytest.fixture
+def box(tmp_path: Path, fake_ollama: FakeOllama) -> Iterator[Box]:
+    root, data, state = tmp_path / "root", tmp_path / "data", tmp_path / "system"
+    data.mkdir(mode=0o700)
+    root.mkdir()
+    fake_ollama.remove_model("llama3.2:1b")
+    fake_ollama.registry = {"llama3.2:1b", "nomic-embed-text:latest"}
+    (data / "ark.toml").write_text(
+        f"""master_key = "{MASTER_KEY}"
+[edge]
+domain = "example.test"
+tls = "self-signed"
+[deploy]
+user = "nobody"
+[firewall]
+persist_nft_path = "{tmp_path / "persisted" / "nftables.conf"}"
+confirm_s = 900
+[engines.ollama]
+kind = "ollama"
+url = "{fake_ollama.url}"
+[models."llama3.2:1b"]
+engine = "ollama"
+[models."nomic-embed-text"]
+engine = "ollama"
+"""
+    )
+    bin_dir = tmp_path / "bin"
+    env = system.install(bin_dir, state, root)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    the_box = Box(root, data, state, env, fake_ollama)
+    yield the_box
+    pending = data / "firewall" / "apply" / "pending.json"
+    if pending.exists():  # a failed test: stop the watcher now rather than in 15 minutes
+        CliRunner().invoke(main, ["firewall", "rollback", "--data-dir", str(data)], env=env)
+
+
+def test_apply_twice_installs_everything_then_changes_nothing(box: Box, runner: CliRunner) -> None:
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert planned.exit_code == 0, planned.output
+    assert "install /etc/systemd/system/ark.service" in planned.output
+    assert "pull llama3.2:1b" in planned.output
+    assert not any(box.root.iterdir()), "a plan installs nothing"
+    assert box.changing_calls() == [], "a plan only asks"
+
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert "Done" in first.output
+
+    # the files, where the system reads them, with their modes
+    unit = box.root / "etc/systemd/system/ark.service"
+    assert "ExecStart=" in unit.read_text() and "User=nobody" in unit.read_text()
+    assert (box.root / "etc/systemd/system/ollama.service.d/ark.conf").is_file()
+    assert "nginx.conf" in (box.root / "etc/systemd/system/nginx.service.d/ark.conf").read_text()
+    wg = box.root / "etc/wireguard/wg0.conf"
+    assert stat.S_IMODE(wg.stat().st_mode) == 0o600 and "PrivateKey" in wg.read_text()
+    # the folders: the data directory the ARK user's, 0711
+    st = box.data.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o711 and st.st_uid == 65534
+    for folder in compose.data_dirs(_settings(box)):
+        assert folder.path.is_dir() and folder.path.stat().st_uid == folder.uid, folder
+    # the gateway keys of the services in containers, private, and not in the compose file
+    rendered = (box.data / "deploy" / compose.COMPOSE_FILE).read_text()
+    secrets = [p for p in (box.data / "secrets").rglob("*") if p.is_file()]
+    assert secrets and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets)
+    for path in secrets:
+        for line in path.read_text().splitlines():
+            value = line.partition("=")[2]
+            if len(value) >= 16:
+                assert value not in rendered, f"a secret of {path} is in the compose file"
+    # the models pulled, each once
+    assert {"llama3.2:1b", "nomic-embed-text:latest"} <= set(box.fake.models)
+    # the commands, in an order that works: units installed before systemd reloads and starts them
+    changing = box.changing_calls()
+    assert ["systemctl", "daemon-reload"] in changing
+    assert changing.index(["systemctl", "daemon-reload"]) < changing.index(
+        ["systemctl", "enable", "--now", "ark.service"]
+    )
+    assert ["systemctl", "enable", "--now", "nginx.service"] in changing
+    assert ["systemctl", "enable", "--now", "wg-quick@wg0.service"] in changing
+    compose_file = str(box.data / "deploy" / compose.COMPOSE_FILE)
+    pulls = [c[6:] for c in changing if c[:6] == ["docker", "compose", "-f", compose_file, "pull", "--quiet"]]
+    builds = [c[5:] for c in changing if c[:5] == ["docker", "compose", "-f", compose_file, "build"]]
+    assert pulls == [["alertmanager", "chromadb", "grafana", "n8n", "open-webui", "prometheus"]]  # registries
+    assert builds == [["comfyui"]]  # built here, from the bundle's Dockerfile
+    ups = [c for c in changing if c[:4] == ["docker", "compose", "-f", compose_file] and c[4] == "up"]
+    assert len(ups) == 1
+    # the images locked by digest: the compose file now names each by it
+    lock = json.loads(compose.images_lock_path(_settings(box)).read_text())
+    assert lock and all(digest.startswith("sha256:") for digest in lock.values())
+    refs = compose.images(_settings(box))
+    pulled = {service: ref for service, ref in refs.items() if service != "comfyui"}
+    assert all("@sha256:" in ref for ref in pulled.values()) and "@" not in refs["comfyui"]
+    rendered = (box.data / "deploy" / compose.COMPOSE_FILE).read_text()
+    assert all(ref in rendered for ref in pulled.values())
+    dockerfile = (box.data / "deploy" / "compose" / "comfyui" / "Dockerfile").read_text()
+    assert f"FROM {pins.TORCH_IMAGE}@sha256:" in dockerfile  # its base, locked too
+    # the firewall: loaded, waiting for its confirmation
+    assert system.load(box.state)["nft"] and "table inet ark" in system.load(box.state)["nft"]
+    assert "ark firewall confirm" in first.output
+    confirmed = box.ark(runner, "firewall", "confirm")
+    assert confirmed.exit_code == 0, confirmed.output
+
+    # the second apply: nothing to change, and nothing run that changes anything
+    before = len(box.calls())
+    second = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert second.exit_code == 0, second.output
+    assert "Nothing to change" in second.output, second.output
+    assert box.changing_calls(since=before) == []
+
+
+def test_a_replaced_file_is_shown_as_a_diff_and_kept(box: Box, runner: CliRunner) -> None:
+    target = box.root / "etc/systemd/system/ark.service"
+    target.parent.mkdir(parents=True)
+    target.write_text("[Service]\nExecStart=/usr/local/bin/old-ark up\n")
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "replace /etc/systemd/system/ark.service" in planned.output
+    assert "-ExecStart=/usr/local/bin/old-ark up" in planned.output  # the diff, whole lines
+    assert target.read_text().startswith("[Service]\nExecStart=/usr/local/bin/old-ark")
+
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 0, applied.output
+    kept = list((box.data / "deploy-backups").rglob("ark.service"))
+    assert len(kept) == 1 and "old-ark" in kept[0].read_text()
+    assert kept[0].relative_to(box.data / "deploy-backups").parts[1:] == ("etc", "systemd", "system", "ark.service")
+    assert "old-ark" not in target.read_text()
+
+
+def test_a_missing_tool_stops_the_apply_and_names_what_to_install(box: Box, runner: CliRunner) -> None:
+    (Path(box.env["PATH"].split(os.pathsep)[0]) / "docker").unlink()
+    # docker must not be found further along PATH either
+    box.env["PATH"] = os.pathsep.join(
+        [p for p in box.env["PATH"].split(os.pathsep) if not (Path(p) / "docker").exists()]
+    )
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "missing docker" in planned.output and "docs.docker.com" in planned.output
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 1
+    assert "step containers needs what is not installed: docker" in applied.output
+    # the steps before it are done; the ones after it are not
+    assert (box.root / "etc/systemd/system/ark.service").is_file()
+    assert system.load(box.state)["nft"] is None
+
+
+def test_a_model_the_registry_does_not_have_stops_with_ollamas_words(box: Box, runner: CliRunner) -> None:
+    box.fake.registry = {"nomic-embed-text:latest"}
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 1
+    assert "ollama pull llama3.2:1b: pull model manifest: file does not exist" in applied.output
+
+
+def test_apply_refuses_without_a_terminal_or_yes(box: Box, runner: CliRunner) -> None:
+    result = box.ark(runner, "deploy", "apply", "--root", str(box.root))
+    assert result.exit_code == 1 and "--yes" in result.output
+    assert not any(box.root.iterdir())
+
+
+def test_dry_run_is_a_plan(box: Box, runner: CliRunner) -> None:
+    result = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--dry-run")
+    assert result.exit_code == 0 and "changes to make" in result.output
+    assert not any(box.root.iterdir()) and box.changing_calls() == []
+
+
+def _settings(box: Box):  # type: ignore[no-untyped-def]
+    from ark.config import load_settings
+
+    return load_settings(data_dir=box.data)
+
+
+def test_ark_in_its_container_replaces_ark_service(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert "ark.service" in system.load(box.state)["active"]
+    config = box.data / "ark.toml"
+    config.write_text(config.read_text().replace('user = "nobody"', 'user = "nobody"\ncontainers = "ark, prometheus"'))
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "disable and stop ark.service (ARK runs in its container)" in planned.output
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    state = system.load(box.state)
+    assert "ark.service" not in state["active"] and "ark.service" not in state["enabled"]
+    assert sorted(state["running"]) == ["ark", "prometheus"]
