@@ -465,3 +465,24 @@ def test_the_copy_before_a_migration_is_on_disk_before_it_starts(
     finally:
         engine.dispose()
     assert synced == [str(copy), str(copy.parent)]  # the file, then the folder that names it
+
+
+def test_a_folder_the_backup_cannot_read_fails_it_rather_than_being_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside containers, data folders belong to the users the images run as; one the backup's user cannot
+    read must not vanish from the archive in silence (os.walk skips it unless told otherwise)."""
+    data = tmp_path / "data"
+    (data / "grafana").mkdir(parents=True)
+    (data / "grafana" / "grafana.db").write_bytes(b"dashboards")
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == data / "grafana":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    assert {f.rel for f in archive.data_files(data, media=True)} == {"grafana/grafana.db"}
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(BackupError, match=r"cannot read .*/grafana: Permission denied\. The backup would miss it"):
+        list(archive.data_files(data, media=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -182,6 +183,9 @@ def test_a_backup_is_copied_listed_and_restored_from_the_bucket(tmp_path: Path, 
     for output in (made, listed, done):
         assert s3_server.secret not in output.stdout + output.stderr
     assert s3_server.secret.encode() not in b"".join(archive_members(path).values())  # only the file's name
+    # the restored config copies to the same place: said, as two boxes there would prune each other's copies
+    said = f"copies backups to s3://{bucket}/box1/ and deletes older copies there: while the box it came from still "
+    assert said + "runs, give this one its own [backup] s3_prefix" in done.stdout, done.stdout
 
 
 def archive_members(path: Path) -> dict[str, bytes]:
@@ -225,13 +229,20 @@ def test_a_big_archive_goes_in_parts_each_checked(tmp_path: Path, s3_server: S3S
     (tmp_path / "down").mkdir()
     fetched = store.download(bucket, copy.key, tmp_path / "down")
     assert fetched.read_bytes() == path.read_bytes()
-    # ARK stopping meanwhile: the transfer stops, its parts are given up, no copy is left
+    # ARK stopping once the first part's bytes are on their way: the transfer stops, its parts are given up,
+    # no copy is left
     stop = threading.Event()
-    stop.set()
+    moved: list[int] = []
+
+    def stopping(n: int) -> None:
+        moved.append(n)
+        stop.set()
+
     other = path.with_name(archive.backup_name(1_800_003_600))
     path.rename(other)
     with pytest.raises(BackupError, match="was stopped"):
-        store.upload(other, stop=stop)
+        store.upload(other, progress=stopping, stop=stop)
+    assert moved  # stopped in the middle, not before it began
     client = s3_server.client()
     assert [c.name for c in store.copies()] == [path.name]
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
@@ -320,6 +331,31 @@ def test_bad_credentials_keep_the_archive_and_say_why(tmp_path: Path, s3_server:
     pushed = ark_cli("backup", "push", kept[0].name, *where(settings))
     assert pushed.returncode == 0, pushed.stderr
     assert s3.Bucket(s3_server.remote(bucket)).copies()[0].name == kept[0].name
+
+
+def test_a_key_names_no_file_outside_the_download_folder(tmp_path: Path, s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    store = s3.Bucket(s3_server.remote(bucket, prefix=""))
+    into = tmp_path / "into"
+    into.mkdir()
+    for key in ("x/..", "x/.", "x/" + "n" * 300):  # "..": the folder above; 300 characters: no such file name
+        s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"hello")
+        fetched = store.download(bucket, key, into)
+        assert fetched.parent == into and fetched.read_bytes() == b"hello", key
+        fetched.unlink()
+    assert list(tmp_path.iterdir()) == [into] and list(into.iterdir()) == []
+
+
+def test_a_copy_that_cannot_start_or_is_refused_says_why(tmp_path: Path) -> None:
+    from botocore.exceptions import ClientError
+
+    store = s3.Bucket(s3.Remote("b", secret=Secret("the-secret")))
+    with pytest.raises(BackupError, match=r"cannot read .*No such file"):  # pruned meanwhile: a failed copy
+        store.upload(tmp_path / archive.backup_name(1_800_000_000))
+    error = {"Error": {"Code": "AuthorizationHeaderMalformed", "Message": "the region 'us-east-1' is wrong"}}
+    refused = re.escape("check [backup] s3_region: the region 'us-east-1' is wrong")
+    with pytest.raises(BackupError, match=refused), s3._mapped(store.remote, "cannot list"):
+        raise ClientError(error, "ListObjectsV2")  # a store's answer to a request signed for another region
 
 
 def test_an_s3_error_never_shows_the_secret(s3_server: S3Server) -> None:

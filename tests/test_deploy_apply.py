@@ -31,10 +31,14 @@ class Box:
     state: Path
     env: dict[str, str]
     fake: FakeOllama
+    bin: Path
 
     def ark(self, runner: CliRunner, *args: str) -> Result:
-        result = runner.invoke(main, [*args, "--data-dir", str(self.data)], env=self.env, catch_exceptions=False)
-        return result
+        """`ark ARGS`; a deploy runs its system commands from the stand-ins (PATH has them too, for the
+        firewall's watcher and `ark firewall confirm`)."""
+        extra = ["--system-commands", str(self.bin)] if args[0] == "deploy" and self.bin.is_dir() else []
+        argv = [*args, *extra, "--data-dir", str(self.data)]
+        return runner.invoke(main, argv, env=self.env, catch_exceptions=False)
 
     def calls(self) -> list[list[str]]:
         return system.calls(self.state)
@@ -85,7 +89,7 @@ engine = "ollama"
     bin_dir = tmp_path / "bin"
     env = system.install(bin_dir, state, root)
     env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    the_box = Box(root, data, state, env, fake_ollama)
+    the_box = Box(root, data, state, env, fake_ollama, bin_dir)
     yield the_box
     pending = data / "firewall" / "apply" / "pending.json"
     if pending.exists():  # a failed test: stop the watcher now rather than in 15 minutes
@@ -237,3 +241,98 @@ def test_ark_in_its_container_replaces_ark_service(box: Box, runner: CliRunner) 
     state = system.load(box.state)
     assert "ark.service" not in state["active"] and "ark.service" not in state["enabled"]
     assert sorted(state["running"]) == ["ark", "prometheus"]
+    # the data directory stays 0711 (Nginx's workers reach the webroot through it), and stays put
+    assert stat.S_IMODE(box.data.stat().st_mode) == 0o711
+    third = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "Nothing to change" in third.output, third.output
+
+
+def test_the_wireguard_keys_are_not_in_the_diff(box: Box, runner: CliRunner) -> None:
+    target = box.root / "etc/wireguard/wg0.conf"
+    target.parent.mkdir(parents=True)
+    target.write_text("[Interface]\nPrivateKey = OLD-PRIVATE-KEY-VALUE=\nListenPort = 51000\n")
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "replace /etc/wireguard/wg0.conf" in planned.output
+    assert "-ListenPort = 51000" in planned.output and "PrivateKey = (hidden)" in planned.output
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 0, applied.output
+    new_key = next(line for line in target.read_text().splitlines() if line.startswith("PrivateKey"))
+    for output in (planned.output, applied.output):
+        assert "OLD-PRIVATE-KEY-VALUE" not in output and new_key.split("=", 1)[1].strip() not in output
+
+
+def test_what_a_stopped_apply_owes_is_done_by_the_next(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert box.ark(runner, "firewall", "confirm").exit_code == 0
+    # wg0.conf and prometheus.yml change; the models step (before containers and WireGuard) then fails
+    config = box.data / "ark.toml"
+    config.write_text(config.read_text() + "[wireguard]\nlisten_port = 51999\n[monitor]\nscrape_interval_s = 30\n")
+    box.fake.remove_model("llama3.2:1b")
+    box.fake.registry = {"nomic-embed-text:latest"}
+    stopped = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert stopped.exit_code == 1 and "ollama pull llama3.2:1b" in stopped.output
+    box.fake.registry = {"llama3.2:1b", "nomic-embed-text:latest"}
+    before = len(box.calls())
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    changing = box.changing_calls(since=before)
+    compose_file = str(box.data / "deploy" / compose.COMPOSE_FILE)
+    assert ["wg", "syncconf", "wg0", "/dev/stdin"] in changing  # the files were installed by the stopped apply
+    assert ["docker", "compose", "-f", compose_file, "restart", "prometheus"] in changing
+    assert box.ark(runner, "firewall", "confirm").exit_code == 0
+    last = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "Nothing to change" in last.output, last.output
+
+
+def test_under_a_root_no_command_runs_without_system_commands(box: Box, runner: CliRunner) -> None:
+    """A look into a throwaway root never enables a unit, loads a firewall or pulls on this machine."""
+    argv = ["deploy", "apply", "--root", str(box.root), "--yes", "--data-dir", str(box.data)]
+    result = runner.invoke(main, argv, env=box.env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert box.calls() == []  # not even a query: the stand-ins are first on PATH, and none ran
+    assert (box.root / "etc/systemd/system/ark.service").is_file()  # the files are installed
+    # user, services, models, containers, wireguard and firewall: in the plan shown first, and in the apply
+    assert result.output.count(f"not run: under --root {box.root} no command runs on this machine") == 2 * 6
+    assert set(box.fake.models) == {"nomic-embed-text:latest"}  # nothing pulled
+
+
+def test_files_of_the_database_made_as_root_are_handed_to_the_ark_user(box: Box, runner: CliRunner) -> None:
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert (box.data / "ark.db").stat().st_uid == 65534  # opened by the secrets step, as root
+    assert (box.data / "deploy" / "compose" / "docker-compose.yml").stat().st_uid == 65534  # re-rendered later
+    assert (box.data / "secrets").stat().st_uid == 0 and (box.data / "deploy-state.json").stat().st_uid == 0
+
+
+def test_a_file_no_longer_rendered_is_removed_and_its_unit_stopped(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    timer = box.root / "etc/systemd/system/ark-backup.timer"
+    assert timer.is_file() and "ark-backup.timer" in system.load(box.state)["enabled"]
+    config = box.data / "ark.toml"
+    config.write_text(config.read_text() + "[backup]\nevery_hours = 6\n")  # ARK makes its own backups now
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    assert "remove /etc/systemd/system/ark-backup.timer (no longer rendered" in again.output
+    assert not timer.exists() and list((box.data / "deploy-backups").rglob("ark-backup.timer"))
+    assert "ark-backup.timer" not in system.load(box.state)["enabled"]
+
+
+def test_an_image_built_here_is_rebuilt_when_its_dockerfile_changes(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    dockerfile = "compose/comfyui/Dockerfile"
+    assert "build ark-local/comfyui" in first.output
+    lock = compose.images_lock_path(_settings(box))
+    lock.write_text(lock.read_text().replace(pins.TORCH_IMAGE, "pytorch/pytorch:0.0-gone"))  # its base unlocked
+    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "write " + dockerfile in planned.output
+    assert "rebuild ark-local/comfyui" in planned.output and "pull " not in planned.output
+    before = len(box.calls())
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    compose_file = str(box.data / "deploy" / compose.COMPOSE_FILE)
+    assert ["docker", "compose", "-f", compose_file, "build", "comfyui"] in box.changing_calls(since=before)
+    last = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    assert "Nothing to change" in last.output, last.output

@@ -151,6 +151,7 @@ def test_identity_headers_are_trusted_from_nginx_on_this_machine_only(
     assert grafana["GF_AUTH_PROXY_HEADER_NAME"] == "X-WEBAUTH-USER"  # what Nginx sets (ark/edge/sites.py)
     assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false" and grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
     assert grafana["GF_ANALYTICS_REPORTING_ENABLED"] == "false" and grafana["GF_ANALYTICS_CHECK_FOR_UPDATES"] == "false"
+    assert grafana["GF_PLUGINS_PREINSTALL_DISABLED"] == "true"  # no plugin downloaded at start
 
 
 def test_no_service_has_a_privilege_it_does_not_need(rendered: tuple[Settings, Path, dict[Path, str]]) -> None:
@@ -211,17 +212,28 @@ def test_the_n8n_encryption_key_never_reaches_n8n_environment(rendered: tuple[Se
     assert steps.index("unset ARK_N8N_ENCRYPTION_KEY") < len(steps) - 1 and steps[-1].startswith("exec node ")
     assert n8n["environment"]["N8N_ENCRYPTION_KEY_FILE"] == str(compose.N8N_KEY_FILE)
     assert shlex.split(steps[-1])[-1] == "start"
+    assert n8n["healthcheck"]["test"][-1].endswith("/healthz/readiness")  # healthy once migrated, as embedded
 
 
 def test_data_lives_under_the_data_directory_owned_as_each_image_runs(
     rendered: tuple[Settings, Path, dict[Path, str]],
 ) -> None:
-    s, _, _ = rendered
+    s, file, _ = rendered
     dirs = {d.path: d for d in compose.data_dirs(s)}
     assert all(path.is_relative_to(s.data_dir) for path in dirs)
     assert (dirs[s.data_dir / "grafana"].uid, dirs[s.data_dir / "grafana"].gid) == (472, 0)
     assert dirs[s.data_dir / "n8n"].uid == 1000 and dirs[s.data_dir / "monitor" / "prometheus"].uid == 65534
     assert dirs[s.data_dir / "secrets" / "compose"].mode == 0o700
+    # the data directory (ARK's container's) with the mode the directories step gives it: one mode, no change
+    # at every apply
+    assert dirs[s.data_dir].mode == 0o711
+    # ComfyUI stops at start when its base directory has no custom_nodes/; its database goes to user/, not into
+    # the image's folder its user cannot write
+    base = s.data_dir / "comfyui"
+    for folder in (base, base / "custom_nodes", base / "user"):
+        assert (dirs[folder].uid, dirs[folder].gid) == compose.COMFYUI_USER, folder
+    command = normalised(file)["services"]["comfyui"]["command"]
+    assert f"--database-url=sqlite:///{base / 'user' / 'comfyui.db'}" in command
 
 
 def test_image_tags_are_arks_own_pins(rendered: tuple[Settings, Path, dict[Path, str]]) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from ark.config import load_settings
 from ark.deploy import units
+from ark.edge.nginx import render_nginx_conf
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 OLLAMA_UNIT = """[Unit]
@@ -57,8 +58,12 @@ def verify(tmp_path: Path, files: dict[str, str]) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     names = ["ollama.service", *(Path(n).name for n in files if n.endswith((".service", ".timer")))]
+    if any("nginx.service.d" in n for n in files):
+        names.append("nginx.service")  # the distribution's unit, with ARK's drop-in
     for text in [*files.values(), OLLAMA_UNIT]:  # the programs the units start: stubs inside the root
         for value in fields(text).get("ExecStart", []):
+            if not value:
+                continue  # a drop-in's empty ExecStart= clears the unit's own
             program = root / value.split()[0].lstrip("/")
             program.parent.mkdir(parents=True, exist_ok=True)
             program.write_text("#!/bin/sh\n")
@@ -85,6 +90,37 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert verify(tmp_path, files) == ""
     broken = {**files, "systemd/ark.service": files["systemd/ark.service"].replace("Restart=", "Restrt=")}
     assert "Restrt" in verify(tmp_path / "again", broken)  # the check can fail: a typo is reported
+
+
+NGINX_UNIT = Path("/usr/lib/systemd/system/nginx.service")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd) is not installed")
+@pytest.mark.skipif(not NGINX_UNIT.is_file(), reason="nginx (Debian package nginx) is not installed")
+def test_nginx_drop_in_points_the_distributions_unit_at_the_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "data" / "deploy"
+    current = settings(tmp_path, '[edge]\ndomain = "ark.test"\n')
+    files = units.render(current, bundle)  # type: ignore[arg-type]
+    dropin = files["systemd/nginx.service.d/ark.conf"]
+    assert verify(tmp_path, files) == ""
+    conf = bundle / "nginx" / "nginx.conf"
+    service = fields(dropin)
+    # each command of Debian's unit cleared, then the same command with -c: start, the check before it, reload
+    assert service["ExecStart"] == ["", f"/usr/sbin/nginx -c {conf} -g 'daemon on; master_process on;'"]
+    assert service["ExecStartPre"][0] == "" and f"-t -q -c {conf}" in service["ExecStartPre"][1]
+    assert service["ExecReload"][0] == "" and service["ExecReload"][1].endswith("-s reload")
+    assert service["ExecStop"] == [
+        "",
+        "-/sbin/start-stop-daemon --quiet --stop --retry QUIT/5 --pidfile /run/nginx.pid",
+    ]
+    moved = units.nginx_dropin(
+        settings(tmp_path, '[edge]\ndomain = "ark.test"\nnginx_run_dir = "/run/ark-nginx"\n'), bundle
+    )  # type: ignore[arg-type]
+    assert "--pidfile /run/ark-nginx/nginx.pid" in moved and "RuntimeDirectory=ark-nginx" in moved  # remade at boot
+    pid = next(line for line in render_nginx_conf(current, bundle).splitlines() if line.startswith("pid "))
+    assert service["PIDFile"] == ["/run/nginx.pid"] and "/run/nginx.pid" in pid  # where nginx.conf writes it
+    broken = {**files, "systemd/nginx.service.d/ark.conf": dropin.replace("ExecStart=\n", "")}
+    assert "ExecStart" in verify(tmp_path / "again", broken)  # two ExecStart= for a forking unit: refused
 
 
 def test_ark_runs_unprivileged_in_a_sandbox_that_writes_only_its_data(tmp_path: Path) -> None:
@@ -139,3 +175,10 @@ def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_pat
     assert units.ollama_dropin(none) is None and "systemd/ollama.service.d/ark.conf" not in units.render(none)
     scheduled = settings(tmp_path, "[backup]\nevery_hours = 24\n")
     assert "systemd/ark-backup.timer" not in units.render(scheduled)  # type: ignore[arg-type]
+
+
+def test_beside_containers_the_backup_runs_as_root_who_reads_their_folders(tmp_path: Path) -> None:
+    beside = fields(units.backup_units(settings(tmp_path))["ark-backup.service"])  # type: ignore[arg-type]
+    alone = fields(units.backup_units(settings(tmp_path, '[deploy]\ncontainers = ""\n'))["ark-backup.service"])  # type: ignore[arg-type]
+    assert beside["User"] == ["root"] and alone["User"] == ["ark"]
+    assert beside["NoNewPrivileges"] == ["yes"] and beside["ProtectSystem"] == ["strict"]  # still sandboxed

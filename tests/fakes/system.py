@@ -10,7 +10,8 @@ What each answers follows the real tool where ARK reads it:
   nginx, ollama, wg-quick@), as systemd does; ``is-enabled``/``is-active`` exit 0, or 1 and 3;
   ``reload`` of an inactive unit fails.
 - ``docker compose -f FILE ...``: ``pull`` pulls the file's images; ``up`` fails when an ``env_file`` is missing
-  (as Compose does) and runs every service; ``ps --format json`` prints one JSON object a line (Compose
+  (as Compose does) and runs every service; ``restart`` fails for a service with no container;
+  ``ps --format json`` prints one JSON object a line (Compose
   2.21+); ``docker image inspect`` prints ``RepoDigests`` as ``repo@sha256:...`` or fails "No such image".
 - ``nft``: ``list table inet ark`` fails until a ruleset is loaded; ``-f FILE`` loads it; ``-c`` checks.
 """
@@ -170,6 +171,12 @@ def docker(args: list[str], data: dict[str, Any]) -> int:
                 data["images"][service["image"].split("@", 1)[0]] = _digest(service["image"])  # up pulls
         data["running"] = {name: hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()
                            for name, s in services.items()}  # fmt: skip
+        return 0
+    if verb == "restart":
+        named = [a for a in args[args.index(verb) + 1 :] if not a.startswith("-")]
+        if any(name not in data["running"] for name in named):
+            print(f"no container found for {named}", file=sys.stderr)
+            return 1
         return 0
     if verb == "ps":
         for name in sorted(data["running"]):

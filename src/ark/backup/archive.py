@@ -118,11 +118,21 @@ def _inside_link(data_dir: Path, rel: str, path: Path) -> str | None:
     return target if resolved.is_relative_to((data_dir / top).resolve()) and resolved.is_file() else None
 
 
+def _unreadable(exc: OSError) -> None:
+    """A folder the backup cannot read is never left out in silence (os.walk's default): the containers' data
+    folders belong to the users their images run as, and only root reads them all."""
+    who = "root" if os.geteuid() != 0 else "a user that can read it"
+    raise BackupError(
+        f"cannot read {exc.filename}: {exc.strerror or exc}. The backup would miss it: run `ark backup` as {who} "
+        "(with services in containers, the ark-backup timer does)"
+    )
+
+
 def data_files(data_dir: Path, *, media: bool, skip: Collection[Path] = ()) -> Iterator[Found]:
     """The data directory's files a backup keeps: regular files, and the links inside a secret folder that
     stay inside it. ``skip``: folders never to enter (the backups folder, wherever it is)."""
     avoid = {p.resolve() for p in skip}
-    for folder, dirs, files in os.walk(data_dir, followlinks=False):
+    for folder, dirs, files in os.walk(data_dir, onerror=_unreadable, followlinks=False):
         here = Path(folder)
         rel_dir = here.relative_to(data_dir).as_posix()
         if rel_dir == ".":

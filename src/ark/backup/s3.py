@@ -232,8 +232,9 @@ class Bucket:
     # -- copies ------------------------------------------------------------------------------------
     def upload(self, path: Path, *, progress: Progress | None = None, stop: threading.Event | None = None) -> Copy:
         """Copy ``path`` to the bucket under its name and check the copy (size and checksum)."""
-        size = path.stat().st_size
-        sha, reported = expected_checksum(path, self._part_size(size))
+        with _mapped(self.remote, f"cannot read {path}"):  # gone or unreadable: a failed copy, reported as one
+            size = path.stat().st_size
+            sha, reported = expected_checksum(path, self._part_size(size))
         if stop is not None and stop.is_set():  # while the (big) file was read
             raise S3Error("the transfer was stopped (ARK is stopping)")
         key = self.remote.key(path.name)
@@ -276,7 +277,10 @@ class Bucket:
         """Fetch ``s3://bucket/key`` into the folder ``into``; checked against the SHA-256 it was uploaded with.
         A download that does not match is deleted and refused."""
         url = self.remote.url(key, bucket)
+        # the key's last part names the file only when it is an archive's name: a key is anyone's text ("x/..",
+        # 1,000 characters, a NUL), and a file name of it could fail or point outside ``into``
         name = key.rsplit("/", 1)[-1]
+        name = name if archive.is_backup_name(name) else "archive.tar.gz"
         with _mapped(self.remote, f"cannot read {url}"):
             head = self.client.head_object(Bucket=bucket, Key=key)
         size = int(head.get("ContentLength", 0))
@@ -299,7 +303,8 @@ class Bucket:
                     f"{url} does not match the checksum it was uploaded with: the copy is damaged, nothing was changed"
                 )
         except BaseException:
-            target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # what failed is what is reported
+                target.unlink(missing_ok=True)
             raise
         return target
 
@@ -351,7 +356,7 @@ def push(
 
 
 # -- foreign errors, in one place ------------------------------------------------------------------------
-_CREDENTIALS = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+_CREDENTIALS = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidClientTokenId"}
 
 
 def _explain(remote: Remote, exc: BaseException) -> str:
@@ -368,6 +373,8 @@ def _explain(remote: Remote, exc: BaseException) -> str:
     if isinstance(cause, ClientError):
         error = cause.response.get("Error") or {}
         code, message = str(error.get("Code") or ""), str(error.get("Message") or cause)
+        if code == "AuthorizationHeaderMalformed":  # what a store says when s3_region is not its own
+            return f"{where} refused the request's signature ({code}): check [backup] s3_region: {message}"
         if code in _CREDENTIALS:
             return (
                 f"{where} refused the credentials ({code}): check [backup] s3_access_key_id and the secret key in "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from ark.backup import archive, s3
 from ark.backup.crypto import BackupError, check_passphrase
@@ -321,6 +322,16 @@ def restore(
     if isinstance(named, str) and Path(named).expanduser().absolute() != data_dir:
         console.print(
             f"[yellow]The config names data_dir = {named!r}: start ARK with --data-dir {data_dir} or edit it.[/]"
+        )
+    bucket = _config_value(config, "backup", "s3_bucket") if config else None
+    if config and isinstance(bucket, str) and bucket.strip():
+        # copies are named by time only: two ARKs copying to one place prune each other's
+        prefix = _config_value(config, "backup", "s3_prefix")
+        prefix = prefix.strip("/ ") if isinstance(prefix, str) else ""
+        where = f"s3://{bucket.strip()}/" + (f"{prefix}/" if prefix else "")
+        console.print(
+            f"[yellow]The config copies backups to {escape(where)} and deletes older copies there: while the box it "
+            "came from still runs, give this one its own \\[backup] s3_prefix before starting ARK.[/]"
         )
 
 

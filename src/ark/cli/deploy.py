@@ -24,8 +24,23 @@ root_option = click.option(
     default=Path("/"),
     show_default=True,
     help="Install the system files under this folder instead of / (a throwaway root; ARK's data directory "
-    "is the configured one).",
+    "is the configured one). No command runs on this machine then, unless --system-commands says where from.",
 )
+commands_option = click.option(
+    "--system-commands",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Run systemctl, docker, nginx, wg, nft... from this folder first (put first on PATH for every "
+    "command this run starts): stand-ins that record them, for a test into a --root.",
+)
+
+
+def make_box(root: Path, system_commands: Path | None) -> Box:
+    """Under a --root other than /, commands run only from --system-commands: never this machine's own,
+    which would enable units, load a firewall or restart services for real beside a throwaway root."""
+    root = root.absolute()
+    if system_commands is not None:
+        os.environ["PATH"] = f"{system_commands.absolute()}{os.pathsep}{os.environ.get('PATH', '')}"
+    return Box(root=root, run_commands=root == Path("/") or system_commands is not None)
 
 
 class ConsoleReporter:
@@ -90,22 +105,26 @@ def deploy() -> None:
 @deploy.command("plan")
 @config_options
 @root_option
-def deploy_plan(config_path: Path | None, data_dir: Path | None, root: Path) -> None:
+@commands_option
+def deploy_plan(config_path: Path | None, data_dir: Path | None, root: Path, system_commands: Path | None) -> None:
     """Say what `ark deploy apply` would change, step by step, with a diff of each file it would replace.
 
     Changes nothing on the box (the WireGuard server key is made once, as `ark render` makes it).
     """
     settings = settings_or_exit(config_path, data_dir)
-    results = Deploy(settings, Box(root=root.absolute()), reporter=ConsoleReporter()).plan()
+    results = Deploy(settings, make_box(root, system_commands), reporter=ConsoleReporter()).plan()
     _tail(results, applied=False)
 
 
 @deploy.command("apply")
 @config_options
 @root_option
+@commands_option
 @click.option("--dry-run", is_flag=True, help="Only say what would change (as `ark deploy plan`).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before changing the box.")
-def deploy_apply(config_path: Path | None, data_dir: Path | None, root: Path, dry_run: bool, yes: bool) -> None:
+def deploy_apply(
+    config_path: Path | None, data_dir: Path | None, root: Path, system_commands: Path | None, dry_run: bool, yes: bool
+) -> None:
     """Render, install and start everything: files (a copy of each replaced one kept), folders, keys, units,
     models, containers, certificates, WireGuard, then the firewall with its rollback guard.
 
@@ -113,7 +132,7 @@ def deploy_apply(config_path: Path | None, data_dir: Path | None, root: Path, dr
     not installed stops here and names what to install.
     """
     settings = settings_or_exit(config_path, data_dir)
-    box = Box(root=root.absolute())
+    box = make_box(root, system_commands)
     planned = Deploy(settings, box, reporter=ConsoleReporter()).plan()
     count, _ = summary(planned)
     if dry_run or count == 0:

@@ -57,6 +57,7 @@ class Box:
     run: Runner = run_command
     which: Callable[[str], str | None] = shutil.which
     now: Callable[[], float] = time.time
+    run_commands: bool = True  # False: a --root install with nothing run on this machine
     commands: list[list[str]] = field(default_factory=list)  # every command that changed something, in order
 
     def path(self, system_path: str | Path) -> Path:

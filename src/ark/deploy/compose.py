@@ -221,7 +221,12 @@ def _comfyui(settings: Settings, bundle: Path) -> dict[str, Any]:
         "build": {"context": str(bundle / Path(COMFYUI_DOCKERFILE).parent)},
         # not read-only: custom nodes install and write beside their code; the image's user owns none of it
         **_hardening(read_only=False),
-        "command": ["--listen", listen.host, "--port", str(listen.port), "--base-directory", str(base)],
+        # --base-directory leaves the database in the image's own folder (ComfyUI/user/), which its user cannot
+        # write: it goes beside the rest
+        "command": [
+            *("--listen", listen.host, "--port", str(listen.port), "--base-directory", str(base)),
+            f"--database-url=sqlite:///{base / 'user' / 'comfyui.db'}",
+        ],
         "environment": {"HOME": str(cache), "XDG_CACHE_HOME": str(cache), "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"},
         "volumes": [_bind(base)],
         "deploy": _gpu(),
@@ -296,6 +301,7 @@ def _grafana(settings: Settings, bundle: Path) -> dict[str, Any]:
         "GF_ANALYTICS_FEEDBACK_LINKS_ENABLED": "false",
         "GF_NEWS_NEWS_FEED_ENABLED": "false",
         "GF_SNAPSHOTS_EXTERNAL_ENABLED": "false",
+        "GF_PLUGINS_PREINSTALL_DISABLED": "true",  # else it downloads its default app plugins at each start
     }
     if domain:
         env |= {"GF_SERVER_ROOT_URL": f"https://grafana.{domain}/", "GF_SECURITY_COOKIE_SECURE": "true"}
@@ -342,7 +348,8 @@ def _n8n(settings: Settings) -> dict[str, Any]:
         "environment": env,
         "env_file": [{"path": str(env_file(settings, "n8n")), "required": True}],
         "volumes": volumes,
-        "healthcheck": _health(_http_check("wget", f"http://{listen.local()}/healthz"), 300),
+        # ready once its database is migrated, as embedded mode waits for it (/healthz answers as soon as it listens)
+        "healthcheck": _health(_http_check("wget", f"http://{listen.local()}/healthz/readiness"), 300),
     }
 
 
@@ -467,7 +474,8 @@ def data_dirs(settings: Settings) -> list[DataDir]:
     chosen = settings.deploy.containers
     found = [DataDir(secrets_dir(settings), 0, 0, 0o700)] if chosen else []
     if "ark" in chosen:
-        found.append(DataDir(data, *ark_user(settings), 0o700))
+        # 0711 as the directories step of `ark deploy apply` wants it too (two modes: a change at every apply)
+        found.append(DataDir(data, *ark_user(settings), 0o711))
     owners = {
         "open-webui": (data / "open-webui", ROOT),
         "chromadb": (webui.chroma_path(settings), ROOT),
@@ -481,6 +489,10 @@ def data_dirs(settings: Settings) -> list[DataDir]:
         if name in owners:
             path, (uid, gid) = owners[name]
             found.append(DataDir(path, uid, gid, 0o700))
+    if "comfyui" in chosen:
+        # ComfyUI lists custom_nodes/ before it makes any folder: a base directory without one stops its start
+        # (Comfy-Org/ComfyUI#8434); user/ holds its database
+        found += [DataDir(data / "comfyui" / name, *COMFYUI_USER, 0o700) for name in ("custom_nodes", "user")]
     return found
 
 

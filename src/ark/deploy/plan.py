@@ -22,11 +22,14 @@ apply and names what to install; the steps before it stay done, and the next app
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import time
 import urllib.error
@@ -40,6 +43,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+import ark
 from ark.config import Settings
 from ark.config.inference import EngineSettings
 from ark.deploy import compose, pins
@@ -53,6 +57,7 @@ from ark.edge.render import RenderContext, default_out, make_context, render_bun
 SYSTEMD = "/etc/systemd/system"
 STATE_FILE = "deploy-state.json"  # in DATA: what the last apply brought up (the config's and compose file's hash)
 BACKUPS_DIR = "deploy-backups"  # in DATA: files an apply replaced, by time
+_SECRET_LINE = re.compile(r"^(\s*(?:private|preshared)key\s*=\s*)\S.*?(\r?\n?)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Install:
     bundle: str
     target: str
     mode: int = PUBLIC
+    dir_mode: int = 0o755  # of its folder, when the apply makes it
 
 
 def installs(settings: Settings, files: Files) -> list[Install]:
@@ -110,7 +116,7 @@ def installs(settings: Settings, files: Files) -> list[Install]:
         Install("systemd/ark-backup.timer", f"{SYSTEMD}/ark-backup.timer"),
         Install("systemd/ollama.service.d/ark.conf", f"{SYSTEMD}/ollama.service.d/ark.conf"),
         Install("systemd/nginx.service.d/ark.conf", f"{SYSTEMD}/nginx.service.d/ark.conf"),
-        Install(f"wireguard/{iface}.conf", f"/etc/wireguard/{iface}.conf", PRIVATE),
+        Install(f"wireguard/{iface}.conf", f"/etc/wireguard/{iface}.conf", PRIVATE, 0o700),
     ]
     return [entry for entry in table if entry.bundle in files]
 
@@ -127,6 +133,12 @@ def _diff(old: bytes, new: bytes, name: str) -> str:
     return "".join(difflib.unified_diff(before, after, f"{name} (now)", f"{name} (rendered)"))
 
 
+def _redacted(data: bytes) -> bytes:
+    """A private file as a diff may show it: its ``PrivateKey`` and ``PresharedKey`` values hidden."""
+    lines = data.decode(errors="replace").splitlines(keepends=True)
+    return "".join(_SECRET_LINE.sub(r"\1(hidden)\2", line) for line in lines).encode()
+
+
 class Deploy:
     """One plan or apply of ``settings`` onto ``box``."""
 
@@ -136,8 +148,10 @@ class Deploy:
         self.report = reporter or Quiet()
         self.data = settings.data_dir
         self.bundle = default_out(settings).absolute()
-        self.touched: set[str] = set()  # system paths (and bundle parts) this run changes, or would
         self.state = self._load_state()
+        # system paths (and bundle parts) this run changes, or would; with those an apply that stopped midway
+        # changed, so the restart or sync they owe is still made
+        self.touched: set[str] = {str(item) for item in self.state.get("pending", [])}
         self.tls = self._tls()
         self.ctx: RenderContext = make_context(settings, self.bundle, self.tls)
         self.parts = render_parts(self.ctx)
@@ -150,6 +164,7 @@ class Deploy:
             UserStep(self),
             DirectoriesStep(self),
             SecretsStep(self),
+            OwnershipStep(self),
             FilesStep(self),
             ServicesStep(self),
             ModelsStep(self),
@@ -163,12 +178,12 @@ class Deploy:
         results = []
         for step in self.steps():
             self.report.step(step.name, step.title)
-            result = StepResult(step.name, missing=self.box.missing(*step.tools()) if step.applies() else [])
-            if step.applies():
+            result = StepResult(step.name, missing=self.box.missing(*step.tools()) if self._runs(step) else [])
+            if self._runs(step):
                 result.changes = step.plan()
                 result.notes = step.notes
             else:
-                result.notes = [step.skipped()]
+                result.notes = [self._why_not(step)]
             for change in result.changes:
                 self.report.changed(change)
             for note in result.notes:
@@ -180,22 +195,37 @@ class Deploy:
         results = []
         for step in self.steps():
             self.report.step(step.name, step.title)
-            if not step.applies():
-                results.append(StepResult(step.name, notes=[step.skipped()]))
-                self.report.note(step.skipped())
+            if not self._runs(step):
+                results.append(StepResult(step.name, notes=[self._why_not(step)]))
+                self.report.note(self._why_not(step))
                 continue
             missing = self.box.missing(*step.tools())
             if missing:
                 what = "; ".join(f"{tool}: {install_hint(tool)}" for tool in missing)
                 raise DeployError(f"step {step.name} needs what is not installed: {what}")
-            changes = step.run()
+            try:
+                changes = step.run()
+            finally:
+                if self.touched:
+                    self._save_state()  # a later step that fails leaves what it owes for the next apply
             for change in changes:
                 self.report.changed(change)
             for note in step.notes:
                 self.report.note(note)
             results.append(StepResult(step.name, changes, list(step.notes)))
-        self._save_state()
+        handed = hand_over(self)  # what later steps wrote as root (a re-rendered file, the digest lock...)
+        if handed:
+            self.report.note(f"handed {len(handed)} files ARK made as root to the user {self.settings.deploy.user}")
+        self._save_state(done=True)
         return results
+
+    def _runs(self, step: Step) -> bool:
+        return step.applies() and (self.box.run_commands or not step.commands)
+
+    def _why_not(self, step: Step) -> str:
+        if not step.applies():
+            return step.skipped()
+        return f"not run: under --root {self.box.root} no command runs on this machine (see --system-commands)"
 
     # -- shared -----------------------------------------------------------------------------------------
     def _tls(self) -> str:
@@ -217,8 +247,12 @@ class Deploy:
             return {}
         return state if isinstance(state, dict) else {}
 
-    def _save_state(self) -> None:
-        self.state["config"] = self.config_hash()
+    def _save_state(self, *, done: bool = False) -> None:
+        if done:
+            self.state["config"] = self.config_hash()
+            self.state.pop("pending", None)
+        else:
+            self.state["pending"] = sorted(self.touched)
         write_atomic(self.data / STATE_FILE, json.dumps(self.state, indent=2, sort_keys=True).encode(), PRIVATE)
 
     def config_hash(self) -> str | None:
@@ -240,6 +274,7 @@ class Deploy:
 class Step:
     name = ""
     title = ""
+    commands = True  # it runs commands on this machine, or acts on its live services
 
     def __init__(self, deploy: Deploy) -> None:
         self.d = deploy
@@ -272,6 +307,7 @@ class Step:
 
 class BundleStep(Step):
     name, title = "bundle", "the bundle `ark render` writes (DATA/deploy)"
+    commands = False
 
     def plan(self) -> list[Change]:
         by_part: dict[str, list[str]] = {}
@@ -326,6 +362,7 @@ class _Folder:
 
 class DirectoriesStep(Step):
     name, title = "directories", "the data directory and the containers' folders (owner, mode)"
+    commands = False
 
     def _folders(self) -> list[_Folder]:
         try:
@@ -334,7 +371,11 @@ class DirectoriesStep(Step):
         except KeyError:  # made by the user step during apply; a plan says so there
             uid = gid = -1
         found = [_Folder(self.d.data, uid, gid, 0o711)]
-        found += [_Folder(d.path, d.uid, d.gid, d.mode) for d in compose.data_dirs(self.settings)]
+        # the "ark" container's entry names the data directory again: one entry a folder, or two modes for
+        # it would make a change at every apply (the first holds: Nginx's workers reach the webroot through it)
+        found += [
+            _Folder(d.path, d.uid, d.gid, d.mode) for d in compose.data_dirs(self.settings) if d.path != self.d.data
+        ]
         return found
 
     def plan(self) -> list[Change]:
@@ -368,6 +409,7 @@ def _owner(folder: _Folder) -> str:
 
 class SecretsStep(Step):
     name, title = "secrets", "the containers' gateway keys and secrets (DATA/secrets, 0600)"
+    commands = False
 
     def applies(self) -> bool:
         return compose.COMPOSE_FILE in self.d.files
@@ -415,8 +457,90 @@ def env_files(compose_file: bytes) -> list[Path]:
     return sorted(set(found))
 
 
+# In the data directory, what stays root's: the containers' secrets, the copies of replaced system files, this
+# file, the image lock, the firewall's apply state; the backups (the backup timer runs as root beside
+# containers). The containers' own folders belong to the users their images run as.
+ROOTS_OWN = ("secrets", BACKUPS_DIR, STATE_FILE, pins.LOCK_FILE, "firewall/apply")
+
+
+def _ark_ids(settings: Settings) -> tuple[int, int] | None:
+    try:
+        user = pwd.getpwnam(settings.deploy.user)
+    except KeyError:
+        return None
+    return user.pw_uid, user.pw_gid
+
+
+def root_owned(d: Deploy) -> list[Path]:
+    """Files and folders under the data directory that root made (an apply opens ARK's database, writes the
+    bundle and the services' keys as root) and ARK, running as its own user, must own."""
+    data = d.data
+    skip = {data / rel for rel in ROOTS_OWN} | {d.settings.backups_dir}
+    skip |= {folder.path for folder in compose.data_dirs(d.settings) if folder.path != data}
+    found = []
+    for folder, dirs, files in os.walk(data, followlinks=False):
+        here = Path(folder)
+        dirs[:] = sorted(name for name in dirs if here / name not in skip)
+        for name in [*dirs, *sorted(files)]:
+            path = here / name
+            if path in skip:
+                continue
+            try:
+                if path.lstat().st_uid == 0:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def hand_over(d: Deploy) -> list[Path]:
+    """Give what root made in the data directory to the ARK user (a group already set, e.g. for Nginx's
+    workers, is kept)."""
+    ids = _ark_ids(d.settings)
+    if ids is None or ids[0] == 0:
+        return []
+    uid, gid = ids
+    found = root_owned(d)
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            group = path.lstat().st_gid
+            os.lchown(path, uid, gid if group == 0 else -1)
+    return found
+
+
+class OwnershipStep(Step):
+    name, title = "ownership", "ARK's files in its data directory owned by its user"
+    commands = False
+
+    def applies(self) -> bool:
+        ids = _ark_ids(self.settings)
+        return ids is None or ids[0] != 0
+
+    def skipped(self) -> str:
+        return "ARK runs as root ([deploy] user)"
+
+    def plan(self) -> list[Change]:
+        found = root_owned(self.d)
+        user = self.settings.deploy.user
+        if not found:
+            return []
+        shown = ", ".join(str(p.relative_to(self.d.data)) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        return [Change(f"hand {len(found)} files made as root to {user} ({shown})")]
+
+    def run(self) -> list[Change]:
+        """Always: the secrets step just now may have made ARK's database as root."""
+        changes = self.plan()
+        if changes:
+            hand_over(self.d)
+        return changes
+
+    def apply(self, changes: list[Change]) -> None:
+        hand_over(self.d)
+
+
 class FilesStep(Step):
     name, title = "files", "the bundle's files where the system reads them (a copy of what they replace is kept)"
+    commands = False
 
     def _installs(self) -> Iterator[tuple[Install, Path, bytes, bytes | None]]:
         for entry in installs(self.settings, self.d.files):
@@ -428,8 +552,23 @@ class FilesStep(Step):
                 now = None
             yield entry, target, content, now
 
+    def _gone(self) -> list[str]:
+        """What an earlier apply installed that this configuration no longer renders (the backup timer once
+        ARK makes its own backups, ark.service once ARK runs in its container)."""
+        current = {entry.target for entry in installs(self.settings, self.d.files)}
+        earlier = [str(path) for path in self.d.state.get("installed", [])]
+        return [path for path in earlier if path not in current and self.box.path(path).exists()]
+
+    def run(self) -> list[Change]:
+        changes = super().run()
+        self.d.state["installed"] = sorted(entry.target for entry in installs(self.settings, self.d.files))
+        return changes
+
     def plan(self) -> list[Change]:
         changes = []
+        for path in self._gone():
+            self.d.touched.add(path)
+            changes.append(Change(f"remove {path} (no longer rendered; a copy is kept)", argv=("remove", path)))
         for entry, target, content, now in self._installs():
             mode_wrong = now is not None and target.stat().st_mode & 0o7777 != entry.mode
             if now == content and not mode_wrong:
@@ -440,16 +579,29 @@ class FilesStep(Step):
             elif now == content:
                 changes.append(Change(f"fix the mode of {entry.target} to {entry.mode:o}"))
             else:
-                changes.append(
-                    Change(f"replace {entry.target} (from {entry.bundle})", _diff(now, content, entry.target))
+                private = entry.mode == PRIVATE  # a WireGuard config: its keys are never printed
+                diff = (
+                    _diff(_redacted(now), _redacted(content), entry.target)
+                    if private
+                    else _diff(now, content, entry.target)
                 )
+                changes.append(Change(f"replace {entry.target} (from {entry.bundle})", diff))
         return changes
 
     def apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.argv[:1] != ("remove",):
+                continue
+            path = change.argv[1]
+            unit = Path(path).name
+            if Path(path).parent == Path(SYSTEMD) and unit.endswith((".service", ".timer")):
+                self.box.change("systemctl", "disable", "--now", unit)  # stopped before its file goes
+            self.notes.append(f"kept the removed {path} as {self.d.backup_replaced(self.box.path(path), path)}")
+            self.box.path(path).unlink()
         for entry, target, content, now in self._installs():
             if now is not None and now != content:
                 self.notes.append(f"kept the replaced {entry.target} as {self.d.backup_replaced(target, entry.target)}")
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=entry.dir_mode)
             write_atomic(target, content, entry.mode)
 
 
@@ -572,24 +724,31 @@ class ModelsStep(Step):
         request = urllib.request.Request(f"{self._url()}/api/pull", data=body, method="POST")  # noqa: S310
         request.add_header("Content-Type", "application/json")
         try:
+            status = ""
             with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 - http(s)
                 for raw in answer:
                     line = json.loads(raw)
                     if "error" in line:
                         raise DeployError(f"ollama pull {model}: {line['error']}")
+                    status = str(line.get("status", ""))
                     total = line.get("total")
                     self.d.report.progress(f"{model}: {line.get('status', '')}", line.get("completed", 0), total)
         except urllib.error.HTTPError as exc:
             raise DeployError(
                 f"ollama pull {model}: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}"
             ) from None
-        except (OSError, ValueError) as exc:
-            raise DeployError(f"ollama pull {model}: {exc}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead: the stream was cut
+            raise DeployError(f"ollama pull {model}: {exc!r}") from None
+        if status != "success":
+            raise DeployError(f"ollama pull {model}: the stream ended at {status!r}, not at success: apply again")
 
 
 def _tagged(name: str) -> str:
     """Ollama's names: ``llama3`` is ``llama3:latest``."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+RESTARTED_ON_BUNDLE = ("prometheus", "alertmanager", "grafana")  # read their bundle folder only at start
 
 
 class ContainersStep(Step):
@@ -611,6 +770,20 @@ class ContainersStep(Step):
     def _compose(self, *args: str) -> list[str]:
         return ["docker", "compose", "-f", str(self.file), *args]
 
+    def _recipe_now(self, service: str) -> str:
+        if service == "comfyui":
+            return _sha((self.d.bundle / compose.COMFYUI_DOCKERFILE).read_bytes())
+        return self._recipe(service)
+
+    def _recipe(self, service: str) -> str:
+        """What an image built here is made from: its Dockerfile (ComfyUI's is in the bundle), and for ARK's
+        own the lock file and the version (a checkout moved on rebuilds it)."""
+        if service == "comfyui":
+            return _sha(self.d.files[compose.COMFYUI_DOCKERFILE].content)
+        root = compose.source_root()
+        parts = [root / "Dockerfile", root / "requirements" / "ark.lock"]
+        return _sha(b"".join(p.read_bytes() for p in parts if p.is_file()) + ark.__version__.encode())
+
     def _missing_images(self) -> dict[str, str]:
         """Service -> image, for the images not on this machine yet."""
 
@@ -630,12 +803,17 @@ class ContainersStep(Step):
             return [Change("docker compose: (docker is not installed)")]
         if self.box.query("docker", "compose", "version").returncode != 0:
             self.notes.append(f"docker compose (the plugin): {install_hint('docker')}")
+        missing = self._missing_images()
         changes = [
             Change(f"build {ref} (from its Dockerfile)", argv=("build", service))
             if service in pins.BUILT
             else Change(f"pull {ref}", argv=("pull", service))
-            for service, ref in sorted(self._missing_images().items())
+            for service, ref in sorted(missing.items())
         ]
+        built = self.d.state.get("built", {})
+        for service, ref in sorted(compose.images(self.settings).items()):
+            if service in pins.BUILT and service not in missing and built.get(service) != self._recipe(service):
+                changes.append(Change(f"rebuild {ref} (what it is built from changed)", argv=("build", service)))
         running = self._running()
         wanted = sorted(compose.images(self.settings))
         stopped = [service for service in wanted if running.get(service) != "running"]
@@ -644,6 +822,16 @@ class ContainersStep(Step):
             changes.append(Change(f"start {', '.join(stopped)}"))
         elif self.d.state.get("compose") != _sha(rendered) or self.d.touched & {"secrets"}:
             changes.append(Change("update the containers (the compose file changed)"))
+        # `up` recreates a container only when its compose entry changed: the files it reads from the
+        # bundle (prometheus.yml, alert rules, Grafana's provisioning) and ark.toml need a restart
+        config_changed = self.d.state.get("config") != self.d.config_hash()
+        for service in wanted:
+            if service in stopped:
+                continue
+            if f"bundle:{service}" in self.d.touched and service in RESTARTED_ON_BUNDLE:
+                changes.append(Change(f"restart {service} (its configuration changed)", argv=("restart", service)))
+            elif service == "ark" and config_changed:
+                changes.append(Change("restart ark (ark.toml changed)", argv=("restart", service)))
         return changes
 
     def apply(self, changes: list[Change]) -> None:
@@ -657,8 +845,15 @@ class ContainersStep(Step):
             self.box.change(*self._compose("build", *builds))
         if pulls or builds:
             self._lock_digests()
+        if builds:  # after the lock: ComfyUI's Dockerfile names its base by digest from now on
+            recipes = self.d.state.setdefault("built", {})
+            for service in builds:
+                recipes[service] = self._recipe_now(service)
         self.box.change(*self._compose("up", "--detach", "--remove-orphans", "--wait"))
         self.d.state["compose"] = _sha(self.file.read_bytes())
+        restarts = [change.argv[1] for change in changes if change.argv[:1] == ("restart",)]
+        if restarts:
+            self.box.change(*self._compose("restart", *restarts))
 
     def _lock_digests(self) -> None:
         """The digest each pulled tag resolved to, kept in the lock: the next render names the image by it,

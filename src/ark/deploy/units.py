@@ -144,7 +144,9 @@ def ollama_dropin(settings: Settings) -> str | None:
 
 
 def backup_units(settings: Settings) -> dict[str, str]:
-    user = settings.deploy.user
+    # with services in containers their data folders belong to the users their images run as: only root
+    # reads them all (a backup never leaves out a folder it cannot read; it fails)
+    user = "root" if settings.deploy.containers else settings.deploy.user
     service = "\n".join(
         [
             "# ark-backup.service, rendered by `ark render`: one `ark backup` (docs/backup.md)",
@@ -205,6 +207,9 @@ def nginx_dropin(settings: Settings, bundle: Path) -> str:
             f"ExecStart=/usr/sbin/nginx -c {conf} {daemon}",
             "ExecReload=",
             f"ExecReload=/usr/sbin/nginx -c {conf} {daemon} -s reload",
+            "ExecStop=",  # Debian's stops the pid of /run/nginx.pid: a graceful stop of this one's
+            f"ExecStop=-/sbin/start-stop-daemon --quiet --stop --retry QUIT/5 --pidfile {pid}",
+            *([f"RuntimeDirectory={run.relative_to('/run')}"] if run and run.is_relative_to("/run") else []),
             "",
         ]
     )
