@@ -301,7 +301,9 @@ def test_files_of_the_database_made_as_root_are_handed_to_the_ark_user(box: Box,
     applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
     assert applied.exit_code == 0, applied.output
     assert (box.data / "ark.db").stat().st_uid == 65534  # opened by the secrets step, as root
-    assert (box.data / "deploy" / "compose" / "docker-compose.yml").stat().st_uid == 65534  # re-rendered later
+    assert (box.data / "open-webui.key").stat().st_uid == 65534  # a service key, made by the same step
+    # root's: what root's Nginx, Docker and nftables read (whoever writes it runs anything as root)
+    assert all(p.stat().st_uid == 0 for p in (box.data / "deploy").rglob("*") if not p.is_symlink())
     assert (box.data / "secrets").stat().st_uid == 0 and (box.data / "deploy-state.json").stat().st_uid == 0
 
 
@@ -336,3 +338,78 @@ def test_an_image_built_here_is_rebuilt_when_its_dockerfile_changes(box: Box, ru
     assert ["docker", "compose", "-f", compose_file, "build", "comfyui"] in box.changing_calls(since=before)
     last = box.ark(runner, "deploy", "plan", "--root", str(box.root))
     assert "Nothing to change" in last.output, last.output
+
+
+def test_certbots_folders_and_what_links_outside_stay_roots(box: Box, runner: CliRunner, tmp_path: Path) -> None:
+    """root's certbot renews from DATA/certbot and runs the hooks its renewal files name; a hard link or a
+    symlink in the data directory (the ARK user's) never hands over what it points at."""
+    renewal = box.data / "certbot" / "config" / "renewal"
+    renewal.mkdir(parents=True)
+    (renewal / "chat.example.test.conf").write_text("[renewalparams]\n")  # certbot, run as root, made it
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "shadow").write_text("root's\n")
+    os.link(outside / "shadow", box.data / "linked")
+    (box.data / "through").symlink_to(outside, target_is_directory=True)
+    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert applied.exit_code == 0, applied.output
+    assert (box.data / "ark.db").stat().st_uid == 65534  # what must be handed over still is
+    for path in (box.data / "certbot", renewal, renewal / "chat.example.test.conf", outside, outside / "shadow"):
+        assert path.stat().st_uid == 0, path
+
+
+def test_only_a_file_ark_installs_is_ever_removed(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert box.ark(runner, "firewall", "confirm").exit_code == 0
+    own = box.root / "etc/systemd/system/backup-offsite.service"  # the operator's, beside ARK's
+    own.write_text("[Service]\nExecStart=/usr/local/bin/offsite\n")
+    state_file = box.data / "deploy-state.json"
+    state = json.loads(state_file.read_text())
+    state["installed"] = [*state["installed"], "/etc/systemd/system/backup-offsite.service"]  # the ARK user's edit
+    state_file.write_text(json.dumps(state))
+    before = len(box.calls())
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    assert own.is_file() and "backup-offsite" not in again.output
+    assert box.changing_calls(since=before) == []
+
+
+def test_a_look_under_a_root_runs_nothing_and_leaves_the_record(box: Box, runner: CliRunner, tmp_path: Path) -> None:
+    """`--root` without `--system-commands` neither disables a unit on this machine nor records anything: the
+    next real apply still restarts what the config change needs."""
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert box.ark(runner, "firewall", "confirm").exit_code == 0
+    look_root = tmp_path / "look"
+    look_root.mkdir()
+    look = ["deploy", "apply", "--root", str(look_root), "--yes", "--data-dir", str(box.data)]
+    assert runner.invoke(main, look, env=box.env, catch_exceptions=False).exit_code == 0
+    assert (look_root / "etc/systemd/system/ark-backup.timer").is_file()
+    config = box.data / "ark.toml"
+    config.write_text(config.read_text() + "[backup]\nevery_hours = 6\n")  # the timer is no longer rendered
+    recorded, before = (box.data / "deploy-state.json").read_bytes(), len(box.calls())
+    result = runner.invoke(main, look, env=box.env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not (look_root / "etc/systemd/system/ark-backup.timer").exists()
+    assert box.calls()[before:] == [], "a look ran a command on this machine"
+    assert (box.data / "deploy-state.json").read_bytes() == recorded
+    real = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert real.exit_code == 0, real.output
+    changing = box.changing_calls(since=before)
+    assert ["systemctl", "disable", "--now", "ark-backup.timer"] in changing
+    assert ["systemctl", "restart", "ark.service"] in changing  # ark.toml changed since the last real apply
+
+
+def test_a_renamed_wireguard_interface_stops_the_old_one(box: Box, runner: CliRunner) -> None:
+    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert first.exit_code == 0, first.output
+    assert box.ark(runner, "firewall", "confirm").exit_code == 0
+    config = box.data / "ark.toml"
+    config.write_text(config.read_text() + '[wireguard]\ninterface = "wg1"\n')
+    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    assert again.exit_code == 0, again.output
+    assert not (box.root / "etc/wireguard/wg0.conf").exists() and (box.root / "etc/wireguard/wg1.conf").is_file()
+    state = system.load(box.state)
+    assert "wg-quick@wg1.service" in state["enabled"] and "wg-quick@wg1.service" in state["active"]
+    assert "wg-quick@wg0.service" not in state["enabled"] + state["active"]  # its file is gone: it is stopped too

@@ -37,7 +37,7 @@ commands_option = click.option(
 def make_box(root: Path, system_commands: Path | None) -> Box:
     """Under a --root other than /, commands run only from --system-commands: never this machine's own,
     which would enable units, load a firewall or restart services for real beside a throwaway root."""
-    root = root.absolute()
+    root = root.resolve()  # a link to / (or /tmp/..) is /: the real box
     if system_commands is not None:
         os.environ["PATH"] = f"{system_commands.absolute()}{os.pathsep}{os.environ.get('PATH', '')}"
     return Box(root=root, run_commands=root == Path("/") or system_commands is not None)

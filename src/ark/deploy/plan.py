@@ -31,6 +31,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,7 @@ from ark.deploy import compose, pins
 from ark.deploy.box import Box, DeployError, compose_rows, install_hint
 from ark.edge.acme import Acme, CertbotDirs
 from ark.edge.apply import FirewallGuard
+from ark.edge.certs import CERTBOT_DIR
 from ark.edge.files import PRIVATE, PUBLIC, Files, read_existing, write_atomic
 from ark.edge.persist import Persister
 from ark.edge.render import RenderContext, default_out, make_context, render_bundle, render_parts
@@ -248,6 +250,8 @@ class Deploy:
         return state if isinstance(state, dict) else {}
 
     def _save_state(self, *, done: bool = False) -> None:
+        if not self.box.run_commands:
+            return  # a look into a throwaway root: the record stays the real box's (what it was brought up with)
         if done:
             self.state["config"] = self.config_hash()
             self.state.pop("pending", None)
@@ -266,6 +270,10 @@ class Deploy:
         """Keep a copy of a file about to be replaced: DATA/deploy-backups/TIME/<its system path>."""
         stamp = datetime.fromtimestamp(self.box.now(), UTC).strftime("%Y%m%dT%H%M%SZ")
         copy = self.data / BACKUPS_DIR / stamp / system_path.lstrip("/")
+        n = 1
+        while copy.exists():  # two applies in one second: the first copy (the operator's own file) stays
+            n += 1
+            copy = self.data / BACKUPS_DIR / f"{stamp}-{n}" / system_path.lstrip("/")
         copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copy2(target, copy)
         return copy
@@ -457,10 +465,12 @@ def env_files(compose_file: bytes) -> list[Path]:
     return sorted(set(found))
 
 
-# In the data directory, what stays root's: the containers' secrets, the copies of replaced system files, this
-# file, the image lock, the firewall's apply state; the backups (the backup timer runs as root beside
-# containers). The containers' own folders belong to the users their images run as.
-ROOTS_OWN = ("secrets", BACKUPS_DIR, STATE_FILE, pins.LOCK_FILE, "firewall/apply")
+# In the data directory, what stays root's: the bundle (root's Nginx, Docker and nftables read it: whoever may
+# write it may run anything as root), the containers' secrets, the copies of replaced system files, this file,
+# the image lock, the firewall's apply state, certbot's folders (root's certbot renews from them and runs the
+# hooks their renewal files name; they hold the sites' private keys); the backups (the backup timer runs as
+# root beside containers). The containers' own folders belong to the users their images run as.
+ROOTS_OWN = ("deploy", "secrets", BACKUPS_DIR, STATE_FILE, pins.LOCK_FILE, "firewall/apply", CERTBOT_DIR)
 
 
 def _ark_ids(settings: Settings) -> tuple[int, int] | None:
@@ -471,26 +481,35 @@ def _ark_ids(settings: Settings) -> tuple[int, int] | None:
     return user.pw_uid, user.pw_gid
 
 
+def _root_owned(d: Deploy) -> Iterator[tuple[Path, str, int, os.stat_result]]:
+    """(path, name, fd of its folder, its lstat) for what root owns under the data directory. The data
+    directory is the ARK user's, who may swap a folder for a symlink while this runs: each folder is opened
+    through its parent's descriptor and never through a link (os.fwalk), each entry is looked at and changed by
+    its name in that folder, never followed; a file with another name elsewhere (a hard link: /etc/shadow's?)
+    is left alone."""
+    data = Path(os.path.abspath(d.data))
+    skip = {data / rel for rel in ROOTS_OWN} | {Path(os.path.abspath(d.settings.backups_dir))}
+    skip |= {Path(os.path.abspath(f.path)) for f in compose.data_dirs(d.settings) if f.path != d.data}
+    top = os.path.realpath(data)  # the data directory itself may be a link (/opt/ark/data -> /srv/ark)
+    for folder, dirs, files, fd in os.fwalk(top, follow_symlinks=False):
+        relative = os.path.relpath(folder, top)
+        here = data if relative == "." else data / relative
+        dirs[:] = sorted(name for name in dirs if here / name not in skip)
+        for name in [*dirs, *sorted(files)]:
+            if here / name in skip:
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_uid == 0 and (stat.S_ISDIR(st.st_mode) or st.st_nlink == 1):
+                yield here / name, name, fd, st
+
+
 def root_owned(d: Deploy) -> list[Path]:
     """Files and folders under the data directory that root made (an apply opens ARK's database, writes the
     bundle and the services' keys as root) and ARK, running as its own user, must own."""
-    data = d.data
-    skip = {data / rel for rel in ROOTS_OWN} | {d.settings.backups_dir}
-    skip |= {folder.path for folder in compose.data_dirs(d.settings) if folder.path != data}
-    found = []
-    for folder, dirs, files in os.walk(data, followlinks=False):
-        here = Path(folder)
-        dirs[:] = sorted(name for name in dirs if here / name not in skip)
-        for name in [*dirs, *sorted(files)]:
-            path = here / name
-            if path in skip:
-                continue
-            try:
-                if path.lstat().st_uid == 0:
-                    found.append(path)
-            except FileNotFoundError:
-                continue
-    return found
+    return [path for path, _, _, _ in _root_owned(d)]
 
 
 def hand_over(d: Deploy) -> list[Path]:
@@ -500,12 +519,12 @@ def hand_over(d: Deploy) -> list[Path]:
     if ids is None or ids[0] == 0:
         return []
     uid, gid = ids
-    found = root_owned(d)
-    for path in found:
+    handed = []
+    for path, name, fd, st in _root_owned(d):
         with contextlib.suppress(FileNotFoundError):
-            group = path.lstat().st_gid
-            os.lchown(path, uid, gid if group == 0 else -1)
-    return found
+            os.chown(name, uid, gid if st.st_gid == 0 else -1, dir_fd=fd, follow_symlinks=False)
+            handed.append(path)
+    return handed
 
 
 class OwnershipStep(Step):
@@ -529,10 +548,11 @@ class OwnershipStep(Step):
 
     def run(self) -> list[Change]:
         """Always: the secrets step just now may have made ARK's database as root."""
-        changes = self.plan()
-        if changes:
-            hand_over(self.d)
-        return changes
+        handed = hand_over(self.d)
+        if not handed:
+            return []
+        shown = ", ".join(str(p.relative_to(self.d.data)) for p in handed[:3]) + (", ..." if len(handed) > 3 else "")
+        return [Change(f"handed {len(handed)} files made as root to {self.settings.deploy.user} ({shown})")]
 
     def apply(self, changes: list[Change]) -> None:
         hand_over(self.d)
@@ -554,10 +574,12 @@ class FilesStep(Step):
 
     def _gone(self) -> list[str]:
         """What an earlier apply installed that this configuration no longer renders (the backup timer once
-        ARK makes its own backups, ark.service once ARK runs in its container)."""
+        ARK makes its own backups, ark.service once ARK runs in its container). Only a path ARK installs is
+        ever removed, whatever the state file says (the ARK user can replace it: the data directory is its)."""
         current = {entry.target for entry in installs(self.settings, self.d.files)}
-        earlier = [str(path) for path in self.d.state.get("installed", [])]
-        return [path for path in earlier if path not in current and self.box.path(path).exists()]
+        recorded = self.d.state.get("installed", [])
+        earlier = [str(path) for path in recorded] if isinstance(recorded, list) else []
+        return [path for path in earlier if path not in current and _ark_target(path) and self.box.path(path).is_file()]
 
     def run(self) -> list[Change]:
         changes = super().run()
@@ -593,9 +615,11 @@ class FilesStep(Step):
             if change.argv[:1] != ("remove",):
                 continue
             path = change.argv[1]
-            unit = Path(path).name
-            if Path(path).parent == Path(SYSTEMD) and unit.endswith((".service", ".timer")):
+            unit = _unit_of(path)
+            if unit is not None and self.box.run_commands:
                 self.box.change("systemctl", "disable", "--now", unit)  # stopped before its file goes
+            elif unit is not None:
+                self.notes.append(f"{unit} not disabled: under --root no command runs on this machine")
             self.notes.append(f"kept the removed {path} as {self.d.backup_replaced(self.box.path(path), path)}")
             self.box.path(path).unlink()
         for entry, target, content, now in self._installs():
@@ -603,6 +627,25 @@ class FilesStep(Step):
                 self.notes.append(f"kept the replaced {entry.target} as {self.d.backup_replaced(target, entry.target)}")
             target.parent.mkdir(parents=True, exist_ok=True, mode=entry.dir_mode)
             write_atomic(target, content, entry.mode)
+
+
+_UNIT_FILES = ("ark.service", "ark-backup.service", "ark-backup.timer")  # what FilesStep may install in SYSTEMD
+_DROPINS = ("ollama.service.d/ark.conf", "nginx.service.d/ark.conf")
+_WG_CONF = re.compile(r"/etc/wireguard/([A-Za-z0-9_=+.-]{1,15})\.conf")
+
+
+def _ark_target(path: str) -> bool:
+    """Whether ``path`` is one ARK installs (:func:`installs`; a WireGuard config under any interface name)."""
+    ours = {f"{SYSTEMD}/{name}" for name in (*_UNIT_FILES, *_DROPINS)}
+    return path in ours or _WG_CONF.fullmatch(path) is not None
+
+
+def _unit_of(path: str) -> str | None:
+    """The unit that runs from an installed file: disabled and stopped before the file goes."""
+    if path in {f"{SYSTEMD}/{name}" for name in _UNIT_FILES}:
+        return Path(path).name
+    wg = _WG_CONF.fullmatch(path)
+    return f"wg-quick@{wg.group(1)}.service" if wg else None
 
 
 class ServicesStep(Step):
@@ -896,7 +939,8 @@ class CertificatesStep(Step):
         return [] if self.d.certificates_present() else [Change("obtain a certificate for every site (certbot)")]
 
     def apply(self, changes: list[Change]) -> None:
-        result = Acme(self.settings, self.d.bundle).obtain(check=True, reload=True)
+        acme = Acme(self.settings, self.d.bundle, runner=lambda argv: self.box.run(list(argv)))
+        result = acme.obtain(check=True, reload=True)
         self.notes.append(f"certificates for {', '.join(result.names)}")
 
 
