@@ -6,6 +6,7 @@ answers again."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import html
@@ -320,3 +321,23 @@ def test_mail_to_a_relay_on_loopback_goes_without_starttls(
     )
     rendered = yaml.safe_load(prometheus.alertmanager_yml(load_settings(config_path=config, data_dir=tmp_path, env={})))
     assert rendered["global"].get("smtp_require_tls") is require_tls
+
+
+def test_prometheus_and_alertmanager_in_containers_are_left_to_them(tmp_path: Path) -> None:
+    """Beside the container bundle's Prometheus and Alertmanager, `ark up` runs only the exporters, and writes
+    nothing into their folders (which belong to the containers' user)."""
+    settings = load_settings(
+        env={"ARK_DATA_DIR": str(tmp_path / "data"), "ARK_DEPLOY_CONTAINERS": "prometheus, alertmanager"}
+    )
+    started: list[str] = []
+
+    class Recording:
+        async def start(self, spec: Any) -> None:
+            started.append(spec.name)
+
+    report = asyncio.run(embedded.start(settings, Recording()))  # type: ignore[arg-type]
+    assert not {"prometheus", "alertmanager"} & set(started)
+    assert not (tmp_path / "data" / "monitor" / "prometheus").exists()
+    assert not (tmp_path / "data" / "monitor" / "alertmanager").exists()
+    contained = {r["name"]: r["why"] for r in report if "container" in r["why"]}
+    assert contained == {n: "runs in its container ([deploy] containers)" for n in ("prometheus", "alertmanager")}

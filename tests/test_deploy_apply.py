@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ domain = "example.test"
 tls = "self-signed"
 [deploy]
 user = "nobody"
+containers = "open-webui, chromadb, comfyui, prometheus, alertmanager, grafana, n8n"
 [firewall]
 persist_nft_path = "{tmp_path / "persisted" / "nftables.conf"}"
 confirm_s = 900
@@ -233,7 +235,7 @@ def test_ark_in_its_container_replaces_ark_service(box: Box, runner: CliRunner) 
     assert first.exit_code == 0, first.output
     assert "ark.service" in system.load(box.state)["active"]
     config = box.data / "ark.toml"
-    config.write_text(config.read_text().replace('user = "nobody"', 'user = "nobody"\ncontainers = "ark, prometheus"'))
+    config.write_text(re.sub(r'containers = "[^"]*"', 'containers = "ark, prometheus"', config.read_text()))
     planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
     assert "disable and stop ark.service (ARK runs in its container)" in planned.output
     again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")

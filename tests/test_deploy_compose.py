@@ -37,9 +37,14 @@ prometheus_password = "prom-secret-123"
 """
 
 
+REFERENCE = "open-webui, chromadb, comfyui, prometheus, alertmanager, grafana, n8n"  # docs/deploy.md's box
+
+
 def settings(tmp_path: Path, extra: str = "", **env: str) -> Settings:
+    """The reference box's containers unless ``ARK_DEPLOY_CONTAINERS`` says otherwise (the default is none)."""
     config = tmp_path / "ark.toml"
     config.write_text(CONFIG + extra)
+    env = {"ARK_DEPLOY_CONTAINERS": REFERENCE, **env}
     return load_settings(config_path=config, data_dir=tmp_path / "data", env=env)
 
 
@@ -306,7 +311,7 @@ def test_ark_render_writes_the_container_bundle_and_a_second_render_changes_noth
     runner: CliRunner, tmp_path: Path
 ) -> None:
     config = tmp_path / "ark.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + f'[deploy]\ncontainers = "{REFERENCE}"\n')
     out = tmp_path / "bundle"
     args = ["render", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     first = runner.invoke(main, args)
@@ -333,3 +338,10 @@ def test_the_reference_box_of_docs_deploy_md_renders_and_compose_accepts_it(tmp_
     write_secrets(s, store)
     services = normalised(file)["services"]
     assert set(services) == {"open-webui", "chromadb", "comfyui", "prometheus", "alertmanager", "grafana", "n8n"}
+
+
+def test_no_container_bundle_unless_asked(tmp_path: Path) -> None:
+    config = tmp_path / "ark.toml"
+    config.write_text(CONFIG + '[images]\ncomfyui_path = "/opt/comfyui"\n[monitor]\nembedded = "yes"\n')
+    s = load_settings(config_path=config, data_dir=tmp_path / "data", env={})
+    assert s.deploy.containers == () and compose.render(s) == {}  # opt-in: what ran before renders as before

@@ -178,7 +178,8 @@ def test_ollama_listens_where_ark_says_and_leaves_loading_to_the_arbiter(tmp_pat
 
 
 def test_beside_containers_the_backup_runs_as_root_who_reads_their_folders(tmp_path: Path) -> None:
-    beside = fields(units.backup_units(settings(tmp_path))["ark-backup.service"])  # type: ignore[arg-type]
-    alone = fields(units.backup_units(settings(tmp_path, '[deploy]\ncontainers = ""\n'))["ark-backup.service"])  # type: ignore[arg-type]
+    beside = settings(tmp_path, '[deploy]\ncontainers = "grafana"\n')
+    beside = fields(units.backup_units(beside)["ark-backup.service"])  # type: ignore[arg-type]
+    alone = fields(units.backup_units(settings(tmp_path))["ark-backup.service"])  # type: ignore[arg-type]
     assert beside["User"] == ["root"] and alone["User"] == ["ark"]
     assert beside["NoNewPrivileges"] == ["yes"] and beside["ProtectSystem"] == ["strict"]  # still sandboxed

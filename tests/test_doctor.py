@@ -254,3 +254,6 @@ def test_containers_each_running_and_healthy_or_named_with_its_fix(tmp_path: Pat
 
     gone = by_check(list(Doctor(settings, Probes(command=lambda argv: None)).containers()))
     assert gone["containers"].status == "fail" and "install Docker" in gone["containers"].fix
+    said = "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock"
+    user = Probes(command=lambda argv: subprocess.CompletedProcess(argv, 1, "", said))
+    assert by_check(list(Doctor(settings, user).containers()))["containers"].status == "skipped"  # not root

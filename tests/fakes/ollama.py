@@ -861,6 +861,7 @@ class FakeOllama:
         self.reply_script = None
         self.tool_script = None
         self.default_keep_alive = DEFAULT_KEEP_ALIVE
+        self.registry = None
         self.mode = "normal"
         self.drop_after = 1
         self.error_message = DEFAULT_ERROR_MESSAGE

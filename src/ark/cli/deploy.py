@@ -133,6 +133,8 @@ def deploy_apply(
     """
     settings = settings_or_exit(config_path, data_dir)
     box = make_box(root, system_commands)
+    if box.root == Path("/") and os.geteuid() != 0 and not dry_run:
+        raise click.ClickException("run it as root: it installs system files and starts services")
     planned = Deploy(settings, box, reporter=ConsoleReporter()).plan()
     count, _ = summary(planned)
     if dry_run or count == 0:
@@ -142,8 +144,6 @@ def deploy_apply(
         if not sys.stdin.isatty():
             raise click.ClickException("not a terminal to ask on: pass --yes to apply")
         click.confirm(f"Apply these {count} changes?", abort=True)
-    if root == Path("/") and os.geteuid() != 0:
-        raise click.ClickException("run it as root: it installs system files and starts services")
     console.print("[bold]Applying[/]")
     results = Deploy(settings, box, reporter=ConsoleReporter(applying=True)).apply()
     _tail(results, applied=True)

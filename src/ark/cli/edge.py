@@ -81,7 +81,7 @@ def print_pruned(result: WriteResult) -> None:
 def render(
     config_path: Path | None, data_dir: Path | None, out: Path | None, tls: str | None, only: tuple[str, ...]
 ) -> None:
-    """Write the edge bundle (nginx/, wireguard/, firewall/, certs/) from the config.
+    """Write the bundle from the config: nginx/, certs/, wireguard/, firewall/, monitoring, systemd/, compose/.
 
     Files whose content would not change are left untouched. Files an earlier render wrote
     and this one no longer produces are removed (OUT/.ark-manifest.json lists what ARK

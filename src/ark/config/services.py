@@ -333,7 +333,7 @@ class BackupSettings:
 
 # The services of the container bundle (ark/deploy/compose.py), and those a box runs by default
 CONTAINERS = ("open-webui", "chromadb", "comfyui", "prometheus", "alertmanager", "grafana", "n8n", "ark")
-DEFAULT_CONTAINERS = CONTAINERS[:-1]
+REFERENCE_CONTAINERS = CONTAINERS[:-1]  # the reference box's (docs/deploy.md); opt-in: the default is none
 # registry[:port]/path:tag@sha256:digest, as Docker parses it; only the characters that can be in one
 _IMAGE = re.compile(
     r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -382,10 +382,11 @@ class DeploySettings:
     user: str = setting(Str(), "ark", "The system user ark.service runs as (it owns the data directory).")
     containers: tuple[str, ...] = setting(
         ContainerList(),
-        ", ".join(DEFAULT_CONTAINERS),
+        "",
         "The services `ark render` puts in its container bundle, compose/docker-compose.yml (docs/deploy.md): "
-        f"{', '.join(CONTAINERS)} (ARK itself, optional). Empty: no container bundle. A service named here must "
-        'not also be run by `ark up` (open_webui, n8n or embedded = "yes" is refused).',
+        f"{', '.join(CONTAINERS)} (ARK itself). Empty (the default): no container bundle; the reference box "
+        f'runs "{", ".join(REFERENCE_CONTAINERS)}". A service named here must not also be run by `ark up` '
+        '(open_webui, n8n or embedded = "yes", or comfyui_path without comfyui_url, is refused).',
     )
     images: Mapping[str, str] = setting(
         ImageRefs(),

@@ -444,7 +444,6 @@ def render(settings: Settings, bundle: Path | None = None) -> dict[str, str]:
     files = {COMPOSE_FILE: header + yaml.safe_dump(model, sort_keys=False, width=1000)}
     if "comfyui" in settings.deploy.containers:
         files[COMFYUI_DOCKERFILE] = pins.comfyui_dockerfile(settings, COMFYUI_USER)
-    files[README] = readme(settings, bundle or bundle_dir(settings))
     return files
 
 
@@ -459,10 +458,18 @@ def readme(settings: Settings, where: Path) -> str:
             "- `nginx/`, `certs/`: the sites, one per subdomain, and their certificates;",
             "- `firewall/`, `wireguard/`: the nftables ruleset and the WireGuard configs;",
             "- `prometheus/`, `alertmanager/`, `grafana/`: monitoring, alert rules and dashboards;",
-            "- `systemd/`: ark.service, the Ollama drop-in, the backup timer;",
-            f"- `compose/`: the containers ({', '.join(settings.deploy.containers)}),",
-            f"  run with `docker compose -f {where / COMPOSE_FILE} up -d`; their secrets are in",
-            f"  {secrets_dir(settings)} (written by `ark deploy apply`).",
+            "- `systemd/`: ark.service, the Ollama and Nginx drop-ins, the backup timer;",
+            *(
+                [
+                    f"- `compose/`: the containers ({', '.join(settings.deploy.containers)}),",
+                    f"  run with `docker compose -f {where / COMPOSE_FILE} up -d`; their secrets are in",
+                    f"  {secrets_dir(settings)} (written by `ark deploy apply`).",
+                ]
+                if settings.deploy.containers
+                else ["- no containers ([deploy] containers is empty)."]
+            ),
+            "",
+            "`ark deploy plan` says what installing it would change; `ark deploy apply` (as root) does it.",
             "",
         ]
     )

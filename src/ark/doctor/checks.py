@@ -267,6 +267,9 @@ class Doctor:
             yield Result("containers", "fail", f"{file} does not read: {exc}", "ark render")
             return
         done = self.probes.command(["docker", "compose", "-f", str(file), "ps", "--all", "--format", "json"])
+        if done is not None and done.returncode != 0 and "permission denied" in done.stderr.lower():
+            yield Result("containers", "skipped", "Docker answers root only here", "run `ark doctor` as root")
+            return
         if done is None or done.returncode != 0:
             why = "Docker is not installed" if done is None else (done.stderr.strip()[-200:] or "docker compose failed")
             yield Result("containers", "fail", why, "install Docker with its compose plugin; then ark deploy apply")

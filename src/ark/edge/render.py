@@ -78,6 +78,10 @@ def _compose(ctx: RenderContext) -> Files:
     return {name: FileSpec.text(text) for name, text in compose.render(ctx.settings, ctx.out).items()}
 
 
+def _readme(ctx: RenderContext) -> Files:
+    return {compose.README: FileSpec.text(compose.readme(ctx.settings, ctx.out))}
+
+
 # name -> renderer, in the order they run
 RENDERERS: tuple[tuple[str, Renderer], ...] = (
     ("certs", _certs),
@@ -87,6 +91,7 @@ RENDERERS: tuple[tuple[str, Renderer], ...] = (
     ("monitoring", _monitoring),
     ("systemd", _systemd),
     ("compose", _compose),
+    ("readme", _readme),
 )
 
 

@@ -113,10 +113,18 @@ async def start(settings: Settings, supervisor: Supervisor) -> list[dict[str, st
         return []
     bundle = settings.data_dir / "monitor"
     gpu = nvml_present()
+    # Prometheus and Alertmanager in containers ([deploy] containers) are theirs: their folders under
+    # DATA/monitor belong to the containers' user, and a second one here would take the same port
+    contained = {name for name in ("prometheus", "alertmanager") if name in settings.deploy.containers}
     files = prometheus.render(settings, gpu=gpu)
-    write_files(bundle, {name: FileSpec.text(text) for name, text in files.items()})
-    report = []
+    mine = {name: FileSpec.text(text) for name, text in files.items() if name.split("/", 1)[0] not in contained}
+    write_files(bundle, mine)
+    report = [
+        {"name": name, "state": "absent", "why": "runs in its container ([deploy] containers)"} for name in contained
+    ]
     for service in services(settings, bundle, gpu=gpu):
+        if service.name in contained:
+            continue
         if service.spec is None:
             if mode == "yes" and service.program is not None:
                 raise StartFailed(f"[monitor] embedded = yes, but {service.program} is {service.absent}")
