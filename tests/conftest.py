@@ -170,13 +170,32 @@ def start_ark(config_text: str, tmp: Path, env: dict[str, str] | None = None, ti
     return ark
 
 
-def stop_ark(ark: ArkProcess) -> None:
-    ark.proc.terminate()
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 10 s to go, then SIGKILL."""
+    proc.terminate()
     try:
-        ark.proc.wait(10)
+        proc.wait(10)
     except subprocess.TimeoutExpired:
-        ark.proc.kill()
-        ark.proc.wait(5)
+        proc.kill()
+        proc.wait(5)
+
+
+def stop_ark(ark: ArkProcess) -> None:
+    stop_process(ark.proc)
+
+
+def monitoring_env(embedded: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Free loopback ports for Prometheus, node_exporter and Alertmanager, and the ARK_MONITOR_* settings that
+    put `ark up`'s monitoring there (scraped every second)."""
+    ports = {name: free_port() for name in ("prometheus", "node", "alertmanager")}
+    env = {
+        "ARK_MONITOR_EMBEDDED": embedded,
+        "ARK_MONITOR_SCRAPE_INTERVAL_S": "1",
+        "ARK_MONITOR_PROMETHEUS_LISTEN": f"127.0.0.1:{ports['prometheus']}",
+        "ARK_MONITOR_NODE_EXPORTER_LISTEN": f"127.0.0.1:{ports['node']}",
+        "ARK_MONITOR_ALERTMANAGER_LISTEN": f"127.0.0.1:{ports['alertmanager']}",
+    }
+    return ports, env
 
 
 # -- PostgreSQL: a throwaway cluster for the session ------------------------------------------------

@@ -35,7 +35,7 @@ from ark.config import Settings, load_settings
 from ark.config.types import Secret
 from ark.store import Store
 from ark.store.ledger import UsageRow, ingest
-from tests.conftest import MASTER_KEY, free_port, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, free_port, start_ark, stop_ark, stop_process, wait_until
 from tests.test_backup import ark_cli, made_box, members
 
 REGION = "us-east-1"
@@ -100,12 +100,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         assert httpx.post(url + "/moto-api/reset-auth", content=b"0", timeout=5).status_code == 200
         yield S3Server(url, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def secret_file(folder: Path, secret: str, mode: int = 0o600) -> Path:

@@ -41,6 +41,17 @@ class Box:
         argv = [*args, *extra, "--data-dir", str(self.data)]
         return runner.invoke(main, argv, env=self.env, catch_exceptions=False)
 
+    def apply(self, runner: CliRunner) -> Result:
+        return self.ark(runner, "deploy", "apply", "--root", str(self.root), "--yes")
+
+    def plan(self, runner: CliRunner) -> Result:
+        return self.ark(runner, "deploy", "plan", "--root", str(self.root))
+
+    def configure(self, more: str) -> None:
+        """Add to ark.toml."""
+        config = self.data / "ark.toml"
+        config.write_text(config.read_text() + more)
+
     def calls(self) -> list[list[str]]:
         return system.calls(self.state)
 
@@ -99,14 +110,14 @@ engine = "ollama"
 
 
 def test_apply_twice_installs_everything_then_changes_nothing(box: Box, runner: CliRunner) -> None:
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert planned.exit_code == 0, planned.output
     assert "install /etc/systemd/system/ark.service" in planned.output
     assert "pull llama3.2:1b" in planned.output
     assert not any(box.root.iterdir()), "a plan installs nothing"
     assert box.changing_calls() == [], "a plan only asks"
 
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert "Done" in first.output
 
@@ -166,7 +177,7 @@ def test_apply_twice_installs_everything_then_changes_nothing(box: Box, runner: 
 
     # the second apply: nothing to change, and nothing run that changes anything
     before = len(box.calls())
-    second = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    second = box.apply(runner)
     assert second.exit_code == 0, second.output
     assert "Nothing to change" in second.output, second.output
     assert box.changing_calls(since=before) == []
@@ -176,12 +187,12 @@ def test_a_replaced_file_is_shown_as_a_diff_and_kept(box: Box, runner: CliRunner
     target = box.root / "etc/systemd/system/ark.service"
     target.parent.mkdir(parents=True)
     target.write_text("[Service]\nExecStart=/usr/local/bin/old-ark up\n")
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert "replace /etc/systemd/system/ark.service" in planned.output
     assert "-ExecStart=/usr/local/bin/old-ark up" in planned.output  # the diff, whole lines
     assert target.read_text().startswith("[Service]\nExecStart=/usr/local/bin/old-ark")
 
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 0, applied.output
     kept = list((box.data / "deploy-backups").rglob("ark.service"))
     assert len(kept) == 1 and "old-ark" in kept[0].read_text()
@@ -195,9 +206,9 @@ def test_a_missing_tool_stops_the_apply_and_names_what_to_install(box: Box, runn
     box.env["PATH"] = os.pathsep.join(
         [p for p in box.env["PATH"].split(os.pathsep) if not (Path(p) / "docker").exists()]
     )
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert "missing docker" in planned.output and "docs.docker.com" in planned.output
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 1
     assert "step containers needs what is not installed: docker" in applied.output
     # the steps before it are done; the ones after it are not
@@ -207,7 +218,7 @@ def test_a_missing_tool_stops_the_apply_and_names_what_to_install(box: Box, runn
 
 def test_a_model_the_registry_does_not_have_stops_with_ollamas_words(box: Box, runner: CliRunner) -> None:
     box.fake.registry = {"nomic-embed-text:latest"}
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 1
     assert "ollama pull llama3.2:1b: pull model manifest: file does not exist" in applied.output
 
@@ -231,21 +242,21 @@ def _settings(box: Box):  # type: ignore[no-untyped-def]
 
 
 def test_ark_in_its_container_replaces_ark_service(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert "ark.service" in system.load(box.state)["active"]
     config = box.data / "ark.toml"
     config.write_text(re.sub(r'containers = "[^"]*"', 'containers = "ark, prometheus"', config.read_text()))
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert "disable and stop ark.service (ARK runs in its container)" in planned.output
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     state = system.load(box.state)
     assert "ark.service" not in state["active"] and "ark.service" not in state["enabled"]
     assert sorted(state["running"]) == ["ark", "prometheus"]
     # the data directory stays 0711 (Nginx's workers reach the webroot through it), and stays put
     assert stat.S_IMODE(box.data.stat().st_mode) == 0o711
-    third = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    third = box.plan(runner)
     assert "Nothing to change" in third.output, third.output
 
 
@@ -253,10 +264,10 @@ def test_the_wireguard_keys_are_not_in_the_diff(box: Box, runner: CliRunner) -> 
     target = box.root / "etc/wireguard/wg0.conf"
     target.parent.mkdir(parents=True)
     target.write_text("[Interface]\nPrivateKey = OLD-PRIVATE-KEY-VALUE=\nListenPort = 51000\n")
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert "replace /etc/wireguard/wg0.conf" in planned.output
     assert "-ListenPort = 51000" in planned.output and "PrivateKey = (hidden)" in planned.output
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 0, applied.output
     new_key = next(line for line in target.read_text().splitlines() if line.startswith("PrivateKey"))
     for output in (planned.output, applied.output):
@@ -264,26 +275,25 @@ def test_the_wireguard_keys_are_not_in_the_diff(box: Box, runner: CliRunner) -> 
 
 
 def test_what_a_stopped_apply_owes_is_done_by_the_next(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert box.ark(runner, "firewall", "confirm").exit_code == 0
     # wg0.conf and prometheus.yml change; the models step (before containers and WireGuard) then fails
-    config = box.data / "ark.toml"
-    config.write_text(config.read_text() + "[wireguard]\nlisten_port = 51999\n[monitor]\nscrape_interval_s = 30\n")
+    box.configure("[wireguard]\nlisten_port = 51999\n[monitor]\nscrape_interval_s = 30\n")
     box.fake.remove_model("llama3.2:1b")
     box.fake.registry = {"nomic-embed-text:latest"}
-    stopped = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    stopped = box.apply(runner)
     assert stopped.exit_code == 1 and "ollama pull llama3.2:1b" in stopped.output
     box.fake.registry = {"llama3.2:1b", "nomic-embed-text:latest"}
     before = len(box.calls())
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     changing = box.changing_calls(since=before)
     compose_file = str(box.data / "deploy" / compose.COMPOSE_FILE)
     assert ["wg", "syncconf", "wg0", "/dev/stdin"] in changing  # the files were installed by the stopped apply
     assert ["docker", "compose", "-f", compose_file, "restart", "prometheus"] in changing
     assert box.ark(runner, "firewall", "confirm").exit_code == 0
-    last = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    last = box.plan(runner)
     assert "Nothing to change" in last.output, last.output
 
 
@@ -300,7 +310,7 @@ def test_under_a_root_no_command_runs_without_system_commands(box: Box, runner: 
 
 
 def test_files_of_the_database_made_as_root_are_handed_to_the_ark_user(box: Box, runner: CliRunner) -> None:
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 0, applied.output
     assert (box.data / "ark.db").stat().st_uid == 65534  # opened by the secrets step, as root
     assert (box.data / "open-webui.key").stat().st_uid == 65534  # a service key, made by the same step
@@ -310,13 +320,12 @@ def test_files_of_the_database_made_as_root_are_handed_to_the_ark_user(box: Box,
 
 
 def test_a_file_no_longer_rendered_is_removed_and_its_unit_stopped(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     timer = box.root / "etc/systemd/system/ark-backup.timer"
     assert timer.is_file() and "ark-backup.timer" in system.load(box.state)["enabled"]
-    config = box.data / "ark.toml"
-    config.write_text(config.read_text() + "[backup]\nevery_hours = 6\n")  # ARK makes its own backups now
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    box.configure("[backup]\nevery_hours = 6\n")  # ARK makes its own backups now
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     assert "remove /etc/systemd/system/ark-backup.timer (no longer rendered" in again.output
     assert not timer.exists() and list((box.data / "deploy-backups").rglob("ark-backup.timer"))
@@ -324,21 +333,21 @@ def test_a_file_no_longer_rendered_is_removed_and_its_unit_stopped(box: Box, run
 
 
 def test_an_image_built_here_is_rebuilt_when_its_dockerfile_changes(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     dockerfile = "compose/comfyui/Dockerfile"
     assert "build ark-local/comfyui" in first.output
     lock = compose.images_lock_path(_settings(box))
     lock.write_text(lock.read_text().replace(pins.TORCH_IMAGE, "pytorch/pytorch:0.0-gone"))  # its base unlocked
-    planned = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    planned = box.plan(runner)
     assert "write " + dockerfile in planned.output
     assert "rebuild ark-local/comfyui" in planned.output and "pull " not in planned.output
     before = len(box.calls())
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     compose_file = str(box.data / "deploy" / compose.COMPOSE_FILE)
     assert ["docker", "compose", "-f", compose_file, "build", "comfyui"] in box.changing_calls(since=before)
-    last = box.ark(runner, "deploy", "plan", "--root", str(box.root))
+    last = box.plan(runner)
     assert "Nothing to change" in last.output, last.output
 
 
@@ -353,7 +362,7 @@ def test_certbots_folders_and_what_links_outside_stay_roots(box: Box, runner: Cl
     (outside / "shadow").write_text("root's\n")
     os.link(outside / "shadow", box.data / "linked")
     (box.data / "through").symlink_to(outside, target_is_directory=True)
-    applied = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    applied = box.apply(runner)
     assert applied.exit_code == 0, applied.output
     assert (box.data / "ark.db").stat().st_uid == 65534  # what must be handed over still is
     for path in (box.data / "certbot", renewal, renewal / "chat.example.test.conf", outside, outside / "shadow"):
@@ -361,7 +370,7 @@ def test_certbots_folders_and_what_links_outside_stay_roots(box: Box, runner: Cl
 
 
 def test_only_a_file_ark_installs_is_ever_removed(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert box.ark(runner, "firewall", "confirm").exit_code == 0
     own = box.root / "etc/systemd/system/backup-offsite.service"  # the operator's, beside ARK's
@@ -371,7 +380,7 @@ def test_only_a_file_ark_installs_is_ever_removed(box: Box, runner: CliRunner) -
     state["installed"] = [*state["installed"], "/etc/systemd/system/backup-offsite.service"]  # the ARK user's edit
     state_file.write_text(json.dumps(state))
     before = len(box.calls())
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     assert own.is_file() and "backup-offsite" not in again.output
     assert box.changing_calls(since=before) == []
@@ -380,7 +389,7 @@ def test_only_a_file_ark_installs_is_ever_removed(box: Box, runner: CliRunner) -
 def test_a_look_under_a_root_runs_nothing_and_leaves_the_record(box: Box, runner: CliRunner, tmp_path: Path) -> None:
     """`--root` without `--system-commands` neither disables a unit on this machine nor records anything: the
     next real apply still restarts what the config change needs."""
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert box.ark(runner, "firewall", "confirm").exit_code == 0
     look_root = tmp_path / "look"
@@ -388,15 +397,14 @@ def test_a_look_under_a_root_runs_nothing_and_leaves_the_record(box: Box, runner
     look = ["deploy", "apply", "--root", str(look_root), "--yes", "--data-dir", str(box.data)]
     assert runner.invoke(main, look, env=box.env, catch_exceptions=False).exit_code == 0
     assert (look_root / "etc/systemd/system/ark-backup.timer").is_file()
-    config = box.data / "ark.toml"
-    config.write_text(config.read_text() + "[backup]\nevery_hours = 6\n")  # the timer is no longer rendered
+    box.configure("[backup]\nevery_hours = 6\n")  # the timer is no longer rendered
     recorded, before = (box.data / "deploy-state.json").read_bytes(), len(box.calls())
     result = runner.invoke(main, look, env=box.env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not (look_root / "etc/systemd/system/ark-backup.timer").exists()
     assert box.calls()[before:] == [], "a look ran a command on this machine"
     assert (box.data / "deploy-state.json").read_bytes() == recorded
-    real = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    real = box.apply(runner)
     assert real.exit_code == 0, real.output
     changing = box.changing_calls(since=before)
     assert ["systemctl", "disable", "--now", "ark-backup.timer"] in changing
@@ -404,12 +412,11 @@ def test_a_look_under_a_root_runs_nothing_and_leaves_the_record(box: Box, runner
 
 
 def test_a_renamed_wireguard_interface_stops_the_old_one(box: Box, runner: CliRunner) -> None:
-    first = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    first = box.apply(runner)
     assert first.exit_code == 0, first.output
     assert box.ark(runner, "firewall", "confirm").exit_code == 0
-    config = box.data / "ark.toml"
-    config.write_text(config.read_text() + '[wireguard]\ninterface = "wg1"\n')
-    again = box.ark(runner, "deploy", "apply", "--root", str(box.root), "--yes")
+    box.configure('[wireguard]\ninterface = "wg1"\n')
+    again = box.apply(runner)
     assert again.exit_code == 0, again.output
     assert not (box.root / "etc/wireguard/wg0.conf").exists() and (box.root / "etc/wireguard/wg1.conf").is_file()
     state = system.load(box.state)

@@ -23,7 +23,7 @@ from ark.config import load_settings
 from ark.doctor.checks import Doctor, Probes, Result, worst
 from ark.edge.audit import Auditor, Problem
 from ark.edge.ports import port_map
-from tests.conftest import MASTER_KEY, ArkProcess, free_port, start_ark, stop_ark, wait_until
+from tests.conftest import MASTER_KEY, ArkProcess, monitoring_env, start_ark, stop_ark, wait_until
 from tests.test_monitoring_live import certificate
 
 MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -83,15 +83,8 @@ def box(tmp_path: Path, tiny_gguf: Path) -> Iterator[tuple[ArkProcess, dict[str,
     """A running ARK with its monitoring, an alert receiver, a rendered bundle and a backup."""
     if not MONITORED:
         pytest.skip("prometheus, prometheus-node-exporter or prometheus-alertmanager (Debian) is not installed")
-    ports = {name: free_port() for name in ("prometheus", "node", "alertmanager")}
-    env = {
-        "ARK_MONITOR_EMBEDDED": "yes",
-        "ARK_MONITOR_SCRAPE_INTERVAL_S": "1",
-        "ARK_MONITOR_PROMETHEUS_LISTEN": f"127.0.0.1:{ports['prometheus']}",
-        "ARK_MONITOR_NODE_EXPORTER_LISTEN": f"127.0.0.1:{ports['node']}",
-        "ARK_MONITOR_ALERTMANAGER_LISTEN": f"127.0.0.1:{ports['alertmanager']}",
-        "ARK_MONITOR_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/alerts",
-    }
+    ports, env = monitoring_env("yes")
+    env["ARK_MONITOR_ALERT_WEBHOOK_URL"] = "http://127.0.0.1:9/alerts"
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     data.chmod(0o700)  # as `ark init` makes it

@@ -27,6 +27,7 @@ from tests.conftest import (
     LoopThread,
     embedded_ark,
     free_port,
+    monitoring_env,
     start_ark,
     stop_ark,
     wait_until,
@@ -181,14 +182,7 @@ def test_every_dashboard_panel_rule_and_alert_returns_series(
 
 
 def test_ark_up_runs_prometheus_and_node_exporter_and_stops_them(tmp_path: Path, tiny_gguf: Path) -> None:
-    ports = {name: free_port() for name in ("prometheus", "node", "alertmanager")}
-    env = {
-        "ARK_MONITOR_EMBEDDED": "auto",
-        "ARK_MONITOR_SCRAPE_INTERVAL_S": "1",
-        "ARK_MONITOR_PROMETHEUS_LISTEN": f"127.0.0.1:{ports['prometheus']}",
-        "ARK_MONITOR_NODE_EXPORTER_LISTEN": f"127.0.0.1:{ports['node']}",
-        "ARK_MONITOR_ALERTMANAGER_LISTEN": f"127.0.0.1:{ports['alertmanager']}",
-    }
+    ports, env = monitoring_env("auto")
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     shutil.copy(tiny_gguf, data / "models" / "tiny.gguf")
