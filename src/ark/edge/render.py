@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ark.config import Settings
-from ark.deploy import compose, units
+from ark.deploy import units
 from ark.edge.blocklists import BlocklistStore
 from ark.edge.certs import certbot_commands, self_signed_files
 from ark.edge.files import Files, FileSpec, WriteResult, read_existing, write_tracked
@@ -75,10 +75,14 @@ def _systemd(ctx: RenderContext) -> Files:
 
 
 def _compose(ctx: RenderContext) -> Files:
+    from ark.deploy import compose  # here: it reads the services' own settings code, which imports the runtime
+
     return {name: FileSpec.text(text) for name, text in compose.render(ctx.settings, ctx.out).items()}
 
 
 def _readme(ctx: RenderContext) -> Files:
+    from ark.deploy import compose
+
     return {compose.README: FileSpec.text(compose.readme(ctx.settings, ctx.out))}
 
 
