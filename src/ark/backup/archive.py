@@ -44,6 +44,7 @@ import ark
 from ark.backup import crypto, database
 from ark.backup.crypto import BackupError
 from ark.config import Settings
+from ark.edge.files import fsync_dir
 from ark.store.migrate import database_url, open_engine
 
 FORMAT = "ark-backup/1"
@@ -308,21 +309,13 @@ def create(
             with partial.open("rb") as written:
                 os.fsync(written.fileno())  # on disk before it has its name: a power cut leaves no empty archive
             os.replace(partial, target)  # whole, or not at all
-            _sync_dir(out_dir)
+            fsync_dir(out_dir)
     finally:
         engine.dispose()
     return Made(target, manifest, clock() - started)
 
 
 # -- reading one -------------------------------------------------------------------------------------
-def _sync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _safe_name(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name or "\x00" in name:

@@ -112,7 +112,7 @@ def deploy_plan(config_path: Path | None, data_dir: Path | None, root: Path, sys
     Changes nothing on the box (the WireGuard server key is made once, as `ark render` makes it).
     """
     settings = settings_or_exit(config_path, data_dir)
-    results = Deploy(settings, make_box(root, system_commands), reporter=ConsoleReporter()).plan()
+    results = Deploy(settings, make_box(root, system_commands), ConsoleReporter()).plan()
     _tail(results, applied=False)
 
 
@@ -135,7 +135,8 @@ def deploy_apply(
     box = make_box(root, system_commands)
     if box.root == Path("/") and os.geteuid() != 0 and not dry_run:
         raise click.ClickException("run it as root: it installs system files and starts services")
-    planned = Deploy(settings, box, reporter=ConsoleReporter()).plan()
+    deploy = Deploy(settings, box, ConsoleReporter())
+    planned = deploy.plan()
     count, _ = summary(planned)
     if dry_run or count == 0:
         _tail(planned, applied=False)
@@ -145,5 +146,6 @@ def deploy_apply(
             raise click.ClickException("not a terminal to ask on: pass --yes to apply")
         click.confirm(f"Apply these {count} changes?", abort=True)
     console.print("[bold]Applying[/]")
-    results = Deploy(settings, box, reporter=ConsoleReporter(applying=True)).apply()
+    deploy.report = ConsoleReporter(applying=True)
+    results = deploy.apply()
     _tail(results, applied=True)

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Box:
     which: Callable[[str], str | None] = shutil.which
     now: Callable[[], float] = time.time
     run_commands: bool = True  # False: a --root install with nothing run on this machine
-    commands: list[list[str]] = field(default_factory=list)  # every command that changed something, in order
 
     def path(self, system_path: str | Path) -> Path:
         """Where a system path (``/etc/systemd/system/ark.service``) is under the root."""
@@ -72,8 +71,7 @@ class Box:
         return self.run(list(argv))
 
     def change(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """A command that changes the box: recorded, and its failure stops the deploy with what it said."""
-        self.commands.append(list(argv))
+        """A command that changes the box: its failure stops the deploy with what it said."""
         result = self.run(list(argv), stdin) if stdin is not None else self.run(list(argv))
         if result.returncode != 0:
             said = (result.stderr or result.stdout).strip()[-2000:]

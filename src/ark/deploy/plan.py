@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import http.client
 import json
 import os
@@ -35,7 +34,7 @@ import stat
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,10 +48,11 @@ from ark.config import Settings
 from ark.config.inference import EngineSettings
 from ark.deploy import compose, pins
 from ark.deploy.box import Box, DeployError, compose_rows, install_hint
+from ark.deploy.compose import DataDir
 from ark.edge.acme import Acme, CertbotDirs
 from ark.edge.apply import FirewallGuard
 from ark.edge.certs import CERTBOT_DIR
-from ark.edge.files import PRIVATE, PUBLIC, Files, read_existing, write_atomic
+from ark.edge.files import PRIVATE, PUBLIC, Files, digest, read_existing, write_atomic, write_tracked
 from ark.edge.persist import Persister
 from ark.edge.render import RenderContext, default_out, make_context, render_bundle, render_parts
 
@@ -84,20 +84,6 @@ class Reporter(Protocol):
     def progress(self, task: str, done: int, total: int | None) -> None: ...
 
 
-class Quiet:
-    def step(self, name: str, title: str) -> None:
-        pass
-
-    def changed(self, change: Change) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def progress(self, task: str, done: int, total: int | None) -> None:
-        pass
-
-
 @dataclass(frozen=True)
 class Install:
     """A file of the bundle and where the system reads it."""
@@ -123,10 +109,6 @@ def installs(settings: Settings, files: Files) -> list[Install]:
     return [entry for entry in table if entry.bundle in files]
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _diff(old: bytes, new: bytes, name: str) -> str:
     try:
         before, after = old.decode().splitlines(keepends=True), new.decode().splitlines(keepends=True)
@@ -144,16 +126,16 @@ def _redacted(data: bytes) -> bytes:
 class Deploy:
     """One plan or apply of ``settings`` onto ``box``."""
 
-    def __init__(self, settings: Settings, box: Box, *, reporter: Reporter | None = None) -> None:
+    def __init__(self, settings: Settings, box: Box, reporter: Reporter) -> None:
         self.settings = settings
         self.box = box
-        self.report = reporter or Quiet()
+        self.report = reporter
         self.data = settings.data_dir
         self.bundle = default_out(settings).absolute()
         self.state = self._load_state()
         # system paths (and bundle parts) this run changes, or would; with those an apply that stopped midway
         # changed, so the restart or sync they owe is still made
-        self.touched: set[str] = {str(item) for item in self.state.get("pending", [])}
+        self.touched: set[str] = self._owed()
         self.tls = self._tls()
         self.ctx: RenderContext = make_context(settings, self.bundle, self.tls)
         self.parts = render_parts(self.ctx)
@@ -193,7 +175,12 @@ class Deploy:
             results.append(result)
         return results
 
+    def _owed(self) -> set[str]:
+        return {str(item) for item in self.state.get("pending", [])}
+
     def apply(self) -> list[StepResult]:
+        """Each step again, now doing it (after a plan of the same Deploy: what it rendered is what is written)."""
+        self.touched = self._owed()
         results = []
         for step in self.steps():
             self.report.step(step.name, step.title)
@@ -262,7 +249,7 @@ class Deploy:
     def config_hash(self) -> str | None:
         path = self.settings.config_path
         try:
-            return _sha(path.read_bytes()) if path is not None else None
+            return digest(path.read_bytes()) if path is not None else None
         except OSError:
             return None
 
@@ -335,7 +322,7 @@ class BundleStep(Step):
         return changes
 
     def apply(self, changes: list[Change]) -> None:
-        render_bundle(self.d.ctx)
+        write_tracked(self.d.bundle, self.d.parts)  # what the plan rendered (and showed), not a second render
 
 
 class UserStep(Step):
@@ -345,11 +332,7 @@ class UserStep(Step):
         return () if self._exists() else ("useradd",)
 
     def _exists(self) -> bool:
-        try:
-            pwd.getpwnam(self.settings.deploy.user)
-        except KeyError:
-            return False
-        return True
+        return _ark_ids(self.settings) is not None
 
     def plan(self) -> list[Change]:
         return [] if self._exists() else [Change(f"create the system user {self.settings.deploy.user}")]
@@ -360,30 +343,17 @@ class UserStep(Step):
                         "--user-group", self.settings.deploy.user)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Folder:
-    path: Path
-    uid: int
-    gid: int
-    mode: int
-
-
 class DirectoriesStep(Step):
     name, title = "directories", "the data directory and the containers' folders (owner, mode)"
     commands = False
 
-    def _folders(self) -> list[_Folder]:
-        try:
-            user = pwd.getpwnam(self.settings.deploy.user)
-            uid, gid = user.pw_uid, user.pw_gid
-        except KeyError:  # made by the user step during apply; a plan says so there
-            uid = gid = -1
-        found = [_Folder(self.d.data, uid, gid, 0o711)]
+    def _folders(self) -> list[DataDir]:
+        # (-1: the user is made by the user step during apply; a plan says so there)
+        uid, gid = _ark_ids(self.settings) or (-1, -1)
+        found = [DataDir(self.d.data, uid, gid, 0o711)]
         # the "ark" container's entry names the data directory again: one entry a folder, or two modes for
         # it would make a change at every apply (the first holds: Nginx's workers reach the webroot through it)
-        found += [
-            _Folder(d.path, d.uid, d.gid, d.mode) for d in compose.data_dirs(self.settings) if d.path != self.d.data
-        ]
+        found += [d for d in compose.data_dirs(self.settings) if d.path != self.d.data]
         return found
 
     def plan(self) -> list[Change]:
@@ -411,7 +381,7 @@ class DirectoriesStep(Step):
             folder.path.chmod(folder.mode)
 
 
-def _owner(folder: _Folder) -> str:
+def _owner(folder: DataDir) -> str:
     return f"{folder.uid}:{folder.gid}" if folder.uid >= 0 else "the ARK user"
 
 
@@ -452,16 +422,13 @@ class SecretsStep(Step):
 
 
 def env_files(compose_file: bytes) -> list[Path]:
-    """The env files and secret files a compose file reads (absolute paths)."""
+    """The env files a compose file reads (absolute paths)."""
     model = yaml.safe_load(compose_file) or {}
     found: list[Path] = []
     for service in (model.get("services") or {}).values():
         entries = service.get("env_file") or []
         for entry in [entries] if isinstance(entries, str | dict) else entries:
             found.append(Path(entry["path"] if isinstance(entry, dict) else entry))
-    for secret in (model.get("secrets") or {}).values():
-        if isinstance(secret, dict) and "file" in secret:
-            found.append(Path(secret["file"]))
     return sorted(set(found))
 
 
@@ -553,9 +520,6 @@ class OwnershipStep(Step):
             return []
         shown = ", ".join(str(p.relative_to(self.d.data)) for p in handed[:3]) + (", ..." if len(handed) > 3 else "")
         return [Change(f"handed {len(handed)} files made as root to {self.settings.deploy.user} ({shown})")]
-
-    def apply(self, changes: list[Change]) -> None:
-        hand_over(self.d)
 
 
 class FilesStep(Step):
@@ -815,17 +779,17 @@ class ContainersStep(Step):
 
     def _recipe_now(self, service: str) -> str:
         if service == "comfyui":
-            return _sha((self.d.bundle / compose.COMFYUI_DOCKERFILE).read_bytes())
+            return digest((self.d.bundle / compose.COMFYUI_DOCKERFILE).read_bytes())
         return self._recipe(service)
 
     def _recipe(self, service: str) -> str:
         """What an image built here is made from: its Dockerfile (ComfyUI's is in the bundle), and for ARK's
         own the lock file and the version (a checkout moved on rebuilds it)."""
         if service == "comfyui":
-            return _sha(self.d.files[compose.COMFYUI_DOCKERFILE].content)
+            return digest(self.d.files[compose.COMFYUI_DOCKERFILE].content)
         root = compose.source_root()
         parts = [root / "Dockerfile", root / "requirements" / "ark.lock"]
-        return _sha(b"".join(p.read_bytes() for p in parts if p.is_file()) + ark.__version__.encode())
+        return digest(b"".join(p.read_bytes() for p in parts if p.is_file()) + ark.__version__.encode())
 
     def _missing_images(self) -> dict[str, str]:
         """Service -> image, for the images not on this machine yet."""
@@ -863,7 +827,7 @@ class ContainersStep(Step):
         rendered = self.d.files[compose.COMPOSE_FILE].content
         if stopped:
             changes.append(Change(f"start {', '.join(stopped)}"))
-        elif self.d.state.get("compose") != _sha(rendered) or self.d.touched & {"secrets"}:
+        elif self.d.state.get("compose") != digest(rendered) or self.d.touched & {"secrets"}:
             changes.append(Change("update the containers (the compose file changed)"))
         # `up` recreates a container only when its compose entry changed: the files it reads from the
         # bundle (prometheus.yml, alert rules, Grafana's provisioning) and ark.toml need a restart
@@ -893,7 +857,7 @@ class ContainersStep(Step):
             for service in builds:
                 recipes[service] = self._recipe_now(service)
         self.box.change(*self._compose("up", "--detach", "--remove-orphans", "--wait"))
-        self.d.state["compose"] = _sha(self.file.read_bytes())
+        self.d.state["compose"] = digest(self.file.read_bytes())
         restarts = [change.argv[1] for change in changes if change.argv[:1] == ("restart",)]
         if restarts:
             self.box.change(*self._compose("restart", *restarts))
@@ -1018,6 +982,3 @@ def summary(results: list[StepResult]) -> tuple[int, list[str]]:
     count = sum(len(r.changes) for r in results)
     missing = sorted({tool for r in results for tool in r.missing})
     return count, [f"{tool}: {install_hint(tool)}" for tool in missing]
-
-
-Progress = Callable[[str, int, int | None], None]

@@ -36,6 +36,7 @@ from ark.config import Settings
 from ark.config.inference import DEFAULT_ENGINES
 from ark.config.types import Address
 from ark.deploy.box import compose_rows
+from ark.deploy.compose import COMPOSE_FILE
 from ark.edge.audit import Auditor, Problem
 from ark.edge.render import default_out
 from ark.status import collect_status
@@ -257,7 +258,7 @@ class Doctor:
 
     def containers(self) -> Iterator[Result]:
         """Each service of the bundle's compose file running, and healthy where it has a healthcheck."""
-        file = self._bundle() / "compose" / "docker-compose.yml"
+        file = self._bundle() / COMPOSE_FILE
         if not file.is_file():
             yield Result("containers", "skipped", "no compose file in the bundle (no services in containers)")
             return

@@ -88,7 +88,7 @@ def write_atomic(path: Path, content: bytes, mode: int = PUBLIC, group: str | No
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -164,7 +164,8 @@ def _gid(group: str | None) -> int | None:
     return gid if os.geteuid() == 0 or gid in os.getgroups() else None
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a folder: the entries in it (a file just made or renamed there) are on disk."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -314,7 +315,7 @@ def _prune(root: Path, stale: Mapping[str, Entry], result: WriteResult) -> None:
                 kept = _stale_name(path)
                 os.rename(path, kept)
                 result.stale.append((relative, str(kept.relative_to(root))))
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             _remove_empty_dirs(root, path.parent)
         except PermissionError as exc:
             raise EdgeError(f"cannot remove {path}: permission denied ({exc.strerror})") from None
